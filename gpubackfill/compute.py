@@ -1,0 +1,69 @@
+"""``compute_labels``: the in-memory entry point, and the step the engine
+runs for every chunk (validated series in, Arrow table out)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from . import backends, candles as candles_mod
+from . import labels as registry
+from .labels import Column, ResolvedLabel, Series
+from .labels.volatility import compute_sigma, sigma_key
+
+
+def compute_labels(
+    candles: Any,
+    labels: Iterable[str] | str,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    backend: str = "cpu",
+    *,
+    on_invalid: str = "raise",
+) -> pa.Table:
+    """Compute ``labels`` for every candle; one output row per (kept) input row.
+
+    ``candles``: pandas DataFrame (``ts`` column or DatetimeIndex) or pyarrow
+    Table with open/high/low/close and optional volume.  ``params`` maps a
+    label name to its parameters; missing ones take defaults.  Returns a
+    pyarrow Table with ``ts`` (int64 ms UTC) and each label's columns; NULL
+    where a value is undefined.  Raises ``ValueError`` (``InvalidInput``) for
+    unknown labels/parameters, bad values and malformed candles (naming the
+    first bad row) unless ``on_invalid="drop"``.
+    """
+    resolved = registry.resolve(labels, params)
+    chosen = backends.select(backend)
+    series = candles_mod.validate(candles_mod.to_series(candles), on_invalid)
+    return compute_series(series, resolved, chosen.kernels)
+
+
+def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any) -> pa.Table:
+    """Labels of an already validated series, as an Arrow table."""
+    sigmas: dict[tuple[str, int], np.ndarray] = {}
+    names = ["ts"]
+    arrays: list[pa.Array] = [pa.array(series.ts, type=pa.int64())]
+    for r in resolved:
+        sigma = None
+        if r.spec.uses_sigma:
+            key = sigma_key(r.params)
+            if key not in sigmas:
+                sigmas[key] = compute_sigma(kernels, series.close, *key)
+            sigma = sigmas[key]
+        columns = r.spec.compute(kernels, series, sigma, r.params)
+        for name, arrow_type in r.outputs():
+            names.append(name)
+            arrays.append(_to_arrow(columns[name], arrow_type))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _to_arrow(column: Column, arrow_type: pa.DataType) -> pa.Array:
+    values, valid = column
+    values = np.ascontiguousarray(values)
+    n = values.shape[0]
+    if valid is None:
+        return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(values)], null_count=0)
+    bitmap = np.packbits(valid, bitorder="little")
+    return pa.Array.from_buffers(
+        arrow_type, n, [pa.py_buffer(bitmap), pa.py_buffer(values)], null_count=-1
+    )

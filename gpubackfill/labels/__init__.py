@@ -1,0 +1,106 @@
+"""The label registry: one module per label, looked up by name.
+
+A request names labels and per-label parameters; ``resolve`` checks both and
+fills defaults, ``halo`` tells the engine how many bars of context a chunk
+needs, and ``label_set_id`` names a parameterisation stably so results of
+different parameterisations can be stored side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+from ..errors import InvalidLabelSpec
+from . import mfe_mae, triple_barrier, vol_scaled_return
+from .base import Column, LabelSpec, Param, Series
+
+REGISTRY: dict[str, LabelSpec] = {
+    spec.name: spec for spec in (triple_barrier.SPEC, vol_scaled_return.SPEC, mfe_mae.SPEC)
+}
+
+
+@dataclass(frozen=True)
+class ResolvedLabel:
+    spec: LabelSpec
+    params: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def outputs(self) -> list[tuple[str, pa.DataType]]:
+        return self.spec.outputs(self.params)
+
+    def halo(self) -> tuple[int, int]:
+        return self.spec.halo(self.params)
+
+
+def get(name: str) -> LabelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InvalidLabelSpec(
+            f"unknown label {name!r} (known: {', '.join(REGISTRY)})"
+        ) from None
+
+
+def resolve(labels: Iterable[str] | str, params: Mapping[str, Mapping[str, Any]] | None = None
+            ) -> list[ResolvedLabel]:
+    """Validate a request; returns the labels in the order given, defaults filled."""
+    if isinstance(labels, str):
+        labels = [labels]
+    names = list(labels)
+    if not names:
+        raise InvalidLabelSpec("no labels requested")
+    seen: set[str] = set()
+    for name in names:
+        get(name)
+        if name in seen:
+            raise InvalidLabelSpec(f"label {name!r} requested twice")
+        seen.add(name)
+    params = dict(params or {})
+    stray = sorted(set(params) - seen)
+    if stray:
+        raise InvalidLabelSpec(
+            f"parameters given for label(s) not requested: {', '.join(stray)}"
+        )
+    for name, p in params.items():
+        if not isinstance(p, Mapping):
+            raise InvalidLabelSpec(f"parameters for {name} must be a mapping, got {type(p).__name__}")
+    resolved = [ResolvedLabel(get(n), get(n).resolve(params.get(n))) for n in names]
+    columns: dict[str, str] = {}
+    for r in resolved:
+        for col, _ in r.outputs():
+            if col in columns:
+                raise InvalidLabelSpec(f"labels {columns[col]} and {r.name} both produce column {col!r}")
+            columns[col] = r.name
+    return resolved
+
+
+def halo(resolved: Iterable[ResolvedLabel]) -> tuple[int, int]:
+    """(look-back, look-ahead) in bars that covers every label of a request."""
+    back, ahead = 0, 0
+    for r in resolved:
+        b, a = r.halo()
+        back, ahead = max(back, b), max(ahead, a)
+    return back, ahead
+
+
+def label_set_id(resolved: Iterable[ResolvedLabel]) -> str:
+    """Stable 16-hex-digit id of the labels and their full parameters
+    (defaults included, order of labels irrelevant)."""
+    canon = json.dumps(
+        sorted([r.name, r.params] for r in resolved), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+__all__ = [
+    "REGISTRY", "Column", "LabelSpec", "Param", "ResolvedLabel", "Series",
+    "get", "halo", "label_set_id", "resolve",
+]

@@ -1,0 +1,152 @@
+"""What a label is to the engine: parameters, outputs, halo, and compute."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import InvalidLabelSpec
+
+# A computed column: values, plus a validity mask (None = all valid).
+Column = tuple[np.ndarray, "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a label: its type, default, and admissible values.
+
+    ``coerce`` accepts the natural Python value or its text form (the CLI
+    passes ``--param enhanced_triple_barrier.horizon=48`` as a string).
+    """
+
+    name: str
+    kind: str  # "int" | "float" | "choice" | "int_list"
+    default: Any
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def coerce(self, label: str, value: Any) -> Any:
+        where = f"{label}.{self.name}"
+        if self.kind == "int":
+            out = _as_int(where, value)
+            self._check_range(where, out)
+            return out
+        if self.kind == "float":
+            out = _as_float(where, value)
+            self._check_range(where, out)
+            return out
+        if self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                raise InvalidLabelSpec(
+                    f"{where} must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+                )
+            return value
+        if self.kind == "int_list":
+            items = value.split(",") if isinstance(value, str) else value
+            if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
+                items = [items]
+            try:
+                seq = list(items)
+            except TypeError:
+                raise InvalidLabelSpec(f"{where} must be a list of integers, got {value!r}") from None
+            if not seq:
+                raise InvalidLabelSpec(f"{where} must name at least one value")
+            out = [_as_int(where, v.strip() if isinstance(v, str) else v) for v in seq]
+            for v in out:
+                self._check_range(where, v)
+            if len(set(out)) != len(out):
+                raise InvalidLabelSpec(f"{where} has repeated values: {out}")
+            return sorted(out)
+        raise AssertionError(f"unknown parameter kind {self.kind}")
+
+    def _check_range(self, where: str, v: float) -> None:
+        if self.minimum is not None and v < self.minimum:
+            raise InvalidLabelSpec(f"{where} must be >= {self.minimum:g}, got {v!r}")
+        if self.maximum is not None and v > self.maximum:
+            raise InvalidLabelSpec(f"{where} must be <= {self.maximum:g}, got {v!r}")
+
+
+def _as_int(where: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise InvalidLabelSpec(f"{where} must be an integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise InvalidLabelSpec(f"{where} must be an integer, got {value!r}")
+
+
+def _as_float(where: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise InvalidLabelSpec(f"{where} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InvalidLabelSpec(f"{where} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise InvalidLabelSpec(f"{where} must be finite, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Series:
+    """One instrument at one granularity, as contiguous float64/int64 arrays."""
+
+    ts: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.close.shape[0])
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """A label as the engine sees it.
+
+    ``outputs(params)`` lists (column, Arrow type); ``halo(params)`` gives the
+    bars of look-back and look-ahead a row needs, so a chunk loaded with that
+    halo computes its own rows exactly as the whole series would;
+    ``compute(kernels, series, sigma, params)`` returns the columns.
+    ``sigma`` is the shared volatility array when ``uses_sigma`` is set.
+    """
+
+    name: str
+    doc: str
+    params: tuple[Param, ...]
+    outputs: Callable[[Mapping[str, Any]], list[tuple[str, pa.DataType]]]
+    halo: Callable[[Mapping[str, Any]], tuple[int, int]]
+    compute: Callable[..., dict[str, Column]]
+    uses_sigma: bool = False
+    param_index: dict[str, Param] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "param_index", {p.name: p for p in self.params})
+
+    def resolve(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults filled in, every value checked and normalised."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.param_index))
+        if unknown:
+            raise InvalidLabelSpec(
+                f"unknown parameter(s) for {self.name}: {', '.join(unknown)} "
+                f"(known: {', '.join(self.param_index)})"
+            )
+        return {
+            p.name: p.coerce(self.name, given[p.name]) if p.name in given else p.default
+            for p in self.params
+        }

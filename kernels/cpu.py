@@ -1,0 +1,219 @@
+"""CPU launchers: numba ``njit`` loops over the per-candle math in ``core``.
+
+Rows are processed in blocks of ``ROW_BLOCK`` so that ``prange`` spreads
+them over cores and each block's scratch tables stay cache-sized; memory is
+linear in the number of candles whatever the horizon.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import core
+
+ROW_BLOCK = 4096
+# Bars scanned one by one before the triple barrier falls back to the
+# O(log H) table search.  Barriers near the price (the usual 1-2 sigma) are
+# almost always touched within a few bars, and then no table is built.
+DIRECT_SCAN_BARS = 8
+
+_opts = dict(cache=True, nogil=True)
+
+
+@njit(parallel=True, **_opts)
+def first_defect(ts, open_, high, low, close, volume, check_volume):
+    """Index of the first malformed candle (prices or ts order), or -1."""
+    n = close.shape[0]
+    nblocks = (n + ROW_BLOCK - 1) // ROW_BLOCK
+    firsts = np.full(nblocks, n, np.int64)
+    for bi in prange(nblocks):
+        s = bi * ROW_BLOCK
+        e = min(n, s + ROW_BLOCK)
+        for i in range(s, e):
+            v = volume[i] if check_volume else 0.0
+            if core.candle_defects(open_[i], high[i], low[i], close[i], v, check_volume) != 0:
+                firsts[bi] = i
+                break
+            if i > 0 and ts[i] <= ts[i - 1]:
+                firsts[bi] = i
+                break
+    first = n
+    for bi in range(nblocks):
+        if firsts[bi] < first:
+            first = firsts[bi]
+            break
+    return first if first < n else -1
+
+
+@njit(**_opts)
+def defect_codes(ts, open_, high, low, close, volume, check_volume):
+    """Reason bits per row; a row counts as out of order when its ts is not
+    after the last row that had no defect, so dropping every flagged row
+    leaves a clean, strictly increasing series."""
+    n = close.shape[0]
+    codes = np.zeros(n, np.uint8)
+    have_last = False
+    last_ts = ts[0] if n > 0 else 0
+    for i in range(n):
+        v = volume[i] if check_volume else 0.0
+        bad = core.candle_defects(open_[i], high[i], low[i], close[i], v, check_volume)
+        if have_last and ts[i] <= last_ts:
+            bad |= core.BAD_TS_ORDER
+        codes[i] = bad
+        if bad == 0:
+            have_last = True
+            last_ts = ts[i]
+    return codes
+
+
+@njit(**_opts)
+def ewm_sigma(close, span):
+    out = np.empty(close.shape[0], np.float64)
+    core.ewm_sigma_into(close, span, out)
+    return out
+
+
+@njit(parallel=True, **_opts)
+def rolling_sigma(close, span):
+    n = close.shape[0]
+    out = np.empty(n, np.float64)
+    for t in prange(n):
+        out[t] = core.rolling_sigma_at(close, t, span)
+    return out
+
+
+@njit(**_opts)
+def _build_tables(x, start, stop, levels, is_max, tab):
+    """tab[k-1, i-start] = extreme of x[i : i + 2**k] for i + 2**k <= stop."""
+    if levels == 0:
+        return
+    for i in range(start, stop - 1):
+        a = x[i]
+        b = x[i + 1]
+        tab[0, i - start] = (a if a > b else b) if is_max else (a if a < b else b)
+    for k in range(2, levels + 1):
+        half = 1 << (k - 1)
+        for i in range(start, stop - (1 << k) + 1):
+            a = tab[k - 2, i - start]
+            b = tab[k - 2, i + half - start]
+            tab[k - 1, i - start] = (a if a > b else b) if is_max else (a if a < b else b)
+
+
+@njit(parallel=True, **_opts)
+def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie, vertical, min_ret):
+    n = close.shape[0]
+    label = np.empty(n, np.int8)
+    barrier = np.empty(n, np.int8)
+    exit_bars = np.empty(n, np.int32)
+    exit_ret = np.empty(n, np.float64)
+    flags = np.empty(n, np.uint8)
+    direct = min(horizon, DIRECT_SCAN_BARS)
+    deep = horizon - direct
+    levels = 0
+    while (2 << levels) <= deep:
+        levels += 1
+    nblocks = (n + ROW_BLOCK - 1) // ROW_BLOCK
+    for bi in prange(nblocks):
+        s = bi * ROW_BLOCK
+        e = min(n, s + ROW_BLOCK)
+        pending = np.empty(e - s, np.int64)
+        npend = 0
+        for t in range(s, e):
+            sig = sigma[t]
+            if not (sig > 0.0):
+                core.tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags)
+                continue
+            upper, lower = core.tb_bounds(close[t], sig, pt, sl)
+            last = min(t + horizon, n - 1)
+            near = min(t + direct, last)
+            j = core.first_touch_scan(t + 1, near, high, low, upper, lower)
+            if j <= near:
+                core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie,
+                                   label, barrier, exit_bars, exit_ret, flags)
+            elif near == last:
+                core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
+                                      label, barrier, exit_bars, exit_ret, flags)
+            else:
+                pending[npend] = t
+                npend += 1
+        if npend == 0:
+            continue
+        # Far barriers: search the rest of each window with per-block tables.
+        base = pending[0] + direct + 1
+        stop = min(e - 1 + horizon, n - 1) + 1
+        tab_hi = np.empty((max(levels, 1), stop - base), np.float64)
+        tab_lo = np.empty((max(levels, 1), stop - base), np.float64)
+        _build_tables(high, base, stop, levels, True, tab_hi)
+        _build_tables(low, base, stop, levels, False, tab_lo)
+        for p in range(npend):
+            t = pending[p]
+            upper, lower = core.tb_bounds(close[t], sigma[t], pt, sl)
+            last = min(t + horizon, n - 1)
+            j = core.first_touch_table(t + direct + 1, last, high, low, upper, lower,
+                                       tab_hi, tab_lo, base, levels)
+            if j <= last:
+                core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie,
+                                   label, barrier, exit_bars, exit_ret, flags)
+            else:
+                core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
+                                      label, barrier, exit_bars, exit_ret, flags)
+    return label, barrier, exit_bars, exit_ret, flags
+
+
+@njit(parallel=True, **_opts)
+def vol_scaled_return(close, sigma, horizons):
+    n = close.shape[0]
+    m = horizons.shape[0]
+    out = np.empty((m, n), np.float64)
+    for t in prange(n):
+        for k in range(m):
+            out[k, t] = core.vsr_at(close, sigma, t, horizons[k])
+    return out
+
+
+@njit(parallel=True, **_opts)
+def mfe_mae(high, low, close, horizon):
+    """Rows with a complete window (the first ``n - horizon``) get values;
+    the rest are NaN / 0 and masked invalid by the caller."""
+    n = close.shape[0]
+    mfe = np.empty(n)
+    mae = np.empty(n)
+    mfe_bars = np.empty(n, np.int32)
+    mae_bars = np.empty(n, np.int32)
+    complete = max(0, n - horizon)  # rows t with t + horizon <= n - 1
+    mfe[complete:] = np.nan
+    mae[complete:] = np.nan
+    mfe_bars[complete:] = 0
+    mae_bars[complete:] = 0
+    nblocks = (complete + ROW_BLOCK - 1) // ROW_BLOCK
+    for bi in prange(nblocks):
+        s = bi * ROW_BLOCK
+        e = min(complete, s + ROW_BLOCK)
+        start = s + 1
+        stop = e + horizon  # the last window ends at (e - 1) + horizon
+        size = stop - start
+        hs_v = np.empty(size)
+        hs_i = np.empty(size, np.int64)
+        hp_v = np.empty(size)
+        hp_i = np.empty(size, np.int64)
+        ls_v = np.empty(size)
+        ls_i = np.empty(size, np.int64)
+        lp_v = np.empty(size)
+        lp_i = np.empty(size, np.int64)
+        core.run_extremes(high, start, stop, horizon, True, hs_v, hs_i, hp_v, hp_i)
+        core.run_extremes(low, start, stop, horizon, False, ls_v, ls_i, lp_v, lp_i)
+        phase = 0
+        for t in range(s, e):
+            aligned = phase == 0
+            c0 = close[t]
+            hv, hi = core.window_extreme(t + 1, horizon, start, aligned, True, hs_v, hs_i, hp_v, hp_i)
+            lv, li = core.window_extreme(t + 1, horizon, start, aligned, False, ls_v, ls_i, lp_v, lp_i)
+            mfe[t] = hv / c0 - 1.0
+            mae[t] = lv / c0 - 1.0
+            mfe_bars[t] = hi - t
+            mae_bars[t] = li - t
+            phase += 1
+            if phase == horizon:
+                phase = 0
+    return mfe, mae, mfe_bars, mae_bars
