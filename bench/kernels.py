@@ -1,0 +1,597 @@
+"""Throughput, horizon scaling, memory and pandas comparison of ``compute_labels``.
+
+What it measures (every time is the MEDIAN of ``--repeats`` calls, taken
+after a warm-up call on a small input so numba compilation / cache loading
+is excluded):
+
+1. Throughput, per size (default 1M and 10M random-walk candles passed as a
+   pyarrow Table to ``gpubackfill.compute_labels``, so validation and Arrow
+   conversion are included): candles/s and candles/min for
+   ``enhanced_triple_barrier`` (horizon 60), ``vol_scaled_return`` (default
+   horizons), ``mfe_mae`` (horizon 60), and all three in one call.
+   Peak memory of the all-three call: in a fresh subprocess per size, the
+   peak RSS (Linux VmHWM, reset just before the call through
+   /proc/self/clear_refs; a 2 ms psutil sampling thread where that is not
+   available) minus the RSS before the call, divided by the input table's
+   plus the output table's ``nbytes``.
+2. Horizon scaling of the triple barrier: pt = sl = 50 (barriers almost
+   never touched, so whole windows are searched) at horizon 10 and 1000 on
+   the first size; time per call and t(1000) / t(10), through
+   ``compute_labels`` and for the kernel alone (sigma precomputed).
+3. The plain-pandas reference (``bench/pandas_reference.py``) on a random
+   subsample of events of the first size (horizon 60, default pt/sl, sigma
+   from the same ewm span 100): events/s and compute_labels' speed-up per
+   candle.  The two are also compared on that subsample; any mismatch is
+   counted and classified as "near a barrier" (some open/high/low in the
+   window within 1e-9 relative of a barrier) or not.
+4. A summary of the targets with PASS / MISS.
+
+Run from the repository root::
+
+    python bench/kernels.py                       # 1M and 10M candles, 5 repeats
+    python bench/kernels.py --sizes 1e6 --repeats 3
+    python bench/kernels.py --quick               # tiny sizes, a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+# Run as a script, this file's folder comes first on sys.path, where its own
+# name would shadow the ``kernels`` package; drop it before importing.
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+
+import gpubackfill  # noqa: E402
+from gpubackfill import backends  # noqa: E402
+from gpubackfill.labels.volatility import compute_sigma  # noqa: E402
+
+
+def _load_pandas_reference():
+    spec = importlib.util.spec_from_file_location("pandas_reference",
+                                                  BENCH_DIR / "pandas_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ref = _load_pandas_reference()
+sigma_pandas, triple_barrier_pandas = _ref.sigma_pandas, _ref.triple_barrier_pandas
+
+TB = "enhanced_triple_barrier"
+VSR = "vol_scaled_return"
+MFE = "mfe_mae"
+HORIZON = 60
+VOL_SPAN = 100  # the default of VOL_PARAMS; the pandas sigma uses the same span
+
+# name -> (labels, params) of each throughput configuration
+CONFIGS: dict[str, tuple[list[str], dict[str, dict[str, Any]]]] = {
+    TB: ([TB], {TB: {"horizon": HORIZON}}),
+    VSR: ([VSR], {}),
+    MFE: ([MFE], {MFE: {"horizon": HORIZON}}),
+    "all three": ([TB, VSR, MFE], {TB: {"horizon": HORIZON}, MFE: {"horizon": HORIZON}}),
+}
+ALL = "all three"
+
+TARGET_PER_MIN = 1e9
+TARGET_HORIZON_RATIO = 4.0
+TARGET_SPEEDUP = 10_000.0
+TARGET_MEMORY_RATIO = 2.0
+NEAR_BARRIER_REL = 1e-9
+
+
+# ---------------------------------------------------------------------------
+# input data
+
+
+def make_candles(n: int, seed: int = 12345) -> pa.Table:
+    """Valid random-walk OHLCV candles at 60 s steps, as a pyarrow Table."""
+    rng = np.random.default_rng(seed)
+    close = np.exp(np.cumsum(rng.normal(0.0, 1e-3, n)))
+    open_ = np.empty(n)
+    open_[0] = 1.0
+    open_[1:] = close[:-1]
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, 5e-4, n)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, 5e-4, n)))
+    volume = rng.gamma(2.0, 50.0, n)
+    ts = np.int64(1_600_000_000_000) + np.arange(n, dtype=np.int64) * 60_000
+    return pa.table({"ts": ts, "open": open_, "high": high, "low": low,
+                     "close": close, "volume": volume})
+
+
+def run_config(table: pa.Table, name: str) -> pa.Table:
+    labels, params = CONFIGS[name]
+    return gpubackfill.compute_labels(table, labels, params)
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel on a small input."""
+    small = make_candles(5_000, seed=1)
+    for name in CONFIGS:
+        run_config(small, name)
+    gpubackfill.compute_labels(small, TB, {TB: {"horizon": 1000, "pt": 50, "sl": 50}})
+
+
+# ---------------------------------------------------------------------------
+# measurement helpers
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """(median, min) wall time of ``fn()`` over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        del out
+    return statistics.median(times), min(times)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False if unavailable."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _status_kb("VmHWM") is not None
+
+
+class RssSampler:
+    """Fallback: sample this process's RSS every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self._interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def _release_free_memory() -> None:
+    """Hand memory that allocators keep for reuse back to the OS, so that the
+    call cannot hide part of its footprint in pages freed before it."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_child(n: int, seed: int) -> None:
+    """Body of the per-size subprocess: one all-three call, peak RSS as JSON."""
+    import psutil
+
+    table = make_candles(n, seed)
+    warm_up()
+    _release_free_memory()
+    proc = psutil.Process()
+    if _reset_peak_rss():
+        method = "VmHWM (clear_refs)"
+        before = _status_kb("VmRSS") * 1024
+        out = run_config(table, ALL)
+        peak = _status_kb("VmHWM") * 1024
+    else:
+        method = "psutil 2 ms sampling"
+        before = proc.memory_info().rss
+        with RssSampler() as sampler:
+            out = run_config(table, ALL)
+        peak = sampler.peak
+    print(json.dumps({"n": n, "method": method, "rss_before": before, "peak": peak,
+                      "in_bytes": table.nbytes, "out_bytes": out.nbytes}))
+
+
+def measure_memory(n: int, seed: int) -> dict[str, Any]:
+    """Run ``memory_child`` in a fresh interpreter and parse its result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(n),
+           "--seed", str(seed)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"memory subprocess failed ({res.returncode}):\n{res.stderr}")
+    m = json.loads(res.stdout.strip().splitlines()[-1])
+    m["increase"] = m["peak"] - m["rss_before"]
+    m["ratio"] = m["increase"] / (m["in_bytes"] + m["out_bytes"])
+    return m
+
+
+# ---------------------------------------------------------------------------
+# formatting
+
+
+def _numeric(cell: str) -> bool:
+    return cell == "" or cell.lstrip("<>=~ -")[:1].isdigit()
+
+
+def print_table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """Plain-text table; columns of numbers are right-aligned, others left."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    right = [i > 0 and all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if r else v.ljust(w)
+                         for v, w, r in zip(values, widths, right)).rstrip()
+
+    if title:
+        print(f"\n{title}")
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for r in cells:
+        print(line(r))
+
+
+def human(v: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {suffix}"
+    return f"{v:.3g}"
+
+
+def size_name(n: int) -> str:
+    return human(n).replace(" ", "")
+
+
+def mib(b: float) -> str:
+    return f"{b / 2**20:,.1f}"
+
+
+# ---------------------------------------------------------------------------
+# header
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def print_header(args: argparse.Namespace) -> None:
+    import numba
+    import psutil
+
+    cores = os.cpu_count()
+    physical = psutil.cpu_count(logical=False)
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "(not initialised)"
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    print("gpubackfill kernel benchmark")
+    print(f"command   : {shlex.join([sys.executable, *sys.argv])}")
+    print(f"machine   : {cpu_model()}; {cores} logical cores ({physical} physical, "
+          f"{affinity} usable); {psutil.virtual_memory().total / 2**30:.1f} GiB RAM; "
+          f"{platform.system()} {platform.release()}")
+    print(f"python    : {platform.python_version()} ({platform.python_implementation()})")
+    print(f"numba     : {numba.__version__}; get_num_threads() = {numba.get_num_threads()}; "
+          f"threading layer = {layer}")
+    print(f"libraries : numpy {np.__version__}, pyarrow {pa.__version__}, pandas {pd.__version__}, "
+          f"gpubackfill {gpubackfill.__version__}")
+    print(f"load avg  : {load_average()} (1/5/15 min at start; other processes on these "
+          f"{cores} cores slow every number below)")
+    print(f"settings  : sizes = {', '.join(size_name(n) for n in args.sizes)}; "
+          f"repeats = {args.repeats} (median reported); pandas events = {args.events}"
+          f"{'; QUICK mode' if args.quick else ''}")
+
+
+# ---------------------------------------------------------------------------
+# 1. throughput and memory
+
+
+def bench_throughput(tables: dict[int, pa.Table], repeats: int) -> dict[tuple[int, str], float]:
+    """Median seconds per (size, config); prints the throughput table."""
+    times: dict[tuple[int, str], float] = {}
+    rows = []
+    for n, table in tables.items():
+        for name in CONFIGS:
+            med, best = median_time(lambda: run_config(table, name), repeats)
+            times[(n, name)] = med
+            rows.append([size_name(n), name, f"{med:.4f}", f"{best:.4f}",
+                         human(n / med), human(n / med * 60)])
+    print_table(["candles", "labels", "median s", "min s", "candles/s", "candles/min"], rows,
+                title="1. Throughput through compute_labels (pyarrow Table in; validation + "
+                      "Arrow output included; tb/mfe horizon 60, vsr horizons 1,5,20)")
+    return times
+
+
+def bench_memory(sizes: list[int], seed: int) -> dict[int, dict[str, Any]]:
+    results = {n: measure_memory(n, seed) for n in sizes}
+    rows = [[size_name(n), mib(m["in_bytes"]), mib(m["out_bytes"]), mib(m["rss_before"]),
+             mib(m["peak"]), mib(m["increase"]), f"{m['ratio']:.2f}"]
+            for n, m in results.items()]
+    method = ", ".join(sorted({m["method"] for m in results.values()}))
+    print_table(["candles", "input MiB", "output MiB", "RSS before MiB", "peak RSS MiB",
+                 "increase MiB", "ratio"], rows,
+                title=f"   Peak memory of the all-three call (fresh subprocess per size; {method}); "
+                      "ratio = increase / (input + output)")
+    return results
+
+
+# ---------------------------------------------------------------------------
+# 2. horizon scaling
+
+
+def bench_horizon(table: pa.Table, repeats: int) -> dict[str, float]:
+    n = table.num_rows
+    kern = backends.select("cpu").kernels
+    close = np.ascontiguousarray(table.column("close").to_numpy())
+    cols = {c: np.ascontiguousarray(table.column(c).to_numpy()) for c in ("open", "high", "low")}
+    sigma = compute_sigma(kern, close, "ewm", VOL_SPAN)
+    t_api: dict[int, float] = {}
+    t_kernel: dict[int, float] = {}
+    for h in (10, 1000):
+        params = {TB: {"horizon": h, "pt": 50.0, "sl": 50.0}}
+        t_api[h], _ = median_time(lambda: gpubackfill.compute_labels(table, TB, params), repeats)
+        t_kernel[h], _ = median_time(
+            lambda: kern.triple_barrier(cols["open"], cols["high"], cols["low"], close, sigma,
+                                        h, 50.0, 50.0, 0, 0, 0.0), repeats)
+    rows = [[f"horizon {h}", f"{t_api[h]:.4f}", human(n / t_api[h]), f"{t_kernel[h]:.4f}",
+             human(n / t_kernel[h])] for h in (10, 1000)]
+    ratio_api = t_api[1000] / t_api[10]
+    ratio_kernel = t_kernel[1000] / t_kernel[10]
+    rows.append(["t(1000)/t(10)", f"{ratio_api:.2f}x", "", f"{ratio_kernel:.2f}x", ""])
+    print_table(["", "compute_labels s", "candles/s", "kernel only s", "candles/s"], rows,
+                title=f"2. Horizon scaling of {TB}, pt = sl = 50, {size_name(n)} candles")
+    return {"api": ratio_api, "kernel": ratio_kernel}
+
+
+# ---------------------------------------------------------------------------
+# 3. pandas reference
+
+
+def pick_events(n: int, count: int, seed: int) -> np.ndarray:
+    """Sorted row positions: a random sample plus the first and last 5 rows
+    (NO_VOL and INCOMPLETE cases)."""
+    rng = np.random.default_rng(seed + 1)
+    edges = np.r_[0:min(5, n), max(0, n - 5):n]
+    rest = max(0, min(count, n) - len(np.unique(edges)))
+    sample = rng.choice(n, size=rest, replace=False)
+    return np.unique(np.r_[edges, sample])
+
+
+def near_barrier(df: pd.DataFrame, pos: int, sigma: float, horizon: int) -> bool:
+    """Whether an open/high/low of t's window is within 1e-9 relative of a barrier."""
+    if not np.isfinite(sigma) or sigma <= 0:
+        return False
+    c0 = df["close"].iat[pos]
+    upper, lower = c0 * (1 + sigma), c0 * (1 - sigma)
+    window = df.iloc[pos + 1: min(pos + horizon, len(df) - 1) + 1]
+    prices = window[["open", "high", "low"]].to_numpy().ravel()
+    if prices.size == 0:
+        return False
+    dist = np.minimum(np.abs(prices / upper - 1), np.abs(prices / lower - 1))
+    return bool(dist.min() <= NEAR_BARRIER_REL)
+
+
+def compare_with_pandas(df: pd.DataFrame, events: np.ndarray, ref: pd.DataFrame,
+                        ours: pa.Table, sigma_ref: np.ndarray) -> dict[str, Any]:
+    """Row-by-row comparison on the events; returns mismatch counts."""
+    mismatched = np.zeros(len(events), dtype=bool)
+    per_column: dict[str, int] = {}
+    for col in ("tb_label", "tb_barrier", "tb_exit_bars", "tb_exit_return", "tb_flags"):
+        arr = ours.column(col).take(pa.array(events)).combine_chunks()
+        our_null = arr.is_null().to_numpy(zero_copy_only=False)
+        our_val = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        ref_val = ref[col].to_numpy(dtype=np.float64)
+        ref_null = np.isnan(ref_val)
+        bad = our_null != ref_null
+        both = ~our_null & ~ref_null
+        if col == "tb_exit_return":
+            close_enough = np.isclose(our_val, ref_val, rtol=NEAR_BARRIER_REL, atol=0.0)
+            bad |= both & ~close_enough
+        else:
+            bad |= both & (our_val != ref_val)
+        per_column[col] = int(bad.sum())
+        mismatched |= bad
+    idx = np.flatnonzero(mismatched)
+    near = sum(near_barrier(df, int(events[k]), sigma_ref[events[k]], HORIZON) for k in idx)
+    return {"rows": len(events), "mismatches": len(idx), "near_barrier": int(near),
+            "unexplained": len(idx) - int(near), "per_column": per_column,
+            "examples": [int(events[k]) for k in idx[:5]]}
+
+
+def bench_pandas(table: pa.Table, tb_rate: float, events_count: int, repeats: int,
+                 seed: int) -> dict[str, Any]:
+    n = table.num_rows
+    df = table.to_pandas().set_index("ts")
+    sigma = sigma_pandas(df["close"], span=VOL_SPAN)
+    events = pick_events(n, events_count, seed)
+    event_ts = df.index[events]
+    kwargs = dict(events=event_ts, horizon=HORIZON)
+
+    ref = triple_barrier_pandas(df, sigma, **kwargs)  # also the run that is verified
+    med, best = median_time(lambda: triple_barrier_pandas(df, sigma, **kwargs),
+                            max(1, min(repeats, 3)))
+    rate = len(events) / med
+    speedup = tb_rate / rate
+
+    ours = gpubackfill.compute_labels(table, TB, {TB: {"horizon": HORIZON}})
+    cmp = compare_with_pandas(df, events, ref, ours, sigma.to_numpy())
+
+    kern_sigma = compute_sigma(backends.select("cpu").kernels,
+                               np.ascontiguousarray(df["close"].to_numpy()), "ewm", VOL_SPAN)
+    s_ref, s_our = sigma.to_numpy()[events], kern_sigma[events]
+    finite = np.isfinite(s_ref) & np.isfinite(s_our)
+    sigma_rel = float(np.max(np.abs(s_our[finite] / s_ref[finite] - 1))) if finite.any() else 0.0
+    sigma_nan_agree = bool(np.array_equal(np.isnan(s_ref), np.isnan(s_our)))
+
+    rows = [
+        ["events (random sample + first/last 5 rows)", f"{len(events):,} of {size_name(n)} candles"],
+        ["pandas median s (min s)", f"{med:.3f} ({best:.3f}), {max(1, min(repeats, 3))} repeats"],
+        ["pandas events/s", f"{rate:,.1f}"],
+        [f"compute_labels {TB} candles/s", f"{human(tb_rate)}"],
+        ["speed-up per candle", f"{speedup:,.0f}x"],
+        ["sigma max rel. diff (pandas ewm vs kernel)", f"{sigma_rel:.2e}; NaN positions equal: "
+                                                       f"{sigma_nan_agree}"],
+        ["rows compared", f"{cmp['rows']:,}"],
+        ["mismatching rows", f"{cmp['mismatches']}"],
+        ["  of which a price is within 1e-9 of a barrier", f"{cmp['near_barrier']}"],
+        ["  unexplained", f"{cmp['unexplained']}"],
+        ["mismatches per column", ", ".join(f"{k}={v}" for k, v in cmp["per_column"].items())],
+    ]
+    if cmp["mismatches"]:
+        rows.append(["first mismatching rows", ", ".join(map(str, cmp["examples"]))])
+    print_table(["", "value"], rows,
+                title=f"3. pandas reference (bench/pandas_reference.py) vs compute_labels, "
+                      f"{TB} horizon {HORIZON}, pt = sl = 1, ewm span {VOL_SPAN}")
+    return {"rate": rate, "speedup": speedup, **cmp}
+
+
+# ---------------------------------------------------------------------------
+# 4. summary
+
+
+def verdict(ok: bool | None, quick: bool, why: str = "") -> str:
+    if quick:
+        return "n/a (quick)"
+    if ok is None:
+        return f"n/a ({why})"
+    return "PASS" if ok else "MISS"
+
+
+def print_summary(args: argparse.Namespace, times: dict[tuple[int, str], float],
+                  memory: dict[int, dict[str, Any]], horizon: dict[str, float],
+                  pandas_res: dict[str, Any]) -> None:
+    q = args.quick
+    big = [n for n in args.sizes if n >= 10_000_000]
+    if big:
+        n = max(big)
+        per_min = n / times[(n, ALL)] * 60
+        tput = [f"all three at {size_name(n)} candles/min", f">= {human(TARGET_PER_MIN)}",
+                human(per_min), verdict(per_min >= TARGET_PER_MIN, q)]
+    else:
+        n = max(args.sizes)
+        per_min = n / times[(n, ALL)] * 60
+        tput = [f"all three candles/min (at {size_name(n)})", f">= {human(TARGET_PER_MIN)} at 10M",
+                human(per_min), verdict(None, q, "no size >= 10M run")]
+    worst = max(memory.values(), key=lambda m: m["ratio"])
+    rows = [
+        tput,
+        ["tb horizon t(1000)/t(10), compute_labels", f"<= {TARGET_HORIZON_RATIO:g}x",
+         f"{horizon['api']:.2f}x", verdict(horizon["api"] <= TARGET_HORIZON_RATIO, q)],
+        ["tb horizon t(1000)/t(10), kernel only", f"<= {TARGET_HORIZON_RATIO:g}x",
+         f"{horizon['kernel']:.2f}x", verdict(horizon["kernel"] <= TARGET_HORIZON_RATIO, q)],
+        ["tb speed-up over pandas, per candle", f">= {TARGET_SPEEDUP:,.0f}x",
+         f"{pandas_res['speedup']:,.0f}x", verdict(pandas_res["speedup"] >= TARGET_SPEEDUP, q)],
+        [f"peak memory / (input + output), worst ({size_name(worst['n'])})",
+         f"<= ~{TARGET_MEMORY_RATIO:g}x", f"{worst['ratio']:.2f}x",
+         verdict(worst["ratio"] <= TARGET_MEMORY_RATIO, q)],
+        ["pandas agreement: unexplained mismatches", "0",
+         f"{pandas_res['unexplained']} (of {pandas_res['mismatches']} mismatches)",
+         "PASS" if pandas_res["unexplained"] == 0 else "MISS"],
+    ]
+    print_table(["target", "goal", "measured", "result"], rows, title="4. Targets")
+
+
+# ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1e6,1e7",
+                   help="comma-separated candle counts (default 1e6,1e7)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
+    p.add_argument("--events", type=int, default=2000, help="events for the pandas reference")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run (2e5 candles, 200 pandas events, 2 repeats); targets not judged")
+    p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.events, args.repeats = "2e5", 200, 2
+    args.sizes = [int(float(s)) for s in str(args.sizes).split(",") if s.strip()]
+    if not args.sizes or min(args.sizes) < 1000:
+        p.error("--sizes needs candle counts >= 1000")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.seed)
+        return 0
+
+    t_start = time.perf_counter()
+    warm_up()
+    print_header(args)
+
+    tables = {n: make_candles(n, args.seed) for n in args.sizes}
+    times = bench_throughput(tables, args.repeats)
+    memory = bench_memory(args.sizes, args.seed)
+
+    first = args.sizes[0]
+    horizon = bench_horizon(tables[first], args.repeats)
+    tb_rate = first / times[(first, TB)]
+    pandas_res = bench_pandas(tables[first], tb_rate, args.events, args.repeats, args.seed)
+
+    print_summary(args, times, memory, horizon, pandas_res)
+    print(f"\ntotal benchmark time {time.perf_counter() - t_start:.1f} s; "
+          f"load avg at end {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
