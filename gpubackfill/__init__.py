@@ -1,5 +1,6 @@
 """gpubackfill: batch computation of machine-learning labels over OHLC candles."""
 
+from .allocator import keep_freed_memory
 from .compute import compute_labels
 from .errors import (
     BackendUnavailable,
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LABELS", "BackendUnavailable", "GpubackfillError", "InvalidCandles", "InvalidInput",
-    "InvalidLabelSpec", "compute_labels", "label_set_id", "resolve_labels",
+    "InvalidLabelSpec", "compute_labels", "keep_freed_memory", "label_set_id", "resolve_labels",
 ]

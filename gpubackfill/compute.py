@@ -58,12 +58,12 @@ def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any) 
 
 
 def _to_arrow(column: Column, arrow_type: pa.DataType) -> pa.Array:
-    values, valid = column
+    """Wrap kernel output without copying: Arrow buffers over the arrays."""
+    values, bitmap = column
     values = np.ascontiguousarray(values)
     n = values.shape[0]
-    if valid is None:
+    if bitmap is None:
         return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(values)], null_count=0)
-    bitmap = np.packbits(valid, bitorder="little")
     return pa.Array.from_buffers(
         arrow_type, n, [pa.py_buffer(bitmap), pa.py_buffer(values)], null_count=-1
     )

@@ -18,6 +18,10 @@ import math
 
 from numba.extending import register_jitable
 
+# Left to LLVM to inline: forcing numba-level inlining (inline="always")
+# measured 1.5x slower on the triple barrier.
+jitable = register_jitable
+
 # Triple-barrier flag bits (tb_flags).  Part of the storage format.
 FLAG_GAP = 1
 FLAG_AMBIGUOUS = 2
@@ -25,9 +29,10 @@ FLAG_INCOMPLETE = 4
 FLAG_NO_VOL = 8
 
 # Integer codes for string parameters; kernels take ints, not strings.
-TIE_SL = 0
+# tie: the label an ambiguous bar gets (the barrier equals the label).
+TIE_SL = -1
 TIE_TP = 1
-TIE_SKIP = 2
+TIE_SKIP = 0
 VERTICAL_ZERO = 0
 VERTICAL_SIGN = 1
 
@@ -47,27 +52,37 @@ BAD_VOLUME = 32
 _LOG_SERIES_RADIUS = 0.02
 
 
-@register_jitable
-def log_ratio(a, b):
-    """ln(a / b) for positive a, b; within a few ulp of ``math.log(a / b)``.
+@jitable
+def log_ratio_near(a, b):
+    """ln(a / b) for a within ``_LOG_SERIES_RADIUS`` of b; branch-free.
 
-    Candle-to-candle ratios are nearly always within 2% of 1, where
     ln(a/b) = 2 atanh(z), z = (a - b) / (a + b), and the odd series in z
-    converges to double precision in six terms.  That is several times
-    cheaper than a libm call and it is the hottest operation of the
-    volatility and forward-return labels.
+    converges to double precision in six terms for |a/b - 1| < 2%, where
+    candle-to-candle ratios nearly always are.  Without a branch or a libm
+    call, loops over it vectorise.
     """
-    diff = a - b  # exact when a and b are within a factor 2 (Sterbenz)
-    if abs(diff) < _LOG_SERIES_RADIUS * b:
-        z = diff / (a + b)
-        u = z * z
-        p = 1.0 / 13.0
-        p = p * u + 1.0 / 11.0
-        p = p * u + 1.0 / 9.0
-        p = p * u + 1.0 / 7.0
-        p = p * u + 1.0 / 5.0
-        p = p * u + 1.0 / 3.0
-        return 2.0 * z * (p * u + 1.0)
+    z = (a - b) / (a + b)  # a - b is exact within a factor 2 (Sterbenz)
+    u = z * z
+    p = 1.0 / 13.0
+    p = p * u + 1.0 / 11.0
+    p = p * u + 1.0 / 9.0
+    p = p * u + 1.0 / 7.0
+    p = p * u + 1.0 / 5.0
+    p = p * u + 1.0 / 3.0
+    return 2.0 * z * (p * u + 1.0)
+
+
+@jitable
+def is_near(a, b):
+    return abs(a - b) < _LOG_SERIES_RADIUS * b
+
+
+@jitable
+def log_ratio(a, b):
+    """ln(a / b) for positive a, b; within a few ulp of an exact logarithm
+    (more accurate than ``math.log(a / b)``, which rounds a / b first)."""
+    if is_near(a, b):
+        return log_ratio_near(a, b)
     return math.log(a / b)
 
 
@@ -75,7 +90,7 @@ def log_ratio(a, b):
 # Validation
 
 
-@register_jitable
+@jitable
 def candle_defects(o, h, lo, c, v, check_volume):
     """Reason bits for one candle's prices (ordering is checked by callers)."""
     bad = 0
@@ -97,35 +112,41 @@ def candle_defects(o, h, lo, c, v, check_volume):
 # Volatility
 
 
-@register_jitable
-def ewm_sigma_into(close, span, out):
-    """sigma_t as pandas ``ewm(span, adjust=True, min_periods=span).std()``.
+@jitable
+def ewm_sigma_inplace(buf, span):
+    """Overwrite ``buf`` (log returns, ``buf[0]`` unused) with sigma_t as pandas ``ewm(span, adjust=True, min_periods=span).std()``.
 
-    The recurrence mirrors pandas' ``ewmcov`` step for step (including its
-    guard that leaves the mean untouched when the new value equals it, which
-    is what makes a flat series give exactly 0) so results agree to rounding.
+    Until the weights reach their floating-point fixed point (a couple of
+    thousand bars at span 100) the recurrence mirrors pandas' ``ewmcov``
+    step for step, including its guard that leaves the mean untouched when
+    the new value equals it (which makes a flat series give exactly 0).
+    From then on the weights are constants and the recurrence is rewritten
+    as ``mean = a*mean + b*x`` and ``cov = a*cov + ...``: one fused
+    multiply-add on each loop-carried chain instead of a chain of five
+    operations.  Both recurrences contract, so the rewrite's rounding stays
+    within ~1e-14 of pandas instead of compounding.
     """
-    n = close.shape[0]
+    n = buf.shape[0]
     if n == 0:
         return
+    out = buf  # each step reads r_i before writing sigma_i
     out[0] = math.nan
-    alpha = 2.0 / (span + 1.0)
-    decay = 1.0 - alpha
+    decay = 1.0 - 2.0 / (span + 1.0)
     mean = math.nan
     cov = 0.0
     sum_wt = 1.0
     sum_wt2 = 1.0
     old_wt = 1.0
-    nobs = 0
-    for i in range(1, n):
-        x = log_ratio(close[i], close[i - 1])
-        nobs += 1
+    i = 1
+    while i < n:
+        x = buf[i]
+        nobs = i
+        settled = False
         if nobs > 1:
+            prev = (sum_wt, sum_wt2, old_wt)
             sum_wt *= decay
             sum_wt2 *= decay * decay
             old_wt *= decay
-            # One reciprocal instead of pandas' two divisions: old_wt does not
-            # depend on the data, so this stays off the critical path.
             inv = 1.0 / (old_wt + 1.0)
             old_mean = mean
             if mean != x:
@@ -136,6 +157,7 @@ def ewm_sigma_into(close, span, out):
             sum_wt += 1.0
             sum_wt2 += 1.0
             old_wt += 1.0
+            settled = prev[0] == sum_wt and prev[1] == sum_wt2 and prev[2] == old_wt
         else:
             mean = x
         if nobs >= span:
@@ -148,9 +170,30 @@ def ewm_sigma_into(close, span, out):
                 out[i] = math.nan
         else:
             out[i] = math.nan
+        i += 1
+        if settled and nobs >= span:
+            break
+    if i >= n:
+        return
+    w = old_wt * decay  # the weight of the past at every later step
+    inv = 1.0 / (w + 1.0)
+    a = w * inv
+    num = sum_wt * sum_wt
+    factor = num / (num - sum_wt2)
+    while i < n:
+        x = buf[i]
+        old_mean = mean
+        if mean != x:
+            mean = a * old_mean + x * inv
+        d_old = old_mean - mean
+        d_new = x - mean
+        cov = a * cov + (a * (d_old * d_old) + inv * (d_new * d_new))
+        var = factor * cov
+        out[i] = math.sqrt(var) if var > 0.0 else 0.0
+        i += 1
 
 
-@register_jitable
+@jitable
 def rolling_sigma_at(close, t, span):
     """Sample std (ddof=1) of the ``span`` log returns ending at ``t``.
 
@@ -184,14 +227,14 @@ def rolling_sigma_at(close, t, span):
 # Enhanced triple barrier
 
 
-@register_jitable
+@jitable
 def bar_touches(h, lo, upper, lower):
     """True when a bar reaches either barrier (a gap open implies this too,
     because high >= open >= upper or low <= open <= lower)."""
     return h >= upper or lo <= lower
 
 
-@register_jitable
+@jitable
 def first_touch_scan(a, b, high, low, upper, lower):
     """First j in [a, b] whose bar touches a barrier, or b + 1."""
     j = a
@@ -202,7 +245,7 @@ def first_touch_scan(a, b, high, low, upper, lower):
     return b + 1
 
 
-@register_jitable
+@jitable
 def first_touch_table(a, b, high, low, upper, lower, tab_hi, tab_lo, base, levels):
     """First j in [a, b] whose bar touches a barrier, or b + 1, in O(log H).
 
@@ -230,56 +273,35 @@ def first_touch_table(a, b, high, low, upper, lower, tab_hi, tab_lo, base, level
     return pos
 
 
-@register_jitable
-def tb_write_exit(t, j, open_, high, low, close, upper, lower, tie,
+@jitable
+def tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
                   label, barrier, exit_bars, exit_ret, flags):
-    """Fill row t for an exit on bar j (a bar known to touch a barrier)."""
-    c0 = close[t]
+    """Fill row t for an exit on bar j (a bar known to touch a barrier).
+
+    Written as selects rather than if/else: which barrier a random walk
+    hits is a coin flip, and mispredicted branches would cost more than all
+    the arithmetic here.  ``tie_label`` is the label an ambiguous bar gets
+    (-1 for tie="sl", +1 for "tp", 0 for "skip").
+    """
     o = open_[j]
-    f = 0
-    if o >= upper:
-        lab = 1
-        bar = 1
-        price = o
-        f = FLAG_GAP
-    elif o <= lower:
-        lab = -1
-        bar = -1
-        price = o
-        f = FLAG_GAP
-    else:
-        up = high[j] >= upper
-        dn = low[j] <= lower
-        if up and dn:
-            f = FLAG_AMBIGUOUS
-            if tie == TIE_SL:
-                lab = -1
-                bar = -1
-                price = lower
-            elif tie == TIE_TP:
-                lab = 1
-                bar = 1
-                price = upper
-            else:
-                lab = 0
-                bar = 0
-                price = close[j]
-        elif up:
-            lab = 1
-            bar = 1
-            price = upper
-        else:
-            lab = -1
-            bar = -1
-            price = lower
+    gap_up = o >= upper
+    gap_dn = o <= lower
+    gap = gap_up | gap_dn
+    up = high[j] >= upper
+    dn = low[j] <= lower
+    amb = up & dn
+    lab = tie_label if amb else (1 if up else -1)
+    price = upper if lab == 1 else (lower if lab == -1 else close[j])
+    lab = 1 if gap_up else (-1 if gap_dn else lab)
+    price = o if gap else price
     label[t] = lab
-    barrier[t] = bar
+    barrier[t] = lab
     exit_bars[t] = j - t
-    exit_ret[t] = price / c0 - 1.0
-    flags[t] = f
+    exit_ret[t] = price / close[t] - 1.0
+    flags[t] = FLAG_GAP if gap else (FLAG_AMBIGUOUS if amb else 0)
 
 
-@register_jitable
+@jitable
 def tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
                      label, barrier, exit_bars, exit_ret, flags):
     """Fill row t when no bar in its window touched a barrier."""
@@ -304,7 +326,7 @@ def tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
     flags[t] = 0
 
 
-@register_jitable
+@jitable
 def tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags):
     label[t] = 0
     barrier[t] = 0
@@ -313,7 +335,7 @@ def tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags):
     flags[t] = FLAG_NO_VOL
 
 
-@register_jitable
+@jitable
 def tb_bounds(c0, sig, pt, sl):
     return c0 * (1.0 + pt * sig), c0 * (1.0 - sl * sig)
 
@@ -322,13 +344,20 @@ def tb_bounds(c0, sig, pt, sl):
 # Volatility-scaled forward return
 
 
-@register_jitable
+@jitable
 def vsr_at(close, sigma, t, h):
     n = close.shape[0]
     s = sigma[t]
     if t + h > n - 1 or not (s > 0.0):
         return math.nan
     return log_ratio(close[t + h], close[t]) / (s * math.sqrt(h))
+
+
+@jitable
+def vsr_near(close, sigma, t, h, sqrt_h):
+    """vsr_at without its checks, for rows known to have a window and a
+    price move inside the log series' radius (callers patch the rest)."""
+    return log_ratio_near(close[t + h], close[t]) / (sigma[t] * sqrt_h)
 
 
 # --------------------------------------------------------------------------
@@ -339,10 +368,10 @@ def vsr_at(close, sigma, t, h):
 # plus a prefix of the next.  Ties keep the earliest bar, as the contract asks.
 
 
-@register_jitable
-def run_extremes(x, start, stop, width, is_max, suf_val, suf_idx, pre_val, pre_idx):
-    """For runs of ``width`` starting at ``start``: suffix and prefix extremes
-    (value and index) of x within each run, stored at offset i - start."""
+@jitable
+def run_maxima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
+    """For runs of ``width`` from ``start``: suffix and prefix maxima of x
+    within each run (value, first index), stored at offset i - start."""
     r0 = start
     while r0 < stop:
         r1 = min(r0 + width, stop)
@@ -350,34 +379,71 @@ def run_extremes(x, start, stop, width, is_max, suf_val, suf_idx, pre_val, pre_i
         at = r0
         for i in range(r0, r1):
             xi = x[i]
-            if (xi > best) if is_max else (xi < best):
-                best = xi
-                at = i
+            take = xi > best
+            best = xi if take else best
+            at = i if take else at
             pre_val[i - start] = best
             pre_idx[i - start] = at
         best = x[r1 - 1]
         at = r1 - 1
         for i in range(r1 - 1, r0 - 1, -1):
             xi = x[i]
-            if (xi >= best) if is_max else (xi <= best):
-                best = xi
-                at = i
+            take = xi >= best  # moving left: an equal value is earlier
+            best = xi if take else best
+            at = i if take else at
             suf_val[i - start] = best
             suf_idx[i - start] = at
         r0 = r1
 
 
-@register_jitable
-def window_extreme(a, width, start, aligned, is_max, suf_val, suf_idx, pre_val, pre_idx):
-    """(value, index) of the extreme of x[a : a + width], earliest on ties;
-    ``aligned`` says a begins a run."""
+@jitable
+def run_minima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
+    """``run_maxima`` for minima."""
+    r0 = start
+    while r0 < stop:
+        r1 = min(r0 + width, stop)
+        best = x[r0]
+        at = r0
+        for i in range(r0, r1):
+            xi = x[i]
+            take = xi < best
+            best = xi if take else best
+            at = i if take else at
+            pre_val[i - start] = best
+            pre_idx[i - start] = at
+        best = x[r1 - 1]
+        at = r1 - 1
+        for i in range(r1 - 1, r0 - 1, -1):
+            xi = x[i]
+            take = xi <= best
+            best = xi if take else best
+            at = i if take else at
+            suf_val[i - start] = best
+            suf_idx[i - start] = at
+        r0 = r1
+
+
+@jitable
+def window_max(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
+    """(value, first index) of max x[a : a + width]; ``aligned``: a starts a run."""
     sv = suf_val[a - start]
     si = suf_idx[a - start]
     if aligned:
         return sv, si
-    b = a + width - 1
-    pv = pre_val[b - start]
-    pi = pre_idx[b - start]
-    if (pv > sv) if is_max else (pv < sv):
-        return pv, pi
-    return sv, si
+    pv = pre_val[a + width - 1 - start]
+    pi = pre_idx[a + width - 1 - start]
+    take = pv > sv  # the prefix lies later: it wins only if strictly larger
+    return (pv if take else sv), (pi if take else si)
+
+
+@jitable
+def window_min(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
+    """(value, first index) of min x[a : a + width]."""
+    sv = suf_val[a - start]
+    si = suf_idx[a - start]
+    if aligned:
+        return sv, si
+    pv = pre_val[a + width - 1 - start]
+    pi = pre_idx[a + width - 1 - start]
+    take = pv < sv
+    return (pv if take else sv), (pi if take else si)

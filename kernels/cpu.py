@@ -13,9 +13,9 @@ from numba import njit, prange
 from . import core
 
 ROW_BLOCK = 4096
-# Bars scanned one by one before the triple barrier falls back to the
-# O(log H) table search.  Barriers near the price (the usual 1-2 sigma) are
-# almost always touched within a few bars, and then no table is built.
+# Bars checked without branches before the triple barrier looks further.
+# Barriers near the price (the usual 1-2 sigma) are nearly always touched
+# within these; far ones go on to a scan or the O(log H) table search.
 DIRECT_SCAN_BARS = 8
 
 _opts = dict(cache=True, nogil=True)
@@ -67,11 +67,29 @@ def defect_codes(ts, open_, high, low, close, volume, check_volume):
     return codes
 
 
-@njit(**_opts)
-def ewm_sigma(close, span):
-    out = np.empty(close.shape[0], np.float64)
-    core.ewm_sigma_into(close, span, out)
+@njit(parallel=True, **_opts)
+def log_returns(close):
+    """r_t = ln(close_t / close_{t-1}); r_0 = NaN."""
+    n = close.shape[0]
+    out = np.empty(n, np.float64)
+    if n > 0:
+        out[0] = np.nan
+    for t in prange(1, n):
+        out[t] = core.log_ratio(close[t], close[t - 1])
     return out
+
+
+@njit(**_opts)
+def _ewm_inplace(buf, span):
+    core.ewm_sigma_inplace(buf, span)
+
+
+def ewm_sigma(close, span):
+    # The logarithms run on every core first; only the recurrence, which is
+    # sequential by nature, runs on one.
+    buf = log_returns(close)
+    _ewm_inplace(buf, span)
+    return buf
 
 
 @njit(parallel=True, **_opts)
@@ -101,7 +119,7 @@ def _build_tables(x, start, stop, levels, is_max, tab):
 
 
 @njit(parallel=True, **_opts)
-def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie, vertical, min_ret):
+def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret):
     n = close.shape[0]
     label = np.empty(n, np.int8)
     barrier = np.empty(n, np.int8)
@@ -113,6 +131,28 @@ def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie, vertica
     levels = 0
     while (2 << levels) <= deep:
         levels += 1
+    # Pass 1, row by row: the first ``direct`` bars of every window.  Rows
+    # still undecided after them are marked with exit_bars = -1.
+    for t in prange(n):
+        sig = sigma[t]
+        if not (sig > 0.0):
+            core.tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags)
+            continue
+        upper, lower = core.tb_bounds(close[t], sig, pt, sl)
+        last = min(t + horizon, n - 1)
+        near = min(t + direct, last)
+        j = core.first_touch_scan(t + 1, near, high, low, upper, lower)
+        if j <= near:
+            core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
+                               label, barrier, exit_bars, exit_ret, flags)
+        elif near == last:
+            core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
+                                  label, barrier, exit_bars, exit_ret, flags)
+        else:
+            exit_bars[t] = -1
+    if deep <= 0:
+        return label, barrier, exit_bars, exit_ret, flags
+    # Pass 2, block by block: the rest of the undecided windows.
     nblocks = (n + ROW_BLOCK - 1) // ROW_BLOCK
     for bi in prange(nblocks):
         s = bi * ROW_BLOCK
@@ -120,40 +160,36 @@ def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie, vertica
         pending = np.empty(e - s, np.int64)
         npend = 0
         for t in range(s, e):
-            sig = sigma[t]
-            if not (sig > 0.0):
-                core.tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags)
-                continue
-            upper, lower = core.tb_bounds(close[t], sig, pt, sl)
-            last = min(t + horizon, n - 1)
-            near = min(t + direct, last)
-            j = core.first_touch_scan(t + 1, near, high, low, upper, lower)
-            if j <= near:
-                core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie,
-                                   label, barrier, exit_bars, exit_ret, flags)
-            elif near == last:
-                core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
-                                      label, barrier, exit_bars, exit_ret, flags)
-            else:
+            if exit_bars[t] < 0:
                 pending[npend] = t
                 npend += 1
         if npend == 0:
             continue
-        # Far barriers: search the rest of each window with per-block tables.
+        # The rest of each pending window: scan it bar by bar, or, when that
+        # would cost more than building per-block tables of run extremes,
+        # search those in O(log H) per row.
         base = pending[0] + direct + 1
-        stop = min(e - 1 + horizon, n - 1) + 1
-        tab_hi = np.empty((max(levels, 1), stop - base), np.float64)
-        tab_lo = np.empty((max(levels, 1), stop - base), np.float64)
-        _build_tables(high, base, stop, levels, True, tab_hi)
-        _build_tables(low, base, stop, levels, False, tab_lo)
+        stop = min(pending[npend - 1] + horizon, n - 1) + 1
+        use_tables = npend * deep > 2 * levels * (stop - base)
+        if use_tables:
+            tab_hi = np.empty((max(levels, 1), stop - base), np.float64)
+            tab_lo = np.empty((max(levels, 1), stop - base), np.float64)
+            _build_tables(high, base, stop, levels, True, tab_hi)
+            _build_tables(low, base, stop, levels, False, tab_lo)
+        else:
+            tab_hi = np.empty((1, 1), np.float64)
+            tab_lo = tab_hi
         for p in range(npend):
             t = pending[p]
             upper, lower = core.tb_bounds(close[t], sigma[t], pt, sl)
             last = min(t + horizon, n - 1)
-            j = core.first_touch_table(t + direct + 1, last, high, low, upper, lower,
-                                       tab_hi, tab_lo, base, levels)
+            if use_tables:
+                j = core.first_touch_table(t + direct + 1, last, high, low, upper, lower,
+                                           tab_hi, tab_lo, base, levels)
+            else:
+                j = core.first_touch_scan(t + direct + 1, last, high, low, upper, lower)
             if j <= last:
-                core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie,
+                core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
                                    label, barrier, exit_bars, exit_ret, flags)
             else:
                 core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
@@ -166,9 +202,19 @@ def vol_scaled_return(close, sigma, horizons):
     n = close.shape[0]
     m = horizons.shape[0]
     out = np.empty((m, n), np.float64)
-    for t in prange(n):
-        for k in range(m):
-            out[k, t] = core.vsr_at(close, sigma, t, horizons[k])
+    for k in range(m):
+        h = horizons[k]
+        sqrt_h = np.sqrt(h)
+        row = out[k]
+        last = max(0, n - h)  # rows with t + h <= n - 1
+        # A branch-free pass over the common case (it vectorises), then a
+        # cheap pass that redoes the rows it does not cover.
+        for t in prange(last):
+            row[t] = core.vsr_near(close, sigma, t, h, sqrt_h)
+        for t in prange(last):
+            if not (sigma[t] > 0.0) or not core.is_near(close[t + h], close[t]):
+                row[t] = core.vsr_at(close, sigma, t, h)
+        row[last:] = np.nan
     return out
 
 
@@ -201,14 +247,14 @@ def mfe_mae(high, low, close, horizon):
         ls_i = np.empty(size, np.int64)
         lp_v = np.empty(size)
         lp_i = np.empty(size, np.int64)
-        core.run_extremes(high, start, stop, horizon, True, hs_v, hs_i, hp_v, hp_i)
-        core.run_extremes(low, start, stop, horizon, False, ls_v, ls_i, lp_v, lp_i)
+        core.run_maxima(high, start, stop, horizon, hs_v, hs_i, hp_v, hp_i)
+        core.run_minima(low, start, stop, horizon, ls_v, ls_i, lp_v, lp_i)
         phase = 0
         for t in range(s, e):
             aligned = phase == 0
             c0 = close[t]
-            hv, hi = core.window_extreme(t + 1, horizon, start, aligned, True, hs_v, hs_i, hp_v, hp_i)
-            lv, li = core.window_extreme(t + 1, horizon, start, aligned, False, ls_v, ls_i, lp_v, lp_i)
+            hv, hi = core.window_max(t + 1, horizon, start, aligned, hs_v, hs_i, hp_v, hp_i)
+            lv, li = core.window_min(t + 1, horizon, start, aligned, ls_v, ls_i, lp_v, lp_i)
             mfe[t] = hv / c0 - 1.0
             mae[t] = lv / c0 - 1.0
             mfe_bars[t] = hi - t
@@ -217,3 +263,49 @@ def mfe_mae(high, low, close, horizon):
             if phase == horizon:
                 phase = 0
     return mfe, mae, mfe_bars, mae_bars
+
+
+# --------------------------------------------------------------------------
+# Validity bitmaps (Arrow layout: bit i of byte i // 8, least significant
+# first), built straight from the outputs without boolean temporaries.
+
+
+@njit(parallel=True, **_opts)
+def bitmap_not_nan(x):
+    n = x.shape[0]
+    nbytes = (n + 7) // 8
+    out = np.zeros(nbytes, np.uint8)
+    for b in prange(nbytes):
+        v = 0
+        for k in range(min(8, n - 8 * b)):
+            if x[8 * b + k] == x[8 * b + k]:
+                v |= 1 << k
+        out[b] = v
+    return out
+
+
+@njit(parallel=True, **_opts)
+def bitmap_flags_clear(flags, bits):
+    """Valid where ``flags & bits == 0``."""
+    n = flags.shape[0]
+    nbytes = (n + 7) // 8
+    out = np.zeros(nbytes, np.uint8)
+    for b in prange(nbytes):
+        v = 0
+        for k in range(min(8, n - 8 * b)):
+            if flags[8 * b + k] & bits == 0:
+                v |= 1 << k
+        out[b] = v
+    return out
+
+
+@njit(**_opts)
+def bitmap_prefix(n, count):
+    """Valid for the first ``count`` of ``n`` rows."""
+    count = max(0, min(n, count))
+    out = np.zeros((n + 7) // 8, np.uint8)
+    full = count // 8
+    out[:full] = 0xFF
+    if count % 8:
+        out[full] = (1 << (count % 8)) - 1
+    return out

@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from ..errors import InvalidLabelSpec
 
-# A computed column: values, plus a validity mask (None = all valid).
+# A computed column: values, plus an Arrow validity bitmap (packed uint8,
+# least significant bit first; None = all valid).
 Column = tuple[np.ndarray, "np.ndarray | None"]
 
 

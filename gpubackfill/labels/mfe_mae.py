@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 import pyarrow as pa
 
 from .base import Column, LabelSpec, Param, Series
@@ -29,7 +28,7 @@ OUTPUTS = [
 def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, Column]:
     mfe, mae, mfe_bars, mae_bars = kernels.mfe_mae(s.high, s.low, s.close, p["horizon"])
     n = len(s)
-    valid = np.arange(n) < n - p["horizon"]
+    valid = kernels.bitmap_prefix(n, n - p["horizon"])
     return {
         "mfe": (mfe, valid),
         "mae": (mae, valid),

@@ -48,7 +48,7 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
     label, barrier, bars, ret, flags = kernels.triple_barrier(
         s.open, s.high, s.low, s.close, sigma, p["horizon"], p["pt"], p["sl"],
         _TIE[p["tie"]], _VERTICAL[p["vertical"]], p["min_ret"])
-    valid = (flags & (core.FLAG_INCOMPLETE | core.FLAG_NO_VOL)) == 0
+    valid = kernels.bitmap_flags_clear(flags, core.FLAG_INCOMPLETE | core.FLAG_NO_VOL)
     return {
         "tb_label": (label, valid),
         "tb_barrier": (barrier, valid),

@@ -35,8 +35,8 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
     out: dict[str, Column] = {}
     for k, h in enumerate(p["horizons"]):
         col = values[k]
-        out[f"vsr_{h}"] = (col, ~np.isnan(col))
-    out["sigma"] = (sigma, ~np.isnan(sigma))
+        out[f"vsr_{h}"] = (col, kernels.bitmap_not_nan(col))
+    out["sigma"] = (sigma, kernels.bitmap_not_nan(sigma))
     return out
 
 
