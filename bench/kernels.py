@@ -230,10 +230,13 @@ def memory_child(n: int, seed: int) -> None:
                       "in_bytes": table.nbytes, "out_bytes": out.nbytes}))
 
 
+ALLOCATOR = "keep"
+
+
 def measure_memory(n: int, seed: int) -> dict[str, Any]:
     """Run ``memory_child`` in a fresh interpreter and parse its result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(n),
-           "--seed", str(seed)]
+           "--seed", str(seed), "--allocator", ALLOCATOR]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"memory subprocess failed ({res.returncode}):\n{res.stderr}")
@@ -332,6 +335,8 @@ def print_header(args: argparse.Namespace) -> None:
     print(f"settings  : sizes = {', '.join(size_name(n) for n in args.sizes)}; "
           f"repeats = {args.repeats} (median reported); pandas events = {args.events}"
           f"{'; QUICK mode' if args.quick else ''}")
+    print(f"allocator : {args.allocator}"
+          f"{' (gpubackfill.keep_freed_memory(): freed memory reused, not faulted in again)' if args.allocator == 'keep' else ' (glibc default)'}")
 
 
 # ---------------------------------------------------------------------------
@@ -556,6 +561,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--quick", action="store_true",
                    help="tiny run (2e5 candles, 200 pandas events, 2 repeats); targets not judged")
+    p.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                   help="'keep': gpubackfill.keep_freed_memory(), as the engine runs; "
+                        "'default': glibc's default (every large array faulted in afresh)")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -570,10 +578,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.allocator == "keep":
+        gpubackfill.keep_freed_memory()
     if args.memory_child is not None:
         memory_child(args.memory_child, args.seed)
         return 0
 
+    global ALLOCATOR
+    ALLOCATOR = args.allocator
     t_start = time.perf_counter()
     warm_up()
     print_header(args)
