@@ -7,7 +7,10 @@ so plain Python callers can catch the familiar type)::
      └── InvalidInput (ValueError)
           ├── InvalidCandles      malformed candle data; names the first bad row
           ├── InvalidLabelSpec    unknown label or parameter, bad parameter value
-          └── BackendUnavailable  a compute backend that cannot run here
+          ├── BackendUnavailable  a compute backend that cannot run here
+          ├── JobNotFound         no job with that id
+          └── InvalidTransition   e.g. resuming a job that is not paused
+     └── DependencyError          ClickHouse or Redis unreachable or failing
 """
 
 from __future__ import annotations
@@ -35,3 +38,15 @@ class InvalidLabelSpec(InvalidInput):
 
 class BackendUnavailable(InvalidInput):
     """The requested compute backend cannot run in this environment."""
+
+
+class DependencyError(GpubackfillError):
+    """ClickHouse or Redis cannot be reached or refused the request."""
+
+
+class JobNotFound(InvalidInput):
+    """No job with that id."""
+
+
+class InvalidTransition(InvalidInput):
+    """The job or chunk is not in a state that allows the request."""

@@ -1,0 +1,380 @@
+"""The ``gpubackfill`` command line: parse, call the service, render.
+
+Every user mistake ends in one line on stderr and a non-zero exit (2 for a
+bad request, 1 for an unreachable or failing dependency); never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import DependencyError, GpubackfillError, InvalidInput
+
+LABEL_NAMES = ("enhanced_triple_barrier", "vol_scaled_return", "mfe_mae")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InvalidInput as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except DependencyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except GpubackfillError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def _service(ctx: click.Context):
+    if "service" not in ctx.obj:
+        from .config import Settings
+        from .service import BackfillService
+
+        ctx.obj["service"] = BackfillService(Settings.from_env())
+    return ctx.obj["service"]
+
+
+def _params(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in values:
+        key, eq, value = item.partition("=")
+        label, dot, name = key.partition(".")
+        if not eq or not dot or not label or not name:
+            raise InvalidInput(f"--param must look like LABEL.KEY=VALUE, got {item!r}")
+        out.setdefault(label.strip(), {})[name.strip()] = value.strip()
+    return out
+
+
+def _labels(values: tuple[str, ...]) -> list[str] | None:
+    names = [n.strip() for v in values for n in v.replace(",", " ").split() if n.strip()]
+    return names or None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True, help="Log what happens (LOG_LEVEL=DEBUG).")
+@click.version_option(package_name="gpubackfill")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Backfill machine-learning labels over OHLC candles.
+
+    Candles and labels live in ClickHouse (embedded chDB by default, or
+    CLICKHOUSE_URL), job state in Redis (a bundled server by default, or
+    REDIS_URL), and chunks run on Dask.
+    """
+    import logging
+
+    ctx.ensure_object(dict)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the ClickHouse schema (also done on first use)."""
+    svc = _service(ctx)
+    svc.init()
+    click.echo(f"schema ready in database {svc.settings.clickhouse_database}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--instrument", required=True)
+@click.option("--granularity", required=True)
+@click.option("--tz", default=None, help="Time zone of naive times in the file (default UTC).")
+@click.pass_context
+def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz: str | None) -> None:
+    """Load candles from a CSV or Parquet file (idempotent)."""
+    if not Path(path).exists():
+        raise InvalidInput(f"no such file: {path}")
+    report = _service(ctx).ingest(path, instrument, granularity, tz)
+    click.echo(f"read {report.rows_read} rows: {report.inserted} inserted, {report.updated} updated, "
+               f"{report.unchanged} already present, {len(report.rejected)} rejected")
+    for row, ts, reason in report.rejected[:20]:
+        click.echo(f"  rejected row {row} (ts {_iso(ts)}): {reason}")
+    if len(report.rejected) > 20:
+        click.echo(f"  ... and {len(report.rejected) - 20} more")
+
+
+@main.command()
+@click.option("--instrument", required=True)
+@click.option("--granularity", required=True)
+@click.option("--labels", multiple=True, help="Label names (default: all).")
+@click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE")
+@click.option("--start-date", default=None)
+@click.option("--end-date", default=None)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .parquet or .csv")
+@click.pass_context
+def export(ctx, instrument, granularity, labels, params, start_date, end_date, output) -> None:
+    """Write computed labels (with ts) to Parquet or CSV for training."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise InvalidInput(f"output must end in .parquet or .csv, got {output!r}")
+    table = _service(ctx).export(instrument, granularity, _labels(labels), _params(params),
+                                 start_date, end_date)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+    else:
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(table, output)
+    click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {output}")
+
+
+@main.command()
+@click.option("--instrument", required=True)
+@click.option("--granularity", required=True)
+@click.option("--start-date", required=True)
+@click.option("--end-date", required=True)
+@click.option("--labels", multiple=True, help="Label names, space or comma separated (default: all).")
+@click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
+              help="A label parameter, e.g. enhanced_triple_barrier.horizon=48 (repeatable).")
+@click.option("--chunk-size", type=int, default=None, help="Candles per chunk (BATCH_CHUNK_SIZE).")
+@click.option("--workers", type=int, default=None, help="Parallel chunks (BATCH_MAX_WORKERS).")
+@click.option("--min-workers", type=int, default=None, help="Lower bound for adaptive scaling.")
+@click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default=None)
+@click.option("--force", is_flag=True, help="Recompute chunks even if already computed.")
+@click.option("--detach", is_flag=True, help="Only queue the job; run it with `execute`.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (DASK_SCHEDULER_ADDRESS).")
+@click.pass_context
+def start(ctx, instrument, granularity, start_date, end_date, labels, params, chunk_size,
+          workers, min_workers, priority, backend, force, detach, scheduler) -> None:
+    """Plan a backfill job and run it (or queue it with --detach)."""
+    svc = _service(ctx)
+    job_id = svc.create_job(instrument, granularity, start_date, end_date, _labels(labels),
+                            _params(params), chunk_size, workers, priority, force, backend,
+                            min_workers)
+    if detach:
+        click.echo(job_id)
+        click.echo(f"queued; run it with: gpubackfill execute {job_id}", err=True)
+        return
+    click.echo(f"job {job_id}", err=True)
+    _run_foreground(svc, job_id, scheduler)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--scheduler", default=None, help="Dask scheduler address.")
+@click.pass_context
+def execute(ctx, job_id: str, scheduler: str | None) -> None:
+    """Run or resume a queued, paused, interrupted or failed job."""
+    _run_foreground(_service(ctx), job_id, scheduler)
+
+
+def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            click.echo("\nsecond interrupt: exiting now; running chunks are re-run on resume", err=True)
+            raise SystemExit(130)
+        stop.set()
+        click.echo("\ninterrupting: letting running chunks finish (Ctrl-C again to exit now)", err=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    console = _console()
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                      TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                      transient=False, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task(job_id, total=None, rate="")
+
+            def progress(s: dict) -> None:
+                bar.update(task, total=s["candles_total"], completed=s["candles_done"],
+                           description=f"{job_id} {s['status']}",
+                           rate=f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
+
+            result = svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    s = svc.status(job_id)
+    click.echo(f"{job_id} {s['status']}: {s['candles_done']:,} candles in {s['chunks']['done']} chunks, "
+               f"{s['rows_written']:,} label rows written, {s['cache_hits']} chunks unchanged (skipped), "
+               f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
+    if s["status"] == "interrupted":
+        click.echo(f"resume with: gpubackfill execute {job_id}", err=True)
+        raise SystemExit(130)
+    if s["status"] in ("failed", "completed_with_errors"):
+        for idx, err in s["last_errors"].items():
+            click.echo(f"  chunk {idx}: {err}", err=True)
+        raise SystemExit(1)
+    if s["status"] == "cancelled":
+        raise SystemExit(1)
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _job_row(s: dict) -> list[str]:
+    eta = "" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
+    return [s["job_id"], s["status"], f"{s['instrument']} {s['granularity']}",
+            f"{s['start'][:10]}..{s['end'][:10]}", f"{s['progress'] * 100:.1f}%",
+            f"{s['chunks']['done']}/{s['chunks_total']}", f"{s['candles_done']:,}",
+            f"{s['throughput_per_min'] / 1e6:,.1f}M/min", eta, str(s["errors"])]
+
+
+_HEADERS = ["job", "status", "series", "range", "progress", "chunks", "candles", "throughput",
+            "eta", "errors"]
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def status(ctx, job_id: str | None, fmt: str) -> None:
+    """Show one job, or all jobs."""
+    svc = _service(ctx)
+    rows = [svc.status(job_id)] if job_id else svc.list_jobs()
+    if fmt == "json":
+        click.echo(json.dumps(rows[0] if job_id else rows, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(*_HEADERS)
+    for s in rows:
+        table.add_row(*_job_row(s))
+    _console().print(table)
+    if job_id:
+        s = rows[0]
+        click.echo(f"labels: {', '.join(s['labels'])} (label set {s['label_set']}); backend {s['backend']}; "
+                   f"cluster {s['cluster'] or '-'}")
+        if s["dashboard"]:
+            click.echo(f"dask dashboard: {s['dashboard']}")
+        for idx, err in s["last_errors"].items():
+            click.echo(f"chunk {idx}: {err}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--refresh", type=float, default=5.0, help="Seconds between updates.")
+@click.option("--once", is_flag=True, help="Print one update and exit.")
+@click.pass_context
+def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
+    """Live view of a job: progress, throughput, ETA, chunk states, errors."""
+    from rich.live import Live
+    from rich.table import Table
+
+    svc = _service(ctx)
+    if refresh <= 0:
+        raise InvalidInput(f"--refresh must be > 0, got {refresh}")
+
+    def render() -> Table:
+        s = svc.status(job_id)
+        t = Table(title=f"job {job_id}", show_header=False)
+        t.add_row("status", s["status"])
+        t.add_row("series", f"{s['instrument']} {s['granularity']} {s['start']} .. {s['end']}")
+        t.add_row("progress", f"{s['progress'] * 100:.1f}% ({s['candles_done']:,}/{s['candles_total']:,} candles)")
+        t.add_row("chunks", ", ".join(f"{k} {v}" for k, v in s["chunks"].items()))
+        t.add_row("throughput", f"{s['throughput_per_min'] / 1e6:,.2f}M candles/min "
+                                f"(recent {s['recent_rate_per_min'] / 1e6:,.2f}M)")
+        t.add_row("eta", "-" if s["eta_s"] is None else f"{s['eta_s']:.0f} s")
+        t.add_row("errors", str(s["errors"]))
+        for idx, err in s["last_errors"].items():
+            t.add_row(f"chunk {idx}", err)
+        if s["dashboard"]:
+            t.add_row("dashboard", s["dashboard"])
+        return t
+
+    console = _console()
+    if once:
+        console.print(render())
+        return
+    from .state.machine import FINAL_JOB_STATES
+
+    with Live(render(), console=console, refresh_per_second=4) as live:
+        while True:
+            time.sleep(refresh)
+            live.update(render())
+            if svc.status(job_id)["status"] in FINAL_JOB_STATES:
+                break
+
+
+def _transition_command(name: str, verb: str):
+    @main.command(name=name, help=f"{verb} a job.")
+    @click.argument("job_id")
+    @click.pass_context
+    def command(ctx, job_id: str) -> None:
+        new = getattr(_service(ctx), name)(job_id)
+        click.echo(f"{job_id} {new}")
+
+    return command
+
+
+pause = _transition_command("pause", "Pause (between chunks)")
+resume = _transition_command("resume", "Resume a paused")
+cancel = _transition_command("cancel", "Cancel")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def metrics(ctx, fmt: str) -> None:
+    """Figures over all jobs (from Redis, whichever process ran them)."""
+    m = _service(ctx).metrics()
+    if fmt == "json":
+        click.echo(json.dumps(m, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table("metric", "value")
+    for k, v in m.items():
+        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    _console().print(t)
+
+
+@main.command()
+@click.option("--older-than", type=float, required=True, help="Days since the job finished.")
+@click.option("--status", "status_", type=click.Choice(["completed", "completed_with_errors",
+                                                         "failed", "cancelled"]), default=None)
+@click.pass_context
+def cleanup(ctx, older_than: float, status_: str | None) -> None:
+    """Forget finished jobs (their labels stay in ClickHouse)."""
+    removed = _service(ctx).cleanup(older_than, status_)
+    click.echo(f"removed {len(removed)} job(s)" + (f": {' '.join(removed)}" if removed else ""))
+
+
+@main.command()
+@click.option("--instruments", default="EURUSD,GBPUSD,USDJPY", show_default=True)
+@click.option("--granularity", default="M1", show_default=True)
+@click.option("--years", type=float, default=2.0, show_default=True)
+@click.option("--workers", type=int, default=None)
+@click.pass_context
+def demo(ctx, instruments: str, granularity: str, years: float, workers: int | None) -> None:
+    """Generate synthetic candles, ingest them, and backfill every label."""
+    from .demo import run_demo
+
+    run_demo(_service(ctx), [i.strip() for i in instruments.split(",") if i.strip()],
+             granularity, years, workers, _console())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,208 @@
+"""Settings: one typed object, read from the environment (and ``.env``).
+
+Names follow the original product spec (``REDIS_*``, ``CLICKHOUSE_*``,
+``BATCH_*`` ...) plus ``GPUBACKFILL_*`` for what it did not name.  Without
+``CLICKHOUSE_URL``/``CLICKHOUSE_HOST`` and ``REDIS_URL``/``REDIS_HOST`` the
+embedded defaults are used: chDB and a bundled redis-server, both keeping
+their data under ``GPUBACKFILL_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import quote, urlsplit
+
+from .errors import InvalidInput
+
+DEFAULT_CHUNK_SIZE = 100_000  # from bench/RESULTS.md (backfill): best of 10k/100k/1M
+
+
+class ConfigError(InvalidInput):
+    """A setting is missing, malformed or out of range."""
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "gpubackfill"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=_default_home)
+    clickhouse_url: str | None = None      # None: embedded chDB under home
+    clickhouse_database: str = "gpubackfill"
+    clickhouse_user: str = "default"
+    clickhouse_password: str = field(default="", repr=False)
+    redis_url: str | None = None           # None: bundled redis-server under home
+    redis_prefix: str = "gpubackfill"
+    redis_ttl: int = 7 * 24 * 3600         # seconds a finished job stays in Redis
+    max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_retries: int = 3
+    cache_ttl_seconds: int = 3600
+    metrics_enabled: bool = True
+    prometheus_port: int = 9090
+    alert_webhooks: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    dask_scheduler: str | None = None
+    backend: str = "cpu"
+    lease_seconds: int = 120
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.home / "clickhouse"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    def public(self) -> dict:
+        """The settings as shown to users: secrets removed from URLs."""
+        d = asdict(self)
+        d["home"] = str(self.home)
+        d.pop("clickhouse_password")
+        for key in ("clickhouse_url", "redis_url"):
+            if d[key]:
+                d[key] = redact_url(d[key])
+        return d
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: bool = True) -> "Settings":
+        """Read and validate settings; raise ConfigError naming the variable."""
+        values = dict(_read_dotenv(Path.cwd() / ".env")) if dotenv and env is None else {}
+        values.update(os.environ if env is None else env)
+        return cls(**_parse(values))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    out = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        out[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return out
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """A password from NAME, or from the file named by NAME_FILE."""
+    if env.get(f"{name}_FILE"):
+        path = Path(env[f"{name}_FILE"])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    return env.get(name, "")
+
+
+def _parse(env: Mapping[str, str]) -> dict:
+    out: dict = {}
+    if env.get("GPUBACKFILL_HOME"):
+        out["home"] = Path(env["GPUBACKFILL_HOME"]).expanduser()
+    out["clickhouse_database"] = env.get("CLICKHOUSE_DATABASE") or "gpubackfill"
+    if not out["clickhouse_database"].replace("_", "").isalnum():
+        raise ConfigError(f"CLICKHOUSE_DATABASE must be letters, digits and _, got "
+                          f"{out['clickhouse_database']!r}")
+    out["clickhouse_user"] = env.get("CLICKHOUSE_USER") or "default"
+    out["clickhouse_password"] = _secret(env, "CLICKHOUSE_PASSWORD")
+    url = env.get("CLICKHOUSE_URL")
+    if not url and env.get("CLICKHOUSE_HOST"):
+        port = _int(env, "CLICKHOUSE_PORT", 8123, 1)
+        if port == 9000:
+            # The native protocol port of the original spec; clickhouse-connect
+            # speaks HTTP, whose default port is 8123.
+            port = 8123
+        scheme = "https" if _bool(env, "CLICKHOUSE_SECURE", port in (443, 8443)) else "http"
+        url = f"{scheme}://{env['CLICKHOUSE_HOST']}:{port}"
+    if url:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https", "chdb"):
+            raise ConfigError(f"CLICKHOUSE_URL must be http://, https:// or chdb://, got {redact_url(url)!r}")
+        out["clickhouse_url"] = url
+    rurl = env.get("REDIS_URL")
+    if not rurl and env.get("REDIS_HOST"):
+        password = _secret(env, "REDIS_PASSWORD")
+        auth = f":{quote(password, safe='')}@" if password else ""
+        db = _int(env, "REDIS_DB", 0)
+        rurl = f"redis://{auth}{env['REDIS_HOST']}:{_int(env, 'REDIS_PORT', 6379, 1)}/{db}"
+    if rurl:
+        if urlsplit(rurl).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"REDIS_URL must be redis://, rediss:// or unix://, got {redact_url(rurl)!r}")
+        out["redis_url"] = rurl
+    out["redis_prefix"] = env.get("GPUBACKFILL_REDIS_PREFIX") or "gpubackfill"
+    out["redis_ttl"] = _int(env, "REDIS_TTL", 7 * 24 * 3600, 60)
+    out["max_workers"] = _int(env, "BATCH_MAX_WORKERS", os.cpu_count() or 1, 1)
+    out["chunk_size"] = _int(env, "BATCH_CHUNK_SIZE", DEFAULT_CHUNK_SIZE, 1)
+    out["max_retries"] = _int(env, "BATCH_MAX_RETRIES", 3, 0)
+    out["cache_ttl_seconds"] = _int(env, "CACHE_TTL_SECONDS", 3600, 0)
+    out["metrics_enabled"] = _bool(env, "METRICS_ENABLED", True)
+    out["prometheus_port"] = _int(env, "PROMETHEUS_PORT", 9090, 1)
+    hooks = [h.strip() for h in env.get("ALERT_WEBHOOKS", "").split(",") if h.strip()]
+    for h in hooks:
+        if urlsplit(h).scheme not in ("http", "https"):
+            raise ConfigError(f"ALERT_WEBHOOKS entries must be http(s) URLs, got {h!r}")
+    out["alert_webhooks"] = tuple(hooks)
+    level = (env.get("LOG_LEVEL") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}")
+    out["log_level"] = level
+    out["dask_scheduler"] = env.get("DASK_SCHEDULER_ADDRESS") or None
+    backend = env.get("GPUBACKFILL_BACKEND") or "cpu"
+    if backend not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"GPUBACKFILL_BACKEND must be cpu, cuda or auto, got {backend!r}")
+    out["backend"] = backend
+    out["lease_seconds"] = _int(env, "GPUBACKFILL_LEASE_SECONDS", 120, 1)
+    return out

@@ -1,0 +1,361 @@
+"""BackfillService: the one object the CLI (and the REST API) drive.
+
+Operations: init, ingest, start, execute, pause, resume, cancel, status,
+list_jobs, metrics, cleanup, export.  Job state lives in Redis; candles and
+labels in ClickHouse; chunks run on Dask (``executor``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from . import candles as candles_mod
+from .chunk import ChunkTask, connections, default_numba_threads, run_chunk
+from .config import Settings
+from .errors import InvalidInput, InvalidTransition
+from .executor import open_cluster
+from .granularity import parse_granularity, parse_instrument
+from .labels import resolve
+from .planner import JobSpec, make_spec, parse_time, plan_chunks
+from .state.machine import FINAL_JOB_STATES
+from .state.redis_store import now_ms
+from .store import IngestReport, SeriesKey
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    job_id: str
+    status: str
+    seconds: float
+    candles: int
+
+
+class BackfillService:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self.store, self.state = connections(self.settings)
+        self._schema_ready = False
+
+    # -- storage -----------------------------------------------------------
+
+    def init(self) -> None:
+        self.store.init_schema()
+        self._schema_ready = True
+
+    def _ready(self) -> None:
+        if not self._schema_ready:
+            self.init()
+
+    def ingest(self, path: str | Path, instrument: str, granularity: str,
+               tz: str | None = None) -> IngestReport:
+        from .candle_files import read_candles
+
+        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
+        table = read_candles(path, tz=tz)
+        return self.ingest_table(key, table)
+
+    def ingest_table(self, key: SeriesKey, table: pa.Table) -> IngestReport:
+        self._ready()
+        if "volume" not in table.column_names:
+            table = table.append_column("volume", pa.array(np.zeros(table.num_rows)))
+        table = table.select(["ts", "open", "high", "low", "close", "volume"])
+        codes = candles_mod.defect_codes(candles_mod.to_series(table))
+        return self.store.ingest(key, table, codes, candles_mod.describe)
+
+    # -- jobs --------------------------------------------------------------
+
+    def create_job(self, instrument: str, granularity: str, start: Any, end: Any,
+                   labels: list[str] | None = None, params: dict | None = None,
+                   chunk_size: int | None = None, workers: int | None = None,
+                   priority: str = "normal", force: bool = False,
+                   backend: str | None = None, min_workers: int | None = None) -> str:
+        """Plan a job and queue it; returns its id."""
+        spec = make_spec(instrument, granularity, start, end, labels, params,
+                         chunk_size or self.settings.chunk_size,
+                         workers or self.settings.max_workers, priority, force,
+                         backend or self.settings.backend, min_workers)
+        from .backends import select
+
+        select(spec.backend)  # a backend that cannot run here fails now, not per chunk
+        self._ready()
+        key = SeriesKey(spec.instrument, spec.granularity)
+        n, _, _ = self.store.series_summary(key)
+        if n == 0:
+            known = ", ".join(f"{i} {g}" for i, g, _ in self.store.instruments()) or "none"
+            raise InvalidInput(f"no candles for {spec.instrument} {spec.granularity} "
+                               f"(ingest some first; series present: {known})")
+        self.store.ensure_label_table(spec.resolved())
+        chunks = plan_chunks(self.store.chunk_starts(key, spec.start_ms, spec.end_ms, spec.chunk_size),
+                             spec.end_ms)
+        job_id = uuid.uuid4().hex[:12]
+        self.state.create_job(job_id, spec.as_fields(), chunks)
+        return job_id
+
+    def execute(self, job_id: str, progress: Progress | None = None,
+                scheduler: str | None = None, stop: threading.Event | None = None) -> RunResult:
+        """Run (or resume) a job until it is settled, cancelled or stopped.
+
+        Pause takes effect between chunks: running chunks finish, then this
+        waits until the job is resumed or cancelled.  ``stop`` (set by a
+        signal handler) interrupts: no new chunks, running ones finish, the
+        job becomes ``interrupted`` and ``execute`` resumes it later.
+        """
+        job = self.state.job(job_id)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        lease_ms = self.settings.lease_seconds * 1000
+        other = self.state.acquire_driver(job_id, owner, lease_ms)
+        if other:
+            raise InvalidTransition(f"job {job_id} is already being run by {other}")
+        t0 = time.perf_counter()
+        try:
+            status = job["status"]
+            if status in ("queued", "interrupted", "failed", "paused", "completed_with_errors"):
+                if status == "completed_with_errors":
+                    self._requeue_failed(job_id)
+                status = self.state.transition(job_id, "execute")
+            elif status != "running":
+                raise InvalidTransition(f"job {job_id} is {status}; nothing to execute")
+            self.state.expire_leases(job_id)
+            if job["chunks_total"] == 0:
+                status = self.state.transition(job_id, "complete", "no candles in range")
+            else:
+                status = self._drive(job_id, job, owner, lease_ms, progress, scheduler, stop)
+        finally:
+            self.state.release_driver(job_id, owner)
+        final = self.state.job(job_id)
+        return RunResult(job_id, final["status"], time.perf_counter() - t0, final["candles_done"])
+
+    def _drive(self, job_id: str, job: dict, owner: str, lease_ms: int,
+               progress: Progress | None, scheduler: str | None,
+               stop: threading.Event | None) -> str:
+        workers = int(job["workers"])
+        base = dict(job_id=job_id, instrument=job["instrument"], granularity=job["granularity"],
+                    labels=job["labels"], params=job["params"], label_set=job["label_set"],
+                    force=job["force"], backend=job["backend"],
+                    max_attempts=self.settings.max_retries + 1,
+                    numba_threads=default_numba_threads(workers))
+        plan = self.state.plan(job_id)
+        with open_cluster(self.settings, workers, int(job.get("min_workers") or workers),
+                          scheduler) as cluster:
+            self.state.set_fields(job_id, cluster=cluster.kind, dashboard=cluster.dashboard or "")
+            in_flight: dict[Any, int] = {}
+            last_renew = time.monotonic()
+            while True:
+                status = self.state.job(job_id)["status"]
+                if stop is not None and stop.is_set() and status == "running":
+                    status = self.state.transition(job_id, "interrupt", "signal")
+                drained = False
+                while status == "running" and len(in_flight) < 2 * workers:
+                    claimed = self.state.claim(job_id, owner, lease_ms)
+                    if claimed == "empty":
+                        drained = True
+                        break
+                    if isinstance(claimed, str):
+                        status = claimed
+                        break
+                    idx, token = claimed
+                    start, end, _ = plan[idx]
+                    task = ChunkTask(index=idx, token=token, start_ms=start, end_ms=end, **base)
+                    fut = cluster.client.submit(run_chunk, self.settings, task, pure=False,
+                                                key=f"chunk-{job_id}-{idx}-{token}")
+                    in_flight[fut] = idx
+                if in_flight:
+                    done = _wait_some(list(in_flight), 0.5)
+                    for fut in done:
+                        idx = in_flight.pop(fut)
+                        if fut.status == "error":  # the task itself crashed (not a chunk failure)
+                            self.state.release(job_id, idx)
+                            self.state.note(job_id, "worker_error", f"chunk {idx}: {fut.exception()}")
+                else:
+                    if status in FINAL_JOB_STATES or status == "interrupted":
+                        return status
+                    if status == "running" and drained:
+                        # Everything claimed has settled; leases of vanished workers return.
+                        if self.state.expire_leases(job_id) == 0:
+                            settled = self.state.job(job_id)["status"]
+                            if settled != "running":
+                                return settled
+                            time.sleep(0.2)
+                    elif status == "paused":
+                        time.sleep(0.2)
+                if time.monotonic() - last_renew > lease_ms / 3000:
+                    self.state.renew_driver(job_id, owner, lease_ms)
+                    last_renew = time.monotonic()
+                if progress:
+                    progress(self.status(job_id))
+
+    def _requeue_failed(self, job_id: str) -> None:
+        states = self.state.chunk_states(job_id)
+        failed = [i for i, s in states.items() if s == "failed"]
+        if not failed:
+            return
+        r = self.state.r
+        pipe = r.pipeline(transaction=True)
+        for i in failed:
+            pipe.hset(self.state.k(job_id, "state"), i, "pending")
+            pipe.rpush(self.state.k(job_id, "pending"), i)
+            pipe.hdel(self.state.k(job_id, "attempts"), i)
+        pipe.hincrby(self.state.k(job_id), "chunks_failed", -len(failed))
+        pipe.execute()
+
+    def start(self, *args, detach: bool = False, progress: Progress | None = None,
+              scheduler: str | None = None, stop: threading.Event | None = None, **kwargs) -> str:
+        job_id = self.create_job(*args, **kwargs)
+        if not detach:
+            self.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
+        return job_id
+
+    def pause(self, job_id: str) -> str:
+        return self.state.transition(job_id, "pause")
+
+    def resume(self, job_id: str) -> str:
+        return self.state.transition(job_id, "resume")
+
+    def cancel(self, job_id: str) -> str:
+        return self.state.transition(job_id, "cancel")
+
+    # -- views -------------------------------------------------------------
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        job = self.state.job(job_id)
+        states = self.state.chunk_states(job_id)
+        counts = {s: 0 for s in ("pending", "leased", "done", "failed")}
+        for s in states.values():
+            counts[s] = counts.get(s, 0) + 1
+        total = job["candles_total"] or 0
+        done = job["candles_done"] or 0
+        rate, eta = _rate_and_eta(self.state.durations(job_id), total - done,
+                                  int(job.get("workers") or 1))
+        end = job.get("finished") or now_ms()
+        elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0
+        return {
+            "job_id": job_id, "status": job["status"], "instrument": job["instrument"],
+            "granularity": job["granularity"], "start": _iso(job["start_ms"]),
+            "end": _iso(job["end_ms"]), "labels": job["labels"], "label_set": job["label_set"],
+            "priority": job.get("priority", "normal"), "backend": job.get("backend", "cpu"),
+            "chunks": counts, "chunks_total": job["chunks_total"],
+            "candles_done": done, "candles_total": total,
+            "progress": (done / total) if total else (1.0 if job["status"] in FINAL_JOB_STATES else 0.0),
+            "rows_written": job["rows_written"], "cache_hits": job["cache_hits"],
+            "errors": job["errors"], "elapsed_s": round(elapsed, 3),
+            "throughput_per_min": (done / elapsed * 60) if elapsed > 0 else 0.0,
+            "recent_rate_per_min": rate * 60, "eta_s": eta,
+            "created": _iso(job["created"]), "started": _iso(job.get("started")),
+            "finished": _iso(job.get("finished")), "cluster": job.get("cluster", ""),
+            "dashboard": job.get("dashboard", ""),
+            "last_errors": {str(k): v.splitlines()[0] for k, v in
+                            list(self.state.chunk_errors(job_id).items())[:5]},
+        }
+
+    def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for job_id in self.state.job_ids():
+            try:
+                s = self.status(job_id)
+            except InvalidInput:
+                continue  # expired between listing and reading
+            if status is None or s["status"] == status:
+                out.append(s)
+        return out
+
+    def metrics(self) -> dict[str, Any]:
+        """Figures over every job in Redis (not this process's counters)."""
+        jobs = self.list_jobs()
+        by_status: dict[str, int] = {}
+        for j in jobs:
+            by_status[j["status"]] = by_status.get(j["status"], 0) + 1
+        chunks_done = sum(j["chunks"]["done"] for j in jobs)
+        cache_hits = sum(j["cache_hits"] for j in jobs)
+        errors = sum(j["errors"] for j in jobs)
+        attempts = chunks_done + errors
+        durations = [d for j in jobs for d, _ in self.state.durations(j["job_id"])]
+        return {
+            "jobs": len(jobs), "jobs_by_status": by_status,
+            "candles_processed": sum(j["candles_done"] for j in jobs),
+            "rows_written": sum(j["rows_written"] for j in jobs),
+            "chunks_done": chunks_done, "chunks_failed": sum(j["chunks"]["failed"] for j in jobs),
+            "chunks_pending": sum(j["chunks"]["pending"] for j in jobs),
+            "cache_hit_rate": (cache_hits / chunks_done) if chunks_done else 0.0,
+            "error_rate": (errors / attempts) if attempts else 0.0,
+            "chunk_seconds_p50": float(np.median(durations)) if durations else 0.0,
+            "chunk_seconds_max": max(durations) if durations else 0.0,
+            "throughput_per_min": sum(j["recent_rate_per_min"] for j in jobs if j["status"] == "running"),
+            "instruments": sorted({j["instrument"] for j in jobs}),
+        }
+
+    def cleanup(self, older_than_days: float, status: str | None = None) -> list[str]:
+        """Remove finished jobs older than the cutoff from Redis (labels stay)."""
+        if older_than_days < 0:
+            raise InvalidInput(f"--older-than must be >= 0, got {older_than_days}")
+        if status is not None and status not in FINAL_JOB_STATES:
+            raise InvalidInput(f"--status must be one of {', '.join(sorted(FINAL_JOB_STATES))}")
+        cutoff = now_ms() - older_than_days * 86_400_000
+        removed = []
+        for job_id in self.state.job_ids():
+            try:
+                job = self.state.job(job_id)
+            except InvalidInput:
+                self.state.delete_job(job_id)
+                continue
+            if job["status"] not in FINAL_JOB_STATES:
+                continue
+            if status is not None and job["status"] != status:
+                continue
+            if (job.get("finished") or job["updated"]) <= cutoff:
+                self.state.delete_job(job_id)
+                removed.append(job_id)
+        return removed
+
+    def export(self, instrument: str, granularity: str, labels: list[str] | None,
+               params: dict | None, start: Any = None, end: Any = None) -> pa.Table:
+        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
+        resolved = resolve(labels or ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"], params)
+        from .labels import label_set_id
+
+        self._ready()
+        return self.store.read_labels(
+            key, label_set_id(resolved),
+            parse_time(start, "start date", False) if start else None,
+            parse_time(end, "end date", True) if end else None)
+
+
+def _wait_some(futures: list, timeout: float) -> list:
+    """Dask futures finished within ``timeout`` (at least one, unless it ran out)."""
+    from distributed import wait
+
+    try:
+        return list(wait(futures, timeout=timeout, return_when="FIRST_COMPLETED").done)
+    except TimeoutError:
+        return [f for f in futures if f.done()]
+
+
+def _iso(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _rate_and_eta(durations: list[tuple[float, int]], remaining: int, workers: int
+                  ) -> tuple[float, float | None]:
+    """Candles/s from recent chunks (weighted to the newest), and seconds left."""
+    if not durations:
+        return 0.0, None
+    recent = durations[-50:]
+    weights = np.exp(np.linspace(-2.0, 0.0, len(recent)))
+    secs = np.array([d for d, _ in recent])
+    cand = np.array([n for _, n in recent], dtype=float)
+    per_chunk_rate = np.sum(weights * cand) / max(np.sum(weights * secs), 1e-9)
+    rate = per_chunk_rate * workers  # chunks run side by side
+    return float(rate), (remaining / rate if rate > 0 and remaining > 0 else (0.0 if remaining <= 0 else None))

@@ -1,0 +1,1 @@
+"""Job and chunk state: a pure state machine and its Redis implementation."""

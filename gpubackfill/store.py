@@ -1,0 +1,385 @@
+"""ClickHouse: candles in, labels out, through clickhouse-connect.
+
+One client library for both modes: a ``chdb://`` DSN runs the embedded
+engine in this process, an ``http(s)://`` URL talks to a server.  The SQL
+is the same.  Every value reaches the server as a query parameter;
+identifiers (database, instrument, granularity, label set) are validated
+before they are used.
+
+Tables (database from settings):
+- ``candles``: one row per (instrument, granularity, ts).
+- ``labels_<label_set_id>``: one table per label set (its columns depend on
+  the parameters), keyed by (instrument, granularity, label_set, ts).
+- ``label_sets``: what each label set id means (labels, parameters).
+- ``label_chunks``: a manifest of written chunks and the fingerprint of the
+  candles they were computed from, so unchanged chunks can be skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from .config import Settings, redact_url
+from .errors import DependencyError, InvalidInput
+from .labels import ResolvedLabel, label_set_id
+
+_IDENT = re.compile(r"^[A-Za-z0-9_]+$")
+_CANDLE_COLS = ("ts", "open", "high", "low", "close", "volume")
+
+_ARROW_TO_CH = {
+    pa.int8(): "Int8", pa.int32(): "Int32", pa.uint8(): "UInt8", pa.float64(): "Float64",
+}
+
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(settings: Settings):
+    """One client per process and target (chDB allows one engine per path)."""
+    key = (settings.clickhouse_url, str(settings.chdb_path), settings.clickhouse_user)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = _connect(settings)
+        return _clients[key]
+
+
+def _connect(settings: Settings):
+    import clickhouse_connect
+
+    if settings.embedded_clickhouse:
+        settings.chdb_path.mkdir(parents=True, exist_ok=True)
+        target = f"chdb://{settings.chdb_path}"
+        kwargs: dict[str, Any] = {"dsn": f"chdb://{settings.chdb_path}"}
+    else:
+        target = redact_url(settings.clickhouse_url)
+        kwargs = {"dsn": settings.clickhouse_url, "compress": False}
+        if settings.clickhouse_user and "@" not in settings.clickhouse_url:
+            kwargs["username"] = settings.clickhouse_user
+        if settings.clickhouse_password:
+            kwargs["password"] = settings.clickhouse_password
+    try:
+        return clickhouse_connect.get_client(**kwargs)
+    except Exception as exc:  # connection refused, DNS, auth, missing chdb...
+        raise DependencyError(f"cannot connect to ClickHouse at {target}: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    instrument: str
+    granularity: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    rows_read: int
+    inserted: int
+    updated: int
+    unchanged: int
+    rejected: list[tuple[int, int, str]]  # (file row, ts, reason)
+
+
+def _check_ident(kind: str, value: str) -> str:
+    if not _IDENT.match(value):
+        raise InvalidInput(f"invalid {kind} {value!r}")
+    return value
+
+
+class Store:
+    """Candle source and label sink over one clickhouse-connect client."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = _check_ident("database name", settings.clickhouse_database)
+        self.client = _client(settings)
+        self._lock = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _run(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            where = (f"chdb://{self.settings.chdb_path}" if self.settings.embedded_clickhouse
+                     else redact_url(self.settings.clickhouse_url))
+            raise DependencyError(f"ClickHouse at {where} failed: {_short(exc)}") from exc
+
+    def command(self, sql: str, parameters: dict | None = None):
+        return self._run(self.client.command, sql, parameters=parameters)
+
+    def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
+        return self._run(self.client.query, sql, parameters=parameters).result_rows
+
+    def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
+        return self._run(self.client.query_arrow, sql, parameters=parameters)
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        self._run(self.client.insert_arrow, f"{self.db}.{table}", data)
+
+    # -- schema ------------------------------------------------------------
+
+    def init_schema(self) -> None:
+        self.command(f"CREATE DATABASE IF NOT EXISTS {self.db}")
+        self.command(f"""
+            CREATE TABLE IF NOT EXISTS {self.db}.candles (
+                instrument LowCardinality(String), granularity LowCardinality(String),
+                ts DateTime64(3, 'UTC'),
+                open Float64, high Float64, low Float64, close Float64, volume Float64
+            ) ENGINE = MergeTree ORDER BY (instrument, granularity, ts)""")
+        self.command(f"""
+            CREATE TABLE IF NOT EXISTS {self.db}.label_sets (
+                label_set String, labels String, params String, columns String,
+                created DateTime64(3, 'UTC') DEFAULT now64(3)
+            ) ENGINE = ReplacingMergeTree ORDER BY label_set""")
+        self.command(f"""
+            CREATE TABLE IF NOT EXISTS {self.db}.label_chunks (
+                instrument LowCardinality(String), granularity LowCardinality(String),
+                label_set String, start_ts Int64, end_ts Int64,
+                input_hash String, rows UInt64, incomplete UInt64, job_id String,
+                computed_at DateTime64(3, 'UTC') DEFAULT now64(3)
+            ) ENGINE = ReplacingMergeTree(computed_at)
+            ORDER BY (instrument, granularity, label_set, start_ts, end_ts)""")
+
+    def ensure_label_table(self, resolved: list[ResolvedLabel]) -> str:
+        """Create the label set's table (and registry row); returns its id."""
+        set_id = label_set_id(resolved)
+        cols = [(name, t) for r in resolved for name, t in r.outputs()]
+        col_sql = ",\n".join(f"{name} {_ch_type(t, nullable=name != 'tb_flags')}" for name, t in cols)
+        self.command(f"""
+            CREATE TABLE IF NOT EXISTS {self.db}.labels_{set_id} (
+                instrument LowCardinality(String), granularity LowCardinality(String),
+                label_set LowCardinality(String), ts DateTime64(3, 'UTC'),
+                {col_sql}
+            ) ENGINE = MergeTree ORDER BY (instrument, granularity, label_set, ts)""")
+        known = self.rows(f"SELECT count() FROM {self.db}.label_sets WHERE label_set = {{s:String}}",
+                          {"s": set_id})[0][0]
+        if not known:
+            self.insert_arrow("label_sets", pa.table({
+                "label_set": [set_id],
+                "labels": [json.dumps([r.name for r in resolved])],
+                "params": [json.dumps({r.name: r.params for r in resolved}, sort_keys=True)],
+                "columns": [json.dumps([c for c, _ in cols])],
+            }))
+        return set_id
+
+    # -- candles -----------------------------------------------------------
+
+    def _series_where(self) -> str:
+        return "instrument = {i:String} AND granularity = {g:String}"
+
+    @staticmethod
+    def _series_params(key: SeriesKey, **more) -> dict:
+        return {"i": key.instrument, "g": key.granularity, **more}
+
+    def series_summary(self, key: SeriesKey) -> tuple[int, int | None, int | None]:
+        """(rows, first ts ms, last ts ms) of a series."""
+        n, lo, hi = self.rows(
+            f"SELECT count(), min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts)) "
+            f"FROM {self.db}.candles WHERE {self._series_where()}", self._series_params(key))[0]
+        return int(n), (int(lo) if n else None), (int(hi) if n else None)
+
+    def instruments(self) -> list[tuple[str, str, int]]:
+        return [(i, g, int(n)) for i, g, n in self.rows(
+            f"SELECT instrument, granularity, count() FROM {self.db}.candles "
+            f"GROUP BY instrument, granularity ORDER BY instrument, granularity")]
+
+    def chunk_starts(self, key: SeriesKey, start_ms: int, end_ms: int, chunk_size: int) -> list[tuple[int, int]]:
+        """(first ts, rows) of each run of ``chunk_size`` candles in [start, end)."""
+        rows = self.rows(f"""
+            SELECT intDiv(rn - 1, {{cs:UInt64}}) AS k, min(t), count()
+            FROM (SELECT toUnixTimestamp64Milli(ts) AS t, row_number() OVER (ORDER BY ts) AS rn
+                  FROM {self.db}.candles
+                  WHERE {self._series_where()}
+                    AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
+                    AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))
+            GROUP BY k ORDER BY k""", self._series_params(key, a=start_ms, b=end_ms, cs=chunk_size))
+        return [(int(t), int(n)) for _, t, n in rows]
+
+    def load(self, key: SeriesKey, start_ms: int, end_ms: int, back: int, ahead: int) -> tuple[pa.Table, int, int]:
+        """Candles of [start, end) plus ``back`` rows before and ``ahead`` after.
+
+        Returns (table sorted by ts, index of the first own row, own rows).
+        """
+        where = self._series_where()
+        cols = "ts, open, high, low, close, volume"  # no alias: it would shadow ts in WHERE
+        p = self._series_params(key, a=start_ms, b=end_ms, back=back, ahead=ahead)
+        sql = f"""
+            SELECT * FROM (
+              SELECT 0 AS part, * FROM (SELECT {cols} FROM {self.db}.candles
+                WHERE {where} AND ts < fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
+                ORDER BY ts DESC LIMIT {{back:UInt64}})
+              UNION ALL
+              SELECT 1 AS part, {cols} FROM {self.db}.candles
+                WHERE {where} AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
+                  AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')
+              UNION ALL
+              SELECT 2 AS part, * FROM (SELECT {cols} FROM {self.db}.candles
+                WHERE {where} AND ts >= fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')
+                ORDER BY ts LIMIT {{ahead:UInt64}})
+            ) ORDER BY ts"""
+        table = _ts_to_ms(self.arrow(sql, p))
+        part = table.column("part").to_numpy()
+        first = int(np.searchsorted(part, 1))
+        own = int(np.count_nonzero(part == 1))
+        return table.drop_columns(["part"]), first, own
+
+    def ingest(self, key: SeriesKey, candles: pa.Table, codes: np.ndarray, reasons) -> IngestReport:
+        """Insert valid rows; rows whose ts already exists are replaced when
+        their values differ and skipped when identical, so ingesting a file
+        twice changes nothing.  ``codes`` are per-row defect codes (0 = ok)."""
+        n = candles.num_rows
+        rejected = [(int(i), int(candles.column("ts")[int(i)].as_py()), reasons(int(codes[i])))
+                    for i in np.flatnonzero(codes)]
+        good = candles.filter(pa.array(codes == 0))
+        if good.num_rows == 0:
+            return IngestReport(n, 0, 0, 0, rejected)
+        ts = good.column("ts").to_numpy()
+        with self._lock:
+            existing = _ts_to_ms(self.arrow(
+                f"SELECT ts, open, high, low, close, volume "
+                f"FROM {self.db}.candles WHERE {self._series_where()} "
+                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+                f"AND ts <= fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')",
+                self._series_params(key, a=int(ts.min()), b=int(ts.max()))))
+            updated = unchanged = 0
+            if existing.num_rows:
+                old = {c: existing.column(c).to_numpy() for c in _CANDLE_COLS}
+                pos = np.searchsorted(ts, old["ts"]) if np.all(np.diff(ts) > 0) else None
+                if pos is None:
+                    order = np.argsort(ts, kind="stable")
+                    pos = order[np.searchsorted(ts, old["ts"], sorter=order)]
+                pos = np.clip(pos, 0, len(ts) - 1)
+                hit = ts[pos] == old["ts"]
+                same = hit.copy()
+                for c in _CANDLE_COLS[1:]:
+                    same &= good.column(c).to_numpy()[pos] == old[c]
+                unchanged = int(same.sum())
+                changed_ts = old["ts"][hit & ~same]
+                updated = len(changed_ts)
+                if updated:
+                    self.command(
+                        f"DELETE FROM {self.db}.candles WHERE {self._series_where()} "
+                        f"AND has({{tss:Array(Int64)}}, toUnixTimestamp64Milli(ts))",
+                        self._series_params(key, tss=[int(t) for t in changed_ts]))
+                keep = np.ones(len(ts), bool)
+                keep[pos[same]] = False
+                good = good.filter(pa.array(keep))
+            if good.num_rows:
+                self.insert_arrow("candles", _with_series(key, good))
+        return IngestReport(n, good.num_rows - updated, updated, unchanged, rejected)
+
+    # -- labels ------------------------------------------------------------
+
+    def chunk_record(self, key: SeriesKey, set_id: str, start_ms: int, end_ms: int) -> tuple[str, int] | None:
+        """(input hash, incomplete rows) recorded for a written chunk, if any."""
+        rows = self.rows(
+            f"SELECT input_hash, incomplete FROM {self.db}.label_chunks FINAL "
+            f"WHERE {self._series_where()} AND label_set = {{s:String}} "
+            f"AND start_ts = {{a:Int64}} AND end_ts = {{b:Int64}}",
+            self._series_params(key, s=set_id, a=start_ms, b=end_ms))
+        return (rows[0][0], int(rows[0][1])) if rows else None
+
+    def write_labels(self, key: SeriesKey, set_id: str, start_ms: int, end_ms: int,
+                     labels: pa.Table, input_hash: str, incomplete: int, job_id: str) -> None:
+        """Replace the label rows of [start, end) with ``labels``, exactly once.
+
+        Rows already there (a re-run, a retry after a crash between insert
+        and bookkeeping) are deleted first, so repeating this never
+        duplicates a row.
+        """
+        table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
+        rng = (f"{self._series_where()} AND label_set = {{s:String}} "
+               f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+               f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')")
+        p = self._series_params(key, s=set_id, a=start_ms, b=end_ms)
+        with self._lock:
+            present = self.rows(f"SELECT count() FROM {table} WHERE {rng}", p)[0][0]
+            if present:
+                self.command(f"DELETE FROM {table} WHERE {rng}", p)
+            if labels.num_rows:
+                out = _with_series(key, labels, set_id)
+                self.insert_arrow(f"labels_{set_id}", out)
+            self.insert_arrow("label_chunks", pa.table({
+                "instrument": [key.instrument], "granularity": [key.granularity],
+                "label_set": [set_id], "start_ts": pa.array([start_ms], pa.int64()),
+                "end_ts": pa.array([end_ms], pa.int64()), "input_hash": [input_hash],
+                "rows": pa.array([labels.num_rows], pa.uint64()),
+                "incomplete": pa.array([incomplete], pa.uint64()), "job_id": [job_id],
+            }))
+
+    def label_counts(self, key: SeriesKey, set_id: str) -> tuple[int, int]:
+        """(count(), uniqExact(ts)) of a series' label rows, without FINAL."""
+        table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
+        n, u = self.rows(f"SELECT count(), uniqExact(ts) FROM {table} WHERE {self._series_where()} "
+                         f"AND label_set = {{s:String}}", self._series_params(key, s=set_id))[0]
+        return int(n), int(u)
+
+    def read_labels(self, key: SeriesKey, set_id: str, start_ms: int | None = None,
+                    end_ms: int | None = None) -> pa.Table:
+        table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
+        exists = self.rows("SELECT count() FROM system.tables WHERE database = {d:String} AND name = {t:String}",
+                           {"d": self.db, "t": f"labels_{set_id}"})[0][0]
+        if not exists:
+            return pa.table({"ts": pa.array([], pa.int64())})
+        cond = f"{self._series_where()} AND label_set = {{s:String}}"
+        p = self._series_params(key, s=set_id)
+        if start_ms is not None:
+            cond += " AND ts >= fromUnixTimestamp64Milli({a:Int64}, 'UTC')"
+            p["a"] = start_ms
+        if end_ms is not None:
+            cond += " AND ts < fromUnixTimestamp64Milli({b:Int64}, 'UTC')"
+            p["b"] = end_ms
+        return _ts_to_ms(self.arrow(f"SELECT * EXCEPT (instrument, granularity, label_set) "
+                                    f"FROM {table} WHERE {cond} ORDER BY ts", p))
+
+
+def _ts_to_ms(table: pa.Table) -> pa.Table:
+    i = table.column_names.index("ts")
+    return table.set_column(i, "ts", table.column("ts").cast(pa.int64()))
+
+
+def input_fingerprint(candles: pa.Table) -> str:
+    """Hash of the candles a chunk was computed from (its halo included)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in ("ts", "open", "high", "low", "close"):
+        h.update(np.ascontiguousarray(candles.column(name).to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _ch_type(t: pa.DataType, nullable: bool) -> str:
+    base = _ARROW_TO_CH[t]
+    return f"Nullable({base})" if nullable else base
+
+
+def _with_series(key: SeriesKey, table: pa.Table, set_id: str | None = None) -> pa.Table:
+    n = table.num_rows
+    cols: dict[str, Any] = {
+        "instrument": pa.array([key.instrument] * 1, pa.string()).take(pa.array(np.zeros(n, np.int64))),
+        "granularity": pa.array([key.granularity] * 1, pa.string()).take(pa.array(np.zeros(n, np.int64))),
+    }
+    if set_id is not None:
+        cols["label_set"] = pa.array([set_id], pa.string()).take(pa.array(np.zeros(n, np.int64)))
+    ts = table.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    cols["ts"] = ts
+    for name in table.column_names:
+        if name != "ts":
+            cols[name] = table.column(name)
+    return pa.table(cols)
+
+
+def column_names(resolved: Iterable[ResolvedLabel]) -> list[str]:
+    return [name for r in resolved for name, _ in r.outputs()]
