@@ -51,6 +51,30 @@ def _service(ctx: click.Context):
     return ctx.obj["service"]
 
 
+class _Greedy(click.Option):
+    """A repeatable option that also takes the words after it, as in
+    ``--labels enhanced_triple_barrier vol_scaled_return mfe_mae``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            original = opt.process
+
+            def process(value, state, original=original):
+                original(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    original(state.rargs.pop(0), state)
+
+            opt.process = process
+
+
 def _params(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for item in values:
@@ -116,7 +140,7 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
 @main.command()
 @click.option("--instrument", required=True)
 @click.option("--granularity", required=True)
-@click.option("--labels", multiple=True, help="Label names (default: all).")
+@click.option("--labels", cls=_Greedy, help="Label names (default: all).")
 @click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE")
 @click.option("--start-date", default=None)
 @click.option("--end-date", default=None)
@@ -146,7 +170,7 @@ def export(ctx, instrument, granularity, labels, params, start_date, end_date, o
 @click.option("--granularity", required=True)
 @click.option("--start-date", required=True)
 @click.option("--end-date", required=True)
-@click.option("--labels", multiple=True, help="Label names, space or comma separated (default: all).")
+@click.option("--labels", cls=_Greedy, help="Label names, space or comma separated (default: all).")
 @click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
               help="A label parameter, e.g. enhanced_triple_barrier.horizon=48 (repeatable).")
 @click.option("--chunk-size", type=int, default=None, help="Candles per chunk (BATCH_CHUNK_SIZE).")

@@ -28,12 +28,18 @@ class Cluster:
     dashboard: str | None
 
 
-def _dashboard_address() -> str | None:
-    try:
-        import bokeh  # noqa: F401  (the dashboard needs it)
-    except ImportError:
-        return None
+def _dashboard_address() -> str:
+    # Any free port: several jobs (and tests) may run side by side.  Without
+    # bokeh installed Dask serves no dashboard pages, and we show no link.
     return ":0"
+
+
+def _has_dashboard() -> bool:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -68,7 +74,7 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
         kind = f"local processes, {min_workers or workers}..{workers} workers"
     client = Client(cluster)
     try:
-        yield Cluster(client, kind, client.dashboard_link if dash else None)
+        yield Cluster(client, kind, client.dashboard_link if _has_dashboard() else None)
     finally:
         client.close()
         cluster.close()

@@ -68,6 +68,11 @@ def _connect(settings: Settings):
     try:
         return clickhouse_connect.get_client(**kwargs)
     except Exception as exc:  # connection refused, DNS, auth, missing chdb...
+        if settings.embedded_clickhouse and "EmbeddedServer" in str(exc):
+            raise DependencyError(
+                f"the embedded ClickHouse at {settings.chdb_path} is open in another process "
+                f"(chDB allows one process per data folder): wait for it to finish, or run a "
+                f"ClickHouse server and set CLICKHOUSE_URL") from None
         raise DependencyError(f"cannot connect to ClickHouse at {target}: {_short(exc)}") from None
 
 
@@ -103,8 +108,16 @@ class Store:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.db = _check_ident("database name", settings.clickhouse_database)
-        self.client = _client(settings)
+        self._client = None
         self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        # Connect on first use: commands that only touch Redis (status, pause,
+        # ...) must not open the embedded engine, which another process may hold.
+        if self._client is None:
+            self._client = _client(self.settings)
+        return self._client
 
     # -- plumbing ----------------------------------------------------------
 

@@ -306,7 +306,7 @@ def _log_path(eps_a, eps_b, z, gap_kind, gap_z, phase, season_sd, phi_a, phi_b, 
     return regime, sigma, log_open, log_close
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _bars(log_open, log_close, sigma, gap_kind, e_up, e_down, scale, tick):  # pragma: no cover
     """Prices on the tick grid; high/low from a Brownian bridge open -> close.
 
@@ -320,9 +320,9 @@ def _bars(log_open, log_close, sigma, gap_kind, e_up, e_down, scale, tick):  # p
     high = np.empty(n)
     low = np.empty(n)
     close = np.empty(n)
-    for i in numba.prange(n):
+    for i in range(n):
         close[i] = max(np.rint(math.exp(log_close[i]) * scale) / scale, tick)
-    for i in numba.prange(n):
+    for i in range(n):
         lo = log_open[i]
         if i > 0 and gap_kind[i] == 0:
             o = close[i - 1]  # log_open[i] is log_close[i - 1] exactly
@@ -341,12 +341,12 @@ def _bars(log_open, log_close, sigma, gap_kind, e_up, e_down, scale, tick):  # p
     return open_, high, low, close
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _volume(noise, noise_sd, phase, season_vol, regime, per_bar, scale, at_least):  # pragma: no cover
     n = noise.shape[0]
     out = np.empty(n)
     shift = 0.5 * noise_sd * noise_sd
-    for i in numba.prange(n):
+    for i in range(n):
         v = per_bar * season_vol[phase[i]] * regime[i] * math.exp(noise_sd * noise[i] - shift)
         out[i] = max(np.rint(v * scale) / scale, at_least)
     return out

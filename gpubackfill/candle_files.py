@@ -1,0 +1,607 @@
+"""Candle files in, a candle table out (``gpubackfill ingest PATH``).
+
+``read_candles(path, tz=None)`` reads CSV (``.csv``, ``.csv.gz``) and Parquet
+(``.parquet``, ``.pq``) files and returns a pyarrow Table with ``ts`` (int64
+milliseconds UTC), ``open``, ``high``, ``low``, ``close`` and, when the file
+has one, ``volume`` (all float64), one row per file row in file order.
+Nothing is sorted, dropped or checked against the candle rules here: that is
+``gpubackfill.candles.validate``'s job, so the caller can report the rows it
+rejects.
+
+Columns are matched ignoring case, surrounding blanks and MetaTrader's angle
+brackets (``<CLOSE>``):
+
+- time: the first of ``ts``, ``time``, ``timestamp``, ``datetime``, ``date``,
+  ``open_time`` present.  If the chosen column holds times of day only
+  (``03:04:00``) and there is also a ``date`` column, the two are joined, as
+  in MetaTrader exports.  A Parquet file written from a pandas frame with an
+  unnamed DatetimeIndex has its index used when no column matches.
+- ``open``, ``high``, ``low``, ``close``;
+- volume (optional): the first of ``volume``, ``vol``, ``tick_volume``,
+  ``tickvol``.
+
+Time values may be:
+
+- epoch numbers (integers or floats): seconds, milliseconds, microseconds or
+  nanoseconds, told apart by the median magnitude of the column (below 1e11
+  seconds, below 1e14 milliseconds, below 1e17 microseconds, else
+  nanoseconds); epochs are UTC whatever ``tz`` says;
+- text: ``YYYY-MM-DD`` (also ``.`` or ``/`` between the parts) optionally
+  followed by `` HH:MM[:SS[.fff]]`` or ``THH:MM...``, and optionally by a zone:
+  ``Z``, ``UTC``, ``GMT``, ``+HH:MM``, ``+HHMM`` or ``+HH``;
+- Parquet/Arrow timestamps (with or without a zone) and dates.
+
+Times without a zone are taken in ``tz`` (an IANA name such as
+``"Europe/London"``) when given, else UTC.  Local times repeated when clocks
+go back are resolved by file order (the first pass is the earlier instant);
+a local time skipped when clocks go forward is an error.  Sub-millisecond
+digits are dropped (floored).
+
+Errors are ``InvalidInput``: an unsupported extension, a missing column (the
+message lists the columns found), an unreadable file.  A value that cannot be
+read (a time that is missing or does not parse, a price that is not a number)
+raises ``InvalidCandles`` naming the first bad row (0-based, as in
+``gpubackfill.candles``; for CSV also its line in the file) and the value.
+Empty and ``NaN`` prices become NaN and are left to validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+import zoneinfo
+from pathlib import Path
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from .candles import PRICE_COLUMNS
+from .errors import InvalidCandles, InvalidInput
+
+TIME_NAMES = ("ts", "time", "timestamp", "datetime", "date", "open_time")
+VOLUME_NAMES = ("volume", "vol", "tick_volume", "tickvol")
+EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".pq")
+
+_PANDAS_INDEX = "__index_level_0__"
+_DELIMITERS = (",", ";", "\t", "|")
+_CSV_NULLS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+              "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"]
+
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_TIME_OF_DAY_RE = re.compile(r"\d{1,2}:\d{2}(:\d{2}([.,]\d+)?)?")
+_MS_PER_DAY = 86_400_000
+_MAX_MS = 2**62  # far beyond any date; keeps int64 arithmetic safe
+
+
+class _BadValue(Exception):
+    """A value at ``row`` that cannot be read; turned into InvalidCandles by the caller."""
+
+    def __init__(self, row: int, value: object, reason: str):
+        super().__init__(reason)
+        self.row, self.value, self.reason = row, value, reason
+
+
+class _BadType(Exception):
+    """A column whose type cannot hold the values asked of it."""
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+
+def read_candles(path: str | Path, *, tz: str | None = None) -> pa.Table:
+    """Read a CSV or Parquet candle file; see the module docstring."""
+    path = Path(path)
+    kind = _file_kind(path)
+    zone = _check_tz(tz)
+    if not path.is_file():
+        raise InvalidInput(f"no such file: {path}")
+    if kind == "csv":
+        table, cols, line_offset = _read_csv(path)
+    else:
+        table, cols, line_offset = _read_parquet(path)
+
+    def where(column: str, row: int) -> str:
+        line = f" (line {row + line_offset})" if line_offset else ""
+        return f"{path}: column {column!r}, row {row}{line}"
+
+    try:
+        date_col = table.column(cols["date"]) if "date" in cols else None
+        ts = _parse_time(table.column(cols["time"]), zone, date_col)
+    except _BadValue as bad:
+        raise InvalidCandles(f"{where(cols['time'], bad.row)}: {bad.reason}: {bad.value!r}",
+                             row=bad.row) from None
+    except _BadType as bad:
+        raise InvalidInput(f"{path}: column {cols['time']!r} {bad}") from None
+    arrays = [pa.array(ts, pa.int64())]
+    names = ["ts"]
+    for field in (*PRICE_COLUMNS, "volume"):
+        if field not in cols:
+            continue
+        try:
+            arrays.append(_to_float(table.column(cols[field])))
+        except _BadValue as bad:
+            raise InvalidCandles(f"{where(cols[field], bad.row)}: {bad.reason}: {bad.value!r}",
+                                 row=bad.row) from None
+        except _BadType as bad:
+            raise InvalidInput(f"{path}: column {cols[field]!r} {bad}") from None
+        names.append(field)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _file_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    ext = "".join(path.suffixes[-2:]) if path.suffixes else ""
+    raise InvalidInput(
+        f"cannot read {path}: unsupported file type {ext or '(no extension)'!r}; "
+        f"use {', '.join(EXTENSIONS)}"
+    )
+
+
+def _check_tz(tz: str | None) -> str | None:
+    if tz is None:
+        return None
+    if not isinstance(tz, str) or not tz.strip():
+        raise InvalidInput(f"tz must be an IANA time zone name such as 'Europe/London', got {tz!r}")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"unknown time zone {tz!r}; use an IANA name such as 'UTC' or 'Europe/London'"
+        ) from None
+    return None if tz.upper() in ("UTC", "ETC/UTC", "Z", "GMT", "ETC/GMT") else tz
+
+
+# --------------------------------------------------------------------------
+# columns
+
+
+def _key(name: str) -> str:
+    return str(name).strip().strip("<>").strip().lower()
+
+
+def _choose_columns(names: list[str], path: Path) -> dict[str, str]:
+    """Map time/open/high/low/close[/volume][/date] to the file's column names."""
+    by_key: dict[str, str] = {}
+    for name in names:
+        key = _key(name)
+        if key in by_key:
+            raise InvalidInput(
+                f"{path} has two columns named {key!r} (ignoring case): "
+                f"{by_key[key]!r} and {name!r}"
+            )
+        by_key[key] = name
+    cols: dict[str, str] = {}
+    time_key = next((k for k in TIME_NAMES if k in by_key), None)
+    if time_key is not None:
+        cols["time"] = by_key[time_key]
+        if time_key == "time" and "date" in by_key:
+            cols["date"] = by_key["date"]  # used only if 'time' holds times of day
+    elif _PANDAS_INDEX in names:
+        cols["time"] = _PANDAS_INDEX
+    for field in PRICE_COLUMNS:
+        if field in by_key:
+            cols[field] = by_key[field]
+    volume_key = next((k for k in VOLUME_NAMES if k in by_key), None)
+    if volume_key is not None:
+        cols["volume"] = by_key[volume_key]
+    missing = [f for f in ("time", *PRICE_COLUMNS) if f not in cols]
+    if missing:
+        found = ", ".join(repr(n) for n in names) or "none"
+        hint = f" (time may be named {', '.join(TIME_NAMES)})" if "time" in missing else ""
+        raise InvalidInput(f"{path} lacks column(s) {', '.join(missing)}{hint}; found: {found}")
+    return cols
+
+
+# --------------------------------------------------------------------------
+# readers
+
+
+def _read_csv(path: Path) -> tuple[pa.Table, dict[str, str], int]:
+    header = _csv_header_line(path)
+    delimiter = max(_DELIMITERS, key=header.count) if any(d in header for d in _DELIMITERS) else ","
+    names = next(csv.reader([header], delimiter=delimiter), [])
+    cols = _choose_columns(names, path)
+    text_cols = {cols["time"], *([cols["date"]] if "date" in cols else [])}
+    types = {name: (pa.string() if name in text_cols else pa.float64()) for name in cols.values()}
+    convert = pcsv.ConvertOptions(
+        column_types=types, include_columns=list(dict.fromkeys(cols.values())),
+        null_values=_CSV_NULLS, strings_can_be_null=False,
+    )
+    parse = pcsv.ParseOptions(delimiter=delimiter)
+    try:
+        table = pcsv.read_csv(path, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        if "conversion error" not in str(exc):
+            raise InvalidInput(f"cannot read {path} as CSV: {exc}") from None
+        # A price that is not a number: read it as text to name the row.
+        convert.column_types = {name: pa.string() for name in cols.values()}
+        try:
+            table = pcsv.read_csv(path, parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid as exc2:
+            raise InvalidInput(f"cannot read {path} as CSV: {exc2}") from None
+    return table, cols, 2  # data row 0 is line 2
+
+
+def _csv_header_line(path: Path) -> str:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as raw:
+            first = raw.readline(1 << 20)
+    except (OSError, EOFError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from None
+    text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    if not text.strip():
+        raise InvalidInput(f"{path} is empty or has no header line")
+    return text
+
+
+def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str], int]:
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidInput(f"cannot read {path} as Parquet: {exc}") from None
+    cols = _choose_columns(list(schema.names), path)
+    try:
+        table = pq.read_table(path, columns=list(dict.fromkeys(cols.values())))
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidInput(f"cannot read {path} as Parquet: {exc}") from None
+    return table, cols, 0
+
+
+# --------------------------------------------------------------------------
+# prices
+
+
+def _to_float(col: pa.ChunkedArray) -> pa.Array:
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col = col.cast(t.value_type)
+        t = col.type
+    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+        out = col.cast(pa.float64())
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = pc.utf8_trim_whitespace(col.cast(pa.string()))
+        text = pc.if_else(pc.is_in(text, value_set=pa.array(_CSV_NULLS)), pa.scalar(None, pa.string()), text)
+        out = _cast_or_locate(text, pa.float64(), "not a number")
+    else:
+        raise _BadType(f"holds {t}, not numbers")
+    out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    if out.null_count:
+        out = pc.fill_null(out, np.nan)
+    return out
+
+
+def _cast_or_locate(arr: pa.Array | pa.ChunkedArray, to: pa.DataType, reason: str) -> pa.Array:
+    """``arr.cast(to)``, or _BadValue at the first element that does not cast."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    try:
+        return arr.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    lo, hi = 0, len(arr)  # the first bad element is in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            arr.slice(lo, mid - lo).cast(to)
+            lo = mid
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            hi = mid
+    raise _BadValue(lo, arr[lo].as_py(), reason)
+
+
+# --------------------------------------------------------------------------
+# times
+
+
+def _parse_time(col: pa.ChunkedArray, tz: str | None,
+                date_col: pa.ChunkedArray | None = None) -> np.ndarray:
+    """A time column of any supported form -> int64 ms UTC (numpy)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col = col.cast(t.value_type)
+        t = col.type
+    if len(col) == 0:
+        return np.empty(0, np.int64)
+    if pa.types.is_time(t) and date_col is not None:
+        return _parse_text(_join_date_time(date_col, col.cast(pa.string())), tz)
+    if col.null_count:
+        first = int(np.argmax(~col.is_valid().to_numpy(zero_copy_only=False)))
+        raise _BadValue(first, None, "missing time")
+    if pa.types.is_timestamp(t):
+        ms = _int64_ms(col.cast(pa.int64()).to_numpy(), _UNIT_PER_MS[t.unit])
+        return ms if t.tz is not None else _localize(ms, tz)
+    if pa.types.is_date(t):
+        return _localize(col.cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.int64) * _MS_PER_DAY, tz)
+    if pa.types.is_integer(t):
+        return _epoch_int(col.cast(pa.int64()).to_numpy())
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return _epoch_float(col.cast(pa.float64()).to_numpy())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = pc.utf8_trim_whitespace(col.cast(pa.string()))
+        if date_col is not None and _looks(text, _TIME_OF_DAY_RE):
+            text = _join_date_time(date_col, text)
+        return _parse_text(text, tz)
+    raise _BadType(f"holds {t}, not times")
+
+
+_UNIT_PER_MS = {"s": 1 / 1000, "ms": 1, "us": 1000, "ns": 1_000_000}
+
+
+def _int64_ms(values: np.ndarray, per_ms: float) -> np.ndarray:
+    """Integers in some unit -> int64 ms, flooring finer units."""
+    if per_ms == 1:
+        return values.astype(np.int64, copy=False)
+    if per_ms < 1:  # seconds
+        factor = int(round(1 / per_ms))
+        bad = np.abs(values) > _MAX_MS // factor
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _BadValue(i, int(values[i]), "time out of range")
+        return values.astype(np.int64) * factor
+    return np.floor_divide(values.astype(np.int64, copy=False), int(per_ms))
+
+
+def _epoch_unit(magnitude: float) -> float:
+    """Units per millisecond of an epoch column, from its median magnitude."""
+    if magnitude < 1e11:
+        return 1 / 1000  # seconds (1e11 s is the year 5138)
+    if magnitude < 1e14:
+        return 1         # milliseconds (1e14 ms is the year 5138)
+    if magnitude < 1e17:
+        return 1000      # microseconds
+    return 1_000_000     # nanoseconds
+
+
+def _epoch_int(values: np.ndarray) -> np.ndarray:
+    unit = _epoch_unit(float(np.median(np.abs(values.astype(np.float64)))))
+    return _int64_ms(values, unit)
+
+
+def _epoch_float(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    if not finite.all():
+        i = int(np.argmax(~finite))
+        raise _BadValue(i, float(values[i]), "not a time")
+    unit = _epoch_unit(float(np.median(np.abs(values))))
+    ms = np.floor(values / unit) if unit > 1 else np.rint(values * (1 / unit))
+    bad = np.abs(ms) > _MAX_MS
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise _BadValue(i, float(values[i]), "time out of range")
+    return ms.astype(np.int64)
+
+
+def _looks(text: pa.Array, pattern: re.Pattern) -> bool:
+    """Whether the first non-empty value matches ``pattern`` in full."""
+    for value in text.slice(0, 1000).to_pylist():
+        if value:
+            return pattern.fullmatch(value) is not None
+    return False
+
+
+def _join_date_time(date_col: pa.ChunkedArray, time_text: pa.Array) -> pa.Array:
+    date_col = date_col.combine_chunks() if isinstance(date_col, pa.ChunkedArray) else date_col
+    if pa.types.is_dictionary(date_col.type):
+        date_col = date_col.cast(date_col.type.value_type)
+    date_text = pc.utf8_trim_whitespace(date_col.cast(pa.string()))
+    return pc.binary_join_element_wise(date_text, time_text, " ")
+
+
+def _parse_text(text: pa.Array, tz: str | None) -> np.ndarray:
+    """Text times -> int64 ms UTC: epoch numbers, or dates/times with or without zones."""
+    if text.null_count:
+        first = int(np.argmax(~text.is_valid().to_numpy(zero_copy_only=False)))
+        raise _BadValue(first, None, "missing time")
+    if _looks(text, _NUMBER_RE):
+        try:
+            return _epoch_int(text.cast(pa.int64()).to_numpy())
+        except pa.ArrowInvalid:
+            return _epoch_float(_cast_or_locate(text, pa.float64(), "not a time").to_numpy())
+    text = text.cast(pa.large_string())
+    _, offsets, data = text.buffers()
+    offsets = np.frombuffer(offsets, np.int64)[text.offset:text.offset + len(text) + 1]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
+    ms = np.empty(len(text), np.int64)
+    zone = np.empty(len(text), np.int32)  # offset in minutes, or _NO_ZONE
+    bad = _parse_datetimes(data, offsets, ms, zone)
+    if bad >= 0:
+        raise _BadValue(bad, text[bad].as_py(), "not a time")
+    naive = zone == _NO_ZONE
+    if not naive.any():
+        return ms - zone.astype(np.int64) * 60_000
+    if naive.all():
+        return _localize(ms, tz)
+    out = _localize(ms, tz, where=naive)
+    zoned = ~naive
+    out[zoned] = ms[zoned] - zone[zoned].astype(np.int64) * 60_000
+    return out
+
+
+_NO_ZONE = np.int32(-(2**31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _digits(data, i, end, lo, hi):  # pragma: no cover - numba
+    """Read lo..hi decimal digits at i; returns (value, next i), next i = -1 if too few."""
+    value = 0
+    k = 0
+    while k < hi and i < end and 48 <= data[i] <= 57:
+        value = value * 10 + (data[i] - 48)
+        i += 1
+        k += 1
+    if k < lo:
+        return 0, -1
+    return value, i
+
+
+@numba.njit(cache=True, nogil=True)
+def _parse_one(data, i, end):  # pragma: no cover - numba
+    """One date/time -> (ok, naive ms, zone offset minutes or _NO_ZONE)."""
+    while i < end and data[i] == 32:
+        i += 1
+    while end > i and data[end - 1] == 32:
+        end -= 1
+    y, i = _digits(data, i, end, 4, 4)
+    if i < 0 or i >= end or not (data[i] == 45 or data[i] == 46 or data[i] == 47):  # - . /
+        return False, 0, 0
+    mo, i = _digits(data, i + 1, end, 1, 2)
+    if i < 0 or i >= end or not (data[i] == 45 or data[i] == 46 or data[i] == 47):
+        return False, 0, 0
+    d, i = _digits(data, i + 1, end, 1, 2)
+    if i < 0:
+        return False, 0, 0
+    h = 0
+    mi = 0
+    sec = 0
+    frac = 0
+    zone = -(2**31)
+    if i < end:
+        if data[i] == 84 or data[i] == 116:  # T t
+            i += 1
+        elif data[i] == 32:
+            while i < end and data[i] == 32:
+                i += 1
+        else:
+            return False, 0, 0
+        h, i = _digits(data, i, end, 1, 2)
+        if i < 0 or i >= end or data[i] != 58:  # :
+            return False, 0, 0
+        mi, i = _digits(data, i + 1, end, 2, 2)
+        if i < 0:
+            return False, 0, 0
+        if i < end and data[i] == 58:
+            sec, i = _digits(data, i + 1, end, 2, 2)
+            if i < 0:
+                return False, 0, 0
+            if i < end and (data[i] == 46 or data[i] == 44):  # . ,
+                i += 1
+                k = 0
+                while i < end and 48 <= data[i] <= 57:
+                    if k < 3:
+                        frac = frac * 10 + (data[i] - 48)
+                    i += 1
+                    k += 1
+                if k == 0:
+                    return False, 0, 0
+                while k < 3:
+                    frac *= 10
+                    k += 1
+        while i < end and data[i] == 32:
+            i += 1
+        if i < end:
+            c = data[i]
+            if (c == 90 or c == 122) and i + 1 == end:  # Z z
+                zone = 0
+                i += 1
+            elif end - i == 3 and ((data[i] == 85 and data[i + 1] == 84 and data[i + 2] == 67)
+                                   or (data[i] == 71 and data[i + 1] == 77 and data[i + 2] == 84)):
+                zone = 0  # UTC GMT
+                i = end
+            elif c == 43 or c == 45:  # + -
+                sign = 1 if c == 43 else -1
+                zh, i = _digits(data, i + 1, end, 2, 2)
+                if i < 0:
+                    return False, 0, 0
+                zm = 0
+                if i < end and data[i] == 58:
+                    i += 1
+                if i < end:
+                    zm, i = _digits(data, i, end, 2, 2)
+                    if i < 0:
+                        return False, 0, 0
+                if zh > 23 or zm > 59:
+                    return False, 0, 0
+                zone = sign * (zh * 60 + zm)
+            else:
+                return False, 0, 0
+    if i != end:
+        return False, 0, 0
+    if mo < 1 or mo > 12 or d < 1 or h > 23 or mi > 59 or sec > 59:
+        return False, 0, 0
+    dim = 31
+    if mo == 4 or mo == 6 or mo == 9 or mo == 11:
+        dim = 30
+    elif mo == 2:
+        leap = (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
+        dim = 29 if leap else 28
+    if d > dim:
+        return False, 0, 0
+    # days since 1970-01-01 (H. Hinnant's days_from_civil)
+    yy = y - 1 if mo <= 2 else y
+    era = yy // 400
+    yoe = yy - era * 400
+    mp = mo - 3 if mo > 2 else mo + 9
+    doy = (153 * mp + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    ms = ((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + frac
+    return True, ms, zone
+
+
+@numba.njit(cache=True, nogil=True)
+def _parse_datetimes(data, offsets, ms_out, zone_out):  # pragma: no cover - numba
+    """Parse every string; returns the index of the first bad one, or -1."""
+    for r in range(ms_out.shape[0]):
+        ok, ms, zone = _parse_one(data, offsets[r], offsets[r + 1])
+        if not ok:
+            return r
+        ms_out[r] = ms
+        zone_out[r] = zone
+    return -1
+
+
+def _localize(ms: np.ndarray, tz: str | None, where: np.ndarray | None = None) -> np.ndarray:
+    """Naive local ms -> UTC ms in ``tz`` (None: already UTC).
+
+    A local time that occurs twice (clocks going back) is the earlier instant
+    unless the file has already passed it: within each run of such rows, rows
+    from the first step backwards in time on are the later instant.  A local
+    time that does not exist (clocks going forward) raises _BadValue.
+    """
+    ms = np.asarray(ms, dtype=np.int64)
+    if tz is None:
+        return ms
+    rows = np.arange(len(ms)) if where is None else np.flatnonzero(where)
+    local = pa.array(ms[rows], pa.timestamp("ms"))
+    early = pc.assume_timezone(local, timezone=tz, ambiguous="earliest",
+                               nonexistent="earliest").cast(pa.int64()).to_numpy()
+    late = pc.assume_timezone(local, timezone=tz, ambiguous="latest",
+                              nonexistent="latest").cast(pa.int64()).to_numpy()
+    diff = late - early
+    gap = (diff > 0) & (diff < 60_000)  # nonexistent: the instants either side of the jump
+    if gap.any():
+        j = int(np.argmax(gap))
+        value = np.datetime64(int(ms[rows[j]]), "ms").astype(str).replace("T", " ")
+        raise _BadValue(int(rows[j]), value, f"local time does not exist in {tz} (clocks went forward)")
+    result = early
+    ambiguous = diff >= 60_000
+    if ambiguous.any():
+        # A run of ambiguous rows: the repeat starts where local time steps back.
+        back = np.zeros(len(early), bool)
+        back[1:] = early[1:] <= early[:-1]
+        back &= ambiguous
+        back[1:] &= ambiguous[:-1]
+        run_start = ambiguous & ~np.r_[False, ambiguous[:-1]]
+        run_id = np.cumsum(run_start)
+        backs = np.cumsum(back)
+        backs_before_run = np.zeros(run_id[-1] + 1, np.int64)
+        starts = np.flatnonzero(run_start)
+        backs_before_run[run_id[starts]] = backs[starts] - back[starts]
+        later = ambiguous & (backs - backs_before_run[run_id] > 0)
+        result = np.where(later, late, early)
+    out = ms.copy()
+    out[rows] = result
+    return out

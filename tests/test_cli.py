@@ -1,0 +1,204 @@
+"""The gpubackfill CLI: through click's runner and as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from gpubackfill.cli import main
+from gpubackfill.synthetic import generate
+
+
+def env_for(settings) -> dict[str, str]:
+    return {"GPUBACKFILL_HOME": str(settings.home), "REDIS_URL": settings.redis_url,
+            "GPUBACKFILL_REDIS_PREFIX": settings.redis_prefix,
+            "CLICKHOUSE_DATABASE": settings.clickhouse_database, "BATCH_MAX_WORKERS": "2"}
+
+
+@pytest.fixture
+def cli(settings, monkeypatch):
+    """Run the CLI in this process (sharing its chDB engine)."""
+    for k, v in env_for(settings).items():
+        monkeypatch.setenv(k, v)
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    t = generate("EURUSD", "M15", "2024-01-01", "2024-03-01")
+    path = tmp_path / "eurusd.csv"
+    pcsv.write_csv(t.rename_columns(["Time", "Open", "High", "Low", "Close", "Volume"]), path)
+    return path, t.num_rows
+
+
+def test_ingest_start_status_export_metrics(cli, csv_file, tmp_path):
+    path, n = csv_file
+    r = cli("ingest", str(path), "--instrument", "eurusd", "--granularity", "m15")
+    assert r.exit_code == 0 and f"read {n} rows: {n} inserted" in r.output
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    assert f"0 inserted, 0 updated, {n} already present, 0 rejected" in r.output
+    r = cli("start", "--instrument", "EURUSD", "--granularity", "M15", "--start-date", "2024-01-01",
+            "--end-date", "2024-02-29", "--labels", "enhanced_triple_barrier", "mfe_mae",
+            "--param", "enhanced_triple_barrier.horizon=12", "--chunk-size", "700")
+    assert r.exit_code == 0, r.output
+    assert "completed" in r.output
+    r = cli("status", "--format", "json")
+    jobs = json.loads(r.output)
+    assert len(jobs) == 1 and jobs[0]["status"] == "completed" and jobs[0]["candles_done"] == n
+    out = tmp_path / "labels.parquet"
+    r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "--labels",
+            "enhanced_triple_barrier,mfe_mae", "--param", "enhanced_triple_barrier.horizon=12",
+            "-o", str(out))
+    assert r.exit_code == 0 and f"wrote {n} rows" in r.output
+    t = pq.read_table(out)
+    assert t.column_names[:2] == ["ts", "tb_label"] and "mfe_bars" in t.column_names
+    m = json.loads(cli("metrics", "--format", "json").output)
+    assert m["candles_processed"] == n and m["jobs_by_status"] == {"completed": 1}
+
+
+def test_ingest_reports_rejected_rows(cli, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("ts,open,high,low,close\n"
+                    "2024-01-01T00:00:00Z,1.1,1.2,1.0,1.15\n"
+                    "2024-01-01T00:01:00Z,1.1,1.0,1.0,1.15\n"      # high below close
+                    "2024-01-01T00:00:00Z,1.1,1.2,1.0,1.15\n"      # duplicate of row 0
+                    "2024-01-01T00:02:00Z,1.1,1.2,1.0,-1\n")       # negative price
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1")
+    assert r.exit_code == 0
+    assert "1 inserted" in r.output and "3 rejected" in r.output
+    assert "rejected row 1" in r.output and "high is below max(open, close)" in r.output
+    assert "rejected row 2" in r.output and "unsorted or duplicate" in r.output
+    assert "rejected row 3" in r.output and "zero or negative" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["status", "nope"], "error: no job 'nope'"),
+    (["pause", "nope"], "error: no job 'nope'"),
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-02-30",
+      "--end-date", "2024-03-01"], "error: bad start date '2024-02-30'"),
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-03-01",
+      "--end-date", "2024-02-01"], "is not after start date"),
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-01-01",
+      "--end-date", "2024-02-01", "--labels", "triple"], "error: unknown label 'triple'"),
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-01-01",
+      "--end-date", "2024-02-01", "--param", "mfe_mae.width=3"], "unknown parameter(s) for mfe_mae: width"),
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-01-01",
+      "--end-date", "2024-02-01", "--param", "horizon=3"], "--param must look like LABEL.KEY=VALUE"),
+    (["start", "--instrument", "EURUSD'; DROP TABLE candles", "--granularity", "M1",
+      "--start-date", "2024-01-01", "--end-date", "2024-02-01"], "error: invalid instrument"),
+    (["ingest", "/no/such.csv", "--instrument", "EURUSD", "--granularity", "M1"], "no such file"),
+    (["export", "--instrument", "EURUSD", "--granularity", "M1", "-o", "x.txt"], "must end in .parquet or .csv"),
+    (["cleanup", "--older-than", "-1"], "--older-than must be >= 0"),
+])
+def test_user_mistakes_get_one_line_and_exit_2(cli, args, message):
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output and r.output.count("\n") == 1
+
+
+def test_unreachable_redis_names_the_url(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret@127.0.0.1:1/0")
+    r = CliRunner().invoke(main, ["status"], catch_exceptions=False)
+    assert r.exit_code == 1
+    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in r.output
+    assert "s3cret" not in r.output and "Traceback" not in r.output
+
+
+def test_bad_settings_are_reported(monkeypatch):
+    monkeypatch.setenv("BATCH_CHUNK_SIZE", "lots")
+    r = CliRunner().invoke(main, ["status"], catch_exceptions=False)
+    assert r.exit_code == 2 and "error: BATCH_CHUNK_SIZE must be an integer, got 'lots'" in r.output
+
+
+# ---------------------------------------------------------------------------
+# Real processes: their own chDB folder (one engine per folder per process).
+
+
+def run_cli(env, *args, timeout=300, check=True):
+    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run([sys.executable, "-m", "gpubackfill", *args], env=full,
+                         capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+@pytest.fixture
+def proc_env(tmp_path, redis_socket):
+    from conftest import make_settings
+
+    s = make_settings(tmp_path / "home", redis_socket)
+    return env_for(s), s
+
+
+def test_cli_as_processes_and_control_from_a_second_process(proc_env, tmp_path):
+    env, settings = proc_env
+    t = generate("EURUSD", "M1", "2024-01-01", "2024-02-01")
+    path = tmp_path / "c.parquet"
+    pq.write_table(t, path)
+    run_cli(env, "ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1")
+    res = run_cli(env, "start", "--instrument", "EURUSD", "--granularity", "M1",
+                  "--start-date", "2024-01-01", "--end-date", "2024-01-31", "--chunk-size", "300",
+                  "--workers", "1", "--detach")
+    job = res.stdout.strip()
+    assert len(job) == 12 and "gpubackfill execute" in res.stderr
+    runner = subprocess.Popen([sys.executable, "-m", "gpubackfill", "execute", job],
+                              env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        def status():
+            return json.loads(run_cli(env, "status", job, "--format", "json").stdout)
+
+        deadline = time.time() + 120
+        while status()["chunks"]["done"] < 3:
+            assert time.time() < deadline and runner.poll() is None
+            time.sleep(0.2)
+        assert "paused" in run_cli(env, "pause", job).stdout
+        time.sleep(1.5)  # running chunks finish; no new ones start
+        s1 = status()
+        time.sleep(1.5)
+        s2 = status()
+        assert s1["status"] == s2["status"] == "paused"
+        assert s1["chunks"]["done"] == s2["chunks"]["done"] < s2["chunks_total"]
+        assert s2["chunks"]["leased"] == 0
+        r = run_cli(env, "resume", job, check=False)
+        assert r.returncode == 0 and "running" in r.stdout
+        r = run_cli(env, "resume", job, check=False)  # not paused any more
+        assert r.returncode == 2 and "cannot resume job" in r.stderr
+        while status()["chunks"]["done"] < s2["chunks"]["done"] + 3:
+            time.sleep(0.2)
+        assert "cancelled" in run_cli(env, "cancel", job).stdout
+        out, err = runner.communicate(timeout=120)
+        assert runner.returncode == 1, err
+        s = status()
+        assert s["status"] == "cancelled" and s["chunks"]["leased"] == 0
+        assert 0 < s["chunks"]["done"] < s["chunks_total"]
+        # Every chunk recorded done wrote its rows exactly once.
+        out = tmp_path / "done.parquet"
+        run_cli(env, "export", "--instrument", "EURUSD", "--granularity", "M1", "-o", str(out))
+        ts = pq.read_table(out).column("ts").to_numpy()
+        assert len(ts) == s["rows_written"] == len(set(ts.tolist()))
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+
+
+def test_help_and_status_do_not_need_clickhouse(proc_env):
+    env, _ = proc_env
+    assert "Backfill machine-learning labels" in run_cli(env, "--help").stdout
+    assert run_cli(env, "status", "--format", "json").stdout.strip() == "[]"

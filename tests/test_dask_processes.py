@@ -1,0 +1,44 @@
+"""A job on Dask worker processes against a ClickHouse server protocol.
+
+No ClickHouse server binary can be installed here, so ``chhttp`` serves
+ClickHouse's HTTP interface from chDB in a separate process; every worker
+process opens its own clickhouse-connect HTTP client to it, exactly as it
+would to a real server.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chhttp import ClickHouseHTTPServer
+from conftest import make_settings
+from test_engine import assert_matches_whole_series
+
+from gpubackfill.service import BackfillService
+from gpubackfill.store import SeriesKey
+from gpubackfill.synthetic import generate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = ClickHouseHTTPServer(str(tmp_path / "ch"), tmp_dir=str(tmp_path))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_job_on_worker_processes_through_the_http_interface(server, tmp_path, redis_socket):
+    settings = make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=server.url)
+    assert not settings.embedded_clickhouse
+    svc = BackfillService(settings)
+    candles = generate("EURUSD", "M5", "2024-01-01", "2024-02-10")
+    svc.ingest_table(SeriesKey("EURUSD", "M5"), candles)
+    job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=1_500,
+                         workers=2, min_workers=1)
+    result = svc.execute(job)
+    s = svc.status(job)
+    assert result.status == "completed", s["last_errors"]
+    assert s["cluster"].startswith("local processes")
+    assert_matches_whole_series(svc, job, candles)

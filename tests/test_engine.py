@@ -1,0 +1,149 @@
+"""Backfill jobs end to end against real chDB and a real redis-server."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from compare import TB_COLUMNS, assert_exact, assert_float_close, column
+
+from gpubackfill import compute_labels
+from gpubackfill.errors import InvalidInput, InvalidTransition, JobNotFound
+from gpubackfill.store import SeriesKey
+from gpubackfill.synthetic import generate
+
+ALL = ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"]
+START, END = "2024-01-01", "2024-01-31"
+
+
+def series(service, instrument="EURUSD", granularity="M5", start=START, end="2024-02-15"):
+    table = generate(instrument, granularity, start, end)
+    service.ingest_table(SeriesKey(instrument, granularity), table)
+    return table
+
+
+def assert_matches_whole_series(service, job_id, candles: pa.Table):
+    """The stored labels equal compute_labels over everything ingested."""
+    s = service.status(job_id)
+    stored = service.export(s["instrument"], s["granularity"], s["labels"], None)
+    whole = compute_labels(candles, s["labels"])
+    ts = whole.column("ts").to_numpy()
+    a = np.searchsorted(ts, stored.column("ts").to_numpy())
+    assert stored.num_rows == s["candles_total"] > 0
+    np.testing.assert_array_equal(ts[a], stored.column("ts").to_numpy())
+    want = whole.take(pa.array(a))
+    for name in whole.column_names[1:]:
+        g, w = column(stored, name), column(want, name)
+        if name in TB_COLUMNS[:4] or name in ("tb_flags", "mfe_bars", "mae_bars"):
+            assert_exact(name, g, w)
+        else:
+            assert_float_close(name, g, w)
+    key = SeriesKey(s["instrument"], s["granularity"])
+    n, uniq = service.store.label_counts(key, s["label_set"])
+    assert n == uniq == stored.num_rows  # no duplicates, without FINAL
+
+
+def test_job_equals_whole_series_with_chunks_that_do_not_divide(service):
+    candles = series(service)
+    job = service.create_job("EURUSD", "M5", START, END, chunk_size=997, workers=2)
+    result = service.execute(job)
+    assert result.status == "completed"
+    s = service.status(job)
+    assert s["chunks_total"] > 5 and s["chunks"]["done"] == s["chunks_total"]
+    assert s["candles_done"] == s["candles_total"] == s["rows_written"]
+    assert_matches_whole_series(service, job, candles)
+
+
+def test_rerun_skips_unchanged_chunks_and_force_recomputes_without_duplicates(service):
+    candles = series(service)
+    first = service.start("EURUSD", "M5", START, END, chunk_size=2_000, workers=2)
+    chunks = service.status(first)["chunks_total"]
+    again = service.start("EURUSD", "M5", START, END, chunk_size=2_000, workers=2)
+    s = service.status(again)
+    assert s["status"] == "completed" and s["cache_hits"] == chunks and s["rows_written"] == 0
+    forced = service.start("EURUSD", "M5", START, END, chunk_size=2_000, workers=2, force=True)
+    s = service.status(forced)
+    assert s["cache_hits"] == 0 and s["rows_written"] == s["candles_total"]
+    assert_matches_whole_series(service, forced, candles)
+
+
+def test_incomplete_rows_are_recomputed_when_newer_candles_arrive(service):
+    full = generate("GBPUSD", "M5", START, "2024-02-15")
+    ts = full.column("ts").to_numpy()
+    cut = int(np.searchsorted(ts, np.datetime64("2024-01-31", "ms").astype(np.int64)))
+    key = SeriesKey("GBPUSD", "M5")
+    service.ingest_table(key, full.slice(0, cut))
+    job = service.start("GBPUSD", "M5", START, END, chunk_size=2_000, workers=2)
+    stored = service.export("GBPUSD", "M5", ALL, None)
+    flags = column(stored, "tb_flags")
+    assert flags[-1] == 4 and (flags == 4).sum() > 0  # windows cut by the end of the data
+    service.ingest_table(key, full)
+    again = service.start("GBPUSD", "M5", START, END, chunk_size=2_000, workers=2)
+    s = service.status(again)
+    assert 0 < s["rows_written"] < s["candles_total"]  # only chunks that saw new candles
+    assert_matches_whole_series(service, again, full)
+    assert job != again
+
+
+def test_two_jobs_at_once(service):
+    a = series(service, "EURUSD")
+    b = series(service, "USDJPY")
+    jobs = [service.create_job(i, "M5", START, END, chunk_size=1_500, workers=2)
+            for i in ("EURUSD", "USDJPY")]
+    threads = [threading.Thread(target=service.execute, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for job, candles in zip(jobs, (a, b)):
+        assert service.status(job)["status"] == "completed"
+        assert_matches_whole_series(service, job, candles)
+
+
+def test_one_driver_per_job(service):
+    series(service)
+    job = service.create_job("EURUSD", "M5", START, END)
+    assert service.state.acquire_driver(job, "someone-else", 60_000) is None
+    with pytest.raises(InvalidTransition, match="already being run by someone-else"):
+        service.execute(job)
+
+
+def test_bad_requests_are_refused_before_anything_runs(service):
+    series(service)
+    with pytest.raises(InvalidInput, match="no candles for XAUUSD M5"):
+        service.create_job("XAUUSD", "M5", START, END)
+    with pytest.raises(InvalidInput, match="invalid instrument"):
+        service.create_job("EURUSD'; DROP TABLE candles; --", "M5", START, END)
+    with pytest.raises(InvalidInput, match="bad start date"):
+        service.create_job("EURUSD", "M5", "2024-13-01", END)
+    with pytest.raises(InvalidInput, match="not after"):
+        service.create_job("EURUSD", "M5", END, START)
+    with pytest.raises(InvalidInput, match="unknown label"):
+        service.create_job("EURUSD", "M5", START, END, labels=["nope"])
+    with pytest.raises(InvalidInput, match="horizon must be >= 1"):
+        service.create_job("EURUSD", "M5", START, END, params={"mfe_mae": {"horizon": "0"}})
+    with pytest.raises(InvalidInput, match="granularity"):
+        service.create_job("EURUSD", "M7", START, END)
+    with pytest.raises(JobNotFound):
+        service.pause("0123456789ab")
+    assert service.list_jobs() == []
+
+
+def test_empty_range_completes_with_no_chunks(service):
+    series(service)
+    job = service.start("EURUSD", "M5", "2023-01-01", "2023-01-31")
+    s = service.status(job)
+    assert s["status"] == "completed" and s["chunks_total"] == 0
+
+
+def test_cleanup_forgets_old_finished_jobs_only(service):
+    series(service)
+    done = service.start("EURUSD", "M5", START, "2024-01-05", chunk_size=5_000)
+    queued = service.create_job("EURUSD", "M5", START, "2024-01-05")
+    assert service.cleanup(1) == []              # finished less than a day ago
+    assert service.cleanup(0, status="cancelled") == []
+    assert service.cleanup(0) == [done]
+    assert [j["job_id"] for j in service.list_jobs()] == [queued]

@@ -1,0 +1,102 @@
+"""The Lua-scripted transitions against a real redis-server."""
+
+import time
+
+import pytest
+
+from gpubackfill.errors import InvalidTransition, JobNotFound
+from gpubackfill.redis_server import connect
+from gpubackfill.state.redis_store import RedisState
+
+
+@pytest.fixture
+def state(settings):
+    client, where = connect(settings)
+    return RedisState(client, settings.redis_prefix, settings.redis_ttl, where)
+
+
+def new_job(state, n=3):
+    state.create_job("j1", {"instrument": "EURUSD"}, [(i * 10, i * 10 + 10, 5) for i in range(n)])
+    return "j1"
+
+
+def test_claim_needs_a_running_job_and_hands_out_each_chunk_once(state):
+    job = new_job(state)
+    assert state.claim(job, "w", 10_000) == "queued"
+    state.transition(job, "execute")
+    got = [state.claim(job, "w", 10_000) for _ in range(3)]
+    assert sorted(i for i, _ in got) == [0, 1, 2]
+    assert len({t for _, t in got}) == 3
+    assert state.claim(job, "w", 10_000) == "empty"
+    assert set(state.chunk_states(job).values()) == {"leased"}
+
+
+def test_complete_settles_the_job_and_rejects_stale_tokens(state):
+    job = new_job(state, 2)
+    state.transition(job, "execute")
+    (i0, t0), (i1, t1) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
+    assert state.complete(job, i0, t0 + 100, 5, 5, False, 0.1) == ("stale", "")
+    assert state.complete(job, i0, t0, 5, 5, False, 0.1) == ("ok", "running")
+    assert state.complete(job, i0, t0, 5, 5, False, 0.1) == ("stale", "")  # no double count
+    assert state.complete(job, i1, t1, 5, 5, True, 0.1) == ("ok", "completed")
+    j = state.job(job)
+    assert (j["chunks_done"], j["candles_done"], j["rows_written"], j["cache_hits"]) == (2, 10, 10, 1)
+    assert j["finished"] >= j["started"]
+
+
+def test_failures_retry_then_give_up(state):
+    job = new_job(state, 1)
+    state.transition(job, "execute")
+    idx, tok = state.claim(job, "w", 10_000)
+    assert state.fail(job, idx, tok, "boom", max_attempts=2) == ("retry", "1")
+    idx, tok = state.claim(job, "w", 10_000)
+    assert state.fail(job, idx, tok, "boom again", max_attempts=2) == ("failed", "completed_with_errors")
+    assert state.chunk_errors(job) == {0: "boom again"}
+
+
+def test_data_errors_are_not_retried(state):
+    job = new_job(state, 2)
+    state.transition(job, "execute")
+    idx, tok = state.claim(job, "w", 10_000)
+    assert state.fail(job, idx, tok, "bad rows", max_attempts=5, retryable=False)[0] == "failed"
+
+
+def test_expired_leases_return_to_pending(state):
+    job = new_job(state, 1)
+    state.transition(job, "execute")
+    idx, tok = state.claim(job, "w", 1)
+    time.sleep(0.01)
+    assert state.expire_leases(job) == 1
+    assert state.chunk_states(job) == {0: "pending"}
+    # The old lease holder's late completion does not count.
+    assert state.complete(job, idx, tok, 5, 5, False, 0.1) == ("stale", "")
+    idx2, tok2 = state.claim(job, "w2", 10_000)
+    assert (idx2, tok2 != tok) == (idx, True)
+
+
+def test_pause_blocks_claims_until_resume_and_cancel_is_final(state):
+    job = new_job(state)
+    state.transition(job, "execute")
+    assert state.transition(job, "pause") == "paused"
+    assert state.claim(job, "w", 10_000) == "paused"
+    assert state.transition(job, "resume") == "running"
+    assert isinstance(state.claim(job, "w", 10_000), tuple)
+    assert state.transition(job, "cancel") == "cancelled"
+    with pytest.raises(InvalidTransition, match="it is cancelled"):
+        state.transition(job, "resume")
+    assert [e["event"] for e in state.events(job)] == ["create", "execute", "pause", "resume", "cancel"]
+
+
+def test_unknown_job(state):
+    with pytest.raises(JobNotFound):
+        state.job("nope")
+    with pytest.raises(JobNotFound):
+        state.transition("nope", "pause")
+
+
+def test_only_one_driver_at_a_time(state):
+    job = new_job(state)
+    assert state.acquire_driver(job, "a", 10_000) is None
+    assert state.acquire_driver(job, "b", 10_000) == "a"
+    state.release_driver(job, "a")
+    assert state.acquire_driver(job, "b", 10_000) is None
