@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast bench venv clean
+.PHONY: demo test test-fast bench bench-backfill venv clean
 
 venv: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(VENV)/bin/gpubackfill demo
+
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -23,6 +26,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/kernels.py
+
+bench-backfill: $(STAMP)
+	$(PY) bench/backfill.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import re
 import zoneinfo
 from pathlib import Path
@@ -268,11 +267,13 @@ def _to_float(col: pa.ChunkedArray) -> pa.Array:
     if pa.types.is_dictionary(t):
         col = col.cast(t.value_type)
         t = col.type
-    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+    if (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)
+            or pa.types.is_null(t)):
         out = col.cast(pa.float64())
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         text = pc.utf8_trim_whitespace(col.cast(pa.string()))
-        text = pc.if_else(pc.is_in(text, value_set=pa.array(_CSV_NULLS)), pa.scalar(None, pa.string()), text)
+        is_null = pc.is_in(text, value_set=pa.array(_CSV_NULLS))
+        text = pc.if_else(is_null, pa.scalar(None, pa.string()), text)
         out = _cast_or_locate(text, pa.float64(), "not a number")
     else:
         raise _BadType(f"holds {t}, not numbers")
@@ -324,7 +325,8 @@ def _parse_time(col: pa.ChunkedArray, tz: str | None,
         ms = _int64_ms(col.cast(pa.int64()).to_numpy(), _UNIT_PER_MS[t.unit])
         return ms if t.tz is not None else _localize(ms, tz)
     if pa.types.is_date(t):
-        return _localize(col.cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.int64) * _MS_PER_DAY, tz)
+        days = col.cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.int64)
+        return _localize(days * _MS_PER_DAY, tz)
     if pa.types.is_integer(t):
         return _epoch_int(col.cast(pa.int64()).to_numpy())
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -584,8 +586,11 @@ def _localize(ms: np.ndarray, tz: str | None, where: np.ndarray | None = None) -
     gap = (diff > 0) & (diff < 60_000)  # nonexistent: the instants either side of the jump
     if gap.any():
         j = int(np.argmax(gap))
-        value = np.datetime64(int(ms[rows[j]]), "ms").astype(str).replace("T", " ")
-        raise _BadValue(int(rows[j]), value, f"local time does not exist in {tz} (clocks went forward)")
+        local_ms = int(ms[rows[j]])
+        unit = "s" if local_ms % 1000 == 0 else "ms"
+        value = str(np.datetime64(local_ms, "ms").astype(f"datetime64[{unit}]")).replace("T", " ")
+        raise _BadValue(int(rows[j]), value,
+                        f"local time does not exist in {tz} (clocks went forward)")
     result = early
     ambiguous = diff >= 60_000
     if ambiguous.any():

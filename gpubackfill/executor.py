@@ -12,8 +12,10 @@ Adaptive scaling between ``min_workers`` and ``workers`` is Dask's own.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,11 +23,17 @@ from .config import Settings
 from .errors import DependencyError
 
 
+# Starting two LocalClusters at once in one process races in distributed's
+# dashboard imports; starting them one at a time is cheap.
+_start_lock = threading.Lock()
+
+
 @dataclass
 class Cluster:
     client: object
     kind: str
     dashboard: str | None
+    local: object = None
 
 
 def _dashboard_address() -> str:
@@ -42,9 +50,15 @@ def _has_dashboard() -> bool:
     return True
 
 
+_clusters: dict[tuple, "Cluster"] = {}
+
+
 @contextlib.contextmanager
 def open_cluster(settings: Settings, workers: int, min_workers: int | None = None,
                  scheduler: str | None = None) -> Iterator[Cluster]:
+    """A Dask client for a job.  Local clusters are started once per process
+    and shared by its jobs (starting distributed clusters concurrently in one
+    process is not safe, and a warm cluster saves each job its start-up)."""
     from distributed import Client, LocalCluster
 
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny",
@@ -61,20 +75,35 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
         finally:
             client.close()
         return
-    dash = _dashboard_address()
-    if settings.embedded_clickhouse:
-        cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False,
-                               dashboard_address=dash)
-        kind = f"in-process, {workers} threads"
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=dash)
-        if min_workers is not None and min_workers < workers:
-            cluster.adapt(minimum=min_workers, maximum=workers)
-        kind = f"local processes, {min_workers or workers}..{workers} workers"
-    client = Client(cluster)
-    try:
-        yield Cluster(client, kind, client.dashboard_link if _has_dashboard() else None)
-    finally:
-        client.close()
-        cluster.close()
+    embedded = settings.embedded_clickhouse
+    key = (embedded, workers, min_workers if not embedded else None)
+    with _start_lock:
+        cluster = _clusters.get(key)
+        if cluster is None:
+            if embedded:
+                local = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False,
+                                     dashboard_address=_dashboard_address())
+                kind = f"in-process, {workers} threads"
+            else:
+                local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                     dashboard_address=_dashboard_address())
+                if min_workers is not None and min_workers < workers:
+                    local.adapt(minimum=min_workers, maximum=workers)
+                kind = f"local processes, {min_workers or workers}..{workers} workers"
+            client = Client(local, set_as_default=False)
+            cluster = Cluster(client, kind, client.dashboard_link if _has_dashboard() else None)
+            cluster.local = local
+            _clusters[key] = cluster
+    yield cluster
+
+
+def close_clusters() -> None:
+    """Shut down the clusters this process started."""
+    with _start_lock:
+        for cluster in _clusters.values():
+            cluster.client.close()
+            cluster.local.close()
+        _clusters.clear()
+
+
+atexit.register(close_clusters)

@@ -332,13 +332,14 @@ class BackfillService:
 
 
 def _wait_some(futures: list, timeout: float) -> list:
-    """Dask futures finished within ``timeout`` (at least one, unless it ran out)."""
-    from distributed import wait
-
-    try:
-        return list(wait(futures, timeout=timeout, return_when="FIRST_COMPLETED").done)
-    except TimeoutError:
-        return [f for f in futures if f.done()]
+    """Futures finished within ``timeout`` (as soon as one is).  Polled:
+    ``distributed.wait`` would need this client to be the process default."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [f for f in futures if f.done()]
+        if done or time.monotonic() >= deadline:
+            return done
+        time.sleep(0.005)
 
 
 def _iso(ms: int | None) -> str | None:

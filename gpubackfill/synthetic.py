@@ -5,12 +5,15 @@ Table (ts int64 ms UTC, open, high, low, close, volume float64) that passes
 ``gpubackfill.candles.validate``.  The model:
 
 - **Price.** A random walk in log price whose per-bar volatility is
-  ``annual_vol * sqrt(bar length / trading year) * season * regime``.
+  ``annual_vol * sqrt(bar length / trading year) * sqrt(season) * regime``
+  (a trading year is 260 days of 24 hours for FX and metals, 365 for crypto;
+  a W1 bar of FX counts 5 trading days).
 - **Volatility clustering.** ``regime = exp(x - var(x))`` with ``x`` the sum
-  of two Ornstein-Uhlenbeck processes in log volatility (half-lives of hours
-  and of weeks, sampled exactly at the bar spacing, so every granularity sees
-  the same process in calendar time).  ``E[regime^2] = 1``, so the long-run
-  volatility is the instrument's annual figure.
+  of two Ornstein-Uhlenbeck processes in log volatility (time constants of 4
+  hours and 15 days, sd 0.35 each, sampled exactly at the bar spacing, so
+  every granularity sees the same process in calendar time).
+  ``E[regime^2] = 1``, so the long-run volatility is the instrument's annual
+  figure.
 - **Intraday seasonality** (bars shorter than a day): variance follows the
   trading sessions (Tokyo, London, New York for FX and metals; US hours,
   more mildly, for crypto), normalised to mean 1 over the day.  Volume rises
@@ -52,7 +55,15 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import InvalidInput
-from .granularity import DAY_MS, GRANULARITIES, HOUR_MS, MINUTE_MS, WEEK_MS, parse_granularity, parse_instrument
+from .granularity import (
+    DAY_MS,
+    GRANULARITIES,
+    HOUR_MS,
+    MINUTE_MS,
+    WEEK_MS,
+    parse_granularity,
+    parse_instrument,
+)
 
 SCHEMA = pa.schema([
     ("ts", pa.int64()),
@@ -342,7 +353,8 @@ def _bars(log_open, log_close, sigma, gap_kind, e_up, e_down, scale, tick):  # p
 
 
 @numba.njit(cache=True, nogil=True)
-def _volume(noise, noise_sd, phase, season_vol, regime, per_bar, scale, at_least):  # pragma: no cover
+def _volume(noise, noise_sd, phase, season_vol, regime, per_bar, scale,
+            at_least):  # pragma: no cover - numba
     n = noise.shape[0]
     out = np.empty(n)
     shift = 0.5 * noise_sd * noise_sd

@@ -42,10 +42,12 @@ def near_barrier_rows(c: dict, sig: np.ndarray, horizon: int, pt: float, sl: flo
     return out
 
 
-def assert_float_close(name: str, got: np.ndarray, want: np.ndarray, atol: float = 0.0,
-                       skip: np.ndarray | None = None) -> None:
+def assert_float_close(name: str, got: np.ndarray, want: np.ndarray,
+                       atol: "float | np.ndarray" = 0.0, skip: np.ndarray | None = None) -> None:
     keep = np.ones(len(got), bool) if skip is None else ~skip
     g, w = got[keep], want[keep]
+    if np.ndim(atol):
+        atol = np.asarray(atol)[keep]
     nulls_differ = np.isnan(g) != np.isnan(w)
     assert not nulls_differ.any(), (
         f"{name}: NULL mismatch at rows {np.flatnonzero(keep)[nulls_differ][:10]}"

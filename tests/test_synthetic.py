@@ -1,6 +1,5 @@
 """Synthetic candles (gpubackfill.synthetic) and name parsing (gpubackfill.granularity)."""
 
-import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -16,7 +15,14 @@ from gpubackfill.granularity import (
     parse_granularity,
     parse_instrument,
 )
-from gpubackfill.synthetic import INSTRUMENTS, SCHEMA, generate, generate_many, instrument_spec
+from gpubackfill.synthetic import (
+    INSTRUMENTS,
+    SCHEMA,
+    fx_open_mask,
+    generate,
+    generate_many,
+    instrument_spec,
+)
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -231,6 +237,8 @@ def test_fx_weekend_gap():
     table = generate("EURUSD", "M1", "2024-01-01", "2024-03-01")
     ts = table["ts"].to_numpy()
     assert not in_fx_weekend(ts).any()
+    every_minute = np.arange(ts[0], ts[-1], 60_000)
+    assert (fx_open_mask(every_minute) == ~in_fx_weekend(every_minute)).all()
     t = pd.to_datetime(ts, unit="ms", utc=True)
     jumps = np.flatnonzero(np.diff(ts) > 60_000)
     assert len(jumps) == 8  # 8 weekends, and no other holes
@@ -312,10 +320,7 @@ def test_intraday_seasonality():
     assert (v == np.round(v)).all()  # FX tick volume
 
 
-def test_fast_enough():
-    generate("EURUSD", "M1", "2024-01-01", "2024-01-02")  # compiled / loaded
-    t0 = time.perf_counter()
-    table = generate("BTCUSD", "M1", "2022-01-01", "2024-01-01")  # ~1.05M bars
-    elapsed = time.perf_counter() - t0
+def test_two_years_of_24_7_minute_bars():
+    # Speed is measured in bench/, not asserted here.
+    table = generate("BTCUSD", "M1", "2022-01-01", "2024-01-01")
     assert len(table) == 730 * 1440
-    assert elapsed < 3.0  # ~0.3 s on a 2-core machine; 10M bars in ~3 s
