@@ -202,3 +202,63 @@ def test_help_and_status_do_not_need_clickhouse(proc_env):
     env, _ = proc_env
     assert "Backfill machine-learning labels" in run_cli(env, "--help").stdout
     assert run_cli(env, "status", "--format", "json").stdout.strip() == "[]"
+
+
+def _queued_job(env, tmp_path, chunk_size="300"):
+    t = generate("EURUSD", "M1", "2024-01-01", "2024-01-20")
+    path = tmp_path / "c.parquet"
+    pq.write_table(t, path)
+    run_cli(env, "ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1")
+    res = run_cli(env, "start", "--instrument", "EURUSD", "--granularity", "M1",
+                  "--start-date", "2024-01-01", "--end-date", "2024-01-18",
+                  "--chunk-size", chunk_size, "--workers", "1", "--detach")
+    return res.stdout.strip()
+
+
+def test_interrupt_leaves_a_resumable_job_that_completes_exactly_once(proc_env, tmp_path):
+    import signal
+
+    env, _ = proc_env
+    job = _queued_job(env, tmp_path)
+    runner = subprocess.Popen([sys.executable, "-m", "gpubackfill", "execute", job],
+                              env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while json.loads(run_cli(env, "status", job, "--format", "json").stdout)["chunks"]["done"] < 2:
+            assert time.time() < deadline and runner.poll() is None
+            time.sleep(0.2)
+        runner.send_signal(signal.SIGINT)
+        out, err = runner.communicate(timeout=120)
+        assert runner.returncode == 130, err
+        assert f"resume with: gpubackfill execute {job}" in err
+        s = json.loads(run_cli(env, "status", job, "--format", "json").stdout)
+        assert s["status"] == "interrupted" and s["chunks"]["leased"] == 0
+        assert s["chunks"]["done"] < s["chunks_total"]
+        res = run_cli(env, "execute", job)
+        assert "completed" in res.stdout
+        s = json.loads(run_cli(env, "status", job, "--format", "json").stdout)
+        assert s["candles_done"] == s["candles_total"] == s["rows_written"]
+        out_file = tmp_path / "all.parquet"
+        run_cli(env, "export", "--instrument", "EURUSD", "--granularity", "M1", "-o", str(out_file))
+        ts = pq.read_table(out_file).column("ts").to_numpy()
+        assert len(ts) == s["candles_total"] == len(set(ts.tolist()))
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+
+
+def test_monitor_once_shows_the_job(proc_env, tmp_path):
+    env, _ = proc_env
+    job = _queued_job(env, tmp_path, chunk_size="5000")
+    out = run_cli(env, "monitor", job, "--once").stdout
+    assert f"job {job}" in out and "queued" in out and "pending" in out
+
+
+def test_demo_runs_from_a_fresh_home(proc_env):
+    env, _ = proc_env
+    res = run_cli(env, "demo", "--instruments", "EURUSD", "--years", "0.1")
+    assert "backfilled" in res.stdout and "triple-barrier labels" in res.stdout
+    assert "gpubackfill export" in res.stdout
+    jobs = json.loads(run_cli(env, "status", "--format", "json").stdout)
+    assert [j["status"] for j in jobs] == ["completed"]

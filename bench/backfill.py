@@ -1,0 +1,827 @@
+"""End-to-end backfill benchmark: the batch engine (ClickHouse in and out,
+job state in Redis, Dask workers) against its own I/O floor.
+
+What it measures, on the EMBEDDED default (chDB in process + the bundled
+redis-server), in a fresh temporary ``GPUBACKFILL_HOME`` that is deleted at
+the end:
+
+1. Setup (one subprocess): a synthetic M1 series of ``--candles`` bars of
+   BTCUSD (``gpubackfill.synthetic.generate``; crypto trades 24/7, so the
+   range holds exactly that many bars), the compute floor (``compute_labels``
+   with all three labels, default parameters, on the whole series: median of
+   ``--repeats`` calls after a warm-up), ingest through
+   ``BackfillService.ingest_table`` (validation included), then
+   ``OPTIMIZE TABLE candles FINAL`` (timed separately) so that no background
+   merge of the ingest runs during the measurements.
+2. Per chunk size (one fresh subprocess each, so its peak RSS is its own and
+   not a high-water mark left by the setup or by an earlier chunk size):
+   a warm-up job over the first 3,000 candles (starts the Dask cluster,
+   loads the numba cache, opens chDB); the label tables are emptied; then a
+   job with all three labels over the whole range with ``force=True`` and
+   ``--workers`` workers: ``create_job`` (planning) and ``execute`` are timed
+   apart; per-chunk seconds come from the job's Redis durations
+   (``state.durations``); peak RSS is sampled with psutil every 5 ms during
+   ``execute`` (and read from the kernel's VmHWM, reset through
+   /proc/self/clear_refs, as a cross-check).  While the job runs, the
+   engine's chunk steps are timed by wrapping them in this process (load,
+   fingerprint, validation, compute, the writes, Redis), which is where the
+   "where time goes" table comes from.
+3. The I/O floor of the same chunk plan, in the same subprocess, after the
+   label tables are emptied again: every chunk's candles are read with the
+   same halo (``store.load``) and the same number of label rows is written
+   with no compute (a label table computed once from the first chunk, with
+   each chunk's own ts) through ``store.write_labels``, by a thread pool as
+   wide as the job's workers.
+4. Correctness, once (after the 100k run, or the last chunk size when 100k
+   is not run): ``service.export`` rows, and ``store.label_counts``
+   (count == uniqExact) against the candle count.
+5. Targets with PASS / MISS, and the recommended default chunk size (the
+   fastest one whose peak RSS is within the target).
+
+"End to end" is ``create_job`` + ``execute``: what a user waits for.  The
+floor's figure likewise includes its chunk-plan query.
+
+Run from the repository root::
+
+    python bench/backfill.py                     # 10M candles; chunks 10k, 100k, 1M
+    python bench/backfill.py --candles 1e6 --chunk-sizes 100000 --workers 2
+    python bench/backfill.py --quick             # 300k candles, 10k and 100k; targets not judged
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+# Run as a script, this file's folder comes first on sys.path, where
+# bench/kernels.py would shadow the ``kernels`` package; drop it first.
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+
+import gpubackfill  # noqa: E402
+from gpubackfill.config import Settings  # noqa: E402
+
+INSTRUMENT = "BTCUSD"          # 24/7: no weekend gaps, so N bars need N minutes
+GRANULARITY = "M1"
+STEP_MS = 60_000
+START_MS = 1_104_537_600_000   # 2005-01-01T00:00:00Z
+LABELS = list(gpubackfill.LABELS)  # all three, default parameters
+WARMUP_CANDLES = 3_000
+WARMUP_CHUNK = 1_000
+
+TARGET_PER_MIN = 100e6
+TARGET_FLOOR_SHARE = 0.70
+TARGET_RSS = 2e9               # bytes: 2 GB
+TARGET_CHUNK_S = 1.0           # median seconds per 10k-candle chunk
+SMALL_CHUNK = 10_000
+VERIFY_CHUNK = 100_000
+RSS_INTERVAL = 0.005
+RESULT_MARK = "@@RESULT@@ "
+
+
+# ---------------------------------------------------------------------------
+# formatting (the style of bench/kernels.py)
+
+
+def _numeric(cell: str) -> bool:
+    return cell == "" or cell.lstrip("<>=~ -")[:1].isdigit()
+
+
+def print_table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """Plain-text table; columns of numbers are right-aligned, others left."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    right = [i > 0 and all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if r else v.ljust(w)
+                         for v, w, r in zip(values, widths, right)).rstrip()
+
+    if title:
+        print(f"\n{title}")
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for r in cells:
+        print(line(r))
+
+
+def human(v: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {suffix}"
+    return f"{v:.3g}"
+
+
+def size_name(n: int) -> str:
+    return human(n).replace(" ", "")
+
+
+def mib(b: float) -> str:
+    return f"{b / 2**20:,.1f}"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return "?"
+
+
+def _redis_version() -> str:
+    try:
+        from gpubackfill.redis_server import redis_executable
+
+        out = subprocess.run([redis_executable(), "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+        return next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), "?")
+    except Exception:
+        return "?"
+
+
+def print_header(args: argparse.Namespace) -> None:
+    import psutil
+
+    from gpubackfill.chunk import default_numba_threads
+    from gpubackfill.labels import halo, resolve
+
+    cores = os.cpu_count()
+    physical = psutil.cpu_count(logical=False)
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    resolved = resolve(LABELS)
+    back, ahead = halo(resolved)
+    params = "; ".join(f"{r.name} {json.dumps(r.params, sort_keys=True)}" for r in resolved)
+    print("gpubackfill backfill benchmark (embedded chDB + bundled redis-server)")
+    print(f"command   : {shlex.join([sys.executable, *sys.argv])}")
+    print(f"machine   : {cpu_model()}; {cores} logical cores ({physical} physical, "
+          f"{affinity} usable); {psutil.virtual_memory().total / 2**30:.1f} GiB RAM; "
+          f"{platform.system()} {platform.release()}")
+    print(f"python    : {platform.python_version()} ({platform.python_implementation()})")
+    print(f"libraries : gpubackfill {gpubackfill.__version__}, chdb {_version('chdb')}, "
+          f"clickhouse-connect {_version('clickhouse-connect')}, redis-server {_redis_version()}, "
+          f"redis-py {_version('redis')}, distributed {_version('distributed')}, "
+          f"numba {_version('numba')}, numpy {np.__version__}, pyarrow {pa.__version__}")
+    print(f"load avg  : {load_average()} (1/5/15 min at start; other processes on these "
+          f"{cores} cores slow every number below)")
+    print(f"series    : {INSTRUMENT} {GRANULARITY}, {args.candles:,} synthetic candles "
+          f"(gpubackfill.synthetic.generate) from {_iso(START_MS)}")
+    print(f"labels    : {params}")
+    print(f"halo      : {back:,} bars back, {ahead:,} ahead")
+    print(f"settings  : chunk sizes = {', '.join(size_name(c) for c in args.chunk_sizes)}; "
+          f"workers = {args.workers} (Dask threads in process; numba threads per chunk = "
+          f"{default_numba_threads(args.workers)}); force = True; compute repeats = "
+          f"{args.repeats}{'; QUICK mode' if args.quick else ''}")
+    print("allocator : gpubackfill.keep_freed_memory() in every process, as the engine runs")
+    print("process   : setup (generate, compute floor, ingest) in one subprocess; each chunk "
+          "size in a fresh subprocess (its RSS is its own)")
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# measurement helpers (run in the child processes)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _status_kb("VmHWM") is not None
+
+
+class RssSampler:
+    """Sample this process's RSS every ``interval`` seconds; keep the max."""
+
+    def __init__(self, interval: float = RSS_INTERVAL):
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.before = self._proc.memory_info().rss
+        self.peak = self.before
+        self.samples = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.samples += 1
+            time.sleep(self._interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+class StageTimers:
+    """Wall time spent in the engine's chunk steps, summed over threads.
+
+    Wraps functions in place (module attributes and the shared Store /
+    RedisState instances); a step that is not found (renamed in the engine)
+    is listed in ``missing`` and reported as n/a.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.missing: list[str] = []
+
+    def reset(self) -> None:
+        with self._lock:
+            self.total.clear()
+            self.calls.clear()
+
+    def snapshot(self) -> dict[str, list[float]]:
+        with self._lock:
+            return {k: [v, self.calls[k]] for k, v in self.total.items()}
+
+    def wrap(self, owner: Any, attr: str, stage: Any) -> None:
+        fn = getattr(owner, attr, None)
+        if fn is None:
+            self.missing.append(f"{getattr(owner, '__name__', type(owner).__name__)}.{attr}")
+            return
+        pick = stage if callable(stage) else (lambda *a, **k: stage)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t0
+                name = pick(*args, **kwargs)
+                with self._lock:
+                    self.total[name] += dt
+                    self.calls[name] += 1
+
+        setattr(owner, attr, timed)
+
+
+def _insert_stage(table: str, *args: Any, **kwargs: Any) -> str:
+    return "write: insert labels" if table.startswith("labels_") else "write: insert manifest"
+
+
+def install_timers(store: Any, state: Any) -> StageTimers:
+    import gpubackfill.candles as candles_mod
+    import gpubackfill.chunk as chunk_mod
+
+    t = StageTimers()
+    t.wrap(store, "load", "load")
+    t.wrap(chunk_mod, "input_fingerprint", "fingerprint")
+    t.wrap(candles_mod, "to_series", "to_series + validate")
+    t.wrap(candles_mod, "validate", "to_series + validate")
+    t.wrap(chunk_mod, "compute_series", "compute")
+    t.wrap(chunk_mod, "_incomplete_rows", "incomplete count")
+    t.wrap(store, "write_labels", "write (total)")
+    t.wrap(store, "rows", "write: count query")
+    t.wrap(store, "command", "write: delete")
+    t.wrap(store, "insert_arrow", _insert_stage)
+    t.wrap(state, "complete", "redis: complete")
+    t.wrap(state, "claim", "redis: claim (driver)")
+    return t
+
+
+def _settings(home: str) -> Settings:
+    return Settings.from_env({"GPUBACKFILL_HOME": home}, dotenv=False)
+
+
+def _truncate(store: Any, set_id: str) -> None:
+    store.command(f"TRUNCATE TABLE IF EXISTS {store.db}.labels_{set_id}")
+    store.command(f"TRUNCATE TABLE IF EXISTS {store.db}.label_chunks")
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+# ---------------------------------------------------------------------------
+# child: setup
+
+
+def child_setup(args: argparse.Namespace) -> dict[str, Any]:
+    from gpubackfill.service import BackfillService
+    from gpubackfill.store import SeriesKey
+    from gpubackfill.synthetic import generate
+
+    gpubackfill.keep_freed_memory()
+    svc = BackfillService(_settings(args.home))
+    key = SeriesKey(INSTRUMENT, GRANULARITY)
+
+    t0 = time.perf_counter()
+    table = generate(INSTRUMENT, GRANULARITY, START_MS, START_MS + args.candles * STEP_MS)
+    gen_s = time.perf_counter() - t0
+    n = table.num_rows
+
+    gpubackfill.compute_labels(table.slice(0, 5_000), LABELS)  # compile / load the cache
+    times = []
+    for _ in range(args.repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        out = gpubackfill.compute_labels(table, LABELS)
+        times.append(time.perf_counter() - t0)
+        del out
+    compute_s = statistics.median(times)
+
+    t0 = time.perf_counter()
+    report = svc.ingest_table(key, table)
+    ingest_s = time.perf_counter() - t0
+    del table
+    t0 = time.perf_counter()
+    svc.store.command(f"OPTIMIZE TABLE {svc.store.db}.candles FINAL")
+    optimize_s = time.perf_counter() - t0
+    rows, lo, hi = svc.store.series_summary(key)
+    return {"n": n, "generate_s": gen_s, "compute_s": compute_s, "compute_min_s": min(times),
+            "ingest_s": ingest_s, "optimize_s": optimize_s, "inserted": report.inserted,
+            "rejected": len(report.rejected), "rows": rows, "first": lo, "last": hi}
+
+
+# ---------------------------------------------------------------------------
+# child: one chunk size
+
+
+def child_job(args: argparse.Namespace) -> dict[str, Any]:
+    import psutil
+
+    from gpubackfill.labels import halo, label_set_id, resolve
+    from gpubackfill.planner import plan_chunks
+    from gpubackfill.service import BackfillService
+    from gpubackfill.store import SeriesKey
+
+    gpubackfill.keep_freed_memory()
+    cs, workers = args.chunk_size, args.workers
+    svc = BackfillService(_settings(args.home))
+    store, state = svc.store, svc.state
+    key = SeriesKey(INSTRUMENT, GRANULARITY)
+    n, lo, hi = store.series_summary(key)
+    start_ms, end_ms = lo, hi + STEP_MS
+    resolved = resolve(LABELS)
+    set_id = label_set_id(resolved)
+    back, ahead = halo(resolved)
+    res: dict[str, Any] = {"chunk_size": cs, "n": n, "workers": workers}
+
+    # Warm-up: Dask cluster, numba cache, chDB; then empty the label tables.
+    t0 = time.perf_counter()
+    warm = svc.create_job(INSTRUMENT, GRANULARITY, _dt(start_ms),
+                          _dt(start_ms + min(n, WARMUP_CANDLES) * STEP_MS), LABELS,
+                          chunk_size=WARMUP_CHUNK, workers=workers, force=True)
+    wres = svc.execute(warm)
+    res["warmup_s"] = time.perf_counter() - t0
+    if wres.status != "completed":
+        raise RuntimeError(f"warm-up job {warm} ended {wres.status}: {svc.status(warm)['last_errors']}")
+    _truncate(store, set_id)
+
+    timers = install_timers(store, state)
+    res["timers_missing"] = timers.missing
+
+    # The job.
+    gc.collect()
+    t0 = time.perf_counter()
+    job = svc.create_job(INSTRUMENT, GRANULARITY, _dt(start_ms), _dt(end_ms), LABELS,
+                         chunk_size=cs, workers=workers, force=True)
+    res["plan_s"] = time.perf_counter() - t0
+    res["chunks"] = int(state.job(job)["chunks_total"])
+    timers.reset()
+    hwm = _reset_peak_rss()
+    with RssSampler() as rss:
+        t0 = time.perf_counter()
+        run = svc.execute(job)
+        res["execute_s"] = time.perf_counter() - t0
+    res["rss_before"], res["rss_peak"], res["rss_samples"] = rss.before, rss.peak, rss.samples
+    res["vmhwm"] = _status_kb("VmHWM") * 1024 if hwm else None
+    res["stages"] = timers.snapshot()
+    res["status"], res["candles_done"] = run.status, run.candles
+    if run.status != "completed" or run.candles != n:
+        res["errors"] = svc.status(job)["last_errors"]
+    durs = state.durations(job)
+    secs = [d for d, _ in durs]
+    res["chunk_durations"] = len(secs)
+    res["chunk_sum_s"] = float(sum(secs))
+    res["chunk_p50_s"] = float(np.median(secs)) if secs else None
+    res["chunk_max_s"] = max(secs) if secs else None
+
+    if args.verify:
+        t0 = time.perf_counter()
+        exported = svc.export(INSTRUMENT, GRANULARITY, None, None)
+        res["export_s"] = time.perf_counter() - t0
+        ts = exported.column("ts").to_numpy() if exported.num_rows else np.array([], np.int64)
+        count, uniq = store.label_counts(key, set_id)
+        res["verify"] = {"export_rows": exported.num_rows, "count": count, "uniq": uniq,
+                         "first_ok": bool(len(ts) and ts[0] == lo),
+                         "last_ok": bool(len(ts) and ts[-1] == hi),
+                         "sorted_unique": bool(np.all(np.diff(ts) > 0)) if len(ts) else False}
+        del exported, ts
+
+    # The I/O floor of the same chunk plan.
+    _truncate(store, set_id)
+    t0 = time.perf_counter()
+    plan = plan_chunks(store.chunk_starts(key, start_ms, end_ms, cs), end_ms)
+    floor_plan_s = time.perf_counter() - t0
+    first_table, f0, own0 = store.load(key, plan[0][0], plan[0][1], back, ahead)
+    template = gpubackfill.compute_labels(first_table, LABELS).slice(f0, own0)
+    del first_table
+    ts_at = template.column_names.index("ts")
+
+    def floor_chunk(chunk: tuple[int, int, int]) -> int:
+        start, end, _ = chunk
+        candles, first, own = store.load(key, start, end, back, ahead)
+        if own > template.num_rows:
+            raise RuntimeError(f"chunk of {own} rows exceeds the template ({template.num_rows})")
+        labels = template.slice(0, own).set_column(ts_at, "ts", candles.column("ts").slice(first, own))
+        store.write_labels(key, set_id, start, end, labels, "io-floor", 0, "io-floor")
+        return own
+
+    gc.collect()
+    timers.reset()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        floor_candles = sum(pool.map(floor_chunk, plan))
+    floor_run_s = time.perf_counter() - t0
+    res["floor_stages"] = timers.snapshot()
+    res.update(floor_plan_s=floor_plan_s, floor_run_s=floor_run_s, floor_candles=floor_candles,
+               floor_chunks=len(plan))
+    _truncate(store, set_id)
+    res["rss_end"] = psutil.Process().memory_info().rss
+    return res
+
+
+# ---------------------------------------------------------------------------
+# parent: orchestration and report
+
+
+def run_child(kind: str, args: argparse.Namespace, home: str, **extra: Any) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--home", home,
+           "--candles", str(args.candles), "--workers", str(args.workers),
+           "--repeats", str(args.repeats)]
+    for k, v in extra.items():
+        if v is True:
+            cmd.append(f"--{k.replace('_', '-')}")
+        elif v is not False and v is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise RuntimeError(f"benchmark subprocess '{kind}' {extra} failed (exit {proc.returncode})")
+    out = json.loads(lines[-1][len(RESULT_MARK):])
+    out["process_s"] = time.perf_counter() - t0
+    return out
+
+
+def _per_min(candles: int, seconds: float) -> float:
+    return candles / seconds * 60 if seconds > 0 else float("nan")
+
+
+def e2e_rate(r: dict[str, Any]) -> float:
+    return _per_min(r["n"], r["plan_s"] + r["execute_s"])
+
+
+def floor_rate(r: dict[str, Any]) -> float:
+    return _per_min(r["floor_candles"], r["floor_plan_s"] + r["floor_run_s"])
+
+
+def ok_run(r: dict[str, Any]) -> bool:
+    return r["status"] == "completed" and r["candles_done"] == r["n"]
+
+
+def print_setup(s: dict[str, Any]) -> None:
+    n = s["n"]
+    rows = [
+        ["generate (synthetic, in memory)", f"{s['generate_s']:.2f}", human(_per_min(n, s["generate_s"]))],
+        ["ingest_table (validate + insert into chDB)", f"{s['ingest_s']:.2f}",
+         human(_per_min(n, s["ingest_s"]))],
+        ["OPTIMIZE TABLE candles FINAL (not part of ingest)", f"{s['optimize_s']:.2f}", ""],
+        ["compute floor: compute_labels, all three, whole series", f"{s['compute_s']:.3f}",
+         human(_per_min(n, s["compute_s"]))],
+    ]
+    print_table(["step", "seconds", "candles/min"], rows,
+                title=f"1. Setup: {n:,} candles ({_iso(s['first'])} .. {_iso(s['last'])}); "
+                      f"{s['inserted']:,} inserted, {s['rejected']} rejected, {s['rows']:,} in chDB "
+                      f"(compute: median of {s['repeats']})")
+
+
+def print_runs(runs: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in runs:
+        e2e, fl = e2e_rate(r), floor_rate(r)
+        rows.append([f"{r['chunk_size']:,}", f"{r['chunks']:,}", f"{r['plan_s']:.2f}",
+                     f"{r['execute_s']:.2f}", human(e2e) + ("" if ok_run(r) else " (FAILED)"),
+                     human(fl), f"{100 * e2e / fl:.0f}%",
+                     f"{r['chunk_p50_s']:.3f}" if r["chunk_p50_s"] is not None else "n/a",
+                     f"{r['chunk_max_s']:.3f}" if r["chunk_max_s"] is not None else "n/a",
+                     mib(r["rss_peak"])])
+    print_table(["chunk size", "chunks", "plan s", "execute s", "candles/min",
+                 "I/O floor candles/min", "% of floor", "chunk p50 s", "chunk max s",
+                 "peak RSS MiB"], rows,
+                title="2. Backfill jobs, all three labels over the whole series, force=True "
+                      "(candles/min = candles / (plan + execute); floor = candles / (plan query + "
+                      "load + write with no compute))")
+    for r in runs:
+        if not ok_run(r):
+            print(f"   chunk size {r['chunk_size']:,}: job ended {r['status']}, "
+                  f"{r['candles_done']:,} of {r['n']:,} candles; errors: {r.get('errors')}")
+
+    rows = []
+    for r in runs:
+        util = r["chunk_sum_s"] / (r["workers"] * r["execute_s"]) if r["execute_s"] else 0.0
+        rows.append([f"{r['chunk_size']:,}", human(_per_min(r["n"], r["execute_s"])),
+                     f"{r['floor_plan_s']:.2f}", f"{r['floor_run_s']:.2f}",
+                     f"{r['chunk_sum_s']:.1f}", f"{100 * util:.0f}%",
+                     mib(r["rss_before"]), mib(r["rss_peak"]),
+                     mib(r["rss_peak"] - r["rss_before"]),
+                     mib(r["vmhwm"]) if r.get("vmhwm") else "n/a", f"{r['rss_samples']:,}",
+                     f"{r['warmup_s']:.1f}", f"{r['process_s']:.1f}"])
+    print_table(["chunk size", "execute-only candles/min", "floor plan s", "floor run s",
+                 "sum of chunk s", "worker busy", "RSS before MiB", "peak RSS MiB",
+                 "increase MiB", "VmHWM MiB", "RSS samples", "warm-up s", "process s"], rows,
+                title="   Details: worker busy = sum of chunk seconds / (workers x execute s); "
+                      "RSS sampled every 5 ms during execute (VmHWM: kernel high-water mark "
+                      "since the job began)")
+
+
+STAGES = [
+    ("load", "load (SQL + Arrow, with halo)"),
+    ("fingerprint", "input fingerprint (blake2b)"),
+    ("to_series + validate", "to_series + validate"),
+    ("compute", "compute_series"),
+    ("incomplete count", "incomplete-row count"),
+    ("write (total)", "write_labels (total)"),
+    ("write: count query", "  count query (rows present?)"),
+    ("write: delete", "  DELETE of rows present"),
+    ("write: insert labels", "  insert label rows"),
+    ("write: insert manifest", "  insert label_chunks row"),
+    ("write: other", "  lock wait + Arrow prep (rest)"),
+    ("chunk: other", "rest of the chunk"),
+    ("chunk", "chunk total (Redis durations)"),
+    ("redis: complete", "Redis complete (after the chunk)"),
+    ("redis: claim (driver)", "Redis claim (driver thread)"),
+]
+
+
+def _stage_table(runs: list[dict[str, Any]], key: str) -> dict[int, dict[str, float]]:
+    """Mean milliseconds per chunk of each stage, per chunk size."""
+    out: dict[int, dict[str, float]] = {}
+    for r in runs:
+        st = {k: v[0] for k, v in r[key].items()}
+        chunks = r["chunks"] if key == "stages" else r["floor_chunks"]
+        if "write (total)" in st:
+            inner = sum(st.get(k, 0.0) for k in ("write: count query", "write: delete",
+                                                 "write: insert labels", "write: insert manifest"))
+            st["write: other"] = st["write (total)"] - inner
+        if key == "stages":
+            st["chunk"] = r["chunk_sum_s"]
+            st["chunk: other"] = r["chunk_sum_s"] - sum(
+                st.get(k, 0.0) for k in ("load", "fingerprint", "to_series + validate", "compute",
+                                         "incomplete count", "write (total)"))
+        out[r["chunk_size"]] = {k: 1000 * v / max(chunks, 1) for k, v in st.items()}
+    return out
+
+
+def print_stages(runs: list[dict[str, Any]]) -> None:
+    job = _stage_table(runs, "stages")
+    floor = _stage_table(runs, "floor_stages")
+    headers = ["stage (ms per chunk, summed over worker threads)"]
+    for r in runs:
+        headers += [f"{size_name(r['chunk_size'])} ms", "%"]
+    rows = []
+    for k, label in STAGES:
+        row = [label]
+        for r in runs:
+            ms = job[r["chunk_size"]]
+            total = ms.get("chunk", 0.0)
+            if k in ms:
+                row += [f"{ms[k]:,.1f}", f"{100 * ms[k] / total:.0f}%" if total and
+                        not k.startswith("redis") and k != "chunk" else ""]
+            else:
+                row += ["n/a", ""]
+        rows.append(row)
+    for k, label in (("load", "I/O floor: load"), ("write (total)", "I/O floor: write_labels"),
+                     ("write: insert labels", "I/O floor:   insert label rows"),
+                     ("write: other", "I/O floor:   lock wait + Arrow prep")):
+        row = [label]
+        for r in runs:
+            v = floor[r["chunk_size"]].get(k)
+            row += [f"{v:,.1f}" if v is not None else "n/a", ""]
+        rows.append(row)
+    print_table(headers, rows,
+                title="3. Where the time goes inside a chunk (engine steps wrapped and timed in "
+                      "the job's process; % of the chunk total)")
+    missing = sorted({m for r in runs for m in r.get("timers_missing", [])})
+    if missing:
+        print(f"   not found in the engine (not timed): {', '.join(missing)}")
+
+
+def print_verify(r: dict[str, Any] | None) -> bool | None:
+    if r is None or "verify" not in r:
+        print("\n4. Correctness: not checked (no run)")
+        return None
+    v, n = r["verify"], r["n"]
+    ok = (v["export_rows"] == n and v["count"] == n and v["uniq"] == n and v["first_ok"]
+          and v["last_ok"] and v["sorted_unique"])
+    rows = [
+        ["candles in the series", f"{n:,}"],
+        ["service.export rows", f"{v['export_rows']:,} (in {r['export_s']:.2f} s)"],
+        ["label_counts count()", f"{v['count']:,}"],
+        ["label_counts uniqExact(ts)", f"{v['uniq']:,}"],
+        ["export ts: first and last candle, strictly increasing",
+         f"{v['first_ok']}, {v['last_ok']}, {v['sorted_unique']}"],
+        ["result", "PASS" if ok else "MISS"],
+    ]
+    print_table(["", "value"], rows,
+                title=f"4. Correctness after the {r['chunk_size']:,}-candle-chunk job")
+    return ok
+
+
+def verdict(ok: bool | None, quick: bool, why: str = "") -> str:
+    if quick:
+        return "n/a (quick)"
+    if ok is None:
+        return f"n/a ({why})"
+    return "PASS" if ok else "MISS"
+
+
+def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]], verified: bool | None) -> None:
+    q = args.quick
+    good = [r for r in runs if ok_run(r)]
+    rows = []
+    if good:
+        best = max(good, key=e2e_rate)
+        bs = size_name(best["chunk_size"])
+        rate = e2e_rate(best)
+        share = rate / floor_rate(best)
+        rows += [
+            [f"end-to-end candles/min, best chunk size ({bs})", f">= {human(TARGET_PER_MIN)}",
+             human(rate), verdict(rate >= TARGET_PER_MIN, q)],
+            [f"share of the I/O floor at {bs}", f">= {100 * TARGET_FLOOR_SHARE:.0f}%",
+             f"{100 * share:.0f}% of {human(floor_rate(best))}",
+             verdict(share >= TARGET_FLOOR_SHARE, q)],
+            [f"peak RSS at {bs}", f"<= {TARGET_RSS / 1e9:g} GB ({mib(TARGET_RSS)} MiB)",
+             f"{mib(best['rss_peak'])} MiB", verdict(best["rss_peak"] <= TARGET_RSS, q)],
+        ]
+    else:
+        rows.append(["end-to-end candles/min", f">= {human(TARGET_PER_MIN)}", "no job completed",
+                     verdict(False, q)])
+    small = next((r for r in good if r["chunk_size"] == SMALL_CHUNK), None)
+    if small is not None:
+        rows.append([f"median chunk time at {size_name(SMALL_CHUNK)} candles",
+                     f"< {TARGET_CHUNK_S:g} s", f"{small['chunk_p50_s']:.3f} s",
+                     verdict(small["chunk_p50_s"] < TARGET_CHUNK_S, q)])
+    else:
+        rows.append([f"median chunk time at {size_name(SMALL_CHUNK)} candles",
+                     f"< {TARGET_CHUNK_S:g} s", "not run", verdict(None, q, "10k not run")])
+    rows.append(["correctness: export rows = count = uniqExact = candles", "equal",
+                 {True: "equal", False: "differ", None: "not checked"}[verified],
+                 "n/a" if verified is None else ("PASS" if verified else "MISS")])
+    print_table(["target", "goal", "measured", "result"], rows, title="5. Targets")
+
+    fits = [r for r in good if r["rss_peak"] <= TARGET_RSS]
+    if fits:
+        rec = max(fits, key=e2e_rate)
+        print(f"\nrecommended default chunk size: {rec['chunk_size']:,} "
+              f"(fastest whose peak RSS is within {TARGET_RSS / 1e9:g} GB: "
+              f"{human(e2e_rate(rec))} candles/min, {mib(rec['rss_peak'])} MiB)"
+              f"{' -- quick run, not representative' if q else ''}")
+    else:
+        print(f"\nrecommended default chunk size: none (no completed run within "
+              f"{TARGET_RSS / 1e9:g} GB)")
+
+
+# ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--candles", default="1e7", help="candles in the series (default 1e7)")
+    p.add_argument("--chunk-sizes", default="10000,100000,1000000",
+                   help="comma-separated chunk sizes in candles (default 10000,100000,1000000)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="job workers, and floor threads (default: os.cpu_count())")
+    p.add_argument("--repeats", type=int, default=3, help="compute_labels calls (median)")
+    p.add_argument("--quick", action="store_true",
+                   help="small run (300k candles, chunk sizes 10k and 100k); targets not judged")
+    p.add_argument("--child", choices=("setup", "job"), help=argparse.SUPPRESS)
+    p.add_argument("--home", help=argparse.SUPPRESS)
+    p.add_argument("--chunk-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick and args.child is None:
+        args.candles, args.chunk_sizes = "3e5", "10000,100000"
+    try:
+        args.candles = int(float(args.candles))
+        if isinstance(args.chunk_sizes, str):
+            args.chunk_sizes = [int(float(s)) for s in args.chunk_sizes.split(",") if s.strip()]
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.candles < WARMUP_CANDLES:
+        p.error(f"--candles must be >= {WARMUP_CANDLES}")
+    if not args.chunk_sizes or min(args.chunk_sizes) < 1:
+        p.error("--chunk-sizes needs positive sizes")
+    if args.workers < 1 or args.repeats < 1:
+        p.error("--workers and --repeats must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        res = child_setup(args) if args.child == "setup" else child_job(args)
+        res["repeats"] = args.repeats
+        print(RESULT_MARK + json.dumps(res), flush=True)
+        return 0
+
+    t_start = time.perf_counter()
+    home = tempfile.mkdtemp(prefix="gpubackfill-bench-")
+    try:
+        print_header(args)
+        _log(f"setup: generating and ingesting {args.candles:,} candles in {home}")
+        setup = run_child("setup", args, home)
+        print_setup(setup)
+        sys.stdout.flush()
+        verify_size = VERIFY_CHUNK if VERIFY_CHUNK in args.chunk_sizes else args.chunk_sizes[-1]
+        runs = []
+        for cs in args.chunk_sizes:
+            _log(f"chunk size {cs:,}: job + I/O floor")
+            r = run_child("job", args, home, chunk_size=cs, verify=cs == verify_size)
+            _log(f"chunk size {cs:,}: execute {r['execute_s']:.1f} s, floor {r['floor_run_s']:.1f} s")
+            runs.append(r)
+        print_runs(runs)
+        print_stages(runs)
+        verified = print_verify(next((r for r in runs if "verify" in r), None))
+        print_summary(args, runs, verified)
+    finally:
+        from gpubackfill.redis_server import stop_server
+
+        stop_server(_settings(home).redis_dir)
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"\ntotal benchmark time {time.perf_counter() - t_start:.1f} s; "
+          f"load avg at end {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
