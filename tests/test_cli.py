@@ -138,6 +138,15 @@ def run_cli(env, *args, timeout=300, check=True):
     return res
 
 
+def exported_ts_are_unique(env, tmp_path) -> int:
+    """Export the EURUSD M1 labels in a process; assert no duplicate rows; return the count."""
+    out = tmp_path / "export.parquet"
+    run_cli(env, "export", "--instrument", "EURUSD", "--granularity", "M1", "-o", str(out))
+    ts = pq.read_table(out).column("ts").to_numpy()
+    assert len(ts) == len(set(ts.tolist()))
+    return len(ts)
+
+
 @pytest.fixture
 def proc_env(tmp_path, redis_socket):
     from conftest import make_settings
@@ -189,10 +198,7 @@ def test_cli_as_processes_and_control_from_a_second_process(proc_env, tmp_path):
         assert s["status"] == "cancelled" and s["chunks"]["leased"] == 0
         assert 0 < s["chunks"]["done"] < s["chunks_total"]
         # Every chunk recorded done wrote its rows exactly once.
-        out = tmp_path / "done.parquet"
-        run_cli(env, "export", "--instrument", "EURUSD", "--granularity", "M1", "-o", str(out))
-        ts = pq.read_table(out).column("ts").to_numpy()
-        assert len(ts) == s["rows_written"] == len(set(ts.tolist()))
+        assert exported_ts_are_unique(env, tmp_path) == s["rows_written"]
     finally:
         if runner.poll() is None:
             runner.kill()
@@ -239,10 +245,7 @@ def test_interrupt_leaves_a_resumable_job_that_completes_exactly_once(proc_env, 
         assert "completed" in res.stdout
         s = json.loads(run_cli(env, "status", job, "--format", "json").stdout)
         assert s["candles_done"] == s["candles_total"] == s["rows_written"]
-        out_file = tmp_path / "all.parquet"
-        run_cli(env, "export", "--instrument", "EURUSD", "--granularity", "M1", "-o", str(out_file))
-        ts = pq.read_table(out_file).column("ts").to_numpy()
-        assert len(ts) == s["candles_total"] == len(set(ts.tolist()))
+        assert exported_ts_are_unique(env, tmp_path) == s["candles_total"]
     finally:
         if runner.poll() is None:
             runner.kill()
