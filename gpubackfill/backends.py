@@ -21,19 +21,40 @@ class Backend:
     reason: str
 
 
-def cuda_unavailable_reason() -> str:
-    # The CUDA launchers are not part of this release; the per-candle math in
-    # kernels.core is already written to compile for them.
-    return "this build ships CPU kernels only (no CUDA kernels installed)"
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA kernels cannot run here, or None when they can.
+
+    Asking initialises the CUDA driver, so only computing paths call this:
+    importing gpubackfill, ``--help`` and ``status`` never do.
+    """
+    try:
+        from numba import cuda
+    except ImportError:
+        return "numba-cuda is not installed (pip install 'gpubackfill[cuda12]' or '[cuda13]')"
+    try:
+        if not cuda.is_available():
+            return "no CUDA device or driver was found (numba.cuda.is_available() is False)"
+        cuda.detect  # noqa: B018  (a device exists; touch the API to fail early if broken)
+    except Exception as exc:  # driver present but unusable
+        return f"the CUDA driver failed to initialise: {exc}"
+    return None
 
 
 def select(name: str) -> Backend:
     if name not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
-    if name == "cuda":
-        raise BackendUnavailable(f"backend 'cuda' is not available: {cuda_unavailable_reason()}")
+    if name in ("cuda", "auto"):
+        why = cuda_unavailable_reason()
+        if why is None:
+            from kernels import cuda as cuda_kernels
+
+            return Backend("cuda", cuda_kernels,
+                           "requested" if name == "cuda" else "auto chose cuda: a CUDA device is present")
+        if name == "cuda":
+            raise BackendUnavailable(f"backend 'cuda' is not available: {why}")
+        from kernels import cpu
+
+        return Backend("cpu", cpu, f"auto chose cpu: {why}")
     from kernels import cpu
 
-    if name == "auto":
-        return Backend("cpu", cpu, f"auto chose cpu: {cuda_unavailable_reason()}")
     return Backend("cpu", cpu, "requested")

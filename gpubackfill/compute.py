@@ -40,9 +40,15 @@ def compute_labels(
 
 def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any) -> pa.Table:
     """Labels of an already validated series, as an Arrow table."""
+    host_ts = series.ts
+    on_device = getattr(kernels, "ON_DEVICE", False)
+    if on_device:  # one copy to the device; every label reads from there
+        series = Series(ts=series.ts, open=kernels.as_device(series.open),
+                        high=kernels.as_device(series.high), low=kernels.as_device(series.low),
+                        close=kernels.as_device(series.close), volume=None)
     sigmas: dict[tuple[str, int], np.ndarray] = {}
     names = ["ts"]
-    arrays: list[pa.Array] = [pa.array(series.ts, type=pa.int64())]
+    arrays: list[pa.Array] = [pa.array(host_ts, type=pa.int64())]
     for r in resolved:
         sigma = None
         if r.spec.uses_sigma:
@@ -52,8 +58,11 @@ def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any) 
             sigma = sigmas[key]
         columns = r.spec.compute(kernels, series, sigma, r.params)
         for name, arrow_type in r.outputs():
+            values, bitmap = columns[name]
+            if on_device:
+                values = kernels.to_host(values)
             names.append(name)
-            arrays.append(_to_arrow(columns[name], arrow_type))
+            arrays.append(_to_arrow((values, bitmap), arrow_type))
     return pa.Table.from_arrays(arrays, names=names)
 
 

@@ -113,7 +113,7 @@ def candle_defects(o, h, lo, c, v, check_volume):
 
 
 @jitable
-def ewm_sigma_inplace(buf, span):
+def ewm_settle(buf, span, state):
     """Overwrite ``buf`` (log returns, ``buf[0]`` unused) with sigma_t as pandas ``ewm(span, adjust=True, min_periods=span).std()``.
 
     Until the weights reach their floating-point fixed point (a couple of
@@ -125,8 +125,13 @@ def ewm_sigma_inplace(buf, span):
     multiply-add on each loop-carried chain instead of a chain of five
     operations.  Both recurrences contract, so the rewrite's rounding stays
     within ~1e-14 of pandas instead of compounding.
+
+    This function runs the settling phase and leaves the steady one's
+    starting point in ``state`` (6 floats): ``ewm_steady`` continues it on
+    one core; the CUDA target continues it as two parallel linear scans.
     """
     n = buf.shape[0]
+    state[0] = n
     if n == 0:
         return
     out = buf  # each step reads r_i before writing sigma_i
@@ -173,13 +178,28 @@ def ewm_sigma_inplace(buf, span):
         i += 1
         if settled and nobs >= span:
             break
-    if i >= n:
-        return
+    # Hand over to the steady phase: state = (next index, mean, cov, a, inv, factor).
+    state[0] = i
+    state[1] = mean
+    state[2] = cov
     w = old_wt * decay  # the weight of the past at every later step
-    inv = 1.0 / (w + 1.0)
-    a = w * inv
+    state[4] = 1.0 / (w + 1.0)
+    state[3] = w * state[4]
     num = sum_wt * sum_wt
-    factor = num / (num - sum_wt2)
+    den = num - sum_wt2
+    state[5] = num / den if den > 0.0 else math.nan
+
+
+@jitable
+def ewm_steady(buf, state):
+    """Continue ``ewm_settle`` from ``state`` to the end of ``buf``, in place."""
+    n = buf.shape[0]
+    i = int(state[0])
+    mean = state[1]
+    cov = state[2]
+    a = state[3]
+    inv = state[4]
+    factor = state[5]
     while i < n:
         x = buf[i]
         old_mean = mean
@@ -188,9 +208,14 @@ def ewm_sigma_inplace(buf, span):
         d_old = old_mean - mean
         d_new = x - mean
         cov = a * cov + (a * (d_old * d_old) + inv * (d_new * d_new))
-        var = factor * cov
-        out[i] = math.sqrt(var) if var > 0.0 else 0.0
+        buf[i] = sigma_from_cov(factor, cov)
         i += 1
+
+
+@jitable
+def sigma_from_cov(factor, cov):
+    var = factor * cov
+    return math.sqrt(var) if var > 0.0 else 0.0
 
 
 @jitable
@@ -271,6 +296,38 @@ def first_touch_table(a, b, high, low, upper, lower, tab_hi, tab_lo, base, level
                 pos += width
         k -= 1
     return pos
+
+
+# Block extremes for the far-barrier search on devices without per-block
+# scratch tables: level 1 covers aligned runs of 32 bars, level 2 of 1024.
+L1_SHIFT = 5
+L2_SHIFT = 10
+
+
+@jitable
+def first_touch_blocks(a, b, high, low, upper, lower, hi1, lo1, hi2, lo2):
+    """First j in [a, b] whose bar touches a barrier, or b + 1, skipping
+    aligned runs whose extremes stay inside both barriers.  O(64 + H/1024)
+    steps instead of O(H); max and min are exact, so it finds the same bar
+    as ``first_touch_scan``."""
+    w1 = 1 << L1_SHIFT
+    w2 = 1 << L2_SHIFT
+    pos = a
+    while pos <= b:
+        if (pos & (w2 - 1)) == 0 and pos + w2 - 1 <= b:
+            k = pos >> L2_SHIFT
+            if hi2[k] < upper and lo2[k] > lower:
+                pos += w2
+                continue
+        if (pos & (w1 - 1)) == 0 and pos + w1 - 1 <= b:
+            k = pos >> L1_SHIFT
+            if hi1[k] < upper and lo1[k] > lower:
+                pos += w1
+                continue
+        if high[pos] >= upper or low[pos] <= lower:
+            return pos
+        pos += 1
+    return b + 1
 
 
 @jitable
@@ -369,9 +426,9 @@ def vsr_near(close, sigma, t, h, sqrt_h):
 
 
 @jitable
-def run_maxima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
-    """For runs of ``width`` from ``start``: suffix and prefix maxima of x
-    within each run (value, first index), stored at offset i - start."""
+def run_maxima(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx):
+    """For runs of ``width`` from ``start`` to ``stop``: suffix and prefix
+    maxima of x within each run (value, first index), stored at i - base."""
     r0 = start
     while r0 < stop:
         r1 = min(r0 + width, stop)
@@ -382,8 +439,8 @@ def run_maxima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
             take = xi > best
             best = xi if take else best
             at = i if take else at
-            pre_val[i - start] = best
-            pre_idx[i - start] = at
+            pre_val[i - base] = best
+            pre_idx[i - base] = at
         best = x[r1 - 1]
         at = r1 - 1
         for i in range(r1 - 1, r0 - 1, -1):
@@ -391,13 +448,13 @@ def run_maxima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
             take = xi >= best  # moving left: an equal value is earlier
             best = xi if take else best
             at = i if take else at
-            suf_val[i - start] = best
-            suf_idx[i - start] = at
+            suf_val[i - base] = best
+            suf_idx[i - base] = at
         r0 = r1
 
 
 @jitable
-def run_minima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
+def run_minima(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx):
     """``run_maxima`` for minima."""
     r0 = start
     while r0 < stop:
@@ -409,8 +466,8 @@ def run_minima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
             take = xi < best
             best = xi if take else best
             at = i if take else at
-            pre_val[i - start] = best
-            pre_idx[i - start] = at
+            pre_val[i - base] = best
+            pre_idx[i - base] = at
         best = x[r1 - 1]
         at = r1 - 1
         for i in range(r1 - 1, r0 - 1, -1):
@@ -418,8 +475,8 @@ def run_minima(x, start, stop, width, suf_val, suf_idx, pre_val, pre_idx):
             take = xi <= best
             best = xi if take else best
             at = i if take else at
-            suf_val[i - start] = best
-            suf_idx[i - start] = at
+            suf_val[i - base] = best
+            suf_idx[i - base] = at
         r0 = r1
 
 

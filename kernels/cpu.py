@@ -81,7 +81,9 @@ def log_returns(close):
 
 @njit(**_opts)
 def _ewm_inplace(buf, span):
-    core.ewm_sigma_inplace(buf, span)
+    state = np.empty(6)
+    core.ewm_settle(buf, span, state)
+    core.ewm_steady(buf, state)
 
 
 def ewm_sigma(close, span):
@@ -247,8 +249,8 @@ def mfe_mae(high, low, close, horizon):
         ls_i = np.empty(size, np.int64)
         lp_v = np.empty(size)
         lp_i = np.empty(size, np.int64)
-        core.run_maxima(high, start, stop, horizon, hs_v, hs_i, hp_v, hp_i)
-        core.run_minima(low, start, stop, horizon, ls_v, ls_i, lp_v, lp_i)
+        core.run_maxima(high, start, stop, horizon, start, hs_v, hs_i, hp_v, hp_i)
+        core.run_minima(low, start, stop, horizon, start, ls_v, ls_i, lp_v, lp_i)
         phase = 0
         for t in range(s, e):
             aligned = phase == 0

@@ -1,0 +1,348 @@
+"""CUDA launchers: numba-cuda kernels over the per-candle math in ``core``.
+
+This is the only module that imports ``numba.cuda`` (numba-cuda is in
+maintenance; its successor can replace it here alone).  Kernels take any
+array with ``__cuda_array_interface__`` (numba device arrays, CuPy arrays,
+cuDF columns with nulls filled) and return numba device arrays.  Functions
+mirror ``kernels.cpu`` so the label modules call either the same way.
+
+Importing this module does not initialise CUDA; launching a kernel does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import core, cpu
+
+# compute_series moves a series to the device once and copies results back.
+ON_DEVICE = True
+THREADS = 256
+# Segment length of the parallel linear-recurrence scan (sigma's ewm).
+SCAN_SEGMENT = 64
+
+
+def _blocks(n: int) -> int:
+    return max(1, min((n + THREADS - 1) // THREADS, 65_535 * 16))
+
+
+def as_device(x):
+    """x on the device: host arrays are copied, device arrays (anything with
+    ``__cuda_array_interface__``, which kernels accept as is) pass through."""
+    if isinstance(x, np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(x))
+    return x
+
+
+def to_host(x) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "copy_to_host"):
+        return x.copy_to_host()
+    return cuda.as_cuda_array(x).copy_to_host()
+
+
+# --------------------------------------------------------------------------
+# Volatility
+
+
+@cuda.jit
+def _log_returns_kernel(close, out):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start, close.shape[0], step):
+        out[t] = math.nan if t == 0 else core.log_ratio(close[t], close[t - 1])
+
+
+def log_returns(close):
+    close = as_device(close)
+    out = cuda.device_array(close.shape[0], np.float64)
+    _log_returns_kernel[_blocks(close.shape[0]), THREADS](close, out)
+    return out
+
+
+@cuda.jit
+def _ewm_settle_kernel(buf, span, state):
+    if cuda.grid(1) == 0:
+        core.ewm_settle(buf, span, state)
+
+
+@cuda.jit
+def _scan_local(u, a, start, seg, y, ends):
+    """Each thread: y = a*y + u over one segment from 0; its end value."""
+    j = cuda.grid(1)
+    lo = start + j * seg
+    if lo >= u.shape[0]:
+        return
+    hi = min(lo + seg, u.shape[0])
+    acc = 0.0
+    for t in range(lo, hi):
+        acc = a * acc + u[t]
+        y[t] = acc
+    ends[j] = acc
+
+
+@cuda.jit
+def _scan_fixup(y, a, start, seg, carries):
+    """y_t += a^(t - segment start + 1) * (value entering the segment)."""
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start + g, y.shape[0], step):
+        j = (t - start) // seg
+        y[t] += math.pow(a, t - (start + j * seg) + 1) * carries[j]
+
+
+@cuda.jit
+def _scan_serial(u, a, start, y0, y):
+    if cuda.grid(1) == 0:
+        acc = y0
+        for t in range(start, u.shape[0]):
+            acc = a * acc + u[t]
+            y[t] = acc
+
+
+def linear_scan(u, a: float, y0: float, start: int = 0):
+    """y_t = a * y_{t-1} + u_t for t >= start, y_{start-1} = y0, in parallel.
+
+    Segments run side by side from zero; the values entering each segment
+    obey the same recurrence with coefficient a**S over the segment ends, so
+    they are found by the same routine on an array S times shorter.
+    """
+    n = u.shape[0]
+    y = cuda.device_array(n, np.float64)
+    m = n - start
+    if m <= 0:
+        return y
+    if m <= 4 * SCAN_SEGMENT:
+        _scan_serial[1, 1](u, a, start, y0, y)
+        return y
+    nseg = (m + SCAN_SEGMENT - 1) // SCAN_SEGMENT
+    ends = cuda.device_array(nseg, np.float64)
+    _scan_local[_blocks(nseg), THREADS](u, a, start, SCAN_SEGMENT, y, ends)
+    # carries[j] = y just before segment j: carries[0] = y0, then the scan.
+    inner = linear_scan(ends[: nseg - 1], a ** SCAN_SEGMENT, y0) if nseg > 1 else None
+    carries = cuda.device_array(nseg, np.float64)
+    carries[0:1].copy_to_device(np.array([y0]))
+    if inner is not None:
+        carries[1:].copy_to_device(inner)
+    _scan_fixup[_blocks(m), THREADS](y, a, start, SCAN_SEGMENT, carries)
+    return y
+
+
+@cuda.jit
+def _cov_terms(x, mean, start, mean0, a, inv, u):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start + g, x.shape[0], step):
+        prev = mean0 if t == start else mean[t - 1]
+        d_old = prev - mean[t]
+        d_new = x[t] - mean[t]
+        u[t] = a * (d_old * d_old) + inv * (d_new * d_new)
+
+
+@cuda.jit
+def _scale_inv(x, start, inv, u):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start + g, x.shape[0], step):
+        u[t] = inv * x[t]
+
+
+@cuda.jit
+def _sigma_out(cov, start, factor, out):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start + g, cov.shape[0], step):
+        out[t] = core.sigma_from_cov(factor, cov[t])
+
+
+def ewm_sigma(close, span):
+    """The ewm sigma: the settling phase on one thread (as on the CPU), then
+    the steady phase as two linear scans (mean, then covariance)."""
+    buf = log_returns(close)
+    n = buf.shape[0]
+    state = cuda.to_device(np.zeros(6))
+    _ewm_settle_kernel[1, 1](buf, span, state)
+    i, mean0, cov0, a, inv, factor = state.copy_to_host()
+    i = int(i)
+    if i >= n:
+        return buf
+    blocks = _blocks(n - i)
+    u = cuda.device_array(n, np.float64)
+    _scale_inv[blocks, THREADS](buf, i, inv, u)
+    mean = linear_scan(u, a, mean0, i)
+    _cov_terms[blocks, THREADS](buf, mean, i, mean0, a, inv, u)
+    cov = linear_scan(u, a, cov0, i)
+    _sigma_out[blocks, THREADS](cov, i, factor, buf)
+    return buf
+
+
+@cuda.jit
+def _rolling_kernel(close, span, out):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start, close.shape[0], step):
+        out[t] = core.rolling_sigma_at(close, t, span)
+
+
+def rolling_sigma(close, span):
+    close = as_device(close)
+    out = cuda.device_array(close.shape[0], np.float64)
+    _rolling_kernel[_blocks(close.shape[0]), THREADS](close, span, out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Triple barrier
+
+
+@cuda.jit
+def _block_extremes(x, shift, is_max, out):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    w = 1 << shift
+    for k in range(g, out.shape[0], step):
+        lo = k * w
+        hi = min(lo + w, x.shape[0])
+        best = x[lo]
+        for i in range(lo + 1, hi):
+            v = x[i]
+            if (v > best) if is_max else (v < best):
+                best = v
+        out[k] = best
+
+
+def _extremes(x, shift, is_max):
+    nk = max(1, (x.shape[0] + (1 << shift) - 1) >> shift)
+    out = cuda.device_array(nk, np.float64)
+    _block_extremes[_blocks(nk), THREADS](x, shift, is_max, out)
+    return out
+
+
+@cuda.jit
+def _tb_kernel(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret,
+               direct, hi1, lo1, hi2, lo2, label, barrier, exit_bars, exit_ret, flags):
+    n = close.shape[0]
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start, n, step):
+        sig = sigma[t]
+        if not (sig > 0.0):
+            core.tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags)
+            continue
+        upper, lower = core.tb_bounds(close[t], sig, pt, sl)
+        last = min(t + horizon, n - 1)
+        near = min(t + direct, last)
+        j = core.first_touch_scan(t + 1, near, high, low, upper, lower)
+        if j > near and near < last:
+            j = core.first_touch_blocks(near + 1, last, high, low, upper, lower, hi1, lo1, hi2, lo2)
+        if j <= last:
+            core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
+                               label, barrier, exit_bars, exit_ret, flags)
+        else:
+            core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
+                                  label, barrier, exit_bars, exit_ret, flags)
+
+
+def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret):
+    open_, high, low, close, sigma = (as_device(a) for a in (open_, high, low, close, sigma))
+    n = close.shape[0]
+    label = cuda.device_array(n, np.int8)
+    barrier = cuda.device_array(n, np.int8)
+    exit_bars = cuda.device_array(n, np.int32)
+    exit_ret = cuda.device_array(n, np.float64)
+    flags = cuda.device_array(n, np.uint8)
+    if n == 0:
+        return label, barrier, exit_bars, exit_ret, flags
+    hi1 = _extremes(high, core.L1_SHIFT, True)
+    lo1 = _extremes(low, core.L1_SHIFT, False)
+    hi2 = _extremes(high, core.L2_SHIFT, True)
+    lo2 = _extremes(low, core.L2_SHIFT, False)
+    _tb_kernel[_blocks(n), THREADS](open_, high, low, close, sigma, horizon, pt, sl, tie_label,
+                                    vertical, min_ret, min(horizon, cpu.DIRECT_SCAN_BARS),
+                                    hi1, lo1, hi2, lo2, label, barrier, exit_bars, exit_ret, flags)
+    return label, barrier, exit_bars, exit_ret, flags
+
+
+# --------------------------------------------------------------------------
+# Forward returns and excursions
+
+
+@cuda.jit
+def _vsr_kernel(close, sigma, horizons, out):
+    n = close.shape[0]
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start, n, step):
+        for k in range(horizons.shape[0]):
+            out[k, t] = core.vsr_at(close, sigma, t, horizons[k])
+
+
+def vol_scaled_return(close, sigma, horizons):
+    close, sigma = as_device(close), as_device(sigma)
+    h = as_device(np.asarray(horizons, dtype=np.int64))
+    out = cuda.device_array((h.shape[0], close.shape[0]), np.float64)
+    _vsr_kernel[_blocks(close.shape[0]), THREADS](close, sigma, h, out)
+    return out
+
+
+@cuda.jit
+def _runs_kernel(high, low, start, stop, width, hs_v, hs_i, hp_v, hp_i, ls_v, ls_i, lp_v, lp_i):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    nruns = (stop - start + width - 1) // width
+    for r in range(g, nruns, step):
+        r0 = start + r * width
+        r1 = min(r0 + width, stop)
+        core.run_maxima(high, r0, r1, width, start, hs_v, hs_i, hp_v, hp_i)
+        core.run_minima(low, r0, r1, width, start, ls_v, ls_i, lp_v, lp_i)
+
+
+@cuda.jit
+def _mfe_kernel(close, horizon, complete, start, hs_v, hs_i, hp_v, hp_i, ls_v, ls_i, lp_v, lp_i,
+                mfe, mae, mfe_bars, mae_bars):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(g, close.shape[0], step):
+        if t >= complete:
+            mfe[t] = math.nan
+            mae[t] = math.nan
+            mfe_bars[t] = 0
+            mae_bars[t] = 0
+            continue
+        aligned = (t + 1 - start) % horizon == 0
+        hv, hi = core.window_max(t + 1, horizon, start, aligned, hs_v, hs_i, hp_v, hp_i)
+        lv, li = core.window_min(t + 1, horizon, start, aligned, ls_v, ls_i, lp_v, lp_i)
+        c0 = close[t]
+        mfe[t] = hv / c0 - 1.0
+        mae[t] = lv / c0 - 1.0
+        mfe_bars[t] = hi - t
+        mae_bars[t] = li - t
+
+
+def mfe_mae(high, low, close, horizon):
+    high, low, close = as_device(high), as_device(low), as_device(close)
+    n = close.shape[0]
+    mfe = cuda.device_array(n, np.float64)
+    mae = cuda.device_array(n, np.float64)
+    mfe_bars = cuda.device_array(n, np.int32)
+    mae_bars = cuda.device_array(n, np.int32)
+    complete = max(0, n - horizon)
+    start, stop = 1, complete + horizon  # windows [t+1, t+horizon] for t < complete
+    size = max(1, stop - start)
+    scratch = [cuda.device_array(size, np.float64 if k % 2 == 0 else np.int64) for k in range(8)]
+    if complete > 0:
+        nruns = (stop - start + horizon - 1) // horizon
+        _runs_kernel[_blocks(nruns), THREADS](high, low, start, stop, horizon, *scratch)
+    if n:
+        _mfe_kernel[_blocks(n), THREADS](close, horizon, complete, start, *scratch,
+                                         mfe, mae, mfe_bars, mae_bars)
+    return mfe, mae, mfe_bars, mae_bars
+
+
+# --------------------------------------------------------------------------
+# Validity bitmaps: built on the host, where the Arrow table is assembled.
+
+
+def bitmap_not_nan(x):
+    return cpu.bitmap_not_nan(to_host(x))
+
+
+def bitmap_flags_clear(flags, bits):
+    return cpu.bitmap_flags_clear(to_host(flags), bits)
+
+
+def bitmap_prefix(n, count):
+    return cpu.bitmap_prefix(n, count)

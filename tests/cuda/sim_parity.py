@@ -1,0 +1,110 @@
+"""CUDA kernels against the CPU kernels, under numba's CUDA simulator.
+
+Run by tests/test_cuda.py in its own pytest process with
+NUMBA_ENABLE_CUDASIM=1 (the variable must be set before numba is imported).
+The simulator runs every GPU thread in Python, so series stay small.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conftest import random_walk  # noqa: E402
+
+from gpubackfill import compute_labels  # noqa: E402
+from kernels import cpu, cuda as gpu  # noqa: E402
+
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
+
+ALL = ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"]
+
+
+def assert_same_tables(a, b):
+    assert a.column_names == b.column_names
+    for name in a.column_names:
+        x = a.column(name).to_numpy(zero_copy_only=False).astype(float)
+        y = b.column(name).to_numpy(zero_copy_only=False).astype(float)
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=name)
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=0, equal_nan=True, err_msg=name)
+
+
+def tricky_series(n, seed):
+    c = random_walk(n, seed=seed, vol=2e-3)
+    rng = np.random.default_rng(seed)
+    wide = rng.random(n) < 0.08                      # bars touching both barriers
+    c["high"][wide] *= 1.01
+    c["low"][wide] /= 1.01
+    gaps = np.flatnonzero(rng.random(n) < 0.03)       # opens far from the previous close
+    for i in gaps[gaps > 0]:
+        jump = 1 + rng.choice([-1, 1]) * 0.01
+        c["open"][i] = c["close"][i - 1] * jump
+        c["high"][i] = max(c["high"][i], c["open"][i])
+        c["low"][i] = min(c["low"][i], c["open"][i])
+    flat = slice(n // 3, n // 3 + 40)                 # zero returns: sigma exactly 0 (rolling)
+    for k in ("open", "high", "low", "close"):
+        c[k][flat] = c["close"][n // 3 - 1]
+    return pd.DataFrame(c)
+
+
+@pytest.mark.parametrize("tie", ["sl", "tp", "skip"])
+@pytest.mark.parametrize("vertical", ["zero", "sign"])
+def test_every_label_and_rule_matches_cpu(tie, vertical):
+    df = tricky_series(700, seed=len(tie) + len(vertical))
+    params = {"enhanced_triple_barrier": {"horizon": 60, "pt": 1.5, "sl": 1.0, "tie": tie,
+                                          "vertical": vertical, "min_ret": 0.002, "vol_span": 10},
+              "vol_scaled_return": {"horizons": [1, 7], "vol": "rolling", "vol_span": 10},
+              "mfe_mae": {"horizon": 25}}
+    a = compute_labels(df, ALL, params, backend="cpu")
+    b = compute_labels(df, ALL, params, backend="cuda")
+    assert (a.column("tb_flags").to_numpy() & 3).any()     # gaps and ambiguous bars occurred
+    assert (a.column("tb_flags").to_numpy() == 4).any()    # incomplete windows at the end
+    assert_same_tables(a, b)
+
+
+def test_far_barriers_use_block_search_and_match():
+    df = tricky_series(2_600, seed=5)
+    params = {"enhanced_triple_barrier": {"horizon": 1_500, "pt": 40.0, "sl": 40.0, "vol_span": 5}}
+    a = compute_labels(df, ["enhanced_triple_barrier"], params, backend="cpu")
+    b = compute_labels(df, ["enhanced_triple_barrier"], params, backend="cuda")
+    assert np.nanmax(a.column("tb_exit_bars").to_numpy(zero_copy_only=False).astype(float)) > 1_024
+    assert_same_tables(a, b)
+
+
+def test_ewm_sigma_parallel_scan_matches_the_sequential_recurrence():
+    c = random_walk(3_000, seed=9, vol=1e-3)["close"]
+    want = cpu.ewm_sigma(c, 4)          # settles within ~100 bars: the rest is the scan
+    got = gpu.to_host(gpu.ewm_sigma(c, 4))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+def test_linear_scan_against_a_loop():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=40_000)  # three levels of segments
+    got = gpu.to_host(gpu.linear_scan(gpu.as_device(u), 0.97, 0.5, start=3))
+    y, want = 0.5, np.empty_like(u)
+    for t in range(3, len(u)):
+        y = 0.97 * y + u[t]
+        want[t] = y
+    np.testing.assert_allclose(got[3:], want[3:], rtol=1e-12, atol=1e-12)
+
+
+def test_short_and_flat_series():
+    for n in (1, 2, 5):
+        df = tricky_series(60, seed=n).iloc[:n]
+        assert_same_tables(compute_labels(df, ALL, backend="cpu"), compute_labels(df, ALL, backend="cuda"))
+    price = np.full(80, 1.5)
+    flat = pd.DataFrame({"ts": np.arange(80) * 60_000, "open": price, "high": price, "low": price,
+                         "close": price})
+    params = {"enhanced_triple_barrier": {"vol_span": 5}, "vol_scaled_return": {"vol_span": 5}}
+    b = compute_labels(flat, ALL, params, backend="cuda")
+    assert (b.column("tb_flags").to_numpy() == 8).all()
+    assert_same_tables(compute_labels(flat, ALL, params, backend="cpu"), b)
