@@ -289,8 +289,9 @@ def status(ctx, job_id: str | None, fmt: str) -> None:
     _console().print(table)
     if job_id:
         s = rows[0]
-        click.echo(f"labels: {', '.join(s['labels'])} (label set {s['label_set']}); backend {s['backend']}; "
-                   f"cluster {s['cluster'] or '-'}")
+        ran = f"{s['backend_used']} ({s['backend_reason']})" if s["backend_used"] else "not run yet"
+        click.echo(f"labels: {', '.join(s['labels'])} (label set {s['label_set']}); backend {s['backend']}, "
+                   f"ran on {ran}; cluster {s['cluster'] or '-'}")
         if s["dashboard"]:
             click.echo(f"dask dashboard: {s['dashboard']}")
         for idx, err in s["last_errors"].items():

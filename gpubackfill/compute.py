@@ -43,9 +43,9 @@ def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any) 
     host_ts = series.ts
     on_device = getattr(kernels, "ON_DEVICE", False)
     if on_device:  # one copy to the device; every label reads from there
-        series = Series(ts=series.ts, open=kernels.as_device(series.open),
-                        high=kernels.as_device(series.high), low=kernels.as_device(series.low),
-                        close=kernels.as_device(series.close), volume=None)
+        cols = kernels.columns_to_device({"open": series.open, "high": series.high,
+                                          "low": series.low, "close": series.close})
+        series = Series(ts=series.ts, volume=None, **cols)
     sigmas: dict[tuple[str, int], np.ndarray] = {}
     names = ["ts"]
     arrays: list[pa.Array] = [pa.array(host_ts, type=pa.int64())]

@@ -50,6 +50,7 @@ class Settings:
     dask_scheduler: str | None = None
     backend: str = "cpu"
     lease_seconds: int = 120
+    rmm_pool_size: str | None = None       # per GPU worker, e.g. "24GB"
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -205,4 +206,5 @@ def _parse(env: Mapping[str, str]) -> dict:
         raise ConfigError(f"GPUBACKFILL_BACKEND must be cpu, cuda or auto, got {backend!r}")
     out["backend"] = backend
     out["lease_seconds"] = _int(env, "GPUBACKFILL_LEASE_SECONDS", 120, 1)
+    out["rmm_pool_size"] = env.get("GPUBACKFILL_RMM_POOL_SIZE") or None
     return out

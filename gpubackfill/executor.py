@@ -55,10 +55,15 @@ _clusters: dict[tuple, "Cluster"] = {}
 
 @contextlib.contextmanager
 def open_cluster(settings: Settings, workers: int, min_workers: int | None = None,
-                 scheduler: str | None = None) -> Iterator[Cluster]:
+                 scheduler: str | None = None, gpu: bool = False) -> Iterator[Cluster]:
     """A Dask client for a job.  Local clusters are started once per process
     and shared by its jobs (starting distributed clusters concurrently in one
-    process is not safe, and a warm cluster saves each job its start-up)."""
+    process is not safe, and a warm cluster saves each job its start-up).
+
+    ``gpu`` with a ClickHouse server: a dask-cuda ``LocalCUDACluster``, one
+    worker per visible GPU (``CUDA_VISIBLE_DEVICES`` is respected), with an
+    RMM pool of ``GPUBACKFILL_RMM_POOL_SIZE`` that CuPy and numba allocate
+    from when rmm is installed."""
     from distributed import Client, LocalCluster
 
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny",
@@ -76,11 +81,13 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
             client.close()
         return
     embedded = settings.embedded_clickhouse
-    key = (embedded, workers, min_workers if not embedded else None)
+    key = (embedded, workers, min_workers if not embedded else None, gpu)
     with _start_lock:
         cluster = _clusters.get(key)
         if cluster is None:
-            if embedded:
+            if gpu and not embedded:
+                local, kind = _cuda_cluster(settings)
+            elif embedded:
                 local = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False,
                                      dashboard_address=_dashboard_address())
                 kind = f"in-process, {workers} threads"
@@ -95,6 +102,25 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
             cluster.local = local
             _clusters[key] = cluster
     yield cluster
+
+
+def _cuda_cluster(settings: Settings):
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise DependencyError("the cuda backend on worker processes needs dask-cuda: "
+                              "pip install 'gpubackfill[cuda12]' (or [cuda13])") from None
+    kwargs: dict = {"dashboard_address": _dashboard_address()}
+    if settings.rmm_pool_size:
+        kwargs["rmm_pool_size"] = settings.rmm_pool_size
+        try:
+            import rmm  # noqa: F401
+
+            kwargs["rmm_allocator_external_lib_list"] = ["cupy", "numba"]
+        except ImportError:
+            pass
+    local = LocalCUDACluster(**kwargs)
+    return local, f"LocalCUDACluster, {len(local.workers)} GPU worker(s)"
 
 
 def close_clusters() -> None:

@@ -141,14 +141,19 @@ class BackfillService:
                progress: Progress | None, scheduler: str | None,
                stop: threading.Event | None) -> str:
         workers = int(job["workers"])
+        from .backends import select
+
+        chosen = select(job["backend"])
+        self.state.set_fields(job_id, backend_used=chosen.name, backend_reason=chosen.reason)
+        self.state.note(job_id, "backend", f"{chosen.name}: {chosen.reason}")
         base = dict(job_id=job_id, instrument=job["instrument"], granularity=job["granularity"],
                     labels=job["labels"], params=job["params"], label_set=job["label_set"],
-                    force=job["force"], backend=job["backend"],
+                    force=job["force"], backend=chosen.name,
                     max_attempts=self.settings.max_retries + 1,
                     numba_threads=default_numba_threads(workers))
         plan = self.state.plan(job_id)
         with open_cluster(self.settings, workers, int(job.get("min_workers") or workers),
-                          scheduler) as cluster:
+                          scheduler, gpu=chosen.name == "cuda") as cluster:
             self.state.set_fields(job_id, cluster=cluster.kind, dashboard=cluster.dashboard or "")
             in_flight: dict[Any, int] = {}
             last_renew = time.monotonic()
@@ -245,6 +250,7 @@ class BackfillService:
             "granularity": job["granularity"], "start": _iso(job["start_ms"]),
             "end": _iso(job["end_ms"]), "labels": job["labels"], "label_set": job["label_set"],
             "priority": job.get("priority", "normal"), "backend": job.get("backend", "cpu"),
+            "backend_used": job.get("backend_used", ""), "backend_reason": job.get("backend_reason", ""),
             "chunks": counts, "chunks_total": job["chunks_total"],
             "candles_done": done, "candles_total": total,
             "progress": (done / total) if total else (1.0 if job["status"] in FINAL_JOB_STATES else 0.0),

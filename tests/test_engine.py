@@ -147,3 +147,13 @@ def test_cleanup_forgets_old_finished_jobs_only(service):
     assert service.cleanup(0, status="cancelled") == []
     assert service.cleanup(0) == [done]
     assert [j["job_id"] for j in service.list_jobs()] == [queued]
+
+
+def test_status_says_which_backend_ran_and_why(service):
+    candles = series(service)
+    job = service.start("EURUSD", "M5", START, "2024-01-10", chunk_size=3_000, backend="auto")
+    s = service.status(job)
+    assert s["backend"] == "auto" and s["backend_used"] == "cpu"
+    assert s["backend_reason"].startswith("auto chose cpu: ")
+    assert any(e["event"] == "backend" for e in service.state.events(job))
+    assert s["status"] == "completed" and candles.num_rows > s["candles_total"] > 0
