@@ -94,3 +94,14 @@ def test_cudf_from_arrow_columns_feed_the_kernels():
     got = gk.to_host(gk.rolling_sigma(df["close"].values, 20))
     np.testing.assert_allclose(got, cpu.rolling_sigma(table.column("close").to_numpy(), 20),
                                rtol=1e-12, equal_nan=True)
+
+
+def test_gpu_check_script_runs_end_to_end_under_the_simulator():
+    """The H200 check's logic (correctness table, timings, summary) on tiny
+    inputs; the simulator's timings are meaningless, its correctness is not."""
+    res = run([str(ROOT / "bench" / "gpu_check.py"), "--simulate"], env={"NUMBA_ENABLE_CUDASIM": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "1. CUDA vs CPU" in out and "2. Kernel throughput" in out and "SUMMARY" in out
+    row = next(line for line in out.splitlines() if line.startswith("label mismatches vs CPU"))
+    assert row.split()[-1] == "0"

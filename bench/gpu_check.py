@@ -1,0 +1,270 @@
+"""The GPU check: correctness and speed of the CUDA kernels on one device.
+
+Prints, in order: the machine; correctness of every CUDA label against the
+CPU kernels on fresh random series (every tie rule and vertical mode, several
+seeds); kernel throughput with data already on the device (CUDA events,
+median of repeats after warm-up) and end to end through ``compute_labels``
+(host->device and back included); the device-to-device copy bandwidth
+measured in the same run and each kernel's essential bytes/s as a fraction of
+it; the 2-core CPU path on the same machine for the speed-up; a small job on
+a dask-cuda ``LocalCUDACluster`` when dask-cuda is importable.  A summary
+table comes last.
+
+    bash bench/gpu_check.sh                    # on the GPU machine
+    NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --simulate   # logic check, no GPU
+
+Needs numba, numba-cuda, numpy, pyarrow, pandas; CuPy and dask-cuda are used
+when present.  No Redis, ClickHouse or cuDF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gpubackfill import compute_labels, keep_freed_memory  # noqa: E402
+from gpubackfill.labels import resolve  # noqa: E402
+
+ALL = ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"]
+H = 60
+PARAMS = {"enhanced_triple_barrier": {"horizon": H}, "mfe_mae": {"horizon": H}}
+ROWS: list[tuple[str, str, str]] = []  # the summary
+
+
+def walk(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 1.1 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+    open_ = np.r_[close[0], close[:-1]]
+    wide = rng.random(n) < 0.02
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 5e-4, n)) + wide * 2e-3)
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 5e-4, n)) - wide * 2e-3)
+    gap = np.flatnonzero(rng.random(n) < 0.002)
+    open_[gap] = close[gap - 1] * (1 + rng.choice([-3e-3, 3e-3], gap.size))
+    high = np.maximum(high, open_)
+    low = np.minimum(low, open_)
+    return pd.DataFrame({"ts": np.arange(n, dtype=np.int64) * 60_000, "open": open_,
+                         "high": high, "low": low, "close": close})
+
+
+def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
+# ---------------------------------------------------------------------------
+
+
+def correctness(n: int, seeds: list[int]) -> None:
+    rows, total_bad = [], 0
+    for seed in seeds:
+        df = walk(n, seed)
+        for tie in ("sl", "tp", "skip"):
+            for vertical in ("zero", "sign"):
+                params = {"enhanced_triple_barrier": {"horizon": H, "tie": tie, "vertical": vertical,
+                                                      "min_ret": 5e-4, "pt": 1.5},
+                          "vol_scaled_return": {"horizons": [1, 5, 20]}, "mfe_mae": {"horizon": H}}
+                a = compute_labels(df, ALL, params, backend="cpu")
+                b = compute_labels(df, ALL, params, backend="cuda")
+                bad, max_abs, max_rel = 0, 0.0, 0.0
+                for name in a.column_names:
+                    x = a.column(name).to_numpy(zero_copy_only=False).astype(float)
+                    y = b.column(name).to_numpy(zero_copy_only=False).astype(float)
+                    nulls = np.isnan(x) != np.isnan(y)
+                    both = ~np.isnan(x) & ~np.isnan(y)
+                    d = np.abs(x[both] - y[both])
+                    if d.size:
+                        max_abs = max(max_abs, float(d.max()))
+                        max_rel = max(max_rel, float((d / np.maximum(np.abs(x[both]), 1e-300)).max()))
+                    if name in ("tb_label", "tb_barrier", "tb_exit_bars", "tb_flags",
+                                "mfe_bars", "mae_bars"):
+                        bad += int(nulls.sum() + (x[both] != y[both]).sum())
+                    else:
+                        bad += int(nulls.sum() + (~np.isclose(x[both], y[both], rtol=1e-9, atol=0)).sum())
+                total_bad += bad
+                rows.append([str(seed), tie, vertical, f"{max_abs:.2e}", f"{max_rel:.2e}", str(bad)])
+    print_table(f"1. CUDA vs CPU, {n:,} candles per series (integers exact, floats 1e-9 rel)",
+                ["seed", "tie", "vertical", "max abs diff", "max rel diff", "mismatches"], rows)
+    ROWS.append(("label mismatches vs CPU", "0", str(total_bad)))
+
+
+def device_bandwidth(n: int) -> float:
+    from numba import cuda
+
+    src = cuda.to_device(np.ones(n))
+    dst = cuda.device_array(n)
+    times = []
+    for _ in range(5):
+        start, stop = cuda.event(), cuda.event()
+        start.record()
+        dst.copy_to_device(src)
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) / 1e3)
+    return 2 * n * 8 / statistics.median(times)
+
+
+def throughput(sizes: list[int], repeats: int, copy_bw: float) -> dict[int, float]:
+    from numba import cuda
+
+    from kernels import cuda as gk
+
+    all_rates: dict[int, float] = {}
+    rows = []
+    for n in sizes:
+        df = walk(n, 1)
+        d = {c: cuda.to_device(df[c].to_numpy()) for c in ("open", "high", "low", "close")}
+        sigma = gk.ewm_sigma(d["close"], 100)
+        horizons = np.array([1, 5, 20])
+        # (name, call, essential bytes: inputs read + outputs written)
+        cases = [
+            ("sigma (ewm)", lambda: gk.ewm_sigma(d["close"], 100), n * 16),
+            ("enhanced_triple_barrier", lambda: gk.triple_barrier(
+                d["open"], d["high"], d["low"], d["close"], sigma, H, 1.0, 1.0, -1, 0, 0.0), n * (40 + 15)),
+            ("vol_scaled_return", lambda: gk.vol_scaled_return(d["close"], sigma, horizons), n * (16 + 24)),
+            ("mfe_mae", lambda: gk.mfe_mae(d["high"], d["low"], d["close"], H), n * (24 + 24)),
+        ]
+        kernel_s: dict[str, float] = {}
+        for name, call, nbytes in cases:
+            call()
+            cuda.synchronize()
+            times = []
+            for _ in range(repeats):
+                start, stop = cuda.event(), cuda.event()
+                start.record()
+                call()
+                stop.record()
+                stop.synchronize()
+                times.append(start.elapsed_time(stop) / 1e3)
+            t = statistics.median(times)
+            kernel_s[name] = t
+            frac = nbytes / t / copy_bw
+            rows.append([f"{n:.0e}", name, f"{t * 1e3:.2f}", f"{n / t / 1e9:.2f}", f"{frac:.0%}"])
+            if n == sizes[-1] and name in ("vol_scaled_return", "mfe_mae"):
+                ROWS.append((f"{name} bytes/s vs copy", ">= 50%", f"{frac:.0%}"))
+        all_t = sum(kernel_s.values())  # sigma is shared by two labels: computed once
+        rows.append([f"{n:.0e}", "all three (sigma once)", f"{all_t * 1e3:.2f}", f"{n / all_t / 1e9:.2f}", ""])
+        # End to end: host arrays in, Arrow table out.
+        keep_freed_memory()
+        compute_labels(df.iloc[:10_000], ALL, PARAMS, backend="cuda")
+        e2e = []
+        for _ in range(max(1, repeats // 2)):
+            t0 = time.perf_counter()
+            compute_labels(df, ALL, PARAMS, backend="cuda")
+            e2e.append(time.perf_counter() - t0)
+        te = statistics.median(e2e)
+        rows.append([f"{n:.0e}", "all three, compute_labels (copies, Arrow)", f"{te * 1e3:.1f}",
+                     f"{n / te / 1e9:.2f}", ""])
+        all_rates[n] = n / all_t
+        del d, sigma
+    print_table(f"2. Kernel throughput on the device (CUDA events, median of {repeats}); "
+                f"copy bandwidth {copy_bw / 1e9:.0f} GB/s",
+                ["candles", "kernel", "ms", "G candles/s", "bytes/s vs copy"], rows)
+    return all_rates
+
+
+def cpu_baseline(n: int, threads: int) -> float:
+    import numba
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    df = walk(n, 1)
+    compute_labels(df.iloc[:10_000], ALL, PARAMS, backend="cpu")
+    t0 = time.perf_counter()
+    compute_labels(df, ALL, PARAMS, backend="cpu")
+    t = time.perf_counter() - t0
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    print(f"\n3. CPU path on {threads} cores, {n:,} candles, all three labels: {t:.2f} s = "
+          f"{n / t / 1e6:.1f} M candles/s")
+    return n / t
+
+
+def dask_cuda_job(n: int, chunks: int) -> None:
+    try:
+        from dask_cuda import LocalCUDACluster
+        from distributed import Client
+    except ImportError as exc:
+        print(f"\n4. dask-cuda job: skipped ({exc})")
+        ROWS.append(("dask-cuda LocalCUDACluster job", "runs", "skipped (no dask-cuda)"))
+        return
+    from gpubackfill.labels import halo
+
+    df = walk(n, 3)
+    back, ahead = halo(resolve(ALL, PARAMS))
+    bounds = np.linspace(0, n, chunks + 1).astype(int)
+
+    def run(a: int, b: int):
+        lo, hi = max(0, a - back), min(n, b + ahead)
+        out = compute_labels(df.iloc[lo:hi], ALL, PARAMS, backend="cuda")
+        return out.slice(a - lo, b - a)
+
+    with LocalCUDACluster(dashboard_address=":0") as cluster, Client(cluster) as client:
+        t0 = time.perf_counter()
+        parts = client.gather([client.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
+        t = time.perf_counter() - t0
+        workers = len(cluster.workers)
+    import pyarrow as pa
+
+    whole = compute_labels(df, ALL, PARAMS, backend="cpu")
+    got = pa.concat_tables(parts)
+    same = all(np.allclose(got.column(c).to_numpy(zero_copy_only=False).astype(float),
+                           whole.column(c).to_numpy(zero_copy_only=False).astype(float),
+                           rtol=1e-9, equal_nan=True) for c in whole.column_names)
+    print(f"\n4. dask-cuda job: {chunks} chunks of {n:,} candles on {workers} GPU worker(s) in "
+          f"{t:.2f} s; equal to the whole-series CPU result: {same}")
+    ROWS.append(("dask-cuda LocalCUDACluster job", "equal to CPU", str(same)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1e7,1e8")
+    p.add_argument("--check-size", type=float, default=1e6)
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--cpu-threads", type=int, default=2)
+    p.add_argument("--simulate", action="store_true",
+                   help="tiny sizes for a logic check under NUMBA_ENABLE_CUDASIM=1")
+    args = p.parse_args(argv)
+    if args.simulate:
+        args.sizes, args.check_size, args.seeds, args.repeats = "1500", 800, "1", 1
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    t_start = time.perf_counter()
+    from numba import cuda
+
+    dev = cuda.get_current_device()
+    name = getattr(dev, "name", "CUDA simulator")
+    name = name.decode() if isinstance(name, bytes) else name
+    print(f"gpubackfill GPU check: {name}, compute capability {dev.compute_capability}; "
+          f"host {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"python {platform.python_version()}")
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    correctness(int(args.check_size), [int(s) for s in args.seeds.split(",")])
+    bw = device_bandwidth(max(sizes))
+    rates = throughput(sizes, args.repeats, bw)
+    cpu_rate = cpu_baseline(min(sizes), args.cpu_threads)
+    big = max(sizes)
+    ROWS.append((f"all three on GPU vs {args.cpu_threads}-core CPU ({big:.0e})", ">= 100x",
+                 f"{rates[big] / cpu_rate:.0f}x"))
+    dask_cuda_job(min(sizes), 4)
+    print_table(f"SUMMARY (total {time.perf_counter() - t_start:.0f} s)", ["check", "target", "measured"],
+                [list(r) for r in ROWS])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

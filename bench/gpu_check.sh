@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The H200 check, in one call: install any carried wheels, run bench/gpu_check.py
+# (under 5 minutes), keep its output.  Run from the repository root:
+#     bash bench/gpu_check.sh            # prints a summary table last
+# Carried wheels (dask, distributed, dask-cuda, ...) go in .whl/ beside the repo.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt"
+timeout 290 python3 bench/gpu_check.py "$@" 2>&1 | tee "$out/gpu_check.log"
+exit "${PIPESTATUS[0]}"
