@@ -680,6 +680,7 @@ def print_stages(runs: list[dict[str, Any]]) -> None:
                 row += ["n/a", ""]
         rows.append(row)
     for k, label in (("load", "I/O floor: load"), ("write (total)", "I/O floor: write_labels"),
+                     ("write: count query", "I/O floor:   count query (rows present?)"),
                      ("write: insert labels", "I/O floor:   insert label rows"),
                      ("write: other", "I/O floor:   lock wait + Arrow prep")):
         row = [label]

@@ -123,7 +123,7 @@ class BackfillService:
             status = job["status"]
             if status in ("queued", "interrupted", "failed", "paused", "completed_with_errors"):
                 if status == "completed_with_errors":
-                    self._requeue_failed(job_id)
+                    self.state.requeue_failed(job_id)
                 status = self.state.transition(job_id, "execute")
             elif status != "running":
                 raise InvalidTransition(f"job {job_id} is {status}; nothing to execute")
@@ -200,20 +200,6 @@ class BackfillService:
                     last_renew = time.monotonic()
                 if progress:
                     progress(self.status(job_id))
-
-    def _requeue_failed(self, job_id: str) -> None:
-        states = self.state.chunk_states(job_id)
-        failed = [i for i, s in states.items() if s == "failed"]
-        if not failed:
-            return
-        r = self.state.r
-        pipe = r.pipeline(transaction=True)
-        for i in failed:
-            pipe.hset(self.state.k(job_id, "state"), i, "pending")
-            pipe.rpush(self.state.k(job_id, "pending"), i)
-            pipe.hdel(self.state.k(job_id, "attempts"), i)
-        pipe.hincrby(self.state.k(job_id), "chunks_failed", -len(failed))
-        pipe.execute()
 
     def start(self, *args, detach: bool = False, progress: Progress | None = None,
               scheduler: str | None = None, stop: threading.Event | None = None, **kwargs) -> str:

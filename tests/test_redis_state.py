@@ -100,3 +100,15 @@ def test_only_one_driver_at_a_time(state):
     assert state.acquire_driver(job, "b", 10_000) == "a"
     state.release_driver(job, "a")
     assert state.acquire_driver(job, "b", 10_000) is None
+
+
+def test_given_up_chunks_can_be_requeued(state):
+    job = new_job(state, 2)
+    state.transition(job, "execute")
+    (i0, t0), (i1, t1) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
+    state.complete(job, i0, t0, 5, 5, False, 0.1)
+    assert state.fail(job, i1, t1, "bad", 1, retryable=False) == ("failed", "completed_with_errors")
+    assert state.requeue_failed(job) == 1
+    state.transition(job, "execute")
+    i, t = state.claim(job, "w", 10_000)
+    assert i == i1 and state.complete(job, i, t, 5, 5, False, 0.1) == ("ok", "completed")

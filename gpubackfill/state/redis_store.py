@@ -333,6 +333,19 @@ class RedisState:
         self._call(self.r.hset, key, idx, f"{owner}|{now_ms() + lease_ms}|{token}")
         return True
 
+    def requeue_failed(self, job_id: str) -> int:
+        """Put given-up chunks back in the queue (a re-run after a fix)."""
+        failed = [i for i, s in self.chunk_states(job_id).items() if s == "failed"]
+        if failed:
+            pipe = self.r.pipeline(transaction=True)
+            for i in failed:
+                pipe.hset(self.k(job_id, "state"), i, "pending")
+                pipe.rpush(self.k(job_id, "pending"), i)
+                pipe.hdel(self.k(job_id, "attempts"), i)
+            pipe.hincrby(self.k(job_id), "chunks_failed", -len(failed))
+            self._call(pipe.execute)
+        return len(failed)
+
     def durations(self, job_id: str) -> list[tuple[float, int]]:
         out = []
         for item in self._call(self.r.lrange, self.k(job_id, "durations"), 0, -1):
