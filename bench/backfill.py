@@ -20,7 +20,9 @@ the end:
    job with all three labels over the whole range with ``force=True`` and
    ``--workers`` workers: ``create_job`` (planning) and ``execute`` are timed
    apart; per-chunk seconds come from the job's Redis durations
-   (``state.durations``); peak RSS is sampled with psutil every 5 ms during
+   (``state.durations``, which keep the most recent chunks only) and, for
+   every chunk, from the wrapped ``_compute_and_write`` (the span that
+   ``run_chunk`` reports); peak RSS is sampled with psutil every 5 ms during
    ``execute`` (and read from the kernel's VmHWM, reset through
    /proc/self/clear_refs, as a cross-check).  While the job runs, the
    engine's chunk steps are timed by wrapping them in this process (load,
@@ -39,7 +41,9 @@ the end:
    fastest one whose peak RSS is within the target).
 
 "End to end" is ``create_job`` + ``execute``: what a user waits for.  The
-floor's figure likewise includes its chunk-plan query.
+floor's figure likewise includes its chunk-plan query.  The label tables are
+emptied (TRUNCATE) before every measured job and floor, so each writes into
+an empty table, as a first backfill does: no chunk finds rows to delete.
 
 Run from the repository root::
 
@@ -501,7 +505,10 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
         candles, first, own = store.load(key, start, end, back, ahead)
         if own > template.num_rows:
             raise RuntimeError(f"chunk of {own} rows exceeds the template ({template.num_rows})")
-        labels = template.slice(0, own).set_column(ts_at, "ts", candles.column("ts").slice(first, own))
+        # One chunk per column, as compute_series returns them (chDB hands
+        # the ts back in many small batches).
+        ts = pa.chunked_array([candles.column("ts").slice(first, own).combine_chunks()])
+        labels = template.slice(0, own).set_column(ts_at, "ts", ts)
         store.write_labels(key, set_id, start, end, labels, "io-floor", 0, "io-floor")
         return own
 

@@ -43,8 +43,14 @@ _clients_lock = threading.Lock()
 
 
 def _client(settings: Settings):
-    """One client per process and target (chDB allows one engine per path)."""
-    key = (settings.clickhouse_url, str(settings.chdb_path), settings.clickhouse_user)
+    """A client for this thread and target.
+
+    chDB allows one engine folder per process, but any number of handles on
+    it, and each clickhouse-connect chDB client serialises its own calls:
+    one client per worker thread lets chunks load and write side by side.
+    """
+    key = (settings.clickhouse_url, str(settings.chdb_path), settings.clickhouse_user,
+           threading.get_ident() if settings.embedded_clickhouse else 0)
     with _clients_lock:
         if key not in _clients:
             _clients[key] = _connect(settings)
@@ -108,16 +114,13 @@ class Store:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.db = _check_ident("database name", settings.clickhouse_database)
-        self._client = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # ingest: read-compare-write of one series
 
     @property
     def client(self):
         # Connect on first use: commands that only touch Redis (status, pause,
         # ...) must not open the embedded engine, which another process may hold.
-        if self._client is None:
-            self._client = _client(self.settings)
-        return self._client
+        return _client(self.settings)
 
     # -- plumbing ----------------------------------------------------------
 
@@ -319,20 +322,21 @@ class Store:
                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')")
         p = self._series_params(key, s=set_id, a=start_ms, b=end_ms)
-        with self._lock:
-            present = self.rows(f"SELECT count() FROM {table} WHERE {rng}", p)[0][0]
-            if present:
-                self.command(f"DELETE FROM {table} WHERE {rng}", p)
-            if labels.num_rows:
-                out = _with_series(key, labels, set_id)
-                self.insert_arrow(f"labels_{set_id}", out)
-            self.insert_arrow("label_chunks", pa.table({
-                "instrument": [key.instrument], "granularity": [key.granularity],
-                "label_set": [set_id], "start_ts": pa.array([start_ms], pa.int64()),
-                "end_ts": pa.array([end_ms], pa.int64()), "input_hash": [input_hash],
-                "rows": pa.array([labels.num_rows], pa.uint64()),
-                "incomplete": pa.array([incomplete], pa.uint64()), "job_id": [job_id],
-            }))
+        # No lock: a chunk's range is leased to one worker, and writes of
+        # different ranges do not interfere.
+        present = self.rows(f"SELECT count() FROM {table} WHERE {rng}", p)[0][0]
+        if present:
+            self.command(f"DELETE FROM {table} WHERE {rng}", p)
+        if labels.num_rows:
+            out = _with_series(key, labels, set_id)
+            self.insert_arrow(f"labels_{set_id}", out)
+        self.insert_arrow("label_chunks", pa.table({
+            "instrument": [key.instrument], "granularity": [key.granularity],
+            "label_set": [set_id], "start_ts": pa.array([start_ms], pa.int64()),
+            "end_ts": pa.array([end_ms], pa.int64()), "input_hash": [input_hash],
+            "rows": pa.array([labels.num_rows], pa.uint64()),
+            "incomplete": pa.array([incomplete], pa.uint64()), "job_id": [job_id],
+        }))
 
     def label_counts(self, key: SeriesKey, set_id: str) -> tuple[int, int]:
         """(count(), uniqExact(ts)) of a series' label rows, without FINAL."""
