@@ -135,6 +135,8 @@ class BackfillService:
         finally:
             self.state.release_driver(job_id, owner)
         final = self.state.job(job_id)
+        if final["status"] in FINAL_JOB_STATES:
+            self.state.expire_job(job_id)  # finished jobs live REDIS_TTL seconds
         return RunResult(job_id, final["status"], time.perf_counter() - t0, final["candles_done"])
 
     def _drive(self, job_id: str, job: dict, owner: str, lease_ms: int,

@@ -265,3 +265,14 @@ def test_demo_runs_from_a_fresh_home(proc_env):
     assert "gpubackfill export" in res.stdout
     jobs = json.loads(run_cli(env, "status", "--format", "json").stdout)
     assert [j["status"] for j in jobs] == ["completed"]
+
+
+def test_unreachable_clickhouse_names_the_url(tmp_path, monkeypatch, redis_socket):
+    monkeypatch.setenv("CLICKHOUSE_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("REDIS_URL", f"unix://{redis_socket}")
+    path = tmp_path / "c.csv"
+    path.write_text("ts,open,high,low,close\n2024-01-01T00:00:00Z,1,1,1,1\n")
+    r = CliRunner().invoke(main, ["ingest", str(path), "--instrument", "EURUSD",
+                                  "--granularity", "M1"], catch_exceptions=False)
+    assert r.exit_code == 1, r.output
+    assert "ClickHouse at http://127.0.0.1:1" in r.output and "Traceback" not in r.output

@@ -42,3 +42,20 @@ def test_job_on_worker_processes_through_the_http_interface(server, tmp_path, re
     assert result.status == "completed", s["last_errors"]
     assert s["cluster"].startswith("local processes")
     assert_matches_whole_series(svc, job, candles)
+
+
+def test_job_on_an_existing_dask_cluster_by_scheduler_address(server, tmp_path, redis_socket):
+    from distributed import LocalCluster
+
+    settings = make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=server.url)
+    svc = BackfillService(settings)
+    candles = generate("GBPUSD", "H1", "2023-01-01", "2024-01-10")
+    svc.ingest_table(SeriesKey("GBPUSD", "H1"), candles)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster:
+        job = svc.create_job("GBPUSD", "H1", "2023-01-01", "2023-12-31", chunk_size=700, workers=2)
+        result = svc.execute(job, scheduler=cluster.scheduler_address)
+    s = svc.status(job)
+    assert result.status == "completed", s["last_errors"]
+    assert s["cluster"] == f"scheduler {cluster.scheduler_address}"
+    assert_matches_whole_series(svc, job, candles)
