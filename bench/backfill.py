@@ -81,6 +81,21 @@ import pyarrow as pa
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 
+
+def _bench_module(name: str):
+    """A sibling module of this script, loaded by path (see above)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_report = _bench_module("report")
+cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
+print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
+
 import gpubackfill  # noqa: E402
 from gpubackfill.config import Settings  # noqa: E402
 
@@ -104,61 +119,6 @@ RESULT_MARK = "@@RESULT@@ "
 
 # ---------------------------------------------------------------------------
 # formatting (the style of bench/kernels.py)
-
-
-def _numeric(cell: str) -> bool:
-    return cell == "" or cell.lstrip("<>=~ -")[:1].isdigit()
-
-
-def print_table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    """Plain-text table; columns of numbers are right-aligned, others left."""
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    right = [i > 0 and all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) if r else v.ljust(w)
-                         for v, w, r in zip(values, widths, right)).rstrip()
-
-    if title:
-        print(f"\n{title}")
-    print(line(headers))
-    print(line(["-" * w for w in widths]))
-    for r in cells:
-        print(line(r))
-
-
-def human(v: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g} {suffix}"
-    return f"{v:.3g}"
-
-
-def size_name(n: int) -> str:
-    return human(n).replace(" ", "")
-
-
-def mib(b: float) -> str:
-    return f"{b / 2**20:,.1f}"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def _version(module: str) -> str:
@@ -228,17 +188,6 @@ def _log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------
 # measurement helpers (run in the child processes)
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _reset_peak_rss() -> bool:

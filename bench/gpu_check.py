@@ -172,7 +172,7 @@ def throughput(sizes: list[int], repeats: int, copy_bw: float) -> dict[int, floa
         rows.append([f"{n:.0e}", "all three, compute_labels (copies, Arrow)", f"{te * 1e3:.1f}",
                      f"{n / te / 1e9:.2f}", ""])
         all_rates[n] = n / all_t
-        del d, sigma
+
     print_table(f"2. Kernel throughput on the device (CUDA events, median of {repeats}); "
                 f"copy bandwidth {copy_bw / 1e9:.0f} GB/s",
                 ["candles", "kernel", "ms", "G candles/s", "bytes/s vs copy"], rows)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+
 
 import click
 
@@ -235,7 +235,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
                            description=f"{job_id} {s['status']}",
                            rate=f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
 
-            result = svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
+            svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -114,7 +114,7 @@ def _cuda_cluster(settings: Settings):
     if settings.rmm_pool_size:
         kwargs["rmm_pool_size"] = settings.rmm_pool_size
         try:
-            import rmm  # noqa: F401
+            import rmm  # noqa: F401  (only whether it is installed)
 
             kwargs["rmm_allocator_external_lib_list"] = ["cupy", "numba"]
         except ImportError:

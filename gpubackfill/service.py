@@ -26,7 +26,7 @@ from .errors import InvalidInput, InvalidTransition
 from .executor import open_cluster
 from .granularity import parse_granularity, parse_instrument
 from .labels import resolve
-from .planner import JobSpec, make_spec, parse_time, plan_chunks
+from .planner import make_spec, parse_time, plan_chunks
 from .state.machine import FINAL_JOB_STATES
 from .state.redis_store import now_ms
 from .store import IngestReport, SeriesKey

@@ -80,7 +80,6 @@ def test_triple_barrier_every_rule_on_a_long_walk(tie, vertical):
     out = compute_labels(pd.DataFrame(c), ALL, params)
     flags = column(out, "tb_flags")
     assert (flags & 2).any(), "expected ambiguous bars in this series"
-    tb = params["enhanced_triple_barrier"]
     sig = oracle.sigma(c["close"], "ewm", 20)
     want = oracle.triple_barrier(c["open"], c["high"], c["low"], c["close"], sig, 30, 2.0, 1.5,
                                  tie, vertical, 0.001)
