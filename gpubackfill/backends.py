@@ -28,16 +28,10 @@ def cuda_unavailable_reason() -> str | None:
     importing gpubackfill, ``--help`` and ``status`` never do.
     """
     try:
-        from numba import cuda
+        from kernels import cuda as cuda_kernels
     except ImportError:
         return "numba-cuda is not installed (pip install 'gpubackfill[cuda12]' or '[cuda13]')"
-    try:
-        if not cuda.is_available():
-            return "no CUDA device or driver was found (numba.cuda.is_available() is False)"
-        cuda.detect  # noqa: B018  (a device exists; touch the API to fail early if broken)
-    except Exception as exc:  # driver present but unusable
-        return f"the CUDA driver failed to initialise: {exc}"
-    return None
+    return cuda_kernels.unavailable_reason()
 
 
 def select(name: str) -> Backend:

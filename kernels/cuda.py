@@ -25,6 +25,16 @@ THREADS = 256
 SCAN_SEGMENT = 64
 
 
+def unavailable_reason() -> str | None:
+    """Why kernels cannot launch here (no driver, no device), or None."""
+    try:
+        if not cuda.is_available():
+            return "no CUDA device or driver was found (numba.cuda.is_available() is False)"
+    except Exception as exc:  # a driver that is present but broken
+        return f"the CUDA driver failed to initialise: {exc}"
+    return None
+
+
 def _blocks(n: int) -> int:
     return max(1, min((n + THREADS - 1) // THREADS, 65_535 * 16))
 
