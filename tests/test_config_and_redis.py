@@ -75,7 +75,7 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
 
 START_RACE = """
 import sys
-
+from pathlib import Path
 from gpubackfill.redis_server import ensure_server, server_pid
 sock = ensure_server(Path(sys.argv[1]))
 print(server_pid(Path(sys.argv[1])))
