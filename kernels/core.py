@@ -384,6 +384,19 @@ def tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
 
 
 @jitable
+def tb_write_outcome(t, j, last, n, horizon, open_, high, low, close, upper, lower, tie_label,
+                     vertical, min_ret, label, barrier, exit_bars, exit_ret, flags):
+    """Fill row t once its search is over: an exit on bar j when j <= last,
+    else the vertical barrier (or incomplete)."""
+    if j <= last:
+        tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
+                      label, barrier, exit_bars, exit_ret, flags)
+    else:
+        tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
+                         label, barrier, exit_bars, exit_ret, flags)
+
+
+@jitable
 def tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags):
     label[t] = 0
     barrier[t] = 0

@@ -190,12 +190,9 @@ def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, v
                                            tab_hi, tab_lo, base, levels)
             else:
                 j = core.first_touch_scan(t + direct + 1, last, high, low, upper, lower)
-            if j <= last:
-                core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
-                                   label, barrier, exit_bars, exit_ret, flags)
-            else:
-                core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
-                                      label, barrier, exit_bars, exit_ret, flags)
+            core.tb_write_outcome(t, j, last, n, horizon, open_, high, low, close, upper, lower,
+                                  tie_label, vertical, min_ret,
+                                  label, barrier, exit_bars, exit_ret, flags)
     return label, barrier, exit_bars, exit_ret, flags
 
 

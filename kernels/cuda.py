@@ -261,12 +261,8 @@ def _tb_kernel(open_, high, low, close, sigma, horizon, pt, sl, tie_label, verti
         j = core.first_touch_scan(t + 1, near, high, low, upper, lower)
         if j > near and near < last:
             j = core.first_touch_blocks(near + 1, last, high, low, upper, lower, hi1, lo1, hi2, lo2)
-        if j <= last:
-            core.tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
-                               label, barrier, exit_bars, exit_ret, flags)
-        else:
-            core.tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
-                                  label, barrier, exit_bars, exit_ret, flags)
+        core.tb_write_outcome(t, j, last, n, horizon, open_, high, low, close, upper, lower,
+                              tie_label, vertical, min_ret, label, barrier, exit_bars, exit_ret, flags)
 
 
 def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret):
