@@ -7,28 +7,39 @@ and records the outcome in Redis itself under the lease it was given.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numba
+import numpy as np
+import psutil
 
 from . import backends, candles as candles_mod
 from .allocator import keep_freed_memory
 from .compute import compute_series
 from .config import Settings
-from .errors import InvalidInput
+from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
 from .labels import halo, resolve
 from .redis_server import connect as redis_connect
+from .resilience import BREAKERS, classify, is_outage, retrying
 from .state.redis_store import RedisState
 from .store import SeriesKey, Store, input_fingerprint
 
 # Kernels run in several worker threads at once: only the thread-safe
 # numba threading layers (tbb, omp) may be used.
 numba.config.THREADING_LAYER = "threadsafe"
+
+
+# Peak resident memory per candle of a chunk in flight (load, kernels,
+# Arrow output, insert buffers), measured in bench/RESULTS.md: two 1M-candle
+# chunks side by side peaked at about 2 GB.
+BYTES_PER_CANDLE = 1000
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,11 @@ class ChunkTask:
     backend: str
     max_attempts: int
     numba_threads: int = 0
+    rows: int = 0  # planned candles in [start_ms, end_ms)
+
+
+class LeaseLost(GpubackfillError):
+    """Another worker holds this chunk now (our lease expired): do not write."""
 
 
 _local = threading.local()
@@ -60,40 +76,160 @@ def connections(settings: Settings) -> tuple[Store, RedisState]:
     with _shared_lock:
         if key not in _shared:
             client, where = redis_connect(settings)
-            _shared[key] = (Store(settings),
-                            RedisState(client, settings.redis_prefix, settings.redis_ttl, where))
+            breaker = BREAKERS.get("redis", where, settings.breaker_redis_failures,
+                                   settings.breaker_redis_reset_seconds)
+            state = RedisState(client, settings.redis_prefix, settings.redis_ttl, where, breaker)
+            BREAKERS.publisher = state.publish_breaker
+            _shared[key] = (Store(settings), state)
         return _shared[key]
+
+
+def clickhouse_breaker(settings: Settings):
+    target = settings.clickhouse_url or f"chdb://{settings.chdb_path}"
+    return BREAKERS.get("clickhouse", target, settings.breaker_clickhouse_failures,
+                        settings.breaker_clickhouse_reset_seconds)
+
+
+class Heartbeat:
+    """Renews the chunk's lease while it runs; ``fence()`` before writing."""
+
+    def __init__(self, state: RedisState, task: ChunkTask, lease_ms: int):
+        self.state, self.task, self.lease_ms = state, task, lease_ms
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"lease-{task.job_id}-{task.index}")
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> bool:
+        ok = self.state.renew_lease(self.task.job_id, self.task.index, self.task.token, self.lease_ms)
+        self.lost = self.lost or not ok
+        return ok
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_ms / 3000):
+            try:
+                if not self._renew():
+                    return
+            except DependencyError:
+                pass  # Redis away for a moment: the fence decides before writing
+
+    def fence(self) -> None:
+        """Raise LeaseLost unless the lease is still ours (and renew it).
+
+        A stale worker that passed this check has a whole lease period
+        before anyone else may claim the chunk, so its write cannot land
+        after the next owner's.
+        """
+        if self.lost or not self._renew():
+            raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
 
 
 def run_chunk(settings: Settings, task: ChunkTask) -> dict[str, Any]:
     """Compute and write one chunk; record the outcome in Redis.
 
-    Never raises for a chunk's own failure: the failure is recorded (retried
-    or given up according to its category) and reported in the result.
+    Never raises for a chunk's own failure: each error is retried as its
+    category allows (``resilience.POLICIES``), then recorded: an outage of
+    ClickHouse puts the chunk back in the queue, anything else that cannot
+    be fixed by retrying dead-letters it.
     """
     keep_freed_memory()
     if task.numba_threads:
         numba.set_num_threads(min(task.numba_threads, numba.config.NUMBA_NUM_THREADS))
     store, state = connections(settings)
+    base = {"index": task.index, "ok": False}
+    if _over_memory_budget(settings, task):
+        return {**base, **_split(state, settings, task, "memory budget")}
+    breaker = clickhouse_breaker(settings)
+
+    def on_retry(category: str, exc: BaseException, attempt: int) -> None:
+        log_retry(state, task, category, exc, attempt)
+
     t0 = time.perf_counter()
-    try:
-        outcome = _compute_and_write(store, task)
-    except InvalidInput as exc:  # bad data: retrying cannot help
-        state.fail(task.job_id, task.index, task.token, f"data: {exc}", task.max_attempts,
-                   retryable=False)
-        return {"index": task.index, "ok": False, "error": str(exc), "retry": False}
-    except Exception as exc:
-        msg = f"{type(exc).__name__}: {exc}"
-        status, _ = state.fail(task.job_id, task.index, task.token,
-                               msg + "\n" + traceback.format_exc(limit=5), task.max_attempts)
-        return {"index": task.index, "ok": False, "error": msg, "retry": status == "retry"}
+    with Heartbeat(state, task, settings.lease_seconds * 1000) as lease:
+        try:
+            outcome = retrying(
+                lambda: BREAKERS.call(breaker, _compute_and_write, store, task, lease.fence),
+                settings.retry_base_seconds, on_retry,
+                give_up=lambda e: isinstance(e, LeaseLost) or _splittable(settings, task, e))
+        except LeaseLost as exc:
+            return {**base, "stale": True, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
+            return {**base, **_record_failure(state, settings, task, exc)}
     duration = time.perf_counter() - t0
-    state.complete(task.job_id, task.index, task.token, outcome["candles"], outcome["rows"],
-                   outcome["cache_hit"], duration)
-    return {"index": task.index, "ok": True, "duration": duration, **outcome}
+    retrying(lambda: state.complete(task.job_id, task.index, task.token, outcome["candles"],
+                                    outcome["rows"], outcome["cache_hit"], duration),
+             settings.retry_base_seconds, on_retry)
+    return {**base, "ok": True, "duration": duration, **outcome}
 
 
-def _compute_and_write(store: Store, task: ChunkTask) -> dict[str, Any]:
+def log_retry(state: RedisState, task: ChunkTask, category: str, exc: BaseException, attempt: int) -> None:
+    try:
+        state.count(f"retries:{category}")
+        state.note(task.job_id, "retry", f"chunk {task.index} attempt {attempt} ({category}): {exc}"[:500])
+    except DependencyError:
+        pass  # the retry itself matters more than its record
+
+
+def _record_failure(state: RedisState, settings: Settings, task: ChunkTask,
+                    exc: BaseException) -> dict[str, Any]:
+    category = classify(exc)
+    message = f"{category}: {type(exc).__name__}: {exc}"
+    if is_outage(exc):
+        # ClickHouse (or Redis) is down: not the chunk's fault.  It goes back
+        # to the queue untouched and the driver waits for the breaker.
+        state.count(f"errors:{category}")
+        state.release(task.job_id, task.index, task.token)
+        wait = exc.retry_after if isinstance(exc, BreakerOpen) else settings.retry_base_seconds
+        return {"error": message, "outage": True, "retry_after": wait}
+    if _splittable(settings, task, exc):
+        return _split(state, settings, task, "out of memory")
+    detail = {"digest": _digest(exc)}
+    if isinstance(exc, InvalidCandles) and exc.rows:
+        detail["rows"] = exc.rows
+    status, _ = state.fail(task.job_id, task.index, task.token,
+                           message + "\n" + "".join(traceback.format_exception(exc, limit=8)),
+                           1, retryable=False, category=category, detail=detail)
+    return {"error": message, "category": category, "dead_lettered": status == "failed",
+            "fail_job": category == "persistent"}
+
+
+def _digest(exc: BaseException) -> str:
+    """A short stable id of where the error came from (same bug, same digest)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = "|".join(f"{Path(f.filename).name}:{f.name}" for f in frames[-4:])
+    return hashlib.blake2b(f"{type(exc).__name__}|{where}".encode(), digest_size=6).hexdigest()
+
+
+def _over_memory_budget(settings: Settings, task: ChunkTask) -> bool:
+    if not settings.memory_limit_bytes or task.rows < 2 * settings.min_chunk_size:
+        return False
+    rss = psutil.Process().memory_info().rss
+    return rss + task.rows * BYTES_PER_CANDLE > settings.memory_limit_bytes
+
+
+def _splittable(settings: Settings, task: ChunkTask, exc: BaseException) -> bool:
+    return classify(exc) == "resource" and task.rows >= 2 * settings.min_chunk_size
+
+
+def _split(state: RedisState, settings: Settings, task: ChunkTask, why: str) -> dict[str, Any]:
+    """Halve the chunk in the plan; both halves go back to the queue."""
+    mid = task.start_ms + (task.end_ms - task.start_ms) // 2
+    left = task.rows // 2
+    new = state.split(task.job_id, task.index, task.token, mid, left, task.rows - left)
+    state.note(task.job_id, "split", f"chunk {task.index} ({task.rows} candles, {why}) -> "
+                                     f"{task.index} + {new}")
+    return {"split": new, "error": why}
+
+
+def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> dict[str, Any]:
     key = SeriesKey(task.instrument, task.granularity)
     resolved = resolve(task.labels, task.params)
     back, ahead = halo(resolved)
@@ -103,13 +239,29 @@ def _compute_and_write(store: Store, task: ChunkTask) -> dict[str, Any]:
         record = store.chunk_record(key, task.label_set, task.start_ms, task.end_ms)
         if record is not None and record[0] == fingerprint:
             return {"candles": own, "rows": 0, "cache_hit": True, "incomplete": record[1]}
-    series = candles_mod.validate(candles_mod.to_series(table))
+    series = candles_mod.to_series(table)
+    try:
+        series = candles_mod.validate(series)
+    except InvalidCandles as exc:
+        raise InvalidCandles(str(exc), exc.row, _bad_rows(series)) from None
     kernels = backends.select(task.backend).kernels
     labels = compute_series(series, resolved, kernels).slice(first, own)
     incomplete = _incomplete_rows(labels)
+    fence()
     store.write_labels(key, task.label_set, task.start_ms, task.end_ms, labels, fingerprint,
                        incomplete, task.job_id)
     return {"candles": own, "rows": labels.num_rows, "cache_hit": False, "incomplete": incomplete}
+
+
+def _bad_rows(series, limit: int = 20) -> list[list]:
+    """[ts (ISO), reason] of the first offending rows, for the dead-letter entry."""
+    codes = candles_mod.defect_codes(series)
+    out = []
+    for i in np.flatnonzero(codes)[:limit]:
+        ts = int(series.ts[i])
+        out.append([time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1000)),
+                    candles_mod.describe(int(codes[i]))])
+    return out
 
 
 def _incomplete_rows(labels) -> int:

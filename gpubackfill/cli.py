@@ -403,3 +403,8 @@ def demo(ctx, instruments: str, granularity: str, years: float, workers: int | N
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+from .cli_dlq import dlq  # noqa: E402 - registered after the helpers it imports
+
+main.add_command(dlq)

@@ -51,6 +51,15 @@ class Settings:
     backend: str = "cpu"
     lease_seconds: int = 120
     rmm_pool_size: str | None = None       # per GPU worker, e.g. "24GB"
+    # Reliability (see resilience.py): retry pacing, breakers, memory, shutdown.
+    retry_base_seconds: float = 1.0
+    breaker_clickhouse_failures: int = 5
+    breaker_clickhouse_reset_seconds: float = 60.0
+    breaker_redis_failures: int = 3
+    breaker_redis_reset_seconds: float = 30.0
+    memory_limit_bytes: int | None = None  # RSS a worker process aims to stay under
+    min_chunk_size: int = 1000             # chunks are not split below this
+    shutdown_timeout: float = 30.0         # seconds running chunks get after a signal
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -124,6 +133,37 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {raw}")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(raw: str, name: str) -> int:
+    """Bytes from '2GB', '512MiB', '1.5 gb' or a plain number of bytes."""
+    text = raw.strip().upper().replace(" ", "")
+    digits = text.rstrip("KMGTIB")
+    unit = text[len(digits):]
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1.0
+    if unit not in _SIZE_UNITS or value <= 0:
+        raise ConfigError(f"{name} must be a size such as 2GB or 512MiB, got {raw!r}")
+    return int(value * _SIZE_UNITS[unit])
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -207,4 +247,14 @@ def _parse(env: Mapping[str, str]) -> dict:
     out["backend"] = backend
     out["lease_seconds"] = _int(env, "GPUBACKFILL_LEASE_SECONDS", 120, 1)
     out["rmm_pool_size"] = env.get("GPUBACKFILL_RMM_POOL_SIZE") or None
+    out["retry_base_seconds"] = _float(env, "GPUBACKFILL_RETRY_BASE_SECONDS", 1.0)
+    for dep, failures, reset in (("clickhouse", 5, 60.0), ("redis", 3, 30.0)):
+        out[f"breaker_{dep}_failures"] = _int(env, f"GPUBACKFILL_BREAKER_{dep.upper()}_FAILURES",
+                                              failures, 1)
+        out[f"breaker_{dep}_reset_seconds"] = _float(
+            env, f"GPUBACKFILL_BREAKER_{dep.upper()}_RESET_SECONDS", reset, 0.01)
+    if env.get("BATCH_MEMORY_LIMIT"):
+        out["memory_limit_bytes"] = parse_size(env["BATCH_MEMORY_LIMIT"], "BATCH_MEMORY_LIMIT")
+    out["min_chunk_size"] = _int(env, "GPUBACKFILL_MIN_CHUNK_SIZE", 1000, 1)
+    out["shutdown_timeout"] = _float(env, "GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)
     return out

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import psutil
 import pyarrow as pa
 
 from . import candles as candles_mod
 from .chunk import ChunkTask, connections, default_numba_threads, run_chunk
 from .config import Settings
-from .errors import InvalidInput, InvalidTransition
+from .errors import CATEGORIES, DependencyError, InvalidInput, InvalidTransition
+from .resilience import BREAKERS
 from .executor import open_cluster
 from .granularity import parse_granularity, parse_instrument
 from .labels import resolve
@@ -115,14 +117,12 @@ class BackfillService:
         job = self.state.job(job_id)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         lease_ms = self.settings.lease_seconds * 1000
-        other = self.state.acquire_driver(job_id, owner, lease_ms)
-        if other:
-            raise InvalidTransition(f"job {job_id} is already being run by {other}")
+        self._become_driver(job_id, owner, lease_ms)
         t0 = time.perf_counter()
         try:
             status = job["status"]
             if status in ("queued", "interrupted", "failed", "paused", "completed_with_errors"):
-                if status == "completed_with_errors":
+                if status in ("completed_with_errors", "failed"):
                     self.state.requeue_failed(job_id)
                 status = self.state.transition(job_id, "execute")
             elif status != "running":
@@ -133,11 +133,27 @@ class BackfillService:
             else:
                 status = self._drive(job_id, job, owner, lease_ms, progress, scheduler, stop)
         finally:
-            self.state.release_driver(job_id, owner)
+            try:
+                self.state.release_driver(job_id, owner)
+            except DependencyError:
+                pass  # Redis gone: the driver key expires by itself
         final = self.state.job(job_id)
         if final["status"] in FINAL_JOB_STATES:
             self.state.expire_job(job_id)  # finished jobs live REDIS_TTL seconds
         return RunResult(job_id, final["status"], time.perf_counter() - t0, final["candles_done"])
+
+    def _become_driver(self, job_id: str, owner: str, lease_ms: int) -> None:
+        """Take the job's driver lock, or take it over from a driver process
+        on this host that died (a SIGKILL leaves the lock until it expires)."""
+        other = self.state.acquire_driver(job_id, owner, lease_ms)
+        if not other:
+            return
+        if _dead_local_owner(other) and self.state.take_over_driver(job_id, other, owner, lease_ms):
+            returned = self.state.release_owner(job_id, other)
+            self.state.note(job_id, "takeover", f"driver {other} is gone; {returned} leased "
+                                                f"chunk(s) returned to the queue")
+            return
+        raise InvalidTransition(f"job {job_id} is already being run by {other}")
 
     def _drive(self, job_id: str, job: dict, owner: str, lease_ms: int,
                progress: Progress | None, scheduler: str | None,
@@ -153,55 +169,15 @@ class BackfillService:
                     force=job["force"], backend=chosen.name,
                     max_attempts=self.settings.max_retries + 1,
                     numba_threads=default_numba_threads(workers))
-        plan = self.state.plan(job_id)
         with open_cluster(self.settings, workers, int(job.get("min_workers") or workers),
                           scheduler, gpu=chosen.name == "cuda") as cluster:
             self.state.set_fields(job_id, cluster=cluster.kind, dashboard=cluster.dashboard or "")
-            in_flight: dict[Any, int] = {}
-            last_renew = time.monotonic()
-            while True:
-                status = self.state.job(job_id)["status"]
-                if stop is not None and stop.is_set() and status == "running":
-                    status = self.state.transition(job_id, "interrupt", "signal")
-                drained = False
-                while status == "running" and len(in_flight) < 2 * workers:
-                    claimed = self.state.claim(job_id, owner, lease_ms)
-                    if claimed == "empty":
-                        drained = True
-                        break
-                    if isinstance(claimed, str):
-                        status = claimed
-                        break
-                    idx, token = claimed
-                    start, end, _ = plan[idx]
-                    task = ChunkTask(index=idx, token=token, start_ms=start, end_ms=end, **base)
-                    fut = cluster.client.submit(run_chunk, self.settings, task, pure=False,
-                                                key=f"chunk-{job_id}-{idx}-{token}")
-                    in_flight[fut] = idx
-                if in_flight:
-                    done = _wait_some(list(in_flight), 0.5)
-                    for fut in done:
-                        idx = in_flight.pop(fut)
-                        if fut.status == "error":  # the task itself crashed (not a chunk failure)
-                            self.state.release(job_id, idx)
-                            self.state.note(job_id, "worker_error", f"chunk {idx}: {fut.exception()}")
-                else:
-                    if status in FINAL_JOB_STATES or status == "interrupted":
-                        return status
-                    if status == "running" and drained:
-                        # Everything claimed has settled; leases of vanished workers return.
-                        if self.state.expire_leases(job_id) == 0:
-                            settled = self.state.job(job_id)["status"]
-                            if settled != "running":
-                                return settled
-                            time.sleep(0.2)
-                    elif status == "paused":
-                        time.sleep(0.2)
-                if time.monotonic() - last_renew > lease_ms / 3000:
-                    self.state.renew_driver(job_id, owner, lease_ms)
-                    last_renew = time.monotonic()
-                if progress:
-                    progress(self.status(job_id))
+            driver = _Driver(self, job_id, owner, lease_ms, base, cluster, workers, stop)
+            try:
+                return driver.run(progress)
+            except BaseException:
+                driver.abandon()  # a second signal or a crash: hand the chunks back
+                raise
 
     def start(self, *args, detach: bool = False, progress: Progress | None = None,
               scheduler: str | None = None, stop: threading.Event | None = None, **kwargs) -> str:
@@ -218,6 +194,42 @@ class BackfillService:
 
     def cancel(self, job_id: str) -> str:
         return self.state.transition(job_id, "cancel")
+
+    # -- dead letters ------------------------------------------------------
+
+    def dead_letters(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        if job_id is not None:
+            self.state.job(job_id)  # unknown job: a clear error, not an empty list
+        return self.state.dead_letters(job_id)
+
+    def dead_letter(self, entry_id: str) -> dict[str, Any]:
+        entry = self.state.dead_letter(entry_id)
+        try:
+            entry["error"] = self.state.chunk_errors(entry["job_id"]).get(entry["chunk"], "")
+        except DependencyError:
+            raise
+        except InvalidInput:
+            entry["error"] = ""
+        return entry
+
+    def _select_dead(self, ids: list[str] | None, job_id: str | None) -> list[dict[str, Any]]:
+        if ids:
+            return [self.state.dead_letter(i) for i in ids]
+        return self.dead_letters(job_id)
+
+    def retry_dead_letters(self, ids: list[str] | None = None, job_id: str | None = None
+                           ) -> dict[str, int]:
+        """Re-queue dead-lettered chunks (after a fix); chunks per job.  The
+        jobs then need ``execute`` (unless a driver is running them)."""
+        out: dict[str, int] = {}
+        for e in self._select_dead(ids, job_id):
+            if self.state.requeue(e["job_id"], e["chunk"]):
+                out[e["job_id"]] = out.get(e["job_id"], 0) + 1
+        return out
+
+    def purge_dead_letters(self, ids: list[str] | None = None, job_id: str | None = None) -> int:
+        """Forget entries; their chunks stay failed (the job stays completed_with_errors)."""
+        return self.state.purge_dead_letters([e["id"] for e in self._select_dead(ids, job_id)])
 
     # -- views -------------------------------------------------------------
 
@@ -275,6 +287,10 @@ class BackfillService:
         errors = sum(j["errors"] for j in jobs)
         attempts = chunks_done + errors
         durations = [d for j in jobs for d, _ in self.state.durations(j["job_id"])]
+        counters = self.state.counters()
+        breakers = self.state.breakers()
+        breakers.update(BREAKERS.snapshot())  # this process's view is the freshest
+        failed = sum(j["chunks"]["failed"] for j in jobs)
         return {
             "jobs": len(jobs), "jobs_by_status": by_status,
             "candles_processed": sum(j["candles_done"] for j in jobs),
@@ -282,7 +298,12 @@ class BackfillService:
             "chunks_done": chunks_done, "chunks_failed": sum(j["chunks"]["failed"] for j in jobs),
             "chunks_pending": sum(j["chunks"]["pending"] for j in jobs),
             "cache_hit_rate": (cache_hits / chunks_done) if chunks_done else 0.0,
-            "error_rate": (errors / attempts) if attempts else 0.0,
+            "error_rate": (failed / (chunks_done + failed)) if chunks_done + failed else 0.0,
+            "attempt_error_rate": (errors / attempts) if attempts else 0.0,
+            "dead_letters": len(self.state.dead_letters()),
+            "errors_by_category": {c: counters.get(f"errors:{c}", 0) for c in CATEGORIES},
+            "retries_by_category": {c: counters.get(f"retries:{c}", 0) for c in CATEGORIES},
+            "breakers": {n: b["state"] for n, b in sorted(breakers.items())},
             "chunk_seconds_p50": float(np.median(durations)) if durations else 0.0,
             "chunk_seconds_max": max(durations) if durations else 0.0,
             "throughput_per_min": sum(j["recent_rate_per_min"] for j in jobs if j["status"] == "running"),
@@ -323,6 +344,147 @@ class BackfillService:
             key, label_set_id(resolved),
             parse_time(start, "start date", False) if start else None,
             parse_time(end, "end date", True) if end else None)
+
+
+class _Driver:
+    """The loop that hands a job's chunks to the cluster and collects them.
+
+    Redis is the record: this only claims, submits and reacts to what the
+    chunks report (an outage to wait out, a job-level failure, a lost worker).
+    """
+
+    def __init__(self, svc: BackfillService, job_id: str, owner: str, lease_ms: int,
+                 base: dict, cluster, workers: int, stop: threading.Event | None):
+        self.svc, self.state, self.settings = svc, svc.state, svc.settings
+        self.job_id, self.owner, self.lease_ms = job_id, owner, lease_ms
+        self.base, self.cluster, self.workers = base, cluster, workers
+        self.stop = stop or threading.Event()
+        self.in_flight: dict[Any, tuple[int, int]] = {}
+        self.plan = self.state.plan(job_id)
+        self.hold_until = 0.0          # no claims before this (a dependency is down)
+        self.stop_deadline: float | None = None
+        self.last_upkeep = time.monotonic()
+
+    def run(self, progress: Progress | None) -> str:
+        outage = 0
+        while True:
+            try:
+                status = self._step()
+                outage = 0
+            except DependencyError as exc:
+                # Redis (or ClickHouse) away: wait with backoff rather than
+                # spin; running chunks keep going and retry their own records.
+                outage += 1
+                if self.stop.is_set():
+                    raise
+                self._wait(min(self.settings.retry_base_seconds * 2 ** min(outage, 5),
+                               getattr(exc, "retry_after", 0) or 30.0))
+                continue
+            if status is not None:
+                return status
+            if progress:
+                progress(self.svc.status(self.job_id))
+
+    def _step(self) -> str | None:
+        job_id = self.job_id
+        status = self.state.job(job_id)["status"]
+        if self.stop.is_set():
+            if status == "running":
+                status = self.state.transition(job_id, "interrupt", "signal")
+            if self.stop_deadline is None:
+                self.stop_deadline = time.monotonic() + self.settings.shutdown_timeout
+        drained = self._claim(status)
+        if self.in_flight:
+            for fut in _wait_some(list(self.in_flight), 0.5):
+                self._collect(fut)
+            if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+                self.abandon("shutdown timeout")
+        else:
+            if status in FINAL_JOB_STATES or status == "interrupted":
+                return status
+            if status == "running" and drained:
+                # Everything claimed has settled; leases of vanished workers return.
+                if self.state.expire_leases(job_id) == 0:
+                    settled = self.state.job(job_id)["status"]
+                    if settled != "running":
+                        return settled
+                    self._wait(0.2)
+            elif status == "paused" or time.monotonic() < self.hold_until:
+                self._wait(0.2)
+        self._upkeep()
+        return None
+
+    def _claim(self, status: str) -> bool:
+        """Submit chunks while the job runs and the cluster has room; True when none are left."""
+        if self.stop.is_set() or time.monotonic() < self.hold_until:
+            return False
+        while status == "running" and len(self.in_flight) < 2 * self.workers:
+            claimed = self.state.claim(self.job_id, self.owner, self.lease_ms)
+            if claimed == "empty":
+                return True
+            if isinstance(claimed, str):
+                return False
+            idx, token = claimed
+            if idx not in self.plan:  # a chunk split since the plan was read
+                self.plan = self.state.plan(self.job_id)
+            start, end, rows = self.plan[idx]
+            task = ChunkTask(index=idx, token=token, start_ms=start, end_ms=end, rows=rows, **self.base)
+            fut = self.cluster.client.submit(run_chunk, self.settings, task, pure=False,
+                                             key=f"chunk-{self.job_id}-{idx}-{token}")
+            self.in_flight[fut] = (idx, token)
+        return False
+
+    def _collect(self, fut) -> None:
+        idx, token = self.in_flight.pop(fut)
+        if fut.status == "error":  # the task never reported: its worker died or it crashed
+            exc = fut.exception()
+            self.state.fail(self.job_id, idx, token, f"worker lost: {type(exc).__name__}: {exc}",
+                            self.base["max_attempts"], retryable=True, category="resource",
+                            detail={"digest": "worker-lost"})
+            self.state.note(self.job_id, "worker_error", f"chunk {idx}: {exc}")
+            return
+        if fut.status == "cancelled":
+            return
+        result = fut.result()
+        if result.get("outage"):
+            self.hold_until = max(self.hold_until, time.monotonic() + float(result["retry_after"]))
+        if result.get("fail_job"):
+            status = self.state.job(self.job_id)["status"]
+            if status in ("running", "paused"):
+                self.state.transition(self.job_id, "fail", f"chunk {idx}: {result['error']}"[:500])
+
+    def _wait(self, seconds: float) -> None:
+        self.stop.wait(seconds)  # a signal cuts the wait short
+
+    def _upkeep(self) -> None:
+        if time.monotonic() - self.last_upkeep > self.lease_ms / 3000:
+            self.state.renew_driver(self.job_id, self.owner, self.lease_ms)
+            self.state.expire_leases(self.job_id)
+            self.last_upkeep = time.monotonic()
+
+    def abandon(self, why: str = "driver stopped") -> None:
+        """Give running chunks back to the queue (their late writes are fenced)."""
+        for fut, (idx, token) in list(self.in_flight.items()):
+            fut.cancel()
+            try:
+                self.state.release(self.job_id, idx, token)
+            except DependencyError:
+                pass  # the lease expires instead
+        self.in_flight.clear()
+        try:
+            if self.state.job(self.job_id)["status"] == "running":
+                self.state.transition(self.job_id, "interrupt", why)
+        except (DependencyError, InvalidInput):
+            pass
+
+
+def _dead_local_owner(owner: str) -> bool:
+    """True when ``owner`` (host:pid:nonce) names a process of this host that is gone."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not psutil.pid_exists(int(pid))
 
 
 def _wait_some(futures: list, timeout: float) -> list:

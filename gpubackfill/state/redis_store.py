@@ -13,6 +13,9 @@ Keys (prefix P, job id J)::
     P:job:J:events       list   history, newest last (capped)
     P:job:J:durations    list   recent chunk durations (s) for the ETA
     P:job:J:driver       string the process driving the job (expires)
+    P:dlq                hash   "J:chunk" -> dead-letter entry (JSON)
+    P:counters           hash   retries:<category>, errors:<category> -> count
+    P:breakers           hash   dependency -> last published breaker state (JSON)
 
 The scripts take the transition tables of ``machine`` as JSON, so Redis and
 the Python state machine cannot disagree.
@@ -26,7 +29,10 @@ from typing import Any
 
 import redis
 
+import pybreaker
+
 from ..errors import DependencyError, InvalidTransition, JobNotFound
+from ..resilience import BREAKERS
 from .machine import CHUNK_TRANSITIONS, FINAL_JOB_STATES, JOB_TRANSITIONS
 
 _JOB_T = json.dumps(JOB_TRANSITIONS)
@@ -96,8 +102,9 @@ redis.call('LTRIM', KEYS[5], -%d, -1)
 return {'ok', settle(KEYS[1], KEYS[4], ARGV[6], cjson.decode(ARGV[8]))}
 """ % DURATIONS_KEPT
 
-# KEYS: job, state, lease, pending, attempts, errors, events
-# ARGV: idx, token, max_attempts, error, now_ms, job transitions, retryable(0/1)
+# KEYS: job, state, lease, pending, attempts, errors, events, dlq, counters
+# ARGV: idx, token, max_attempts, error, now_ms, job transitions, retryable(0/1),
+#       category, dead-letter entry (JSON, attempts filled in here)
 _FAIL = _SETTLE + """
 local lease = redis.call('HGET', KEYS[3], ARGV[1])
 if not lease then return {'stale', ''} end
@@ -107,6 +114,7 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 local attempts = redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'errors', 1)
+redis.call('HINCRBY', KEYS[9], 'errors:' .. ARGV[8], 1)
 if ARGV[7] == '1' and attempts < tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[2], ARGV[1], 'pending')
   redis.call('RPUSH', KEYS[4], ARGV[1])
@@ -114,7 +122,70 @@ if ARGV[7] == '1' and attempts < tonumber(ARGV[3]) then
 end
 redis.call('HSET', KEYS[2], ARGV[1], 'failed')
 redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
+local entry = cjson.decode(ARGV[9])
+entry['attempts'] = attempts
+redis.call('HSET', KEYS[8], entry['id'], cjson.encode(entry))
 return {'failed', settle(KEYS[1], KEYS[7], ARGV[5], cjson.decode(ARGV[6]))}
+"""
+
+# KEYS: job, state, pending, attempts, dlq   ARGV: idx, dlq entry id
+_REQUEUE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= 'failed' then
+  redis.call('HDEL', KEYS[5], ARGV[2])
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], 'pending')
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'chunks_failed', -1)
+redis.call('HDEL', KEYS[5], ARGV[2])
+return 1
+"""
+
+# KEYS: job, plan, state, lease, pending   ARGV: idx, token, mid_ms, left_rows, right_rows
+_SPLIT = """
+local lease = redis.call('HGET', KEYS[4], ARGV[1])
+if not lease or string.match(lease, '|(%d+)$') ~= ARGV[2] then return -1 end
+local a, b = string.match(redis.call('HGET', KEYS[2], ARGV[1]), '^(%-?%d+),(%-?%d+),')
+local new = tonumber(redis.call('HINCRBY', KEYS[1], 'chunks_total', 1)) - 1
+redis.call('HSET', KEYS[2], ARGV[1], a .. ',' .. ARGV[3] .. ',' .. ARGV[4])
+redis.call('HSET', KEYS[2], new, ARGV[3] .. ',' .. b .. ',' .. ARGV[5])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], 'pending', new, 'pending')
+redis.call('LPUSH', KEYS[5], new, ARGV[1])
+return new
+"""
+
+# KEYS: lease   ARGV: idx, token, expires_ms
+_RENEW = """
+local lease = redis.call('HGET', KEYS[1], ARGV[1])
+if not lease then return 0 end
+local owner, token = string.match(lease, '^(.*)|%d+|(%d+)$')
+if token ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], owner .. '|' .. ARGV[3] .. '|' .. token)
+return 1
+"""
+
+# KEYS: state, lease, pending   ARGV: owner
+_RELEASE_OWNER = """
+local n = 0
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if string.match(all[i + 1], '^(.*)|%d+|%d+$') == ARGV[1] then
+    redis.call('HDEL', KEYS[2], all[i])
+    redis.call('HSET', KEYS[1], all[i], 'pending')
+    redis.call('LPUSH', KEYS[3], all[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: driver   ARGV: expected owner, new owner, ttl_ms
+_TAKEOVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 # KEYS: state, lease, pending   ARGV: idx, token ('' = any)
@@ -153,17 +224,24 @@ class RedisState:
     """The job/chunk store.  All methods raise DependencyError naming the
     server when Redis cannot be reached."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl: int, where: str):
+    def __init__(self, client: redis.Redis, prefix: str, ttl: int, where: str,
+                 breaker: pybreaker.CircuitBreaker | None = None):
         self.r = client
         self.p = prefix
         self.ttl = ttl
         self.where = where
+        self.breaker = breaker
         self._transition = self.r.register_script(_TRANSITION)
         self._claim = self.r.register_script(_CLAIM)
         self._complete = self.r.register_script(_COMPLETE)
         self._fail = self.r.register_script(_FAIL)
         self._release = self.r.register_script(_RELEASE)
         self._expire = self.r.register_script(_EXPIRE)
+        self._requeue = self.r.register_script(_REQUEUE)
+        self._split = self.r.register_script(_SPLIT)
+        self._renew = self.r.register_script(_RENEW)
+        self._release_owner = self.r.register_script(_RELEASE_OWNER)
+        self._takeover = self.r.register_script(_TAKEOVER)
 
     # -- keys --------------------------------------------------------------
 
@@ -171,12 +249,17 @@ class RedisState:
         return f"{self.p}:job:{job}" + (f":{part}" if part else "")
 
     def _call(self, fn, *args, **kwargs):
+        if self.breaker is None:
+            return self._raw(fn, *args, **kwargs)
+        return BREAKERS.call(self.breaker, self._raw, fn, *args, **kwargs)
+
+    def _raw(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except redis.exceptions.ConnectionError as exc:
-            raise DependencyError(f"cannot reach Redis at {self.where}: {exc}") from None
+            raise DependencyError(f"cannot reach Redis at {self.where}: {exc}", "redis") from None
         except redis.exceptions.RedisError as exc:
-            raise DependencyError(f"Redis at {self.where} failed: {exc}") from None
+            raise DependencyError(f"Redis at {self.where} failed: {exc}", "redis") from None
 
     def ping(self) -> None:
         self._call(self.r.ping)
@@ -230,7 +313,10 @@ class RedisState:
         self._call(pipe.execute)
 
     def delete_job(self, job_id: str) -> None:
+        dead = [e["id"] for e in self.dead_letters(job_id)]
         pipe = self.r.pipeline()
+        if dead:
+            pipe.hdel(f"{self.p}:dlq", *dead)
         for part in ("", "plan", "state", "pending", "lease", "attempts", "errors", "events",
                      "durations", "driver"):
             pipe.delete(self.k(job_id, part))
@@ -306,14 +392,22 @@ class RedisState:
                                       f"{duration_s:.6f}", _JOB_T]))
 
     def fail(self, job_id: str, idx: int, token: int, error: str, max_attempts: int,
-             retryable: bool = True) -> tuple[str, str]:
+             retryable: bool = True, category: str = "transient",
+             detail: dict[str, Any] | None = None) -> tuple[str, str]:
+        """Record a failed attempt: back to pending while attempts remain and
+        ``retryable``, else the chunk is failed and dead-lettered."""
         k = self.k
+        start, end, _ = self.plan_entry(job_id, idx)
+        entry = {"id": f"{job_id}:{idx}", "job_id": job_id, "chunk": idx, "start_ms": start,
+                 "end_ms": end, "category": category, "message": error.splitlines()[0][:500],
+                 "time_ms": now_ms(), **(detail or {})}
         return tuple(self._call(self._fail,
                                 keys=[k(job_id), k(job_id, "state"), k(job_id, "lease"),
                                       k(job_id, "pending"), k(job_id, "attempts"),
-                                      k(job_id, "errors"), k(job_id, "events")],
+                                      k(job_id, "errors"), k(job_id, "events"),
+                                      f"{self.p}:dlq", f"{self.p}:counters"],
                                 args=[idx, token, max_attempts, error[:2000], now_ms(), _JOB_T,
-                                      "1" if retryable else "0"]))
+                                      "1" if retryable else "0", category, json.dumps(entry)]))
 
     def release(self, job_id: str, idx: int, token: int | None = None) -> bool:
         k = self.k
@@ -325,26 +419,77 @@ class RedisState:
         return int(self._call(self._expire, keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
                               args=[now_ms()]))
 
-    def renew_lease(self, job_id: str, idx: int, token: int, owner: str, lease_ms: int) -> bool:
-        key = self.k(job_id, "lease")
-        cur = self._call(self.r.hget, key, idx)
-        if not cur or not cur.endswith(f"|{token}"):
-            return False
-        self._call(self.r.hset, key, idx, f"{owner}|{now_ms() + lease_ms}|{token}")
-        return True
+    def renew_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> bool:
+        """Extend a lease that is still ours; False once it was taken back."""
+        return bool(self._call(self._renew, keys=[self.k(job_id, "lease")],
+                               args=[idx, token, now_ms() + lease_ms]))
+
+    def release_owner(self, job_id: str, owner: str) -> int:
+        """Return every chunk leased by ``owner`` (a driver that is gone) to pending."""
+        k = self.k
+        return int(self._call(self._release_owner,
+                              keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
+                              args=[owner]))
+
+    def take_over_driver(self, job_id: str, dead: str, owner: str, ttl_ms: int) -> bool:
+        return bool(self._call(self._takeover, keys=[self.k(job_id, "driver")],
+                               args=[dead, owner, ttl_ms]))
+
+    def split(self, job_id: str, idx: int, token: int, mid_ms: int, left: int, right: int) -> int | None:
+        """Cut a leased chunk at ``mid_ms`` into two pending chunks; the new index."""
+        k = self.k
+        new = int(self._call(self._split, keys=[k(job_id), k(job_id, "plan"), k(job_id, "state"),
+                                                k(job_id, "lease"), k(job_id, "pending")],
+                             args=[idx, token, mid_ms, left, right]))
+        return None if new < 0 else new
+
+    def plan_entry(self, job_id: str, idx: int) -> tuple[int, int, int]:
+        raw = self._call(self.r.hget, self.k(job_id, "plan"), idx)
+        if raw is None:
+            raise JobNotFound(f"job {job_id} has no chunk {idx}")
+        return tuple(int(x) for x in raw.split(","))
 
     def requeue_failed(self, job_id: str) -> int:
         """Put given-up chunks back in the queue (a re-run after a fix)."""
         failed = [i for i, s in self.chunk_states(job_id).items() if s == "failed"]
-        if failed:
-            pipe = self.r.pipeline(transaction=True)
-            for i in failed:
-                pipe.hset(self.k(job_id, "state"), i, "pending")
-                pipe.rpush(self.k(job_id, "pending"), i)
-                pipe.hdel(self.k(job_id, "attempts"), i)
-            pipe.hincrby(self.k(job_id), "chunks_failed", -len(failed))
-            self._call(pipe.execute)
-        return len(failed)
+        return sum(self.requeue(job_id, i) for i in failed)
+
+    def requeue(self, job_id: str, idx: int) -> bool:
+        """A failed chunk back to pending, its dead-letter entry removed."""
+        k = self.k
+        return bool(self._call(self._requeue, keys=[k(job_id), k(job_id, "state"), k(job_id, "pending"),
+                                                    k(job_id, "attempts"), f"{self.p}:dlq"],
+                               args=[idx, f"{job_id}:{idx}"]))
+
+    # -- dead letters, counters, breakers ------------------------------------
+
+    def dead_letters(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        entries = [json.loads(v) for v in self._call(self.r.hvals, f"{self.p}:dlq")]
+        if job_id is not None:
+            entries = [e for e in entries if e["job_id"] == job_id]
+        return sorted(entries, key=lambda e: (e["time_ms"], e["job_id"], e["chunk"]))
+
+    def dead_letter(self, entry_id: str) -> dict[str, Any]:
+        raw = self._call(self.r.hget, f"{self.p}:dlq", entry_id)
+        if raw is None:
+            raise InvalidTransition(f"no dead-letter entry {entry_id!r} (see `gpubackfill dlq list`)")
+        return json.loads(raw)
+
+    def purge_dead_letters(self, ids: list[str]) -> int:
+        return int(self._call(self.r.hdel, f"{self.p}:dlq", *ids)) if ids else 0
+
+    def count(self, field: str, n: int = 1) -> None:
+        self._call(self.r.hincrby, f"{self.p}:counters", field, n)
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self._call(self.r.hgetall, f"{self.p}:counters").items()}
+
+    def publish_breaker(self, name: str, state: dict[str, Any]) -> None:
+        # Straight to Redis, not through the breakers: this reports on them.
+        self.r.hset(f"{self.p}:breakers", name, json.dumps(state))
+
+    def breakers(self) -> dict[str, dict[str, Any]]:
+        return {k: json.loads(v) for k, v in self._call(self.r.hgetall, f"{self.p}:breakers").items()}
 
     def durations(self, job_id: str) -> list[tuple[float, int]]:
         out = []
