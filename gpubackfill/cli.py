@@ -212,13 +212,17 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
 
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
+    received: list[int] = []
 
     def on_signal(signum, frame):
         if stop.is_set():
-            click.echo("\nsecond interrupt: exiting now; running chunks are re-run on resume", err=True)
+            click.echo(f"\nsecond signal: exiting now; running chunks go back to the queue. "
+                       f"Resume with: gpubackfill execute {job_id}", err=True)
             raise SystemExit(130)
+        received.append(signum)
         stop.set()
-        click.echo("\ninterrupting: letting running chunks finish (Ctrl-C again to exit now)", err=True)
+        click.echo("\nstopping: no new chunks; running ones finish or go back to the queue "
+                   "(signal again to exit now)", err=True)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -245,7 +249,8 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
                f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
     if s["status"] == "interrupted":
         click.echo(f"resume with: gpubackfill execute {job_id}", err=True)
-        raise SystemExit(130)
+        # SIGTERM is an orderly stop (a deploy, a pod eviction); Ctrl-C is the user's.
+        raise SystemExit(0 if received and received[0] == signal.SIGTERM else 130)
     if s["status"] in ("failed", "completed_with_errors"):
         for idx, err in s["last_errors"].items():
             click.echo(f"  chunk {idx}: {err}", err=True)

@@ -110,7 +110,7 @@ def _waits(base: float) -> dict[str, Callable]:
     return {
         "transient": tenacity.wait_random_exponential(multiplier=base, max=30 * base),
         "resource": tenacity.wait_incrementing(start=base, increment=base, max=30 * base),
-        "dependency": tenacity.wait_exponential_jitter(initial=base, max=30 * base, jitter=base),
+        "dependency": tenacity.wait_exponential_jitter(multiplier=base, max=30 * base, jitter=base),
     }
 
 
@@ -155,8 +155,9 @@ class _Publish(pybreaker.CircuitBreakerListener):
     def state_change(self, cb, old_state, new_state) -> None:
         # Redis cannot record that Redis is down: its breaker is published
         # when it closes again, and shown from process memory meanwhile.
-        if cb.name != "redis" or cb.current_state == "closed":
-            self.board.publish(cb)
+        # The breaker takes its new state after telling its listeners.
+        if cb.name != "redis" or new_state.name == "closed":
+            self.board.publish(cb, new_state.name)
 
 
 class BreakerBoard:
@@ -200,10 +201,10 @@ class BreakerBoard:
                 out[cb.name] = d
         return out
 
-    def publish(self, cb: pybreaker.CircuitBreaker) -> None:
+    def publish(self, cb: pybreaker.CircuitBreaker, state: str) -> None:
         if self.publisher is not None:
             try:
-                self.publisher(cb.name, describe(cb))
+                self.publisher(cb.name, {**describe(cb), "state": state.replace("-", "_")})
             except Exception:  # noqa: BLE001 - Redis itself may be the dependency that is down
                 pass
 

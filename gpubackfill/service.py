@@ -459,8 +459,19 @@ class _Driver:
     def _upkeep(self) -> None:
         if time.monotonic() - self.last_upkeep > self.lease_ms / 3000:
             self.state.renew_driver(self.job_id, self.owner, self.lease_ms)
-            self.state.expire_leases(self.job_id)
+            if self.state.expire_leases(self.job_id):
+                self._forget_expired()
             self.last_upkeep = time.monotonic()
+
+    def _forget_expired(self) -> None:
+        """Stop waiting for chunks whose lease ran out (a hung or lost worker):
+        they are queued again, and the stale run's write is fenced off."""
+        leases = self.state.leases(self.job_id)
+        for fut, (idx, token) in list(self.in_flight.items()):
+            if not fut.done() and leases.get(idx) != token:
+                fut.cancel()
+                self.in_flight.pop(fut)
+                self.state.note(self.job_id, "lease_expired", f"chunk {idx} (token {token})")
 
     def abandon(self, why: str = "driver stopped") -> None:
         """Give running chunks back to the queue (their late writes are fenced)."""

@@ -424,6 +424,11 @@ class RedisState:
         return bool(self._call(self._renew, keys=[self.k(job_id, "lease")],
                                args=[idx, token, now_ms() + lease_ms]))
 
+    def leases(self, job_id: str) -> dict[int, int]:
+        """Chunk index -> token of its current lease."""
+        return {int(i): int(v.rsplit("|", 1)[1])
+                for i, v in self._call(self.r.hgetall, self.k(job_id, "lease")).items()}
+
     def release_owner(self, job_id: str, owner: str) -> int:
         """Return every chunk leased by ``owner`` (a driver that is gone) to pending."""
         k = self.k
