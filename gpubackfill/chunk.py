@@ -146,10 +146,14 @@ def run_chunk(settings: Settings, task: ChunkTask) -> dict[str, Any]:
     store, state = connections(settings)
     base = {"index": task.index, "ok": False}
     if _over_memory_budget(settings, task):
-        return {**base, **_split(state, settings, task, "memory budget")}
+        halves = _split(store, state, task, "memory budget")
+        if halves is not None:
+            return {**base, **halves}
     breaker = clickhouse_breaker(settings)
+    retries: list[str] = []
 
     def on_retry(category: str, exc: BaseException, attempt: int) -> None:
+        retries.append(category)
         log_retry(state, task, category, exc, attempt)
 
     t0 = time.perf_counter()
@@ -162,11 +166,23 @@ def run_chunk(settings: Settings, task: ChunkTask) -> dict[str, Any]:
         except LeaseLost as exc:
             return {**base, "stale": True, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
-            return {**base, **_record_failure(state, settings, task, exc)}
+            try:
+                return {**base, **_record_failure(store, state, settings, task, exc, len(retries))}
+            except DependencyError as lost:
+                # Redis is away too: the lease runs out and the chunk is re-run.
+                return {**base, "error": f"{exc}; not recorded: {lost}", "outage": True,
+                        "retry_after": settings.retry_base_seconds}
     duration = time.perf_counter() - t0
-    retrying(lambda: state.complete(task.job_id, task.index, task.token, outcome["candles"],
-                                    outcome["rows"], outcome["cache_hit"], duration),
-             settings.retry_base_seconds, on_retry)
+    try:
+        retrying(lambda: state.complete(task.job_id, task.index, task.token, outcome["candles"],
+                                        outcome["rows"], outcome["cache_hit"], duration,
+                                        task.rows or None),
+                 settings.retry_base_seconds, on_retry)
+    except DependencyError as exc:
+        # Written but not recorded: when the lease runs out the chunk runs
+        # again and finds its rows by their input fingerprint (a cache hit).
+        return {**base, "error": f"not recorded: {exc}", "outage": True,
+                "retry_after": settings.retry_base_seconds}
     return {**base, "ok": True, "duration": duration, **outcome}
 
 
@@ -178,8 +194,8 @@ def log_retry(state: RedisState, task: ChunkTask, category: str, exc: BaseExcept
         pass  # the retry itself matters more than its record
 
 
-def _record_failure(state: RedisState, settings: Settings, task: ChunkTask,
-                    exc: BaseException) -> dict[str, Any]:
+def _record_failure(store: Store, state: RedisState, settings: Settings, task: ChunkTask,
+                    exc: BaseException, retries: int) -> dict[str, Any]:
     category = classify(exc)
     message = f"{category}: {type(exc).__name__}: {exc}"
     if is_outage(exc):
@@ -190,8 +206,10 @@ def _record_failure(state: RedisState, settings: Settings, task: ChunkTask,
         wait = exc.retry_after if isinstance(exc, BreakerOpen) else settings.retry_base_seconds
         return {"error": message, "outage": True, "retry_after": wait}
     if _splittable(settings, task, exc):
-        return _split(state, settings, task, "out of memory")
-    detail = {"digest": _digest(exc)}
+        halves = _split(store, state, task, "out of memory")
+        if halves is not None:
+            return halves
+    detail = {"digest": _digest(exc), "retries": retries}
     if isinstance(exc, InvalidCandles) and exc.rows:
         detail["rows"] = exc.rows
     status, _ = state.fail(task.job_id, task.index, task.token,
@@ -219,11 +237,15 @@ def _splittable(settings: Settings, task: ChunkTask, exc: BaseException) -> bool
     return classify(exc) == "resource" and task.rows >= 2 * settings.min_chunk_size
 
 
-def _split(state: RedisState, settings: Settings, task: ChunkTask, why: str) -> dict[str, Any]:
-    """Halve the chunk in the plan; both halves go back to the queue."""
-    mid = task.start_ms + (task.end_ms - task.start_ms) // 2
-    left = task.rows // 2
-    new = state.split(task.job_id, task.index, task.token, mid, left, task.rows - left)
+def _split(store: Store, state: RedisState, task: ChunkTask, why: str) -> dict[str, Any] | None:
+    """Halve the chunk in the plan (at its middle candle); both halves go back
+    to the queue.  None when there is nothing to cut (fewer candles than planned)."""
+    key = SeriesKey(task.instrument, task.granularity)
+    runs = store.chunk_starts(key, task.start_ms, task.end_ms, (task.rows + 1) // 2)
+    if len(runs) < 2:
+        return None
+    (_, left), (mid, right) = runs[0], runs[1]
+    new = state.split(task.job_id, task.index, task.token, mid, left, right + sum(n for _, n in runs[2:]))
     state.note(task.job_id, "split", f"chunk {task.index} ({task.rows} candles, {why}) -> "
                                      f"{task.index} + {new}")
     return {"split": new, "error": why}

@@ -360,7 +360,6 @@ class _Driver:
         self.base, self.cluster, self.workers = base, cluster, workers
         self.stop = stop or threading.Event()
         self.in_flight: dict[Any, tuple[int, int]] = {}
-        self.plan = self.state.plan(job_id)
         self.hold_until = 0.0          # no claims before this (a dependency is down)
         self.stop_deadline: float | None = None
         self.last_upkeep = time.monotonic()
@@ -424,10 +423,7 @@ class _Driver:
                 return True
             if isinstance(claimed, str):
                 return False
-            idx, token = claimed
-            if idx not in self.plan:  # a chunk split since the plan was read
-                self.plan = self.state.plan(self.job_id)
-            start, end, rows = self.plan[idx]
+            idx, token, (start, end, rows) = claimed
             task = ChunkTask(index=idx, token=token, start_ms=start, end_ms=end, rows=rows, **self.base)
             fut = self.cluster.client.submit(run_chunk, self.settings, task, pure=False,
                                              key=f"chunk-{self.job_id}-{idx}-{token}")

@@ -25,8 +25,9 @@ def test_claim_needs_a_running_job_and_hands_out_each_chunk_once(state):
     assert state.claim(job, "w", 10_000) == "queued"
     state.transition(job, "execute")
     got = [state.claim(job, "w", 10_000) for _ in range(3)]
-    assert sorted(i for i, _ in got) == [0, 1, 2]
-    assert len({t for _, t in got}) == 3
+    assert sorted(i for i, _, _ in got) == [0, 1, 2]
+    assert len({t for _, t, _ in got}) == 3
+    assert all(rng == state.plan(job)[i] for i, _, rng in got)
     assert state.claim(job, "w", 10_000) == "empty"
     assert set(state.chunk_states(job).values()) == {"leased"}
 
@@ -34,7 +35,7 @@ def test_claim_needs_a_running_job_and_hands_out_each_chunk_once(state):
 def test_complete_settles_the_job_and_rejects_stale_tokens(state):
     job = new_job(state, 2)
     state.transition(job, "execute")
-    (i0, t0), (i1, t1) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
+    (i0, t0, _), (i1, t1, _) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
     assert state.complete(job, i0, t0 + 100, 5, 5, False, 0.1) == ("stale", "")
     assert state.complete(job, i0, t0, 5, 5, False, 0.1) == ("ok", "running")
     assert state.complete(job, i0, t0, 5, 5, False, 0.1) == ("stale", "")  # no double count
@@ -47,9 +48,9 @@ def test_complete_settles_the_job_and_rejects_stale_tokens(state):
 def test_failures_retry_then_give_up(state):
     job = new_job(state, 1)
     state.transition(job, "execute")
-    idx, tok = state.claim(job, "w", 10_000)
+    idx, tok, _ = state.claim(job, "w", 10_000)
     assert state.fail(job, idx, tok, "boom", max_attempts=2) == ("retry", "1")
-    idx, tok = state.claim(job, "w", 10_000)
+    idx, tok, _ = state.claim(job, "w", 10_000)
     assert state.fail(job, idx, tok, "boom again", max_attempts=2) == ("failed", "completed_with_errors")
     assert state.chunk_errors(job) == {0: "boom again"}
 
@@ -57,20 +58,20 @@ def test_failures_retry_then_give_up(state):
 def test_data_errors_are_not_retried(state):
     job = new_job(state, 2)
     state.transition(job, "execute")
-    idx, tok = state.claim(job, "w", 10_000)
+    idx, tok, _ = state.claim(job, "w", 10_000)
     assert state.fail(job, idx, tok, "bad rows", max_attempts=5, retryable=False)[0] == "failed"
 
 
 def test_expired_leases_return_to_pending(state):
     job = new_job(state, 1)
     state.transition(job, "execute")
-    idx, tok = state.claim(job, "w", 1)
+    idx, tok, _ = state.claim(job, "w", 1)
     time.sleep(0.01)
     assert state.expire_leases(job) == 1
     assert state.chunk_states(job) == {0: "pending"}
     # The old lease holder's late completion does not count.
     assert state.complete(job, idx, tok, 5, 5, False, 0.1) == ("stale", "")
-    idx2, tok2 = state.claim(job, "w2", 10_000)
+    idx2, tok2, _ = state.claim(job, "w2", 10_000)
     assert (idx2, tok2 != tok) == (idx, True)
 
 
@@ -105,10 +106,10 @@ def test_only_one_driver_at_a_time(state):
 def test_given_up_chunks_can_be_requeued(state):
     job = new_job(state, 2)
     state.transition(job, "execute")
-    (i0, t0), (i1, t1) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
+    (i0, t0, _), (i1, t1, _) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
     state.complete(job, i0, t0, 5, 5, False, 0.1)
     assert state.fail(job, i1, t1, "bad", 1, retryable=False) == ("failed", "completed_with_errors")
     assert state.requeue_failed(job) == 1
     state.transition(job, "execute")
-    i, t = state.claim(job, "w", 10_000)
+    i, t, _ = state.claim(job, "w", 10_000)
     assert i == i1 and state.complete(job, i, t, 5, 5, False, 0.1) == ("ok", "completed")

@@ -56,7 +56,7 @@ redis.call('LTRIM', KEYS[2], -%d, -1)
 return {'ok', nxt}
 """ % EVENTS_KEPT
 
-# KEYS: job, pending, state, lease   ARGV: owner, now_ms, lease_ms
+# KEYS: job, pending, state, lease, plan   ARGV: owner, now_ms, lease_ms
 _CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then return {-1, status or 'missing'} end
@@ -65,7 +65,7 @@ if not idx then return {-2, status} end
 redis.call('HSET', KEYS[3], idx, 'leased')
 local token = redis.call('HINCRBY', KEYS[1], 'lease_seq', 1)
 redis.call('HSET', KEYS[4], idx, ARGV[1] .. '|' .. (tonumber(ARGV[2]) + tonumber(ARGV[3])) .. '|' .. token)
-return {tonumber(idx), token}
+return {tonumber(idx), token, redis.call('HGET', KEYS[5], idx)}
 """
 
 # Shared tail: finish the job when every chunk is settled.
@@ -84,7 +84,8 @@ end
 """
 
 # KEYS: job, state, lease, events, durations
-# ARGV: idx, token, candles, rows, cache_hit, now_ms, duration_s, job transitions
+# ARGV: idx, token, candles, rows, cache_hit, now_ms, duration_s, job transitions,
+#       planned candles ('' = unknown)
 _COMPLETE = _SETTLE + """
 local lease = redis.call('HGET', KEYS[3], ARGV[1])
 if not lease then return {'stale', ''} end
@@ -96,6 +97,9 @@ redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
 redis.call('HINCRBY', KEYS[1], 'candles_done', tonumber(ARGV[3]))
 redis.call('HINCRBY', KEYS[1], 'rows_written', tonumber(ARGV[4]))
 redis.call('HINCRBY', KEYS[1], 'cache_hits', tonumber(ARGV[5]))
+if ARGV[9] ~= '' then  -- candles added or removed since planning
+  redis.call('HINCRBY', KEYS[1], 'candles_total', tonumber(ARGV[3]) - tonumber(ARGV[9]))
+end
 redis.call('HSET', KEYS[1], 'updated', ARGV[6])
 redis.call('RPUSH', KEYS[5], ARGV[7] .. ':' .. ARGV[3])
 redis.call('LTRIM', KEYS[5], -%d, -1)
@@ -123,7 +127,7 @@ end
 redis.call('HSET', KEYS[2], ARGV[1], 'failed')
 redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
 local entry = cjson.decode(ARGV[9])
-entry['attempts'] = attempts
+entry['attempts'] = attempts + (tonumber(entry['retries']) or 0)
 redis.call('HSET', KEYS[8], entry['id'], cjson.encode(entry))
 return {'failed', settle(KEYS[1], KEYS[7], ARGV[5], cjson.decode(ARGV[6]))}
 """
@@ -371,25 +375,30 @@ class RedisState:
     def pending_count(self, job_id: str) -> int:
         return int(self._call(self.r.llen, self.k(job_id, "pending")))
 
-    def claim(self, job_id: str, owner: str, lease_ms: int) -> tuple[int, int] | str:
-        """(chunk index, lease token), or why not: 'empty' or the job status."""
-        idx, token = self._call(self._claim, keys=[self.k(job_id), self.k(job_id, "pending"),
-                                                   self.k(job_id, "state"), self.k(job_id, "lease")],
-                                args=[owner, now_ms(), lease_ms])
-        if idx == -2:
+    def claim(self, job_id: str, owner: str, lease_ms: int
+              ) -> tuple[int, int, tuple[int, int, int]] | str:
+        """(chunk index, lease token, (start_ms, end_ms, candles)), or why
+        not: 'empty' or the job status.  The range is read in the same step
+        because a split may have changed it."""
+        out = self._call(self._claim, keys=[self.k(job_id), self.k(job_id, "pending"),
+                                            self.k(job_id, "state"), self.k(job_id, "lease"),
+                                            self.k(job_id, "plan")],
+                         args=[owner, now_ms(), lease_ms])
+        if out[0] == -2:
             return "empty"
-        if idx == -1:
-            return token
-        return int(idx), int(token)
+        if out[0] == -1:
+            return out[1]
+        return int(out[0]), int(out[1]), tuple(int(x) for x in out[2].split(","))
 
     def complete(self, job_id: str, idx: int, token: int, candles: int, rows: int,
-                 cache_hit: bool, duration_s: float) -> tuple[str, str]:
+                 cache_hit: bool, duration_s: float, planned: int | None = None) -> tuple[str, str]:
         k = self.k
         return tuple(self._call(self._complete,
                                 keys=[k(job_id), k(job_id, "state"), k(job_id, "lease"),
                                       k(job_id, "events"), k(job_id, "durations")],
                                 args=[idx, token, candles, rows, int(cache_hit), now_ms(),
-                                      f"{duration_s:.6f}", _JOB_T]))
+                                      f"{duration_s:.6f}", _JOB_T,
+                                      "" if planned is None else planned]))
 
     def fail(self, job_id: str, idx: int, token: int, error: str, max_attempts: int,
              retryable: bool = True, category: str = "transient",
