@@ -7,6 +7,8 @@ labels in ClickHouse; chunks run on Dask (``executor``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import threading
@@ -102,7 +104,17 @@ class BackfillService:
         chunks = plan_chunks(self.store.chunk_starts(key, spec.start_ms, spec.end_ms, spec.chunk_size),
                              spec.end_ms)
         job_id = uuid.uuid4().hex[:12]
-        self.state.create_job(job_id, spec.as_fields(), chunks)
+        # One active job per series, range and label set: a second identical
+        # start (a double click, a retried deploy) must not do the work twice.
+        digest = hashlib.blake2b(json.dumps([spec.instrument, spec.granularity, spec.start_ms,
+                                             spec.end_ms, spec.label_set]).encode(),
+                                 digest_size=10).hexdigest()
+        other = self.state.claim_spec(digest, job_id)
+        if other is not None:
+            raise InvalidTransition(f"an identical job {other[0]} is already {other[1]}: follow it "
+                                    f"with `gpubackfill monitor {other[0]}`")
+        self.state.create_job(job_id, {**spec.as_fields(), "spec_key": self.state.spec_key(digest)},
+                              chunks)
         return job_id
 
     def execute(self, job_id: str, progress: Progress | None = None,

@@ -74,7 +74,7 @@ def _connect(settings: Settings):
     try:
         return clickhouse_connect.get_client(**kwargs)
     except Exception as exc:  # connection refused, DNS, auth, missing chdb...
-        if settings.embedded_clickhouse and "EmbeddedServer" in str(exc):
+        if settings.embedded_clickhouse and ("EmbeddedServer" in str(exc) or "Cannot lock file" in str(exc)):
             raise DependencyError(
                 f"the embedded ClickHouse at {settings.chdb_path} is open in another process "
                 f"(chDB allows one process per data folder): wait for it to finish, or run a "

@@ -438,11 +438,12 @@ def test_crash_after_the_insert_before_the_record_does_not_duplicate(proc_env, t
 
 
 def test_sigkill_of_the_driver_then_execute_resumes(proc_env, tmp_path):
-    env, _ = proc_env
-    job = _queued(env, tmp_path, workers="2")
+    env, settings = proc_env
+    job = _queued(env, tmp_path, chunk_size="150", workers="2")
+    watcher = BackfillService(settings)  # reads Redis only: the driver owns the chDB folder
     runner = _spawn(env, "execute", job)
     try:
-        wait_for(lambda: _status(env, job)["chunks"]["done"] >= 3, what="3 chunks")
+        wait_for(lambda: done_chunks(watcher, job) >= 3, what="3 chunks")
         runner.kill()
         runner.wait(timeout=30)
         before = _status(env, job)
@@ -459,11 +460,12 @@ def test_sigkill_of_the_driver_then_execute_resumes(proc_env, tmp_path):
 
 
 def test_sigterm_interrupts_and_execute_completes_exactly_once(proc_env, tmp_path):
-    env, _ = proc_env
-    job = _queued(env, tmp_path)
+    env, settings = proc_env
+    job = _queued(env, tmp_path, chunk_size="150")
+    watcher = BackfillService(settings)
     runner = _spawn(env, "execute", job)
     try:
-        wait_for(lambda: _status(env, job)["chunks"]["done"] >= 2, what="2 chunks")
+        wait_for(lambda: done_chunks(watcher, job) >= 2, what="2 chunks")
         runner.send_signal(signal.SIGTERM)
         _, err = runner.communicate(timeout=120)
         assert runner.returncode == 0, err
@@ -490,10 +492,29 @@ def test_two_identical_starts_at_once_do_the_work_once(proc_env, tmp_path):
             "--end-date", "2024-01-07", "--chunk-size", "500", "--workers", "1")
     a, b = _spawn(env, *args), _spawn(env, *args)
     outs = [p.communicate(timeout=300) for p in (a, b)]
-    assert a.returncode == 0 and b.returncode == 0, outs
+    codes = [a.returncode, b.returncode]
+    # One runs it; the other is refused with one clear line (the embedded
+    # engine is taken, or an identical job is active), never a traceback.
+    assert sorted(codes)[0] == 0 and sorted(codes)[1] in (1, 2), outs
+    err = outs[codes.index(sorted(codes)[1])][1]
+    assert "Traceback" not in err
+    assert "open in another process" in err or "an identical job" in err, err
     jobs = json.loads(run_cli(env, "status", "--format", "json").stdout)
-    assert len(jobs) == 2 and all(j["status"] == "completed" for j in jobs)
-    total = jobs[0]["candles_total"]
-    # Together they computed each candle once; the later one found the rest done.
-    assert sum(j["rows_written"] for j in jobs) == total
+    done = [j for j in jobs if j["status"] == "completed"]
+    assert len(done) == 1 and all(j["rows_written"] == 0 for j in jobs if j not in done)
+    total = done[0]["candles_total"]
+    assert done[0]["rows_written"] == total
     assert exported_ts_are_unique(env, tmp_path) == total
+
+
+def test_identical_jobs_are_refused_while_one_is_active(service):
+    from gpubackfill.errors import InvalidTransition
+
+    ingest(service, "NZDUSD", "M5")
+    first = service.create_job("NZDUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=2000)
+    with pytest.raises(InvalidTransition, match=f"identical job {first} is already queued"):
+        service.create_job("NZDUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=5000, force=True)
+    other_labels = service.create_job("NZDUSD", "M5", "2024-01-01", "2024-01-31", labels=["mfe_mae"])
+    assert service.execute(first).status == "completed"
+    again = service.create_job("NZDUSD", "M5", "2024-01-01", "2024-01-31")  # the first is final
+    assert len({first, other_labels, again}) == 3

@@ -33,7 +33,7 @@ import pybreaker
 
 from ..errors import DependencyError, InvalidTransition, JobNotFound
 from ..resilience import BREAKERS
-from .machine import CHUNK_TRANSITIONS, FINAL_JOB_STATES, JOB_TRANSITIONS
+from .machine import ACTIVE_JOB_STATES, CHUNK_TRANSITIONS, FINAL_JOB_STATES, JOB_TRANSITIONS
 
 _JOB_T = json.dumps(JOB_TRANSITIONS)
 _CHUNK_T = json.dumps(CHUNK_TRANSITIONS)
@@ -185,6 +185,22 @@ end
 return n
 """
 
+# KEYS: spec key   ARGV: job id, key prefix of jobs, active states (JSON list)
+# The key expires unless the job is created (create_job persists it), so a
+# process that dies in between does not block the spec for good.
+_CLAIM_SPEC = """
+local other = redis.call('GET', KEYS[1])
+if other then
+  local status = redis.call('HGET', ARGV[2] .. other, 'status')
+  if not status then return {other, 'being created'} end
+  for _, s in ipairs(cjson.decode(ARGV[3])) do
+    if status == s then return {other, status} end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 30000)
+return {'', ''}
+"""
+
 # KEYS: driver   ARGV: expected owner, new owner, ttl_ms
 _TAKEOVER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -246,6 +262,7 @@ class RedisState:
         self._renew = self.r.register_script(_RENEW)
         self._release_owner = self.r.register_script(_RELEASE_OWNER)
         self._takeover = self.r.register_script(_TAKEOVER)
+        self._claim_spec = self.r.register_script(_CLAIM_SPEC)
 
     # -- keys --------------------------------------------------------------
 
@@ -284,7 +301,19 @@ class RedisState:
             pipe.rpush(self.k(job_id, "pending"), *range(len(chunks)))
         pipe.rpush(self.k(job_id, "events"), json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
         pipe.zadd(f"{self.p}:jobs", {job_id: t})
+        if fields.get("spec_key"):
+            pipe.persist(fields["spec_key"])
         self._call(pipe.execute)
+
+    def spec_key(self, digest: str) -> str:
+        return f"{self.p}:spec:{digest}"
+
+    def claim_spec(self, digest: str, job_id: str) -> tuple[str, str] | None:
+        """Register ``job_id`` as the one active job of a spec; or the active
+        (job id, status) that already has it."""
+        other, status = self._call(self._claim_spec, keys=[self.spec_key(digest)],
+                                   args=[job_id, f"{self.p}:job:", json.dumps(sorted(ACTIVE_JOB_STATES))])
+        return (other, status) if other else None
 
     def job(self, job_id: str) -> dict[str, Any]:
         h = self._call(self.r.hgetall, self.k(job_id))
@@ -318,7 +347,10 @@ class RedisState:
 
     def delete_job(self, job_id: str) -> None:
         dead = [e["id"] for e in self.dead_letters(job_id)]
+        spec = self._call(self.r.hget, self.k(job_id), "spec_key")
         pipe = self.r.pipeline()
+        if spec and self._call(self.r.get, spec) == job_id:
+            pipe.delete(spec)
         if dead:
             pipe.hdel(f"{self.p}:dlq", *dead)
         for part in ("", "plan", "state", "pending", "lease", "attempts", "errors", "events",
