@@ -518,3 +518,20 @@ def test_identical_jobs_are_refused_while_one_is_active(service):
     assert service.execute(first).status == "completed"
     again = service.create_job("NZDUSD", "M5", "2024-01-01", "2024-01-31")  # the first is final
     assert len({first, other_labels, again}) == 3
+
+
+def test_tls_urls_are_honoured_and_secrets_stay_hidden(own_redis, tmp_path):
+    """rediss:// and https:// really speak TLS (here to plain servers, so the
+    handshake fails), and the error names the server without the password."""
+    from gpubackfill.errors import DependencyError
+
+    _, sock = own_redis
+    with FaultProxy(str(sock)) as proxy:
+        plain = make_settings(tmp_path / "home", sock, REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0")
+        BackfillService(plain).state.ping()  # the same server answers in plain text
+        settings = make_settings(tmp_path / "home", sock,
+                                 REDIS_URL=f"rediss://:hunter2@127.0.0.1:{proxy.port}/0")
+        with pytest.raises(DependencyError) as info:
+            BackfillService(settings)  # ... but not to a TLS handshake
+    text = str(info.value)
+    assert "hunter2" not in text and f"rediss://:***@127.0.0.1:{proxy.port}/0" in text
