@@ -184,8 +184,11 @@ class BreakerBoard:
             return cb
 
     def call(self, cb: pybreaker.CircuitBreaker, fn: Callable[..., T], *args, **kwargs) -> T:
+        # ``calling()``, not ``cb.call``: the latter holds the breaker's lock
+        # for the whole call, which would run chunks one at a time.
         try:
-            return cb.call(fn, *args, **kwargs)
+            with cb.calling():
+                return fn(*args, **kwargs)
         except pybreaker.CircuitBreakerError:
             raise BreakerOpen(cb.name, retry_after(cb)) from None
 

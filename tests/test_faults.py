@@ -535,3 +535,25 @@ def test_tls_urls_are_honoured_and_secrets_stay_hidden(own_redis, tmp_path):
             BackfillService(settings)  # ... but not to a TLS handshake
     text = str(info.value)
     assert "hunter2" not in text and f"rediss://:***@127.0.0.1:{proxy.port}/0" in text
+
+
+def test_a_second_signal_exits_at_once_and_loses_nothing(proc_env, tmp_path):
+    env, settings = proc_env
+    job = _queued(env, tmp_path, chunk_size="150", workers="2")
+    watcher = BackfillService(settings)
+    runner = _spawn(env, "execute", job)
+    try:
+        wait_for(lambda: done_chunks(watcher, job) >= 2, what="2 chunks")
+        runner.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        runner.send_signal(signal.SIGINT)
+        _, err = runner.communicate(timeout=120)
+        assert runner.returncode == 130, err
+        assert f"gpubackfill execute {job}" in err and "Traceback" not in err
+        s = _status(env, job)
+        assert s["status"] == "interrupted" and s["chunks"]["leased"] == 0  # leases handed back
+        assert run_cli(env, "execute", job).returncode == 0
+        _assert_exactly_once(env, tmp_path, job)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
