@@ -104,7 +104,7 @@ class FaultProxy:
                     if self.delay:
                         time.sleep(self.delay)
                     pair[s].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # the socket was dropped under us (a fault being injected)
             return
         finally:
             for s in (client, up):
