@@ -166,17 +166,15 @@ class Store:
 
     def chunk_starts(self, key: SeriesKey, start_ms: int, end_ms: int, chunk_size: int) -> list[tuple[int, int]]:
         """(first ts, rows) of each run of ``chunk_size`` candles in [start, end)."""
-        # Sorting the ts as one array costs half of numbering the rows with a
-        # window function (which sorts them too, and buffers every row).
-        (starts, total), = self.rows(f"""
-            SELECT arrayFilter((t, i) -> (i - 1) % {{cs:UInt64}} = 0, s, arrayEnumerate(s)), length(s)
-            FROM (SELECT arraySort(groupArray(toUnixTimestamp64Milli(ts))) AS s
+        rows = self.rows(f"""
+            SELECT intDiv(rn - 1, {{cs:UInt64}}) AS k, min(t), count()
+            FROM (SELECT toUnixTimestamp64Milli(ts) AS t, row_number() OVER (ORDER BY ts) AS rn
                   FROM {self.db}.candles
                   WHERE {self._series_where()}
                     AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
-                    AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))""",
-            self._series_params(key, a=start_ms, b=end_ms, cs=chunk_size))
-        return [(int(t), min(chunk_size, int(total) - k * chunk_size)) for k, t in enumerate(starts)]
+                    AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))
+            GROUP BY k ORDER BY k""", self._series_params(key, a=start_ms, b=end_ms, cs=chunk_size))
+        return [(int(t), int(n)) for _, t, n in rows]
 
     def load(self, key: SeriesKey, start_ms: int, end_ms: int, back: int, ahead: int) -> tuple[pa.Table, int, int]:
         """Candles of [start, end) plus ``back`` rows before and ``ahead`` after.
