@@ -314,8 +314,9 @@ def _truncate(store: Any, set_id: str) -> None:
 
 
 def _cpu_s() -> float:
-    """CPU seconds of this process so far, chDB's threads included: unlike wall
-    time, barely moved by other processes sharing the cores."""
+    """CPU seconds of this process so far, chDB's threads included: steadier
+    than wall time when other processes share the cores (not immune: cache
+    and memory contention inflate it too)."""
     t = os.times()
     return t.user + t.system
 
