@@ -313,6 +313,14 @@ def _truncate(store: Any, set_id: str) -> None:
     store.command(f"TRUNCATE TABLE IF EXISTS {store.db}.label_chunks")
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process so far, chDB's threads included: steadier
+    than wall time when other processes share the cores (not immune: cache
+    and memory contention inflate it too)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
@@ -406,9 +414,10 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     timers.reset()
     hwm = _reset_peak_rss()
     with RssSampler() as rss:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_s()
         run = svc.execute(job)
         res["execute_s"] = time.perf_counter() - t0
+        res["execute_cpu_s"] = _cpu_s() - cpu0
     res["rss_before"], res["rss_peak"], res["rss_samples"] = rss.before, rss.peak, rss.samples
     res["vmhwm"] = _status_kb("VmHWM") * 1024 if hwm else None
     res["stages"] = timers.snapshot()
@@ -463,10 +472,11 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
 
     gc.collect()
     timers.reset()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         floor_candles = sum(pool.map(floor_chunk, plan))
     floor_run_s = time.perf_counter() - t0
+    res["floor_cpu_s"] = _cpu_s() - cpu0
     res["floor_stages"] = timers.snapshot()
     res.update(floor_plan_s=floor_plan_s, floor_run_s=floor_run_s, floor_candles=floor_candles,
                floor_chunks=len(plan))
@@ -565,16 +575,18 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
         every = (f"{r['chunk_all_p50_s']:.3f} / {r['chunk_all_max_s']:.3f}"
                  if r.get("chunk_all_p50_s") is not None else "n/a")
         rows.append([f"{r['chunk_size']:,}", human(_per_min(r["n"], r["execute_s"])),
-                     f"{r['floor_plan_s']:.2f}", f"{r['floor_run_s']:.2f}", every,
+                     f"{r['floor_plan_s']:.2f}", f"{r['floor_run_s']:.2f}",
+                     f"{r['execute_cpu_s']:.1f}", f"{r['floor_cpu_s']:.1f}", every,
                      f"{r['chunk_sum_s']:.1f}", f"{100 * util:.0f}%",
                      mib(r["rss_before"]), mib(r["rss_peak"]),
                      mib(r["rss_peak"] - r["rss_before"]),
                      mib(r["vmhwm"]) if r.get("vmhwm") else "n/a", f"{r['rss_samples']:,}",
                      f"{r['warmup_s']:.1f}", f"{r['process_s']:.1f}"])
     print_table(["chunk size", "execute-only candles/min", "floor plan s", "floor run s",
-                 "all chunks p50 / max s", "sum of chunk s", "worker busy", "RSS before MiB", "peak RSS MiB",
+                 "execute CPU s", "floor run CPU s", "all chunks p50 / max s", "sum of chunk s", "worker busy", "RSS before MiB", "peak RSS MiB",
                  "increase MiB", "VmHWM MiB", "RSS samples", "warm-up s", "process s"], rows,
                 title="   Details: worker busy = sum of chunk seconds / (workers x execute s); "
+                      "CPU s = user + system seconds of the job's process (chDB included); "
                       "RSS sampled every 5 ms during execute (VmHWM: kernel high-water mark "
                       "since the job began)")
 

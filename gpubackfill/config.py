@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 
 from .errors import InvalidInput
 
-DEFAULT_CHUNK_SIZE = 100_000  # from bench/RESULTS.md (backfill): best of 10k/100k/1M
+DEFAULT_CHUNK_SIZE = 100_000  # bench/RESULTS.md (backfill): 1M is faster but needs ~0.4 GB per worker
 
 
 class ConfigError(InvalidInput):

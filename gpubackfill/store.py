@@ -1,10 +1,9 @@
-"""ClickHouse: candles in, labels out, through clickhouse-connect.
+"""ClickHouse: candles in, labels out.
 
-One client library for both modes: a ``chdb://`` DSN runs the embedded
-engine in this process, an ``http(s)://`` URL talks to a server.  The SQL
-is the same.  Every value reaches the server as a query parameter;
-identifiers (database, instrument, granularity, label set) are validated
-before they are used.
+The same SQL runs on the embedded chDB engine in this process or on a
+server over HTTP(S); ``clickhouse.py`` owns the two transports.  Every value
+reaches the engine as a query parameter; identifiers (database, instrument,
+granularity, label set) are validated before they are used.
 
 Tables (database from settings):
 - ``candles``: one row per (instrument, granularity, ts).
@@ -27,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 
+from . import clickhouse
 from .config import Settings, redact_url
 from .errors import DependencyError, InvalidInput
 from .labels import ResolvedLabel, label_set_id
@@ -37,55 +37,6 @@ _CANDLE_COLS = ("ts", "open", "high", "low", "close", "volume")
 _ARROW_TO_CH = {
     pa.int8(): "Int8", pa.int32(): "Int32", pa.uint8(): "UInt8", pa.float64(): "Float64",
 }
-
-_clients: dict[tuple, Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _client(settings: Settings):
-    """A client for this thread and target.
-
-    chDB allows one engine folder per process, but any number of handles on
-    it, and each clickhouse-connect chDB client serialises its own calls:
-    one client per worker thread lets chunks load and write side by side.
-    """
-    key = (settings.clickhouse_url, str(settings.chdb_path), settings.clickhouse_user,
-           threading.get_ident() if settings.embedded_clickhouse else 0)
-    with _clients_lock:
-        if key not in _clients:
-            _clients[key] = _connect(settings)
-        return _clients[key]
-
-
-def _connect(settings: Settings):
-    import clickhouse_connect
-
-    if settings.embedded_clickhouse:
-        settings.chdb_path.mkdir(parents=True, exist_ok=True)
-        target = f"chdb://{settings.chdb_path}"
-        kwargs: dict[str, Any] = {"dsn": f"chdb://{settings.chdb_path}"}
-    else:
-        target = redact_url(settings.clickhouse_url)
-        kwargs = {"dsn": settings.clickhouse_url, "compress": False}
-        if settings.clickhouse_user and "@" not in settings.clickhouse_url:
-            kwargs["username"] = settings.clickhouse_user
-        if settings.clickhouse_password:
-            kwargs["password"] = settings.clickhouse_password
-    try:
-        return clickhouse_connect.get_client(**kwargs)
-    except Exception as exc:  # connection refused, DNS, auth, missing chdb...
-        if settings.embedded_clickhouse and ("EmbeddedServer" in str(exc) or "Cannot lock file" in str(exc)):
-            raise DependencyError(
-                f"the embedded ClickHouse at {settings.chdb_path} is open in another process "
-                f"(chDB allows one process per data folder): wait for it to finish, or run a "
-                f"ClickHouse server and set CLICKHOUSE_URL") from None
-        raise DependencyError(f"cannot connect to ClickHouse at {target}: {_short(exc)}") from None
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
 
 @dataclass(frozen=True)
 class SeriesKey:
@@ -109,7 +60,7 @@ def _check_ident(kind: str, value: str) -> str:
 
 
 class Store:
-    """Candle source and label sink over one clickhouse-connect client."""
+    """Candle source and label sink over a ClickHouse client per thread."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -120,7 +71,7 @@ class Store:
     def client(self):
         # Connect on first use: commands that only touch Redis (status, pause,
         # ...) must not open the embedded engine, which another process may hold.
-        return _client(self.settings)
+        return clickhouse.client(self.settings)
 
     # -- plumbing ----------------------------------------------------------
 
@@ -132,16 +83,16 @@ class Store:
         except Exception as exc:
             where = (f"chdb://{self.settings.chdb_path}" if self.settings.embedded_clickhouse
                      else redact_url(self.settings.clickhouse_url))
-            raise DependencyError(f"ClickHouse at {where} failed: {_short(exc)}") from exc
+            raise DependencyError(f"ClickHouse at {where} failed: {clickhouse.short_error(exc)}") from exc
 
-    def command(self, sql: str, parameters: dict | None = None):
-        return self._run(self.client.command, sql, parameters=parameters)
+    def command(self, sql: str, parameters: dict | None = None) -> None:
+        self._run(self.client.command, sql, parameters)
 
     def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
-        return self._run(self.client.query, sql, parameters=parameters).result_rows
+        return self._run(self.client.rows, sql, parameters)
 
     def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
-        return self._run(self.client.query_arrow, sql, parameters=parameters)
+        return self._run(self.client.arrow, sql, parameters)
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         self._run(self.client.insert_arrow, f"{self.db}.{table}", data)
@@ -231,27 +182,26 @@ class Store:
         Returns (table sorted by ts, index of the first own row, own rows).
         """
         where = self._series_where()
-        cols = "ts, open, high, low, close, volume"  # no alias: it would shadow ts in WHERE
-        p = self._series_params(key, a=start_ms, b=end_ms, back=back, ahead=ahead)
+        # One range read in the table's key order (no sort): its bounds are
+        # the ts of the farthest halo rows, found by two small scalar
+        # subqueries; without halo rows a bound falls back to the chunk's own.
         sql = f"""
-            SELECT * FROM (
-              SELECT 0 AS part, * FROM (SELECT {cols} FROM {self.db}.candles
-                WHERE {where} AND ts < fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
-                ORDER BY ts DESC LIMIT {{back:UInt64}})
-              UNION ALL
-              SELECT 1 AS part, {cols} FROM {self.db}.candles
-                WHERE {where} AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
-                  AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')
-              UNION ALL
-              SELECT 2 AS part, * FROM (SELECT {cols} FROM {self.db}.candles
-                WHERE {where} AND ts >= fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')
-                ORDER BY ts LIMIT {{ahead:UInt64}})
-            ) ORDER BY ts"""
-        table = _ts_to_ms(self.arrow(sql, p))
-        part = table.column("part").to_numpy()
-        first = int(np.searchsorted(part, 1))
-        own = int(np.count_nonzero(part == 1))
-        return table.drop_columns(["part"]), first, own
+            SELECT ts, open, high, low, close, volume FROM {self.db}.candles
+            WHERE {where}
+              AND ts >= ifNull((SELECT minOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
+                    WHERE {where} AND ts < fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
+                    ORDER BY ts DESC LIMIT {{back:UInt64}})),
+                  fromUnixTimestamp64Milli({{a:Int64}}, 'UTC'))
+              AND ts <= ifNull((SELECT maxOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
+                    WHERE {where} AND ts >= fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')
+                    ORDER BY ts LIMIT {{ahead:UInt64}})),
+                  fromUnixTimestamp64Milli({{b:Int64}} - 1, 'UTC'))
+            ORDER BY instrument, granularity, ts"""
+        table = _ts_to_ms(self.arrow(sql, self._series_params(key, a=start_ms, b=end_ms, back=back,
+                                                              ahead=ahead)))
+        ts = table.column("ts").to_numpy()
+        first = int(np.searchsorted(ts, start_ms))
+        return table, first, int(np.searchsorted(ts, end_ms)) - first
 
     def ingest(self, key: SeriesKey, candles: pa.Table, codes: np.ndarray, reasons) -> IngestReport:
         """Insert valid rows; rows whose ts already exists are replaced when
@@ -383,15 +333,16 @@ def _ch_type(t: pa.DataType, nullable: bool) -> str:
 
 
 def _with_series(key: SeriesKey, table: pa.Table, set_id: str | None = None) -> pa.Table:
-    n = table.num_rows
-    cols: dict[str, Any] = {
-        "instrument": pa.array([key.instrument] * 1, pa.string()).take(pa.array(np.zeros(n, np.int64))),
-        "granularity": pa.array([key.granularity] * 1, pa.string()).take(pa.array(np.zeros(n, np.int64))),
-    }
+    """``table`` with its series' key columns in front, ts as a UTC timestamp."""
+    # The key columns repeat one value: as dictionaries they cost 4 bytes a
+    # row and arrive in the LowCardinality columns without a lookup per row.
+    zeros = pa.array(np.zeros(table.num_rows, np.int32))
+    keys = {"instrument": key.instrument, "granularity": key.granularity}
     if set_id is not None:
-        cols["label_set"] = pa.array([set_id], pa.string()).take(pa.array(np.zeros(n, np.int64)))
-    ts = table.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-    cols["ts"] = ts
+        keys["label_set"] = set_id
+    cols: dict[str, Any] = {name: pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string()))
+                            for name, value in keys.items()}
+    cols["ts"] = table.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
     for name in table.column_names:
         if name != "ts":
             cols[name] = table.column(name)

@@ -1,0 +1,146 @@
+"""The two ways the Store reaches ClickHouse, behind the same four calls.
+
+- Embedded (no ``CLICKHOUSE_URL``): chDB called directly. Results come back as
+  Arrow from chDB's own buffers, and inserts stream Arrow IPC into
+  ``send_insert``. clickhouse-connect's chDB backend writes every insert to a
+  temporary Native file first, which made a 1M-row label insert take about
+  twice as long, and decodes every result from Native.
+- ``http(s)://``: a clickhouse-connect client.
+
+Both bind query parameters with clickhouse-connect's ``bind_query``, so a
+value reaches either engine in the same escaped form and is never formatted
+into the SQL text.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import pyarrow as pa
+
+from .config import Settings, redact_url
+from .errors import DependencyError
+
+# Rows per Arrow IPC message streamed into an embedded insert: keeps the
+# serialised copy small (a few MiB) instead of a second copy of the chunk.
+_INSERT_BATCH_ROWS = 65_536
+
+
+class HttpClient:
+    """A ClickHouse server, through clickhouse-connect."""
+
+    def __init__(self, settings: Settings):
+        import clickhouse_connect
+
+        kwargs: dict[str, Any] = {"dsn": settings.clickhouse_url, "compress": False}
+        if settings.clickhouse_user and "@" not in settings.clickhouse_url:
+            kwargs["username"] = settings.clickhouse_user
+        if settings.clickhouse_password:
+            kwargs["password"] = settings.clickhouse_password
+        try:
+            self._client = clickhouse_connect.get_client(**kwargs)
+        except Exception as exc:  # connection refused, DNS, auth...
+            raise DependencyError(f"cannot connect to ClickHouse at {redact_url(settings.clickhouse_url)}: "
+                                  f"{short_error(exc)}") from None
+
+    def command(self, sql: str, parameters: dict | None = None) -> None:
+        self._client.command(sql, parameters=parameters)
+
+    def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
+        return self._client.query(sql, parameters=parameters).result_rows
+
+    def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
+        return self._client.query_arrow(sql, parameters=parameters)
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        self._client.insert_arrow(table, data)
+
+
+class EmbeddedClient:
+    """One handle on this process's chDB engine.
+
+    A handle runs one statement at a time; handles of different threads run
+    side by side, so the Store keeps one per thread.  (chDB's ``Python()``
+    table function inserts about a quarter faster, but it finds its input by
+    variable name through a process-wide cache: in a test, two threads
+    inserting at once through one handle wrote each other's rows.)
+    """
+
+    def __init__(self, settings: Settings):
+        import chdb
+
+        settings.chdb_path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = chdb.connect(str(settings.chdb_path))
+        except Exception as exc:
+            if "EmbeddedServer" in str(exc) or "Cannot lock file" in str(exc):
+                raise DependencyError(
+                    f"the embedded ClickHouse at {settings.chdb_path} is open in another process "
+                    f"(chDB allows one process per data folder): wait for it to finish, or run a "
+                    f"ClickHouse server and set CLICKHOUSE_URL") from None
+            raise DependencyError(f"cannot connect to ClickHouse at chdb://{settings.chdb_path}: "
+                                  f"{short_error(exc)}") from None
+
+    def _query(self, sql: str, fmt: str, parameters: dict | None):
+        # Imported here, not with the module: commands that only touch Redis stay light.
+        from clickhouse_connect.driver.binding import bind_query
+
+        sql, bound = bind_query(sql, parameters)
+        # bind_query names server-side parameters as HTTP does (param_<name>).
+        return self._conn.query(sql, fmt, params={k.removeprefix("param_"): v for k, v in bound.items()})
+
+    def command(self, sql: str, parameters: dict | None = None) -> None:
+        self._query(sql, "TabSeparated", parameters)
+
+    def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
+        table = self.arrow(sql, parameters)
+        return list(zip(*(column.to_pylist() for column in table.columns)))
+
+    def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
+        return self._query(sql, "ArrowTable", parameters)
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        from clickhouse_connect.driver.binding import quote_identifier
+
+        names = ", ".join(quote_identifier(name) for name in data.column_names)
+        buf = io.BytesIO()
+        with self._conn.send_insert(f"INSERT INTO {table} ({names})", "ArrowStream") as inserter:
+            with pa.ipc.new_stream(buf, data.schema) as writer:
+                for batch in data.to_batches(max_chunksize=_INSERT_BATCH_ROWS):
+                    writer.write_batch(batch)
+                    inserter.append(_drain(buf))
+            inserter.append(_drain(buf))  # end-of-stream marker
+            inserter.finish()
+
+
+def _drain(buf: io.BytesIO) -> bytes:
+    data = buf.getvalue()
+    buf.seek(0)
+    buf.truncate()
+    return data
+
+
+_clients: dict[tuple, HttpClient | EmbeddedClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client(settings: Settings) -> HttpClient | EmbeddedClient:
+    """The client of this thread (embedded) or process (server) for ``settings``.
+
+    chDB allows one engine folder per process but any number of handles on
+    it: one handle per worker thread lets chunks load and write side by side.
+    """
+    embedded = settings.embedded_clickhouse
+    key = (settings.clickhouse_url, str(settings.chdb_path), settings.clickhouse_user,
+           threading.get_ident() if embedded else 0)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = EmbeddedClient(settings) if embedded else HttpClient(settings)
+        return _clients[key]
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,75 @@
+"""The Store on the embedded chDB adapter: parameters, halo loads, concurrent writes."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from gpubackfill.store import SeriesKey, Store
+from gpubackfill.synthetic import generate
+
+M1 = 60_000
+
+
+@pytest.fixture
+def store(settings):
+    s = Store(settings)
+    s.init_schema()
+    return s
+
+
+def test_parameter_values_round_trip_unformatted(store):
+    nasty = "x'); DROP TABLE candles; --\\\n\t\"é"
+    assert store.rows("SELECT {s:String}, {a:Array(Int64)}, {n:Int64}",
+                      {"s": nasty, "a": [1, -2, 3], "n": -5}) == [(nasty, [1, -2, 3], -5)]
+
+
+@pytest.mark.parametrize("start_at, end_at, back, ahead", [
+    (0, 100, 50, 10),        # no rows before the chunk: the halo is cut short
+    (300, 400, 0, 0),        # no halo at all
+    (900, 1000, 50, 10),     # no rows after the chunk
+    (500, 500, 50, 10),      # an empty chunk still returns its halo
+    (200, 700, 150, 30),
+])
+def test_load_returns_chunk_and_halo(store, start_at, end_at, back, ahead):
+    key = SeriesKey("EURUSD", "M1")
+    candles = generate("EURUSD", "M1", "2024-01-01", "2024-01-03").slice(0, 1000)
+    store.ingest(key, candles, np.zeros(candles.num_rows, np.uint8), str)
+    ts = candles.column("ts").to_numpy()
+    a = int(ts[start_at])
+    b = int(ts[end_at]) if end_at < len(ts) else int(ts[-1]) + M1
+    table, first, own = store.load(key, a, b, back, ahead)
+    lo, hi = max(0, start_at - back), min(len(ts), end_at + ahead)
+    np.testing.assert_array_equal(table.column("ts").to_numpy(), ts[lo:hi])
+    np.testing.assert_array_equal(table.column("close").to_numpy(),
+                                  candles.column("close").to_numpy()[lo:hi])
+    assert (first, own) == (start_at - lo, end_at - start_at)
+
+
+def test_concurrent_writes_keep_each_chunk_its_own_rows(store):
+    """Threads insert through their own chDB handles at the same time."""
+    from gpubackfill.labels import resolve
+
+    set_id = store.ensure_label_table(resolve(["mfe_mae"]))
+    key = SeriesKey("EURUSD", "M1")
+    t0, n, chunks = 1_704_067_200_000, 50_000, 8
+
+    def write(k: int) -> None:
+        ts = t0 + (k * n + np.arange(n, dtype=np.int64)) * M1
+        value = np.full(n, float(k))
+        labels = pa.table({"ts": ts, "mfe": value, "mae": -value,
+                           "mfe_bars": np.full(n, k, np.int32), "mae_bars": np.full(n, k, np.int32)})
+        store.write_labels(key, set_id, int(ts[0]), int(ts[-1]) + M1, labels, f"h{k}", 0, "job")
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, range(chunks)))
+    with ThreadPoolExecutor(2) as pool:  # a re-run replaces, never duplicates
+        list(pool.map(write, range(chunks)))
+    got = store.read_labels(key, set_id)
+    k = (got.column("ts").to_numpy() - t0) // M1 // n
+    assert got.num_rows == chunks * n == store.label_counts(key, set_id)[0]
+    np.testing.assert_array_equal(got.column("mfe").to_numpy(), k.astype(float))
+    np.testing.assert_array_equal(got.column("mae_bars").to_numpy(), k)
