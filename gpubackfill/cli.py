@@ -7,6 +7,7 @@ bad request, 1 for an unreachable or failing dependency); never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -206,6 +207,10 @@ def execute(ctx, job_id: str, scheduler: str | None) -> None:
     _run_foreground(_service(ctx), job_id, scheduler)
 
 
+class _HardStop(BaseException):
+    """A second SIGINT/SIGTERM: stop now (BaseException so nothing swallows it)."""
+
+
 def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -216,9 +221,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
 
     def on_signal(signum, frame):
         if stop.is_set():
-            click.echo(f"\nsecond signal: exiting now; running chunks go back to the queue. "
-                       f"Resume with: gpubackfill execute {job_id}", err=True)
-            raise SystemExit(130)
+            raise _HardStop()
         received.append(signum)
         stop.set()
         click.echo("\nstopping: no new chunks; running ones finish or go back to the queue "
@@ -240,6 +243,15 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
                            rate=f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
 
             svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
+    except _HardStop:
+        # The driver has handed its chunks back (see _Driver.abandon).  Leave
+        # without unwinding the interpreter: chDB threads may still be inside
+        # a query, and tearing the process down under them can crash it.
+        click.echo(f"\nsecond signal: exited now; running chunks went back to the queue. "
+                   f"Resume with: gpubackfill execute {job_id}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
