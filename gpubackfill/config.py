@@ -51,6 +51,17 @@ class Settings:
     backend: str = "cpu"
     lease_seconds: int = 120
     rmm_pool_size: str | None = None       # per GPU worker, e.g. "24GB"
+    # Service mode (gpubackfill serve) and observability.
+    log_format: str = "text"               # text | json
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: str = field(default="", repr=False)  # bearer token for mutating routes
+    max_concurrent_jobs: int = 1           # jobs the scheduler runs at once
+    scheduler_interval: float = 2.0        # seconds between scheduler/alert passes
+    alert_error_rate: float = 0.05         # fraction of chunk attempts that failed
+    alert_min_throughput: float = 500_000  # candles/min while a job runs
+    alert_max_chunk_seconds: float = 1.0   # median recent chunk duration
+    alert_max_queue: int = 5_000           # pending chunks over unfinished jobs
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -76,6 +87,7 @@ class Settings:
         d = asdict(self)
         d["home"] = str(self.home)
         d.pop("clickhouse_password")
+        d["api_token"] = "***" if self.api_token else ""
         for key in ("clickhouse_url", "redis_url"):
             if d[key]:
                 d[key] = redact_url(d[key])
@@ -136,6 +148,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if low in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    return value
 
 
 def _secret(env: Mapping[str, str], name: str) -> str:
@@ -207,4 +232,19 @@ def _parse(env: Mapping[str, str]) -> dict:
     out["backend"] = backend
     out["lease_seconds"] = _int(env, "GPUBACKFILL_LEASE_SECONDS", 120, 1)
     out["rmm_pool_size"] = env.get("GPUBACKFILL_RMM_POOL_SIZE") or None
+    fmt = (env.get("LOG_FORMAT") or "text").lower()
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {fmt!r}")
+    out["log_format"] = fmt
+    out["api_host"] = env.get("GPUBACKFILL_API_HOST") or "127.0.0.1"
+    out["api_port"] = _int(env, "GPUBACKFILL_API_PORT", 8000, 1)
+    if out["api_port"] > 65535:
+        raise ConfigError(f"GPUBACKFILL_API_PORT must be <= 65535, got {out['api_port']}")
+    out["api_token"] = _secret(env, "GPUBACKFILL_API_TOKEN")
+    out["max_concurrent_jobs"] = _int(env, "GPUBACKFILL_MAX_CONCURRENT_JOBS", 1, 1)
+    out["scheduler_interval"] = _float(env, "GPUBACKFILL_SCHEDULER_INTERVAL", 2.0, 0.05)
+    out["alert_error_rate"] = _float(env, "ALERT_ERROR_RATE", 0.05)
+    out["alert_min_throughput"] = _float(env, "ALERT_MIN_THROUGHPUT", 500_000)
+    out["alert_max_chunk_seconds"] = _float(env, "ALERT_MAX_CHUNK_SECONDS", 1.0)
+    out["alert_max_queue"] = _int(env, "ALERT_MAX_QUEUE", 5_000)
     return out

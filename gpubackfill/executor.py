@@ -133,3 +133,9 @@ def close_clusters() -> None:
 
 
 atexit.register(close_clusters)
+
+
+def dashboards() -> list[str]:
+    """Dashboard links of the clusters this process started."""
+    with _start_lock:
+        return [c.dashboard for c in _clusters.values() if c.dashboard]

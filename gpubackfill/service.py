@@ -20,15 +20,18 @@ import numpy as np
 import pyarrow as pa
 
 from . import candles as candles_mod
+from . import eta as eta_mod
+from . import logs
 from .chunk import ChunkTask, connections, default_numba_threads, run_chunk
 from .config import Settings
-from .errors import InvalidInput, InvalidTransition
+from .errors import DependencyError, InvalidInput, InvalidTransition
 from .executor import open_cluster
 from .granularity import parse_granularity, parse_instrument
 from .labels import resolve
 from .planner import make_spec, parse_time, plan_chunks
 from .state.machine import FINAL_JOB_STATES
 from .state.redis_store import now_ms
+from .state.telemetry import Telemetry
 from .store import IngestReport, SeriesKey
 
 Progress = Callable[[dict[str, Any]], None]
@@ -46,6 +49,7 @@ class BackfillService:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
         self.store, self.state = connections(self.settings)
+        self.telemetry = Telemetry(self.state)
         self._schema_ready = False
 
     # -- storage -----------------------------------------------------------
@@ -101,6 +105,8 @@ class BackfillService:
                              spec.end_ms)
         job_id = uuid.uuid4().hex[:12]
         self.state.create_job(job_id, spec.as_fields(), chunks)
+        logs.job_event(job_id, "queued", "create", f"{len(chunks)} chunks",
+                       instrument=spec.instrument, granularity=spec.granularity, priority=spec.priority)
         return job_id
 
     def execute(self, job_id: str, progress: Progress | None = None,
@@ -125,6 +131,7 @@ class BackfillService:
                 if status == "completed_with_errors":
                     self.state.requeue_failed(job_id)
                 status = self.state.transition(job_id, "execute")
+                logs.job_event(job_id, status, "execute", owner=owner)
             elif status != "running":
                 raise InvalidTransition(f"job {job_id} is {status}; nothing to execute")
             self.state.expire_leases(job_id)
@@ -135,6 +142,9 @@ class BackfillService:
         finally:
             self.state.release_driver(job_id, owner)
         final = self.state.job(job_id)
+        if final["status"] != "running":
+            logs.job_event(job_id, final["status"], "settled", candles_done=final["candles_done"],
+                           errors=final["errors"])
         if final["status"] in FINAL_JOB_STATES:
             self.state.expire_job(job_id)  # finished jobs live REDIS_TTL seconds
         return RunResult(job_id, final["status"], time.perf_counter() - t0, final["candles_done"])
@@ -163,6 +173,9 @@ class BackfillService:
                 status = self.state.job(job_id)["status"]
                 if stop is not None and stop.is_set() and status == "running":
                     status = self.state.transition(job_id, "interrupt", "signal")
+                    logs.job_event(job_id, status, "interrupt", "stop requested")
+                if stop is not None and stop.is_set() and status == "paused" and not in_flight:
+                    return status  # stays paused; nothing to wait for
                 drained = False
                 while status == "running" and len(in_flight) < 2 * workers:
                     claimed = self.state.claim(job_id, owner, lease_ms)
@@ -185,6 +198,9 @@ class BackfillService:
                         if fut.status == "error":  # the task itself crashed (not a chunk failure)
                             self.state.release(job_id, idx)
                             self.state.note(job_id, "worker_error", f"chunk {idx}: {fut.exception()}")
+                            logs.chunk_failed(job_id, idx, f"worker error: {fut.exception()}", True)
+                        else:
+                            self._observe_chunk(job_id, job, idx, fut.result())
                 else:
                     if status in FINAL_JOB_STATES or status == "interrupted":
                         return status
@@ -203,6 +219,21 @@ class BackfillService:
                 if progress:
                     progress(self.status(job_id))
 
+    def _observe_chunk(self, job_id: str, job: dict, idx: int, result: dict[str, Any]) -> None:
+        """Metrics and logs for one chunk outcome; never fails the job."""
+        try:
+            if result.get("ok"):
+                self.telemetry.record_chunk(job_id, job, float(result.get("duration", 0.0)),
+                                            int(result.get("candles", 0)), int(result.get("rows", 0)),
+                                            bool(result.get("cache_hit")))
+            else:
+                self.telemetry.record_failure()
+        except DependencyError as exc:
+            logs.log.warning("could not record chunk metrics: %s", exc,
+                             extra={"job_id": job_id, "chunk": idx})
+        if not result.get("ok"):
+            logs.chunk_failed(job_id, idx, str(result.get("error", "")), bool(result.get("retry")))
+
     def start(self, *args, detach: bool = False, progress: Progress | None = None,
               scheduler: str | None = None, stop: threading.Event | None = None, **kwargs) -> str:
         job_id = self.create_job(*args, **kwargs)
@@ -211,13 +242,18 @@ class BackfillService:
         return job_id
 
     def pause(self, job_id: str) -> str:
-        return self.state.transition(job_id, "pause")
+        return self._transition(job_id, "pause")
 
     def resume(self, job_id: str) -> str:
-        return self.state.transition(job_id, "resume")
+        return self._transition(job_id, "resume")
 
     def cancel(self, job_id: str) -> str:
-        return self.state.transition(job_id, "cancel")
+        return self._transition(job_id, "cancel")
+
+    def _transition(self, job_id: str, event: str) -> str:
+        status = self.state.transition(job_id, event)
+        logs.job_event(job_id, status, event)
+        return status
 
     # -- views -------------------------------------------------------------
 
@@ -229,15 +265,15 @@ class BackfillService:
             counts[s] = counts.get(s, 0) + 1
         total = job["candles_total"] or 0
         done = job["candles_done"] or 0
-        rate, eta = _rate_and_eta(self.state.durations(job_id), total - done,
-                                  int(job.get("workers") or 1))
+        est = self._eta(job_id, job, total - done)
         end = job.get("finished") or now_ms()
         elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0
         return {
             "job_id": job_id, "status": job["status"], "instrument": job["instrument"],
             "granularity": job["granularity"], "start": _iso(job["start_ms"]),
             "end": _iso(job["end_ms"]), "labels": job["labels"], "label_set": job["label_set"],
-            "priority": job.get("priority", "normal"), "backend": job.get("backend", "cpu"),
+            "priority": job.get("priority", "normal"), "workers": int(job.get("workers") or 0),
+            "backend": job.get("backend", "cpu"),
             "backend_used": job.get("backend_used", ""), "backend_reason": job.get("backend_reason", ""),
             "chunks": counts, "chunks_total": job["chunks_total"],
             "candles_done": done, "candles_total": total,
@@ -245,13 +281,29 @@ class BackfillService:
             "rows_written": job["rows_written"], "cache_hits": job["cache_hits"],
             "errors": job["errors"], "elapsed_s": round(elapsed, 3),
             "throughput_per_min": (done / elapsed * 60) if elapsed > 0 else 0.0,
-            "recent_rate_per_min": rate * 60, "eta_s": eta,
+            "recent_rate_per_min": est.rate_per_s * 60,
+            "eta_s": (est.eta_s if job["status"] not in FINAL_JOB_STATES
+                      else (0.0 if done >= total else None)),
+            "eta": {"low_s": est.eta_low_s, "high_s": est.eta_high_s, "confidence": est.confidence,
+                    "concurrency": round(est.concurrency, 3), "chunks_seen": est.samples},
             "created": _iso(job["created"]), "started": _iso(job.get("started")),
             "finished": _iso(job.get("finished")), "cluster": job.get("cluster", ""),
             "dashboard": job.get("dashboard", ""),
             "last_errors": {str(k): v.splitlines()[0] for k, v in
                             list(self.state.chunk_errors(job_id).items())[:5]},
         }
+
+    def _eta(self, job_id: str, job: dict, remaining: int) -> eta_mod.Estimate:
+        workers = int(job.get("workers") or 1)
+        samples = self.telemetry.samples(job_id)
+        if not samples:
+            # Chunks recorded without finishing times (e.g. by an older
+            # driver): assume every worker was busy.
+            t, samples = 0.0, []
+            for d, n in self.state.durations(job_id):
+                t += d / workers
+                samples.append((int(t * 1000), d, n))
+        return eta_mod.estimate(samples, remaining, workers)
 
     def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
         out = []
@@ -265,28 +317,60 @@ class BackfillService:
         return out
 
     def metrics(self) -> dict[str, Any]:
-        """Figures over every job in Redis (not this process's counters)."""
+        """Figures over every job in Redis (not this process's counters).
+
+        Totals (``*_total``) are monotonic counters kept in Redis by whichever
+        process ran the chunks; the rest is the current state of the jobs.
+        """
         jobs = self.list_jobs()
         by_status: dict[str, int] = {}
         for j in jobs:
             by_status[j["status"]] = by_status.get(j["status"], 0) + 1
+        running = [j for j in jobs if j["status"] == "running"]
+        unfinished = [j for j in jobs if j["status"] not in FINAL_JOB_STATES]
         chunks_done = sum(j["chunks"]["done"] for j in jobs)
         cache_hits = sum(j["cache_hits"] for j in jobs)
-        errors = sum(j["errors"] for j in jobs)
-        attempts = chunks_done + errors
+        run_done = sum(j["chunks"]["done"] for j in running)
+        run_errors = sum(j["errors"] for j in running)
         durations = [d for j in jobs for d, _ in self.state.durations(j["job_id"])]
+        recent = [d for j in running for d, _ in self.state.durations(j["job_id"])[-20:]]
+        stats = self.telemetry.stats()
+        hist = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("bucket:")}
+        breakers = self.telemetry.breakers()
         return {
             "jobs": len(jobs), "jobs_by_status": by_status,
             "candles_processed": sum(j["candles_done"] for j in jobs),
             "rows_written": sum(j["rows_written"] for j in jobs),
             "chunks_done": chunks_done, "chunks_failed": sum(j["chunks"]["failed"] for j in jobs),
-            "chunks_pending": sum(j["chunks"]["pending"] for j in jobs),
+            "chunks_pending": sum(j["chunks"]["pending"] for j in unfinished),
+            "jobs_queued": by_status.get("queued", 0),
+            "active_chunks": sum(j["chunks"]["leased"] for j in running),
+            "active_workers": sum(j["workers"] for j in running),
             "cache_hit_rate": (cache_hits / chunks_done) if chunks_done else 0.0,
-            "error_rate": (errors / attempts) if attempts else 0.0,
+            # Over running jobs: a finished job's old failures should not keep an alert firing.
+            "error_rate": (run_errors / (run_done + run_errors)) if run_done + run_errors else 0.0,
             "chunk_seconds_p50": float(np.median(durations)) if durations else 0.0,
             "chunk_seconds_max": max(durations) if durations else 0.0,
-            "throughput_per_min": sum(j["recent_rate_per_min"] for j in jobs if j["status"] == "running"),
+            "recent_chunk_seconds_p50": float(np.median(recent)) if recent else 0.0,
+            "throughput_per_min": sum(j["recent_rate_per_min"] for j in running),
+            "running_jobs_measured": sum(1 for j in running if j["eta"]["chunks_seen"] >= 3),
             "instruments": sorted({j["instrument"] for j in jobs}),
+            "totals": {
+                "chunks": int(stats.get("chunks", 0)), "candles": int(stats.get("candles", 0)),
+                "rows": int(stats.get("rows", 0)), "cache_hits": int(stats.get("cache_hits", 0)),
+                "chunk_failures": int(stats.get("chunk_failures", 0)),
+                "labels": {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("labels:")},
+                "instruments": {k.split(":", 1)[1]: int(v) for k, v in stats.items()
+                                if k.startswith("instrument:")},
+                "chunk_seconds": {"buckets": hist, "sum": stats.get("chunk_seconds_sum", 0.0),
+                                  "count": int(stats.get("chunk_seconds_count", 0))},
+            },
+            "breakers": breakers,
+            "breakers_open": sorted(n for n, b in breakers.items() if b["state"] == "open"),
+            "dead_letters": self.telemetry.dead_letters(),
+            "reliability": self.telemetry.counters(),
+            "alerts": self.telemetry.alerts(),
+            "dashboards": sorted({j["dashboard"] for j in running if j["dashboard"]}),
         }
 
     def cleanup(self, older_than_days: float, status: str | None = None) -> list[str]:
@@ -309,6 +393,7 @@ class BackfillService:
                 continue
             if (job.get("finished") or job["updated"]) <= cutoff:
                 self.state.delete_job(job_id)
+                self.telemetry.forget_job(job_id)
                 removed.append(job_id)
         return removed
 
@@ -340,17 +425,3 @@ def _iso(ms: int | None) -> str | None:
     if not ms:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
-
-
-def _rate_and_eta(durations: list[tuple[float, int]], remaining: int, workers: int
-                  ) -> tuple[float, float | None]:
-    """Candles/s from recent chunks (weighted to the newest), and seconds left."""
-    if not durations:
-        return 0.0, None
-    recent = durations[-50:]
-    weights = np.exp(np.linspace(-2.0, 0.0, len(recent)))
-    secs = np.array([d for d, _ in recent])
-    cand = np.array([n for _, n in recent], dtype=float)
-    per_chunk_rate = np.sum(weights * cand) / max(np.sum(weights * secs), 1e-9)
-    rate = per_chunk_rate * workers  # chunks run side by side
-    return float(rate), (remaining / rate if rate > 0 and remaining > 0 else (0.0 if remaining <= 0 else None))
