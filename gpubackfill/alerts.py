@@ -7,7 +7,7 @@ processes exactly one fires each alert) and only then posts it to every
 ``ALERT_WEBHOOKS`` URL.  An alert stays firing, and is not sent again, until
 its condition clears; the clearing is recorded in the history.
 
-Webhooks are posted from a background thread with retries, so a slow or
+Webhooks are posted from background threads with retries, so a slow or
 dead receiver never blocks a job or the scheduler.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import socket
 import threading
 import time
@@ -73,8 +72,7 @@ class Alerter:
     def __init__(self, telemetry: Telemetry, settings: Settings):
         self.telemetry = telemetry
         self.settings = settings
-        self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._pending: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def check(self, metrics: dict[str, Any]) -> list[str]:
@@ -100,30 +98,29 @@ class Alerter:
     # -- webhooks --------------------------------------------------------------
 
     def _send(self, url: str, record: dict[str, Any]) -> None:
+        # One short-lived thread per delivery: a dead receiver, retried with
+        # backoff, delays neither the caller nor the other receivers.
+        t = threading.Thread(target=self._deliver, args=(url, record), daemon=True,
+                             name="gpubackfill-webhook")
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._worker, name="gpubackfill-webhooks",
-                                                daemon=True)
-                self._thread.start()
-        self._queue.put((url, record))
+            self._pending = [p for p in self._pending if p.is_alive()] + [t]
+        t.start()
+
+    def _deliver(self, url: str, record: dict[str, Any]) -> None:
+        try:
+            post_json(url, record)
+        except Exception as exc:  # never let a receiver kill the sender
+            log.error("webhook %s failed after %d attempts: %s", url, WEBHOOK_ATTEMPTS, exc,
+                      extra={"alert": record.get("alert"), "event": "webhook_failed"})
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every queued webhook was delivered or given up."""
+        """Wait until every webhook sent so far was delivered or given up."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return not self._queue.unfinished_tasks
-
-    def _worker(self) -> None:
-        while True:
-            url, record = self._queue.get()
-            try:
-                post_json(url, record)
-            except Exception as exc:  # never let a receiver kill the sender
-                log.error("webhook %s failed after %d attempts: %s", url, WEBHOOK_ATTEMPTS, exc,
-                          extra={"alert": record.get("alert"), "event": "webhook_failed"})
-            finally:
-                self._queue.task_done()
+        with self._lock:
+            pending = list(self._pending)
+        for t in pending:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in pending)
 
 
 def post_json(url: str, body: dict[str, Any], attempts: int = WEBHOOK_ATTEMPTS) -> int:

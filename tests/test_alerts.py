@@ -1,0 +1,109 @@
+"""Alerts: thresholds, one webhook per crossing, records in Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_settings
+from gpubackfill.alerts import Alerter, evaluate
+from gpubackfill.service import BackfillService
+from gpubackfill.store import SeriesKey
+from gpubackfill.synthetic import generate
+
+
+class Receiver:
+    """A loopback HTTP server recording the JSON bodies POSTed to it."""
+
+    def __init__(self):
+        self.bodies: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                outer.bodies.append((self.path, json.loads(self.rfile.read(n))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_thresholds(settings):
+    base = {"error_rate": 0.0, "throughput_per_min": 0.0, "running_jobs_measured": 0,
+            "recent_chunk_seconds_p50": 0.0, "chunks_pending": 0, "breakers_open": []}
+    assert not any(c.firing for c in evaluate(base, settings))
+    bad = {"error_rate": 0.06, "throughput_per_min": 499_999.0, "running_jobs_measured": 1,
+           "recent_chunk_seconds_p50": 1.5, "chunks_pending": 5_001, "breakers_open": ["redis"]}
+    fired = {c.name: c for c in evaluate(bad, settings) if c.firing}
+    assert set(fired) == {"error_rate", "low_throughput", "chunk_latency", "circuit_breaker_open",
+                          "queue_backlog"}
+    assert "redis" in fired["circuit_breaker_open"].message
+    # a slow start (no running job measured yet) is not low throughput
+    assert not any(c.firing for c in evaluate({**bad, "running_jobs_measured": 0, "error_rate": 0,
+                                                "recent_chunk_seconds_p50": 0, "chunks_pending": 0,
+                                                "breakers_open": []}, settings))
+    custom = settings.with_overrides(alert_max_queue=10_000, alert_error_rate=0.1)
+    assert {c.name for c in evaluate(bad, custom) if c.firing} == {"low_throughput", "chunk_latency",
+                                                                 "circuit_breaker_open"}
+
+
+def test_one_webhook_per_crossing_to_every_url(chdb_home, redis_socket, receiver, monkeypatch):
+    settings = make_settings(chdb_home, redis_socket, ALERT_MAX_QUEUE="3",
+                             ALERT_WEBHOOKS=f"{receiver.url}/a,{receiver.url}/b,http://127.0.0.1:1/dead")
+    service = BackfillService(settings)
+    monkeypatch.setattr("gpubackfill.alerts.WEBHOOK_BACKOFF_S", 0.01)
+    alerter = Alerter(service.telemetry, settings)
+    service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-10"))
+    job = service.create_job("EURUSD", "M5", "2024-01-01", "2024-01-05", chunk_size=100)
+    p, r = service.state.p, service.state.r
+    r.hset(f"{p}:breakers", "clickhouse", json.dumps({"state": "open", "failures": 5, "changed_ms": 1}))
+    assert sorted(alerter.check(service.metrics())) == ["circuit_breaker_open", "queue_backlog"]
+    assert alerter.check(service.metrics()) == []           # still firing: no storm
+    assert Alerter(service.telemetry, settings).check(service.metrics()) == []  # nor from another process
+    r.hset(f"{p}:breakers", "clickhouse", json.dumps({"state": "closed", "failures": 0, "changed_ms": 2}))
+    assert alerter.check(service.metrics()) == []           # the breaker alert clears
+    r.hset(f"{p}:breakers", "clickhouse", json.dumps({"state": "open", "failures": 5, "changed_ms": 3}))
+    assert alerter.check(service.metrics()) == ["circuit_breaker_open"]  # and fires again
+    assert alerter.flush(60)
+    got = sorted((path, b["alert"]) for path, b in receiver.bodies)
+    assert got == sorted([("/a", "circuit_breaker_open"), ("/b", "circuit_breaker_open"),
+                          ("/a", "queue_backlog"), ("/b", "queue_backlog")] * 1
+                         + [("/a", "circuit_breaker_open"), ("/b", "circuit_breaker_open")])
+    body = receiver.bodies[0][1]
+    assert body["status"] == "firing" and body["threshold"] is not None and body["message"]
+    history = service.telemetry.alert_history()
+    assert [h["event"] for h in history if h["alert"] == "circuit_breaker_open"] == \
+        ["firing", "resolved", "firing"]
+    # recorded in Redis and shown by `gpubackfill metrics`
+    from gpubackfill.cli import main
+    from test_cli import env_for
+
+    for k, v in env_for(settings).items():
+        monkeypatch.setenv(k, v)
+    out = CliRunner().invoke(main, ["metrics"], catch_exceptions=False).output
+    assert "ALERT circuit_breaker_open: circuit breaker open: clickhouse" in out
+    assert "ALERT queue_backlog" in out
+    service.cancel(job)
+    assert alerter.check(service.metrics()) == [] and "queue_backlog" not in service.telemetry.alerts()
