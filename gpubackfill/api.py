@@ -153,10 +153,14 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
         return Response(metrics_mod.exposition(registry), media_type=metrics_mod.CONTENT_TYPE)
 
     @app.get("/health", responses={503: {"description": "not ready; the reasons are in the body"}})
-    def health() -> JSONResponse:
+    def health(probe: Literal["ready", "live"] = Query(
+            default="ready", description="ready (default): 503 unless every dependency is usable; "
+                                         "live: 200 while the process answers (the checks are "
+                                         "still reported)")) -> JSONResponse:
         """Liveness and readiness: Redis, ClickHouse, circuit breakers, scheduler, GPU."""
         body = check_health(service, scheduler, gpu)
-        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+        ok = body["ready"] or probe == "live"
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app
 

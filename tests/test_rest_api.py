@@ -162,6 +162,7 @@ def test_health_is_503_while_redis_is_down(chdb_home, tmp_path):
             body = r.json()
             assert not body["ready"] and not body["checks"]["redis"]["ok"]
             assert any(x.startswith("redis: cannot reach Redis") for x in body["reasons"])
+            assert c.get("/health", params={"probe": "live"}).status_code == 200  # alive, not ready
             assert c.get("/jobs").status_code == 503
             m = c.get("/metrics")
             assert m.status_code == 200 and "gpubackfill_redis_up 0.0" in m.text
@@ -174,3 +175,53 @@ def test_health_is_503_while_redis_is_down(chdb_home, tmp_path):
             assert codes[-1] == 200, codes
     finally:
         stop_server(rdir)
+
+
+def test_serve_command_as_a_process(tmp_path, redis_socket):
+    """`gpubackfill serve` in its own process: answers, runs a detached job, stops on SIGTERM."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from test_cli import env_for, run_cli
+
+    env = env_for(make_settings(tmp_path / "home", redis_socket))
+    path = tmp_path / "c.parquet"
+    pq.write_table(generate("EURUSD", "M5", START, "2024-01-08"), path)
+    run_cli(env, "ingest", str(path), "--instrument", "EURUSD", "--granularity", "M5")
+    job = run_cli(env, "start", "--instrument", "EURUSD", "--granularity", "M5", "--start-date", START,
+                  "--end-date", END, "--chunk-size", "500", "--workers", "1", "--detach").stdout.strip()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gpubackfill", "serve", "--port", str(port)],
+                            env={**os.environ, **env, "GPUBACKFILL_SCHEDULER_INTERVAL": "0.2",
+                                 "LOG_LEVEL": "INFO", "LOG_FORMAT": "json"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                s = httpx.get(f"{url}/jobs/{job}", timeout=5).json()
+                if s["status"] == "completed":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert f"serving on http://127.0.0.1:{port}" in err
+    events = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    assert any(e.get("job_id") == job and e.get("status") == "completed" for e in events)
