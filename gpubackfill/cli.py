@@ -109,6 +109,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     from . import logs
 
     ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
     # Job and chunk events go to stderr at LOG_LEVEL (WARNING unless set, so
     # that normal output stays clean); --verbose shows everything.
     level = "DEBUG" if verbose else (os.environ.get("LOG_LEVEL") or "WARNING").upper()
@@ -427,6 +428,12 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
         raise InvalidInput(f"--port must be 1..65535, got {port}")
     from .api import serve as run
 
+    import os
+
+    from . import logs
+
+    if not ctx.obj.get("verbose") and not os.environ.get("LOG_LEVEL"):
+        logs.log.setLevel("INFO")  # a service logs its job events unless told otherwise
     svc = _service(ctx)
     host = host or svc.settings.api_host
     port = port or svc.settings.api_port
