@@ -3,7 +3,8 @@
 The estimate is built from two measured quantities:
 
 - **seconds per candle** of one chunk, ``d / n``: an exponentially weighted
-  mean and variance (half-life 20 chunks) over the chunks in the order
+  mean and variance (half-life 20 chunks; outliers such as the first
+  chunks, which compile kernels, clipped to 5 robust sigmas) over the chunks in the order
   they finished, so that the estimate follows a job whose speed changes
   (cache hits at the start, a busier machine later);
 - **effective concurrency**: busy chunk-seconds over the wall-clock span
@@ -78,6 +79,20 @@ def t_quantile(df: float, z: float = Z_90) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
+def winsorize(values: list[float], k: float = 5.0) -> list[float]:
+    """Clip outliers to the median +- k robust sigmas (1.4826 MAD) of the
+    recent values: a job's first chunks compile kernels and open
+    connections, and one 20x slower chunk would otherwise dominate the mean
+    for dozens of chunks."""
+    if len(values) < 4:
+        return values
+    recent = sorted(values[-WINDOW:])
+    med = recent[len(recent) // 2]
+    mad = sorted(abs(x - med) for x in recent)[len(recent) // 2]
+    spread = max(k * 1.4826 * mad, 0.05 * med)
+    return [min(max(x, med - spread), med + spread) for x in values]
+
+
 def concurrency(samples: Sequence[Sample], workers: int) -> float:
     """Busy chunk-seconds over the wall span of the recent chunks, in [1, workers]."""
     recent = samples[-WINDOW:]
@@ -95,7 +110,7 @@ def estimate(samples: Sequence[Sample], remaining: int, workers: int,
     samples = [s for s in samples if s[2] > 0 and s[1] >= 0]
     if not samples:
         return UNKNOWN if remaining > 0 else Estimate(0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0)
-    per_candle = [max(d, 1e-9) / n for _, d, n in samples]
+    per_candle = winsorize([max(d, 1e-9) / n for _, d, n in samples])
     mean, var, n_eff = ewm_mean_var(per_candle, half_life)
     conc = concurrency(samples, workers)
     rate = conc / mean
