@@ -343,7 +343,7 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
         t.add_row("chunks", ", ".join(f"{k} {v}" for k, v in s["chunks"].items()))
         t.add_row("throughput", f"{s['throughput_per_min'] / 1e6:,.2f}M candles/min "
                                 f"(recent {s['recent_rate_per_min'] / 1e6:,.2f}M)")
-        t.add_row("eta", _eta_text(s) + " (90% interval, confidence 0..1)")
+        t.add_row("eta", _eta_text(s) + (" (90% interval; confidence 0..1)" if "conf" in _eta_text(s) else ""))
         t.add_row("errors", str(s["errors"]))
         for idx, err in s["last_errors"].items():
             t.add_row(f"chunk {idx}", err)

@@ -107,3 +107,32 @@ def test_one_webhook_per_crossing_to_every_url(chdb_home, redis_socket, receiver
     assert "ALERT queue_backlog" in out
     service.cancel(job)
     assert alerter.check(service.metrics()) == [] and "queue_backlog" not in service.telemetry.alerts()
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("ALERT_ERROR_RATE", "lots", "ALERT_ERROR_RATE must be a number, got 'lots'"),
+    ("ALERT_MIN_THROUGHPUT", "-5", "ALERT_MIN_THROUGHPUT must be a finite number >= 0"),
+    ("ALERT_MAX_CHUNK_SECONDS", "nan", "ALERT_MAX_CHUNK_SECONDS must be a finite number"),
+    ("ALERT_MAX_QUEUE", "1.5", "ALERT_MAX_QUEUE must be an integer"),
+    ("LOG_FORMAT", "xml", "LOG_FORMAT must be text or json"),
+    ("GPUBACKFILL_API_PORT", "70000", "GPUBACKFILL_API_PORT must be <= 65535"),
+    ("GPUBACKFILL_MAX_CONCURRENT_JOBS", "0", "GPUBACKFILL_MAX_CONCURRENT_JOBS must be >= 1"),
+    ("ALERT_WEBHOOKS", "ftp://x", "ALERT_WEBHOOKS entries must be http(s) URLs"),
+])
+def test_bad_observability_settings_name_their_variable(name, value, message):
+    from gpubackfill.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env({name: value}, dotenv=False)
+
+
+def test_thresholds_come_from_the_environment():
+    from gpubackfill.config import Settings
+
+    s = Settings.from_env({"ALERT_ERROR_RATE": "0.1", "ALERT_MIN_THROUGHPUT": "1e6",
+                           "ALERT_MAX_CHUNK_SECONDS": "2.5", "ALERT_MAX_QUEUE": "10"}, dotenv=False)
+    assert (s.alert_error_rate, s.alert_min_throughput, s.alert_max_chunk_seconds, s.alert_max_queue) == \
+        (0.1, 1e6, 2.5, 10)
+    d = Settings.from_env({}, dotenv=False)
+    assert (d.alert_error_rate, d.alert_min_throughput, d.alert_max_chunk_seconds, d.alert_max_queue) == \
+        (0.05, 500_000, 1.0, 5_000)
