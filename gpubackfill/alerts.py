@@ -49,7 +49,7 @@ def evaluate(m: dict[str, Any], s: Settings) -> list[Condition]:
     measured = m.get("running_jobs_measured", 0) > 0
     rate = float(m.get("throughput_per_min", 0.0))
     latency = float(m.get("recent_chunk_seconds_p50", 0.0))
-    err = float(m.get("error_rate", 0.0))
+    err = float(m.get("running_error_rate", 0.0))
     backlog = int(m.get("chunks_pending", 0))
     open_ = list(m.get("breakers_open", []))
     return [

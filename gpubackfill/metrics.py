@@ -81,7 +81,10 @@ def families(m: dict[str, Any], jobs: list[dict[str, Any]]) -> Iterator:
                  m["throughput_per_min"])
     yield _gauge("cache_hit_ratio", "Share of finished chunks that were cache hits (jobs in Redis).",
                  m["cache_hit_rate"])
-    yield _gauge("error_ratio", "Share of chunk attempts of running jobs that failed.", m["error_rate"])
+    yield _gauge("error_ratio", "Share of chunk attempts that failed, over the jobs in Redis.",
+                 m["error_rate"])
+    yield _gauge("running_error_ratio", "Share of chunk attempts of running jobs that failed.",
+                 m["running_error_rate"])
     yield _gauge("active_workers", "Workers of the running jobs.", m["active_workers"])
     yield _gauge("active_chunks", "Chunks being computed now (leased).", m["active_chunks"])
     yield _gauge("queue_pending_chunks", "Chunks waiting in unfinished jobs.", m["chunks_pending"])

@@ -330,6 +330,7 @@ class BackfillService:
         unfinished = [j for j in jobs if j["status"] not in FINAL_JOB_STATES]
         chunks_done = sum(j["chunks"]["done"] for j in jobs)
         cache_hits = sum(j["cache_hits"] for j in jobs)
+        errors = sum(j["errors"] for j in jobs)
         run_done = sum(j["chunks"]["done"] for j in running)
         run_errors = sum(j["errors"] for j in running)
         durations = [d for j in jobs for d, _ in self.state.durations(j["job_id"])]
@@ -347,8 +348,10 @@ class BackfillService:
             "active_chunks": sum(j["chunks"]["leased"] for j in running),
             "active_workers": sum(j["workers"] for j in running),
             "cache_hit_rate": (cache_hits / chunks_done) if chunks_done else 0.0,
-            # Over running jobs: a finished job's old failures should not keep an alert firing.
-            "error_rate": (run_errors / (run_done + run_errors)) if run_done + run_errors else 0.0,
+            "error_rate": (errors / (chunks_done + errors)) if chunks_done + errors else 0.0,
+            # Over running jobs only (the alert's figure): a finished job's
+            # old failures should not keep an alert firing.
+            "running_error_rate": (run_errors / (run_done + run_errors)) if run_done + run_errors else 0.0,
             "chunk_seconds_p50": float(np.median(durations)) if durations else 0.0,
             "chunk_seconds_max": max(durations) if durations else 0.0,
             "recent_chunk_seconds_p50": float(np.median(recent)) if recent else 0.0,

@@ -51,17 +51,17 @@ def receiver():
 
 
 def test_thresholds(settings):
-    base = {"error_rate": 0.0, "throughput_per_min": 0.0, "running_jobs_measured": 0,
+    base = {"running_error_rate": 0.0, "throughput_per_min": 0.0, "running_jobs_measured": 0,
             "recent_chunk_seconds_p50": 0.0, "chunks_pending": 0, "breakers_open": []}
     assert not any(c.firing for c in evaluate(base, settings))
-    bad = {"error_rate": 0.06, "throughput_per_min": 499_999.0, "running_jobs_measured": 1,
+    bad = {"running_error_rate": 0.06, "throughput_per_min": 499_999.0, "running_jobs_measured": 1,
            "recent_chunk_seconds_p50": 1.5, "chunks_pending": 5_001, "breakers_open": ["redis"]}
     fired = {c.name: c for c in evaluate(bad, settings) if c.firing}
     assert set(fired) == {"error_rate", "low_throughput", "chunk_latency", "circuit_breaker_open",
                           "queue_backlog"}
     assert "redis" in fired["circuit_breaker_open"].message
     # a slow start (no running job measured yet) is not low throughput
-    assert not any(c.firing for c in evaluate({**bad, "running_jobs_measured": 0, "error_rate": 0,
+    assert not any(c.firing for c in evaluate({**bad, "running_jobs_measured": 0, "running_error_rate": 0,
                                                 "recent_chunk_seconds_p50": 0, "chunks_pending": 0,
                                                 "breakers_open": []}, settings))
     custom = settings.with_overrides(alert_max_queue=10_000, alert_error_rate=0.1)

@@ -128,7 +128,7 @@ def test_alert_rules_use_series_the_service_exposes():
     m = {"totals": {"candles": 0, "chunks": 0, "rows": 0, "cache_hits": 0, "chunk_failures": 0,
                     "labels": {}, "instruments": {}, "chunk_seconds": {"buckets": {}, "sum": 0, "count": 0}},
          "reliability": {"retries": {}, "errors": {}}, "throughput_per_min": 0, "cache_hit_rate": 0,
-         "error_rate": 0, "active_workers": 0, "active_chunks": 0, "chunks_pending": 0,
+         "error_rate": 0, "running_error_rate": 0, "active_workers": 0, "active_chunks": 0, "chunks_pending": 0,
          "jobs_by_status": {}, "breakers": {}, "dead_letters": 0, "alerts": {}}
     exposed = set()
     for fam in families(m, []):
