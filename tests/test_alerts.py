@@ -136,3 +136,31 @@ def test_thresholds_come_from_the_environment():
     d = Settings.from_env({}, dotenv=False)
     assert (d.alert_error_rate, d.alert_min_throughput, d.alert_max_chunk_seconds, d.alert_max_queue) == \
         (0.05, 500_000, 1.0, 5_000)
+
+
+def test_the_scheduler_pass_evaluates_alerts(chdb_home, redis_socket):
+    from gpubackfill.scheduler import Scheduler
+
+    settings = make_settings(chdb_home, redis_socket, ALERT_MAX_QUEUE="2")
+    service = BackfillService(settings)
+    service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-05"))
+    job = service.create_job("EURUSD", "M5", "2024-01-01", "2024-01-04", chunk_size=100)
+    service.pause(job)  # waiting work, but not the scheduler's to start
+    sched = Scheduler(service, max_jobs=1, alerter=Alerter(service.telemetry, settings))
+    assert sched.tick() == []
+    alert = service.telemetry.alerts()["queue_backlog"]
+    assert alert["value"] == service.status(job)["chunks_total"] > 2
+    service.cancel(job)
+    sched.tick()
+    assert "queue_backlog" not in service.telemetry.alerts()
+
+
+def test_eta_text_in_status_and_monitor():
+    from gpubackfill.cli import _eta_text
+
+    running = {"status": "running", "eta_s": 120.4,
+               "eta": {"low_s": 90.2, "high_s": 150.9, "confidence": 0.8234}}
+    assert _eta_text(running) == "120s (90-151s, conf 0.82)"
+    assert _eta_text({**running, "eta": {"low_s": None, "high_s": None, "confidence": 0.0}}) == "120s"
+    assert _eta_text({"status": "queued", "eta_s": None, "eta": {}}) == "-"
+    assert _eta_text({"status": "completed", "eta_s": 0.0, "eta": running["eta"]}) == "0s"
