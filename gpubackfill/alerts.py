@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
@@ -144,6 +144,3 @@ def post_json(url: str, body: dict[str, Any], attempts: int = WEBHOOK_ATTEMPTS) 
         delay *= 2
     raise AssertionError("unreachable")
 
-
-def as_dicts(conditions: list[Condition]) -> list[dict[str, Any]]:
-    return [asdict(c) for c in conditions]

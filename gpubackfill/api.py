@@ -195,16 +195,18 @@ def check_health(service: "BackfillService", scheduler: "Scheduler | None",
         except GpubackfillError as exc:
             checks["breakers"] = {"ok": False, "error": str(exc)}
             reasons.append(f"breakers: {exc}")
+    from .executor import cluster_summary
+
+    clusters = cluster_summary()
+    checks["workers"] = {"ok": True, "dask_clusters": clusters}
     if scheduler is not None:
         ok = scheduler.alive
-        checks["workers"] = {"ok": ok, "scheduler": "running" if ok else "stopped",
-                             "jobs_running": scheduler.running(), "max_concurrent_jobs": scheduler.max_jobs,
-                             "last_error": scheduler.last_error}
+        checks["workers"].update(ok=ok, scheduler="running" if ok else "stopped",
+                                 jobs_running=scheduler.running(), max_concurrent_jobs=scheduler.max_jobs,
+                                 last_error=scheduler.last_error)
         if not ok:
             reasons.append("the scheduler is not running")
-    from .executor import dashboards as cluster_dashboards
-
-    dashboards = sorted(set(dashboards) | set(cluster_dashboards()))
+    dashboards = sorted(set(dashboards) | {c["dashboard"] for c in clusters if c["dashboard"]})
     checks["gpu"] = {"ok": gpu["present"] or service.settings.backend != "cuda", **gpu}
     if not checks["gpu"]["ok"]:
         reasons.append(f"GPUBACKFILL_BACKEND=cuda but no GPU: {gpu['reason']}")

@@ -135,6 +135,8 @@ def test_real_http_job_metrics_and_health(ingested):
             body = health.json()
             assert body["ready"] and body["checks"]["redis"]["ok"] and body["checks"]["clickhouse"]["ok"]
             assert body["checks"]["workers"]["scheduler"] == "running"
+            assert any(c["workers"] == 1 and "in-process" in c["kind"]
+                       for c in body["checks"]["workers"]["dask_clusters"]), body["checks"]["workers"]
             assert "present" in body["checks"]["gpu"] and "dask_dashboards" in body
             text = h.get("/metrics")
             assert text.headers["content-type"].startswith("text/plain")

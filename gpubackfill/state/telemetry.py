@@ -138,9 +138,6 @@ class Telemetry:
         self._history({**json.loads(raw), "event": "resolved", "resolved_ms": now_ms()})
         return True
 
-    def update_alert(self, name: str, record: dict[str, Any]) -> None:
-        self._call(self.r.hset, f"{self.p}:alerts", name, json.dumps(record))
-
     def alerts(self) -> dict[str, dict[str, Any]]:
         return {k: json.loads(v) for k, v in self._call(self.r.hgetall, f"{self.p}:alerts").items()}
 
