@@ -134,7 +134,7 @@ def test_json_logs_one_line_per_state_change_and_chunk_failure(service):
         # a parameter no label accepts: every chunk fails as bad data (not retried)
         service.state.set_fields(job, params={"enhanced_triple_barrier": {"horizon": "0"}})
         service.execute(job)
-        service.cancel(service.create_job("EURUSD", "M5", START, END, chunk_size=2_000))
+        service.cancel(service.create_job("EURUSD", "M5", START, "2024-01-12", chunk_size=2_000))
     finally:
         logs.configure("WARNING", "text")
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]

@@ -39,8 +39,9 @@ def run_until_settled(sched: Scheduler, jobs: list[str], seconds: float = 300) -
 def test_queued_jobs_run_by_priority_one_at_a_time(service):
     service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", START, "2024-01-08"))
     order = ["low", "normal", "high", "high", "normal"]
-    jobs = [service.create_job("EURUSD", "M5", START, END, chunk_size=300, workers=1, priority=p)
-            for p in order]
+    # distinct ranges: identical jobs may be refused while one is active
+    jobs = [service.create_job("EURUSD", "M5", START, f"2024-01-0{3 + i}", chunk_size=300, workers=1,
+                               priority=p) for i, p in enumerate(order)]
     sched = Scheduler(service, max_jobs=1, interval=0.05)
     run_until_settled(sched, jobs)
     expected = [jobs[2], jobs[3], jobs[1], jobs[4], jobs[0]]
@@ -63,8 +64,8 @@ def test_a_new_scheduler_resumes_interrupted_and_queued_jobs(service):
     old.shutdown()  # the service stops: its job is interrupted between chunks
     s = service.status(first)
     assert s["status"] == "interrupted" and s["chunks"]["done"] < s["chunks_total"]
-    second = service.create_job("EURUSD", "M5", START, END, chunk_size=600, workers=1)
-    manual = service.create_job("EURUSD", "M5", START, END, chunk_size=600, workers=1)
+    second = service.create_job("EURUSD", "M5", START, "2024-01-05", chunk_size=600, workers=1)
+    manual = service.create_job("EURUSD", "M5", START, "2024-01-06", chunk_size=600, workers=1)
     service.pause(manual)  # paused by a user: not the scheduler's to start
     new = Scheduler(service, max_jobs=2, interval=0.05)
     run_until_settled(new, [first, second])
