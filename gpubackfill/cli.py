@@ -93,7 +93,8 @@ def _labels(values: tuple[str, ...]) -> list[str] | None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--verbose", "-v", is_flag=True, help="Log what happens (LOG_LEVEL=DEBUG).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Log what happens (LOG_LEVEL=DEBUG); LOG_FORMAT=json for JSON lines.")
 @click.version_option(package_name="gpubackfill")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -104,8 +105,19 @@ def main(ctx: click.Context, verbose: bool) -> None:
     REDIS_URL), and chunks run on Dask.
     """
     import logging
+    import os
+
+    from . import logs
 
     ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    # Job and chunk events go to stderr at LOG_LEVEL (WARNING unless set, so
+    # that normal output stays clean); --verbose shows everything.
+    level = "DEBUG" if verbose else (os.environ.get("LOG_LEVEL") or "WARNING").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        level = "WARNING"  # Settings reports the bad value with its name
+    fmt = "json" if (os.environ.get("LOG_FORMAT") or "").lower() == "json" else "text"
+    logs.configure(level, fmt)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -275,8 +287,18 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+def _eta_text(s: dict) -> str:
+    """``120s (90-150s, conf 0.82)``: the ETA, its 90% interval and confidence."""
+    if s["eta_s"] is None:
+        return "-"
+    e = s.get("eta") or {}
+    if s["status"] != "running" or e.get("low_s") is None:
+        return f"{s['eta_s']:.0f}s"
+    return f"{s['eta_s']:.0f}s ({e['low_s']:.0f}-{e['high_s']:.0f}s, conf {e['confidence']:.2f})"
+
+
 def _job_row(s: dict) -> list[str]:
-    eta = "" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
+    eta = _eta_text(s)
     return [s["job_id"], s["status"], f"{s['instrument']} {s['granularity']}",
             f"{s['start'][:10]}..{s['end'][:10]}", f"{s['progress'] * 100:.1f}%",
             f"{s['chunks']['done']}/{s['chunks_total']}", f"{s['candles_done']:,}",
@@ -338,7 +360,7 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
         t.add_row("chunks", ", ".join(f"{k} {v}" for k, v in s["chunks"].items()))
         t.add_row("throughput", f"{s['throughput_per_min'] / 1e6:,.2f}M candles/min "
                                 f"(recent {s['recent_rate_per_min'] / 1e6:,.2f}M)")
-        t.add_row("eta", "-" if s["eta_s"] is None else f"{s['eta_s']:.0f} s")
+        t.add_row("eta", _eta_text(s) + (" (90% interval; confidence 0..1)" if "conf" in _eta_text(s) else ""))
         t.add_row("errors", str(s["errors"]))
         for idx, err in s["last_errors"].items():
             t.add_row(f"chunk {idx}", err)
@@ -389,8 +411,52 @@ def metrics(ctx, fmt: str) -> None:
 
     t = Table("metric", "value")
     for k, v in m.items():
+        if k in ("totals", "breakers", "reliability", "alerts"):
+            continue
         t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    tot = m["totals"]
+    for k in ("chunks", "candles", "rows", "cache_hits", "chunk_failures"):
+        t.add_row(f"total {k}", f"{tot[k]:,}")
+    for k, v in tot["labels"].items():
+        t.add_row(f"total label rows {k}", f"{v:,}")
+    for name, b in m["breakers"].items():
+        t.add_row(f"breaker {name}", f"{b['state']} ({b['failures']} failures)")
+    for kind in ("retries", "errors"):
+        t.add_row(kind, ", ".join(f"{c} {n}" for c, n in m["reliability"][kind].items()))
     _console().print(t)
+    if m["alerts"]:
+        for name, a in m["alerts"].items():
+            click.echo(f"ALERT {name}: {a['message']} (since {_iso(a['since_ms'])})")
+    else:
+        click.echo("no alerts firing")
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (GPUBACKFILL_API_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (GPUBACKFILL_API_PORT, default 8000).")
+@click.option("--max-jobs", type=int, default=None,
+              help="Jobs run at once (GPUBACKFILL_MAX_CONCURRENT_JOBS, default 1).")
+@click.pass_context
+def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None:
+    """Run the REST API (/jobs, /metrics, /health) and the job scheduler."""
+    if max_jobs is not None and max_jobs < 1:
+        raise InvalidInput(f"--max-jobs must be >= 1, got {max_jobs}")
+    if port is not None and not 0 < port < 65536:
+        raise InvalidInput(f"--port must be 1..65535, got {port}")
+    from .api import serve as run
+
+    import os
+
+    from . import logs
+
+    if not ctx.obj.get("verbose") and not os.environ.get("LOG_LEVEL"):
+        logs.log.setLevel("INFO")  # a service logs its job events unless told otherwise
+    svc = _service(ctx)
+    host = host or svc.settings.api_host
+    port = port or svc.settings.api_port
+    click.echo(f"serving on http://{host}:{port} (docs: /docs, metrics: /metrics, health: /health)",
+               err=True)
+    run(svc, host, port, max_jobs)
 
 
 @main.command()

@@ -60,6 +60,17 @@ class Settings:
     memory_limit_bytes: int | None = None  # RSS a worker process aims to stay under
     min_chunk_size: int = 1000             # chunks are not split below this
     shutdown_timeout: float = 30.0         # seconds running chunks get after a signal
+    # Service mode (gpubackfill serve) and observability.
+    log_format: str = "text"               # text | json
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: str = field(default="", repr=False)  # bearer token for mutating routes
+    max_concurrent_jobs: int = 1           # jobs the scheduler runs at once
+    scheduler_interval: float = 2.0        # seconds between scheduler/alert passes
+    alert_error_rate: float = 0.05         # fraction of chunk attempts that failed
+    alert_min_throughput: float = 500_000  # candles/min while a job runs
+    alert_max_chunk_seconds: float = 1.0   # median recent chunk duration
+    alert_max_queue: int = 5_000           # pending chunks over unfinished jobs
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -85,6 +96,7 @@ class Settings:
         d = asdict(self)
         d["home"] = str(self.home)
         d.pop("clickhouse_password")
+        d["api_token"] = "***" if self.api_token else ""
         for key in ("clickhouse_url", "redis_url"):
             if d[key]:
                 d[key] = redact_url(d[key])
@@ -178,6 +190,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    return value
+
+
 def _secret(env: Mapping[str, str], name: str) -> str:
     """A password from NAME, or from the file named by NAME_FILE."""
     if env.get(f"{name}_FILE"):
@@ -257,4 +282,19 @@ def _parse(env: Mapping[str, str]) -> dict:
         out["memory_limit_bytes"] = parse_size(env["BATCH_MEMORY_LIMIT"], "BATCH_MEMORY_LIMIT")
     out["min_chunk_size"] = _int(env, "GPUBACKFILL_MIN_CHUNK_SIZE", 1000, 1)
     out["shutdown_timeout"] = _float(env, "GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)
+    fmt = (env.get("LOG_FORMAT") or "text").lower()
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {fmt!r}")
+    out["log_format"] = fmt
+    out["api_host"] = env.get("GPUBACKFILL_API_HOST") or "127.0.0.1"
+    out["api_port"] = _int(env, "GPUBACKFILL_API_PORT", 8000, 1)
+    if out["api_port"] > 65535:
+        raise ConfigError(f"GPUBACKFILL_API_PORT must be <= 65535, got {out['api_port']}")
+    out["api_token"] = _secret(env, "GPUBACKFILL_API_TOKEN")
+    out["max_concurrent_jobs"] = _int(env, "GPUBACKFILL_MAX_CONCURRENT_JOBS", 1, 1)
+    out["scheduler_interval"] = _float(env, "GPUBACKFILL_SCHEDULER_INTERVAL", 2.0, 0.05)
+    out["alert_error_rate"] = _float(env, "ALERT_ERROR_RATE", 0.05)
+    out["alert_min_throughput"] = _float(env, "ALERT_MIN_THROUGHPUT", 500_000)
+    out["alert_max_chunk_seconds"] = _float(env, "ALERT_MAX_CHUNK_SECONDS", 1.0)
+    out["alert_max_queue"] = _int(env, "ALERT_MAX_QUEUE", 5_000)
     return out

@@ -133,3 +133,23 @@ def close_clusters() -> None:
 
 
 atexit.register(close_clusters)
+
+
+def dashboards() -> list[str]:
+    """Dashboard links of the clusters this process started."""
+    with _start_lock:
+        return [c.dashboard for c in _clusters.values() if c.dashboard]
+
+
+def cluster_summary() -> list[dict]:
+    """The clusters this process started: kind, live Dask workers, dashboard."""
+    with _start_lock:
+        clusters = list(_clusters.values())
+    out = []
+    for c in clusters:
+        try:
+            workers = len(c.client.scheduler_info().get("workers", {}))
+        except Exception as exc:  # a cluster that died: report, do not fail the caller
+            workers = f"unknown: {type(exc).__name__}"
+        out.append({"kind": c.kind, "workers": workers, "dashboard": c.dashboard})
+    return out

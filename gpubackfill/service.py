@@ -23,6 +23,8 @@ import psutil
 import pyarrow as pa
 
 from . import candles as candles_mod
+from . import eta as eta_mod
+from . import logs
 from .chunk import ChunkTask, connections, default_numba_threads, run_chunk
 from .config import Settings
 from .errors import CATEGORIES, DependencyError, InvalidInput, InvalidTransition
@@ -33,6 +35,7 @@ from .labels import resolve
 from .planner import make_spec, parse_time, plan_chunks
 from .state.machine import FINAL_JOB_STATES
 from .state.redis_store import now_ms
+from .state.telemetry import Telemetry
 from .store import IngestReport, SeriesKey
 
 Progress = Callable[[dict[str, Any]], None]
@@ -50,6 +53,7 @@ class BackfillService:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
         self.store, self.state = connections(self.settings)
+        self.telemetry = Telemetry(self.state)
         self._schema_ready = False
 
     # -- storage -----------------------------------------------------------
@@ -115,6 +119,8 @@ class BackfillService:
                                     f"with `gpubackfill monitor {other[0]}`")
         self.state.create_job(job_id, {**spec.as_fields(), "spec_key": self.state.spec_key(digest)},
                               chunks)
+        logs.job_event(job_id, "queued", "create", f"{len(chunks)} chunks",
+                       instrument=spec.instrument, granularity=spec.granularity, priority=spec.priority)
         return job_id
 
     def execute(self, job_id: str, progress: Progress | None = None,
@@ -137,6 +143,7 @@ class BackfillService:
                 if status in ("completed_with_errors", "failed"):
                     self.state.requeue_failed(job_id)
                 status = self.state.transition(job_id, "execute")
+                logs.job_event(job_id, status, "execute", owner=owner)
             elif status != "running":
                 raise InvalidTransition(f"job {job_id} is {status}; nothing to execute")
             self.state.expire_leases(job_id)
@@ -150,6 +157,9 @@ class BackfillService:
             except DependencyError:
                 pass  # Redis gone: the driver key expires by itself
         final = self.state.job(job_id)
+        if final["status"] != "running":
+            logs.job_event(job_id, final["status"], "settled", candles_done=final["candles_done"],
+                           errors=final["errors"])
         if final["status"] in FINAL_JOB_STATES:
             self.state.expire_job(job_id)  # finished jobs live REDIS_TTL seconds
         return RunResult(job_id, final["status"], time.perf_counter() - t0, final["candles_done"])
@@ -199,13 +209,35 @@ class BackfillService:
         return job_id
 
     def pause(self, job_id: str) -> str:
-        return self.state.transition(job_id, "pause")
+        return self._transition(job_id, "pause")
 
     def resume(self, job_id: str) -> str:
-        return self.state.transition(job_id, "resume")
+        return self._transition(job_id, "resume")
 
     def cancel(self, job_id: str) -> str:
-        return self.state.transition(job_id, "cancel")
+        return self._transition(job_id, "cancel")
+
+    def _transition(self, job_id: str, event: str) -> str:
+        status = self.state.transition(job_id, event)
+        logs.job_event(job_id, status, event)
+        return status
+
+    def _observe_chunk(self, job_id: str, job: dict, idx: int, result: dict[str, Any]) -> None:
+        """Metrics and logs for one chunk outcome; never fails the job."""
+        failed = not result.get("ok") and not result.get("split") and not result.get("stale")
+        try:
+            if result.get("ok"):
+                self.telemetry.record_chunk(job_id, job, float(result.get("duration", 0.0)),
+                                            int(result.get("candles", 0)), int(result.get("rows", 0)),
+                                            bool(result.get("cache_hit")))
+            elif failed:
+                self.telemetry.record_failure()
+        except DependencyError as exc:
+            logs.log.warning("could not record chunk metrics: %s", exc,
+                             extra={"job_id": job_id, "chunk": idx})
+        if failed:
+            logs.chunk_failed(job_id, idx, str(result.get("error", "")), bool(result.get("retry")),
+                              category=result.get("category", ""))
 
     # -- dead letters ------------------------------------------------------
 
@@ -253,15 +285,15 @@ class BackfillService:
             counts[s] = counts.get(s, 0) + 1
         total = job["candles_total"] or 0
         done = job["candles_done"] or 0
-        rate, eta = _rate_and_eta(self.state.durations(job_id), total - done,
-                                  int(job.get("workers") or 1))
+        est = self._eta(job_id, job, total - done)
         end = job.get("finished") or now_ms()
         elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0
         return {
             "job_id": job_id, "status": job["status"], "instrument": job["instrument"],
             "granularity": job["granularity"], "start": _iso(job["start_ms"]),
             "end": _iso(job["end_ms"]), "labels": job["labels"], "label_set": job["label_set"],
-            "priority": job.get("priority", "normal"), "backend": job.get("backend", "cpu"),
+            "priority": job.get("priority", "normal"), "workers": int(job.get("workers") or 0),
+            "backend": job.get("backend", "cpu"),
             "backend_used": job.get("backend_used", ""), "backend_reason": job.get("backend_reason", ""),
             "chunks": counts, "chunks_total": job["chunks_total"],
             "candles_done": done, "candles_total": total,
@@ -269,13 +301,29 @@ class BackfillService:
             "rows_written": job["rows_written"], "cache_hits": job["cache_hits"],
             "errors": job["errors"], "elapsed_s": round(elapsed, 3),
             "throughput_per_min": (done / elapsed * 60) if elapsed > 0 else 0.0,
-            "recent_rate_per_min": rate * 60, "eta_s": eta,
+            "recent_rate_per_min": est.rate_per_s * 60,
+            "eta_s": (est.eta_s if job["status"] not in FINAL_JOB_STATES
+                      else (0.0 if done >= total else None)),
+            "eta": {"low_s": est.eta_low_s, "high_s": est.eta_high_s, "confidence": est.confidence,
+                    "concurrency": round(est.concurrency, 3), "chunks_seen": est.samples},
             "created": _iso(job["created"]), "started": _iso(job.get("started")),
             "finished": _iso(job.get("finished")), "cluster": job.get("cluster", ""),
             "dashboard": job.get("dashboard", ""),
             "last_errors": {str(k): v.splitlines()[0] for k, v in
                             list(self.state.chunk_errors(job_id).items())[:5]},
         }
+
+    def _eta(self, job_id: str, job: dict, remaining: int) -> eta_mod.Estimate:
+        workers = int(job.get("workers") or 1)
+        samples = self.telemetry.samples(job_id)
+        if not samples:
+            # Chunks recorded without finishing times (e.g. by an older
+            # driver): assume every worker was busy.
+            t, samples = 0.0, []
+            for d, n in self.state.durations(job_id):
+                t += d / workers
+                samples.append((int(t * 1000), d, n))
+        return eta_mod.estimate(samples, remaining, workers)
 
     def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
         out = []
@@ -289,37 +337,76 @@ class BackfillService:
         return out
 
     def metrics(self) -> dict[str, Any]:
-        """Figures over every job in Redis (not this process's counters)."""
+        """Figures over every job in Redis (not this process's counters).
+
+        Totals (``totals``) are monotonic counters kept in Redis by whichever
+        process ran the chunks; the rest is the current state of the jobs.
+        """
         jobs = self.list_jobs()
         by_status: dict[str, int] = {}
         for j in jobs:
             by_status[j["status"]] = by_status.get(j["status"], 0) + 1
+        running = [j for j in jobs if j["status"] == "running"]
+        unfinished = [j for j in jobs if j["status"] not in FINAL_JOB_STATES]
         chunks_done = sum(j["chunks"]["done"] for j in jobs)
         cache_hits = sum(j["cache_hits"] for j in jobs)
         errors = sum(j["errors"] for j in jobs)
         attempts = chunks_done + errors
+        run_done = sum(j["chunks"]["done"] for j in running)
+        run_errors = sum(j["errors"] for j in running)
         durations = [d for j in jobs for d, _ in self.state.durations(j["job_id"])]
+        recent = [d for j in running for d, _ in self.state.durations(j["job_id"])[-20:]]
         counters = self.state.counters()
-        breakers = self.state.breakers()
-        breakers.update(BREAKERS.snapshot())  # this process's view is the freshest
+        breakers = self.telemetry.breakers()
+        worse = {"closed": 0, "half_open": 1, "open": 2}
+        for name, b in BREAKERS.snapshot().items():
+            # This process's breaker is the freshest view of its own calls;
+            # another process's published open breaker still counts.
+            state = str(b.get("state", "closed")).replace("-", "_")
+            if worse.get(state, 0) >= worse[breakers.get(name, {"state": "closed"})["state"]]:
+                breakers[name] = {"state": state, "failures": int(b.get("failures", 0) or 0)}
         failed = sum(j["chunks"]["failed"] for j in jobs)
+        stats = self.telemetry.stats()
+        hist = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("bucket:")}
         return {
             "jobs": len(jobs), "jobs_by_status": by_status,
             "candles_processed": sum(j["candles_done"] for j in jobs),
             "rows_written": sum(j["rows_written"] for j in jobs),
-            "chunks_done": chunks_done, "chunks_failed": sum(j["chunks"]["failed"] for j in jobs),
-            "chunks_pending": sum(j["chunks"]["pending"] for j in jobs),
+            "chunks_done": chunks_done, "chunks_failed": failed,
+            "chunks_pending": sum(j["chunks"]["pending"] for j in unfinished),
+            "jobs_queued": by_status.get("queued", 0),
+            "active_chunks": sum(j["chunks"]["leased"] for j in running),
+            "active_workers": sum(j["workers"] for j in running),
             "cache_hit_rate": (cache_hits / chunks_done) if chunks_done else 0.0,
             "error_rate": (failed / (chunks_done + failed)) if chunks_done + failed else 0.0,
             "attempt_error_rate": (errors / attempts) if attempts else 0.0,
-            "dead_letters": len(self.state.dead_letters()),
+            # Over running jobs only (the alert's figure): a finished job's
+            # old failures should not keep an alert firing.
+            "running_error_rate": (run_errors / (run_done + run_errors)) if run_done + run_errors else 0.0,
             "errors_by_category": {c: counters.get(f"errors:{c}", 0) for c in CATEGORIES},
             "retries_by_category": {c: counters.get(f"retries:{c}", 0) for c in CATEGORIES},
-            "breakers": {n: b["state"] for n, b in sorted(breakers.items())},
             "chunk_seconds_p50": float(np.median(durations)) if durations else 0.0,
             "chunk_seconds_max": max(durations) if durations else 0.0,
-            "throughput_per_min": sum(j["recent_rate_per_min"] for j in jobs if j["status"] == "running"),
+            "recent_chunk_seconds_p50": float(np.median(recent)) if recent else 0.0,
+            "throughput_per_min": sum(j["recent_rate_per_min"] for j in running),
+            "running_jobs_measured": sum(1 for j in running if j["eta"]["chunks_seen"] >= 3),
             "instruments": sorted({j["instrument"] for j in jobs}),
+            "totals": {
+                "chunks": int(stats.get("chunks", 0)), "candles": int(stats.get("candles", 0)),
+                "rows": int(stats.get("rows", 0)), "cache_hits": int(stats.get("cache_hits", 0)),
+                "chunk_failures": int(stats.get("chunk_failures", 0)),
+                "labels": {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("labels:")},
+                "instruments": {k.split(":", 1)[1]: int(v) for k, v in stats.items()
+                                if k.startswith("instrument:")},
+                "chunk_seconds": {"buckets": hist, "sum": stats.get("chunk_seconds_sum", 0.0),
+                                  "count": int(stats.get("chunk_seconds_count", 0))},
+            },
+            "breakers": breakers,
+            "breakers_open": sorted(n for n, b in breakers.items() if b["state"] == "open"),
+            "dead_letters": self.telemetry.dead_letters(),
+            "reliability": self.telemetry.counters(),
+            "alerts": self.telemetry.alerts(),
+            "dashboards": sorted({j["dashboard"] for j in running if j["dashboard"]}),
         }
 
     def cleanup(self, older_than_days: float, status: str | None = None) -> list[str]:
@@ -335,6 +422,7 @@ class BackfillService:
                 job = self.state.job(job_id)
             except InvalidInput:
                 self.state.delete_job(job_id)
+                self.telemetry.forget_job(job_id)
                 continue
             if job["status"] not in FINAL_JOB_STATES:
                 continue
@@ -342,6 +430,7 @@ class BackfillService:
                 continue
             if (job.get("finished") or job["updated"]) <= cutoff:
                 self.state.delete_job(job_id)
+                self.telemetry.forget_job(job_id)
                 removed.append(job_id)
         return removed
 
@@ -370,6 +459,7 @@ class _Driver:
         self.svc, self.state, self.settings = svc, svc.state, svc.settings
         self.job_id, self.owner, self.lease_ms = job_id, owner, lease_ms
         self.base, self.cluster, self.workers = base, cluster, workers
+        self.job = {"instrument": base["instrument"], "labels": base["labels"]}
         self.stop = stop or threading.Event()
         self.in_flight: dict[Any, tuple[int, int]] = {}
         self.hold_until = 0.0          # no claims before this (a dependency is down)
@@ -402,6 +492,9 @@ class _Driver:
         if self.stop.is_set():
             if status == "running":
                 status = self.state.transition(job_id, "interrupt", "signal")
+                logs.job_event(job_id, status, "interrupt", "stop requested")
+            if status == "paused" and not self.in_flight:
+                return status  # stays paused; nothing to wait for
             if self.stop_deadline is None:
                 self.stop_deadline = time.monotonic() + self.settings.shutdown_timeout
         drained = self._claim(status)
@@ -446,6 +539,7 @@ class _Driver:
         idx, token = self.in_flight.pop(fut)
         if fut.status == "error":  # the task never reported: its worker died or it crashed
             exc = fut.exception()
+            logs.chunk_failed(self.job_id, idx, f"worker lost: {type(exc).__name__}: {exc}", True)
             self.state.fail(self.job_id, idx, token, f"worker lost: {type(exc).__name__}: {exc}",
                             self.base["max_attempts"], retryable=True, category="resource",
                             detail={"digest": "worker-lost"})
@@ -454,6 +548,7 @@ class _Driver:
         if fut.status == "cancelled":
             return
         result = fut.result()
+        self.svc._observe_chunk(self.job_id, self.job, idx, result)
         if result.get("outage"):
             self.hold_until = max(self.hold_until, time.monotonic() + float(result["retry_after"]))
         if result.get("fail_job"):
@@ -521,17 +616,3 @@ def _iso(ms: int | None) -> str | None:
     if not ms:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
-
-
-def _rate_and_eta(durations: list[tuple[float, int]], remaining: int, workers: int
-                  ) -> tuple[float, float | None]:
-    """Candles/s from recent chunks (weighted to the newest), and seconds left."""
-    if not durations:
-        return 0.0, None
-    recent = durations[-50:]
-    weights = np.exp(np.linspace(-2.0, 0.0, len(recent)))
-    secs = np.array([d for d, _ in recent])
-    cand = np.array([n for _, n in recent], dtype=float)
-    per_chunk_rate = np.sum(weights * cand) / max(np.sum(weights * secs), 1e-9)
-    rate = per_chunk_rate * workers  # chunks run side by side
-    return float(rate), (remaining / rate if rate > 0 and remaining > 0 else (0.0 if remaining <= 0 else None))

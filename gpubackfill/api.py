@@ -1,0 +1,249 @@
+"""The REST API (FastAPI): parse, call BackfillService, render.
+
+Routes: ``POST /jobs`` (queue a job; the scheduler runs it), ``GET /jobs``,
+``GET /jobs/{id}``, ``POST /jobs/{id}/pause|resume|cancel``, ``GET /metrics``
+(Prometheus), ``GET /health`` (200 or 503 with the reasons).  The OpenAPI
+schema is at ``/openapi.json`` and browsable at ``/docs``.
+
+Errors: a malformed request is 422 with the field errors (FastAPI's own
+validation); a request the engine refuses is 422 too (``InvalidInput``:
+unknown label, no candles...), an unknown job 404, a transition the job's
+state does not allow 409, an unreachable Redis or ClickHouse 503.  With
+``GPUBACKFILL_API_TOKEN`` set, mutating routes need ``Authorization:
+Bearer <token>`` (compared in constant time), else 401.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import metrics as metrics_mod
+from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
+from .state.machine import JOB_STATES
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+    from .service import BackfillService
+
+JOB_ID = Path(pattern=r"^[0-9a-f]{12}$", description="a job id, as returned by POST /jobs")
+ParamValue = Union[str, int, float, bool, list[Union[int, float, str]]]
+
+
+class JobRequest(BaseModel):
+    """The fields of ``gpubackfill start``."""
+    model_config = ConfigDict(extra="forbid")
+
+    instrument: str = Field(min_length=1, max_length=64, examples=["EURUSD"])
+    granularity: str = Field(min_length=1, max_length=8, examples=["H1"])
+    start_date: str = Field(min_length=1, max_length=64, examples=["2024-01-01"])
+    end_date: str = Field(min_length=1, max_length=64, examples=["2024-12-31"])
+    labels: list[str] | None = Field(default=None, max_length=16,
+                                     examples=[["enhanced_triple_barrier", "mfe_mae"]])
+    params: dict[str, dict[str, ParamValue]] | None = Field(
+        default=None, examples=[{"enhanced_triple_barrier": {"horizon": 48}}])
+    chunk_size: int | None = Field(default=None, ge=1, le=100_000_000)
+    workers: int | None = Field(default=None, ge=1, le=1024)
+    min_workers: int | None = Field(default=None, ge=1, le=1024)
+    priority: Literal["low", "normal", "high"] = "normal"
+    force: bool = False
+    backend: Literal["cpu", "cuda", "auto"] | None = None
+
+
+class Created(BaseModel):
+    job_id: str
+    status: str
+
+
+class Transitioned(BaseModel):
+    job_id: str
+    status: str
+
+
+def _params(p: dict[str, dict[str, Any]] | None) -> dict | None:
+    if p is None:
+        return None
+    return {label: {k: (",".join(str(x) for x in v) if isinstance(v, list) else v)
+                    for k, v in values.items()} for label, values in p.items()}
+
+
+def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None) -> FastAPI:
+    settings = service.settings
+    registry = metrics_mod.registry(service) if settings.metrics_enabled else None
+    bearer = HTTPBearer(auto_error=False, description="GPUBACKFILL_API_TOKEN, when set")
+    gpu = _gpu_presence()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if scheduler is not None:
+            scheduler.start()
+        yield
+        if scheduler is not None:
+            scheduler.shutdown()
+
+    app = FastAPI(title="gpubackfill", version=_version(), lifespan=lifespan,
+                  description="Backfill ML labels over OHLC candles: jobs, metrics, health.")
+
+    def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        token = settings.api_token
+        if not token:
+            return
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(GpubackfillError)
+    async def engine_error(request: Request, exc: GpubackfillError) -> JSONResponse:
+        if isinstance(exc, JobNotFound):
+            code = 404
+        elif isinstance(exc, InvalidTransition):
+            code = 409
+        elif isinstance(exc, InvalidInput):
+            code = 422
+        elif isinstance(exc, DependencyError):
+            code = 503
+        else:
+            code = 500
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.post("/jobs", status_code=201, response_model=Created, dependencies=[Depends(authorised)],
+              responses={401: {}, 422: {}, 503: {}})
+    def create_job(req: JobRequest) -> Created:
+        """Plan a job and queue it; the scheduler runs it by priority."""
+        job_id = service.create_job(req.instrument, req.granularity, req.start_date, req.end_date,
+                                    req.labels, _params(req.params), req.chunk_size, req.workers,
+                                    req.priority, req.force, req.backend, req.min_workers)
+        return Created(job_id=job_id, status=service.state.job(job_id)["status"])
+
+    @app.get("/jobs", responses={503: {}})
+    def list_jobs(status: Literal[JOB_STATES] | None = Query(default=None)) -> list[dict[str, Any]]:  # type: ignore[valid-type]
+        """Every job in Redis (optionally of one status), oldest first."""
+        return service.list_jobs(status)
+
+    @app.get("/jobs/{job_id}", responses={404: {}, 503: {}})
+    def get_job(job_id: str = JOB_ID) -> dict[str, Any]:
+        """One job: status, progress, throughput, ETA with its interval and confidence."""
+        return service.status(job_id)
+
+    def transition(name: str):
+        def handler(job_id: str = JOB_ID) -> Transitioned:
+            return Transitioned(job_id=job_id, status=getattr(service, name)(job_id))
+
+        handler.__name__ = f"{name}_job"
+        handler.__doc__ = f"{name.capitalize()} a job."
+        app.post(f"/jobs/{{job_id}}/{name}", response_model=Transitioned,
+                 dependencies=[Depends(authorised)], responses={401: {}, 404: {}, 409: {}, 503: {}})(handler)
+
+    for name in ("pause", "resume", "cancel"):
+        transition(name)
+
+    @app.get("/metrics", response_class=Response, responses={404: {}})
+    def prometheus() -> Response:
+        """Prometheus text exposition (every process's work, read from Redis)."""
+        if registry is None:
+            raise HTTPException(404, "metrics are disabled (METRICS_ENABLED=false)")
+        return Response(metrics_mod.exposition(registry), media_type=metrics_mod.CONTENT_TYPE)
+
+    @app.get("/health", responses={503: {"description": "not ready; the reasons are in the body"}})
+    def health(probe: Literal["ready", "live"] = Query(
+            default="ready", description="ready (default): 503 unless every dependency is usable; "
+                                         "live: 200 while the process answers (the checks are "
+                                         "still reported)")) -> JSONResponse:
+        """Liveness and readiness: Redis, ClickHouse, circuit breakers, scheduler, GPU."""
+        body = check_health(service, scheduler, gpu)
+        ok = body["ready"] or probe == "live"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return app
+
+
+def check_health(service: "BackfillService", scheduler: "Scheduler | None",
+                 gpu: dict[str, Any]) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    reasons: list[str] = []
+    t0 = time.perf_counter()
+    try:
+        service.state.ping()
+        checks["redis"] = {"ok": True, "where": service.state.where}
+    except DependencyError as exc:
+        checks["redis"] = {"ok": False, "error": str(exc)}
+        reasons.append(f"redis: {exc}")
+    try:
+        service.store.rows("SELECT 1")
+        checks["clickhouse"] = {"ok": True}
+    except GpubackfillError as exc:
+        checks["clickhouse"] = {"ok": False, "error": str(exc)}
+        reasons.append(f"clickhouse: {exc}")
+    dashboards: list[str] = []
+    if checks["redis"]["ok"]:
+        try:
+            breakers = service.telemetry.breakers()
+            open_ = sorted(n for n, b in breakers.items() if b["state"] == "open")
+            checks["breakers"] = {"ok": not open_, "states": {n: b["state"] for n, b in breakers.items()}}
+            if open_:
+                reasons.append(f"circuit breaker open: {', '.join(open_)}")
+            running = [j for j in service.list_jobs("running")]
+            dashboards = sorted({j["dashboard"] for j in running if j["dashboard"]})
+        except GpubackfillError as exc:
+            checks["breakers"] = {"ok": False, "error": str(exc)}
+            reasons.append(f"breakers: {exc}")
+    from .executor import cluster_summary
+
+    clusters = cluster_summary()
+    checks["workers"] = {"ok": True, "dask_clusters": clusters}
+    if scheduler is not None:
+        ok = scheduler.alive
+        checks["workers"].update(ok=ok, scheduler="running" if ok else "stopped",
+                                 jobs_running=scheduler.running(), max_concurrent_jobs=scheduler.max_jobs,
+                                 last_error=scheduler.last_error)
+        if not ok:
+            reasons.append("the scheduler is not running")
+    dashboards = sorted(set(dashboards) | {c["dashboard"] for c in clusters if c["dashboard"]})
+    checks["gpu"] = {"ok": gpu["present"] or service.settings.backend != "cuda", **gpu}
+    if not checks["gpu"]["ok"]:
+        reasons.append(f"GPUBACKFILL_BACKEND=cuda but no GPU: {gpu['reason']}")
+    ready = not reasons
+    return {"status": "ok" if ready else "unavailable", "live": True, "ready": ready,
+            "reasons": reasons, "checks": checks, "dask_dashboards": dashboards,
+            "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def _gpu_presence() -> dict[str, Any]:
+    """Whether CUDA kernels can run here (asked once: it initialises the driver)."""
+    from .backends import cuda_unavailable_reason
+
+    try:
+        why = cuda_unavailable_reason()
+    except Exception as exc:  # a broken driver install must not stop the API
+        why = f"{type(exc).__name__}: {exc}"
+    return {"present": why is None, "reason": why or "a CUDA device is present"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpubackfill")
+    except PackageNotFoundError:
+        return "0"
+
+
+def serve(service: "BackfillService", host: str, port: int, max_jobs: int | None = None) -> None:
+    """Run the API and the scheduler until interrupted (SIGINT/SIGTERM)."""
+    import uvicorn
+
+    from .alerts import Alerter
+    from .scheduler import Scheduler
+
+    scheduler = Scheduler(service, max_jobs, alerter=Alerter(service.telemetry, service.settings))
+    app = create_app(service, scheduler)
+    uvicorn.run(app, host=host, port=port, log_level=service.settings.log_level.lower(),
+                access_log=service.settings.log_level == "DEBUG")

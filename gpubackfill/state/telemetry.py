@@ -1,0 +1,158 @@
+"""Observability records in Redis, shared by every process.
+
+A process that drives a job writes here as its chunks finish; any process
+(``gpubackfill metrics``, the service's ``/metrics``) reads the totals back.
+The counters therefore belong to the deployment, not to one process.
+
+Keys (prefix P, job id J)::
+
+    P:stats              hash   monotonic totals: chunks, candles, rows, cache hits,
+                                failures, labels:<name>, instrument:<name>,
+                                chunk_seconds histogram (bucket:<le>, sum, count)
+    P:job:J:samples      list   "finished_ms,duration_s,candles" per chunk (for the ETA)
+    P:alerts             hash   condition -> JSON of the firing alert (absent: clear)
+    P:alert_history      list   JSON of every alert fired or cleared, newest last
+
+Written by the reliability layer (read here, defensively: a missing key
+means zero, or every breaker closed)::
+
+    P:breakers           hash   dependency -> {"state", "failures", "changed_ms"}
+    P:dlq                hash   one field per dead-lettered chunk
+    P:counters           hash   retries:<category>, errors:<category>
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .redis_store import RedisState, now_ms
+
+# Chunk duration buckets (seconds): from cache hits (ms) to very large chunks.
+CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+SAMPLES_KEPT = 200
+HISTORY_KEPT = 200
+CATEGORIES = ("transient", "resource", "dependency", "data", "persistent")
+
+
+def bucket_field(seconds: float) -> str:
+    for b in CHUNK_BUCKETS:
+        if seconds <= b:
+            return f"bucket:{b:g}"
+    return "bucket:+Inf"
+
+
+class Telemetry:
+    """Counters, samples, alerts and reliability data over one RedisState."""
+
+    def __init__(self, state: RedisState):
+        self.state = state
+        self.r = state.r
+        self.p = state.p
+
+    def _call(self, fn, *args, **kwargs):
+        return self.state._call(fn, *args, **kwargs)
+
+    # -- chunks --------------------------------------------------------------
+
+    def record_chunk(self, job_id: str, job: dict[str, Any], duration: float, candles: int, rows: int,
+                     cache_hit: bool) -> None:
+        """One finished chunk: totals, the duration histogram, the ETA sample."""
+        stats = f"{self.p}:stats"
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(stats, "chunks", 1)
+        pipe.hincrby(stats, "candles", candles)
+        pipe.hincrby(stats, "rows", rows)
+        pipe.hincrby(stats, "cache_hits", int(cache_hit))
+        pipe.hincrby(stats, f"instrument:{job['instrument']}", candles)
+        for label in job.get("labels") or []:
+            pipe.hincrby(stats, f"labels:{label}", rows)
+        pipe.hincrby(stats, bucket_field(duration), 1)
+        pipe.hincrbyfloat(stats, "chunk_seconds_sum", duration)
+        pipe.hincrby(stats, "chunk_seconds_count", 1)
+        key = self.state.k(job_id, "samples")
+        pipe.rpush(key, f"{now_ms()},{duration:.6f},{candles}")
+        pipe.ltrim(key, -SAMPLES_KEPT, -1)
+        pipe.expire(key, self.state.ttl)
+        self._call(pipe.execute)
+
+    def record_failure(self) -> None:
+        self._call(self.r.hincrby, f"{self.p}:stats", "chunk_failures", 1)
+
+    def stats(self) -> dict[str, float]:
+        raw = self._call(self.r.hgetall, f"{self.p}:stats")
+        return {k: float(v) for k, v in raw.items()}
+
+    def samples(self, job_id: str) -> list[tuple[int, float, int]]:
+        out = []
+        for item in self._call(self.r.lrange, self.state.k(job_id, "samples"), 0, -1):
+            try:
+                t, d, n = item.split(",")
+                out.append((int(t), float(d), int(n)))
+            except ValueError:
+                continue
+        return out
+
+    def forget_job(self, job_id: str) -> None:
+        self._call(self.r.delete, self.state.k(job_id, "samples"))
+
+    # -- reliability data (written by others) --------------------------------
+
+    def breakers(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, raw in self._call(self.r.hgetall, f"{self.p}:breakers").items():
+            try:
+                value = json.loads(raw)
+                state = str(value.get("state", "closed"))
+            except (ValueError, AttributeError):
+                value, state = {}, "closed"
+            out[name] = {"state": state if state in ("closed", "open", "half_open") else "closed",
+                         "failures": _int(value.get("failures") if isinstance(value, dict) else 0)}
+        return out
+
+    def dead_letters(self) -> int:
+        return int(self._call(self.r.hlen, f"{self.p}:dlq"))
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        raw = self._call(self.r.hgetall, f"{self.p}:counters")
+        out = {"retries": {c: 0 for c in CATEGORIES}, "errors": {c: 0 for c in CATEGORIES}}
+        for field, value in raw.items():
+            kind, _, category = field.partition(":")
+            if kind in out and category:
+                out[kind][category] = _int(value)
+        return out
+
+    # -- alerts --------------------------------------------------------------
+
+    def fire_alert(self, name: str, record: dict[str, Any]) -> bool:
+        """Mark ``name`` firing; True only for the one caller that changed it."""
+        if not self._call(self.r.hsetnx, f"{self.p}:alerts", name, json.dumps(record)):
+            return False
+        self._history({**record, "event": "firing"})
+        return True
+
+    def clear_alert(self, name: str) -> bool:
+        raw = self._call(self.r.hget, f"{self.p}:alerts", name)
+        if raw is None or not self._call(self.r.hdel, f"{self.p}:alerts", name):
+            return False
+        self._history({**json.loads(raw), "event": "resolved", "resolved_ms": now_ms()})
+        return True
+
+    def alerts(self) -> dict[str, dict[str, Any]]:
+        return {k: json.loads(v) for k, v in self._call(self.r.hgetall, f"{self.p}:alerts").items()}
+
+    def alert_history(self, last: int = 20) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self._call(self.r.lrange, f"{self.p}:alert_history", -last, -1)]
+
+    def _history(self, record: dict[str, Any]) -> None:
+        pipe = self.r.pipeline()
+        pipe.rpush(f"{self.p}:alert_history", json.dumps(record))
+        pipe.ltrim(f"{self.p}:alert_history", -HISTORY_KEPT, -1)
+        self._call(pipe.execute)
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,107 @@
+"""The ETA with confidence (gpubackfill.eta): convergence and behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpubackfill.eta import estimate
+
+
+def simulate(n_chunks: int, candles: int, seconds: float, workers: int, jitter: float = 0.05,
+             seed: int = 0, first_factor: float = 1.0) -> list[tuple[int, float, int]]:
+    """Finishing times of chunks run by ``workers`` parallel workers, each
+    chunk taking ``seconds`` (+- jitter): what the driver records."""
+    rng = np.random.default_rng(seed)
+    free = [0.0] * workers  # when each worker is next free
+    out = []
+    for i in range(n_chunks):
+        w = int(np.argmin(free))
+        d = seconds * (1 + rng.uniform(-jitter, jitter)) * (first_factor if i == 0 else 1.0)
+        free[w] += d + 0.01  # a small driver gap between chunks
+        out.append((free[w], d, candles))
+    out.sort()
+    return [(int(1_000_000 + t * 1000), d, n) for t, d, n in out]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_eta_after_half_the_job_is_within_20_percent(workers):
+    samples = simulate(200, 10_000, 0.4, workers, seed=workers)
+    half = samples[:100]
+    true_remaining = (samples[-1][0] - half[-1][0]) / 1000
+    est = estimate(half, remaining=100 * 10_000, workers=workers)
+    assert est.eta_s == pytest.approx(true_remaining, rel=0.2)
+    assert est.eta_low_s <= true_remaining <= est.eta_high_s or \
+        abs(est.eta_s - true_remaining) / true_remaining < 0.05
+    assert est.concurrency == pytest.approx(workers, rel=0.1)
+    assert est.confidence > 0.8
+
+
+def test_a_slow_first_chunk_does_not_skew_the_estimate():
+    # kernels compiled during the first chunk: it takes 20x longer
+    samples = simulate(100, 10_000, 0.4, 2, first_factor=20)
+    est = estimate(samples[:50], 50 * 10_000, 2)
+    true_remaining = (samples[-1][0] - samples[49][0]) / 1000
+    assert est.eta_s == pytest.approx(true_remaining, rel=0.2)
+
+
+def test_confidence_grows_and_interval_narrows_with_more_chunks():
+    samples = simulate(100, 10_000, 0.4, 2, jitter=0.3)
+    early = estimate(samples[:3], 97 * 10_000, 2)
+    late = estimate(samples[:60], 40 * 10_000, 2)
+    assert early.confidence < late.confidence
+    rel_early = (early.eta_high_s - early.eta_low_s) / early.eta_s
+    rel_late = (late.eta_high_s - late.eta_low_s) / late.eta_s
+    assert rel_late < rel_early
+
+
+def test_the_estimate_follows_a_change_of_speed():
+    fast = simulate(60, 10_000, 0.2, 1)
+    slow = simulate(60, 10_000, 0.8, 1, seed=3)
+    shift = fast[-1][0] + 1
+    joined = fast + [(t - slow[0][0] + shift + int(800), d, n) for t, d, n in slow]
+    est = estimate(joined, 100 * 10_000, 1)
+    # 100 chunks at ~0.81 s each remain: the old speed is forgotten.
+    assert est.eta_s == pytest.approx(100 * 0.81, rel=0.2)
+
+
+def test_nothing_known_and_nothing_left():
+    none = estimate([], 1_000, 2)
+    assert none.eta_s is None and none.confidence == 0.0
+    done = estimate([(1000, 1.0, 100)], 0, 2)
+    assert done.eta_s == 0.0 and done.confidence == 1.0
+    one = estimate([(1000, 1.0, 100)], 1_000, 1)
+    assert one.eta_s == pytest.approx(10.0) and one.eta_low_s is None and one.confidence == 0.0
+
+
+def test_a_real_job_reports_its_eta_from_recorded_chunks(service):
+    """Through the real driver, Redis and chDB: every finished chunk leaves a
+    timed sample, and the status half-way shows the estimator's ETA with its
+    interval.  (Convergence itself is checked above on chunks of known
+    duration: real chunk times on a shared CI machine are not steady.)"""
+    from gpubackfill.eta import estimate as est_fn
+    from gpubackfill.store import SeriesKey
+    from gpubackfill.synthetic import generate
+
+    service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-10"))
+    job = service.create_job("EURUSD", "M5", "2024-01-01", "2024-01-08", chunk_size=100, workers=2,
+                             labels=["mfe_mae"])
+    half: list = []
+
+    def progress(s):
+        if not half and s["candles_done"] >= s["candles_total"] / 2:
+            half.append(s)
+
+    service.execute(job, progress=progress)
+    samples = service.telemetry.samples(job)
+    final = service.status(job)
+    assert len(samples) == final["chunks_total"] and sum(n for _, _, n in samples) == final["candles_total"]
+    assert all(b[0] >= a[0] for a, b in zip(samples, samples[1:]))  # in finishing order
+    s = half[0]
+    e = s["eta"]
+    assert s["status"] == "running" and s["eta_s"] > 0 and 1 <= e["chunks_seen"] <= s["chunks"]["done"]
+    assert e["low_s"] <= s["eta_s"] <= e["high_s"] and 0 < e["confidence"] <= 1
+    assert 1 <= e["concurrency"] <= 2
+    again = est_fn(samples[:e["chunks_seen"]], s["candles_total"] - s["candles_done"], 2)
+    assert again.eta_s == pytest.approx(s["eta_s"])
+    assert final["eta_s"] == 0.0 and final["status"] == "completed"

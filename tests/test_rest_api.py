@@ -1,0 +1,233 @@
+"""The REST API: FastAPI's test client, and real HTTP against uvicorn on a
+loopback port with the scheduler running jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import make_settings
+from gpubackfill.api import create_app
+from gpubackfill.redis_server import ensure_server, stop_server
+from gpubackfill.scheduler import Scheduler
+from gpubackfill.service import BackfillService
+from gpubackfill.store import SeriesKey
+from gpubackfill.synthetic import generate
+
+START, END = "2024-01-01", "2024-01-05"
+BODY = {"instrument": "EURUSD", "granularity": "M5", "start_date": START, "end_date": END,
+        "labels": ["enhanced_triple_barrier", "mfe_mae"],
+        "params": {"enhanced_triple_barrier": {"horizon": 12}}, "chunk_size": 300, "workers": 1}
+
+
+@pytest.fixture
+def ingested(service):
+    service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", START, "2024-01-08"))
+    return service
+
+
+@pytest.fixture
+def client(ingested):
+    with TestClient(create_app(ingested)) as c:
+        yield c
+
+
+def test_jobs_routes(client, ingested):
+    r = client.post("/jobs", json=BODY)
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    assert r.json()["status"] == "queued"
+    assert ingested.state.job(job)["params"]["enhanced_triple_barrier"]["horizon"] == 12
+    listed = client.get("/jobs").json()
+    assert [j["job_id"] for j in listed] == [job]
+    assert client.get("/jobs", params={"status": "completed"}).json() == []
+    one = client.get(f"/jobs/{job}").json()
+    assert one["status"] == "queued" and one["chunks_total"] > 1 and "eta" in one
+    assert client.post(f"/jobs/{job}/resume").status_code == 409      # not paused
+    assert client.post(f"/jobs/{job}/pause").json() == {"job_id": job, "status": "paused"}
+    assert client.post(f"/jobs/{job}/resume").json()["status"] == "running"
+    assert client.post(f"/jobs/{job}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/jobs/{job}/cancel").status_code == 409
+    missing = client.get("/jobs/0123456789ab")
+    assert missing.status_code == 404 and "no job" in missing.json()["detail"]
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"instrument": None}, "instrument"),
+    ({"priority": "urgent"}, "priority"),
+    ({"chunk_size": 0}, "chunk_size"),
+    ({"workers": "many"}, "workers"),
+    ({"surprise": 1}, "surprise"),
+])
+def test_request_validation_is_422_with_the_field(client, change, field):
+    body = {k: v for k, v in {**BODY, **change}.items() if v is not None}
+    r = client.post("/jobs", json=body)
+    assert r.status_code == 422
+    assert any(field in e["loc"] for e in r.json()["detail"]), r.json()
+
+
+def test_refused_requests_and_bad_ids(client):
+    r = client.post("/jobs", json={**BODY, "labels": ["nope"]})
+    assert r.status_code == 422 and "unknown label 'nope'" in r.json()["detail"]
+    r = client.post("/jobs", json={**BODY, "instrument": "XAUUSD"})
+    assert r.status_code == 422 and "no candles for XAUUSD" in r.json()["detail"]
+    assert client.get("/jobs/not-an-id").status_code == 422
+    assert client.get("/jobs", params={"status": "bogus"}).status_code == 422
+    schema = client.get("/openapi.json").json()
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/pause", "/metrics", "/health"} <= set(schema["paths"])
+
+
+def test_bearer_token_guards_mutating_routes(chdb_home, redis_socket):
+    settings = make_settings(chdb_home, redis_socket, GPUBACKFILL_API_TOKEN="s3cret-token")
+    svc = BackfillService(settings)
+    with TestClient(create_app(svc)) as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+            r = c.post("/jobs", json=BODY, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert c.post("/jobs/0123456789ab/cancel", headers=headers).status_code == 401
+        ok = {"Authorization": "Bearer s3cret-token"}
+        assert c.post("/jobs/0123456789ab/cancel", headers=ok).status_code == 404  # past the guard
+        assert c.get("/jobs").status_code == 200                                   # reads stay open
+        assert c.get("/health").status_code == 200
+    assert "s3cret-token" not in repr(settings) and settings.public()["api_token"] == "***"
+
+
+class Uvicorn:
+    """The app on 127.0.0.1 (a free port), served from a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive()
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+def test_real_http_job_metrics_and_health(ingested):
+    sched = Scheduler(ingested, max_jobs=1, interval=0.1)
+    srv = Uvicorn(create_app(ingested, sched))
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as h:
+            job = h.post("/jobs", json=BODY).json()["job_id"]
+            deadline = time.monotonic() + 300
+            while (s := h.get(f"/jobs/{job}").json())["status"] != "completed":
+                assert time.monotonic() < deadline and s["status"] in ("queued", "running"), s
+                time.sleep(0.1)
+            assert s["candles_done"] == s["candles_total"] > 0 and s["eta_s"] == 0.0
+            assert sched.started_order == [job]
+            health = h.get("/health")
+            assert health.status_code == 200, health.text
+            body = health.json()
+            assert body["ready"] and body["checks"]["redis"]["ok"] and body["checks"]["clickhouse"]["ok"]
+            assert body["checks"]["workers"]["scheduler"] == "running"
+            assert any(c["workers"] == 1 and "in-process" in c["kind"]
+                       for c in body["checks"]["workers"]["dask_clusters"]), body["checks"]["workers"]
+            assert "present" in body["checks"]["gpu"] and "dask_dashboards" in body
+            text = h.get("/metrics")
+            assert text.headers["content-type"].startswith("text/plain")
+            names = {s.name: s.value for f in text_string_to_metric_families(text.text) for s in f.samples
+                     if not s.labels}
+            assert names["gpubackfill_candles_processed_total"] == s["candles_total"]
+            assert names["gpubackfill_chunks_processed_total"] == s["chunks_total"]
+            assert names["gpubackfill_chunk_duration_seconds_count"] == s["chunks_total"]
+    finally:
+        srv.stop()
+        sched.shutdown()
+    assert not sched.alive
+
+
+def test_health_is_503_while_redis_is_down(chdb_home, tmp_path):
+    rdir = tmp_path / "own-redis"
+    sock = ensure_server(rdir)
+    try:
+        # With the reliability layer's Redis breaker, health stays 503 until the
+        # breaker's reset timeout: keep it short here.
+        svc = BackfillService(make_settings(chdb_home, sock, GPUBACKFILL_BREAKER_REDIS_RESET_SECONDS="0.2"))
+        with TestClient(create_app(svc)) as c:
+            assert c.get("/health").status_code == 200
+            stop_server(rdir)
+            r = c.get("/health")
+            assert r.status_code == 503
+            body = r.json()
+            assert not body["ready"] and not body["checks"]["redis"]["ok"]
+            assert any(x.startswith("redis: cannot reach Redis") for x in body["reasons"])
+            assert c.get("/health", params={"probe": "live"}).status_code == 200  # alive, not ready
+            assert c.get("/jobs").status_code == 503
+            m = c.get("/metrics")
+            assert m.status_code == 200 and "gpubackfill_redis_up 0.0" in m.text
+            ensure_server(rdir)
+            codes = []
+            for _ in range(100):  # the client reconnects on its next command
+                r = c.get("/health")
+                codes.append(r.status_code)
+                if codes[-1] == 200:
+                    break
+                time.sleep(0.1)
+            assert codes[-1] == 200, (codes[-3:], r.json()["reasons"])
+    finally:
+        stop_server(rdir)
+
+
+def test_serve_command_as_a_process(tmp_path, redis_socket):
+    """`gpubackfill serve` in its own process: answers, runs a detached job, stops on SIGTERM."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from test_cli import env_for, run_cli
+
+    env = env_for(make_settings(tmp_path / "home", redis_socket))
+    path = tmp_path / "c.parquet"
+    pq.write_table(generate("EURUSD", "M5", START, "2024-01-08"), path)
+    run_cli(env, "ingest", str(path), "--instrument", "EURUSD", "--granularity", "M5")
+    job = run_cli(env, "start", "--instrument", "EURUSD", "--granularity", "M5", "--start-date", START,
+                  "--end-date", END, "--chunk-size", "500", "--workers", "1", "--detach").stdout.strip()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gpubackfill", "serve", "--port", str(port)],
+                            env={**os.environ, **env, "GPUBACKFILL_SCHEDULER_INTERVAL": "0.2",
+                                 "LOG_LEVEL": "INFO", "LOG_FORMAT": "json"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                s = httpx.get(f"{url}/jobs/{job}", timeout=5).json()
+                if s["status"] == "completed":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert f"serving on http://127.0.0.1:{port}" in err
+    events = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    assert any(e.get("job_id") == job and e.get("status") == "completed" for e in events)
