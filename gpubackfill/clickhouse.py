@@ -59,10 +59,12 @@ class HttpClient:
 
 
 class EmbeddedClient:
-    """One handle on this process's chDB engine.
+    """The process's one handle on its chDB engine; one statement at a time.
 
-    A handle runs one statement at a time; handles of different threads run
-    side by side, so the Store keeps one per thread.  (chDB's ``Python()``
+    Handles per thread did run statements side by side, but in long test
+    sessions a statement sometimes never returned (every thread parked
+    inside chDB, no CPU used), so statements are serialised here.  Kernels
+    still run in parallel: only loads and writes take turns.  (chDB's ``Python()``
     table function inserts about a quarter faster, but it finds its input by
     variable name through a process-wide cache: in a test, two threads
     inserting at once through one handle wrote each other's rows.)
@@ -82,6 +84,7 @@ class EmbeddedClient:
                     f"ClickHouse server and set CLICKHOUSE_URL") from None
             raise DependencyError(f"cannot connect to ClickHouse at chdb://{settings.chdb_path}: "
                                   f"{short_error(exc)}") from None
+        self._lock = threading.Lock()
 
     def _query(self, sql: str, fmt: str, parameters: dict | None):
         # Imported here, not with the module: commands that only touch Redis stay light.
@@ -89,7 +92,9 @@ class EmbeddedClient:
 
         sql, bound = bind_query(sql, parameters)
         # bind_query names server-side parameters as HTTP does (param_<name>).
-        return self._conn.query(sql, fmt, params={k.removeprefix("param_"): v for k, v in bound.items()})
+        params = {k.removeprefix("param_"): v for k, v in bound.items()}
+        with self._lock:
+            return self._conn.query(sql, fmt, params=params)
 
     def command(self, sql: str, parameters: dict | None = None) -> None:
         self._query(sql, "TabSeparated", parameters)
@@ -106,7 +111,7 @@ class EmbeddedClient:
 
         names = ", ".join(quote_identifier(name) for name in data.column_names)
         buf = io.BytesIO()
-        with self._conn.send_insert(f"INSERT INTO {table} ({names})", "ArrowStream") as inserter:
+        with self._lock, self._conn.send_insert(f"INSERT INTO {table} ({names})", "ArrowStream") as inserter:
             with pa.ipc.new_stream(buf, data.schema) as writer:
                 for batch in data.to_batches(max_chunksize=_INSERT_BATCH_ROWS):
                     writer.write_batch(batch)
@@ -127,14 +132,9 @@ _clients_lock = threading.Lock()
 
 
 def client(settings: Settings) -> HttpClient | EmbeddedClient:
-    """The client of this thread (embedded) or process (server) for ``settings``.
-
-    chDB allows one engine folder per process but any number of handles on
-    it: one handle per worker thread lets chunks load and write side by side.
-    """
+    """The client of this process for ``settings`` (both kinds are thread-safe)."""
     embedded = settings.embedded_clickhouse
-    key = (settings.clickhouse_url, str(settings.chdb_path), settings.clickhouse_user,
-           threading.get_ident() if embedded else 0)
+    key = (settings.clickhouse_url, str(settings.chdb_path), settings.clickhouse_user)
     with _clients_lock:
         if key not in _clients:
             _clients[key] = EmbeddedClient(settings) if embedded else HttpClient(settings)
