@@ -90,36 +90,64 @@ def clickhouse_breaker(settings: Settings):
                         settings.breaker_clickhouse_reset_seconds)
 
 
+class _LeaseKeeper:
+    """One thread per process that renews the leases of the chunks running
+    in it (a thread per chunk would start and stop thousands of threads)."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, Heartbeat] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: "Heartbeat") -> None:
+        with self._lock:
+            self._held[id(beat)] = beat
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True, name="lease-keeper")
+                self._thread.start()
+
+    def remove(self, beat: "Heartbeat") -> None:
+        with self._lock:
+            self._held.pop(id(beat), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                beats = list(self._held.values())
+            now = time.monotonic()
+            for beat in beats:
+                if not beat.lost and now >= beat.due:
+                    try:
+                        beat.renew()
+                    except DependencyError:
+                        pass  # Redis away for a moment: the fence decides before writing
+            self._wake.wait(0.5)
+
+
+_KEEPER = _LeaseKeeper()
+
+
 class Heartbeat:
-    """Renews the chunk's lease while it runs; ``fence()`` before writing."""
+    """Keeps the chunk's lease renewed while it runs; ``fence()`` before writing."""
 
     def __init__(self, state: RedisState, task: ChunkTask, lease_ms: int):
         self.state, self.task, self.lease_ms = state, task, lease_ms
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True,
-                                        name=f"lease-{task.job_id}-{task.index}")
+        self.due = time.monotonic() + lease_ms / 3000
 
     def __enter__(self) -> "Heartbeat":
-        self._thread.start()
+        _KEEPER.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        _KEEPER.remove(self)
 
-    def _renew(self) -> bool:
+    def renew(self) -> bool:
         ok = self.state.renew_lease(self.task.job_id, self.task.index, self.task.token, self.lease_ms)
         self.lost = self.lost or not ok
+        self.due = time.monotonic() + self.lease_ms / 3000
         return ok
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.lease_ms / 3000):
-            try:
-                if not self._renew():
-                    return
-            except DependencyError:
-                pass  # Redis away for a moment: the fence decides before writing
 
     def fence(self) -> None:
         """Raise LeaseLost unless the lease is still ours (and renew it).
@@ -128,7 +156,7 @@ class Heartbeat:
         before anyone else may claim the chunk, so its write cannot land
         after the next owner's.
         """
-        if self.lost or not self._renew():
+        if self.lost or not self.renew():
             raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
 
 
