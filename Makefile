@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/gpubackfill demo
 
+# --sw: a run stopped by a failure, or by a test that timed out on a stuck
+# chDB statement, is resumed from that test in a fresh process (twice at
+# most); a real failure fails every time and the target fails.
 test: $(STAMP)
-	$(PY) -m pytest
+	rm -rf .pytest_cache/v/cache/stepwise
+	@for attempt in 1 2 3; do \
+		timeout 3000 $(PY) -m pytest --sw && exit 0; \
+		echo "pytest stopped (attempt $$attempt of 3); resuming from the test that stopped it"; \
+	done; exit 1
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
