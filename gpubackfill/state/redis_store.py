@@ -170,20 +170,6 @@ redis.call('HSET', KEYS[1], ARGV[1], owner .. '|' .. ARGV[3] .. '|' .. token)
 return 1
 """
 
-# KEYS: state, lease, pending   ARGV: owner
-_RELEASE_OWNER = """
-local n = 0
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  if string.match(all[i + 1], '^(.*)|%d+|%d+$') == ARGV[1] then
-    redis.call('HDEL', KEYS[2], all[i])
-    redis.call('HSET', KEYS[1], all[i], 'pending')
-    redis.call('LPUSH', KEYS[3], all[i])
-    n = n + 1
-  end
-end
-return n
-"""
 
 # KEYS: spec key   ARGV: job id, key prefix of jobs, active states (JSON list)
 # The key expires unless the job is created (create_job persists it), so a
@@ -219,13 +205,17 @@ redis.call('LPUSH', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS: state, lease, pending   ARGV: now_ms
-_EXPIRE = """
+# Leases back to pending: those expired before ARGV[2] ('expired'), or those
+# of the owner ARGV[2] ('owner', a driver that is gone).
+# KEYS: state, lease, pending   ARGV: 'expired' | 'owner', now_ms | owner
+_RETURN_LEASES = """
 local n = 0
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
-  local exp = tonumber(string.match(all[i + 1], '|(%d+)|'))
-  if exp and exp < tonumber(ARGV[1]) then
+  local owner, exp = string.match(all[i + 1], '^(.*)|(%d+)|%d+$')
+  local hit
+  if ARGV[1] == 'owner' then hit = owner == ARGV[2] else hit = tonumber(exp) < tonumber(ARGV[2]) end
+  if hit then
     redis.call('HDEL', KEYS[2], all[i])
     redis.call('HSET', KEYS[1], all[i], 'pending')
     redis.call('LPUSH', KEYS[3], all[i])
@@ -256,11 +246,10 @@ class RedisState:
         self._complete = self.r.register_script(_COMPLETE)
         self._fail = self.r.register_script(_FAIL)
         self._release = self.r.register_script(_RELEASE)
-        self._expire = self.r.register_script(_EXPIRE)
+        self._return_leases = self.r.register_script(_RETURN_LEASES)
         self._requeue = self.r.register_script(_REQUEUE)
         self._split = self.r.register_script(_SPLIT)
         self._renew = self.r.register_script(_RENEW)
-        self._release_owner = self.r.register_script(_RELEASE_OWNER)
         self._takeover = self.r.register_script(_TAKEOVER)
         self._claim_spec = self.r.register_script(_CLAIM_SPEC)
 
@@ -457,8 +446,9 @@ class RedisState:
 
     def expire_leases(self, job_id: str) -> int:
         k = self.k
-        return int(self._call(self._expire, keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
-                              args=[now_ms()]))
+        return int(self._call(self._return_leases,
+                              keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
+                              args=["expired", now_ms()]))
 
     def renew_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> bool:
         """Extend a lease that is still ours; False once it was taken back."""
@@ -473,9 +463,9 @@ class RedisState:
     def release_owner(self, job_id: str, owner: str) -> int:
         """Return every chunk leased by ``owner`` (a driver that is gone) to pending."""
         k = self.k
-        return int(self._call(self._release_owner,
+        return int(self._call(self._return_leases,
                               keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
-                              args=[owner]))
+                              args=["owner", owner]))
 
     def take_over_driver(self, job_id: str, dead: str, owner: str, ttl_ms: int) -> bool:
         return bool(self._call(self._takeover, keys=[self.k(job_id, "driver")],
