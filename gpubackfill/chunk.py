@@ -26,10 +26,12 @@ from .compute import compute_series
 from .config import Settings
 from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
 from .labels import halo, resolve
+from .logs import log
 from .redis_server import connect as redis_connect
 from .resilience import BREAKERS, classify, is_outage, retrying
 from .state.redis_store import RedisState
 from .store import SeriesKey, Store, input_fingerprint
+from .watchdog import thread_stack
 
 # Kernels run in several worker threads at once: only the thread-safe
 # numba threading layers (tbb, omp) may be used.
@@ -59,6 +61,7 @@ class ChunkTask:
     max_attempts: int
     numba_threads: int = 0
     rows: int = 0  # planned candles in [start_ms, end_ms)
+    timeout_s: float = 0.0  # the chunk's deadline (watchdog.py); 0: none
 
 
 class LeaseLost(GpubackfillError):
@@ -92,7 +95,8 @@ def clickhouse_breaker(settings: Settings):
 
 class _LeaseKeeper:
     """One thread per process that renews the leases of the chunks running
-    in it (a thread per chunk would start and stop thousands of threads)."""
+    in it (a thread per chunk would start and stop thousands of threads),
+    and takes back those past their deadline."""
 
     def __init__(self) -> None:
         self._held: dict[int, Heartbeat] = {}
@@ -117,6 +121,9 @@ class _LeaseKeeper:
                 beats = list(self._held.values())
             now = time.monotonic()
             for beat in beats:
+                if beat.deadline is not None and now >= beat.deadline:
+                    beat.overdue(now)
+                    continue
                 if not beat.lost and now >= beat.due:
                     try:
                         beat.renew()
@@ -134,7 +141,12 @@ class Heartbeat:
     def __init__(self, state: RedisState, task: ChunkTask, lease_ms: int):
         self.state, self.task, self.lease_ms = state, task, lease_ms
         self.lost = False
-        self.due = time.monotonic() + lease_ms / 3000
+        self.started = time.monotonic()
+        self.due = self.started + lease_ms / 3000
+        self.deadline = self.started + task.timeout_s if task.timeout_s > 0 else None
+        self.take_back_at: float | None = None
+        self.reason = ""
+        self.thread = threading.get_ident()
 
     def __enter__(self) -> "Heartbeat":
         _KEEPER.add(self)
@@ -148,6 +160,49 @@ class Heartbeat:
         self.lost = self.lost or not ok
         self.due = time.monotonic() + self.lease_ms / 3000
         return ok
+
+    def overdue(self, now: float) -> None:
+        """Past the deadline (runs on the keeper thread).
+
+        First the lease is renewed one last time and never again, and the
+        thread's stack is logged.  The attempt is failed (the chunk queued
+        again, or dead-lettered once its attempts are used up) only when
+        that last lease is about to run out: a run that passed its fence
+        just before the deadline keeps the whole lease period it was
+        promised to finish its write, as with any expired lease.
+        """
+        task = self.task
+        if self.take_back_at is None:
+            still_ours = False
+            if not self.lost:
+                try:
+                    still_ours = self.renew()
+                except DependencyError:
+                    pass
+            self.lost = True
+            if not still_ours:
+                self.deadline = None  # taken back already: nothing more to do
+                return
+            margin = min(2.0, self.lease_ms / 4000)
+            self.take_back_at = now + self.lease_ms / 1000 - margin
+            stack = thread_stack(self.thread)
+            self.reason = (f"timeout: chunk {task.index} ran {now - self.started:.0f}s, past its "
+                           f"deadline of {task.timeout_s:g}s; taken back\n{stack}")
+            log.error("%s", self.reason, extra={"job_id": task.job_id, "chunk": task.index})
+            try:
+                self.state.note(task.job_id, "chunk_timeout", self.reason[:4000])
+            except DependencyError:
+                pass
+            return
+        if now < self.take_back_at:
+            return
+        self.deadline = None
+        try:
+            self.state.fail(task.job_id, task.index, task.token, self.reason, task.max_attempts,
+                            retryable=True, category="transient",
+                            detail={"digest": "chunk-timeout", "retries": 0})
+        except DependencyError:
+            pass  # Redis away: the lease is no longer renewed, so it expires instead
 
     def fence(self) -> None:
         """Raise LeaseLost unless the lease is still ours (and renew it).

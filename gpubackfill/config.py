@@ -60,6 +60,10 @@ class Settings:
     memory_limit_bytes: int | None = None  # RSS a worker process aims to stay under
     min_chunk_size: int = 1000             # chunks are not split below this
     shutdown_timeout: float = 30.0         # seconds running chunks get after a signal
+    # A chunk past its deadline is taken back (watchdog.py).  0: automatic,
+    # 10x the job's median chunk time and never under chunk_timeout_floor.
+    chunk_timeout: float = 0.0
+    chunk_timeout_floor: float = 300.0
     # Service mode (gpubackfill serve) and observability.
     log_format: str = "text"               # text | json
     api_host: str = "127.0.0.1"
@@ -144,19 +148,6 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {raw}")
     return value
 
 
@@ -282,6 +273,8 @@ def _parse(env: Mapping[str, str]) -> dict:
         out["memory_limit_bytes"] = parse_size(env["BATCH_MEMORY_LIMIT"], "BATCH_MEMORY_LIMIT")
     out["min_chunk_size"] = _int(env, "GPUBACKFILL_MIN_CHUNK_SIZE", 1000, 1)
     out["shutdown_timeout"] = _float(env, "GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)
+    out["chunk_timeout"] = _float(env, "GPUBACKFILL_CHUNK_TIMEOUT", 0.0)
+    out["chunk_timeout_floor"] = _float(env, "GPUBACKFILL_CHUNK_TIMEOUT_FLOOR", 300.0, 1.0)
     fmt = (env.get("LOG_FORMAT") or "text").lower()
     if fmt not in ("text", "json"):
         raise ConfigError(f"LOG_FORMAT must be text or json, got {fmt!r}")

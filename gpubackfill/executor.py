@@ -8,6 +8,13 @@
   how a backfill outgrows one machine.
 
 Adaptive scaling between ``min_workers`` and ``workers`` is Dask's own.
+
+Dask's sampling profiler is off in every cluster started here.  It calls
+``sys._current_frames()`` every 10 ms in each worker, and on CPython 3.11
+before 3.11.12 that call can deadlock the whole process (gh-106883: it
+holds the runtime's thread-list lock while allocating, an allocation runs
+the garbage collector, and freeing a ``threading.local`` takes the same lock
+again).  ``tools/current_frames_deadlock.py`` shows it on a given Python.
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Iterator
 
 from .config import Settings
 from .errors import DependencyError
+from .logs import log
+
+PROFILER_SETTING = "distributed.worker.profile.enabled"
 
 
 # Starting two LocalClusters at once in one process races in distributed's
@@ -53,6 +64,48 @@ def _has_dashboard() -> bool:
 _clusters: dict[tuple, "Cluster"] = {}
 
 
+def deadlock_prone(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> bool:
+    """True for the CPython versions whose ``sys._current_frames()`` can
+    deadlock (gh-106883): 3.11.0 to 3.11.11.  3.12 runs the collector only
+    between bytecodes, not inside an allocation, and is not reported."""
+    return tuple(version[:2]) == (3, 11) and tuple(version[:3]) < (3, 11, 12)
+
+
+def disable_profiler() -> None:
+    """Turn Dask's worker profiler off for the workers this process starts.
+
+    Set in the process's Dask config rather than passed to one cluster:
+    workers read it when they are created, and nanny processes copy this
+    process's config, so workers added later by ``adapt`` inherit it too.
+    """
+    import dask
+
+    dask.config.set({PROFILER_SETTING: False})
+
+
+def _worker_facts() -> tuple[tuple[int, ...], bool]:
+    import dask
+
+    return tuple(sys.version_info[:3]), bool(dask.config.get(PROFILER_SETTING))
+
+
+def profiler_warning(client) -> str | None:
+    """One line for an existing cluster whose workers run a Python that can
+    deadlock with the profiler on (their config is not ours to change)."""
+    try:
+        facts = list(client.run(_worker_facts).values())
+    except Exception:  # noqa: BLE001 - a warning must not fail the job
+        facts = [(tuple(sys.version_info[:3]), True)]
+    risky = sorted({v for v, profiling in facts if profiling and deadlock_prone(v)})
+    if not risky:
+        return None
+    versions = ", ".join(".".join(map(str, v)) for v in risky)
+    return (f"the Dask workers run Python {versions} with Dask's profiler on, which can "
+            f"deadlock a worker (CPython gh-106883, fixed in 3.11.12): set "
+            f"{PROFILER_SETTING}: false in the cluster's Dask config "
+            f"(DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False), or run Python >= 3.11.12")
+
+
 @contextlib.contextmanager
 def open_cluster(settings: Settings, workers: int, min_workers: int | None = None,
                  scheduler: str | None = None, gpu: bool = False) -> Iterator[Cluster]:
@@ -75,6 +128,9 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
             client = Client(address, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise DependencyError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        warning = profiler_warning(client)
+        if warning:
+            log.warning(warning)
         try:
             yield Cluster(client, f"scheduler {address}", client.dashboard_link)
         finally:
@@ -82,6 +138,7 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
         return
     embedded = settings.embedded_clickhouse
     key = (embedded, workers, min_workers if not embedded else None, gpu)
+    disable_profiler()
     with _start_lock:
         cluster = _clusters.get(key)
         if cluster is None:
@@ -133,12 +190,6 @@ def close_clusters() -> None:
 
 
 atexit.register(close_clusters)
-
-
-def dashboards() -> list[str]:
-    """Dashboard links of the clusters this process started."""
-    with _start_lock:
-        return [c.dashboard for c in _clusters.values() if c.dashboard]
 
 
 def cluster_summary() -> list[dict]:

@@ -33,6 +33,7 @@ from .executor import open_cluster
 from .granularity import parse_granularity, parse_instrument
 from .labels import resolve
 from .planner import make_spec, parse_time, plan_chunks
+from .watchdog import chunk_deadline
 from .state.machine import FINAL_JOB_STATES
 from .state.redis_store import now_ms
 from .state.telemetry import Telemetry
@@ -465,6 +466,10 @@ class _Driver:
         self.hold_until = 0.0          # no claims before this (a dependency is down)
         self.stop_deadline: float | None = None
         self.last_upkeep = time.monotonic()
+        # Futures whose chunk was taken back (deadline or lease) while their
+        # thread still runs: each holds a worker slot until it returns.
+        self.stuck: dict[Any, int] = {}
+        self.timeout_s = self._chunk_timeout()
 
     def run(self, progress: Progress | None) -> str:
         outage = 0
@@ -497,6 +502,12 @@ class _Driver:
                 return status  # stays paused; nothing to wait for
             if self.stop_deadline is None:
                 self.stop_deadline = time.monotonic() + self.settings.shutdown_timeout
+        stuck = self.wedged() if self.stuck else []
+        if stuck:
+            chunks = ", ".join(map(str, stuck))
+            self.abandon(f"all {self.workers} worker slots are stuck (chunks {chunks}; "
+                         f"stacks in the job's events); resume in a new process")
+            return self.state.job(job_id)["status"]
         drained = self._claim(status)
         if self.in_flight:
             for fut in _wait_some(list(self.in_flight), 0.5):
@@ -529,7 +540,8 @@ class _Driver:
             if isinstance(claimed, str):
                 return False
             idx, token, (start, end, rows) = claimed
-            task = ChunkTask(index=idx, token=token, start_ms=start, end_ms=end, rows=rows, **self.base)
+            task = ChunkTask(index=idx, token=token, start_ms=start, end_ms=end, rows=rows,
+                             timeout_s=self.timeout_s, **self.base)
             fut = self.cluster.client.submit(run_chunk, self.settings, task, pure=False,
                                              key=f"chunk-{self.job_id}-{idx}-{token}")
             self.in_flight[fut] = (idx, token)
@@ -560,21 +572,50 @@ class _Driver:
         self.stop.wait(seconds)  # a signal cuts the wait short
 
     def _upkeep(self) -> None:
-        if time.monotonic() - self.last_upkeep > self.lease_ms / 3000:
+        # Often enough to see a chunk taken back by its deadline soon after,
+        # and never less often than the driver lock needs renewing.
+        if time.monotonic() - self.last_upkeep > min(self.lease_ms / 3000, 5.0):
             self.state.renew_driver(self.job_id, self.owner, self.lease_ms)
-            if self.state.expire_leases(self.job_id):
-                self._forget_expired()
+            self.state.expire_leases(self.job_id)
+            self._forget_expired()
+            self.timeout_s = self._chunk_timeout()
             self.last_upkeep = time.monotonic()
 
+    def _chunk_timeout(self) -> float:
+        s = self.settings
+        if s.chunk_timeout > 0:
+            return s.chunk_timeout
+        return chunk_deadline(0, s.chunk_timeout_floor,
+                              [d for d, _ in self.state.durations(self.job_id)])
+
     def _forget_expired(self) -> None:
-        """Stop waiting for chunks whose lease ran out (a hung or lost worker):
-        they are queued again, and the stale run's write is fenced off."""
+        """Stop waiting for chunks that were taken back (past their deadline,
+        or their lease ran out: a hung or lost worker).  They are queued
+        again, and the stale run's write is fenced off."""
+        for fut in [f for f in self.stuck if f.done()]:
+            del self.stuck[fut]
+        if not any(not f.done() for f in self.in_flight):
+            return
         leases = self.state.leases(self.job_id)
         for fut, (idx, token) in list(self.in_flight.items()):
             if not fut.done() and leases.get(idx) != token:
-                fut.cancel()
+                # Not cancelled: a running task cannot be stopped anyway, and
+                # its future is how we see the slot come free again.
                 self.in_flight.pop(fut)
+                self.stuck[fut] = idx
                 self.state.note(self.job_id, "lease_expired", f"chunk {idx} (token {token})")
+
+    def wedged(self) -> list[int]:
+        """The chunks that hold every worker slot, each past its deadline
+        and never returned: nothing can run in this cluster any more ([]
+        while a slot is free).  A forgotten future may also be one that never
+        started, its lease having run out in Dask's queue: only a timeout
+        recorded for the chunk shows that it ran."""
+        if len(self.stuck) < self.workers:
+            return []
+        errors = self.state.chunk_errors(self.job_id)
+        timed_out = [i for i in self.stuck.values() if errors.get(i, "").startswith("timeout:")]
+        return sorted(timed_out) if len(timed_out) >= self.workers else []
 
     def abandon(self, why: str = "driver stopped") -> None:
         """Give running chunks back to the queue (their late writes are fenced)."""
