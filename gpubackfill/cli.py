@@ -272,6 +272,14 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
                f"{s['rows_written']:,} label rows written, {s['cache_hits']} chunks unchanged (skipped), "
                f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
     if s["status"] == "interrupted":
+        if not received:
+            # No signal of ours: the driver stopped itself because every
+            # worker slot is held by a chunk past its deadline.
+            click.echo(f"error: {s['interrupted_because'] or 'the job was interrupted'}", err=True)
+            for idx, err in s["last_errors"].items():
+                click.echo(f"  chunk {idx}: {err}", err=True)
+            click.echo(f"resume with: gpubackfill execute {job_id}", err=True)
+            raise SystemExit(1)
         click.echo(f"resume with: gpubackfill execute {job_id}", err=True)
         # SIGTERM is an orderly stop (a deploy, a pod eviction); Ctrl-C is the user's.
         raise SystemExit(0 if received and received[0] == signal.SIGTERM else 130)

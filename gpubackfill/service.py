@@ -312,7 +312,15 @@ class BackfillService:
             "dashboard": job.get("dashboard", ""),
             "last_errors": {str(k): v.splitlines()[0] for k, v in
                             list(self.state.chunk_errors(job_id).items())[:5]},
+            "interrupted_because": (self._last_note(job_id, "interrupt")
+                                    if job["status"] == "interrupted" else ""),
         }
+
+    def _last_note(self, job_id: str, event: str) -> str:
+        for e in reversed(self.state.events(job_id)):
+            if e.get("event") == event:
+                return e.get("note") or ""
+        return ""
 
     def _eta(self, job_id: str, job: dict, remaining: int) -> eta_mod.Estimate:
         workers = int(job.get("workers") or 1)

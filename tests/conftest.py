@@ -75,25 +75,3 @@ def service(settings):
     from gpubackfill.service import BackfillService
 
     return BackfillService(settings)
-
-
-# ---------------------------------------------------------------------------
-# Leaving the test process.  A test stopped by the timeout may leave a
-# worker thread inside a chDB statement that never returns; the
-# interpreter's normal shutdown would then wait for it.  Once pytest has
-# written its summary and its cache, leave with its exit status at once.
-
-_exit_status = {"code": 0}
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _exit_status["code"] = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_status["code"])

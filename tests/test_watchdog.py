@@ -6,6 +6,7 @@ The integration tests block a chunk on purpose (an Event, released in a
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -63,21 +64,30 @@ def test_deadlock_prone_versions(version, prone):
     assert executor.deadlock_prone(version) is prone
 
 
-def test_warning_for_an_existing_cluster_names_the_issue_and_the_setting():
-    class FakeClient:  # only client.run's answer matters here
-        def __init__(self, facts):
-            self.facts = facts
+@pytest.mark.integration
+def test_an_existing_cluster_with_the_profiler_on_gets_one_warning(settings, caplog):
+    import dask
+    from distributed import LocalCluster
 
-        def run(self, fn):
-            return self.facts
-
-    risky = FakeClient({"tcp://a": ((3, 11, 7), True), "tcp://b": ((3, 12, 4), True)})
-    line = executor.profiler_warning(risky)
-    assert "3.11.7" in line and "3.12.4" not in line
-    assert "gh-106883" in line and "3.11.12" in line
-    assert "distributed.worker.profile.enabled: false" in line
-    assert executor.profiler_warning(FakeClient({"tcp://a": ((3, 11, 7), False)})) is None
-    assert executor.profiler_warning(FakeClient({"tcp://a": ((3, 12, 4), True)})) is None
+    # Someone else's cluster, profiler on (Dask's default).  Worker processes,
+    # so that if this Python is affected a deadlock could only hit them.
+    with dask.config.set({executor.PROFILER_SETTING: True}):
+        other = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                             dashboard_address=":0")
+    try:
+        with caplog.at_level("WARNING", logger="gpubackfill"):
+            with executor.open_cluster(settings, 1, scheduler=other.scheduler_address) as cluster:
+                facts = list(cluster.client.run(executor._worker_facts).values())
+        assert facts == [(tuple(sys.version_info[:3]), True)]  # ours did not change theirs
+        lines = [r.getMessage() for r in caplog.records if "profiler" in r.getMessage()]
+        if executor.deadlock_prone():
+            [line] = lines
+            assert sys.version.split()[0] in line and "gh-106883" in line and "3.11.12" in line
+            assert "distributed.worker.profile.enabled: false" in line
+        else:
+            assert lines == []
+    finally:
+        other.close()
 
 
 def test_the_clusters_we_start_run_no_profiler(settings):
