@@ -176,7 +176,10 @@ class BackfillService:
             self.state.note(job_id, "takeover", f"driver {other} is gone; {returned} leased "
                                                 f"chunk(s) returned to the queue")
             return
-        raise InvalidTransition(f"job {job_id} is already being run by {other}")
+        left = self.state.driver_ttl_ms(job_id)
+        raise InvalidTransition(
+            f"job {job_id} is already being run by {other}; if that process is stuck, its lock "
+            f"runs out in {max(left, 0) / 1000:.0f}s and `gpubackfill execute {job_id}` takes over")
 
     def _drive(self, job_id: str, job: dict, owner: str, lease_ms: int,
                progress: Progress | None, scheduler: str | None,

@@ -177,7 +177,12 @@ def test_cli_as_processes_and_control_from_a_second_process(proc_env, tmp_path):
             assert time.time() < deadline and runner.poll() is None
             time.sleep(0.2)
         assert "paused" in run_cli(env, "pause", job).stdout
-        time.sleep(1.5)  # running chunks finish; no new ones start
+        # Chunks already running finish (however long a loaded machine
+        # takes), then no new ones start.
+        deadline = time.time() + 60
+        while status()["chunks"]["leased"]:
+            assert time.time() < deadline, "running chunks did not finish after the pause"
+            time.sleep(0.2)
         s1 = status()
         time.sleep(1.5)
         s2 = status()

@@ -8,6 +8,7 @@ and Redis' counters equal to what ClickHouse holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from test_engine import assert_matches_whole_series
 
 import gpubackfill.chunk as chunk_mod
 from gpubackfill.cli import main
+from gpubackfill.errors import InvalidTransition
 from gpubackfill.redis_server import ensure_server, stop_server
 from gpubackfill.resilience import BREAKERS
 from gpubackfill.service import BackfillService
@@ -371,6 +373,38 @@ def test_sigkill_of_a_worker_process_mid_chunk(ch_behind_proxy, tmp_path, redis_
     t.join(timeout=240)
     assert not t.is_alive() and out["result"].status == "completed", svc.status(job)["last_errors"]
     assert not victims[0].is_running()
+    assert_survived(svc, job, candles)
+
+
+def test_a_wedged_driver_is_taken_over_once_its_lock_runs_out(ch_behind_proxy, tmp_path, redis_socket):
+    """A driver that is alive but stopped (SIGSTOP stands for an interpreter
+    that deadlocked) renews nothing: once its lock runs out, ``execute`` from
+    another process takes the job over and finishes it exactly once."""
+    srv, _ = ch_behind_proxy
+    url = f"http://127.0.0.1:{srv.port}"
+    settings = make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=url, **FAST)
+    svc = BackfillService(settings)
+    candles = ingest(svc, "EURUSD", "M15", "2023-06-01", "2024-01-10")
+    job = svc.create_job("EURUSD", "M15", "2023-06-01", "2023-12-31", chunk_size=300, workers=1)
+    runner = _spawn({**env_for(settings), **FAST, "CLICKHOUSE_URL": url}, "execute", job)
+    family: list[psutil.Process] = []
+    try:
+        wait_for(lambda: done_chunks(svc, job) >= 2, timeout=180, what="2 chunks")
+        wedged = psutil.Process(runner.pid)
+        family = [wedged, *wedged.children(recursive=True)]
+        wedged.suspend()
+        with pytest.raises(InvalidTransition, match="its lock runs out in"):
+            svc.execute(job)
+        wait_for(lambda: svc.state.driver_ttl_ms(job) < 0, timeout=30, what="the lock to run out")
+        result = svc.execute(job)
+        assert result.status == "completed", svc.status(job)["last_errors"]
+    finally:
+        for p in family:  # a wedged process is ended, not woken: it could write stale rows
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        if runner.poll() is None:
+            runner.kill()
+        runner.wait(timeout=30)
     assert_survived(svc, job, candles)
 
 

@@ -194,6 +194,7 @@ def test_a_cluster_whose_every_slot_is_stuck_interrupts_and_execute_finishes(
         assert result.status == "interrupted"
         notes = [e["note"] for e in svc.state.events(job) if e["event"] == "interrupt"]
         assert any("worker slots are stuck (chunks 0" in n for n in notes)
+        assert svc.status(job)["interrupted_because"].startswith("all 1 worker slots are stuck")
     finally:
         release.set()
     assert svc.execute(job).status == "completed"

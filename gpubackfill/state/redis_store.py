@@ -376,6 +376,10 @@ class RedisState:
             return bool(self._call(self.r.pexpire, key, ttl_ms))
         return False
 
+    def driver_ttl_ms(self, job_id: str) -> int:
+        """Milliseconds before the driver lock expires unless renewed (< 0: no lock)."""
+        return int(self._call(self.r.pttl, self.k(job_id, "driver")))
+
     def release_driver(self, job_id: str, owner: str) -> None:
         key = self.k(job_id, "driver")
         if self._call(self.r.get, key) == owner:
