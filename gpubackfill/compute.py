@@ -3,6 +3,7 @@ runs for every chunk (validated series in, Arrow table out)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow as pa
 
 from . import backends, candles as candles_mod
 from . import labels as registry
+from .errors import InvalidInput
 from .labels import Column, ResolvedLabel, Series
 from .labels.volatility import compute_sigma, sigma_key
 
@@ -21,6 +23,8 @@ def compute_labels(
     backend: str = "cpu",
     *,
     on_invalid: str = "raise",
+    finer: Any = None,
+    bar_ms: int | None = None,
 ) -> pa.Table:
     """Compute ``labels`` for every candle; one output row per (kept) input row.
 
@@ -31,10 +35,22 @@ def compute_labels(
     where a value is undefined.  Raises ``ValueError`` (``InvalidInput``) for
     unknown labels/parameters, bad values and malformed candles (naming the
     first bad row) unless ``on_invalid="drop"``.
+
+    ``finer``: candles of a finer granularity of the same instrument (same
+    forms as ``candles``), which decide the triple barrier's ambiguous bars
+    when it has ``resolve_with``; ``bar_ms`` is the length of one bar of
+    ``candles`` (default: its most frequent ts step).
     """
     resolved = registry.resolve(labels, params)
     chosen = backends.select(backend)
     series = candles_mod.validate(candles_mod.to_series(candles), on_invalid)
+    if finer is not None:
+        finer = candles_mod.validate(candles_mod.to_series(finer), on_invalid)
+    if bar_ms is not None and (isinstance(bar_ms, bool) or not isinstance(bar_ms, (int, np.integer))
+                               or bar_ms <= 0):
+        raise InvalidInput(f"bar_ms must be a positive integer (milliseconds), got {bar_ms!r}")
+    if finer is not None or bar_ms is not None:
+        series = replace(series, finer=finer, bar_ms=None if bar_ms is None else int(bar_ms))
     return compute_series(series, resolved, chosen.kernels)
 
 
@@ -45,7 +61,7 @@ def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any) 
     if on_device:  # one copy to the device; every label reads from there
         cols = kernels.columns_to_device({"open": series.open, "high": series.high,
                                           "low": series.low, "close": series.close})
-        series = Series(ts=series.ts, volume=None, **cols)
+        series = Series(ts=series.ts, volume=None, finer=series.finer, bar_ms=series.bar_ms, **cols)
     sigmas: dict[tuple[str, int], np.ndarray] = {}
     names = ["ts"]
     arrays: list[pa.Array] = [pa.array(host_ts, type=pa.int64())]

@@ -517,3 +517,207 @@ def window_min(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
     pi = pre_idx[a + width - 1 - start]
     take = pv < sv
     return (pv if take else sv), (pi if take else si)
+
+
+# --------------------------------------------------------------------------
+# Ambiguous bars resolved from finer candles (enhanced_triple_barrier,
+# resolve_with).  A bar j that touched both barriers is replayed on the finer
+# candles inside it, with the same barriers.
+
+FLAG_RESOLVED = 16
+
+
+@jitable
+def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower, tie_label,
+                   label, barrier, exit_ret, flags):
+    """Rewrite row t, whose exit bar j was ambiguous, from the finer candles
+    ``fs .. fe - 1`` (those inside bar j, in time order).  The exit bar, and
+    so ``exit_bars``, stays j; label, barrier, return and flags follow the
+    first finer candle that reaches a barrier.  Returns 1 when the bar was
+    decided (RESOLVED), 0 when it stays ambiguous and the tie rule stands."""
+    k = fs
+    while k < fe:
+        o = f_open[k]
+        if o >= upper or o <= lower:
+            lab = 1 if o >= upper else -1
+            label[t] = lab
+            barrier[t] = lab
+            exit_ret[t] = o / close[t] - 1.0
+            flags[t] = FLAG_GAP | FLAG_RESOLVED
+            return 1
+        up = f_high[k] >= upper
+        dn = f_low[k] <= lower
+        if up and dn:
+            return 0  # still ambiguous at the finer level: the tie rule already written stands
+        if up or dn:
+            lab = 1 if up else -1
+            label[t] = lab
+            barrier[t] = lab
+            exit_ret[t] = (upper if up else lower) / close[t] - 1.0
+            flags[t] = FLAG_RESOLVED
+            return 1
+        k += 1
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Sample weights (AFML ch. 4): concurrency, uniqueness, return attribution.
+# An event is a row with a defined label; it is exposed to bars
+# i+1 .. i+e_i.  Counting events per bar directly (not with a running
+# cumulative sum) keeps every bar's count independent of where a series is
+# cut, and lets every target compute any bar on its own.
+
+
+@jitable
+def is_event(flags_i):
+    return (flags_i & (FLAG_INCOMPLETE | FLAG_NO_VOL)) == 0
+
+
+@jitable
+def concurrency_at(j, flags, exit_bars, horizon):
+    """c_j: events i with i < j <= i + e_i (e_i <= horizon, so i >= j - horizon)."""
+    c = 0
+    i = j - horizon
+    if i < 0:
+        i = 0
+    while i < j:
+        if is_event(flags[i]) and i + exit_bars[i] >= j:
+            c += 1
+        i += 1
+    return c
+
+
+@jitable
+def weights_at(i, n, horizon, flags, exit_bars, conc, logret, out_u, out_a):
+    """tb_uniqueness and tb_attribution of row i (NaN where undefined)."""
+    e = exit_bars[i]
+    if not is_event(flags[i]) or i + e - 1 + horizon > n - 1:
+        out_u[i] = math.nan
+        out_a[i] = math.nan
+        return
+    su = 0.0
+    sa = 0.0
+    for j in range(i + 1, i + e + 1):
+        inv = 1.0 / conc[j]
+        su += inv
+        sa += logret[j] * inv
+    out_u[i] = su / e
+    out_a[i] = abs(sa)
+
+
+# --------------------------------------------------------------------------
+# Fixed-horizon label
+
+
+@jitable
+def fixed_horizon_at(close, sigma, t, h, k, sqrt_h, label, ret):
+    """fh_label and fh_return of row t; returns 1 when defined, else 0.
+    With k > 0 the threshold is k * sigma_t * sqrt(h) and needs sigma_t."""
+    n = close.shape[0]
+    if t + h > n - 1:
+        label[t] = 0
+        ret[t] = math.nan
+        return 0
+    band = 0.0
+    if k > 0.0:
+        s = sigma[t]
+        if not (s > 0.0):
+            label[t] = 0
+            ret[t] = math.nan
+            return 0
+        band = k * s * sqrt_h
+    r = log_ratio(close[t + h], close[t])
+    label[t] = 1 if r > band else (-1 if r < -band else 0)
+    ret[t] = r
+    return 1
+
+
+# --------------------------------------------------------------------------
+# Trend scanning
+
+
+@jitable
+def _ols_two_pass(logc, t, L):
+    """(centred Sxy, RSS) of the window t .. t+L-1 from its means and residuals."""
+    y0 = logc[t]
+    ym = 0.0
+    for x in range(L):
+        ym += logc[t + x] - y0
+    ym /= L
+    xm = 0.5 * (L - 1)
+    sxx = 0.0
+    sxy = 0.0
+    for x in range(L):
+        dx = x - xm
+        sxx += dx * dx
+        sxy += dx * (logc[t + x] - y0 - ym)
+    b = sxy / sxx
+    rss = 0.0
+    for x in range(L):
+        e = (logc[t + x] - y0 - ym) - b * (x - xm)
+        rss += e * e
+    return sxy, rss
+
+
+@jitable
+def trend_scan_at(logc, t, w_min, w_max, label, tvalue, window):
+    """OLS of y_x = ln close_{t+x} on x = 0..L-1 for every L in w_min..w_max;
+    keeps the largest |t-value| (the shortest window on ties).
+
+    The sums grow one bar at a time, so all windows of a row cost O(w_max).
+    y is taken relative to y_0 (the sums then hold price moves, not price
+    levels, and do not cancel), and x about its mean through the closed forms
+    Sxx = L(L^2-1)/12 and Sxy = sum(x*y) - (L-1)/2 * sum(y).  RSS = Syy - Sxy^2/Sxx
+    loses about log10(1 + t^2/(L-2)) digits to cancellation: under 1e-9
+    relative for |t| below 1e3.  A window with all closes equal has exact
+    zero sums: RSS = 0, no t-value.  Returns 1 when some window has a t-value.
+    """
+    n = logc.shape[0]
+    if t + w_max - 1 > n - 1:
+        label[t] = 0
+        tvalue[t] = math.nan
+        window[t] = 0
+        return 0
+    y0 = logc[t]
+    sy = 0.0
+    sxy = 0.0
+    syy = 0.0
+    best = -1.0
+    best_t = 0.0
+    best_l = 0
+    for x in range(w_max):
+        y = logc[t + x] - y0
+        sy += y
+        sxy += x * y
+        syy += y * y
+        L = x + 1
+        if L < w_min:
+            continue
+        fl = float(L)
+        sxx = fl * (fl * fl - 1.0) / 12.0
+        cxy = sxy - 0.5 * (fl - 1.0) * sy
+        cyy = syy - sy * sy / fl
+        if syy == 0.0:
+            continue  # every close equal to close_t: RSS = 0 exactly, no t-value
+        rss = cyy - cxy * cxy / sxx
+        if not (rss > 1e-9 * cyy):
+            # Nearly on a line: the subtraction has lost most digits, so
+            # take the residuals themselves (rare; O(L)).
+            cxy, rss = _ols_two_pass(logc, t, L)
+            if not (rss > 0.0):
+                continue
+        tv = cxy * math.sqrt((fl - 2.0) / (sxx * rss))
+        a = abs(tv)
+        if a > best:
+            best = a
+            best_t = tv
+            best_l = L
+    if best_l == 0:
+        label[t] = 0
+        tvalue[t] = math.nan
+        window[t] = 0
+        return 0
+    label[t] = 1 if best_t > 0.0 else (-1 if best_t < 0.0 else 0)
+    tvalue[t] = best_t
+    window[t] = best_l
+    return 1

@@ -264,6 +264,66 @@ def mfe_mae(high, low, close, horizon):
     return mfe, mae, mfe_bars, mae_bars
 
 
+def to_host(x):
+    """Arrays are already on the host (the CUDA module copies back here)."""
+    return x
+
+
+@njit(parallel=True, **_opts)
+def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma, pt, sl,
+               tie_label, label, barrier, exit_ret, flags):
+    """Replay the ambiguous exit bar of each row in ``rows`` on its finer
+    candles (``f_start[r] .. f_end[r] - 1`` for ``rows[r]``), in place.
+    Returns how many rows were decided."""
+    m = rows.shape[0]
+    decided = np.zeros(m, np.int64)
+    for r in prange(m):
+        t = rows[r]
+        upper, lower = core.tb_bounds(close[t], sigma[t], pt, sl)
+        decided[r] = core.tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open,
+                                         f_high, f_low, close, upper, lower, tie_label,
+                                         label, barrier, exit_ret, flags)
+    return decided.sum()
+
+
+@njit(parallel=True, **_opts)
+def sample_weights(close, flags, exit_bars, horizon):
+    """(tb_uniqueness, tb_attribution), NaN where undefined."""
+    n = close.shape[0]
+    conc = np.zeros(n, np.int64)
+    for j in prange(1, n):
+        conc[j] = core.concurrency_at(j, flags, exit_bars, horizon)
+    logret = log_returns(close)
+    uniq = np.empty(n)
+    attr = np.empty(n)
+    for i in prange(n):
+        core.weights_at(i, n, horizon, flags, exit_bars, conc, logret, uniq, attr)
+    return uniq, attr
+
+
+@njit(parallel=True, **_opts)
+def fixed_horizon(close, sigma, horizon, k):
+    n = close.shape[0]
+    label = np.empty(n, np.int8)
+    ret = np.empty(n, np.float64)
+    sqrt_h = np.sqrt(horizon)
+    for t in prange(n):
+        core.fixed_horizon_at(close, sigma, t, horizon, k, sqrt_h, label, ret)
+    return label, ret
+
+
+@njit(parallel=True, **_opts)
+def trend_scanning(close, w_min, w_max):
+    n = close.shape[0]
+    logc = np.log(close)
+    label = np.empty(n, np.int8)
+    tvalue = np.empty(n, np.float64)
+    window = np.empty(n, np.int32)
+    for t in prange(n):
+        core.trend_scan_at(logc, t, w_min, w_max, label, tvalue, window)
+    return label, tvalue, window
+
+
 # --------------------------------------------------------------------------
 # Validity bitmaps (Arrow layout: bit i of byte i // 8, least significant
 # first), built straight from the outputs without boolean temporaries.

@@ -359,6 +359,107 @@ def mfe_mae(high, low, close, horizon):
 
 
 # --------------------------------------------------------------------------
+# Second set: finer-candle resolution, sample weights, fixed horizon, trend
+
+
+@cuda.jit
+def _tb_resolve_kernel(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma,
+                       pt, sl, tie_label, label, barrier, exit_ret, flags, decided):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for r in range(g, rows.shape[0], step):
+        t = rows[r]
+        upper, lower = core.tb_bounds(close[t], sigma[t], pt, sl)
+        decided[r] = core.tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open,
+                                         f_high, f_low, close, upper, lower, tie_label,
+                                         label, barrier, exit_ret, flags)
+
+
+def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma, pt, sl,
+               tie_label, label, barrier, exit_ret, flags):
+    m = rows.shape[0]
+    decided = cuda.device_array(max(m, 1), np.int64)
+    if m:
+        args = [as_device(a) for a in (rows, exit_bars, f_start, f_end, f_open, f_high, f_low,
+                                       close, sigma)]
+        _tb_resolve_kernel[_blocks(m), THREADS](*args, pt, sl, tie_label, label, barrier,
+                                                exit_ret, flags, decided)
+    return int(decided.copy_to_host()[:m].sum())
+
+
+@cuda.jit
+def _concurrency_kernel(flags, exit_bars, horizon, conc):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for j in range(g, conc.shape[0], step):
+        conc[j] = core.concurrency_at(j, flags, exit_bars, horizon)
+
+
+@cuda.jit
+def _weights_kernel(horizon, flags, exit_bars, conc, logret, uniq, attr):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    n = conc.shape[0]
+    for i in range(g, n, step):
+        core.weights_at(i, n, horizon, flags, exit_bars, conc, logret, uniq, attr)
+
+
+def sample_weights(close, flags, exit_bars, horizon):
+    close, flags, exit_bars = as_device(close), as_device(flags), as_device(exit_bars)
+    n = close.shape[0]
+    conc = cuda.device_array(n, np.int64)
+    uniq = cuda.device_array(n, np.float64)
+    attr = cuda.device_array(n, np.float64)
+    if n:
+        _concurrency_kernel[_blocks(n), THREADS](flags, exit_bars, horizon, conc)
+        _weights_kernel[_blocks(n), THREADS](horizon, flags, exit_bars, conc,
+                                             log_returns(close), uniq, attr)
+    return uniq, attr
+
+
+@cuda.jit
+def _fixed_horizon_kernel(close, sigma, horizon, k, sqrt_h, label, ret):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(g, close.shape[0], step):
+        core.fixed_horizon_at(close, sigma, t, horizon, k, sqrt_h, label, ret)
+
+
+def fixed_horizon(close, sigma, horizon, k):
+    close, sigma = as_device(close), as_device(sigma)
+    n = close.shape[0]
+    label = cuda.device_array(n, np.int8)
+    ret = cuda.device_array(n, np.float64)
+    if n:
+        _fixed_horizon_kernel[_blocks(n), THREADS](close, sigma, horizon, k, math.sqrt(horizon),
+                                                   label, ret)
+    return label, ret
+
+
+@cuda.jit
+def _log_kernel(close, out):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(g, close.shape[0], step):
+        out[t] = math.log(close[t])
+
+
+@cuda.jit
+def _trend_kernel(logc, w_min, w_max, label, tvalue, window):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(g, logc.shape[0], step):
+        core.trend_scan_at(logc, t, w_min, w_max, label, tvalue, window)
+
+
+def trend_scanning(close, w_min, w_max):
+    close = as_device(close)
+    n = close.shape[0]
+    logc = cuda.device_array(n, np.float64)
+    label = cuda.device_array(n, np.int8)
+    tvalue = cuda.device_array(n, np.float64)
+    window = cuda.device_array(n, np.int32)
+    if n:
+        _log_kernel[_blocks(n), THREADS](close, logc)
+        _trend_kernel[_blocks(n), THREADS](logc, w_min, w_max, label, tvalue, window)
+    return label, tvalue, window
+
+
+# --------------------------------------------------------------------------
 # Validity bitmaps: built on the host, where the Arrow table is assembled.
 
 

@@ -220,3 +220,156 @@ def mfe_mae(high, low, close, horizon: int = 24) -> dict:
         mfe_bars[t] = best_hi_j - t
         mae_bars[t] = best_lo_j - t
     return {"mfe": mfe, "mae": mae, "mfe_bars": mfe_bars, "mae_bars": mae_bars}
+
+
+# ---------------------------------------------------------------------------
+# Labels, second set (LABELS.md "Labels, second set"), as plain loops.
+
+RESOLVED = 16
+
+
+def bar_ms_of(ts) -> int:
+    """The most frequent ts step (the shortest on ties)."""
+    steps = {}
+    for a, b in zip(ts[:-1], ts[1:]):
+        steps[int(b - a)] = steps.get(int(b - a), 0) + 1
+    if not steps:
+        return 0
+    best = max(steps.values())
+    return min(s for s, k in steps.items() if k == best)
+
+
+def resolve_with_finer(tb: dict, open, high, low, close, sig, finer: dict, bar_ms: int,
+                       pt: float = 1.0, sl: float = 1.0, tie: str = "sl", ts=None) -> dict:
+    """The triple barrier's rows whose exit bar was ambiguous, replayed on the
+    finer candles inside that bar (ts_j <= ts_k < ts_j + bar), in time order."""
+    out = {k: np.array(v, copy=True) for k, v in tb.items()}
+    c = np.asarray(close, dtype=np.float64)
+    for t in range(len(c)):
+        if not out["tb_flags"][t] & AMBIGUOUS:
+            continue
+        j = t + int(out["tb_exit_bars"][t])
+        s = float(sig[t])
+        U, L = c[t] * (1 + pt * s), c[t] * (1 - sl * s)
+        decided = None
+        for k in range(len(finer["ts"])):
+            if not (ts[j] <= finer["ts"][k] < ts[j] + bar_ms):
+                continue
+            o, h, lo = finer["open"][k], finer["high"][k], finer["low"][k]
+            if o >= U:
+                decided = (1, o, GAP | RESOLVED)
+            elif o <= L:
+                decided = (-1, o, GAP | RESOLVED)
+            elif h >= U and lo <= L:
+                decided = None  # still ambiguous: the tie rule stands
+            elif h >= U:
+                decided = (1, U, RESOLVED)
+            elif lo <= L:
+                decided = (-1, L, RESOLVED)
+            else:
+                continue
+            break
+        if decided is not None:
+            lab, price, flag = decided
+            out["tb_label"][t] = lab
+            out["tb_barrier"][t] = lab
+            out["tb_exit_return"][t] = price / c[t] - 1
+            out["tb_flags"][t] = flag
+    return out
+
+
+def sample_weights(tb: dict, close, horizon: int) -> dict:
+    """Uniqueness and attribution over every labelled row (AFML ch. 4)."""
+    c = np.asarray(close, dtype=np.float64)
+    n = len(c)
+    label, bars = tb["tb_label"], tb["tb_exit_bars"]
+    events = [i for i in range(n) if not math.isnan(label[i])]
+    conc = np.zeros(n)
+    for i in events:
+        for j in range(i + 1, i + int(bars[i]) + 1):
+            conc[j] += 1
+    r = log_returns(c)
+    uniq = np.full(n, np.nan)
+    attr = np.full(n, np.nan)
+    for i in events:
+        e = int(bars[i])
+        if i + e - 1 + horizon > n - 1:
+            continue
+        uniq[i] = sum(1 / conc[j] for j in range(i + 1, i + e + 1)) / e
+        attr[i] = abs(sum(r[j] / conc[j] for j in range(i + 1, i + e + 1)))
+    return {"tb_uniqueness": uniq, "tb_attribution": attr}
+
+
+def attribution_scale(tb: dict, close) -> np.ndarray:
+    """sum |r_j| / c_j over each event's span: the contract's tolerance scale."""
+    c = np.asarray(close, dtype=np.float64)
+    n = len(c)
+    label, bars = tb["tb_label"], tb["tb_exit_bars"]
+    conc = np.zeros(n)
+    for i in range(n):
+        if not math.isnan(label[i]):
+            conc[i + 1:i + int(bars[i]) + 1] += 1
+    r = np.abs(log_returns(c))
+    out = np.full(n, np.nan)
+    for i in range(n):
+        if not math.isnan(label[i]):
+            out[i] = sum(r[j] / conc[j] for j in range(i + 1, i + int(bars[i]) + 1))
+    return out
+
+
+def fixed_horizon(close, sig, horizon: int = 24, threshold: float = 0.0) -> dict:
+    c = np.asarray(close, dtype=np.float64)
+    n = len(c)
+    label = np.full(n, np.nan)
+    ret = np.full(n, np.nan)
+    for t in range(n):
+        if t + horizon > n - 1:
+            continue
+        if threshold > 0 and not _has_vol(float(sig[t])):
+            continue
+        r = math.log(c[t + horizon] / c[t])
+        band = threshold * sig[t] * math.sqrt(horizon) if threshold > 0 else 0.0
+        label[t] = 1 if r > band else (-1 if r < -band else 0)
+        ret[t] = r
+    return {"fh_label": label, "fh_return": ret}
+
+
+def trend_scanning(close, min_window: int = 5, max_window: int = 20) -> dict:
+    """OLS of ln close_{t+x} on x for each window length; the largest |t|."""
+    c = np.asarray(close, dtype=np.float64)
+    n = len(c)
+    label = np.full(n, np.nan)
+    tval = np.full(n, np.nan)
+    window = np.full(n, np.nan)
+    second = np.full(n, np.nan)  # the runner-up |t|, for the tie tolerance
+    for t in range(n):
+        if t + max_window - 1 > n - 1:
+            continue
+        best = []
+        for L in range(min_window, max_window + 1):
+            y = [math.log(v) for v in c[t:t + L]]
+            if all(v == c[t] for v in c[t:t + L]):
+                continue  # RSS = 0 exactly: no t-value
+            xm = (L - 1) / 2
+            ym = sum(y) / L
+            sxx = sum((x - xm) ** 2 for x in range(L))
+            sxy = sum((x - xm) * (y[x] - ym) for x in range(L))
+            b = sxy / sxx
+            a = ym - b * xm
+            rss = sum((y[x] - a - b * x) ** 2 for x in range(L))
+            if rss == 0:
+                continue
+            se = math.sqrt(rss / (L - 2) / sxx)
+            best.append((abs(b / se), L, b / se))
+        if not best:
+            continue
+        top = max(a for a, _, _ in best)
+        first = min(L for a, L, _ in best if a == top)
+        tv = next(v for _, L, v in best if L == first)
+        label[t] = 1 if tv > 0 else (-1 if tv < 0 else 0)
+        tval[t] = tv
+        window[t] = first
+        rest = [a for a, L, _ in best if L != first]
+        second[t] = max(rest) if rest else 0.0
+    return {"trend_label": label, "trend_tvalue": tval, "trend_window": window,
+            "_runner_up": second}

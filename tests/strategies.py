@@ -137,3 +137,50 @@ def label_params(draw):
             "horizon": draw(st.integers(1, 60)),
         },
     }
+
+
+def finer_candles(c: dict, seed: int, per_bar: int = 4, p_cover: float = 0.7,
+                  p_both: float = 0.15, p_jump: float = 0.2) -> dict:
+    """Finer candles inside the bars of ``c`` (``per_bar`` to a bar of the
+    most frequent step), for the resolution of ambiguous bars.
+
+    A covered bar's finer path starts at its open, ends at its close and
+    reaches its high and its low in a random order, in two different finer
+    candles (or, with ``p_both``, in one: still ambiguous at the finer
+    level); with ``p_jump`` a finer candle opens away from the previous close
+    (a finer gap).  A bar is left without finer candles with 1 - p_cover.
+    """
+    rng = np.random.default_rng(seed)
+    ts = np.asarray(c["ts"])
+    steps = np.diff(ts)
+    bar = int(np.bincount(steps // STEP_MS).argmax() * STEP_MS) if steps.size else STEP_MS
+    sub = max(1, bar // per_bar)
+    out = {k: [] for k in ("ts", "open", "high", "low", "close", "volume")}
+    for j in range(len(ts)):
+        if rng.random() >= p_cover:
+            continue
+        o, h, lo, cl = (float(c[k][j]) for k in ("open", "high", "low", "close"))
+        m = per_bar
+        a, b = rng.choice(m, size=2, replace=m < 2)
+        if rng.random() < p_both:
+            b = a
+        closes = list(rng.uniform(lo, h, size=m))
+        closes[-1] = cl
+        prev = o
+        for k in range(m):
+            ok = prev if (k == 0 or rng.random() >= p_jump) else float(rng.uniform(lo, h))
+            ck = closes[k]
+            hk = max(ok, ck, float(rng.uniform(max(ok, ck), h)) if h > max(ok, ck) else h)
+            lk = min(ok, ck, float(rng.uniform(lo, min(ok, ck))) if lo < min(ok, ck) else lo)
+            if k == a:
+                hk = h
+            if k == b:
+                lk = lo
+            out["ts"].append(int(ts[j]) + k * sub)
+            out["open"].append(ok)
+            out["high"].append(hk)
+            out["low"].append(lk)
+            out["close"].append(ck)
+            out["volume"].append(1.0)
+            prev = ck
+    return {k: np.asarray(v, dtype=np.int64 if k == "ts" else np.float64) for k, v in out.items()}

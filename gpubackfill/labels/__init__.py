@@ -16,11 +16,12 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 
 from ..errors import InvalidLabelSpec
-from . import mfe_mae, triple_barrier, vol_scaled_return
+from . import fixed_horizon, mfe_mae, trend_scanning, triple_barrier, vol_scaled_return
 from .base import Column, LabelSpec, Param, Series
 
 REGISTRY: dict[str, LabelSpec] = {
-    spec.name: spec for spec in (triple_barrier.SPEC, vol_scaled_return.SPEC, mfe_mae.SPEC)
+    spec.name: spec for spec in (triple_barrier.SPEC, vol_scaled_return.SPEC, mfe_mae.SPEC,
+                                 fixed_horizon.SPEC, trend_scanning.SPEC)
 }
 
 
@@ -95,9 +96,17 @@ def label_set_id(resolved: Iterable[ResolvedLabel]) -> str:
     """Stable 16-hex-digit id of the labels and their full parameters
     (defaults included, order of labels irrelevant)."""
     canon = json.dumps(
-        sorted([r.name, r.params] for r in resolved), sort_keys=True, separators=(",", ":")
+        sorted([r.name, _id_params(r)] for r in resolved), sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _id_params(r: ResolvedLabel) -> dict[str, Any]:
+    """The parameters that name a label set: those added to a label later
+    count only when they differ from their default, so label sets stored
+    before they existed keep their ids."""
+    return {k: v for k, v in r.params.items()
+            if not (r.spec.param_index[k].added_later and v == r.spec.param_index[k].default)}
 
 
 __all__ = [

@@ -25,12 +25,15 @@ class Param:
     """
 
     name: str
-    kind: str  # "int" | "float" | "choice" | "int_list"
+    kind: str  # "int" | "float" | "choice" | "int_list" | "bool"
     default: Any
     doc: str
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    # Parameters added after label sets were stored leave a set's id
+    # unchanged while they keep their default (see ``label_set_id``).
+    added_later: bool = False
 
     def coerce(self, label: str, value: Any) -> Any:
         where = f"{label}.{self.name}"
@@ -48,6 +51,15 @@ class Param:
                     f"{where} must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
                 )
             return value
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise InvalidLabelSpec(f"{where} must be true or false, got {value!r}")
         if self.kind == "int_list":
             items = value.split(",") if isinstance(value, str) else value
             if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
@@ -110,6 +122,12 @@ class Series:
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray | None = None
+    # Finer candles of the same instrument, for labels that replay a bar on
+    # them: a Series, or a callable (bar start times, bar length in ms) ->
+    # Series that loads only what those bars need.  ``bar_ms`` is this
+    # series' bar length (None: its most frequent ts step).
+    finer: Any = None
+    bar_ms: int | None = None
 
     def __len__(self) -> int:
         return int(self.close.shape[0])

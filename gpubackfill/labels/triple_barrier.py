@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import pyarrow as pa
 
 from kernels import core
+
+from ..granularity import GRANULARITIES
 
 from .base import Column, LabelSpec, Param, Series
 from .volatility import VOL_PARAMS, sigma_lookback
@@ -29,7 +32,13 @@ PARAMS = (
     Param("vertical", "choice", "zero", "label at the vertical barrier: 'zero', or 'sign' of the "
           "return when |return| >= min_ret", choices=tuple(_VERTICAL)),
     Param("min_ret", "float", 0.0, "smallest |return| labelled by vertical='sign'", minimum=0.0),
-) + VOL_PARAMS
+) + VOL_PARAMS + (
+    Param("resolve_with", "choice", "", "a finer granularity (e.g. 'M1' for an H1 series) whose "
+          "candles decide bars that touch both barriers; '' uses the tie rule",
+          choices=("",) + tuple(GRANULARITIES), added_later=True),
+    Param("weights", "bool", False, "also output AFML sample weights: tb_uniqueness, "
+          "tb_attribution", added_later=True),
+)
 
 OUTPUTS = [
     ("tb_label", pa.int8()),
@@ -40,29 +49,81 @@ OUTPUTS = [
 ]
 
 
+WEIGHT_OUTPUTS = [("tb_uniqueness", pa.float64()), ("tb_attribution", pa.float64())]
+
+
+def _outputs(p: Mapping[str, Any]) -> list[tuple[str, pa.DataType]]:
+    return list(OUTPUTS) + (list(WEIGHT_OUTPUTS) if p["weights"] else [])
+
+
 def _halo(p: Mapping[str, Any]) -> tuple[int, int]:
+    if p["weights"]:
+        # Row i's weights count the events that overlap its span: rows back
+        # to i - H (with their own sigma look-back) and up to i + H - 1, whose
+        # exits lie up to H bars further.
+        return sigma_lookback(p) + p["horizon"], 2 * p["horizon"]
     return sigma_lookback(p), p["horizon"]
 
 
 def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, Column]:
+    tie = _TIE[p["tie"]]
     label, barrier, bars, ret, flags = kernels.triple_barrier(
         s.open, s.high, s.low, s.close, sigma, p["horizon"], p["pt"], p["sl"],
-        _TIE[p["tie"]], _VERTICAL[p["vertical"]], p["min_ret"])
+        tie, _VERTICAL[p["vertical"]], p["min_ret"])
+    if p["resolve_with"] and s.finer is not None:
+        resolve_ambiguous(kernels, s, sigma, p, label, barrier, bars, ret, flags)
     valid = kernels.bitmap_flags_clear(flags, core.FLAG_INCOMPLETE | core.FLAG_NO_VOL)
-    return {
+    out = {
         "tb_label": (label, valid),
         "tb_barrier": (barrier, valid),
         "tb_exit_bars": (bars, valid),
         "tb_exit_return": (ret, valid),
         "tb_flags": (flags, None),
     }
+    if p["weights"]:
+        uniq, attr = kernels.sample_weights(s.close, flags, bars, p["horizon"])
+        out["tb_uniqueness"] = (uniq, kernels.bitmap_not_nan(uniq))
+        out["tb_attribution"] = (attr, kernels.bitmap_not_nan(attr))
+    return out
+
+
+def bar_length(ts: np.ndarray) -> int:
+    """The most frequent step between bars (the shortest on ties)."""
+    steps = np.diff(np.asarray(ts, dtype=np.int64))
+    if steps.size == 0:
+        return 0
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[np.flatnonzero(counts == counts.max())[0]])
+
+
+def resolve_ambiguous(kernels: Any, s: Series, sigma, p: Mapping[str, Any],
+                      label, barrier, bars, ret, flags) -> tuple[int, int]:
+    """Replay each ambiguous exit bar on the finer candles inside it, in
+    place; (bars decided, bars left to the tie rule).  Only the bars that
+    need it are asked of ``s.finer`` when it is a loader."""
+    host_flags = kernels.to_host(flags)
+    rows = np.flatnonzero((host_flags & core.FLAG_AMBIGUOUS) != 0).astype(np.int64)
+    if rows.size == 0:
+        return 0, 0
+    host_bars = kernels.to_host(bars)
+    ts = np.asarray(s.ts, dtype=np.int64)
+    starts = ts[rows + host_bars[rows]]
+    bar_ms = s.bar_ms or bar_length(ts)
+    finer = s.finer(np.unique(starts), bar_ms) if callable(s.finer) else s.finer
+    f_ts = np.asarray(finer.ts, dtype=np.int64)
+    f_start = np.searchsorted(f_ts, starts, side="left").astype(np.int64)
+    f_end = np.searchsorted(f_ts, starts + bar_ms, side="left").astype(np.int64)
+    decided = int(kernels.tb_resolve(rows, bars, f_start, f_end, finer.open, finer.high,
+                                     finer.low, s.close, sigma, p["pt"], p["sl"], _TIE[p["tie"]],
+                                     label, barrier, ret, flags))
+    return decided, int(rows.size) - decided
 
 
 SPEC = LabelSpec(
     name="enhanced_triple_barrier",
     doc=__doc__.strip().splitlines()[0],
     params=PARAMS,
-    outputs=lambda p: list(OUTPUTS),
+    outputs=_outputs,
     halo=_halo,
     compute=_compute,
     uses_sigma=True,
