@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,14 @@ import numba
 import numpy as np
 import psutil
 
+from kernels.core import FLAG_AMBIGUOUS, FLAG_RESOLVED
+
 from . import backends, candles as candles_mod
 from .allocator import keep_freed_memory
 from .compute import compute_series
 from .config import Settings
 from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
+from .granularity import GRANULARITIES
 from .labels import halo, resolve
 from .logs import log
 from .redis_server import connect as redis_connect
@@ -257,6 +260,9 @@ def run_chunk(settings: Settings, task: ChunkTask) -> dict[str, Any]:
                         "retry_after": settings.retry_base_seconds}
     duration = time.perf_counter() - t0
     try:
+        if outcome.get("resolved") or outcome.get("ambiguous"):
+            state.add_job_counts(task.job_id, tb_resolved=outcome.get("resolved", 0),
+                                 tb_ambiguous=outcome.get("ambiguous", 0))
         retrying(lambda: state.complete(task.job_id, task.index, task.token, outcome["candles"],
                                         outcome["rows"], outcome["cache_hit"], duration,
                                         task.rows or None),
@@ -340,6 +346,13 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> dic
     back, ahead = halo(resolved)
     table, first, own = store.load(key, task.start_ms, task.end_ms, back, ahead)
     fingerprint = input_fingerprint(table)
+    finer_key = finer_series(resolved, key)
+    if finer_key is not None and table.num_rows:
+        # The labels depend on the finer candles too: so does the cache.
+        ts = table.column("ts")
+        digest = store.range_digest(finer_key, int(ts[0].as_py()),
+                                    int(ts[-1].as_py()) + GRANULARITIES[key.granularity])
+        fingerprint = hashlib.blake2b(f"{fingerprint}|{digest}".encode(), digest_size=16).hexdigest()
     if not task.force:
         record = store.chunk_record(key, task.label_set, task.start_ms, task.end_ms)
         if record is not None and record[0] == fingerprint:
@@ -349,13 +362,36 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> dic
         series = candles_mod.validate(series)
     except InvalidCandles as exc:
         raise InvalidCandles(str(exc), exc.row, _bad_rows(series)) from None
+    if finer_key is not None:
+        # Only the finer candles of the bars that turn out ambiguous are read.
+        series = replace(series, bar_ms=GRANULARITIES[key.granularity],
+                         finer=lambda starts, bar: candles_mod.to_series(
+                             store.load_bars(finer_key, starts, bar)))
     kernels = backends.select(task.backend).kernels
     labels = compute_series(series, resolved, kernels).slice(first, own)
     incomplete = _incomplete_rows(labels)
     fence()
     store.write_labels(key, task.label_set, task.start_ms, task.end_ms, labels, fingerprint,
                        incomplete, task.job_id)
-    return {"candles": own, "rows": labels.num_rows, "cache_hit": False, "incomplete": incomplete}
+    return {"candles": own, "rows": labels.num_rows, "cache_hit": False, "incomplete": incomplete,
+            **_ambiguity(labels, finer_key)}
+
+
+def finer_series(resolved, key: SeriesKey) -> SeriesKey | None:
+    """The finer series a request's triple barrier resolves ambiguous bars with."""
+    for r in resolved:
+        if r.params.get("resolve_with"):
+            return SeriesKey(key.instrument, r.params["resolve_with"])
+    return None
+
+
+def _ambiguity(labels, finer_key) -> dict[str, int]:
+    """Bars decided by finer candles, and bars left to the tie rule."""
+    if finer_key is None or "tb_flags" not in labels.column_names:
+        return {}
+    flags = labels.column("tb_flags").to_numpy()
+    return {"resolved": int(np.count_nonzero(flags & FLAG_RESOLVED)),
+            "ambiguous": int(np.count_nonzero(flags & FLAG_AMBIGUOUS))}
 
 
 def _bad_rows(series, limit: int = 20) -> list[list]:

@@ -341,6 +341,9 @@ def status(ctx, job_id: str | None, fmt: str) -> None:
                    f"ran on {ran}; cluster {s['cluster'] or '-'}")
         if s["dashboard"]:
             click.echo(f"dask dashboard: {s['dashboard']}")
+        if s["bars_resolved"] or s["bars_ambiguous"]:
+            click.echo(f"ambiguous bars: {s['bars_resolved']:,} resolved from finer candles, "
+                       f"{s['bars_ambiguous']:,} left to the tie rule")
         for idx, err in s["last_errors"].items():
             click.echo(f"chunk {idx}: {err}")
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 from . import candles as candles_mod
 from . import eta as eta_mod
 from . import logs
-from .chunk import ChunkTask, connections, default_numba_threads, run_chunk
+from .chunk import ChunkTask, connections, default_numba_threads, finer_series, run_chunk
 from .config import Settings
 from .errors import CATEGORIES, DependencyError, InvalidInput, InvalidTransition
 from .resilience import BREAKERS
@@ -189,6 +189,7 @@ class BackfillService:
 
         chosen = select(job["backend"])
         self.state.set_fields(job_id, backend_used=chosen.name, backend_reason=chosen.reason)
+        self._check_finer_series(job_id, job)
         self.state.note(job_id, "backend", f"{chosen.name}: {chosen.reason}")
         base = dict(job_id=job_id, instrument=job["instrument"], granularity=job["granularity"],
                     labels=job["labels"], params=job["params"], label_set=job["label_set"],
@@ -204,6 +205,20 @@ class BackfillService:
             except BaseException:
                 driver.abandon()  # a second signal or a crash: hand the chunks back
                 raise
+
+    def _check_finer_series(self, job_id: str, job: dict) -> None:
+        """Say once, at the start, when resolve_with names a series with no candles."""
+        finer = finer_series(resolve(job["labels"], job["params"]),
+                             SeriesKey(job["instrument"], job["granularity"]))
+        if finer is None:
+            return
+        n, _, _ = self.store.series_summary(finer)
+        if n == 0:
+            why = (f"no {finer.granularity} candles for {finer.instrument}: ambiguous bars fall "
+                   f"back to the tie rule (after ingesting them, a new run recomputes the "
+                   f"chunks they change)")
+            logs.log.warning(why, extra={"job_id": job_id})
+            self.state.note(job_id, "resolve_with", why)
 
     def start(self, *args, detach: bool = False, progress: Progress | None = None,
               scheduler: str | None = None, stop: threading.Event | None = None, **kwargs) -> str:
@@ -315,6 +330,11 @@ class BackfillService:
             "dashboard": job.get("dashboard", ""),
             "last_errors": {str(k): v.splitlines()[0] for k, v in
                             list(self.state.chunk_errors(job_id).items())[:5]},
+            # enhanced_triple_barrier with resolve_with: bars decided by the
+            # finer candles, and bars left to the tie rule (no finer data, or
+            # still ambiguous at the finer level).
+            "bars_resolved": int(job.get("tb_resolved") or 0),
+            "bars_ambiguous": int(job.get("tb_ambiguous") or 0),
             "interrupted_because": (self._last_note(job_id, "interrupt")
                                     if job["status"] == "interrupted" else ""),
         }

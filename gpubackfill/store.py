@@ -203,6 +203,43 @@ class Store:
         first = int(np.searchsorted(ts, start_ms))
         return table, first, int(np.searchsorted(ts, end_ms)) - first
 
+    def load_bars(self, key: SeriesKey, starts: np.ndarray, bar_ms: int) -> pa.Table:
+        """Candles of ``key`` inside the bars [s, s + bar_ms) for s in ``starts``
+        (sorted), and nothing else: the finer candles of a coarse series'
+        ambiguous bars.  Adjacent bars are merged into one range, and the
+        ranges go to ClickHouse in batches (each an OR of key ranges, which
+        it reads as that many index ranges)."""
+        starts = np.unique(np.asarray(starts, dtype=np.int64))
+        if starts.size == 0:
+            return _ts_to_ms(self.arrow(
+                f"SELECT ts, open, high, low, close, volume FROM {self.db}.candles WHERE 0"))
+        ends = starts + bar_ms
+        cut = np.flatnonzero(starts[1:] > ends[:-1]) + 1  # a gap before these
+        lo = starts[np.r_[0, cut]]
+        hi = ends[np.r_[cut - 1, starts.size - 1]]
+        parts = []
+        for b0 in range(0, lo.size, _RANGES_PER_QUERY):
+            a, b = lo[b0:b0 + _RANGES_PER_QUERY], hi[b0:b0 + _RANGES_PER_QUERY]
+            ranges = " OR ".join(
+                f"(ts >= fromUnixTimestamp64Milli({int(x)}, 'UTC') AND "
+                f"ts < fromUnixTimestamp64Milli({int(y)}, 'UTC'))" for x, y in zip(a, b))
+            parts.append(self.arrow(
+                f"SELECT ts, open, high, low, close, volume FROM {self.db}.candles "
+                f"WHERE {self._series_where()} AND ({ranges}) ORDER BY instrument, granularity, ts",
+                self._series_params(key)))
+        return _ts_to_ms(pa.concat_tables(parts))
+
+    def range_digest(self, key: SeriesKey, start_ms: int, end_ms: int) -> str:
+        """A digest of the candles of ``key`` in [start, end): changes when any
+        of them does (for caches that depend on a second series)."""
+        n, h = self.rows(
+            f"SELECT count(), groupBitXor(cityHash64(ts, open, high, low, close)) "
+            f"FROM {self.db}.candles WHERE {self._series_where()} "
+            f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+            f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')",
+            self._series_params(key, a=start_ms, b=end_ms))[0]
+        return f"{int(n)}:{int(h):x}"
+
     def ingest(self, key: SeriesKey, candles: pa.Table, codes: np.ndarray, reasons) -> IngestReport:
         """Insert valid rows; rows whose ts already exists are replaced when
         their values differ and skipped when identical, so ingesting a file
@@ -312,6 +349,11 @@ class Store:
             p["b"] = end_ms
         return _ts_to_ms(self.arrow(f"SELECT * EXCEPT (instrument, granularity, label_set) "
                                     f"FROM {table} WHERE {cond} ORDER BY ts", p))
+
+
+# Key ranges in one finer-candle query: keeps each statement a few tens of
+# kilobytes, well inside ClickHouse's max_query_size (256 KiB).
+_RANGES_PER_QUERY = 400
 
 
 def _ts_to_ms(table: pa.Table) -> pa.Table:

@@ -376,6 +376,13 @@ class RedisState:
             return bool(self._call(self.r.pexpire, key, ttl_ms))
         return False
 
+    def add_job_counts(self, job_id: str, **counts: int) -> None:
+        """Add to counters kept in the job's hash (e.g. bars resolved)."""
+        pipe = self.r.pipeline()
+        for name, n in counts.items():
+            pipe.hincrby(self.k(job_id), name, int(n))
+        self._call(pipe.execute)
+
     def driver_ttl_ms(self, job_id: str) -> int:
         """Milliseconds before the driver lock expires unless renewed (< 0: no lock)."""
         return int(self._call(self.r.pttl, self.k(job_id, "driver")))
@@ -541,7 +548,8 @@ class RedisState:
 
 _INT_FIELDS = {"created", "updated", "started", "finished", "chunks_total", "chunks_done",
                "chunks_failed", "candles_total", "candles_done", "rows_written", "cache_hits",
-               "errors", "lease_seq", "chunk_size", "workers", "start_ms", "end_ms"}
+               "errors", "lease_seq", "chunk_size", "workers", "start_ms", "end_ms",
+               "tb_resolved", "tb_ambiguous"}
 
 
 def _enc(v: Any) -> str:

@@ -108,3 +108,39 @@ def test_short_and_flat_series():
     b = compute_labels(flat, ALL, params, backend="cuda")
     assert (b.column("tb_flags").to_numpy() == 8).all()
     assert_same_tables(compute_labels(flat, ALL, params, backend="cpu"), b)
+
+
+def test_second_set_matches_cpu():
+    from strategies import finer_candles
+
+    df = tricky_series(500, seed=11)
+    c = {k: df[k].to_numpy() for k in df.columns}
+    finer = pd.DataFrame(finer_candles(c, 3, p_cover=0.8))
+    labels = ["enhanced_triple_barrier", "fixed_horizon", "trend_scanning"]
+    params = {"enhanced_triple_barrier": {"horizon": 20, "vol": "rolling", "vol_span": 10,
+                                          "weights": True, "resolve_with": "M1"},
+              "fixed_horizon": {"horizon": 7, "threshold": 0.5, "vol_span": 10},
+              "trend_scanning": {"min_window": 3, "max_window": 30}}
+    a = compute_labels(df, labels, params, backend="cpu", finer=finer)
+    b = compute_labels(df, labels, params, backend="cuda", finer=finer)
+    flags = a.column("tb_flags").to_numpy()
+    assert (flags & 16).any() and (flags & 2).any()   # bars resolved, and bars left to the tie
+    assert a.column("tb_uniqueness").null_count < a.num_rows
+    assert a.column("trend_tvalue").null_count < a.num_rows
+    assert_same_tables(a, b)
+
+
+def test_second_set_short_and_flat_series():
+    labels = ["enhanced_triple_barrier", "fixed_horizon", "trend_scanning"]
+    params = {"enhanced_triple_barrier": {"vol_span": 5, "weights": True},
+              "fixed_horizon": {"threshold": 1.0, "vol_span": 5}}
+    for n in (1, 3, 30):
+        df = tricky_series(60, seed=n).iloc[:n]
+        assert_same_tables(compute_labels(df, labels, params, backend="cpu"),
+                           compute_labels(df, labels, params, backend="cuda"))
+    price = np.full(60, 1.5)
+    flat = pd.DataFrame({"ts": np.arange(60) * 60_000, "open": price, "high": price, "low": price,
+                         "close": price})
+    b = compute_labels(flat, labels, params, backend="cuda")
+    assert b.column("trend_tvalue").null_count == 60 and b.column("tb_uniqueness").null_count == 60
+    assert_same_tables(compute_labels(flat, labels, params, backend="cpu"), b)

@@ -1,0 +1,106 @@
+"""The second label set through the engine (real chDB and Redis): an H1 job
+that resolves ambiguous bars from M1 candles loads only the M1 candles of
+those bars, counts them in ``status``, and stores what ``compute_labels``
+gives on the whole series; a missing finer series is said once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from compare import assert_exact, assert_float_close, column
+
+from gpubackfill import compute_labels
+from gpubackfill.store import SeriesKey, Store
+from gpubackfill.synthetic import generate
+
+pytestmark = pytest.mark.integration
+
+TB = "enhanced_triple_barrier"
+H1 = 3_600_000
+
+
+def m1_and_h1(start="2024-01-01", end="2024-02-10") -> tuple[pa.Table, pa.Table]:
+    """M1 candles and the H1 candles they make (so the two agree)."""
+    m1 = generate("EURUSD", "M1", start, end)
+    df = m1.to_pandas()
+    df["bar"] = df["ts"] // H1 * H1
+    h1 = df.groupby("bar").agg(open=("open", "first"), high=("high", "max"), low=("low", "min"),
+                               close=("close", "last"), volume=("volume", "sum")).reset_index()
+    h1 = h1.rename(columns={"bar": "ts"})
+    return m1, pa.Table.from_pandas(h1[["ts", "open", "high", "low", "close", "volume"]],
+                                    preserve_index=False)
+
+
+def test_an_h1_job_resolves_from_m1_loading_only_ambiguous_bars(service, monkeypatch):
+    m1, h1 = m1_and_h1()
+    service.ingest_table(SeriesKey("EURUSD", "M1"), m1)
+    service.ingest_table(SeriesKey("EURUSD", "H1"), h1)
+    asked: list[int] = []
+    real = Store.load_bars
+
+    def counting(self, key, starts, bar_ms):
+        asked.append(len(np.unique(starts)))
+        return real(self, key, starts, bar_ms)
+
+    monkeypatch.setattr(Store, "load_bars", counting)
+    params = {TB: {"resolve_with": "M1", "weights": True, "vol_span": 20}}
+    job = service.create_job("EURUSD", "H1", "2024-01-01", "2024-02-01", labels=[TB],
+                             params=params, chunk_size=97, workers=2)
+    assert service.execute(job).status == "completed"
+    s = service.status(job)
+    stored = service.export("EURUSD", "H1", [TB], params)
+    whole = compute_labels(h1, TB, params, finer=m1)
+    ts = whole.column("ts").to_numpy()
+    at = np.searchsorted(ts, stored.column("ts").to_numpy())
+    want = whole.take(pa.array(at))
+    for name in ("tb_label", "tb_barrier", "tb_exit_bars", "tb_flags"):
+        assert_exact(name, column(stored, name), column(want, name))
+    for name in ("tb_exit_return", "tb_uniqueness", "tb_attribution"):
+        assert_float_close(name, column(stored, name), column(want, name))
+    flags = column(stored, "tb_flags")
+    assert s["bars_resolved"] == np.count_nonzero(flags & 16) > 0
+    assert s["bars_ambiguous"] == np.count_nonzero(flags & 2)
+    # Only the bars that were ambiguous were read from M1, not the whole month.
+    assert 0 < sum(asked) < 0.5 * s["candles_total"]
+
+
+def test_a_missing_finer_series_is_said_once_and_the_tie_rule_runs(service, caplog):
+    _, h1 = m1_and_h1(end="2024-01-20")
+    service.ingest_table(SeriesKey("GBPUSD", "H1"), h1)
+    params = {TB: {"resolve_with": "M1", "vol_span": 20}}
+    job = service.create_job("GBPUSD", "H1", "2024-01-01", "2024-01-15", labels=[TB],
+                             params=params, chunk_size=60, workers=2)
+    with caplog.at_level("WARNING", logger="gpubackfill"):
+        assert service.execute(job).status == "completed"
+    lines = [r.getMessage() for r in caplog.records if "no M1 candles for GBPUSD" in r.getMessage()]
+    assert len(lines) == 1 and "tie rule" in lines[0]
+    stored = service.export("GBPUSD", "H1", [TB], params)
+    plain = compute_labels(h1, TB, {TB: {"vol_span": 20}})
+    at = np.searchsorted(plain.column("ts").to_numpy(), stored.column("ts").to_numpy())
+    assert_exact("tb_flags", column(stored, "tb_flags"), column(plain.take(pa.array(at)), "tb_flags"))
+    s = service.status(job)
+    assert s["bars_resolved"] == 0 and s["bars_ambiguous"] == np.count_nonzero(column(stored, "tb_flags") & 2) > 0
+
+
+def test_new_labels_through_a_job_equal_the_whole_series(service):
+    m1, _ = m1_and_h1(end="2024-01-12")
+    service.ingest_table(SeriesKey("USDJPY", "M1"), m1)
+    labels = ["fixed_horizon", "trend_scanning"]
+    params = {"fixed_horizon": {"horizon": 30, "threshold": 0.5},
+              "trend_scanning": {"min_window": 5, "max_window": 50}}
+    job = service.create_job("USDJPY", "M1", "2024-01-02", "2024-01-10", labels=labels,
+                             params=params, chunk_size=1_999, workers=2)
+    assert service.execute(job).status == "completed"
+    stored = service.export("USDJPY", "M1", labels, params)
+    whole = compute_labels(m1, labels, params)
+    at = np.searchsorted(whole.column("ts").to_numpy(), stored.column("ts").to_numpy())
+    want = whole.take(pa.array(at))
+    assert stored.num_rows == service.status(job)["candles_total"] > 0
+    for name in ("fh_label", "trend_label", "trend_window"):
+        assert_exact(name, column(stored, name), column(want, name))
+    for name in ("fh_return", "trend_tvalue"):
+        assert_float_close(name, column(stored, name), column(want, name))
+    assert pd.notna(column(stored, "trend_tvalue")).any()
