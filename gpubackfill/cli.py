@@ -153,7 +153,7 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
 @main.command()
 @click.option("--instrument", required=True)
 @click.option("--granularity", required=True)
-@click.option("--labels", cls=_Greedy, help="Label names (default: all).")
+@click.option("--labels", cls=_Greedy, help="Label names (default: enhanced_triple_barrier vol_scaled_return mfe_mae).")
 @click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE")
 @click.option("--start-date", default=None)
 @click.option("--end-date", default=None)
@@ -183,7 +183,7 @@ def export(ctx, instrument, granularity, labels, params, start_date, end_date, o
 @click.option("--granularity", required=True)
 @click.option("--start-date", required=True)
 @click.option("--end-date", required=True)
-@click.option("--labels", cls=_Greedy, help="Label names, space or comma separated (default: all).")
+@click.option("--labels", cls=_Greedy, help="Label names, space or comma separated (default: enhanced_triple_barrier vol_scaled_return mfe_mae; also fixed_horizon, trend_scanning).")
 @click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
               help="A label parameter, e.g. enhanced_triple_barrier.horizon=48 (repeatable).")
 @click.option("--chunk-size", type=int, default=None, help="Candles per chunk (BATCH_CHUNK_SIZE).")

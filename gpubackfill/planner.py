@@ -48,7 +48,7 @@ def make_spec(instrument: str, granularity: str, start: str | datetime | date,
     end_ms = parse_time(end, "end date", end_of_day=True)
     if end_ms <= start_ms:
         raise InvalidInput(f"end date {end} is not after start date {start}")
-    names = list(labels) if labels else list(registry.REGISTRY)
+    names = list(labels) if labels else list(registry.DEFAULT_LABELS)
     resolved = registry.resolve(names, params)
     if chunk_size < 1:
         raise InvalidInput(f"chunk size must be >= 1, got {chunk_size}")

@@ -31,7 +31,7 @@ from .errors import CATEGORIES, DependencyError, InvalidInput, InvalidTransition
 from .resilience import BREAKERS
 from .executor import open_cluster
 from .granularity import parse_granularity, parse_instrument
-from .labels import resolve
+from .labels import DEFAULT_LABELS, resolve
 from .planner import make_spec, parse_time, plan_chunks
 from .watchdog import chunk_deadline
 from .state.machine import FINAL_JOB_STATES
@@ -469,7 +469,7 @@ class BackfillService:
     def export(self, instrument: str, granularity: str, labels: list[str] | None,
                params: dict | None, start: Any = None, end: Any = None) -> pa.Table:
         key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
-        resolved = resolve(labels or ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"], params)
+        resolved = resolve(labels or list(DEFAULT_LABELS), params)
         from .labels import label_set_id
 
         self._ready()

@@ -15,7 +15,8 @@ from gpubackfill.labels.volatility import sigma_lookback
 
 
 def test_every_label_declares_params_outputs_and_halo():
-    assert set(LABELS) == {"enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"}
+    assert set(LABELS) == {"enhanced_triple_barrier", "vol_scaled_return", "mfe_mae",
+                           "fixed_horizon", "trend_scanning"}
     for spec in LABELS.values():
         params = spec.resolve({})
         assert all(p.doc for p in spec.params)
@@ -28,7 +29,11 @@ def test_every_label_declares_params_outputs_and_halo():
 def test_defaults_are_those_of_the_contract():
     tb = LABELS["enhanced_triple_barrier"].resolve({})
     assert tb == {"horizon": 24, "pt": 1.0, "sl": 1.0, "tie": "sl", "vertical": "zero",
-                  "min_ret": 0.0, "vol": "ewm", "vol_span": 100}
+                  "min_ret": 0.0, "vol": "ewm", "vol_span": 100, "resolve_with": "",
+                  "weights": False}
+    assert LABELS["fixed_horizon"].resolve({}) == {"horizon": 24, "threshold": 0.0, "vol": "ewm",
+                                                   "vol_span": 100}
+    assert LABELS["trend_scanning"].resolve({}) == {"min_window": 5, "max_window": 20}
     assert LABELS["vol_scaled_return"].resolve({})["horizons"] == [1, 5, 20]
     assert LABELS["mfe_mae"].resolve({}) == {"horizon": 24}
 
@@ -39,6 +44,19 @@ def test_halo_covers_every_label_of_a_request():
                                                                           "vol": "rolling",
                                                                           "vol_span": 40}})
     assert halo(r) == (40, 250)
+
+
+def test_halos_of_the_second_set():
+    tb = {"vol": "rolling", "vol_span": 30, "horizon": 12}
+    assert halo(resolve_labels(["enhanced_triple_barrier"], {"enhanced_triple_barrier": tb})) == (30, 12)
+    # Weights look at other rows' exits: H more back, 2H ahead.
+    weighted = {**tb, "weights": "true"}
+    assert halo(resolve_labels(["enhanced_triple_barrier"],
+                               {"enhanced_triple_barrier": weighted})) == (42, 24)
+    assert halo(resolve_labels(["fixed_horizon"], {"fixed_horizon": {"horizon": 9}})) == (0, 9)
+    assert halo(resolve_labels(["fixed_horizon"], {"fixed_horizon": {
+        "horizon": 9, "threshold": 1, "vol": "rolling", "vol_span": 30}})) == (30, 9)
+    assert halo(resolve_labels(["trend_scanning"], {"trend_scanning": {"max_window": 50}})) == (0, 49)
 
 
 def test_ewm_lookback_makes_the_unseen_weight_negligible():

@@ -25,6 +25,12 @@ REGISTRY: dict[str, LabelSpec] = {
 }
 
 
+# What a job computes when it names no labels: the first set.  The labels
+# added later are asked for by name, so a default job's label set id (and
+# its stored rows) stays what it was.
+DEFAULT_LABELS = ("enhanced_triple_barrier", "vol_scaled_return", "mfe_mae")
+
+
 @dataclass(frozen=True)
 class ResolvedLabel:
     spec: LabelSpec
@@ -110,6 +116,6 @@ def _id_params(r: ResolvedLabel) -> dict[str, Any]:
 
 
 __all__ = [
-    "REGISTRY", "Column", "LabelSpec", "Param", "ResolvedLabel", "Series",
+    "DEFAULT_LABELS", "REGISTRY", "Column", "LabelSpec", "Param", "ResolvedLabel", "Series",
     "get", "halo", "label_set_id", "resolve",
 ]
