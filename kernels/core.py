@@ -588,7 +588,7 @@ def concurrency_at(j, flags, exit_bars, horizon):
 
 
 @jitable
-def weights_at(i, n, horizon, flags, exit_bars, conc, logret, out_u, out_a):
+def weights_at(i, n, horizon, flags, exit_bars, conc, close, out_u, out_a):
     """tb_uniqueness and tb_attribution of row i (NaN where undefined)."""
     e = exit_bars[i]
     if not is_event(flags[i]) or i + e - 1 + horizon > n - 1:
@@ -600,7 +600,7 @@ def weights_at(i, n, horizon, flags, exit_bars, conc, logret, out_u, out_a):
     for j in range(i + 1, i + e + 1):
         inv = 1.0 / conc[j]
         su += inv
-        sa += logret[j] * inv
+        sa += log_ratio(close[j], close[j - 1]) * inv
     out_u[i] = su / e
     out_a[i] = abs(sa)
 
@@ -660,7 +660,20 @@ def _ols_two_pass(logc, t, L):
 
 
 @jitable
-def trend_scan_at(logc, t, w_min, w_max, label, tvalue, window):
+def trend_constants(w_max, consts):
+    """Per window length L (row L of ``consts``): 1/L, (L-1)/2, Sxx and
+    (L-2)/Sxx, so the scan's inner loop needs no division."""
+    for L in range(1, w_max + 1):
+        fl = float(L)
+        sxx = fl * (fl * fl - 1.0) / 12.0
+        consts[L, 0] = 1.0 / fl
+        consts[L, 1] = 0.5 * (fl - 1.0)
+        consts[L, 2] = sxx
+        consts[L, 3] = (fl - 2.0) / sxx if sxx > 0.0 else 0.0
+
+
+@jitable
+def trend_scan_at(logc, t, w_min, w_max, consts, label, tvalue, window):
     """OLS of y_x = ln close_{t+x} on x = 0..L-1 for every L in w_min..w_max;
     keeps the largest |t-value| (the shortest window on ties).
 
@@ -668,8 +681,10 @@ def trend_scan_at(logc, t, w_min, w_max, label, tvalue, window):
     y is taken relative to y_0 (the sums then hold price moves, not price
     levels, and do not cancel), and x about its mean through the closed forms
     Sxx = L(L^2-1)/12 and Sxy = sum(x*y) - (L-1)/2 * sum(y).  RSS = Syy - Sxy^2/Sxx
-    loses about log10(1 + t^2/(L-2)) digits to cancellation: under 1e-9
-    relative for |t| below 1e3.  A window with all closes equal has exact
+    loses about log10(1 + t^2/(L-2)) digits to cancellation; a window where it
+    would lose more than nine is recomputed from its residuals.  Windows are
+    compared by t^2 = Sxy^2 (L-2) / (Sxx RSS) as cross-multiplied fractions,
+    so the loop divides nothing.  A window with all closes equal has exact
     zero sums: RSS = 0, no t-value.  Returns 1 when some window has a t-value.
     """
     n = logc.shape[0]
@@ -682,8 +697,9 @@ def trend_scan_at(logc, t, w_min, w_max, label, tvalue, window):
     sy = 0.0
     sxy = 0.0
     syy = 0.0
-    best = -1.0
-    best_t = 0.0
+    best_num = -1.0  # the best t^2 as best_num / best_den (none yet: below any)
+    best_den = 1.0
+    best_cxy = 0.0
     best_l = 0
     for x in range(w_max):
         y = logc[t + x] - y0
@@ -691,33 +707,36 @@ def trend_scan_at(logc, t, w_min, w_max, label, tvalue, window):
         sxy += x * y
         syy += y * y
         L = x + 1
-        if L < w_min:
-            continue
-        fl = float(L)
-        sxx = fl * (fl * fl - 1.0) / 12.0
-        cxy = sxy - 0.5 * (fl - 1.0) * sy
-        cyy = syy - sy * sy / fl
-        if syy == 0.0:
-            continue  # every close equal to close_t: RSS = 0 exactly, no t-value
-        rss = cyy - cxy * cxy / sxx
-        if not (rss > 1e-9 * cyy):
+        if L < w_min or syy == 0.0:
+            continue  # too short, or every close so far equal to close_t (no t-value)
+        cxy = sxy - consts[L, 1] * sy
+        cyy = syy - sy * sy * consts[L, 0]
+        sxx = consts[L, 2]
+        rss_sxx = cyy * sxx - cxy * cxy  # RSS * Sxx
+        if not (rss_sxx > 1e-9 * cyy * sxx):
             # Nearly on a line: the subtraction has lost most digits, so
             # take the residuals themselves (rare; O(L)).
             cxy, rss = _ols_two_pass(logc, t, L)
             if not (rss > 0.0):
                 continue
-        tv = cxy * math.sqrt((fl - 2.0) / (sxx * rss))
-        a = abs(tv)
-        if a > best:
-            best = a
-            best_t = tv
-            best_l = L
+            rss_sxx = rss * sxx
+        num = cxy * cxy * (L - 2.0)  # t^2 = num / rss_sxx
+        # Selects, not a branch: which window wins is data-dependent, and a
+        # mispredicted branch per window would cost more than the arithmetic.
+        better = num * best_den > best_num * rss_sxx
+        best_num = num if better else best_num
+        best_den = rss_sxx if better else best_den
+        best_cxy = cxy if better else best_cxy
+        best_l = L if better else best_l
     if best_l == 0:
         label[t] = 0
         tvalue[t] = math.nan
         window[t] = 0
         return 0
-    label[t] = 1 if best_t > 0.0 else (-1 if best_t < 0.0 else 0)
-    tvalue[t] = best_t
+    tv = math.sqrt(best_num / best_den)
+    if best_cxy < 0.0:
+        tv = -tv
+    label[t] = 1 if best_cxy > 0.0 else (-1 if best_cxy < 0.0 else 0)
+    tvalue[t] = tv if best_cxy != 0.0 else 0.0
     window[t] = best_l
     return 1

@@ -286,19 +286,37 @@ def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, si
     return decided.sum()
 
 
+@njit(**_opts)
+def _concurrency(flags, exit_bars):
+    """c_j in one pass: +1 at each event's first bar, -1 after its last,
+    summed as we go.  Integers, so exactly ``core.concurrency_at`` per bar
+    (which the CUDA target runs bar by bar), without its H steps per bar."""
+    n = flags.shape[0]
+    step = np.zeros(n + 1, np.int64)
+    conc = np.empty(n, np.int64)
+    running = 0
+    for j in range(n):
+        if j > 0 and core.is_event(flags[j - 1]):
+            step[j] += 1
+            step[min(n, j + exit_bars[j - 1])] -= 1
+        running += step[j]
+        conc[j] = running
+    return conc
+
+
 @njit(parallel=True, **_opts)
-def sample_weights(close, flags, exit_bars, horizon):
-    """(tb_uniqueness, tb_attribution), NaN where undefined."""
+def _weights(close, flags, exit_bars, conc, horizon):
     n = close.shape[0]
-    conc = np.zeros(n, np.int64)
-    for j in prange(1, n):
-        conc[j] = core.concurrency_at(j, flags, exit_bars, horizon)
-    logret = log_returns(close)
     uniq = np.empty(n)
     attr = np.empty(n)
     for i in prange(n):
-        core.weights_at(i, n, horizon, flags, exit_bars, conc, logret, uniq, attr)
+        core.weights_at(i, n, horizon, flags, exit_bars, conc, close, uniq, attr)
     return uniq, attr
+
+
+def sample_weights(close, flags, exit_bars, horizon):
+    """(tb_uniqueness, tb_attribution), NaN where undefined."""
+    return _weights(close, flags, exit_bars, _concurrency(flags, exit_bars), horizon)
 
 
 @njit(parallel=True, **_opts)
@@ -316,11 +334,13 @@ def fixed_horizon(close, sigma, horizon, k):
 def trend_scanning(close, w_min, w_max):
     n = close.shape[0]
     logc = np.log(close)
+    consts = np.zeros((w_max + 1, 4))
+    core.trend_constants(w_max, consts)
     label = np.empty(n, np.int8)
     tvalue = np.empty(n, np.float64)
     window = np.empty(n, np.int32)
     for t in prange(n):
-        core.trend_scan_at(logc, t, w_min, w_max, label, tvalue, window)
+        core.trend_scan_at(logc, t, w_min, w_max, consts, label, tvalue, window)
     return label, tvalue, window
 
 

@@ -394,11 +394,11 @@ def _concurrency_kernel(flags, exit_bars, horizon, conc):
 
 
 @cuda.jit
-def _weights_kernel(horizon, flags, exit_bars, conc, logret, uniq, attr):
+def _weights_kernel(horizon, flags, exit_bars, conc, close, uniq, attr):
     g, step = cuda.grid(1), cuda.gridsize(1)
     n = conc.shape[0]
     for i in range(g, n, step):
-        core.weights_at(i, n, horizon, flags, exit_bars, conc, logret, uniq, attr)
+        core.weights_at(i, n, horizon, flags, exit_bars, conc, close, uniq, attr)
 
 
 def sample_weights(close, flags, exit_bars, horizon):
@@ -409,8 +409,7 @@ def sample_weights(close, flags, exit_bars, horizon):
     attr = cuda.device_array(n, np.float64)
     if n:
         _concurrency_kernel[_blocks(n), THREADS](flags, exit_bars, horizon, conc)
-        _weights_kernel[_blocks(n), THREADS](horizon, flags, exit_bars, conc,
-                                             log_returns(close), uniq, attr)
+        _weights_kernel[_blocks(n), THREADS](horizon, flags, exit_bars, conc, close, uniq, attr)
     return uniq, attr
 
 
@@ -440,10 +439,10 @@ def _log_kernel(close, out):
 
 
 @cuda.jit
-def _trend_kernel(logc, w_min, w_max, label, tvalue, window):
+def _trend_kernel(logc, w_min, w_max, consts, label, tvalue, window):
     g, step = cuda.grid(1), cuda.gridsize(1)
     for t in range(g, logc.shape[0], step):
-        core.trend_scan_at(logc, t, w_min, w_max, label, tvalue, window)
+        core.trend_scan_at(logc, t, w_min, w_max, consts, label, tvalue, window)
 
 
 def trend_scanning(close, w_min, w_max):
@@ -454,8 +453,11 @@ def trend_scanning(close, w_min, w_max):
     tvalue = cuda.device_array(n, np.float64)
     window = cuda.device_array(n, np.int32)
     if n:
+        consts = np.zeros((w_max + 1, 4))
+        core.trend_constants(w_max, consts)  # plain Python here: a few hundred values
         _log_kernel[_blocks(n), THREADS](close, logc)
-        _trend_kernel[_blocks(n), THREADS](logc, w_min, w_max, label, tvalue, window)
+        _trend_kernel[_blocks(n), THREADS](logc, w_min, w_max, cuda.to_device(consts), label,
+                                           tvalue, window)
     return label, tvalue, window
 
 

@@ -44,7 +44,7 @@ SIGNATURES = {
     "_weights_kernel": f"void({i8}, uint8[:], int32[:], int64[:], {f8}, {f8}, {f8})",
     "_fixed_horizon_kernel": f"void({f8}, {f8}, {i8}, float64, float64, int8[:], {f8})",
     "_log_kernel": f"void({f8}, {f8})",
-    "_trend_kernel": f"void({f8}, {i8}, {i8}, int8[:], {f8}, int32[:])",
+    "_trend_kernel": f"void({f8}, {i8}, {i8}, {f8_2d}, int8[:], {f8}, int32[:])",
     "_mfe_kernel": (f"void({f8}, {i8}, {i8}, {i8}, {f8}, int64[:], {f8}, int64[:], {f8}, int64[:], "
                     f"{f8}, int64[:], {f8}, {f8}, int32[:], int32[:])"),
 }
