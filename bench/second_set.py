@@ -212,8 +212,8 @@ def resolve_end_to_end(years: int, seed: int) -> dict[str, float]:
     read = []
     real = Store.load_bars
 
-    def counting(self, key, starts, bar_ms):
-        t = real(self, key, starts, bar_ms)
+    def counting(self, key, starts, bar_ms, *cols):
+        t = real(self, key, starts, bar_ms, *cols)
         read.append(t.num_rows)
         return t
 

@@ -28,7 +28,7 @@ from .compute import compute_series
 from .config import Settings
 from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
 from .granularity import GRANULARITIES
-from .labels import halo, resolve
+from .labels import Series, halo, resolve
 from .logs import log
 from .redis_server import connect as redis_connect
 from .resilience import BREAKERS, classify, is_outage, retrying
@@ -350,7 +350,7 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> dic
     if finer_key is not None and table.num_rows:
         # The labels depend on the finer candles too: so does the cache.
         ts = table.column("ts")
-        digest = store.range_digest(finer_key, int(ts[0].as_py()),
+        digest = store.change_stamp(finer_key, int(ts[0].as_py()),
                                     int(ts[-1].as_py()) + GRANULARITIES[key.granularity])
         fingerprint = hashlib.blake2b(f"{fingerprint}|{digest}".encode(), digest_size=16).hexdigest()
     if not task.force:
@@ -365,8 +365,8 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> dic
     if finer_key is not None:
         # Only the finer candles of the bars that turn out ambiguous are read.
         series = replace(series, bar_ms=GRANULARITIES[key.granularity],
-                         finer=lambda starts, bar: candles_mod.to_series(
-                             store.load_bars(finer_key, starts, bar)))
+                         finer=lambda starts, bar: _bar_path(
+                             store.load_bars(finer_key, starts, bar, ("ts", "open", "high", "low"))))
     kernels = backends.select(task.backend).kernels
     labels = compute_series(series, resolved, kernels).slice(first, own)
     incomplete = _incomplete_rows(labels)
@@ -375,6 +375,15 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> dic
                        incomplete, task.job_id)
     return {"candles": own, "rows": labels.num_rows, "cache_hit": False, "incomplete": incomplete,
             **_ambiguity(labels, finer_key)}
+
+
+def _bar_path(table) -> Series:
+    """Finer candles as the replay of a bar reads them: ts, open, high and
+    low (their close is never used, so it is not read; ``close`` aliases
+    ``low`` only to fill the field)."""
+    cols = {c: table.column(c).to_numpy() for c in ("ts", "open", "high", "low")}
+    return Series(ts=cols["ts"], open=cols["open"], high=cols["high"], low=cols["low"],
+                  close=cols["low"])
 
 
 def finer_series(resolved, key: SeriesKey) -> SeriesKey | None:

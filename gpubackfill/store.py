@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -107,6 +108,12 @@ class Store:
                 ts DateTime64(3, 'UTC'),
                 open Float64, high Float64, low Float64, close Float64, volume Float64
             ) ENGINE = MergeTree ORDER BY (instrument, granularity, ts)""")
+        # Which time ranges of a series each ingest changed (change_stamp).
+        self.command(f"""
+            CREATE TABLE IF NOT EXISTS {self.db}.candle_changes (
+                instrument LowCardinality(String), granularity LowCardinality(String),
+                first_ts Int64, last_ts Int64, changed_at Int64
+            ) ENGINE = MergeTree ORDER BY (instrument, granularity, first_ts)""")
         self.command(f"""
             CREATE TABLE IF NOT EXISTS {self.db}.label_sets (
                 label_set String, labels String, params String, columns String,
@@ -203,42 +210,44 @@ class Store:
         first = int(np.searchsorted(ts, start_ms))
         return table, first, int(np.searchsorted(ts, end_ms)) - first
 
-    def load_bars(self, key: SeriesKey, starts: np.ndarray, bar_ms: int) -> pa.Table:
-        """Candles of ``key`` inside the bars [s, s + bar_ms) for s in ``starts``
-        (sorted), and nothing else: the finer candles of a coarse series'
-        ambiguous bars.  Adjacent bars are merged into one range, and the
-        ranges go to ClickHouse in batches (each an OR of key ranges, which
-        it reads as that many index ranges)."""
-        starts = np.unique(np.asarray(starts, dtype=np.int64))
-        if starts.size == 0:
-            return _ts_to_ms(self.arrow(
-                f"SELECT ts, open, high, low, close, volume FROM {self.db}.candles WHERE 0"))
-        ends = starts + bar_ms
-        cut = np.flatnonzero(starts[1:] > ends[:-1]) + 1  # a gap before these
-        lo = starts[np.r_[0, cut]]
-        hi = ends[np.r_[cut - 1, starts.size - 1]]
-        parts = []
-        for b0 in range(0, lo.size, _RANGES_PER_QUERY):
-            a, b = lo[b0:b0 + _RANGES_PER_QUERY], hi[b0:b0 + _RANGES_PER_QUERY]
-            ranges = " OR ".join(
-                f"(ts >= fromUnixTimestamp64Milli({int(x)}, 'UTC') AND "
-                f"ts < fromUnixTimestamp64Milli({int(y)}, 'UTC'))" for x, y in zip(a, b))
-            parts.append(self.arrow(
-                f"SELECT ts, open, high, low, close, volume FROM {self.db}.candles "
-                f"WHERE {self._series_where()} AND ({ranges}) ORDER BY instrument, granularity, ts",
-                self._series_params(key)))
-        return _ts_to_ms(pa.concat_tables(parts))
+    def load_bars(self, key: SeriesKey, starts: np.ndarray, bar_ms: int,
+                  columns: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
+                  ) -> pa.Table:
+        """Candles of ``key`` inside the bars [s, s + bar_ms) for s in ``starts``,
+        and nothing else: the finer candles of a coarse series' ambiguous bars.
 
-    def range_digest(self, key: SeriesKey, start_ms: int, end_ms: int) -> str:
-        """A digest of the candles of ``key`` in [start, end): changes when any
-        of them does (for caches that depend on a second series)."""
-        n, h = self.rows(
-            f"SELECT count(), groupBitXor(cityHash64(ts, open, high, low, close)) "
-            f"FROM {self.db}.candles WHERE {self._series_where()} "
-            f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
-            f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')",
-            self._series_params(key, a=start_ms, b=end_ms))[0]
-        return f"{int(n)}:{int(h):x}"
+        One read of the span's ``ts`` keeps the rows whose bar number
+        ``(ts - phase) div bar_ms`` is in the set asked for (a hash lookup
+        per row; the price columns are read for those rows only).  Bars of one
+        series usually share a phase modulo their length; each distinct
+        phase (a session shift, daylight saving) gets its own read.  Ambiguous
+        bars are spread over the whole span, so every granule holds some:
+        each column asked for is read in full, hence ``columns``."""
+        bad = set(columns) - set(_CANDLE_COLS)
+        if bad or "ts" not in columns:
+            raise ValueError(f"load_bars columns must include ts and be candle columns, got {columns}")
+        cols = ", ".join(columns)
+        starts = np.unique(np.asarray(starts, dtype=np.int64))
+        parts = []
+        phases = starts % bar_ms
+        for phase in np.unique(phases):
+            group = starts[phases == phase]
+            parts.append(self.arrow(
+                f"SELECT {cols} FROM {self.db}.candles "
+                f"WHERE {self._series_where()} "
+                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') "
+                f"AND intDiv(toUnixTimestamp64Milli(ts) - {{p:Int64}}, {{w:Int64}}) "
+                f"IN {{bars:Array(Int64)}} ORDER BY instrument, granularity, ts",
+                self._series_params(key, a=int(group[0]), b=int(group[-1]) + bar_ms,
+                                    p=int(phase), w=int(bar_ms),
+                                    bars=[int(x) for x in (group - phase) // bar_ms])))
+        if not parts:
+            parts.append(self.arrow(f"SELECT {cols} FROM {self.db}.candles WHERE 0"))
+        table = _ts_to_ms(pa.concat_tables(parts))
+        if len(parts) > 1:
+            table = table.sort_by("ts")
+        return table
 
     def ingest(self, key: SeriesKey, candles: pa.Table, codes: np.ndarray, reasons) -> IngestReport:
         """Insert valid rows; rows whose ts already exists are replaced when
@@ -283,7 +292,27 @@ class Store:
                 good = good.filter(pa.array(keep))
             if good.num_rows:
                 self.insert_arrow("candles", _with_series(key, good))
+                changed = good.column("ts").to_numpy()
+                self._record_change(key, int(changed.min()), int(changed.max()))
         return IngestReport(n, good.num_rows - updated, updated, unchanged, rejected)
+
+    def _record_change(self, key: SeriesKey, first_ms: int, last_ms: int) -> None:
+        self.insert_arrow("candle_changes", pa.table({
+            "instrument": [key.instrument], "granularity": [key.granularity],
+            "first_ts": pa.array([first_ms], pa.int64()), "last_ts": pa.array([last_ms], pa.int64()),
+            "changed_at": pa.array([time.time_ns() // 1_000_000], pa.int64()),
+        }))
+
+    def change_stamp(self, key: SeriesKey, start_ms: int, end_ms: int) -> str:
+        """Changes to the candles of ``key`` that touched [start, end), as a
+        short stamp: it differs after any ingest that inserted or updated a
+        candle there.  Read from the ingest log, not the candles, so a
+        coarse chunk that depends on a finer series checks it for free."""
+        n, last = self.rows(
+            f"SELECT count(), max(changed_at) FROM {self.db}.candle_changes "
+            f"WHERE {self._series_where()} AND first_ts < {{b:Int64}} AND last_ts >= {{a:Int64}}",
+            self._series_params(key, a=start_ms, b=end_ms))[0]
+        return f"{int(n)}:{int(last or 0)}"
 
     # -- labels ------------------------------------------------------------
 
@@ -349,11 +378,6 @@ class Store:
             p["b"] = end_ms
         return _ts_to_ms(self.arrow(f"SELECT * EXCEPT (instrument, granularity, label_set) "
                                     f"FROM {table} WHERE {cond} ORDER BY ts", p))
-
-
-# Key ranges in one finer-candle query: keeps each statement a few tens of
-# kilobytes, well inside ClickHouse's max_query_size (256 KiB).
-_RANGES_PER_QUERY = 400
 
 
 def _ts_to_ms(table: pa.Table) -> pa.Table:

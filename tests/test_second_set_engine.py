@@ -41,9 +41,9 @@ def test_an_h1_job_resolves_from_m1_loading_only_ambiguous_bars(service, monkeyp
     asked: list[int] = []
     real = Store.load_bars
 
-    def counting(self, key, starts, bar_ms):
+    def counting(self, key, starts, bar_ms, *cols):
         asked.append(len(np.unique(starts)))
-        return real(self, key, starts, bar_ms)
+        return real(self, key, starts, bar_ms, *cols)
 
     monkeypatch.setattr(Store, "load_bars", counting)
     params = {TB: {"resolve_with": "M1", "weights": True, "vol_span": 20}}
