@@ -42,6 +42,11 @@ def compute_labels(
     ``candles`` (default: its most frequent ts step).
     """
     resolved = registry.resolve(labels, params)
+    wants_finer = [r for r in resolved if r.params.get("resolve_with")]
+    if wants_finer and finer is None:
+        r = wants_finer[0]
+        raise InvalidInput(f"{r.name}.resolve_with={r.params['resolve_with']!r} needs the finer "
+                           f"candles: pass them as finer=")
     chosen = backends.select(backend)
     series = candles_mod.validate(candles_mod.to_series(candles), on_invalid)
     if finer is not None:

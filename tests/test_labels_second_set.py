@@ -107,6 +107,13 @@ def test_finer_candles_decide_in_time_order_and_flag_it():
     assert none.column("tb_flags").to_pylist()[2] == 2
 
 
+def test_resolve_with_without_finer_candles_is_a_clear_error():
+    with pytest.raises(InvalidInput, match="resolve_with='M1' needs the finer candles"):
+        compute_labels(pd.DataFrame(random_walk(50)), TB, {TB: {"resolve_with": "M1"}})
+    with pytest.raises(InvalidInput, match="resolve_with must be one of"):
+        compute_labels(pd.DataFrame(random_walk(50)), TB, {TB: {"resolve_with": "M7"}})
+
+
 def test_bar_ms_must_be_a_positive_integer():
     df = pd.DataFrame(random_walk(50))
     for bad in (0, -5, 1.5, "60000", True):
