@@ -104,6 +104,66 @@ def correctness(n: int, seeds: list[int]) -> None:
     ROWS.append(("label mismatches vs CPU", "0", str(total_bad)))
 
 
+SECOND = ["enhanced_triple_barrier", "fixed_horizon", "trend_scanning"]
+SECOND_PARAMS = {"enhanced_triple_barrier": {"horizon": H, "weights": True, "resolve_with": "S15"},
+                 "fixed_horizon": {"horizon": H, "threshold": 1.0},
+                 "trend_scanning": {"min_window": 5, "max_window": 50}}
+
+
+def _finer(df, per_bar: int = 4):
+    """Finer candles inside each bar: a path open -> high/low (random order) -> close."""
+    rng = np.random.default_rng(0)
+    n = len(df)
+    step = int(np.median(np.diff(df["ts"].to_numpy())))
+    o, h, lo, c = (df[k].to_numpy() for k in ("open", "high", "low", "close"))
+    up_first = rng.random(n) < 0.5
+    pts = np.stack([o, np.where(up_first, h, lo), np.where(up_first, lo, h), c], axis=1)
+    fo, fc = pts[:, :-1].ravel(), pts[:, 1:].ravel()
+    ts = (df["ts"].to_numpy()[:, None] + np.arange(per_bar - 1)[None, :] * (step // per_bar)).ravel()
+    return pd.DataFrame({"ts": ts, "open": fo, "high": np.maximum(fo, fc), "low": np.minimum(fo, fc),
+                         "close": fc})
+
+
+def second_set(n: int, sizes: list[int], repeats: int) -> None:
+    """The second label set: CUDA against CPU (with finer candles), then speed."""
+    df = walk(n, 11)
+    finer = _finer(df)
+    a = compute_labels(df, SECOND, SECOND_PARAMS, backend="cpu", finer=finer)
+    b = compute_labels(df, SECOND, SECOND_PARAMS, backend="cuda", finer=finer)
+    bad = 0
+    for name in a.column_names:
+        x = a.column(name).to_numpy(zero_copy_only=False).astype(float)
+        y = b.column(name).to_numpy(zero_copy_only=False).astype(float)
+        bad += int((np.isnan(x) != np.isnan(y)).sum())
+        both = ~np.isnan(x) & ~np.isnan(y)
+        tol = 1e-6 if name == "trend_tvalue" else 1e-9
+        bad += int((~np.isclose(x[both], y[both], rtol=tol, atol=0)).sum())
+    resolved = int(np.count_nonzero(a.column("tb_flags").to_numpy() & 16))
+    ROWS.append(("second set: mismatches vs CPU", "0", f"{bad} ({resolved} bars resolved)"))
+    rows = []
+    for size in sizes:
+        big = walk(size, 12)
+        for label, params in (("enhanced_triple_barrier", {"enhanced_triple_barrier": {"horizon": H}}),
+                              ("enhanced_triple_barrier", {"enhanced_triple_barrier": {"horizon": H,
+                                                                                       "weights": True}}),
+                              ("fixed_horizon", {"fixed_horizon": SECOND_PARAMS["fixed_horizon"]}),
+                              ("trend_scanning", {"trend_scanning": SECOND_PARAMS["trend_scanning"]})):
+            what = label + (" + weights" if params[label].get("weights") else "")
+            for backend in ("cuda", "cpu"):
+                if backend == "cpu" and size > min(sizes):
+                    continue
+                compute_labels(big.iloc[:10_000], label, params, backend=backend)
+                times = []
+                for _ in range(max(1, repeats // 2)):
+                    t0 = time.perf_counter()
+                    compute_labels(big, label, params, backend=backend)
+                    times.append(time.perf_counter() - t0)
+                t = statistics.median(times)
+                rows.append([f"{size:.0e}", what, backend, f"{t * 1e3:.1f}", f"{size / t * 60 / 1e6:,.0f}"])
+    print_table("5. second label set through compute_labels (copies and Arrow included)",
+                ["candles", "label", "backend", "ms", "M candles/min"], rows)
+
+
 def device_bandwidth(n: int) -> float:
     from numba import cuda
 
@@ -261,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ROWS.append((f"all three on GPU vs {args.cpu_threads}-core CPU ({big:.0e})", ">= 100x",
                  f"{rates[big] / cpu_rate:.0f}x"))
     dask_cuda_job(min(sizes), 4)
+    second_set(int(args.check_size), sizes, args.repeats)
     print_table(f"SUMMARY (total {time.perf_counter() - t_start:.0f} s)", ["check", "target", "measured"],
                 [list(r) for r in ROWS])
     return 0
