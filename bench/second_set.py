@@ -180,10 +180,33 @@ def peers(table: pa.Table, rows_count: int, repeats: int, seed: int) -> dict[str
           f"{1 / ours_u:13,.0f} {peer_u / ours_u:8,.0f}x {diff:13.1e}")
     print("   (ours: triple barrier and weights together, per candle)")
     try:
-        import ml4t.engineer  # noqa: F401
-        print("   ml4t-engineer is installed but not wired in here")
+        import polars as pl
+        from ml4t.engineer.labeling.horizon_labels import trend_scanning_labels
+        from ml4t.engineer.labeling.uniqueness import calculate_label_uniqueness
     except ImportError:
-        print("   ml4t-engineer: not installed (see bench/RESULTS.md)")
+        print("   ml4t-engineer: not installed (pip install ml4t-engineer to compare with it)")
+        return out
+    # ml4t-engineer: scipy's linregress per window on prices (not log prices,
+    # and its window range stops one short of max_window), and uniqueness
+    # from a numba difference array plus a Python loop over labels that
+    # counts the entry bar too.  Speed is compared; the values differ by
+    # those definitions, so they are not.
+    k = min(n, rows_count * 4)
+    frame = pl.DataFrame({"close": df["close"].to_numpy()[:k]})
+    t0 = time.perf_counter()
+    trend_scanning_labels(frame, min_window=5, max_window=51, price_col="close", group_col=[])
+    ml_s = (time.perf_counter() - t0) / k
+    print(f"   {'ml4t-engineer trend_scanning_labels 5..50':<44} {1 / ml_s:10,.0f} "
+          f"{1 / ours_s:13,.0f} {ml_s / ours_s:8,.0f}x {'(other defs)':>13}")
+    starts = ev.astype(np.int64)
+    ends = (ev + bars[ev].astype(int)).astype(np.int64)
+    calculate_label_uniqueness(starts[:100], ends[:100], m)  # numba warm-up
+    t0 = time.perf_counter()
+    calculate_label_uniqueness(starts, ends, m)
+    ml_u = (time.perf_counter() - t0) / m
+    print(f"   {'ml4t-engineer calculate_label_uniqueness':<44} {1 / ml_u:10,.0f} "
+          f"{1 / ours_u:13,.0f} {ml_u / ours_u:8,.0f}x {'(other defs)':>13}")
+    out["ml4t_trend"], out["ml4t_uniqueness"] = ml_s / ours_s, ml_u / ours_u
     return out
 
 
