@@ -212,8 +212,7 @@ class BackfillService:
                              SeriesKey(job["instrument"], job["granularity"]))
         if finer is None:
             return
-        n, _, _ = self.store.series_summary(finer)
-        if n == 0:
+        if not self.store.has_series(finer):
             why = (f"no {finer.granularity} candles for {finer.instrument}: ambiguous bars fall "
                    f"back to the tie rule (after ingesting them, a new run recomputes the "
                    f"chunks they change)")

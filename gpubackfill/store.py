@@ -166,6 +166,11 @@ class Store:
             f"FROM {self.db}.candles WHERE {self._series_where()}", self._series_params(key))[0]
         return int(n), (int(lo) if n else None), (int(hi) if n else None)
 
+    def has_series(self, key: SeriesKey) -> bool:
+        """Whether the series has any candle (reads one row, not a count)."""
+        return bool(self.rows(f"SELECT 1 FROM {self.db}.candles WHERE {self._series_where()} LIMIT 1",
+                              self._series_params(key)))
+
     def instruments(self) -> list[tuple[str, str, int]]:
         return [(i, g, int(n)) for i, g, n in self.rows(
             f"SELECT instrument, granularity, count() FROM {self.db}.candles "
