@@ -208,8 +208,11 @@ class BackfillService:
 
     def _check_finer_series(self, job_id: str, job: dict) -> None:
         """Say once, at the start, when resolve_with names a series with no candles."""
-        finer = finer_series(resolve(job["labels"], job["params"]),
-                             SeriesKey(job["instrument"], job["granularity"]))
+        try:
+            resolved = resolve(job["labels"], job["params"])
+        except InvalidInput:
+            return  # each chunk reports a bad label spec as its error, with the job's other errors
+        finer = finer_series(resolved, SeriesKey(job["instrument"], job["granularity"]))
         if finer is None:
             return
         if not self.store.has_series(finer):
