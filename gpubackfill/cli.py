@@ -120,6 +120,12 @@ def main(ctx: click.Context, verbose: bool) -> None:
     logs.configure(level, fmt)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # Their warnings about a refused connection come before our own one
+        # error line, which already says it (with the URL, password hidden).
+        # (urllib3.connectionpool: clickhouse_connect resets "urllib3" on import.)
+        for name in ("urllib3.connectionpool", "clickhouse_connect"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @main.command()
@@ -165,6 +171,9 @@ def export(ctx, instrument, granularity, labels, params, start_date, end_date, o
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise InvalidInput(f"output must end in .parquet or .csv, got {output!r}")
+    folder = Path(output).absolute().parent
+    if not folder.is_dir():
+        raise InvalidInput(f"no folder {folder} for {output}")
     table = _service(ctx).export(instrument, granularity, _labels(labels), _params(params),
                                  start_date, end_date)
     if suffix == ".parquet":
@@ -307,7 +316,8 @@ def _eta_text(s: dict) -> str:
 
 def _job_row(s: dict) -> list[str]:
     eta = _eta_text(s)
-    return [s["job_id"], s["status"], f"{s['instrument']} {s['granularity']}",
+    state = s["status"] + (" (driver gone)" if s.get("driver", {}).get("gone") else "")
+    return [s["job_id"], state, f"{s['instrument']} {s['granularity']}",
             f"{s['start'][:10]}..{s['end'][:10]}", f"{s['progress'] * 100:.1f}%",
             f"{s['chunks']['done']}/{s['chunks_total']}", f"{s['candles_done']:,}",
             f"{s['throughput_per_min'] / 1e6:,.1f}M/min", eta, str(s["errors"])]
@@ -331,9 +341,19 @@ def status(ctx, job_id: str | None, fmt: str) -> None:
     from rich.table import Table
 
     table = Table(*_HEADERS)
+    # Every other command takes the id: never cut it to "2e46…"; in a
+    # narrow terminal the other columns wrap instead of losing their ends.
+    for column in table.columns:
+        column.overflow = "fold"
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = 12
     for s in rows:
         table.add_row(*_job_row(s))
     _console().print(table)
+    for s in rows:
+        if s.get("driver", {}).get("gone"):
+            click.echo(f"job {s['job_id']} is {s['status']} but {s['driver']['why']}: nothing runs it; "
+                       f"resume with: gpubackfill execute {s['job_id']}")
     if job_id:
         s = rows[0]
         ran = f"{s['backend_used']} ({s['backend_reason']})" if s["backend_used"] else "not run yet"
@@ -451,7 +471,7 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
         raise InvalidInput(f"--max-jobs must be >= 1, got {max_jobs}")
     if port is not None and not 0 < port < 65536:
         raise InvalidInput(f"--port must be 1..65535, got {port}")
-    from .api import serve as run
+    from .api import listen, serve as run
 
     import os
 
@@ -462,9 +482,10 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
     svc = _service(ctx)
     host = host or svc.settings.api_host
     port = port or svc.settings.api_port
+    sock = listen(host, port)
     click.echo(f"serving on http://{host}:{port} (docs: /docs, metrics: /metrics, health: /health)",
                err=True)
-    run(svc, host, port, max_jobs)
+    run(svc, host, port, max_jobs, sock=sock)
 
 
 @main.command()

@@ -92,8 +92,8 @@ class BackfillService:
                    backend: str | None = None, min_workers: int | None = None) -> str:
         """Plan a job and queue it; returns its id."""
         spec = make_spec(instrument, granularity, start, end, labels, params,
-                         chunk_size or self.settings.chunk_size,
-                         workers or self.settings.max_workers, priority, force,
+                         self.settings.chunk_size if chunk_size is None else chunk_size,
+                         self.settings.max_workers if workers is None else workers, priority, force,
                          backend or self.settings.backend, min_workers)
         from .backends import select
 
@@ -290,6 +290,7 @@ class BackfillService:
         total = job["candles_total"] or 0
         done = job["candles_done"] or 0
         est = self._eta(job_id, job, total - done)
+        driver = self._driver_view(job_id, job["status"])
         end = job.get("finished") or now_ms()
         elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0
         return {
@@ -306,8 +307,9 @@ class BackfillService:
             "errors": job["errors"], "elapsed_s": round(elapsed, 3),
             "throughput_per_min": (done / elapsed * 60) if elapsed > 0 else 0.0,
             "recent_rate_per_min": est.rate_per_s * 60,
-            "eta_s": (est.eta_s if job["status"] not in FINAL_JOB_STATES
+            "eta_s": (None if driver["gone"] else est.eta_s if job["status"] not in FINAL_JOB_STATES
                       else (0.0 if done >= total else None)),
+            "driver": driver,
             "eta": {"low_s": est.eta_low_s, "high_s": est.eta_high_s, "confidence": est.confidence,
                     "concurrency": round(est.concurrency, 3), "chunks_seen": est.samples},
             "created": _iso(job["created"]), "started": _iso(job.get("started")),
@@ -318,6 +320,17 @@ class BackfillService:
             "interrupted_because": (self._last_note(job_id, "interrupt")
                                     if job["status"] == "interrupted" else ""),
         }
+
+    def _driver_view(self, job_id: str, status: str) -> dict[str, Any]:
+        """Who drives a running or paused job, and whether that process is gone
+        (a kill -9 leaves the job "running" with nobody running it)."""
+        if status not in ("running", "paused"):
+            return {"owner": "", "gone": False}
+        owner = self.state.driver_owner(job_id) or ""
+        gone = not owner or _dead_local_owner(owner)
+        return {"owner": owner, "gone": gone,
+                "why": ("" if not gone else f"its driver {owner} has exited" if owner
+                        else "no process holds its driver lock")}
 
     def _last_note(self, job_id: str, event: str) -> str:
         for e in reversed(self.state.events(job_id)):
@@ -423,8 +436,8 @@ class BackfillService:
 
     def cleanup(self, older_than_days: float, status: str | None = None) -> list[str]:
         """Remove finished jobs older than the cutoff from Redis (labels stay)."""
-        if older_than_days < 0:
-            raise InvalidInput(f"--older-than must be >= 0, got {older_than_days}")
+        if not 0 <= older_than_days < float("inf"):  # nan fails this too
+            raise InvalidInput(f"--older-than must be a number of days >= 0, got {older_than_days}")
         if status is not None and status not in FINAL_JOB_STATES:
             raise InvalidInput(f"--status must be one of {', '.join(sorted(FINAL_JOB_STATES))}")
         cutoff = now_ms() - older_than_days * 86_400_000

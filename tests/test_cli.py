@@ -84,6 +84,10 @@ def test_ingest_reports_rejected_rows(cli, tmp_path):
     assert "rejected row 3" in r.output and "zero or negative" in r.output
 
 
+START = ["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-01-01",
+         "--end-date", "2024-02-01"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["status", "nope"], "error: no job 'nope'"),
     (["pause", "nope"], "error: no job 'nope'"),
@@ -101,7 +105,17 @@ def test_ingest_reports_rejected_rows(cli, tmp_path):
       "--start-date", "2024-01-01", "--end-date", "2024-02-01"], "error: invalid instrument"),
     (["ingest", "/no/such.csv", "--instrument", "EURUSD", "--granularity", "M1"], "no such file"),
     (["export", "--instrument", "EURUSD", "--granularity", "M1", "-o", "x.txt"], "must end in .parquet or .csv"),
-    (["cleanup", "--older-than", "-1"], "--older-than must be >= 0"),
+    (["cleanup", "--older-than", "-1"], "--older-than must be a number of days >= 0"),
+    (["cleanup", "--older-than", "nan"], "--older-than must be a number of days >= 0"),
+    (START + ["--chunk-size", "0"], "chunk size must be 1..100,000,000, got 0"),
+    (START + ["--workers", "0"], "workers must be 1..1024, got 0"),
+    (START + ["--chunk-size", "18446744073709551616"], "chunk size must be 1..100,000,000"),
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-01-01",
+      "--end-date", "9999-12-31"], "end date '9999-12-31' is outside 1900-01-01..2299-12-31"),
+    (["export", "--instrument", "EURUSD", "--granularity", "M1", "--end-date", "9999-12-31",
+      "-o", "x.csv"], "end date '9999-12-31' is outside"),
+    (["export", "--instrument", "EURUSD", "--granularity", "M1", "-o", "/nonexistent/dir/x.csv"],
+     "no folder /nonexistent/dir"),
 ])
 def test_user_mistakes_get_one_line_and_exit_2(cli, args, message):
     r = cli(*args)

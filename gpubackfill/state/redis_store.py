@@ -376,6 +376,10 @@ class RedisState:
             return bool(self._call(self.r.pexpire, key, ttl_ms))
         return False
 
+    def driver_owner(self, job_id: str) -> str | None:
+        """The process holding the job's driver lock (None: no lock, or it expired)."""
+        return self._call(self.r.get, self.k(job_id, "driver"))
+
     def driver_ttl_ms(self, job_id: str) -> int:
         """Milliseconds before the driver lock expires unless renewed (< 0: no lock)."""
         return int(self._call(self.r.pttl, self.k(job_id, "driver")))
