@@ -159,32 +159,36 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
 @main.command()
 @click.option("--instrument", required=True)
 @click.option("--granularity", required=True)
-@click.option("--labels", cls=_Greedy, help="Label names (default: all).")
-@click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE")
+@click.option("--labels", cls=_Greedy,
+              help="Label names of the set to export (default: the series' only set).")
+@click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
+              help="A parameter the job used, e.g. enhanced_triple_barrier.horizon=48.")
+@click.option("--set", "set_id", default=None, help="A label set id (see `gpubackfill sets`).")
+@click.option("--with-candles", is_flag=True, help="Add open, high, low, close, volume after ts.")
 @click.option("--start-date", default=None)
 @click.option("--end-date", default=None)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .parquet or .csv")
 @click.pass_context
-def export(ctx, instrument, granularity, labels, params, start_date, end_date, output) -> None:
-    """Write computed labels (with ts) to Parquet or CSV for training."""
+def export(ctx, instrument, granularity, labels, params, set_id, with_candles, start_date,
+           end_date, output) -> None:
+    """Write a computed label set (ts first) to Parquet or CSV for training.
+
+    Parquet keeps ts as a UTC timestamp and records the instrument, the
+    granularity and every label's parameters in its metadata; CSV writes
+    ts as ISO 8601 text."""
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise InvalidInput(f"output must end in .parquet or .csv, got {output!r}")
     folder = Path(output).absolute().parent
     if not folder.is_dir():
         raise InvalidInput(f"no folder {folder} for {output}")
-    table = _service(ctx).export(instrument, granularity, _labels(labels), _params(params),
-                                 start_date, end_date)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, output)
-    else:
-        import pyarrow.csv as pcsv
-
-        pcsv.write_csv(table, output)
-    click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {output}")
+    if Path(output).is_dir():
+        raise InvalidInput(f"{output} is a folder")
+    rows, cols, chosen = _service(ctx).export_file(
+        output, instrument, granularity, _labels(labels), _params(params), start_date, end_date,
+        set_id, with_candles)
+    click.echo(f"wrote {rows:,} rows x {cols} columns of label set {chosen} to {output}")
 
 
 @main.command()
@@ -517,6 +521,9 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
+from .cli_catalog import labels as labels_command, sets  # noqa: E402
 from .cli_dlq import dlq  # noqa: E402 - registered after the helpers it imports
 
 main.add_command(dlq)
+main.add_command(labels_command)
+main.add_command(sets)

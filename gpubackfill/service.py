@@ -459,17 +459,55 @@ class BackfillService:
                 removed.append(job_id)
         return removed
 
-    def export(self, instrument: str, granularity: str, labels: list[str] | None,
-               params: dict | None, start: Any = None, end: Any = None) -> pa.Table:
-        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
-        resolved = resolve(labels or ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"], params)
-        from .labels import label_set_id
+    def label_sets(self, instrument: str | None = None, granularity: str | None = None) -> list:
+        """Computed label sets (``export.LabelSet``) with rows, per series."""
+        from . import export as export_mod
 
         self._ready()
-        return self.store.read_labels(
-            key, label_set_id(resolved),
-            parse_time(start, "start date", False) if start else None,
-            parse_time(end, "end date", True) if end else None)
+        sets = export_mod.sets_of(self.store)
+        if instrument:
+            sets = [s for s in sets if s.series[0] == parse_instrument(instrument)]
+        if granularity:
+            sets = [s for s in sets if s.series[1] == parse_granularity(granularity)]
+        return sets
+
+    def _export_parts(self, instrument: str, granularity: str, labels: list[str] | None,
+                      params: dict | None, start: Any, end: Any, set_id: str | None,
+                      with_candles: bool):
+        from . import export as export_mod
+
+        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
+        start_ms = parse_time(start, "start date", False) if start else None
+        end_ms = parse_time(end, "end date", True) if end else None
+        self._ready()
+        chosen = export_mod.choose(export_mod.sets_of(self.store, key), key, labels, params, set_id)
+        parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles)
+        return parts, export_mod.provenance(key, chosen, start_ms, end_ms, with_candles), chosen
+
+    def export(self, instrument: str, granularity: str, labels: list[str] | None = None,
+               params: dict | None = None, start: Any = None, end: Any = None,
+               set_id: str | None = None, with_candles: bool = False) -> pa.Table:
+        """A computed label set as one Arrow table, ``ts`` in int64 ms as
+        ``compute_labels`` returns it (files get a UTC timestamp); the
+        provenance is in the schema metadata.  ``export_file`` streams large
+        sets to disk instead."""
+        parts, meta, _ = self._export_parts(instrument, granularity, labels, params, start, end,
+                                            set_id, with_candles)
+        table = pa.concat_tables(list(parts))
+        table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
+        return table.replace_schema_metadata(meta)
+
+    def export_file(self, path: str | Path, instrument: str, granularity: str,
+                    labels: list[str] | None = None, params: dict | None = None,
+                    start: Any = None, end: Any = None, set_id: str | None = None,
+                    with_candles: bool = False) -> tuple[int, int, str]:
+        """Stream a label set to ``path`` (.parquet or .csv); (rows, columns, set id)."""
+        from . import export as export_mod
+
+        parts, meta, chosen = self._export_parts(instrument, granularity, labels, params, start,
+                                                 end, set_id, with_candles)
+        rows, cols = export_mod.write(path, parts, meta)
+        return rows, cols, chosen.set_id
 
 
 class _Driver:

@@ -62,7 +62,7 @@ def test_ingest_start_status_export_metrics(cli, csv_file, tmp_path):
     r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "--labels",
             "enhanced_triple_barrier,mfe_mae", "--param", "enhanced_triple_barrier.horizon=12",
             "-o", str(out))
-    assert r.exit_code == 0 and f"wrote {n} rows" in r.output
+    assert r.exit_code == 0 and f"wrote {n:,} rows" in r.output
     t = pq.read_table(out)
     assert t.column_names[:2] == ["ts", "tb_label"] and "mfe_bars" in t.column_names
     m = json.loads(cli("metrics", "--format", "json").output)
