@@ -148,6 +148,8 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
     if not Path(path).exists():
         raise InvalidInput(f"no such file: {path}")
     report = _service(ctx).ingest(path, instrument, granularity, tz)
+    if report.sorted:
+        click.echo("the rows were not in time order (newest first?): sorted them by time")
     click.echo(f"read {report.rows_read} rows: {report.inserted} inserted, {report.updated} updated, "
                f"{report.unchanged} already present, {len(report.rejected)} rejected")
     for row, ts, reason in report.rejected[:20]:
@@ -490,6 +492,34 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
     click.echo(f"serving on http://{host}:{port} (docs: /docs, metrics: /metrics, health: /health)",
                err=True)
     run(svc, host, port, max_jobs, sock=sock)
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Stop it even while a job runs (the job then fails over).")
+def stop(force: bool) -> None:
+    """Stop the bundled redis-server of this GPUBACKFILL_HOME (started on first use).
+
+    Its data stays on disk; the next command starts it again."""
+    from .config import Settings
+    from .redis_server import server_running, stop_server
+
+    settings = Settings.from_env()
+    if not settings.embedded_redis:
+        click.echo("nothing to stop: REDIS_URL is set, and that Redis is not ours to stop")
+        return
+    if not server_running(settings.redis_dir):
+        click.echo(f"no bundled redis-server is running for {settings.home}")
+        return
+    if not force:
+        from .service import BackfillService
+
+        busy = [s["job_id"] for s in BackfillService(settings).list_jobs("running")
+                if not s["driver"]["gone"]]
+        if busy:
+            raise InvalidInput(f"job(s) {', '.join(busy)} are running on it; pause or cancel them "
+                               f"first, or use --force")
+    stop_server(settings.redis_dir)
+    click.echo(f"stopped the bundled redis-server of {settings.home}")
 
 
 @main.command()

@@ -98,6 +98,11 @@ def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
                               f"within {timeout:.0f}s" + (f" (its log: {tail[0][:200]})" if tail else ""))
 
 
+def server_running(directory: Path) -> bool:
+    """Whether the bundled server of ``directory`` answers (starts nothing)."""
+    return _ping(socket_path(directory))
+
+
 def _quoted(path: Path) -> str:
     """A path as a redis.conf string (a home may contain spaces)."""
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
-from . import candles as candles_mod
+from . import cadence, candles as candles_mod
 from . import eta as eta_mod
 from . import logs
 from .chunk import ChunkTask, connections, default_numba_threads, run_chunk
@@ -80,8 +80,14 @@ class BackfillService:
         if "volume" not in table.column_names:
             table = table.append_column("volume", pa.array(np.zeros(table.num_rows)))
         table = table.select(["ts", "open", "high", "low", "close", "volume"])
+        table, order = cadence.sort_by_time(table)  # newest-first exports are common
+        cadence.check_step(table.column("ts").to_numpy(), key.granularity)
         codes = candles_mod.defect_codes(candles_mod.to_series(table))
-        return self.store.ingest(key, table, codes, candles_mod.describe)
+        report = self.store.ingest(key, table, codes, candles_mod.describe)
+        if order is None:
+            return report
+        return replace(report, sorted=True,
+                       rejected=sorted((int(order[row]), ts, why) for row, ts, why in report.rejected))
 
     # -- jobs --------------------------------------------------------------
 
@@ -108,6 +114,11 @@ class BackfillService:
         self.store.ensure_label_table(spec.resolved())
         chunks = plan_chunks(self.store.chunk_starts(key, spec.start_ms, spec.end_ms, spec.chunk_size),
                              spec.end_ms)
+        if not chunks:  # a job of 0 candles "completing" would hide a wrong range
+            _, first, last = self.store.series_summary(key)
+            raise InvalidInput(f"no {spec.instrument} {spec.granularity} candles from "
+                               f"{_day(spec.start_ms)} to {_day(spec.end_ms - 1)}; the series has "
+                               f"{_iso(first)} to {_iso(last)}")
         job_id = uuid.uuid4().hex[:12]
         # One active job per series, range and label set: a second identical
         # start (a double click, a retried deploy) must not do the work twice.
@@ -713,6 +724,13 @@ def _wait_some(futures: list, timeout: float) -> list:
         if done or time.monotonic() >= deadline:
             return done
         time.sleep(0.005)
+
+
+def _day(ms: int) -> str:
+    """A date for a range bound on a day boundary (the end given as a date
+    includes its day), else the full time."""
+    whole = ms % 86_400_000 in (0, 86_399_999)
+    return _iso(ms)[:10] if whole else _iso(ms)
 
 
 def _iso(ms: int | None) -> str | None:

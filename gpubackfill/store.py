@@ -51,6 +51,7 @@ class IngestReport:
     updated: int
     unchanged: int
     rejected: list[tuple[int, int, str]]  # (file row, ts, reason)
+    sorted: bool = False  # the rows were not in time order and were sorted
 
 
 def _check_ident(kind: str, value: str) -> str:

@@ -294,3 +294,40 @@ def test_unreachable_clickhouse_names_the_url(tmp_path, monkeypatch, redis_socke
                                   "--granularity", "M1"], catch_exceptions=False)
     assert r.exit_code == 1, r.output
     assert "ClickHouse at http://127.0.0.1:1" in r.output and "Traceback" not in r.output
+
+
+def test_a_newest_first_file_is_sorted_and_duplicates_still_rejected(cli, tmp_path):
+    t = generate("EURUSD", "M15", "2024-01-01", "2024-01-05")
+    n = t.num_rows
+    rows = t.to_pylist()[::-1]
+    rows.insert(5, dict(rows[4]))  # a duplicate of the row before it
+    path = tmp_path / "newest_first.csv"
+    import pyarrow as pa
+
+    pcsv.write_csv(pa.Table.from_pylist(rows), path)
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    assert r.exit_code == 0, r.output
+    assert "not in time order (newest first?): sorted them by time" in r.output
+    assert f"read {n + 1} rows: {n} inserted" in r.output and "1 rejected" in r.output
+    assert "rejected row 5" in r.output and "duplicate" in r.output
+
+
+def test_candles_of_another_granularity_are_refused(cli, tmp_path):
+    path = tmp_path / "daily.csv"
+    pcsv.write_csv(generate("EURUSD", "D1", "2023-01-01", "2024-01-01"), path)
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "most often 1 day apart" in r.output and "not 1 minute as M1 means" in r.output
+    assert "it looks like D1" in r.output
+    assert json.loads(cli("sets", "--format", "json").output) == []
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "D1")  # weekends allowed
+    assert r.exit_code == 0 and "0 rejected" in r.output
+
+
+def test_a_range_without_candles_is_an_error_naming_the_series_range(cli, csv_file):
+    path, _ = csv_file
+    cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    r = cli("start", "--instrument", "EURUSD", "--granularity", "M15", "--start-date", "2023-01-01",
+            "--end-date", "2023-01-31")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "no EURUSD M15 candles from 2023-01-01 to 2023-01-31; the series has 2024-01-01" in r.output

@@ -121,3 +121,26 @@ def test_serve_on_a_busy_port_is_one_line(tmp_path, settings):
         line = one_error_line(res, 2)
         assert f"cannot listen on 127.0.0.1:{port}" in line and "serving on" not in res.stderr
         assert time.monotonic() - t0 < 60
+
+
+def test_stop_ends_the_bundled_redis_server(tmp_path):
+    import psutil
+
+    from gpubackfill.redis_server import server_pid
+
+    home = tmp_path / "home"
+    env = {"GPUBACKFILL_HOME": str(home)}
+    try:
+        assert "no bundled redis-server is running" in run_cli(env, "stop").stdout
+        run_cli(env, "status", timeout=60)  # starts it
+        pid = server_pid(home / "redis")
+        assert pid and psutil.pid_exists(pid)
+        assert f"stopped the bundled redis-server of {home}" in run_cli(env, "stop").stdout
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "redis-server still running"
+            time.sleep(0.05)
+        assert "no bundled redis-server is running" in run_cli(env, "stop").stdout
+        assert "REDIS_URL is set" in run_cli({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "stop").stdout
+    finally:
+        stop_server(home / "redis")
