@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .errors import DependencyError, GpubackfillError, InvalidInput
+from .eta import rate_text
 
 LABEL_NAMES = ("enhanced_triple_barrier", "vol_scaled_return", "mfe_mae")
 
@@ -267,7 +268,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
             def progress(s: dict) -> None:
                 bar.update(task, total=s["candles_total"], completed=s["candles_done"],
                            description=f"{job_id} {s['status']}",
-                           rate=f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
+                           rate=f"{rate_text(s['throughput_per_min'])} candles/min")
 
             svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
     except _HardStop:
@@ -285,7 +286,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
     s = svc.status(job_id)
     click.echo(f"{job_id} {s['status']}: {s['candles_done']:,} candles in {s['chunks']['done']} chunks, "
                f"{s['rows_written']:,} label rows written, {s['cache_hits']} chunks unchanged (skipped), "
-               f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
+               f"{rate_text(s['throughput_per_min'])} candles/min")
     if s["status"] == "interrupted":
         if not received:
             # No signal of ours: the driver stopped itself because every
@@ -310,6 +311,16 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+def _last_day(end: str) -> str:
+    """The last day a range includes: its end is exclusive, so an end at
+    midnight (a date given as --end-date) shows the day before."""
+    from datetime import date, timedelta
+
+    if end.endswith("T00:00:00Z"):
+        return (date.fromisoformat(end[:10]) - timedelta(days=1)).isoformat()
+    return end[:10]
+
+
 def _eta_text(s: dict) -> str:
     """``120s (90-150s, conf 0.82)``: the ETA, its 90% interval and confidence."""
     if s["eta_s"] is None:
@@ -324,9 +335,9 @@ def _job_row(s: dict) -> list[str]:
     eta = _eta_text(s)
     state = s["status"] + (" (driver gone)" if s.get("driver", {}).get("gone") else "")
     return [s["job_id"], state, f"{s['instrument']} {s['granularity']}",
-            f"{s['start'][:10]}..{s['end'][:10]}", f"{s['progress'] * 100:.1f}%",
+            f"{s['start'][:10]}..{_last_day(s['end'])}", f"{s['progress'] * 100:.1f}%",
             f"{s['chunks']['done']}/{s['chunks_total']}", f"{s['candles_done']:,}",
-            f"{s['throughput_per_min'] / 1e6:,.1f}M/min", eta, str(s["errors"])]
+            f"{rate_text(s['throughput_per_min'])}/min", eta, str(s["errors"])]
 
 
 _HEADERS = ["job", "status", "series", "range", "progress", "chunks", "candles", "throughput",
@@ -392,8 +403,8 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
         t.add_row("series", f"{s['instrument']} {s['granularity']} {s['start']} .. {s['end']}")
         t.add_row("progress", f"{s['progress'] * 100:.1f}% ({s['candles_done']:,}/{s['candles_total']:,} candles)")
         t.add_row("chunks", ", ".join(f"{k} {v}" for k, v in s["chunks"].items()))
-        t.add_row("throughput", f"{s['throughput_per_min'] / 1e6:,.2f}M candles/min "
-                                f"(recent {s['recent_rate_per_min'] / 1e6:,.2f}M)")
+        t.add_row("throughput", f"{rate_text(s['throughput_per_min'])} candles/min "
+                                f"(recent {rate_text(s['recent_rate_per_min'])})")
         t.add_row("eta", _eta_text(s) + (" (90% interval; confidence 0..1)" if "conf" in _eta_text(s) else ""))
         t.add_row("errors", str(s["errors"]))
         for idx, err in s["last_errors"].items():
@@ -416,8 +427,8 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
                 break
 
 
-def _transition_command(name: str, verb: str):
-    @main.command(name=name, help=f"{verb} a job.")
+def _transition_command(name: str, help_: str):
+    @main.command(name=name, help=help_)
     @click.argument("job_id")
     @click.pass_context
     def command(ctx, job_id: str) -> None:
@@ -427,9 +438,9 @@ def _transition_command(name: str, verb: str):
     return command
 
 
-pause = _transition_command("pause", "Pause (between chunks)")
-resume = _transition_command("resume", "Resume a paused")
-cancel = _transition_command("cancel", "Cancel")
+pause = _transition_command("pause", "Pause a job (between chunks).")
+resume = _transition_command("resume", "Resume a paused job.")
+cancel = _transition_command("cancel", "Cancel a job.")
 
 
 @main.command()

@@ -331,3 +331,24 @@ def test_a_range_without_candles_is_an_error_naming_the_series_range(cli, csv_fi
             "--end-date", "2023-01-31")
     assert r.exit_code == 2 and r.output.count("\n") == 1
     assert "no EURUSD M15 candles from 2023-01-01 to 2023-01-31; the series has 2024-01-01" in r.output
+
+
+def test_small_rates_inclusive_end_dates_and_help_read_right(cli, csv_file, monkeypatch):
+    from gpubackfill.demo import command_name
+    from gpubackfill.eta import rate_text
+
+    assert [rate_text(x) for x in (12_345_678, 850_400, 420.4, 0)] == ["12.3M", "850k", "420", "0"]
+    path, _ = csv_file
+    cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    r = cli("start", "--instrument", "EURUSD", "--granularity", "M15", "--start-date", "2024-01-01",
+            "--end-date", "2024-01-02", "--labels", "mfe_mae")
+    assert "0.0M" not in r.output and "candles/min" in r.output
+    monkeypatch.setenv("COLUMNS", "200")
+    table = cli("status").output
+    assert "2024-01-01..2024-01-02" in table and "2024-01-03" not in table
+    job = json.loads(cli("status", "--format", "json").output)[0]["job_id"]
+    monkeypatch.setenv("COLUMNS", "70")  # a narrow terminal: the id stays whole
+    assert job in cli("status").output
+    assert "Resume a paused job." in cli("--help").output
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert command_name().endswith(" -m gpubackfill")
