@@ -18,12 +18,15 @@ names the fields at fault without echoing what was sent.
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 JOB_ID = Path(pattern=r"^[0-9a-f]{12}$", description="a job id, as returned by POST /jobs")
 ParamValue = Union[str, int, float, bool, list[Union[int, float, str]]]
 MAX_BODY_BYTES = 64 * 1024  # a job request is a few hundred bytes
+SWAGGER_DIR = os.path.join(os.path.dirname(__file__), "static", "swagger")
 
 
 class JobRequest(BaseModel):
@@ -122,8 +126,20 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
         if scheduler is not None:
             scheduler.shutdown()
 
+    # /docs with Swagger UI's files from the package (gpubackfill/static/swagger),
+    # not FastAPI's default CDN: a service on an offline host showed a blank page.
+    # ReDoc has no offline copy here, so it is off rather than blank.
     app = FastAPI(title="gpubackfill", version=_version(), lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Backfill ML labels over OHLC candles: jobs, metrics, health.")
+    app.mount("/static/swagger", StaticFiles(directory=SWAGGER_DIR), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="gpubackfill API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
 
     def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         token = settings.api_token

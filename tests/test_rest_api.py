@@ -253,3 +253,13 @@ def test_serve_command_as_a_process(tmp_path, redis_socket):
     assert f"serving on http://127.0.0.1:{port}" in err
     events = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
     assert any(e.get("job_id") == job and e.get("status") == "completed" for e in events)
+
+
+def test_docs_work_offline_from_the_package(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower() and "/static/swagger/swagger-ui-bundle.js" in page.text
+    js = client.get("/static/swagger/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 500_000
+    assert client.get("/static/swagger/swagger-ui.css").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
