@@ -31,7 +31,6 @@ from .errors import CATEGORIES, DependencyError, InvalidInput, InvalidTransition
 from .resilience import BREAKERS
 from .executor import open_cluster
 from .granularity import parse_granularity, parse_instrument
-from .labels import resolve
 from .planner import make_spec, parse_time, plan_chunks
 from .watchdog import chunk_deadline
 from .state.machine import FINAL_JOB_STATES
@@ -333,9 +332,10 @@ class BackfillService:
         }
 
     def _driver_view(self, job_id: str, status: str) -> dict[str, Any]:
-        """Who drives a running or paused job, and whether that process is gone
-        (a kill -9 leaves the job "running" with nobody running it)."""
-        if status not in ("running", "paused"):
+        """Who drives a running job, and whether that process is gone (a
+        kill -9 leaves the job "running" with nobody running it).  A paused
+        job may have no driver by design (paused while queued)."""
+        if status != "running":
             return {"owner": "", "gone": False}
         owner = self.state.driver_owner(job_id) or ""
         gone = not owner or _dead_local_owner(owner)
