@@ -10,23 +10,30 @@ validation); a request the engine refuses is 422 too (``InvalidInput``:
 unknown label, no candles...), an unknown job 404, a transition the job's
 state does not allow 409, an unreachable Redis or ClickHouse 503.  With
 ``GPUBACKFILL_API_TOKEN`` set, mutating routes need ``Authorization:
-Bearer <token>`` (compared in constant time), else 401.
+Bearer <token>`` (compared in constant time), else 401.  A body over
+``MAX_BODY_BYTES`` is refused with 413 before it is read whole, and a 422
+names the fields at fault without echoing what was sent.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import metrics as metrics_mod
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
+from .planner import MAX_CHUNK_SIZE, MAX_WORKERS
 from .state.machine import JOB_STATES
 
 if TYPE_CHECKING:
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{12}$", description="a job id, as returned by POST /jobs")
 ParamValue = Union[str, int, float, bool, list[Union[int, float, str]]]
+MAX_BODY_BYTES = 64 * 1024  # a job request is a few hundred bytes
+SWAGGER_DIR = os.path.join(os.path.dirname(__file__), "static", "swagger")
 
 
 class JobRequest(BaseModel):
@@ -49,9 +58,9 @@ class JobRequest(BaseModel):
                                      examples=[["enhanced_triple_barrier", "mfe_mae"]])
     params: dict[str, dict[str, ParamValue]] | None = Field(
         default=None, examples=[{"enhanced_triple_barrier": {"horizon": 48}}])
-    chunk_size: int | None = Field(default=None, ge=1, le=100_000_000)
-    workers: int | None = Field(default=None, ge=1, le=1024)
-    min_workers: int | None = Field(default=None, ge=1, le=1024)
+    chunk_size: int | None = Field(default=None, ge=1, le=MAX_CHUNK_SIZE)
+    workers: int | None = Field(default=None, ge=1, le=MAX_WORKERS)
+    min_workers: int | None = Field(default=None, ge=1, le=MAX_WORKERS)
     priority: Literal["low", "normal", "high"] = "normal"
     force: bool = False
     backend: Literal["cpu", "cuda", "auto"] | None = None
@@ -74,6 +83,35 @@ def _params(p: dict[str, dict[str, Any]] | None) -> dict | None:
                     for k, v in values.items()} for label, values in p.items()}
 
 
+class _BodyLimit:
+    """ASGI middleware: refuse bodies over ``limit`` bytes with 413, by their
+    Content-Length or, without one, as soon as the stream passes the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, 413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                # Raised inside the route's body read: FastAPI passes an
+                # HTTPException through, and it becomes the response.
+                raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None) -> FastAPI:
     settings = service.settings
     registry = metrics_mod.registry(service) if settings.metrics_enabled else None
@@ -88,8 +126,20 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
         if scheduler is not None:
             scheduler.shutdown()
 
+    # /docs with Swagger UI's files from the package (gpubackfill/static/swagger),
+    # not FastAPI's default CDN: a service on an offline host showed a blank page.
+    # ReDoc has no offline copy here, so it is off rather than blank.
     app = FastAPI(title="gpubackfill", version=_version(), lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Backfill ML labels over OHLC candles: jobs, metrics, health.")
+    app.mount("/static/swagger", StaticFiles(directory=SWAGGER_DIR), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="gpubackfill API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
 
     def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         token = settings.api_token
@@ -99,6 +149,16 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "a valid bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
+
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes each bad input back (all of a large body),
+        # and a non-finite number in it (Infinity) cannot be written as JSON: a 500.
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(GpubackfillError)
     async def engine_error(request: Request, exc: GpubackfillError) -> JSONResponse:
@@ -236,14 +296,41 @@ def _version() -> str:
         return "0"
 
 
-def serve(service: "BackfillService", host: str, port: int, max_jobs: int | None = None) -> None:
+def listen(host: str, port: int):
+    """A bound listening socket, or InvalidInput saying why not.
+
+    Bound before anything is printed or started, so a busy port is one
+    error line rather than "serving on ..." followed by uvicorn's own error."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = " (is another serve running? choose one with --port)" if exc.errno == 98 else ""
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(service: "BackfillService", host: str, port: int, max_jobs: int | None = None,
+          sock=None) -> None:
     """Run the API and the scheduler until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
     from .alerts import Alerter
     from .scheduler import Scheduler
 
+    sock = sock or listen(host, port)
     scheduler = Scheduler(service, max_jobs, alerter=Alerter(service.telemetry, service.settings))
     app = create_app(service, scheduler)
-    uvicorn.run(app, host=host, port=port, log_level=service.settings.log_level.lower(),
-                access_log=service.settings.log_level == "DEBUG")
+    config = uvicorn.Config(app, host=host, port=port, log_level=service.settings.log_level.lower(),
+                            access_log=service.settings.log_level == "DEBUG")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from kernels import core, cpu
 
-from .errors import InvalidCandles
+from .errors import InvalidCandles, InvalidInput
 from .labels import Series
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -155,7 +155,7 @@ def validate(series: Series, on_invalid: str = "raise") -> Series:
     is judged against the last row kept).
     """
     if on_invalid not in ("raise", "drop"):
-        raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
+        raise InvalidInput(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
     volume, check = _no_volume(series)
     first = cpu.first_defect(series.ts, series.open, series.high, series.low, series.close,
                              volume, check)

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .errors import DependencyError, GpubackfillError, InvalidInput
+from .eta import rate_text
 
 LABEL_NAMES = ("enhanced_triple_barrier", "vol_scaled_return", "mfe_mae")
 
@@ -120,6 +121,12 @@ def main(ctx: click.Context, verbose: bool) -> None:
     logs.configure(level, fmt)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # Their warnings about a refused connection come before our own one
+        # error line, which already says it (with the URL, password hidden).
+        # (urllib3.connectionpool: clickhouse_connect resets "urllib3" on import.)
+        for name in ("urllib3.connectionpool", "clickhouse_connect"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @main.command()
@@ -142,6 +149,8 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
     if not Path(path).exists():
         raise InvalidInput(f"no such file: {path}")
     report = _service(ctx).ingest(path, instrument, granularity, tz)
+    if report.sorted:
+        click.echo("the rows were not in time order (newest first?): sorted them by time")
     click.echo(f"read {report.rows_read} rows: {report.inserted} inserted, {report.updated} updated, "
                f"{report.unchanged} already present, {len(report.rejected)} rejected")
     for row, ts, reason in report.rejected[:20]:
@@ -153,29 +162,36 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
 @main.command()
 @click.option("--instrument", required=True)
 @click.option("--granularity", required=True)
-@click.option("--labels", cls=_Greedy, help="Label names (default: enhanced_triple_barrier vol_scaled_return mfe_mae).")
-@click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE")
+@click.option("--labels", cls=_Greedy,
+              help="Label names of the set to export (default: the series' only set).")
+@click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
+              help="A parameter the job used, e.g. enhanced_triple_barrier.horizon=48.")
+@click.option("--set", "set_id", default=None, help="A label set id (see `gpubackfill sets`).")
+@click.option("--with-candles", is_flag=True, help="Add open, high, low, close, volume after ts.")
 @click.option("--start-date", default=None)
 @click.option("--end-date", default=None)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .parquet or .csv")
 @click.pass_context
-def export(ctx, instrument, granularity, labels, params, start_date, end_date, output) -> None:
-    """Write computed labels (with ts) to Parquet or CSV for training."""
+def export(ctx, instrument, granularity, labels, params, set_id, with_candles, start_date,
+           end_date, output) -> None:
+    """Write a computed label set (ts first) to Parquet or CSV for training.
+
+    Parquet keeps ts as a UTC timestamp and records the instrument, the
+    granularity and every label's parameters in its metadata; CSV writes
+    ts as ISO 8601 text."""
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise InvalidInput(f"output must end in .parquet or .csv, got {output!r}")
-    table = _service(ctx).export(instrument, granularity, _labels(labels), _params(params),
-                                 start_date, end_date)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, output)
-    else:
-        import pyarrow.csv as pcsv
-
-        pcsv.write_csv(table, output)
-    click.echo(f"wrote {table.num_rows} rows x {table.num_columns} columns to {output}")
+    folder = Path(output).absolute().parent
+    if not folder.is_dir():
+        raise InvalidInput(f"no folder {folder} for {output}")
+    if Path(output).is_dir():
+        raise InvalidInput(f"{output} is a folder")
+    rows, cols, chosen = _service(ctx).export_file(
+        output, instrument, granularity, _labels(labels), _params(params), start_date, end_date,
+        set_id, with_candles)
+    click.echo(f"wrote {rows:,} rows x {cols} columns of label set {chosen} to {output}")
 
 
 @main.command()
@@ -252,7 +268,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
             def progress(s: dict) -> None:
                 bar.update(task, total=s["candles_total"], completed=s["candles_done"],
                            description=f"{job_id} {s['status']}",
-                           rate=f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
+                           rate=f"{rate_text(s['throughput_per_min'])} candles/min")
 
             svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
     except _HardStop:
@@ -270,7 +286,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
     s = svc.status(job_id)
     click.echo(f"{job_id} {s['status']}: {s['candles_done']:,} candles in {s['chunks']['done']} chunks, "
                f"{s['rows_written']:,} label rows written, {s['cache_hits']} chunks unchanged (skipped), "
-               f"{s['throughput_per_min'] / 1e6:,.1f}M candles/min")
+               f"{rate_text(s['throughput_per_min'])} candles/min")
     if s["status"] == "interrupted":
         if not received:
             # No signal of ours: the driver stopped itself because every
@@ -295,6 +311,16 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+def _last_day(end: str) -> str:
+    """The last day a range includes: its end is exclusive, so an end at
+    midnight (a date given as --end-date) shows the day before."""
+    from datetime import date, timedelta
+
+    if end.endswith("T00:00:00Z"):
+        return (date.fromisoformat(end[:10]) - timedelta(days=1)).isoformat()
+    return end[:10]
+
+
 def _eta_text(s: dict) -> str:
     """``120s (90-150s, conf 0.82)``: the ETA, its 90% interval and confidence."""
     if s["eta_s"] is None:
@@ -307,10 +333,11 @@ def _eta_text(s: dict) -> str:
 
 def _job_row(s: dict) -> list[str]:
     eta = _eta_text(s)
-    return [s["job_id"], s["status"], f"{s['instrument']} {s['granularity']}",
-            f"{s['start'][:10]}..{s['end'][:10]}", f"{s['progress'] * 100:.1f}%",
+    state = s["status"] + (" (driver gone)" if s.get("driver", {}).get("gone") else "")
+    return [s["job_id"], state, f"{s['instrument']} {s['granularity']}",
+            f"{s['start'][:10]}..{_last_day(s['end'])}", f"{s['progress'] * 100:.1f}%",
             f"{s['chunks']['done']}/{s['chunks_total']}", f"{s['candles_done']:,}",
-            f"{s['throughput_per_min'] / 1e6:,.1f}M/min", eta, str(s["errors"])]
+            f"{rate_text(s['throughput_per_min'])}/min", eta, str(s["errors"])]
 
 
 _HEADERS = ["job", "status", "series", "range", "progress", "chunks", "candles", "throughput",
@@ -331,9 +358,19 @@ def status(ctx, job_id: str | None, fmt: str) -> None:
     from rich.table import Table
 
     table = Table(*_HEADERS)
+    # Every other command takes the id: never cut it to "2e46…"; in a
+    # narrow terminal the other columns wrap instead of losing their ends.
+    for column in table.columns:
+        column.overflow = "fold"
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = 12
     for s in rows:
         table.add_row(*_job_row(s))
     _console().print(table)
+    for s in rows:
+        if s.get("driver", {}).get("gone"):
+            click.echo(f"job {s['job_id']} is {s['status']} but {s['driver']['why']}: nothing runs it; "
+                       f"resume with: gpubackfill execute {s['job_id']}")
     if job_id:
         s = rows[0]
         ran = f"{s['backend_used']} ({s['backend_reason']})" if s["backend_used"] else "not run yet"
@@ -369,8 +406,8 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
         t.add_row("series", f"{s['instrument']} {s['granularity']} {s['start']} .. {s['end']}")
         t.add_row("progress", f"{s['progress'] * 100:.1f}% ({s['candles_done']:,}/{s['candles_total']:,} candles)")
         t.add_row("chunks", ", ".join(f"{k} {v}" for k, v in s["chunks"].items()))
-        t.add_row("throughput", f"{s['throughput_per_min'] / 1e6:,.2f}M candles/min "
-                                f"(recent {s['recent_rate_per_min'] / 1e6:,.2f}M)")
+        t.add_row("throughput", f"{rate_text(s['throughput_per_min'])} candles/min "
+                                f"(recent {rate_text(s['recent_rate_per_min'])})")
         t.add_row("eta", _eta_text(s) + (" (90% interval; confidence 0..1)" if "conf" in _eta_text(s) else ""))
         t.add_row("errors", str(s["errors"]))
         for idx, err in s["last_errors"].items():
@@ -393,8 +430,8 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
                 break
 
 
-def _transition_command(name: str, verb: str):
-    @main.command(name=name, help=f"{verb} a job.")
+def _transition_command(name: str, help_: str):
+    @main.command(name=name, help=help_)
     @click.argument("job_id")
     @click.pass_context
     def command(ctx, job_id: str) -> None:
@@ -404,9 +441,9 @@ def _transition_command(name: str, verb: str):
     return command
 
 
-pause = _transition_command("pause", "Pause (between chunks)")
-resume = _transition_command("resume", "Resume a paused")
-cancel = _transition_command("cancel", "Cancel")
+pause = _transition_command("pause", "Pause a job (between chunks).")
+resume = _transition_command("resume", "Resume a paused job.")
+cancel = _transition_command("cancel", "Cancel a job.")
 
 
 @main.command()
@@ -454,7 +491,7 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
         raise InvalidInput(f"--max-jobs must be >= 1, got {max_jobs}")
     if port is not None and not 0 < port < 65536:
         raise InvalidInput(f"--port must be 1..65535, got {port}")
-    from .api import serve as run
+    from .api import listen, serve as run
 
     import os
 
@@ -465,9 +502,38 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
     svc = _service(ctx)
     host = host or svc.settings.api_host
     port = port or svc.settings.api_port
+    sock = listen(host, port)
     click.echo(f"serving on http://{host}:{port} (docs: /docs, metrics: /metrics, health: /health)",
                err=True)
-    run(svc, host, port, max_jobs)
+    run(svc, host, port, max_jobs, sock=sock)
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Stop it even while a job runs (the job then fails over).")
+def stop(force: bool) -> None:
+    """Stop the bundled redis-server of this GPUBACKFILL_HOME (started on first use).
+
+    Its data stays on disk; the next command starts it again."""
+    from .config import Settings
+    from .redis_server import server_running, stop_server
+
+    settings = Settings.from_env()
+    if not settings.embedded_redis:
+        click.echo("nothing to stop: REDIS_URL is set, and that Redis is not ours to stop")
+        return
+    if not server_running(settings.redis_dir):
+        click.echo(f"no bundled redis-server is running for {settings.home}")
+        return
+    if not force:
+        from .service import BackfillService
+
+        busy = [s["job_id"] for s in BackfillService(settings).list_jobs("running")
+                if not s["driver"]["gone"]]
+        if busy:
+            raise InvalidInput(f"job(s) {', '.join(busy)} are running on it; pause or cancel them "
+                               f"first, or use --force")
+    stop_server(settings.redis_dir)
+    click.echo(f"stopped the bundled redis-server of {settings.home}")
 
 
 @main.command()
@@ -499,6 +565,9 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
+from .cli_catalog import labels as labels_command, sets  # noqa: E402
 from .cli_dlq import dlq  # noqa: E402 - registered after the helpers it imports
 
 main.add_command(dlq)
+main.add_command(labels_command)
+main.add_command(sets)

@@ -14,7 +14,11 @@ into the SQL text.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
+import tempfile
 import threading
 from typing import Any
 
@@ -75,7 +79,8 @@ class EmbeddedClient:
 
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = chdb.connect(str(settings.chdb_path))
+            with _native_stderr_captured() as said:
+                self._conn = chdb.connect(str(settings.chdb_path))
         except Exception as exc:
             if "EmbeddedServer" in str(exc) or "Cannot lock file" in str(exc):
                 raise DependencyError(
@@ -118,6 +123,34 @@ class EmbeddedClient:
                     inserter.append(_drain(buf))
             inserter.append(_drain(buf))  # end-of-stream marker
             inserter.finish()
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Hold what native code writes to fd 2 while opening chDB: a refused open
+    prints ClickHouse's raw ``Code: 76. DB::Exception: Cannot lock file``
+    there before the exception that we turn into one readable line.  On
+    success whatever was written is passed on; on failure it is dropped (the
+    error says it).  Brief and at start-up, when no other thread writes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    said: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        failed = False
+        try:
+            yield said
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            said.append(text)
+            if text and not failed:
+                sys.stderr.write(text)
 
 
 def _drain(buf: io.BytesIO) -> bytes:

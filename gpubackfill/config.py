@@ -114,15 +114,55 @@ class Settings:
         return cls(**_parse(values))
 
 
+def _userinfo(url: str) -> tuple[str, str, str, str] | None:
+    """(scheme://, user, password, rest after the last '@') of a URL with
+    credentials, or None.  Split by hand, not by urlsplit: a password with an
+    unencoded '/', '?' or '#' ends urlsplit's netloc early and leaves the rest
+    of the password in the path, where it would be printed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep and "@" in url:  # no scheme: whatever comes before '@' may be a secret
+        return "", "", "***", url.rpartition("@")[2]
+    if not sep or "@" not in rest:
+        return None
+    creds, _, after = rest.rpartition("@")
+    user, colon, password = creds.partition(":")
+    if not colon:
+        if "/" in creds or "?" in creds or "#" in creds:
+            return None  # an '@' in the path or query, not credentials
+        return scheme + sep, creds, "", after
+    return scheme + sep, user, password, after
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+    """The URL with any password replaced by ***.  Never raises and never
+    shows any part of a password, whatever the URL looks like."""
+    try:
+        text = str(url)
+        parts = _userinfo(text)
+        if parts is None:
+            return text
+        head, user, password, after = parts
+        return f"{head}{user}:***@{after}" if password else f"{head}{user}@{after}"
+    except Exception:  # pragma: no cover - str() of an odd object
+        return "***"
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
+    """A server URL checked before anything prints or parses it further."""
+    shown = redact_url(url)
+    parts = _userinfo(url)
+    if parts is not None and any(c in parts[2] for c in "/?#"):
+        raise ConfigError(f"{name}: the password has an unencoded '/', '?' or '#'; percent-encode "
+                          f"it (/ as %2F, ? as %3F, # as %23), in {shown!r}")
+    try:
+        split = urlsplit(url)
+        split.port  # raises on a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not a valid URL ({exc}): {shown!r}") from None
+    if split.scheme not in schemes:
+        raise ConfigError(f"{name} must be {', '.join(s + '://' for s in schemes[:-1])} or "
+                          f"{schemes[-1]}://, got {shown!r}")
+    return url
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
@@ -205,10 +245,31 @@ def _secret(env: Mapping[str, str], name: str) -> str:
     return env.get(name, "")
 
 
+def _check_home(home: Path) -> Path:
+    """GPUBACKFILL_HOME must be a folder, or creatable as one (it is created
+    on first use).  Checked here so that a file or a read-only parent ends in
+    one error naming the variable, not in an OSError deep in chDB or Redis."""
+    probe = home
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe == home and not home.is_dir():
+        raise ConfigError(f"GPUBACKFILL_HOME={str(home)!r} is not a folder")
+    if probe != home:
+        if not probe.is_dir():
+            raise ConfigError(f"GPUBACKFILL_HOME={str(home)!r} cannot be created: "
+                              f"{str(probe)!r} is not a folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"GPUBACKFILL_HOME={str(home)!r} cannot be created: "
+                              f"{str(probe)!r} is not writable")
+    return home
+
+
 def _parse(env: Mapping[str, str]) -> dict:
     out: dict = {}
     if env.get("GPUBACKFILL_HOME"):
-        out["home"] = Path(env["GPUBACKFILL_HOME"]).expanduser()
+        out["home"] = _check_home(Path(env["GPUBACKFILL_HOME"]).expanduser())
     out["clickhouse_database"] = env.get("CLICKHOUSE_DATABASE") or "gpubackfill"
     if not out["clickhouse_database"].replace("_", "").isalnum():
         raise ConfigError(f"CLICKHOUSE_DATABASE must be letters, digits and _, got "
@@ -225,10 +286,7 @@ def _parse(env: Mapping[str, str]) -> dict:
         scheme = "https" if _bool(env, "CLICKHOUSE_SECURE", port in (443, 8443)) else "http"
         url = f"{scheme}://{env['CLICKHOUSE_HOST']}:{port}"
     if url:
-        scheme = urlsplit(url).scheme
-        if scheme not in ("http", "https", "chdb"):
-            raise ConfigError(f"CLICKHOUSE_URL must be http://, https:// or chdb://, got {redact_url(url)!r}")
-        out["clickhouse_url"] = url
+        out["clickhouse_url"] = _check_url("CLICKHOUSE_URL", url, ("http", "https", "chdb"))
     rurl = env.get("REDIS_URL")
     if not rurl and env.get("REDIS_HOST"):
         password = _secret(env, "REDIS_PASSWORD")
@@ -236,9 +294,7 @@ def _parse(env: Mapping[str, str]) -> dict:
         db = _int(env, "REDIS_DB", 0)
         rurl = f"redis://{auth}{env['REDIS_HOST']}:{_int(env, 'REDIS_PORT', 6379, 1)}/{db}"
     if rurl:
-        if urlsplit(rurl).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"REDIS_URL must be redis://, rediss:// or unix://, got {redact_url(rurl)!r}")
-        out["redis_url"] = rurl
+        out["redis_url"] = _check_url("REDIS_URL", rurl, ("redis", "rediss", "unix"))
     out["redis_prefix"] = env.get("GPUBACKFILL_REDIS_PREFIX") or "gpubackfill"
     out["redis_ttl"] = _int(env, "REDIS_TTL", 7 * 24 * 3600, 60)
     out["max_workers"] = _int(env, "BATCH_MAX_WORKERS", os.cpu_count() or 1, 1)
@@ -250,7 +306,7 @@ def _parse(env: Mapping[str, str]) -> dict:
     hooks = [h.strip() for h in env.get("ALERT_WEBHOOKS", "").split(",") if h.strip()]
     for h in hooks:
         if urlsplit(h).scheme not in ("http", "https"):
-            raise ConfigError(f"ALERT_WEBHOOKS entries must be http(s) URLs, got {h!r}")
+            raise ConfigError(f"ALERT_WEBHOOKS entries must be http(s) URLs, got {redact_url(h)!r}")
     out["alert_webhooks"] = tuple(hooks)
     level = (env.get("LOG_LEVEL") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

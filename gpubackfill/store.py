@@ -52,6 +52,7 @@ class IngestReport:
     updated: int
     unchanged: int
     rejected: list[tuple[int, int, str]]  # (file row, ts, reason)
+    sorted: bool = False  # the rows were not in time order and were sorted
 
 
 def _check_ident(kind: str, value: str) -> str:
@@ -383,6 +384,75 @@ class Store:
             p["b"] = end_ms
         return _ts_to_ms(self.arrow(f"SELECT * EXCEPT (instrument, granularity, label_set) "
                                     f"FROM {table} WHERE {cond} ORDER BY ts", p))
+
+    # -- label sets, for export and listing --------------------------------
+
+    def label_set_registry(self) -> list[tuple[str, dict, list[str]]]:
+        """(id, {label: full parameters}, columns) of every label set whose table exists."""
+        tables = {name for (name,) in self.rows(
+            "SELECT name FROM system.tables WHERE database = {d:String}", {"d": self.db})}
+        out = []
+        for set_id, params, columns in self.rows(
+                f"SELECT label_set, any(params), any(columns) FROM {self.db}.label_sets "
+                f"GROUP BY label_set ORDER BY label_set"):
+            if f"labels_{set_id}" in tables and _IDENT.match(set_id):
+                out.append((set_id, json.loads(params), json.loads(columns)))
+        return out
+
+    def label_rows_by_series(self, set_id: str, key: SeriesKey | None = None
+                             ) -> dict[tuple[str, str], tuple[int, int, int]]:
+        """(rows, first ts, last ts) of each series in a label set's table."""
+        table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
+        where, p = "label_set = {s:String}", {"s": set_id}
+        if key is not None:
+            where += f" AND {self._series_where()}"
+            p = self._series_params(key, s=set_id)
+        return {(i, g): (int(n), int(lo), int(hi)) for i, g, n, lo, hi in self.rows(
+            f"SELECT instrument, granularity, count(), min(toUnixTimestamp64Milli(ts)), "
+            f"max(toUnixTimestamp64Milli(ts)) FROM {table} WHERE {where} "
+            f"GROUP BY instrument, granularity", p) if n}
+
+    def _label_range(self, key: SeriesKey, set_id: str, start_ms: int | None,
+                     end_ms: int | None, **more) -> tuple[str, dict]:
+        cond = f"{self._series_where()} AND label_set = {{s:String}}"
+        p = self._series_params(key, s=set_id, **more)
+        if start_ms is not None:
+            cond += " AND ts >= fromUnixTimestamp64Milli({a:Int64}, 'UTC')"
+            p["a"] = start_ms
+        if end_ms is not None:
+            cond += " AND ts < fromUnixTimestamp64Milli({b:Int64}, 'UTC')"
+            p["b"] = end_ms
+        return cond, p
+
+    def label_batch_starts(self, key: SeriesKey, set_id: str, start_ms: int | None,
+                           end_ms: int | None, batch_rows: int) -> list[int]:
+        """First ts of each run of ``batch_rows`` label rows in [start, end)."""
+        table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
+        cond, p = self._label_range(key, set_id, start_ms, end_ms, n=batch_rows)
+        return [int(t) for t, in self.rows(f"""
+            SELECT min(t) FROM (SELECT toUnixTimestamp64Milli(ts) AS t,
+                                       row_number() OVER (ORDER BY ts) AS rn
+                                FROM {table} WHERE {cond})
+            GROUP BY intDiv(rn - 1, {{n:UInt64}}) ORDER BY 1""", p)]
+
+    def read_label_range(self, key: SeriesKey, set_id: str, columns: list[str],
+                         start_ms: int, end_ms: int | None, with_candles: bool) -> pa.Table:
+        """Label rows of [start, end) in ts order, ts first; OHLCV after ts
+        when ``with_candles`` (rows without a candle are kept, with NULLs)."""
+        table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
+        cols = [_check_ident("column", c) for c in columns]
+        cond, p = self._label_range(key, set_id, start_ms, end_ms)
+        labels_sql = f"SELECT ts, {', '.join(cols)} FROM {table} WHERE {cond}"
+        if not with_candles:
+            return self.arrow(f"{labels_sql} ORDER BY ts", p)
+        candles_cond = cond.replace(" AND label_set = {s:String}", "")
+        return self.arrow(f"""
+            SELECT l.ts AS ts, {', '.join(f'c.{c} AS {c}' for c in _CANDLE_COLS[1:])},
+                   {', '.join(f'l.{c} AS {c}' for c in cols)}
+            FROM ({labels_sql}) AS l
+            LEFT JOIN (SELECT ts, open, high, low, close, volume FROM {self.db}.candles
+                       WHERE {candles_cond}) AS c ON l.ts = c.ts
+            ORDER BY ts SETTINGS join_use_nulls = 1""", p)
 
 
 def _ts_to_ms(table: pa.Table) -> pa.Table:

@@ -131,3 +131,16 @@ def test_empty_and_one_row_series(c):
     assert out.num_rows == 1 and out.column("tb_flags")[0].as_py() == 8
     empty = pd.DataFrame({k: v[:0] for k, v in c.items()})
     assert compute_labels(empty, ["enhanced_triple_barrier", "mfe_mae"]).num_rows == 0
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"on_invalid": "ignore"}, "on_invalid must be 'raise' or 'drop'"),
+    ({"params": [1]}, "params must map label names"),
+    ({"labels": 5}, "labels must be a name or a list of names"),
+])
+def test_every_caller_mistake_is_an_invalid_input(c, kwargs, words):
+    from gpubackfill import InvalidInput
+
+    args = {"labels": L, **kwargs}
+    with pytest.raises(InvalidInput, match=words):
+        compute_labels(pd.DataFrame(c), args.pop("labels"), **args)

@@ -62,7 +62,7 @@ def test_ingest_start_status_export_metrics(cli, csv_file, tmp_path):
     r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "--labels",
             "enhanced_triple_barrier,mfe_mae", "--param", "enhanced_triple_barrier.horizon=12",
             "-o", str(out))
-    assert r.exit_code == 0 and f"wrote {n} rows" in r.output
+    assert r.exit_code == 0 and f"wrote {n:,} rows" in r.output
     t = pq.read_table(out)
     assert t.column_names[:2] == ["ts", "tb_label"] and "mfe_bars" in t.column_names
     m = json.loads(cli("metrics", "--format", "json").output)
@@ -84,6 +84,10 @@ def test_ingest_reports_rejected_rows(cli, tmp_path):
     assert "rejected row 3" in r.output and "zero or negative" in r.output
 
 
+START = ["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-01-01",
+         "--end-date", "2024-02-01"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["status", "nope"], "error: no job 'nope'"),
     (["pause", "nope"], "error: no job 'nope'"),
@@ -101,7 +105,17 @@ def test_ingest_reports_rejected_rows(cli, tmp_path):
       "--start-date", "2024-01-01", "--end-date", "2024-02-01"], "error: invalid instrument"),
     (["ingest", "/no/such.csv", "--instrument", "EURUSD", "--granularity", "M1"], "no such file"),
     (["export", "--instrument", "EURUSD", "--granularity", "M1", "-o", "x.txt"], "must end in .parquet or .csv"),
-    (["cleanup", "--older-than", "-1"], "--older-than must be >= 0"),
+    (["cleanup", "--older-than", "-1"], "--older-than must be a number of days >= 0"),
+    (["cleanup", "--older-than", "nan"], "--older-than must be a number of days >= 0"),
+    (START + ["--chunk-size", "0"], "chunk size must be 1..100,000,000, got 0"),
+    (START + ["--workers", "0"], "workers must be 1..1024, got 0"),
+    (START + ["--chunk-size", "18446744073709551616"], "chunk size must be 1..100,000,000"),
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date", "2024-01-01",
+      "--end-date", "9999-12-31"], "end date '9999-12-31' is outside 1900-01-01..2299-12-31"),
+    (["export", "--instrument", "EURUSD", "--granularity", "M1", "--end-date", "9999-12-31",
+      "-o", "x.csv"], "end date '9999-12-31' is outside"),
+    (["export", "--instrument", "EURUSD", "--granularity", "M1", "-o", "/nonexistent/dir/x.csv"],
+     "no folder /nonexistent/dir"),
 ])
 def test_user_mistakes_get_one_line_and_exit_2(cli, args, message):
     r = cli(*args)
@@ -280,3 +294,61 @@ def test_unreachable_clickhouse_names_the_url(tmp_path, monkeypatch, redis_socke
                                   "--granularity", "M1"], catch_exceptions=False)
     assert r.exit_code == 1, r.output
     assert "ClickHouse at http://127.0.0.1:1" in r.output and "Traceback" not in r.output
+
+
+def test_a_newest_first_file_is_sorted_and_duplicates_still_rejected(cli, tmp_path):
+    t = generate("EURUSD", "M15", "2024-01-01", "2024-01-05")
+    n = t.num_rows
+    rows = t.to_pylist()[::-1]
+    rows.insert(5, dict(rows[4]))  # a duplicate of the row before it
+    path = tmp_path / "newest_first.csv"
+    import pyarrow as pa
+
+    pcsv.write_csv(pa.Table.from_pylist(rows), path)
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    assert r.exit_code == 0, r.output
+    assert "not in time order (newest first?): sorted them by time" in r.output
+    assert f"read {n + 1} rows: {n} inserted" in r.output and "1 rejected" in r.output
+    assert "rejected row 5" in r.output and "duplicate" in r.output
+
+
+def test_candles_of_another_granularity_are_refused(cli, tmp_path):
+    path = tmp_path / "daily.csv"
+    pcsv.write_csv(generate("EURUSD", "D1", "2023-01-01", "2024-01-01"), path)
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "most often 1 day apart" in r.output and "not 1 minute as M1 means" in r.output
+    assert "it looks like D1" in r.output
+    assert json.loads(cli("sets", "--format", "json").output) == []
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "D1")  # weekends allowed
+    assert r.exit_code == 0 and "0 rejected" in r.output
+
+
+def test_a_range_without_candles_is_an_error_naming_the_series_range(cli, csv_file):
+    path, _ = csv_file
+    cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    r = cli("start", "--instrument", "EURUSD", "--granularity", "M15", "--start-date", "2023-01-01",
+            "--end-date", "2023-01-31")
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "no EURUSD M15 candles from 2023-01-01 to 2023-01-31; the series has 2024-01-01" in r.output
+
+
+def test_small_rates_inclusive_end_dates_and_help_read_right(cli, csv_file, monkeypatch):
+    from gpubackfill.demo import command_name
+    from gpubackfill.eta import rate_text
+
+    assert [rate_text(x) for x in (12_345_678, 850_400, 420.4, 0)] == ["12.3M", "850k", "420", "0"]
+    path, _ = csv_file
+    cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    r = cli("start", "--instrument", "EURUSD", "--granularity", "M15", "--start-date", "2024-01-01",
+            "--end-date", "2024-01-02", "--labels", "mfe_mae")
+    assert "0.0M" not in r.output and "candles/min" in r.output
+    monkeypatch.setenv("COLUMNS", "200")
+    table = cli("status").output
+    assert "2024-01-01..2024-01-02" in table and "2024-01-03" not in table
+    job = json.loads(cli("status", "--format", "json").output)[0]["job_id"]
+    monkeypatch.setenv("COLUMNS", "70")  # a narrow terminal: the id stays whole
+    assert job in cli("status").output
+    assert "Resume a paused job." in cli("--help").output
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert command_name().endswith(" -m gpubackfill")

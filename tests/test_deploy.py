@@ -62,8 +62,8 @@ def test_compose_wiring():
     dockerfile = ROOT / app["build"]["dockerfile"]
     base = re.search(r"ARG RAPIDS_IMAGE=(\S+)", dockerfile.read_text()).group(1)
     assert "cuda" in base  # the service image is a CUDA one
-    for dep in ("fastapi", "uvicorn", "prometheus-client"):
-        assert dep in dockerfile.read_text()
+    served = _provided(_pip_installs(dockerfile.read_text()))
+    assert {"fastapi", "uvicorn", "prometheus_client"} <= served  # the service runs in it
     assert all("healthcheck" in s for name, s in svc.items() if name != "prometheus")
     assert "/health" in " ".join(app["healthcheck"]["test"])
     assert app["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -135,3 +135,123 @@ def test_alert_rules_use_series_the_service_exposes():
         exposed |= {s.name for s in fam.samples} | {fam.name}
     exposed |= {"gpubackfill_redis_up"}
     assert used and used <= exposed, used - exposed
+
+
+# -- the GPU image ------------------------------------------------------------
+
+# What the RAPIDS base image ships for the GPU path (its import names); the
+# project's own dependencies must come from what Dockerfile.cuda installs.
+RAPIDS_BASE = {"cupy", "cudf", "rmm", "dask_cuda", "numba_cuda"}
+
+
+def _pip_installs(dockerfile: str) -> list[list[str]]:
+    """The arguments of every `pip install` in the Dockerfile's RUN lines."""
+    text = re.sub(r"\\\n", " ", dockerfile)
+    out = []
+    for line in text.splitlines():
+        if not line.strip().startswith("RUN"):
+            continue
+        for cmd in re.split(r"&&|;|\|", line):
+            words = cmd.split()
+            if "pip" in words and "install" in words:
+                out.append(words[words.index("install") + 1:])
+    return out
+
+
+def _required_imports(root: Path) -> dict[str, str]:
+    """Top-level third-party modules imported by gpubackfill/ and kernels/,
+    except those under ``try: ... except ImportError`` (optional by design)."""
+    import ast
+    import sys
+
+    found: dict[str, str] = {}
+    for folder in ("gpubackfill", "kernels"):
+        for path in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            guarded: set[int] = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Try) and any(
+                        isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                        for h in node.handlers):
+                    guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+            for node in ast.walk(tree):
+                if id(node) in guarded:
+                    continue
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in ("gpubackfill", "kernels"):
+                        found.setdefault(top, str(path.relative_to(root)))
+    return found
+
+
+def _provided(installs: list[list[str]]) -> set[str]:
+    """Import names the installs provide: the project's dependencies (with the
+    extras named) when the project is installed with them, named packages,
+    and everything those require in turn (from this environment's metadata)."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted: list[Requirement] = []
+    for args in installs:
+        no_deps = "--no-deps" in args
+        for arg in args:
+            if arg.startswith("-") or arg.startswith("/"):
+                continue
+            m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", arg)
+            if m:
+                if no_deps:
+                    continue  # the project alone: nothing it depends on
+                wanted += [Requirement(r) for r in project["dependencies"]]
+                for extra in (m.group(1) or "").split(","):
+                    wanted += [Requirement(r) for r in project["optional-dependencies"].get(extra, [])]
+            else:
+                wanted.append(Requirement(arg))
+    dists: set[str] = set()
+    seen: set[tuple[str, frozenset]] = set()
+    todo = [r for r in wanted if r.marker is None or r.marker.evaluate({"extra": ""})]
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if (name, frozenset(req.extras)) in seen:
+            continue
+        seen.add((name, frozenset(req.extras)))
+        dists.add(name)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        extras = req.extras
+        for r in map(Requirement, requires):
+            if r.marker is None or r.marker.evaluate({"extra": ""}) or any(
+                    r.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(r)
+    modules = {m for m, owners in packages_distributions().items()
+               if any(o.lower().replace("_", "-") in dists for o in owners)}
+    return modules | RAPIDS_BASE
+
+
+def test_the_gpu_image_installs_every_module_the_package_imports():
+    installs = _pip_installs((ROOT / "Dockerfile.cuda").read_text())
+    assert installs, "Dockerfile.cuda installs nothing with pip"
+    provided = _provided(installs)
+    missing = {m: where for m, where in _required_imports(ROOT).items() if m not in provided}
+    assert not missing, f"Dockerfile.cuda would not install: {missing}"
+
+
+def test_the_image_check_catches_a_hand_written_list():
+    """The shape this replaced: a list without pybreaker and tenacity, then the
+    project with --no-deps.  The check must see what it misses."""
+    old = ("RUN pip install --no-cache-dir clickhouse-connect redis click rich psutil \\\n"
+           "        prometheus-client fastapi uvicorn \\\n"
+           " && pip install --no-cache-dir --no-deps . \\\n")
+    provided = _provided(_pip_installs(old))
+    missing = set(_required_imports(ROOT)) - provided
+    assert {"pybreaker", "tenacity", "chdb"} <= missing

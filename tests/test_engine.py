@@ -132,11 +132,12 @@ def test_bad_requests_are_refused_before_anything_runs(service):
     assert service.list_jobs() == []
 
 
-def test_empty_range_completes_with_no_chunks(service):
+def test_a_range_without_candles_is_refused_naming_the_series_range(service):
     series(service)
-    job = service.start("EURUSD", "M5", "2023-01-01", "2023-01-31")
-    s = service.status(job)
-    assert s["status"] == "completed" and s["chunks_total"] == 0
+    with pytest.raises(InvalidInput, match=r"no EURUSD M5 candles from 2023-01-01 to 2023-01-31; "
+                                           r"the series has 2024-01-01T00:00:00Z to 2024-02-1"):
+        service.start("EURUSD", "M5", "2023-01-01", "2023-01-31")
+    assert service.list_jobs() == []
 
 
 def test_cleanup_forgets_old_finished_jobs_only(service):

@@ -484,6 +484,11 @@ def test_sigkill_of_the_driver_then_execute_resumes(proc_env, tmp_path):
         runner.wait(timeout=30)
         before = _status(env, job)
         assert before["status"] == "running"
+        # status says nobody runs it any more, and how to resume (not "ETA 3s" forever).
+        assert before["driver"]["gone"] and before["eta_s"] is None
+        shown = run_cli(env, "status", job).stdout
+        assert job in shown and ("no process holds its driver lock" in shown or "has exited" in shown)
+        assert f"nothing runs it; resume with: gpubackfill execute {job}" in shown
         res = run_cli(env, "execute", job)
         assert "completed" in res.stdout
         s = _assert_exactly_once(env, tmp_path, job)

@@ -82,6 +82,28 @@ def test_refused_requests_and_bad_ids(client):
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/pause", "/metrics", "/health"} <= set(schema["paths"])
 
 
+def test_far_dates_and_infinite_numbers_are_422_not_500(client):
+    r = client.post("/jobs", json={**BODY, "end_date": "9999-12-31"})
+    assert r.status_code == 422 and "end date '9999-12-31'" in r.json()["detail"]
+    r = client.post("/jobs", content=b'{"instrument": "EURUSD", "granularity": "M5", '
+                    b'"start_date": "2024-01-01", "end_date": "2024-01-05", "chunk_size": Infinity}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and any("chunk_size" in e["loc"] for e in r.json()["detail"])
+
+
+def test_a_large_body_is_refused_and_input_is_never_echoed(client):
+    big = "x" * 2_000_000
+    r = client.post("/jobs", json={**BODY, "instrument": big})
+    assert r.status_code == 413 and len(r.content) < 1000
+    # Without a Content-Length (chunked upload) the stream is cut off too.
+    r = client.post("/jobs", content=(b"x" * 65536 for _ in range(40)),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and len(r.content) < 1000
+    secret = "y" * 5000
+    r = client.post("/jobs", json={**BODY, "surprise": secret})
+    assert r.status_code == 422 and secret not in r.text
+
+
 def test_bearer_token_guards_mutating_routes(chdb_home, redis_socket):
     settings = make_settings(chdb_home, redis_socket, GPUBACKFILL_API_TOKEN="s3cret-token")
     svc = BackfillService(settings)
@@ -231,3 +253,13 @@ def test_serve_command_as_a_process(tmp_path, redis_socket):
     assert f"serving on http://127.0.0.1:{port}" in err
     events = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
     assert any(e.get("job_id") == job and e.get("status") == "completed" for e in events)
+
+
+def test_docs_work_offline_from_the_package(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower() and "/static/swagger/swagger-ui-bundle.js" in page.text
+    js = client.get("/static/swagger/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 500_000
+    assert client.get("/static/swagger/swagger-ui.css").status_code == 200
+    assert client.get("/openapi.json").status_code == 200

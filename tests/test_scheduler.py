@@ -73,3 +73,27 @@ def test_a_new_scheduler_resumes_interrupted_and_queued_jobs(service):
     s = service.status(first)
     assert s["status"] == "completed" and s["candles_done"] == s["candles_total"]
     assert service.status(manual)["status"] == "paused"
+
+
+def test_a_restarted_service_takes_over_a_job_whose_driver_died_at_once(service):
+    """What kill -9 of a serve leaves: a running job, scheduled by the service,
+    whose driver lock names a process of this host that no longer exists.  The
+    next scheduler runs it now, as `execute` would, not after the lease."""
+    import socket
+    import subprocess
+    import sys
+
+    service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", START, "2024-01-08"))
+    job = service.create_job("EURUSD", "M5", START, END, chunk_size=600, workers=1)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    owner = f"{socket.gethostname()}:{dead}:gone01"
+    service.state.set_fields(job, scheduled="1")
+    service.state.transition(job, "execute")
+    assert service.state.acquire_driver(job, owner, 600_000) is None  # a 10-minute lease
+    assert service.status(job)["driver"]["gone"]
+    new = Scheduler(service, max_jobs=1, interval=0.05)
+    assert new.tick() == [job]
+    run_until_settled(new, [job], seconds=120)
+    s = service.status(job)
+    assert s["status"] == "completed" and s["candles_done"] == s["candles_total"]

@@ -61,6 +61,11 @@ def resolve(labels: Iterable[str] | str, params: Mapping[str, Mapping[str, Any]]
     """Validate a request; returns the labels in the order given, defaults filled."""
     if isinstance(labels, str):
         labels = [labels]
+    if not isinstance(labels, Iterable):
+        raise InvalidLabelSpec(f"labels must be a name or a list of names, got {type(labels).__name__}")
+    if params is not None and not isinstance(params, Mapping):
+        raise InvalidLabelSpec(f"params must map label names to their parameters, got "
+                               f"{type(params).__name__}")
     names = list(labels)
     if not names:
         raise InvalidLabelSpec("no labels requested")

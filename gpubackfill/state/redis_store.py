@@ -382,6 +382,9 @@ class RedisState:
         for name, n in counts.items():
             pipe.hincrby(self.k(job_id), name, int(n))
         self._call(pipe.execute)
+    def driver_owner(self, job_id: str) -> str | None:
+        """The process holding the job's driver lock (None: no lock, or it expired)."""
+        return self._call(self.r.get, self.k(job_id, "driver"))
 
     def driver_ttl_ms(self, job_id: str) -> int:
         """Milliseconds before the driver lock expires unless renewed (< 0: no lock)."""

@@ -1,0 +1,213 @@
+"""Export, the step every backfill ends with: timestamp types, which label
+set a request means, provenance in the file, candles alongside, streaming."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpubackfill.store import SeriesKey
+from gpubackfill.synthetic import generate
+from test_cli import cli, env_for  # noqa: F401 - the in-process CLI fixture
+
+START, END = "2024-01-01", "2024-01-20"
+H48 = ["--labels", "enhanced_triple_barrier", "mfe_mae", "--param", "enhanced_triple_barrier.horizon=48"]
+
+
+@pytest.fixture
+def computed(service):
+    """EURUSD M15 with one label set: triple barrier (horizon 48) and MFE/MAE."""
+    candles = generate("EURUSD", "M15", START, END)
+    service.ingest_table(SeriesKey("EURUSD", "M15"), candles)
+    job = service.start("EURUSD", "M15", START, END, ["enhanced_triple_barrier", "mfe_mae"],
+                        {"enhanced_triple_barrier": {"horizon": 48}}, chunk_size=500, workers=1)
+    return candles, service.status(job)
+
+
+def export(cli, tmp_path, *args, name="labels.parquet"):
+    out = tmp_path / name
+    return cli("export", "--instrument", "EURUSD", "--granularity", "M15", *args, "-o", str(out)), out
+
+
+def test_parquet_ts_is_a_utc_timestamp_and_csv_ts_is_iso_text(cli, computed, tmp_path):
+    candles, s = computed
+    r, out = export(cli, tmp_path, *H48)
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(out)
+    assert str(df["ts"].dtype) == "datetime64[ms, UTC]" and len(df) == s["candles_total"]
+    assert df["ts"].iloc[0] == pd.Timestamp("2024-01-01T00:00:00Z")
+    r, out = export(cli, tmp_path, *H48, name="labels.csv")
+    lines = out.read_text().splitlines()
+    assert lines[0].split(",")[0] == '"ts"' and lines[1].startswith('"2024-01-01T00:00:00.000Z"')
+    assert len(lines) == s["candles_total"] + 1
+
+
+def test_a_set_never_computed_names_the_sets_there_are_and_writes_nothing(cli, computed, tmp_path):
+    _, s = computed
+    r, out = export(cli, tmp_path, "--labels", "enhanced_triple_barrier", "mfe_mae")  # no horizon
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith("error: ")
+    assert "never computed for EURUSD M15" in r.output
+    assert "enhanced_triple_barrier(horizon=48) mfe_mae" in r.output and s["label_set"] in r.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # Without --labels the series' one set is a fair default ...
+    r, out = export(cli, tmp_path)
+    assert r.exit_code == 0 and f"of label set {s['label_set']}" in r.output
+    assert pq.read_table(out).num_rows == s["candles_total"]
+
+
+def test_with_several_sets_no_labels_lists_them_and_set_picks_one(cli, computed, service, tmp_path):
+    _, first = computed
+    other = service.start("EURUSD", "M15", START, END, ["vol_scaled_return"], None,
+                          chunk_size=500, workers=1)
+    second = service.status(other)["label_set"]
+    out = tmp_path / "x.parquet"
+    out.write_bytes(b"old")
+    r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "-o", str(out))
+    assert r.exit_code == 2 and "has 2 label sets; choose one with --set ID" in r.output
+    assert first["label_set"] in r.output and second in r.output and "vol_scaled_return" in r.output
+    assert out.read_bytes() == b"old"  # a refused export leaves the old file alone
+    r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "--set", second, "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(out).column_names == ["ts", "vsr_1", "vsr_5", "vsr_20", "sigma"]
+    r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "--set", "0" * 16, "-o", str(out))
+    assert r.exit_code == 2 and "no label set '0000000000000000' for EURUSD M15; it has:" in r.output
+
+
+def test_the_file_records_what_its_labels_are(cli, computed, tmp_path):
+    _, s = computed
+    r, out = export(cli, tmp_path, *H48)
+    meta = pq.read_schema(out).metadata
+    assert meta[b"instrument"] == b"EURUSD" and meta[b"granularity"] == b"M15"
+    assert meta[b"label_set"].decode() == s["label_set"]
+    info = json.loads(meta[b"gpubackfill"])
+    tb = info["labels"]["enhanced_triple_barrier"]
+    assert tb["horizon"] == 48 and tb["pt"] == 1.0 and tb["vol_span"] == 100  # defaults included
+    assert info["labels"]["mfe_mae"] == {"horizon": 24}
+    assert json.loads(meta[b"labels"]) == info["labels"]
+
+
+def test_with_candles_puts_ohlcv_after_ts(cli, computed, tmp_path):
+    candles, _ = computed
+    r, out = export(cli, tmp_path, "--with-candles", "--start-date", "2024-01-05",
+                    "--end-date", "2024-01-06")
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(out)
+    assert t.column_names[:7] == ["ts", "open", "high", "low", "close", "volume", "tb_label"]
+    ts = t.column("ts").cast(pa.int64()).to_numpy()
+    src = candles.column("ts").to_numpy()
+    assert ts[0] == pd.Timestamp("2024-01-05", tz="UTC").value // 10**6
+    assert ts[-1] < pd.Timestamp("2024-01-07", tz="UTC").value // 10**6  # the end day included
+    idx = np.searchsorted(src, ts)
+    for c in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(t.column(c).to_numpy(), candles.column(c).to_numpy()[idx])
+
+
+def test_an_empty_range_names_the_range_there_is(cli, computed, tmp_path):
+    r, out = export(cli, tmp_path, "--start-date", "2023-01-01", "--end-date", "2023-02-01")
+    assert r.exit_code == 2 and "they cover 2024-01-01T00:00:00.000Z to 2024-01-19T21:45:00.000Z" in r.output
+    assert not out.exists()
+
+
+def test_export_streams_in_batches_in_ts_order(computed, service, tmp_path):
+    from gpubackfill import export as export_mod
+
+    key = SeriesKey("EURUSD", "M15")
+    chosen = export_mod.sets_of(service.store, key)[0]
+    parts = list(export_mod.batches(service.store, key, chosen, None, None, True, batch_rows=97))
+    assert len(parts) > 10 and all(p.num_rows <= 97 for p in parts)
+    whole = pa.concat_tables(parts)
+    ts = whole.column("ts").cast(pa.int64()).to_numpy()
+    assert whole.num_rows == chosen.rows and np.all(np.diff(ts) > 0)
+    assert whole.equals(service.export("EURUSD", "M15", set_id=chosen.set_id, with_candles=True)
+                        .set_column(0, "ts", whole.column("ts")).replace_schema_metadata(None))
+
+
+def test_labels_lists_the_registry_with_defaults_ranges_and_outputs(cli):
+    from gpubackfill.labels import REGISTRY
+
+    r = cli("labels", "--format", "json")
+    entries = {e["name"]: e for e in json.loads(r.output)}
+    assert set(entries) == set(REGISTRY)
+    horizon = next(p for p in entries["enhanced_triple_barrier"]["params"] if p["name"] == "horizon")
+    assert horizon["default"] == 24 and horizon["minimum"] == 1 and horizon["kind"] == "int"
+    tie = next(p for p in entries["enhanced_triple_barrier"]["params"] if p["name"] == "tie")
+    assert tie["choices"] == ["sl", "tp", "skip"]
+    outputs = {o["name"]: o for e in entries.values() for o in e["outputs"]}
+    assert outputs["tb_label"]["type"] == "int8, nullable" and outputs["tb_flags"]["type"] == "uint8"
+    assert all(o["meaning"] for o in outputs.values())
+    table = cli("labels").output
+    assert "enhanced_triple_barrier.horizon=" in table and "vsr_5" in table
+
+
+def test_every_column_the_registry_can_produce_has_a_meaning():
+    from gpubackfill.catalog import meaning
+    from gpubackfill.labels import REGISTRY
+
+    for spec in REGISTRY.values():
+        params = spec.resolve({"horizons": [2, 7, 300]} if spec.name == "vol_scaled_return" else {})
+        for column, _ in spec.outputs(params):
+            assert meaning(column), column
+
+
+def test_sets_lists_computed_sets_with_parameters_and_rows(cli, computed):
+    _, s = computed
+    found = json.loads(cli("sets", "--format", "json").output)
+    assert [(f["instrument"], f["granularity"], f["label_set"], f["rows"]) for f in found] == \
+        [("EURUSD", "M15", s["label_set"], s["candles_total"])]
+    assert found[0]["changed"] == {"enhanced_triple_barrier": {"horizon": 48}, "mfe_mae": {}}
+    assert json.loads(cli("sets", "--instrument", "GBPUSD", "--format", "json").output) == []
+    table = cli("sets", "--instrument", "eurusd").output
+    assert s["label_set"] in table and "mfe_mae" in table
+
+
+_MAKE = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import pyarrow as pa
+from conftest import random_walk
+from gpubackfill.compute import compute_labels
+from gpubackfill.labels import resolve
+from gpubackfill.service import BackfillService
+from gpubackfill.store import SeriesKey, _with_series
+n = int(sys.argv[1])
+svc = BackfillService()
+svc.init()
+c = pa.table(random_walk(n, seed=1))
+key = SeriesKey("EURUSD", "M1")
+svc.store.insert_arrow("candles", _with_series(key, c))
+names = ["mfe_mae", "enhanced_triple_barrier"]
+set_id = svc.store.ensure_label_table(resolve(names))
+ts = c.column("ts").to_numpy()
+svc.store.write_labels(key, set_id, int(ts[0]), int(ts[-1]) + 1, compute_labels(c, names), "h", 0, "t")
+"""
+
+
+def test_an_export_of_10m_rows_streams_under_2gb(tmp_path, redis_socket):
+    """10M label rows written straight into the store (a job would take
+    minutes here), exported by a process whose peak RSS is measured."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import make_settings
+
+    n = 10_000_000
+    env = {**os.environ, **env_for(make_settings(tmp_path / "home", redis_socket))}
+    subprocess.run([sys.executable, "-c", _MAKE, str(n), str(Path(__file__).parent)], env=env,
+                   check=True, timeout=100)
+    out = tmp_path / "big.parquet"
+    proc = subprocess.Popen([sys.executable, "-m", "gpubackfill", "export", "--instrument", "EURUSD",
+                             "--granularity", "M1", "-o", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read()
+    peak = usage.ru_maxrss * 1024  # kB on Linux
+    meta = pq.read_metadata(out)
+    assert meta.num_rows == n and meta.num_row_groups >= n // 500_000
+    assert peak < 2 * 1024**3, f"peak RSS {peak / 1e9:.2f} GB"
