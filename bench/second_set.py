@@ -85,7 +85,8 @@ def throughput(table: pa.Table, repeats: int) -> dict[str, float]:
     print(f"\n1. compute_labels on {n:,} candles (median of {repeats})")
     print(f"   {'label':<28} {'seconds':>8} {'M candles/min':>14}")
     for name, (label, params) in runs.items():
-        s = median_s(lambda: compute_labels(table, label, params), repeats)
+        s = median_s(lambda label=label, params=params: compute_labels(table, label, params),
+                     repeats)
         out[name] = s
         print(f"   {name:<28} {s:8.3f} {n / s * 60 / 1e6:14.1f}")
     ratio = out["triple barrier + weights"] / out["triple barrier (H=24)"]

@@ -528,7 +528,7 @@ FLAG_RESOLVED = 16
 
 
 @jitable
-def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower, tie_label,
+def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower,
                    label, barrier, exit_ret, flags):
     """Rewrite row t, whose exit bar j was ambiguous, from the finer candles
     ``fs .. fe - 1`` (those inside bar j, in time order).  The exit bar, and

@@ -271,7 +271,7 @@ def to_host(x):
 
 @njit(parallel=True, **_opts)
 def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma, pt, sl,
-               tie_label, label, barrier, exit_ret, flags):
+               label, barrier, exit_ret, flags):
     """Replay the ambiguous exit bar of each row in ``rows`` on its finer
     candles (``f_start[r] .. f_end[r] - 1`` for ``rows[r]``), in place.
     Returns how many rows were decided."""
@@ -281,8 +281,8 @@ def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, si
         t = rows[r]
         upper, lower = core.tb_bounds(close[t], sigma[t], pt, sl)
         decided[r] = core.tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open,
-                                         f_high, f_low, close, upper, lower, tie_label,
-                                         label, barrier, exit_ret, flags)
+                                         f_high, f_low, close, upper, lower, label, barrier,
+                                         exit_ret, flags)
     return decided.sum()
 
 

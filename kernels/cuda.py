@@ -364,25 +364,25 @@ def mfe_mae(high, low, close, horizon):
 
 @cuda.jit
 def _tb_resolve_kernel(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma,
-                       pt, sl, tie_label, label, barrier, exit_ret, flags, decided):
+                       pt, sl, label, barrier, exit_ret, flags, decided):
     g, step = cuda.grid(1), cuda.gridsize(1)
     for r in range(g, rows.shape[0], step):
         t = rows[r]
         upper, lower = core.tb_bounds(close[t], sigma[t], pt, sl)
         decided[r] = core.tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open,
-                                         f_high, f_low, close, upper, lower, tie_label,
-                                         label, barrier, exit_ret, flags)
+                                         f_high, f_low, close, upper, lower, label, barrier,
+                                         exit_ret, flags)
 
 
 def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma, pt, sl,
-               tie_label, label, barrier, exit_ret, flags):
+               label, barrier, exit_ret, flags):
     m = rows.shape[0]
     decided = cuda.device_array(max(m, 1), np.int64)
     if m:
         args = [as_device(a) for a in (rows, exit_bars, f_start, f_end, f_open, f_high, f_low,
                                        close, sigma)]
-        _tb_resolve_kernel[_blocks(m), THREADS](*args, pt, sl, tie_label, label, barrier,
-                                                exit_ret, flags, decided)
+        _tb_resolve_kernel[_blocks(m), THREADS](*args, pt, sl, label, barrier, exit_ret, flags,
+                                                decided)
     return int(decided.copy_to_host()[:m].sum())
 
 

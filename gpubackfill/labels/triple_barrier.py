@@ -114,7 +114,7 @@ def resolve_ambiguous(kernels: Any, s: Series, sigma, p: Mapping[str, Any],
     f_start = np.searchsorted(f_ts, starts, side="left").astype(np.int64)
     f_end = np.searchsorted(f_ts, starts + bar_ms, side="left").astype(np.int64)
     decided = int(kernels.tb_resolve(rows, bars, f_start, f_end, finer.open, finer.high,
-                                     finer.low, s.close, sigma, p["pt"], p["sl"], _TIE[p["tie"]],
+                                     finer.low, s.close, sigma, p["pt"], p["sl"],
                                      label, barrier, ret, flags))
     return decided, int(rows.size) - decided
 

@@ -38,7 +38,7 @@ SIGNATURES = {
     "_runs_kernel": (f"void({f8}, {f8}, {i8}, {i8}, {i8}, {f8}, int64[:], {f8}, int64[:], "
                      f"{f8}, int64[:], {f8}, int64[:])"),
     "_tb_resolve_kernel": (f"void(int64[:], int32[:], int64[:], int64[:], {f8}, {f8}, {f8}, {f8}, "
-                           f"{f8}, float64, float64, {i8}, int8[:], int8[:], {f8}, uint8[:], "
+                           f"{f8}, float64, float64, int8[:], int8[:], {f8}, uint8[:], "
                            f"int64[:])"),
     "_concurrency_kernel": f"void(uint8[:], int32[:], {i8}, int64[:])",
     "_weights_kernel": f"void({i8}, uint8[:], int32[:], int64[:], {f8}, {f8}, {f8})",
