@@ -27,7 +27,7 @@ Pure functions: no Redis, no clock.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 # (finished at, ms since the epoch; duration, s; candles in the chunk)
@@ -47,9 +47,6 @@ class Estimate:
     confidence: float            # 0 (a guess) .. 1 (tight and well sampled)
     concurrency: float           # chunks measured running side by side
     samples: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 UNKNOWN = Estimate(0.0, None, None, None, 0.0, 0.0, 0)

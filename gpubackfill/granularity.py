@@ -58,11 +58,6 @@ def parse_granularity(text: object) -> str:
     )
 
 
-def granularity_ms(text: object) -> int:
-    """Bar length in milliseconds of a granularity name (any case)."""
-    return GRANULARITIES[parse_granularity(text)]
-
-
 def parse_instrument(text: object) -> str:
     """An instrument name, upper-cased; anything outside ``INSTRUMENT_RE`` is refused."""
     if isinstance(text, str) and text.isascii():  # no Unicode case-mapping surprises

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -488,7 +488,3 @@ def _with_series(key: SeriesKey, table: pa.Table, set_id: str | None = None) -> 
         if name != "ts":
             cols[name] = table.column(name)
     return pa.table(cols)
-
-
-def column_names(resolved: Iterable[ResolvedLabel]) -> list[str]:
-    return [name for r in resolved for name, _ in r.outputs()]

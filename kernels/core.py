@@ -253,13 +253,6 @@ def rolling_sigma_at(close, t, span):
 
 
 @jitable
-def bar_touches(h, lo, upper, lower):
-    """True when a bar reaches either barrier (a gap open implies this too,
-    because high >= open >= upper or low <= open <= lower)."""
-    return h >= upper or lo <= lower
-
-
-@jitable
 def first_touch_scan(a, b, high, low, upper, lower):
     """First j in [a, b] whose bar touches a barrier, or b + 1."""
     j = a

@@ -33,10 +33,9 @@ import pybreaker
 
 from ..errors import DependencyError, InvalidTransition, JobNotFound
 from ..resilience import BREAKERS
-from .machine import ACTIVE_JOB_STATES, CHUNK_TRANSITIONS, FINAL_JOB_STATES, JOB_TRANSITIONS
+from .machine import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JOB_TRANSITIONS
 
 _JOB_T = json.dumps(JOB_TRANSITIONS)
-_CHUNK_T = json.dumps(CHUNK_TRANSITIONS)
 EVENTS_KEPT = 500
 DURATIONS_KEPT = 200
 
@@ -406,9 +405,6 @@ class RedisState:
 
     def chunk_errors(self, job_id: str) -> dict[int, str]:
         return {int(i): s for i, s in self._call(self.r.hgetall, self.k(job_id, "errors")).items()}
-
-    def pending_count(self, job_id: str) -> int:
-        return int(self._call(self.r.llen, self.k(job_id, "pending")))
 
     def claim(self, job_id: str, owner: str, lease_ms: int
               ) -> tuple[int, int, tuple[int, int, int]] | str:
