@@ -7,6 +7,7 @@ kernels without copies wherever the input already is contiguous float64.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,12 +42,32 @@ def to_series(candles: Any) -> Series:
     if isinstance(candles, pa.RecordBatch):
         candles = pa.Table.from_batches([candles])
     if isinstance(candles, pa.Table):
-        return _from_arrow(candles)
+        return _read_only(_from_arrow(candles))
     if isinstance(candles, pd.DataFrame):
-        return _from_pandas(candles)
+        return _read_only(_from_pandas(candles))
     raise InvalidCandles(
         f"candles must be a pandas DataFrame or a pyarrow Table, got {type(candles).__name__}"
     )
+
+
+def _read_only(series: Series) -> Series:
+    """The same arrays as read-only views (no copy).
+
+    numba compiles, and caches, one specialisation per array mutability.  An
+    Arrow column of one record batch converts zero-copy and read-only; one of
+    several (every chDB result of more than one block) or from pandas is a
+    writable copy.  So the same labels were compiled twice: the demo's first
+    job spent ~14 s compiling the writable variants that its warm-up, on a
+    one-batch table, had not.  The kernels never write their inputs."""
+    def frozen(a):
+        if a is None or not a.flags.writeable:
+            return a
+        view = a.view()
+        view.flags.writeable = False
+        return view
+
+    return replace(series, ts=frozen(series.ts), open=frozen(series.open), high=frozen(series.high),
+                   low=frozen(series.low), close=frozen(series.close), volume=frozen(series.volume))
 
 
 def _column_map(names: list[str]) -> dict[str, str]:
@@ -164,11 +185,11 @@ def validate(series: Series, on_invalid: str = "raise") -> Series:
     if on_invalid == "raise":
         raise InvalidCandles(_row_message(series, first), row=first)
     keep = defect_codes(series) == 0
-    return Series(
+    return _read_only(Series(
         ts=series.ts[keep], open=series.open[keep], high=series.high[keep],
         low=series.low[keep], close=series.close[keep],
         volume=None if series.volume is None else series.volume[keep],
-    )
+    ))
 
 
 def _row_message(series: Series, i: int) -> str:

@@ -53,6 +53,30 @@ def _service(ctx: click.Context):
     return ctx.obj["service"]
 
 
+def _store_service(ctx: click.Context):
+    """The service for a command that needs ClickHouse: this process's own,
+    or, while another live process holds the embedded store (a ``serve``, a
+    running ``start``/``execute``), a stand-in that runs the same operations
+    there (``holder.py``)."""
+    if "store_service" not in ctx.obj:
+        from . import holder
+        from .config import Settings
+
+        remote = holder.remote(Settings.from_env())
+        if remote is not None:
+            click.echo(f"the embedded store is held by {remote.describe()}: running this there",
+                       err=True)
+        ctx.obj["store_service"] = remote or _service(ctx)
+    return ctx.obj["store_service"]
+
+
+def _sharing(ctx: click.Context, command: str, required: bool = True):
+    """While this command holds the embedded store, other processes reach it through us."""
+    from .holder import sharing
+
+    return sharing(_service(ctx), command, required)
+
+
 class _Greedy(click.Option):
     """A repeatable option that also takes the words after it, as in
     ``--labels enhanced_triple_barrier vol_scaled_return mfe_mae``."""
@@ -133,7 +157,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.pass_context
 def init(ctx: click.Context) -> None:
     """Create the ClickHouse schema (also done on first use)."""
-    svc = _service(ctx)
+    svc = _store_service(ctx)
     svc.init()
     click.echo(f"schema ready in database {svc.settings.clickhouse_database}")
 
@@ -148,7 +172,7 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
     """Load candles from a CSV or Parquet file (idempotent)."""
     if not Path(path).exists():
         raise InvalidInput(f"no such file: {path}")
-    report = _service(ctx).ingest(path, instrument, granularity, tz)
+    report = _store_service(ctx).ingest(path, instrument, granularity, tz)
     if report.sorted:
         click.echo("the rows were not in time order (newest first?): sorted them by time")
     click.echo(f"read {report.rows_read} rows: {report.inserted} inserted, {report.updated} updated, "
@@ -188,7 +212,7 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, s
         raise InvalidInput(f"no folder {folder} for {output}")
     if Path(output).is_dir():
         raise InvalidInput(f"{output} is a folder")
-    rows, cols, chosen = _service(ctx).export_file(
+    rows, cols, chosen = _store_service(ctx).export_file(
         output, instrument, granularity, _labels(labels), _params(params), start_date, end_date,
         set_id, with_candles)
     click.echo(f"wrote {rows:,} rows x {cols} columns of label set {chosen} to {output}")
@@ -214,16 +238,26 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, s
 def start(ctx, instrument, granularity, start_date, end_date, labels, params, chunk_size,
           workers, min_workers, priority, backend, force, detach, scheduler) -> None:
     """Plan a backfill job and run it (or queue it with --detach)."""
-    svc = _service(ctx)
-    job_id = svc.create_job(instrument, granularity, start_date, end_date, _labels(labels),
-                            _params(params), chunk_size, workers, priority, force, backend,
-                            min_workers)
+    args = (instrument, granularity, start_date, end_date, _labels(labels), _params(params),
+            chunk_size, workers, priority, force, backend, min_workers)
     if detach:
+        svc = _store_service(ctx)
+        job_id = svc.create_job(*args)
         click.echo(job_id)
-        click.echo(f"queued; run it with: gpubackfill execute {job_id}", err=True)
+        holder = getattr(svc, "holder", None)
+        if holder is not None and holder.command == "serve":
+            click.echo(f"queued; the scheduler of {svc.describe()} runs it", err=True)
+        elif holder is not None:
+            click.echo(f"queued; run it with: gpubackfill execute {job_id} (once {svc.describe()}, "
+                       f"which holds the embedded store, has finished)", err=True)
+        else:
+            click.echo(f"queued; run it with: gpubackfill execute {job_id}", err=True)
         return
-    click.echo(f"job {job_id}", err=True)
-    _run_foreground(svc, job_id, scheduler)
+    svc = _service(ctx)
+    with _sharing(ctx, "start"):
+        job_id = svc.create_job(*args)
+        click.echo(f"job {job_id}", err=True)
+        _run_foreground(svc, job_id, scheduler)
 
 
 @main.command()
@@ -232,7 +266,8 @@ def start(ctx, instrument, granularity, start_date, end_date, labels, params, ch
 @click.pass_context
 def execute(ctx, job_id: str, scheduler: str | None) -> None:
     """Run or resume a queued, paused, interrupted or failed job."""
-    _run_foreground(_service(ctx), job_id, scheduler)
+    with _sharing(ctx, "execute"):
+        _run_foreground(_service(ctx), job_id, scheduler)
 
 
 class _HardStop(BaseException):
@@ -505,7 +540,9 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
     sock = listen(host, port)
     click.echo(f"serving on http://{host}:{port} (docs: /docs, metrics: /metrics, health: /health)",
                err=True)
-    run(svc, host, port, max_jobs, sock=sock)
+    # Not required: a store held elsewhere shows in /health and in the jobs, as before.
+    with _sharing(ctx, "serve", required=False):
+        run(svc, host, port, max_jobs, sock=sock)
 
 
 @main.command()
@@ -557,8 +594,9 @@ def demo(ctx, instruments: str, granularity: str, years: float, workers: int | N
     """Generate synthetic candles, ingest them, and backfill every label."""
     from .demo import run_demo
 
-    run_demo(_service(ctx), [i.strip() for i in instruments.split(",") if i.strip()],
-             granularity, years, workers, _console())
+    with _sharing(ctx, "demo"):
+        run_demo(_service(ctx), [i.strip() for i in instruments.split(",") if i.strip()],
+                 granularity, years, workers, _console())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,9 +44,9 @@ def labels(fmt: str) -> None:
 @click.pass_context
 def sets(ctx, instrument: str | None, granularity: str | None, fmt: str) -> None:
     """Computed label sets per series: labels, parameters, rows (for export --set)."""
-    from .cli import _console, _iso, _service
+    from .cli import _console, _iso, _store_service
 
-    found = _service(ctx).label_sets(instrument, granularity)
+    found = _store_service(ctx).label_sets(instrument, granularity)
     if fmt == "json":
         click.echo(json.dumps([{"instrument": s.series[0], "granularity": s.series[1],
                                 "label_set": s.set_id, "labels": s.params,

@@ -505,9 +505,13 @@ class BackfillService:
             sets = [s for s in sets if s.series[1] == parse_granularity(granularity)]
         return sets
 
-    def _export_parts(self, instrument: str, granularity: str, labels: list[str] | None,
-                      params: dict | None, start: Any, end: Any, set_id: str | None,
-                      with_candles: bool):
+    def export_parts(self, instrument: str, granularity: str, labels: list[str] | None = None,
+                     params: dict | None = None, start: Any = None, end: Any = None,
+                     set_id: str | None = None, with_candles: bool = False):
+        """A label set as it is exported: (Arrow tables in ts order, the
+        provenance metadata, the ``LabelSet``).  The tables are produced
+        lazily, one query per batch; ``export_file`` writes them, and the
+        store holder streams them to a CLI in another process (``holder.py``)."""
         from . import export as export_mod
 
         key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
@@ -525,7 +529,7 @@ class BackfillService:
         ``compute_labels`` returns it (files get a UTC timestamp); the
         provenance is in the schema metadata.  ``export_file`` streams large
         sets to disk instead."""
-        parts, meta, _ = self._export_parts(instrument, granularity, labels, params, start, end,
+        parts, meta, _ = self.export_parts(instrument, granularity, labels, params, start, end,
                                             set_id, with_candles)
         table = pa.concat_tables(list(parts))
         table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
@@ -538,7 +542,7 @@ class BackfillService:
         """Stream a label set to ``path`` (.parquet or .csv); (rows, columns, set id)."""
         from . import export as export_mod
 
-        parts, meta, chosen = self._export_parts(instrument, granularity, labels, params, start,
+        parts, meta, chosen = self.export_parts(instrument, granularity, labels, params, start,
                                                  end, set_id, with_candles)
         rows, cols = export_mod.write(path, parts, meta)
         return rows, cols, chosen.set_id
