@@ -42,15 +42,15 @@ def to_series(candles: Any) -> Series:
     if isinstance(candles, pa.RecordBatch):
         candles = pa.Table.from_batches([candles])
     if isinstance(candles, pa.Table):
-        return _read_only(_from_arrow(candles))
+        return read_only(_from_arrow(candles))
     if isinstance(candles, pd.DataFrame):
-        return _read_only(_from_pandas(candles))
+        return read_only(_from_pandas(candles))
     raise InvalidCandles(
         f"candles must be a pandas DataFrame or a pyarrow Table, got {type(candles).__name__}"
     )
 
 
-def _read_only(series: Series) -> Series:
+def read_only(series: Series) -> Series:
     """The same arrays as read-only views (no copy).
 
     numba compiles, and caches, one specialisation per array mutability.  An
@@ -185,7 +185,7 @@ def validate(series: Series, on_invalid: str = "raise") -> Series:
     if on_invalid == "raise":
         raise InvalidCandles(_row_message(series, first), row=first)
     keep = defect_codes(series) == 0
-    return _read_only(Series(
+    return read_only(Series(
         ts=series.ts[keep], open=series.open[keep], high=series.high[keep],
         low=series.low[keep], close=series.close[keep],
         volume=None if series.volume is None else series.volume[keep],

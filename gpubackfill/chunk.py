@@ -382,8 +382,9 @@ def _bar_path(table) -> Series:
     low (their close is never used, so it is not read; ``close`` aliases
     ``low`` only to fill the field)."""
     cols = {c: table.column(c).to_numpy() for c in ("ts", "open", "high", "low")}
-    return Series(ts=cols["ts"], open=cols["open"], high=cols["high"], low=cols["low"],
-                  close=cols["low"])
+    # Read-only like every other input, so the replay kernel compiles once.
+    return candles_mod.read_only(Series(ts=cols["ts"], open=cols["open"], high=cols["high"],
+                                        low=cols["low"], close=cols["low"]))
 
 
 def finer_series(resolved, key: SeriesKey) -> SeriesKey | None:
