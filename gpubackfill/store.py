@@ -374,14 +374,7 @@ class Store:
                            {"d": self.db, "t": f"labels_{set_id}"})[0][0]
         if not exists:
             return pa.table({"ts": pa.array([], pa.int64())})
-        cond = f"{self._series_where()} AND label_set = {{s:String}}"
-        p = self._series_params(key, s=set_id)
-        if start_ms is not None:
-            cond += " AND ts >= fromUnixTimestamp64Milli({a:Int64}, 'UTC')"
-            p["a"] = start_ms
-        if end_ms is not None:
-            cond += " AND ts < fromUnixTimestamp64Milli({b:Int64}, 'UTC')"
-            p["b"] = end_ms
+        cond, p = self._label_range(key, set_id, start_ms, end_ms)
         return _ts_to_ms(self.arrow(f"SELECT * EXCEPT (instrument, granularity, label_set) "
                                     f"FROM {table} WHERE {cond} ORDER BY ts", p))
 
