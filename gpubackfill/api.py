@@ -33,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import metrics as metrics_mod
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
-from .planner import MAX_CHUNK_SIZE, MAX_WORKERS
-from .state.machine import JOB_STATES
+from .jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
+from .jobs.machine import JOB_STATES
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler

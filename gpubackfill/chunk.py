@@ -28,6 +28,7 @@ from .compute import compute_series
 from .config import Settings
 from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
 from .granularity import GRANULARITIES
+from .jobs.result import ChunkResult, Segment, SegmentOutcome
 from .labels import Series, halo, resolve
 from .logs import log
 from .redis_server import connect as redis_connect
@@ -52,10 +53,8 @@ class ChunkTask:
     job_id: str
     index: int
     token: int
-    instrument: str
-    granularity: str
-    start_ms: int
-    end_ms: int
+    segments: tuple[Segment, ...]
+    names: dict[int, tuple[str, str]]  # series index -> (instrument, granularity)
     labels: list[str]
     params: dict[str, dict[str, Any]]
     label_set: str
@@ -63,8 +62,15 @@ class ChunkTask:
     backend: str
     max_attempts: int
     numba_threads: int = 0
-    rows: int = 0  # planned candles in [start_ms, end_ms)
     timeout_s: float = 0.0  # the chunk's deadline (watchdog.py); 0: none
+
+    @property
+    def rows(self) -> int:
+        """Candles planned in the chunk."""
+        return sum(s.rows for s in self.segments)
+
+    def key(self, seg: Segment) -> SeriesKey:
+        return SeriesKey(*self.names[seg.series])
 
 
 class LeaseLost(GpubackfillError):
@@ -218,8 +224,8 @@ class Heartbeat:
             raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
 
 
-def run_chunk(settings: Settings, task: ChunkTask) -> dict[str, Any]:
-    """Compute and write one chunk; record the outcome in Redis.
+def run_chunk(settings: Settings, task: ChunkTask) -> ChunkResult:
+    """Compute and write one chunk; record its result in Redis.
 
     Never raises for a chunk's own failure: each error is retried as its
     category allows (``resilience.POLICIES``), then recorded: an outage of
@@ -230,11 +236,10 @@ def run_chunk(settings: Settings, task: ChunkTask) -> dict[str, Any]:
     if task.numba_threads:
         numba.set_num_threads(min(task.numba_threads, numba.config.NUMBA_NUM_THREADS))
     store, state = connections(settings)
-    base = {"index": task.index, "ok": False}
     if _over_memory_budget(settings, task):
-        halves = _split(store, state, task, "memory budget")
-        if halves is not None:
-            return {**base, **halves}
+        split = _split(store, state, task, "memory budget")
+        if split is not None:
+            return split
     breaker = clickhouse_breaker(settings)
     retries: list[str] = []
 
@@ -245,34 +250,31 @@ def run_chunk(settings: Settings, task: ChunkTask) -> dict[str, Any]:
     t0 = time.perf_counter()
     with Heartbeat(state, task, settings.lease_seconds * 1000) as lease:
         try:
-            outcome = retrying(
+            result = retrying(
                 lambda: BREAKERS.call(breaker, _compute_and_write, store, task, lease.fence),
                 settings.retry_base_seconds, on_retry,
                 give_up=lambda e: isinstance(e, LeaseLost) or _splittable(settings, task, e))
         except LeaseLost as exc:
-            return {**base, "stale": True, "error": str(exc)}
+            return ChunkResult(task.index, "stale", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
             try:
-                return {**base, **_record_failure(store, state, settings, task, exc, len(retries))}
+                return _record_failure(store, state, settings, task, exc, len(retries))
             except DependencyError as lost:
                 # Redis is away too: the lease runs out and the chunk is re-run.
-                return {**base, "error": f"{exc}; not recorded: {lost}", "outage": True,
-                        "retry_after": settings.retry_base_seconds}
-    duration = time.perf_counter() - t0
+                return ChunkResult(task.index, "outage", error=f"{exc}; not recorded: {lost}",
+                                   retry_after=settings.retry_base_seconds)
+    result = replace(result, duration=time.perf_counter() - t0)
     try:
-        if outcome.get("resolved") or outcome.get("ambiguous"):
-            state.add_job_counts(task.job_id, tb_resolved=outcome.get("resolved", 0),
-                                 tb_ambiguous=outcome.get("ambiguous", 0))
-        retrying(lambda: state.complete(task.job_id, task.index, task.token, outcome["candles"],
-                                        outcome["rows"], outcome["cache_hit"], duration,
-                                        task.rows or None),
-                 settings.retry_base_seconds, on_retry)
+        status = retrying(lambda: state.complete(task.job_id, task.index, task.token, result),
+                          settings.retry_base_seconds, on_retry)
     except DependencyError as exc:
         # Written but not recorded: when the lease runs out the chunk runs
         # again and finds its rows by their input fingerprint (a cache hit).
-        return {**base, "error": f"not recorded: {exc}", "outage": True,
-                "retry_after": settings.retry_base_seconds}
-    return {**base, "ok": True, "duration": duration, **outcome}
+        return ChunkResult(task.index, "outage", error=f"not recorded: {exc}",
+                           retry_after=settings.retry_base_seconds)
+    if status[0] == "stale":
+        return replace(result, kind="stale", error="the lease was taken back before the record")
+    return result
 
 
 def log_retry(state: RedisState, task: ChunkTask, category: str, exc: BaseException, attempt: int) -> None:
@@ -284,7 +286,7 @@ def log_retry(state: RedisState, task: ChunkTask, category: str, exc: BaseExcept
 
 
 def _record_failure(store: Store, state: RedisState, settings: Settings, task: ChunkTask,
-                    exc: BaseException, retries: int) -> dict[str, Any]:
+                    exc: BaseException, retries: int) -> ChunkResult:
     category = classify(exc)
     message = f"{category}: {type(exc).__name__}: {exc}"
     if is_outage(exc):
@@ -293,19 +295,21 @@ def _record_failure(store: Store, state: RedisState, settings: Settings, task: C
         state.count(f"errors:{category}")
         state.release(task.job_id, task.index, task.token)
         wait = exc.retry_after if isinstance(exc, BreakerOpen) else settings.retry_base_seconds
-        return {"error": message, "outage": True, "retry_after": wait}
+        return ChunkResult(task.index, "outage", error=message, category=category, retry_after=wait)
     if _splittable(settings, task, exc):
-        halves = _split(store, state, task, "out of memory")
-        if halves is not None:
-            return halves
-    detail = {"digest": _digest(exc), "retries": retries}
+        split = _split(store, state, task, "out of memory")
+        if split is not None:
+            return split
+    detail: dict[str, Any] = {"digest": _digest(exc), "retries": retries}
     if isinstance(exc, InvalidCandles) and exc.rows:
         detail["rows"] = exc.rows
+    if len(task.segments) > 1 and isinstance(exc, InvalidCandles):
+        detail["series_names"] = [list(task.names[s.series]) for s in task.segments]
     status, _ = state.fail(task.job_id, task.index, task.token,
                            message + "\n" + "".join(traceback.format_exception(exc, limit=8)),
                            1, retryable=False, category=category, detail=detail)
-    return {"error": message, "category": category, "dead_lettered": status == "failed",
-            "fail_job": category == "persistent"}
+    return ChunkResult(task.index, "failed" if status == "failed" else "retry", error=message,
+                       category=category, fail_job=category == "persistent")
 
 
 def _digest(exc: BaseException) -> str:
@@ -323,58 +327,90 @@ def _over_memory_budget(settings: Settings, task: ChunkTask) -> bool:
 
 
 def _splittable(settings: Settings, task: ChunkTask, exc: BaseException) -> bool:
-    return classify(exc) == "resource" and task.rows >= 2 * settings.min_chunk_size
+    return (classify(exc) == "resource" and len(task.segments) == 1
+            and task.rows >= 2 * settings.min_chunk_size)
 
 
-def _split(store: Store, state: RedisState, task: ChunkTask, why: str) -> dict[str, Any] | None:
-    """Halve the chunk in the plan (at its middle candle); both halves go back
-    to the queue.  None when there is nothing to cut (fewer candles than planned)."""
-    key = SeriesKey(task.instrument, task.granularity)
-    runs = store.chunk_starts(key, task.start_ms, task.end_ms, (task.rows + 1) // 2)
+def _split(store: Store, state: RedisState, task: ChunkTask, why: str) -> ChunkResult | None:
+    """Halve a one-series chunk in the plan (at its middle candle); both
+    halves go back to the queue.  None when there is nothing to cut (a pack
+    of small series, or fewer candles than planned)."""
+    if len(task.segments) != 1:
+        return None
+    seg = task.segments[0]
+    runs = store.chunk_starts(task.key(seg), seg.start_ms, seg.end_ms, (seg.rows + 1) // 2)
     if len(runs) < 2:
         return None
     (_, left), (mid, right) = runs[0], runs[1]
     new = state.split(task.job_id, task.index, task.token, mid, left, right + sum(n for _, n in runs[2:]))
-    state.note(task.job_id, "split", f"chunk {task.index} ({task.rows} candles, {why}) -> "
+    state.note(task.job_id, "split", f"chunk {task.index} ({seg.rows} candles, {why}) -> "
                                      f"{task.index} + {new}")
-    return {"split": new, "error": why}
+    return ChunkResult(task.index, "split", error=why, split_into=new)
 
 
-def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> dict[str, Any]:
-    key = SeriesKey(task.instrument, task.granularity)
+def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> ChunkResult:
+    """Every segment of the chunk: one read of all their candles, one write
+    of all their label rows (a pack of small series costs what one chunk does)."""
     resolved = resolve(task.labels, task.params)
     back, ahead = halo(resolved)
-    table, first, own = store.load(key, task.start_ms, task.end_ms, back, ahead)
+    keys = [task.key(seg) for seg in task.segments]
+    loaded = store.load_many([(k, s.start_ms, s.end_ms) for k, s in zip(keys, task.segments)],
+                             back, ahead)
+    finer_keys = [finer_series(resolved, k) for k in keys]
+    prints = [_fingerprint(store, table, k, fk) for (table, _, _), k, fk in zip(loaded, keys, finer_keys)]
+    cached: dict[int, int] = {}
+    if not task.force:
+        records = store.chunk_records([(k, s.start_ms, s.end_ms) for k, s in zip(keys, task.segments)],
+                                      task.label_set)
+        for i, rec in enumerate(records):
+            if rec is not None and rec[0] == prints[i]:
+                cached[i] = rec[1]
+    kernels = backends.select(task.backend).kernels
+    writes, outcomes = [], []
+    incomplete = resolved_bars = ambiguous = 0
+    for i, (seg, key, (table, first, own)) in enumerate(zip(task.segments, keys, loaded)):
+        if i in cached:
+            outcomes.append(SegmentOutcome(seg.series, own, 0, seg.rows))
+            incomplete += cached[i]
+            continue
+        series = candles_mod.to_series(table)
+        try:
+            series = candles_mod.validate(series)
+        except InvalidCandles as exc:
+            where = f"{key.instrument} {key.granularity}: " if len(task.segments) > 1 else ""
+            raise InvalidCandles(where + str(exc), exc.row, _bad_rows(series)) from None
+        fk = finer_keys[i]
+        if fk is not None:
+            # Only the finer candles of the bars that turn out ambiguous are read.
+            series = replace(series, bar_ms=GRANULARITIES[key.granularity],
+                             finer=lambda starts, bar, fk=fk: _bar_path(
+                                 store.load_bars(fk, starts, bar, ("ts", "open", "high", "low"))))
+        labels = compute_series(series, resolved, kernels).slice(first, own)
+        n_incomplete = _incomplete_rows(labels)
+        incomplete += n_incomplete
+        amb = _ambiguity(labels, fk)
+        resolved_bars += amb.get("resolved", 0)
+        ambiguous += amb.get("ambiguous", 0)
+        writes.append((key, seg.start_ms, seg.end_ms, labels, prints[i], n_incomplete))
+        outcomes.append(SegmentOutcome(seg.series, own, labels.num_rows, seg.rows))
+    if writes:
+        fence()
+        store.write_labels_many(task.label_set, writes, task.job_id)
+    return ChunkResult(task.index, "done", segments=tuple(outcomes),
+                       cache_hit=len(cached) == len(task.segments), incomplete=incomplete,
+                       resolved=resolved_bars, ambiguous=ambiguous)
+
+
+def _fingerprint(store: Store, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:
+    """What a segment's labels were computed from: its candles (halo
+    included) and, with resolve_with, the changes to the finer series."""
     fingerprint = input_fingerprint(table)
-    finer_key = finer_series(resolved, key)
     if finer_key is not None and table.num_rows:
-        # The labels depend on the finer candles too: so does the cache.
         ts = table.column("ts")
         digest = store.change_stamp(finer_key, int(ts[0].as_py()),
                                     int(ts[-1].as_py()) + GRANULARITIES[key.granularity])
         fingerprint = hashlib.blake2b(f"{fingerprint}|{digest}".encode(), digest_size=16).hexdigest()
-    if not task.force:
-        record = store.chunk_record(key, task.label_set, task.start_ms, task.end_ms)
-        if record is not None and record[0] == fingerprint:
-            return {"candles": own, "rows": 0, "cache_hit": True, "incomplete": record[1]}
-    series = candles_mod.to_series(table)
-    try:
-        series = candles_mod.validate(series)
-    except InvalidCandles as exc:
-        raise InvalidCandles(str(exc), exc.row, _bad_rows(series)) from None
-    if finer_key is not None:
-        # Only the finer candles of the bars that turn out ambiguous are read.
-        series = replace(series, bar_ms=GRANULARITIES[key.granularity],
-                         finer=lambda starts, bar: _bar_path(
-                             store.load_bars(finer_key, starts, bar, ("ts", "open", "high", "low"))))
-    kernels = backends.select(task.backend).kernels
-    labels = compute_series(series, resolved, kernels).slice(first, own)
-    incomplete = _incomplete_rows(labels)
-    fence()
-    store.write_labels(key, task.label_set, task.start_ms, task.end_ms, labels, fingerprint,
-                       incomplete, task.job_id)
-    return {"candles": own, "rows": labels.num_rows, "cache_hit": False, "incomplete": incomplete,
-            **_ambiguity(labels, finer_key)}
+    return fingerprint
 
 
 def _bar_path(table) -> Series:

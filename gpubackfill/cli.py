@@ -455,7 +455,7 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
     if once:
         console.print(render())
         return
-    from .state.machine import FINAL_JOB_STATES
+    from .jobs.machine import FINAL_JOB_STATES
 
     with Live(render(), console=console, refresh_per_second=4) as live:
         while True:

@@ -22,7 +22,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 from .alerts import ALERT_NAMES
 from .errors import GpubackfillError
-from .state.machine import ACTIVE_JOB_STATES, JOB_STATES
+from .jobs.machine import ACTIVE_JOB_STATES, JOB_STATES
 from .state.telemetry import CATEGORIES, CHUNK_BUCKETS
 
 if TYPE_CHECKING:

@@ -89,7 +89,7 @@ class Scheduler:
         """A live driver holds the job.  A lock whose owner is a process of
         this host that has died does not count: ``execute`` takes such a job
         over at once, and a restarted service should not wait out the lease."""
-        from .service import _dead_local_owner
+        from .jobs.lease import dead_local_owner as _dead_local_owner
 
         owner = self.service.state.driver_owner(job_id)
         return bool(owner) and not _dead_local_owner(owner)

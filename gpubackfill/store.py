@@ -167,6 +167,27 @@ class Store:
             f"FROM {self.db}.candles WHERE {self._series_where()}", self._series_params(key))[0]
         return int(n), (int(lo) if n else None), (int(hi) if n else None)
 
+    def series_table(self) -> list[tuple[str, str, int, int, int]]:
+        """(instrument, granularity, candles, first ts ms, last ts ms) of every series."""
+        return [(i, g, int(n), int(lo), int(hi)) for i, g, n, lo, hi in self.rows(
+            f"SELECT instrument, granularity, count(), min(toUnixTimestamp64Milli(ts)), "
+            f"max(toUnixTimestamp64Milli(ts)) FROM {self.db}.candles "
+            f"GROUP BY instrument, granularity ORDER BY instrument, granularity")]
+
+    def manifest(self) -> list[tuple[str, str, str, int, int, int, int, int]]:
+        """Every computed chunk range: (instrument, granularity, label set,
+        start ms, end ms, rows, incomplete rows, computed at ms)."""
+        return [(i, g, s, int(a), int(b), int(n), int(inc), int(at)) for i, g, s, a, b, n, inc, at
+                in self.rows(f"SELECT instrument, granularity, label_set, start_ts, end_ts, rows, "
+                             f"incomplete, toUnixTimestamp64Milli(computed_at) "
+                             f"FROM {self.db}.label_chunks FINAL")]
+
+    def changes(self) -> list[tuple[str, str, int, int, int]]:
+        """The ingest log: (instrument, granularity, first ts, last ts, changed at ms)."""
+        return [(i, g, int(a), int(b), int(t)) for i, g, a, b, t in self.rows(
+            f"SELECT instrument, granularity, first_ts, last_ts, changed_at "
+            f"FROM {self.db}.candle_changes")]
+
     def has_series(self, key: SeriesKey) -> bool:
         """Whether the series has any candle (reads one row, not a count)."""
         return bool(self.rows(f"SELECT 1 FROM {self.db}.candles WHERE {self._series_where()} LIMIT 1",
@@ -188,6 +209,28 @@ class Store:
                     AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))
             GROUP BY k ORDER BY k""", self._series_params(key, a=start_ms, b=end_ms, cs=chunk_size))
         return [(int(t), int(n)) for _, t, n in rows]
+
+    def chunk_starts_many(self, keys: list[SeriesKey], start_ms: int, end_ms: int,
+                          chunk_size: int) -> dict[SeriesKey, list[tuple[int, int]]]:
+        """``chunk_starts`` of many series in one query (a universe plans in
+        one round trip, not one per series)."""
+        if len(keys) <= 1:
+            return {k: self.chunk_starts(k, start_ms, end_ms, chunk_size) for k in keys}
+        out: dict[SeriesKey, list[tuple[int, int]]] = {k: [] for k in keys}
+        rows = self.rows(f"""
+            SELECT instrument, granularity, intDiv(rn - 1, {{cs:UInt64}}) AS k, min(t), count()
+            FROM (SELECT instrument, granularity, toUnixTimestamp64Milli(ts) AS t,
+                         row_number() OVER (PARTITION BY instrument, granularity ORDER BY ts) AS rn
+                  FROM {self.db}.candles
+                  WHERE (instrument, granularity) IN {{keys:Array(Tuple(String, String))}}
+                    AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
+                    AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))
+            GROUP BY instrument, granularity, k ORDER BY instrument, granularity, k""",
+            {"keys": [(k.instrument, k.granularity) for k in keys], "a": start_ms, "b": end_ms,
+             "cs": chunk_size})
+        for i, g, _, t, n in rows:
+            out[SeriesKey(i, g)].append((int(t), int(n)))
+        return out
 
     def load(self, key: SeriesKey, start_ms: int, end_ms: int, back: int, ahead: int) -> tuple[pa.Table, int, int]:
         """Candles of [start, end) plus ``back`` rows before and ``ahead`` after.
@@ -215,6 +258,40 @@ class Store:
         ts = table.column("ts").to_numpy()
         first = int(np.searchsorted(ts, start_ms))
         return table, first, int(np.searchsorted(ts, end_ms)) - first
+
+    def load_many(self, parts: list[tuple[SeriesKey, int, int]], back: int, ahead: int
+                  ) -> list[tuple[pa.Table, int, int]]:
+        """``load`` for several series ranges in one query (a pack of small
+        series): one result per part, in order."""
+        if len(parts) == 1:
+            return [self.load(parts[0][0], parts[0][1], parts[0][2], back, ahead)]
+        selects, params = [], {"back": back, "ahead": ahead}
+        for n, (key, a, b) in enumerate(parts):
+            where = f"instrument = {{i{n}:String}} AND granularity = {{g{n}:String}}"
+            params.update({f"i{n}": key.instrument, f"g{n}": key.granularity, f"a{n}": a, f"b{n}": b})
+            selects.append(f"""
+                SELECT toUInt32({n}) AS part, ts, open, high, low, close, volume FROM {self.db}.candles
+                WHERE {where}
+                  AND ts >= ifNull((SELECT minOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
+                        WHERE {where} AND ts < fromUnixTimestamp64Milli({{a{n}:Int64}}, 'UTC')
+                        ORDER BY ts DESC LIMIT {{back:UInt64}})),
+                      fromUnixTimestamp64Milli({{a{n}:Int64}}, 'UTC'))
+                  AND ts <= ifNull((SELECT maxOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
+                        WHERE {where} AND ts >= fromUnixTimestamp64Milli({{b{n}:Int64}}, 'UTC')
+                        ORDER BY ts LIMIT {{ahead:UInt64}})),
+                      fromUnixTimestamp64Milli({{b{n}:Int64}} - 1, 'UTC'))""")
+        sql = f"SELECT * FROM ({' UNION ALL '.join(selects)}) ORDER BY part, ts"
+        table = _ts_to_ms(self.arrow(sql, params))
+        part = table.column("part").to_numpy()
+        table = table.drop_columns(["part"])
+        edges = np.searchsorted(part, np.arange(len(parts) + 1))
+        out = []
+        for n, (_, a, b) in enumerate(parts):
+            one = table.slice(int(edges[n]), int(edges[n + 1] - edges[n]))
+            ts = one.column("ts").to_numpy()
+            first = int(np.searchsorted(ts, a))
+            out.append((one, first, int(np.searchsorted(ts, b)) - first))
+        return out
 
     def load_bars(self, key: SeriesKey, starts: np.ndarray, bar_ms: int,
                   columns: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
@@ -330,6 +407,61 @@ class Store:
             f"AND start_ts = {{a:Int64}} AND end_ts = {{b:Int64}}",
             self._series_params(key, s=set_id, a=start_ms, b=end_ms))
         return (rows[0][0], int(rows[0][1])) if rows else None
+
+    def chunk_records(self, parts: list[tuple[SeriesKey, int, int]], set_id: str
+                      ) -> list[tuple[str, int] | None]:
+        """``chunk_record`` of several ranges in one query, in order."""
+        if len(parts) == 1:
+            return [self.chunk_record(parts[0][0], set_id, parts[0][1], parts[0][2])]
+        where, params = self._ranges_where(parts, "start_ts = {a%d:Int64} AND end_ts = {b%d:Int64}")
+        params["s"] = set_id
+        found = {(i, g, int(a), int(b)): (h, int(n)) for i, g, a, b, h, n in self.rows(
+            f"SELECT instrument, granularity, start_ts, end_ts, input_hash, incomplete "
+            f"FROM {self.db}.label_chunks FINAL WHERE label_set = {{s:String}} AND ({where})", params)}
+        return [found.get((k.instrument, k.granularity, a, b)) for k, a, b in parts]
+
+    @staticmethod
+    def _ranges_where(parts: list[tuple[SeriesKey, int, int]], cond: str) -> tuple[str, dict]:
+        """An OR of (series and ``cond``) per part, with its parameters."""
+        terms, params = [], {}
+        for n, (key, a, b) in enumerate(parts):
+            terms.append(f"(instrument = {{i{n}:String}} AND granularity = {{g{n}:String}} AND "
+                         + cond.replace("%d", str(n)) + ")")
+            params.update({f"i{n}": key.instrument, f"g{n}": key.granularity, f"a{n}": a, f"b{n}": b})
+        return " OR ".join(terms), params
+
+    def write_labels_many(self, set_id: str, writes: list[tuple], job_id: str) -> None:
+        """``write_labels`` for several series ranges: one count, at most one
+        delete, one insert of label rows and one of manifest rows.
+        ``writes``: (key, start_ms, end_ms, labels, input_hash, incomplete)."""
+        if len(writes) == 1:
+            key, a, b, labels, h, inc = writes[0]
+            self.write_labels(key, set_id, a, b, labels, h, inc, job_id)
+            return
+        table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
+        parts = [(w[0], w[1], w[2]) for w in writes]
+        where, p = self._ranges_where(parts, "ts >= fromUnixTimestamp64Milli({a%d:Int64}, 'UTC') "
+                                             "AND ts < fromUnixTimestamp64Milli({b%d:Int64}, 'UTC')")
+        rng = f"label_set = {{s:String}} AND ({where})"
+        p["s"] = set_id
+        present = self.rows(f"SELECT count() FROM {table} WHERE {rng}", p)[0][0]
+        if present:
+            self.command(f"DELETE FROM {table} WHERE {rng}", p)
+        tables = [w[3] for w in writes]
+        if any(t.num_rows for t in tables):
+            self.insert_arrow(f"labels_{set_id}",
+                              _with_many_series([w[0] for w in writes], tables, set_id))
+        self.insert_arrow("label_chunks", pa.table({
+            "instrument": [w[0].instrument for w in writes],
+            "granularity": [w[0].granularity for w in writes],
+            "label_set": [set_id] * len(writes),
+            "start_ts": pa.array([w[1] for w in writes], pa.int64()),
+            "end_ts": pa.array([w[2] for w in writes], pa.int64()),
+            "input_hash": [w[4] for w in writes],
+            "rows": pa.array([w[3].num_rows for w in writes], pa.uint64()),
+            "incomplete": pa.array([w[5] for w in writes], pa.uint64()),
+            "job_id": [job_id] * len(writes),
+        }))
 
     def write_labels(self, key: SeriesKey, set_id: str, start_ms: int, end_ms: int,
                      labels: pa.Table, input_hash: str, incomplete: int, job_id: str) -> None:
@@ -480,4 +612,27 @@ def _with_series(key: SeriesKey, table: pa.Table, set_id: str | None = None) -> 
     for name in table.column_names:
         if name != "ts":
             cols[name] = table.column(name)
+    return pa.table(cols)
+
+
+def _with_many_series(keys: list[SeriesKey], tables: list[pa.Table], set_id: str) -> pa.Table:
+    """Label rows of several series in one table, their key columns in front."""
+    body = pa.concat_tables(tables).combine_chunks()
+    counts = np.array([t.num_rows for t in tables])
+
+    def keyed(values: list[str]) -> pa.DictionaryArray:
+        names = list(dict.fromkeys(values))
+        codes = np.repeat(np.array([names.index(v) for v in values], np.int32), counts)
+        return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+
+    cols: dict[str, Any] = {
+        "instrument": keyed([k.instrument for k in keys]),
+        "granularity": keyed([k.granularity for k in keys]),
+        "label_set": pa.DictionaryArray.from_arrays(pa.array(np.zeros(body.num_rows, np.int32)),
+                                                    pa.array([set_id], pa.string())),
+        "ts": body.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+    }
+    for name in body.column_names:
+        if name != "ts":
+            cols[name] = body.column(name)
     return pa.table(cols)

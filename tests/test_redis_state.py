@@ -6,7 +6,13 @@ import pytest
 
 from gpubackfill.errors import InvalidTransition, JobNotFound
 from gpubackfill.redis_server import connect
+from gpubackfill.jobs.result import ChunkResult, SegmentOutcome
 from gpubackfill.state.redis_store import RedisState
+
+
+def done(idx, candles, rows, cache_hit=False, duration=0.1):
+    """A finished chunk's result (series 0)."""
+    return ChunkResult(idx, "done", duration, (SegmentOutcome(0, candles, rows),), cache_hit)
 
 
 @pytest.fixture
@@ -36,10 +42,10 @@ def test_complete_settles_the_job_and_rejects_stale_tokens(state):
     job = new_job(state, 2)
     state.transition(job, "execute")
     (i0, t0, _), (i1, t1, _) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
-    assert state.complete(job, i0, t0 + 100, 5, 5, False, 0.1) == ("stale", "")
-    assert state.complete(job, i0, t0, 5, 5, False, 0.1) == ("ok", "running")
-    assert state.complete(job, i0, t0, 5, 5, False, 0.1) == ("stale", "")  # no double count
-    assert state.complete(job, i1, t1, 5, 5, True, 0.1) == ("ok", "completed")
+    assert state.complete(job, i0, t0 + 100, done(i0, 5, 5, False, 0.1)) == ("stale", "")
+    assert state.complete(job, i0, t0, done(i0, 5, 5, False, 0.1)) == ("ok", "running")
+    assert state.complete(job, i0, t0, done(i0, 5, 5, False, 0.1)) == ("stale", "")  # no double count
+    assert state.complete(job, i1, t1, done(i1, 5, 5, True, 0.1)) == ("ok", "completed")
     j = state.job(job)
     assert (j["chunks_done"], j["candles_done"], j["rows_written"], j["cache_hits"]) == (2, 10, 10, 1)
     assert j["finished"] >= j["started"]
@@ -70,7 +76,7 @@ def test_expired_leases_return_to_pending(state):
     assert state.expire_leases(job) == 1
     assert state.chunk_states(job) == {0: "pending"}
     # The old lease holder's late completion does not count.
-    assert state.complete(job, idx, tok, 5, 5, False, 0.1) == ("stale", "")
+    assert state.complete(job, idx, tok, done(idx, 5, 5, False, 0.1)) == ("stale", "")
     idx2, tok2, _ = state.claim(job, "w2", 10_000)
     assert (idx2, tok2 != tok) == (idx, True)
 
@@ -107,9 +113,9 @@ def test_given_up_chunks_can_be_requeued(state):
     job = new_job(state, 2)
     state.transition(job, "execute")
     (i0, t0, _), (i1, t1, _) = state.claim(job, "w", 10_000), state.claim(job, "w", 10_000)
-    state.complete(job, i0, t0, 5, 5, False, 0.1)
+    state.complete(job, i0, t0, done(i0, 5, 5, False, 0.1))
     assert state.fail(job, i1, t1, "bad", 1, retryable=False) == ("failed", "completed_with_errors")
     assert state.requeue_failed(job) == 1
     state.transition(job, "execute")
     i, t, _ = state.claim(job, "w", 10_000)
-    assert i == i1 and state.complete(job, i, t, 5, 5, False, 0.1) == ("ok", "completed")
+    assert i == i1 and state.complete(job, i, t, done(i, 5, 5, False, 0.1)) == ("ok", "completed")

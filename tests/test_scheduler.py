@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from gpubackfill.scheduler import Candidate, Scheduler, pick
-from gpubackfill.state.machine import FINAL_JOB_STATES
+from gpubackfill.jobs.machine import FINAL_JOB_STATES
 from gpubackfill.store import SeriesKey
 from gpubackfill.synthetic import generate
 

@@ -1,7 +1,9 @@
 """A hypothesis state machine drives the Redis chunk store (real redis-server)
 through random claims, completions, failures, releases, expiries and
-requeues, and checks it against a plain model after every step: at most one
-valid lease per chunk, stale tokens refused, terminal states absorbing."""
+requeues, and checks it against a model built from the pure state machine
+(``jobs.machine``: the same tables the Lua scripts read) after every step:
+at most one valid lease per chunk, stale tokens refused, terminal states
+absorbing, the job's and each series' counters and the settle rule."""
 
 from __future__ import annotations
 
@@ -14,11 +16,19 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from gpubackfill.jobs.machine import next_chunk_state, settle_event
+from gpubackfill.jobs.result import ChunkResult, Segment, SegmentOutcome
 from gpubackfill.state.redis_store import RedisState
+
+
+def done(idx, candles, rows, cache_hit=False, duration=0.1):
+    """A finished chunk's result (series 0)."""
+    return ChunkResult(idx, "done", duration, (SegmentOutcome(SERIES[idx], candles, rows),), cache_hit)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 CHUNKS = 3
+SERIES = {0: 0, 1: 1, 2: 1}  # chunk -> series: a job over two series
 
 
 def test_chunk_lifecycle_against_a_model(redis_socket):
@@ -29,7 +39,8 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
             super().__init__()
             self.s = RedisState(client, "sm" + uuid.uuid4().hex[:8], 600, "test")
             self.job = "j"
-            self.s.create_job(self.job, {"workers": 1}, [(i * 10, i * 10 + 10, 10) for i in range(CHUNKS)])
+            self.s.create_job(self.job, {"workers": 1, "series": [["A", "M5"], ["B", "H1"]]},
+                              [(Segment(SERIES[i], i * 10, i * 10 + 10, 10),) for i in range(CHUNKS)])
             self.s.transition(self.job, "execute")
             self.state = {i: "pending" for i in range(CHUNKS)}
             self.token: dict[int, int] = {}      # current lease token per leased chunk
@@ -52,9 +63,9 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
                 return
             idx, token, rng = got
             assert self.state[idx] == "pending" and token > self.last_token
-            assert rng == (idx * 10, idx * 10 + 10, 10)
+            assert rng == (Segment(SERIES[idx], idx * 10, idx * 10 + 10, 10),)
             self.last_token = token
-            self.state[idx] = "leased"
+            self.state[idx] = next_chunk_state(self.state[idx], "claim")
             self.token[idx] = token
             (self.short.add if short else self.short.discard)(idx)
 
@@ -62,9 +73,9 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
         @rule(data=st.data())
         def complete(self, data):
             idx = data.draw(st.sampled_from(sorted(self.token)))
-            status, _ = self.s.complete(self.job, idx, self.token[idx], 10, 10, False, 0.1)
+            status, _ = self.s.complete(self.job, idx, self.token[idx], done(idx, 10, 10, False, 0.1))
             assert status == "ok"
-            self.state[idx] = "done"
+            self.state[idx] = next_chunk_state(self.state[idx], "complete")
             self.done_ever.add(idx)
             self.old_tokens.append((idx, self.token.pop(idx)))
 
@@ -72,7 +83,7 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
         @rule(data=st.data())
         def stale_complete_is_refused(self, data):
             idx, token = data.draw(st.sampled_from(self.old_tokens))
-            assert self.s.complete(self.job, idx, token, 10, 10, False, 0.1)[0] == "stale"
+            assert self.s.complete(self.job, idx, token, done(idx, 10, 10, False, 0.1))[0] == "stale"
             assert self.s.fail(self.job, idx, token, "late", 5)[0] == "stale"
 
         @precondition(lambda self: self.token)
@@ -83,10 +94,10 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
             attempts = int(client.hget(self.s.k(self.job, "attempts"), idx))
             if retryable and attempts < 2:
                 assert status == "retry"
-                self.state[idx] = "pending"
+                self.state[idx] = next_chunk_state(self.state[idx], "retry")
             else:
-                assert status == "failed"
-                self.state[idx] = "failed"
+                self.state[idx] = next_chunk_state(self.state[idx], "give_up")
+                assert status == self.state[idx]
             self.old_tokens.append((idx, self.token.pop(idx)))
 
         @precondition(lambda self: self.token)
@@ -94,7 +105,7 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
         def release(self, data):
             idx = data.draw(st.sampled_from(sorted(self.token)))
             assert self.s.release(self.job, idx, self.token[idx])
-            self.state[idx] = "pending"
+            self.state[idx] = next_chunk_state(self.state[idx], "release")
             self.old_tokens.append((idx, self.token.pop(idx)))
 
         @rule()
@@ -104,7 +115,7 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
             expired = [i for i in self.token if i in self.short]
             assert n == len(expired)
             for i in expired:
-                self.state[i] = "pending"
+                self.state[i] = next_chunk_state(self.state[i], "expire")
                 self.old_tokens.append((i, self.token.pop(i)))
 
         @rule()
@@ -114,7 +125,7 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
                 return  # a settled job is re-run through execute, not here
             assert self.s.requeue_failed(self.job) == len(failed)
             for i in failed:
-                self.state[i] = "pending"
+                self.state[i] = next_chunk_state(self.state[i], "requeue")
 
         @invariant()
         def matches_the_model(self):
@@ -123,9 +134,22 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
             assert leases == self.token  # a lease exactly for each leased chunk, ours
             assert all(self.state[i] == "done" for i in self.done_ever)  # done is absorbing
             job = self.s.job(self.job)
-            assert job["chunks_done"] == sum(v == "done" for v in self.state.values())
-            if not self.running():
-                assert job["status"] in ("completed", "completed_with_errors")
-
+            count = lambda st, chunks=range(CHUNKS): sum(self.state[i] == st for i in chunks)  # noqa: E731
+            assert job["chunks_done"] == count("done")
+            assert job["chunks_failed"] == count("failed")
+            assert job["chunks_leased"] == count("leased")
+            ended = settle_event(CHUNKS, count("done"), count("failed"))
+            if ended is not None:
+                assert job["status"] == {"complete": "completed",
+                                         "complete_with_errors": "completed_with_errors"}[ended]
+            else:
+                assert job["status"] == "running"
+            for s in (0, 1):
+                mine = [i for i in range(CHUNKS) if SERIES[i] == s]
+                got = {f: job.get(f"s{s}:{f}", 0) for f in
+                       ("chunks_total", "chunks_done", "chunks_failed", "leased", "candles_done")}
+                assert got == {"chunks_total": len(mine), "chunks_done": count("done", mine),
+                               "chunks_failed": count("failed", mine), "leased": count("leased", mine),
+                               "candles_done": 10 * count("done", mine)}
     ChunkStore.TestCase.settings = hsettings(max_examples=60, stateful_step_count=30, deadline=None)
     ChunkStore.TestCase().runTest()

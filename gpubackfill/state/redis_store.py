@@ -3,8 +3,10 @@
 Keys (prefix P, job id J)::
 
     P:jobs               zset   job ids by creation time
-    P:job:J              hash   spec, status, counters, timestamps
-    P:job:J:plan         hash   chunk index -> "start_ms,end_ms,rows"
+    P:job:J              hash   spec, status, counters, timestamps; per series i of
+                                the job: s<i>:chunks_total, :chunks_done, :chunks_failed,
+                                :leased, :candles_total, :candles_done, :errors
+    P:job:J:plan         hash   chunk index -> its segments "series,start_ms,end_ms,rows;..."
     P:job:J:state        hash   chunk index -> pending|leased|done|failed
     P:job:J:pending      list   chunk indices waiting to be claimed
     P:job:J:lease        hash   chunk index -> "owner|expires_ms|token"
@@ -12,13 +14,18 @@ Keys (prefix P, job id J)::
     P:job:J:errors       hash   chunk index -> last error
     P:job:J:events       list   history, newest last (capped)
     P:job:J:durations    list   recent chunk durations (s) for the ETA
+    P:job:J:samples      list   "finished_ms,duration_s,candles" per chunk (for the ETA)
     P:job:J:driver       string the process driving the job (expires)
     P:dlq                hash   "J:chunk" -> dead-letter entry (JSON)
     P:counters           hash   retries:<category>, errors:<category> -> count
     P:breakers           hash   dependency -> last published breaker state (JSON)
+    P:stats              hash   monotonic totals: chunks, candles, rows, cache hits,
+                                failures, labels:<name>, instrument:<name>,
+                                chunk_seconds histogram (bucket:<le>, sum, count)
 
-The scripts take the transition tables of ``machine`` as JSON, so Redis and
-the Python state machine cannot disagree.
+The scripts take the transition tables of ``jobs.machine`` as JSON, so
+Redis and the Python state machine cannot disagree.  A chunk's completion
+records its whole ``ChunkResult`` in the same script.
 """
 
 from __future__ import annotations
@@ -32,129 +39,203 @@ import redis
 import pybreaker
 
 from ..errors import DependencyError, InvalidTransition, JobNotFound
+from ..jobs.machine import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JOB_TRANSITIONS, TABLES
+from ..jobs.result import ChunkResult, Segment, encode_segments
 from ..resilience import BREAKERS
-from .machine import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JOB_TRANSITIONS
 
-_JOB_T = json.dumps(JOB_TRANSITIONS)
 EVENTS_KEPT = 500
 DURATIONS_KEPT = 200
+SAMPLES_KEPT = 200
+# Chunk duration buckets (seconds): from cache hits (ms) to very large chunks.
+CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
-# KEYS: job, events   ARGV: event, now_ms, transitions, note
-_TRANSITION = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing', ''} end
-local t = cjson.decode(ARGV[3])
-local nxt = t[status] and t[status][ARGV[1]]
-if not nxt then return {'refused', status} end
-redis.call('HSET', KEYS[1], 'status', nxt, 'updated', ARGV[2])
-if nxt == 'running' and not redis.call('HGET', KEYS[1], 'started') then
-  redis.call('HSET', KEYS[1], 'started', ARGV[2])
+# Shared head of every chunk script.  The transition tables arrive as the
+# last argument (``machine.TABLES``); every state change is looked up there.
+# A chunk's plan entry is its segments, "series,start,end,rows" joined by ';'.
+_LIB = """
+local T = cjson.decode(ARGV[#ARGV])
+local function move(kind, cur, ev)
+  local row = T[kind][cur or '']
+  return row and row[ev]
 end
-redis.call('RPUSH', KEYS[2], cjson.encode({t=tonumber(ARGV[2]), event=ARGV[1], from=status, to=nxt, note=ARGV[4]}))
-redis.call('LTRIM', KEYS[2], -%d, -1)
-return {'ok', nxt}
-""" % EVENTS_KEPT
-
-# KEYS: job, pending, state, lease, plan   ARGV: owner, now_ms, lease_ms
-_CLAIM = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return {-1, status or 'missing'} end
-local idx = redis.call('LPOP', KEYS[2])
-if not idx then return {-2, status} end
-redis.call('HSET', KEYS[3], idx, 'leased')
-local token = redis.call('HINCRBY', KEYS[1], 'lease_seq', 1)
-redis.call('HSET', KEYS[4], idx, ARGV[1] .. '|' .. (tonumber(ARGV[2]) + tonumber(ARGV[3])) .. '|' .. token)
-return {tonumber(idx), token, redis.call('HGET', KEYS[5], idx)}
-"""
-
-# Shared tail: finish the job when every chunk is settled.
-_SETTLE = """
-local function settle(job, events, now, jt)
+local function segments(plan)
+  local out = {}
+  for seg in string.gmatch(plan or '', '[^;]+') do
+    local s, a, b, n = string.match(seg, '^(%d+),(%-?%d+),(%-?%d+),(%-?%d+)$')
+    table.insert(out, {s, tonumber(a), tonumber(b), tonumber(n)})
+  end
+  return out
+end
+local function bump_series(job, plan, field, n)
+  for _, seg in ipairs(segments(plan)) do
+    redis.call('HINCRBY', job, 's' .. seg[1] .. ':' .. field, n)
+  end
+end
+-- A chunk leaves 'leased' by event ev: its lease, and the leased counts, go.
+local function unlease(job, state, lease, plan, idx, ev)
+  local nxt = move('chunk', redis.call('HGET', state, idx), ev)
+  redis.call('HSET', state, idx, nxt)
+  redis.call('HDEL', lease, idx)
+  redis.call('HINCRBY', job, 'chunks_leased', -1)
+  bump_series(job, redis.call('HGET', plan, idx), 'leased', -1)
+  return nxt
+end
+local function token_ok(lease, idx, token)
+  local l = redis.call('HGET', lease, idx)
+  return l and string.match(l, '|(%d+)$') == token
+end
+-- Finish the job when every chunk is settled (machine.settle_event).
+local function settle(job, events, now)
   local h = redis.call('HMGET', job, 'status', 'chunks_total', 'chunks_done', 'chunks_failed')
   local total, done, failed = tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4]) or 0
   if h[1] ~= 'running' or done + failed < total then return h[1] end
-  local ev = 'complete'
-  if failed > 0 then ev = 'complete_with_errors' end
-  local nxt = jt['running'][ev]
+  local ev = T['settle']['clean']
+  if failed > 0 then ev = T['settle']['with_errors'] end
+  local nxt = move('job', 'running', ev)
   redis.call('HSET', job, 'status', nxt, 'updated', now, 'finished', now)
   redis.call('RPUSH', events, cjson.encode({t=tonumber(now), event=ev, from='running', to=nxt, note=''}))
   return nxt
 end
 """
 
-# KEYS: job, state, lease, events, durations
-# ARGV: idx, token, candles, rows, cache_hit, now_ms, duration_s, job transitions,
-#       planned candles ('' = unknown)
-_COMPLETE = _SETTLE + """
-local lease = redis.call('HGET', KEYS[3], ARGV[1])
-if not lease then return {'stale', ''} end
-local token = string.match(lease, '|(%%d+)$')
-if token ~= ARGV[2] then return {'stale', ''} end
-redis.call('HSET', KEYS[2], ARGV[1], 'done')
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-redis.call('HINCRBY', KEYS[1], 'candles_done', tonumber(ARGV[3]))
-redis.call('HINCRBY', KEYS[1], 'rows_written', tonumber(ARGV[4]))
-redis.call('HINCRBY', KEYS[1], 'cache_hits', tonumber(ARGV[5]))
-if ARGV[9] ~= '' then  -- candles added or removed since planning
-  redis.call('HINCRBY', KEYS[1], 'candles_total', tonumber(ARGV[3]) - tonumber(ARGV[9]))
+# KEYS: job, events   ARGV: event, now_ms, note, tables
+_TRANSITION = _LIB + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', ''} end
+local nxt = move('job', status, ARGV[1])
+if not nxt then return {'refused', status} end
+redis.call('HSET', KEYS[1], 'status', nxt, 'updated', ARGV[2])
+if nxt == 'running' and not redis.call('HGET', KEYS[1], 'started') then
+  redis.call('HSET', KEYS[1], 'started', ARGV[2])
 end
-redis.call('HSET', KEYS[1], 'updated', ARGV[6])
-redis.call('RPUSH', KEYS[5], ARGV[7] .. ':' .. ARGV[3])
-redis.call('LTRIM', KEYS[5], -%d, -1)
-return {'ok', settle(KEYS[1], KEYS[4], ARGV[6], cjson.decode(ARGV[8]))}
-""" % DURATIONS_KEPT
+redis.call('RPUSH', KEYS[2], cjson.encode({t=tonumber(ARGV[2]), event=ARGV[1], from=status, to=nxt, note=ARGV[3]}))
+redis.call('LTRIM', KEYS[2], -%d, -1)
+return {'ok', nxt}
+""" % EVENTS_KEPT
 
-# KEYS: job, state, lease, pending, attempts, errors, events, dlq, counters
-# ARGV: idx, token, max_attempts, error, now_ms, job transitions, retryable(0/1),
-#       category, dead-letter entry (JSON, attempts filled in here)
-_FAIL = _SETTLE + """
-local lease = redis.call('HGET', KEYS[3], ARGV[1])
-if not lease then return {'stale', ''} end
-local token = string.match(lease, '|(%d+)$')
-if token ~= ARGV[2] then return {'stale', ''} end
-redis.call('HDEL', KEYS[3], ARGV[1])
+# KEYS: job, events   ARGV: now_ms, tables
+_SETTLE = _LIB + """
+return settle(KEYS[1], KEYS[2], ARGV[1])
+"""
+
+# KEYS: job, pending, state, lease, plan   ARGV: owner, now_ms, lease_ms, tables
+_CLAIM = _LIB + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return {-1, status or 'missing'} end
+local idx = redis.call('LPOP', KEYS[2])
+if not idx then return {-2, status} end
+redis.call('HSET', KEYS[3], idx, move('chunk', redis.call('HGET', KEYS[3], idx), 'claim'))
+local token = redis.call('HINCRBY', KEYS[1], 'lease_seq', 1)
+redis.call('HSET', KEYS[4], idx, ARGV[1] .. '|' .. (tonumber(ARGV[2]) + tonumber(ARGV[3])) .. '|' .. token)
+redis.call('HINCRBY', KEYS[1], 'chunks_leased', 1)
+local plan = redis.call('HGET', KEYS[5], idx)
+bump_series(KEYS[1], plan, 'leased', 1)
+return {tonumber(idx), token, plan}
+"""
+
+# The chunk, its job, its series and the deployment's totals, in one step.
+# KEYS: job, state, lease, events, durations, plan, stats, samples
+# ARGV: idx, token, now_ms, duration_s, bucket field, result (JSON), ttl, tables
+_COMPLETE = _LIB + """
+if not token_ok(KEYS[3], ARGV[1], ARGV[2]) then return {'stale', ''} end
+if not move('chunk', redis.call('HGET', KEYS[2], ARGV[1]), 'complete') then return {'stale', ''} end
+local r = cjson.decode(ARGV[6])
+local plan = redis.call('HGET', KEYS[6], ARGV[1])
+unlease(KEYS[1], KEYS[2], KEYS[3], KEYS[6], ARGV[1], 'complete')
+local job = KEYS[1]
+local names = cjson.decode(redis.call('HGET', job, 'series') or '[]')
+local candles, rows = 0, 0
+for _, seg in ipairs(r['segments']) do
+  local s, c, n, planned = seg[1], seg[2], seg[3], seg[4]
+  candles = candles + c
+  rows = rows + n
+  redis.call('HINCRBY', job, 's' .. s .. ':chunks_done', 1)
+  redis.call('HINCRBY', job, 's' .. s .. ':candles_done', c)
+  if planned >= 0 then  -- candles added or removed since planning
+    redis.call('HINCRBY', job, 's' .. s .. ':candles_total', c - planned)
+    redis.call('HINCRBY', job, 'candles_total', c - planned)
+  end
+  local name = names[s + 1]
+  if name then redis.call('HINCRBY', KEYS[7], 'instrument:' .. name[1], c) end
+end
+redis.call('HINCRBY', job, 'chunks_done', 1)
+redis.call('HINCRBY', job, 'candles_done', candles)
+redis.call('HINCRBY', job, 'rows_written', rows)
+redis.call('HINCRBY', job, 'cache_hits', r['cache_hit'])
+redis.call('HINCRBY', job, 'tb_resolved', r['resolved'])
+redis.call('HINCRBY', job, 'tb_ambiguous', r['ambiguous'])
+redis.call('HSET', job, 'updated', ARGV[3])
+redis.call('RPUSH', KEYS[5], ARGV[4] .. ':' .. candles)
+redis.call('LTRIM', KEYS[5], -%d, -1)
+redis.call('HINCRBY', KEYS[7], 'chunks', 1)
+redis.call('HINCRBY', KEYS[7], 'candles', candles)
+redis.call('HINCRBY', KEYS[7], 'rows', rows)
+redis.call('HINCRBY', KEYS[7], 'cache_hits', r['cache_hit'])
+for _, label in ipairs(cjson.decode(redis.call('HGET', job, 'labels') or '[]')) do
+  redis.call('HINCRBY', KEYS[7], 'labels:' .. label, rows)
+end
+redis.call('HINCRBY', KEYS[7], ARGV[5], 1)
+redis.call('HINCRBYFLOAT', KEYS[7], 'chunk_seconds_sum', ARGV[4])
+redis.call('HINCRBY', KEYS[7], 'chunk_seconds_count', 1)
+redis.call('RPUSH', KEYS[8], ARGV[3] .. ',' .. ARGV[4] .. ',' .. candles)
+redis.call('LTRIM', KEYS[8], -%d, -1)
+redis.call('EXPIRE', KEYS[8], tonumber(ARGV[7]))
+return {'ok', settle(job, KEYS[4], ARGV[3])}
+""" % (DURATIONS_KEPT, SAMPLES_KEPT)
+
+# KEYS: job, state, lease, pending, attempts, errors, events, dlq, counters, plan, stats
+# ARGV: idx, token, max_attempts, error, now_ms, retryable(0/1), category,
+#       dead-letter entry (JSON, attempts filled in here), tables
+_FAIL = _LIB + """
+if not token_ok(KEYS[3], ARGV[1], ARGV[2]) then return {'stale', ''} end
+local job = KEYS[1]
+local plan = redis.call('HGET', KEYS[10], ARGV[1])
 local attempts = redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'errors', 1)
-redis.call('HINCRBY', KEYS[9], 'errors:' .. ARGV[8], 1)
-if ARGV[7] == '1' and attempts < tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[2], ARGV[1], 'pending')
+redis.call('HINCRBY', job, 'errors', 1)
+bump_series(job, plan, 'errors', 1)
+redis.call('HINCRBY', KEYS[9], 'errors:' .. ARGV[7], 1)
+redis.call('HINCRBY', KEYS[11], 'chunk_failures', 1)
+if ARGV[6] == '1' and attempts < tonumber(ARGV[3]) then
+  unlease(job, KEYS[2], KEYS[3], KEYS[10], ARGV[1], 'retry')
   redis.call('RPUSH', KEYS[4], ARGV[1])
   return {'retry', tostring(attempts)}
 end
-redis.call('HSET', KEYS[2], ARGV[1], 'failed')
-redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
-local entry = cjson.decode(ARGV[9])
+local nxt = unlease(job, KEYS[2], KEYS[3], KEYS[10], ARGV[1], 'give_up')
+redis.call('HINCRBY', job, 'chunks_failed', 1)
+bump_series(job, plan, 'chunks_failed', 1)
+local entry = cjson.decode(ARGV[8])
 entry['attempts'] = attempts + (tonumber(entry['retries']) or 0)
 redis.call('HSET', KEYS[8], entry['id'], cjson.encode(entry))
-return {'failed', settle(KEYS[1], KEYS[7], ARGV[5], cjson.decode(ARGV[6]))}
+return {nxt, settle(job, KEYS[7], ARGV[5])}
 """
 
-# KEYS: job, state, pending, attempts, dlq   ARGV: idx, dlq entry id
-_REQUEUE = """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= 'failed' then
-  redis.call('HDEL', KEYS[5], ARGV[2])
-  return 0
-end
-redis.call('HSET', KEYS[2], ARGV[1], 'pending')
+# KEYS: job, state, pending, attempts, dlq, plan   ARGV: idx, dlq entry id, tables
+_REQUEUE = _LIB + """
+local nxt = move('chunk', redis.call('HGET', KEYS[2], ARGV[1]), 'requeue')
+redis.call('HDEL', KEYS[5], ARGV[2])
+if not nxt then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], nxt)
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'chunks_failed', -1)
-redis.call('HDEL', KEYS[5], ARGV[2])
+bump_series(KEYS[1], redis.call('HGET', KEYS[6], ARGV[1]), 'chunks_failed', -1)
 return 1
 """
 
-# KEYS: job, plan, state, lease, pending   ARGV: idx, token, mid_ms, left_rows, right_rows
-_SPLIT = """
-local lease = redis.call('HGET', KEYS[4], ARGV[1])
-if not lease or string.match(lease, '|(%d+)$') ~= ARGV[2] then return -1 end
-local a, b = string.match(redis.call('HGET', KEYS[2], ARGV[1]), '^(%-?%d+),(%-?%d+),')
+# A leased one-segment chunk cut at mid_ms into two pending chunks.
+# KEYS: job, plan, state, lease, pending   ARGV: idx, token, mid_ms, left_rows, right_rows, tables
+_SPLIT = _LIB + """
+if not token_ok(KEYS[4], ARGV[1], ARGV[2]) then return -1 end
+local segs = segments(redis.call('HGET', KEYS[2], ARGV[1]))
+if #segs ~= 1 then return -1 end
+local s, a, b = segs[1][1], segs[1][2], segs[1][3]
+unlease(KEYS[1], KEYS[3], KEYS[4], KEYS[2], ARGV[1], 'split')
 local new = tonumber(redis.call('HINCRBY', KEYS[1], 'chunks_total', 1)) - 1
-redis.call('HSET', KEYS[2], ARGV[1], a .. ',' .. ARGV[3] .. ',' .. ARGV[4])
-redis.call('HSET', KEYS[2], new, ARGV[3] .. ',' .. b .. ',' .. ARGV[5])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], 'pending', new, 'pending')
+redis.call('HINCRBY', KEYS[1], 's' .. s .. ':chunks_total', 1)
+redis.call('HSET', KEYS[2], ARGV[1], s .. ',' .. a .. ',' .. ARGV[3] .. ',' .. ARGV[4])
+redis.call('HSET', KEYS[2], new, s .. ',' .. ARGV[3] .. ',' .. b .. ',' .. ARGV[5])
+redis.call('HSET', KEYS[3], new, 'pending')
 redis.call('LPUSH', KEYS[5], new, ARGV[1])
 return new
 """
@@ -193,36 +274,41 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
-# KEYS: state, lease, pending   ARGV: idx, token ('' = any)
-_RELEASE = """
-local lease = redis.call('HGET', KEYS[2], ARGV[1])
+# KEYS: job, state, lease, pending, plan   ARGV: idx, token ('' = any), tables
+_RELEASE = _LIB + """
+local lease = redis.call('HGET', KEYS[3], ARGV[1])
 if not lease then return 0 end
 if ARGV[2] ~= '' and string.match(lease, '|(%d+)$') ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], 'pending')
-redis.call('LPUSH', KEYS[3], ARGV[1])
+unlease(KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[1], 'release')
+redis.call('LPUSH', KEYS[4], ARGV[1])
 return 1
 """
 
 # Leases back to pending: those expired before ARGV[2] ('expired'), or those
 # of the owner ARGV[2] ('owner', a driver that is gone).
-# KEYS: state, lease, pending   ARGV: 'expired' | 'owner', now_ms | owner
-_RETURN_LEASES = """
+# KEYS: job, state, lease, pending, plan   ARGV: 'expired' | 'owner', now_ms | owner, tables
+_RETURN_LEASES = _LIB + """
 local n = 0
-local all = redis.call('HGETALL', KEYS[2])
+local all = redis.call('HGETALL', KEYS[3])
 for i = 1, #all, 2 do
   local owner, exp = string.match(all[i + 1], '^(.*)|(%d+)|%d+$')
   local hit
   if ARGV[1] == 'owner' then hit = owner == ARGV[2] else hit = tonumber(exp) < tonumber(ARGV[2]) end
   if hit then
-    redis.call('HDEL', KEYS[2], all[i])
-    redis.call('HSET', KEYS[1], all[i], 'pending')
-    redis.call('LPUSH', KEYS[3], all[i])
+    unlease(KEYS[1], KEYS[2], KEYS[3], KEYS[5], all[i], 'expire')
+    redis.call('LPUSH', KEYS[4], all[i])
     n = n + 1
   end
 end
 return n
 """
+
+
+def bucket_field(seconds: float) -> str:
+    for b in CHUNK_BUCKETS:
+        if seconds <= b:
+            return f"bucket:{b:g}"
+    return "bucket:+Inf"
 
 
 def now_ms() -> int:
@@ -249,6 +335,7 @@ class RedisState:
         self._requeue = self.r.register_script(_REQUEUE)
         self._split = self.r.register_script(_SPLIT)
         self._renew = self.r.register_script(_RENEW)
+        self._settle = self.r.register_script(_SETTLE)
         self._takeover = self.r.register_script(_TAKEOVER)
         self._claim_spec = self.r.register_script(_CLAIM_SPEC)
 
@@ -275,18 +362,30 @@ class RedisState:
 
     # -- jobs --------------------------------------------------------------
 
-    def create_job(self, job_id: str, fields: dict[str, Any], chunks: list[tuple[int, int, int]]) -> None:
+    def create_job(self, job_id: str, fields: dict[str, Any],
+                   chunks: list[tuple[Segment, ...] | tuple[int, int, int]]) -> None:
+        """Store a planned job, queued.  ``chunks``: each chunk's segments, in
+        the order they are to be claimed (a bare (start, end, rows) is one
+        segment of series 0)."""
         t = now_ms()
-        base = {"status": "queued", "created": t, "updated": t, "chunks_total": len(chunks),
-                "chunks_done": 0, "chunks_failed": 0, "candles_total": sum(c[2] for c in chunks),
-                "candles_done": 0, "rows_written": 0, "cache_hits": 0, "errors": 0}
+        plans = [(Segment(0, *c),) if isinstance(c[0], int) else tuple(c) for c in chunks]
+        base: dict[str, Any] = {
+            "status": "queued", "created": t, "updated": t, "chunks_total": len(plans),
+            "chunks_done": 0, "chunks_failed": 0, "chunks_leased": 0,
+            "candles_total": sum(s.rows for p in plans for s in p),
+            "candles_done": 0, "rows_written": 0, "cache_hits": 0, "errors": 0,
+            "tb_resolved": 0, "tb_ambiguous": 0}
+        for p in plans:
+            for seg in p:
+                base[f"s{seg.series}:chunks_total"] = base.get(f"s{seg.series}:chunks_total", 0) + 1
+                base[f"s{seg.series}:candles_total"] = base.get(f"s{seg.series}:candles_total", 0) + seg.rows
         base.update(fields)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.k(job_id), mapping={k: _enc(v) for k, v in base.items()})
-        if chunks:
-            pipe.hset(self.k(job_id, "plan"), mapping={i: f"{a},{b},{n}" for i, (a, b, n) in enumerate(chunks)})
-            pipe.hset(self.k(job_id, "state"), mapping={i: "pending" for i in range(len(chunks))})
-            pipe.rpush(self.k(job_id, "pending"), *range(len(chunks)))
+        if plans:
+            pipe.hset(self.k(job_id, "plan"), mapping={i: encode_segments(p) for i, p in enumerate(plans)})
+            pipe.hset(self.k(job_id, "state"), mapping={i: "pending" for i in range(len(plans))})
+            pipe.rpush(self.k(job_id, "pending"), *range(len(plans)))
         pipe.rpush(self.k(job_id, "events"), json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
         pipe.zadd(f"{self.p}:jobs", {job_id: t})
         if fields.get("spec_key"):
@@ -312,12 +411,15 @@ class RedisState:
     def job_ids(self) -> list[str]:
         return list(self._call(self.r.zrange, f"{self.p}:jobs", 0, -1))
 
+    def job_exists(self, job_id: str) -> bool:
+        return bool(self._call(self.r.exists, self.k(job_id)))
+
     def set_fields(self, job_id: str, **fields) -> None:
         self._call(self.r.hset, self.k(job_id), mapping={k: _enc(v) for k, v in fields.items()})
 
     def transition(self, job_id: str, event: str, note: str = "") -> str:
         status, value = self._call(self._transition, keys=[self.k(job_id), self.k(job_id, "events")],
-                                   args=[event, now_ms(), _JOB_T, note])
+                                   args=[event, now_ms(), note, TABLES])
         if status == "missing":
             raise JobNotFound(f"no job {job_id!r}")
         if status == "refused":
@@ -327,9 +429,18 @@ class RedisState:
             self.expire_job(job_id)
         return value
 
+    def settle(self, job_id: str) -> str:
+        """End a running job whose chunks are all settled (the same rule the
+        last chunk's completion applies); the status either way."""
+        return str(self._call(self._settle, keys=[self.k(job_id), self.k(job_id, "events")],
+                              args=[now_ms(), TABLES]))
+
+    _PARTS = ("", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
+              "samples")
+
     def expire_job(self, job_id: str) -> None:
         pipe = self.r.pipeline()
-        for part in ("", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations"):
+        for part in self._PARTS:
             pipe.expire(self.k(job_id, part), self.ttl)
         self._call(pipe.execute)
 
@@ -341,8 +452,7 @@ class RedisState:
             pipe.delete(spec)
         if dead:
             pipe.hdel(f"{self.p}:dlq", *dead)
-        for part in ("", "plan", "state", "pending", "lease", "attempts", "errors", "events",
-                     "durations", "driver"):
+        for part in self._PARTS + ("driver",):
             pipe.delete(self.k(job_id, part))
         pipe.zrem(f"{self.p}:jobs", job_id)
         self._call(pipe.execute)
@@ -375,12 +485,6 @@ class RedisState:
             return bool(self._call(self.r.pexpire, key, ttl_ms))
         return False
 
-    def add_job_counts(self, job_id: str, **counts: int) -> None:
-        """Add to counters kept in the job's hash (e.g. bars resolved)."""
-        pipe = self.r.pipeline()
-        for name, n in counts.items():
-            pipe.hincrby(self.k(job_id), name, int(n))
-        self._call(pipe.execute)
     def driver_owner(self, job_id: str) -> str | None:
         """The process holding the job's driver lock (None: no lock, or it expired)."""
         return self._call(self.r.get, self.k(job_id, "driver"))
@@ -394,11 +498,21 @@ class RedisState:
         if self._call(self.r.get, key) == owner:
             self._call(self.r.delete, key)
 
+    def take_over_driver(self, job_id: str, dead: str, owner: str, ttl_ms: int) -> bool:
+        return bool(self._call(self._takeover, keys=[self.k(job_id, "driver")],
+                               args=[dead, owner, ttl_ms]))
+
     # -- chunks ------------------------------------------------------------
 
-    def plan(self, job_id: str) -> dict[int, tuple[int, int, int]]:
+    def plan(self, job_id: str) -> dict[int, tuple[Segment, ...]]:
         raw = self._call(self.r.hgetall, self.k(job_id, "plan"))
-        return {int(i): tuple(int(x) for x in v.split(",")) for i, v in raw.items()}
+        return {int(i): Segment.decode_all(v) for i, v in raw.items()}
+
+    def plan_entry(self, job_id: str, idx: int) -> tuple[Segment, ...]:
+        raw = self._call(self.r.hget, self.k(job_id, "plan"), idx)
+        if raw is None:
+            raise JobNotFound(f"job {job_id} has no chunk {idx}")
+        return Segment.decode_all(raw)
 
     def chunk_states(self, job_id: str) -> dict[int, str]:
         return {int(i): s for i, s in self._call(self.r.hgetall, self.k(job_id, "state")).items()}
@@ -406,30 +520,46 @@ class RedisState:
     def chunk_errors(self, job_id: str) -> dict[int, str]:
         return {int(i): s for i, s in self._call(self.r.hgetall, self.k(job_id, "errors")).items()}
 
+    def chunk_error_heads(self, job_id: str, n: int = 5) -> dict[int, str]:
+        """First line of up to ``n`` chunks' last errors (HSCAN, not the whole hash)."""
+        out: dict[int, str] = {}
+        for i, v in self._call(self.r.hscan_iter, self.k(job_id, "errors"), count=n):
+            out[int(i)] = v.splitlines()[0] if v else ""
+            if len(out) >= n:
+                break
+        return out
+
     def claim(self, job_id: str, owner: str, lease_ms: int
-              ) -> tuple[int, int, tuple[int, int, int]] | str:
-        """(chunk index, lease token, (start_ms, end_ms, candles)), or why
-        not: 'empty' or the job status.  The range is read in the same step
-        because a split may have changed it."""
-        out = self._call(self._claim, keys=[self.k(job_id), self.k(job_id, "pending"),
-                                            self.k(job_id, "state"), self.k(job_id, "lease"),
-                                            self.k(job_id, "plan")],
-                         args=[owner, now_ms(), lease_ms])
+              ) -> tuple[int, int, tuple[Segment, ...]] | str:
+        """(chunk index, lease token, its segments), or why not: 'empty' or
+        the job status.  The segments are read in the same step because a
+        split may have changed them."""
+        k = self.k
+        out = self._call(self._claim, keys=[k(job_id), k(job_id, "pending"), k(job_id, "state"),
+                                            k(job_id, "lease"), k(job_id, "plan")],
+                         args=[owner, now_ms(), lease_ms, TABLES])
         if out[0] == -2:
             return "empty"
         if out[0] == -1:
             return out[1]
-        return int(out[0]), int(out[1]), tuple(int(x) for x in out[2].split(","))
+        return int(out[0]), int(out[1]), Segment.decode_all(out[2])
 
-    def complete(self, job_id: str, idx: int, token: int, candles: int, rows: int,
-                 cache_hit: bool, duration_s: float, planned: int | None = None) -> tuple[str, str]:
+    def complete(self, job_id: str, idx: int, token: int, result: ChunkResult) -> tuple[str, str]:
+        """Record a chunk's result and settle it, atomically (its job's and
+        series' counters, the deployment's totals, the ETA sample).
+        ('stale', '') when the lease is no longer ours."""
         k = self.k
+        body = json.dumps({
+            "segments": [[s.series, s.candles, s.rows, s.planned if s.planned else -1]
+                         for s in result.segments],
+            "cache_hit": int(result.cache_hit), "resolved": result.resolved,
+            "ambiguous": result.ambiguous})
         return tuple(self._call(self._complete,
                                 keys=[k(job_id), k(job_id, "state"), k(job_id, "lease"),
-                                      k(job_id, "events"), k(job_id, "durations")],
-                                args=[idx, token, candles, rows, int(cache_hit), now_ms(),
-                                      f"{duration_s:.6f}", _JOB_T,
-                                      "" if planned is None else planned]))
+                                      k(job_id, "events"), k(job_id, "durations"), k(job_id, "plan"),
+                                      f"{self.p}:stats", k(job_id, "samples")],
+                                args=[idx, token, now_ms(), f"{result.duration:.6f}",
+                                      bucket_field(result.duration), body, self.ttl, TABLES]))
 
     def fail(self, job_id: str, idx: int, token: int, error: str, max_attempts: int,
              retryable: bool = True, category: str = "transient",
@@ -437,28 +567,38 @@ class RedisState:
         """Record a failed attempt: back to pending while attempts remain and
         ``retryable``, else the chunk is failed and dead-lettered."""
         k = self.k
-        start, end, _ = self.plan_entry(job_id, idx)
-        entry = {"id": f"{job_id}:{idx}", "job_id": job_id, "chunk": idx, "start_ms": start,
-                 "end_ms": end, "category": category, "message": error.splitlines()[0][:500],
+        segs = self.plan_entry(job_id, idx)
+        entry = {"id": f"{job_id}:{idx}", "job_id": job_id, "chunk": idx,
+                 "start_ms": min(s.start_ms for s in segs), "end_ms": max(s.end_ms for s in segs),
+                 "category": category, "message": error.splitlines()[0][:500] if error else "",
                  "time_ms": now_ms(), **(detail or {})}
+        if len(segs) > 1 or segs[0].series:
+            entry["series"] = sorted({s.series for s in segs})
         return tuple(self._call(self._fail,
                                 keys=[k(job_id), k(job_id, "state"), k(job_id, "lease"),
                                       k(job_id, "pending"), k(job_id, "attempts"),
                                       k(job_id, "errors"), k(job_id, "events"),
-                                      f"{self.p}:dlq", f"{self.p}:counters"],
-                                args=[idx, token, max_attempts, error[:2000], now_ms(), _JOB_T,
-                                      "1" if retryable else "0", category, json.dumps(entry)]))
+                                      f"{self.p}:dlq", f"{self.p}:counters", k(job_id, "plan"),
+                                      f"{self.p}:stats"],
+                                args=[idx, token, max_attempts, error[:2000], now_ms(),
+                                      "1" if retryable else "0", category, json.dumps(entry), TABLES]))
+
+    def _lease_keys(self, job_id: str) -> list[str]:
+        k = self.k
+        return [k(job_id), k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending"), k(job_id, "plan")]
 
     def release(self, job_id: str, idx: int, token: int | None = None) -> bool:
-        k = self.k
-        return bool(self._call(self._release, keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
-                               args=[idx, "" if token is None else token]))
+        return bool(self._call(self._release, keys=self._lease_keys(job_id),
+                               args=[idx, "" if token is None else token, TABLES]))
 
     def expire_leases(self, job_id: str) -> int:
-        k = self.k
-        return int(self._call(self._return_leases,
-                              keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
-                              args=["expired", now_ms()]))
+        return int(self._call(self._return_leases, keys=self._lease_keys(job_id),
+                              args=["expired", now_ms(), TABLES]))
+
+    def release_owner(self, job_id: str, owner: str) -> int:
+        """Return every chunk leased by ``owner`` (a driver that is gone) to pending."""
+        return int(self._call(self._return_leases, keys=self._lease_keys(job_id),
+                              args=["owner", owner, TABLES]))
 
     def renew_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> bool:
         """Extend a lease that is still ours; False once it was taken back."""
@@ -470,30 +610,13 @@ class RedisState:
         return {int(i): int(v.rsplit("|", 1)[1])
                 for i, v in self._call(self.r.hgetall, self.k(job_id, "lease")).items()}
 
-    def release_owner(self, job_id: str, owner: str) -> int:
-        """Return every chunk leased by ``owner`` (a driver that is gone) to pending."""
-        k = self.k
-        return int(self._call(self._return_leases,
-                              keys=[k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending")],
-                              args=["owner", owner]))
-
-    def take_over_driver(self, job_id: str, dead: str, owner: str, ttl_ms: int) -> bool:
-        return bool(self._call(self._takeover, keys=[self.k(job_id, "driver")],
-                               args=[dead, owner, ttl_ms]))
-
     def split(self, job_id: str, idx: int, token: int, mid_ms: int, left: int, right: int) -> int | None:
-        """Cut a leased chunk at ``mid_ms`` into two pending chunks; the new index."""
+        """Cut a leased one-segment chunk at ``mid_ms`` into two pending chunks; the new index."""
         k = self.k
         new = int(self._call(self._split, keys=[k(job_id), k(job_id, "plan"), k(job_id, "state"),
                                                 k(job_id, "lease"), k(job_id, "pending")],
-                             args=[idx, token, mid_ms, left, right]))
+                             args=[idx, token, mid_ms, left, right, TABLES]))
         return None if new < 0 else new
-
-    def plan_entry(self, job_id: str, idx: int) -> tuple[int, int, int]:
-        raw = self._call(self.r.hget, self.k(job_id, "plan"), idx)
-        if raw is None:
-            raise JobNotFound(f"job {job_id} has no chunk {idx}")
-        return tuple(int(x) for x in raw.split(","))
 
     def requeue_failed(self, job_id: str) -> int:
         """Put given-up chunks back in the queue (a re-run after a fix)."""
@@ -504,8 +627,9 @@ class RedisState:
         """A failed chunk back to pending, its dead-letter entry removed."""
         k = self.k
         return bool(self._call(self._requeue, keys=[k(job_id), k(job_id, "state"), k(job_id, "pending"),
-                                                    k(job_id, "attempts"), f"{self.p}:dlq"],
-                               args=[idx, f"{job_id}:{idx}"]))
+                                                    k(job_id, "attempts"), f"{self.p}:dlq",
+                                                    k(job_id, "plan")],
+                               args=[idx, f"{job_id}:{idx}", TABLES]))
 
     # -- dead letters, counters, breakers ------------------------------------
 
@@ -546,7 +670,7 @@ class RedisState:
 
 
 _INT_FIELDS = {"created", "updated", "started", "finished", "chunks_total", "chunks_done",
-               "chunks_failed", "candles_total", "candles_done", "rows_written", "cache_hits",
+               "chunks_failed", "chunks_leased", "candles_total", "candles_done", "rows_written", "cache_hits",
                "errors", "lease_seq", "chunk_size", "workers", "start_ms", "end_ms",
                "tb_resolved", "tb_ambiguous"}
 
@@ -560,12 +684,12 @@ def _enc(v: Any) -> str:
 
 
 def _dec(key: str, v: str) -> Any:
-    if key in _INT_FIELDS:
+    if key in _INT_FIELDS or (key[:1] == "s" and ":" in key):
         try:
             return int(v)
         except ValueError:
             return v
-    if key in ("labels", "params", "spec"):
+    if key in ("labels", "params", "spec", "series"):
         return json.loads(v)
     if key == "force":
         return v == "1"

@@ -6,9 +6,7 @@ The counters therefore belong to the deployment, not to one process.
 
 Keys (prefix P, job id J)::
 
-    P:stats              hash   monotonic totals: chunks, candles, rows, cache hits,
-                                failures, labels:<name>, instrument:<name>,
-                                chunk_seconds histogram (bucket:<le>, sum, count)
+    P:stats              hash   monotonic totals (written with each chunk's result)
     P:job:J:samples      list   "finished_ms,duration_s,candles" per chunk (for the ETA)
     P:alerts             hash   condition -> JSON of the firing alert (absent: clear)
     P:alert_history      list   JSON of every alert fired or cleared, newest last
@@ -26,20 +24,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .redis_store import RedisState, now_ms
+from .redis_store import CHUNK_BUCKETS, RedisState, now_ms  # noqa: F401 - CHUNK_BUCKETS for metrics
 
-# Chunk duration buckets (seconds): from cache hits (ms) to very large chunks.
-CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-SAMPLES_KEPT = 200
 HISTORY_KEPT = 200
 CATEGORIES = ("transient", "resource", "dependency", "data", "persistent")
-
-
-def bucket_field(seconds: float) -> str:
-    for b in CHUNK_BUCKETS:
-        if seconds <= b:
-            return f"bucket:{b:g}"
-    return "bucket:+Inf"
 
 
 class Telemetry:
@@ -53,31 +41,7 @@ class Telemetry:
     def _call(self, fn, *args, **kwargs):
         return self.state._call(fn, *args, **kwargs)
 
-    # -- chunks --------------------------------------------------------------
-
-    def record_chunk(self, job_id: str, job: dict[str, Any], duration: float, candles: int, rows: int,
-                     cache_hit: bool) -> None:
-        """One finished chunk: totals, the duration histogram, the ETA sample."""
-        stats = f"{self.p}:stats"
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hincrby(stats, "chunks", 1)
-        pipe.hincrby(stats, "candles", candles)
-        pipe.hincrby(stats, "rows", rows)
-        pipe.hincrby(stats, "cache_hits", int(cache_hit))
-        pipe.hincrby(stats, f"instrument:{job['instrument']}", candles)
-        for label in job.get("labels") or []:
-            pipe.hincrby(stats, f"labels:{label}", rows)
-        pipe.hincrby(stats, bucket_field(duration), 1)
-        pipe.hincrbyfloat(stats, "chunk_seconds_sum", duration)
-        pipe.hincrby(stats, "chunk_seconds_count", 1)
-        key = self.state.k(job_id, "samples")
-        pipe.rpush(key, f"{now_ms()},{duration:.6f},{candles}")
-        pipe.ltrim(key, -SAMPLES_KEPT, -1)
-        pipe.expire(key, self.state.ttl)
-        self._call(pipe.execute)
-
-    def record_failure(self) -> None:
-        self._call(self.r.hincrby, f"{self.p}:stats", "chunk_failures", 1)
+    # -- chunks (recorded by RedisState.complete / fail) ---------------------
 
     def stats(self) -> dict[str, float]:
         raw = self._call(self.r.hgetall, f"{self.p}:stats")

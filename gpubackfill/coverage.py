@@ -1,0 +1,165 @@
+"""What each series' labels cover, and what the daily update must recompute.
+
+Read from the store's manifest (``label_chunks``: one row per computed
+chunk range, with its incomplete rows and when it was computed) and its
+ingest log (``candle_changes``).  A computed chunk is **stale** when its
+labels may no longer match the candles:
+
+* it has incomplete rows (labels left NULL for lack of future candles):
+  the tail, recomputed once newer candles exist;
+* an ingest after it was computed changed candles inside its range or
+  within its look-back/look-ahead (the halo, widened by ``_HALO_SLACK``
+  for closed markets, so a weekend gap does not hide a change).
+
+Candles after the last computed range are **missing**.  An update plans
+exactly those ranges, with the computed chunks' own boundaries, so an
+unchanged stale chunk is a cheap cache hit (its input fingerprint matches)
+and a changed one replaces its rows in place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .granularity import GRANULARITIES
+from .jobs.plan import plan_chunks, plan_job
+from .jobs.result import Segment
+from .labels import halo, resolve
+from .store import SeriesKey, Store
+
+_HALO_SLACK = 2            # halo bars x bar length x this
+_CLOSED_MS = 4 * 86_400_000  # plus a long weekend
+
+
+@dataclass(frozen=True)
+class Record:
+    """One computed chunk range of a series in a label set."""
+    start_ms: int
+    end_ms: int
+    rows: int
+    incomplete: int
+    computed_ms: int
+
+
+@dataclass
+class SetCoverage:
+    set_id: str
+    labels: list[str]
+    rows: int                 # label rows written
+    incomplete: int           # rows NULL because the data ends
+    chunks: int
+    stale_chunks: int         # changed inputs or incomplete tail
+    first_ms: int
+    last_ms: int              # end (exclusive) of the last computed range
+    behind: bool              # candles exist after last_ms
+
+
+@dataclass
+class SeriesCoverage:
+    instrument: str
+    granularity: str
+    candles: int
+    first_ms: int
+    last_ms: int
+    sets: list[SetCoverage] = field(default_factory=list)
+
+
+@dataclass
+class UpdatePlan:
+    """One update job: a label set over the series that need work."""
+    set_id: str
+    labels: list[str]
+    params: dict
+    series: list[tuple[str, str]]
+    chunks: list[tuple[Segment, ...]]
+    start_ms: int
+    end_ms: int
+    stale: int                # computed chunks planned again
+    new: int                  # chunks of candles never computed
+
+
+def _selected(key: tuple[str, str], insts: set[str] | None, grans: set[str] | None) -> bool:
+    return (insts is None or key[0] in insts) and (grans is None or key[1] in grans)
+
+
+def _stale(rec: Record, changes: list[tuple[int, int, int]], back_ms: int, ahead_ms: int) -> bool:
+    if rec.incomplete:
+        return True
+    lo, hi = rec.start_ms - back_ms, rec.end_ms + ahead_ms
+    return any(changed > rec.computed_ms and first < hi and last >= lo
+               for first, last, changed in changes)
+
+
+def _margins(params: dict, granularity: str) -> tuple[int, int]:
+    back, ahead = halo(resolve(list(params), params))
+    bar = GRANULARITIES[granularity]
+    return (back * bar * _HALO_SLACK + _CLOSED_MS, ahead * bar * _HALO_SLACK + _CLOSED_MS)
+
+
+def _state(store: Store):
+    series = {(i, g): (n, lo, hi) for i, g, n, lo, hi in store.series_table()}
+    records: dict[tuple[str, tuple[str, str]], list[Record]] = defaultdict(list)
+    for i, g, s, a, b, rows, inc, at in store.manifest():
+        records[(s, (i, g))].append(Record(a, b, rows, inc, at))
+    changes: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
+    for i, g, first, last, at in store.changes():
+        changes[(i, g)].append((first, last, at))
+    return series, records, changes
+
+
+def overview(store: Store, insts: set[str] | None = None,
+             grans: set[str] | None = None) -> list[SeriesCoverage]:
+    """Every series in the store (or those asked for) with its coverage."""
+    series, records, changes = _state(store)
+    sets = {set_id: params for set_id, params, _ in store.label_set_registry()}
+    out = {k: SeriesCoverage(k[0], k[1], n, lo, hi) for k, (n, lo, hi) in sorted(series.items())
+           if _selected(k, insts, grans)}
+    for (set_id, key), recs in sorted(records.items()):
+        if key not in out or set_id not in sets:
+            continue
+        back, ahead = _margins(sets[set_id], key[1])
+        last = max(r.end_ms for r in recs)
+        out[key].sets.append(SetCoverage(
+            set_id, list(sets[set_id]), sum(r.rows for r in recs), sum(r.incomplete for r in recs),
+            len(recs), sum(_stale(r, changes[key], back, ahead) for r in recs),
+            min(r.start_ms for r in recs), last, out[key].last_ms >= last))
+    return list(out.values())
+
+
+def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
+                 grans: set[str] | None = None) -> list[UpdatePlan]:
+    """Per label set computed on the selected series: the stale chunks and
+    the missing tail, planned as one job's chunks ([] when all is current)."""
+    series, records, changes = _state(store)
+    sets = {set_id: params for set_id, params, _ in store.label_set_registry()}
+    by_set: dict[str, list[tuple[tuple[str, str], list[Record]]]] = defaultdict(list)
+    for (set_id, key), recs in sorted(records.items()):
+        if set_id in sets and key in series and _selected(key, insts, grans):
+            by_set[set_id].append((key, recs))
+    plans = []
+    for set_id, members in by_set.items():
+        chosen, runs, stale_n, new_n = [], [], 0, 0
+        for key, recs in members:
+            back, ahead = _margins(sets[set_id], key[1])
+            mine = [(r.start_ms, r.end_ms, r.rows) for r in sorted(recs, key=lambda r: r.start_ms)
+                    if _stale(r, changes[key], back, ahead)]
+            last_end = max(r.end_ms for r in recs)
+            last_ts = series[key][2]
+            fresh = []
+            if last_ts >= last_end:
+                starts = store.chunk_starts(SeriesKey(*key), last_end, last_ts + 1, chunk_size)
+                fresh = plan_chunks(starts, last_ts + 1)
+            if mine or fresh:
+                chosen.append(key)
+                runs.append(mine + fresh)
+                stale_n += len(mine)
+                new_n += len(fresh)
+        if not chosen:
+            continue
+        chunks = plan_job(runs, chunk_size)
+        lo = min(s.start_ms for c in chunks for s in c)
+        hi = max(s.end_ms for c in chunks for s in c)
+        params = sets[set_id]
+        plans.append(UpdatePlan(set_id, list(params), params, chosen, chunks, lo, hi, stale_n, new_n))
+    return plans

@@ -1,0 +1,227 @@
+"""The loop that runs a job: it carries out ``DriverMachine``'s instructions.
+
+Redis is the record: the driver claims chunks, submits them to the Dask
+cluster and collects their futures.  Each chunk's worker records its own
+result (``chunk.run_chunk``), so a driver that dies loses nothing; another
+process takes the job over (``service.execute``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import tenacity
+
+from .. import logs
+from ..chunk import ChunkTask, run_chunk
+from ..config import Settings
+from ..errors import DependencyError, InvalidInput
+from ..state.redis_store import RedisState
+from ..watchdog import chunk_deadline
+from .machine import (Abandon, Claim, Collect, DriverMachine, Finish, Instruction, ReturnExpired,
+                      Seen, Transition, Wait)
+from .result import ChunkResult
+
+
+class Driver:
+    """Runs one job on one cluster until it settles, stops or is paused by a stop."""
+
+    def __init__(self, state: RedisState, settings: Settings, job_id: str, owner: str,
+                 lease_ms: int, base: dict[str, Any], series: list[tuple[str, str]], cluster,
+                 workers: int, stop: threading.Event | None = None):
+        self.state, self.settings = state, settings
+        self.job_id, self.owner, self.lease_ms = job_id, owner, lease_ms
+        self.base, self.cluster, self.workers = base, cluster, workers
+        self.series = [tuple(s) for s in series]
+        self.stop = stop or threading.Event()
+        self.machine = DriverMachine(workers, settings.shutdown_timeout)
+        self.in_flight: dict[Any, tuple[int, int]] = {}
+        self.last_upkeep = time.monotonic()
+        # Futures whose chunk was taken back (deadline or lease) while their
+        # thread still runs: each holds a worker slot until it returns.
+        self.stuck: dict[Any, int] = {}
+        self.timeout_s = self._chunk_timeout()
+        # Redis (or ClickHouse) away for the driver itself: back off, do not spin.
+        self._backoff = tenacity.wait_exponential(multiplier=settings.retry_base_seconds,
+                                                  min=settings.retry_base_seconds, max=30.0)
+
+    def run(self, progress: Callable[[], None] | None = None) -> str:
+        outage = 0
+        while True:
+            try:
+                status = self._turn()
+                outage = 0
+            except DependencyError as exc:
+                # Running chunks keep going and retry their own records.
+                outage += 1
+                if self.stop.is_set():
+                    raise
+                wait = self._backoff(_Attempt(outage))
+                self.stop.wait(min(wait, getattr(exc, "retry_after", 0) or wait))
+                continue
+            if status is not None:
+                return status
+            if progress:
+                progress()
+
+    def _turn(self) -> str | None:
+        seen = Seen(now=time.monotonic(), status=self.state.job(self.job_id)["status"],
+                    in_flight=len(self.in_flight), stop=self.stop.is_set(),
+                    wedged=tuple(self.wedged()) if self.stuck else ())
+        pending: list[Instruction] = self.machine.step(seen)
+        while pending:
+            done = self._do(pending.pop(0))
+            if isinstance(done, str):
+                return done
+            pending[:0] = done
+        self._upkeep()
+        return None
+
+    def _do(self, ins: Instruction) -> list[Instruction] | str:
+        """Carry out one instruction; follow-up instructions, or the final status."""
+        if isinstance(ins, Claim):
+            got, empty = self._claim(ins.n)
+            return self.machine.claimed(got, empty, len(self.in_flight))
+        if isinstance(ins, Collect):
+            out: list[Instruction] = []
+            for fut in _wait_some(list(self.in_flight), ins.seconds):
+                out += self._collect(fut)
+            return out
+        if isinstance(ins, Wait):
+            self.stop.wait(ins.seconds)  # a signal cuts the wait short
+            return []
+        if isinstance(ins, Transition):
+            status = self.state.job(self.job_id)["status"]
+            if ins.event == "fail" and status not in ("running", "paused"):
+                return []
+            if ins.event == "interrupt" and status != "running":
+                return []
+            status = self.state.transition(self.job_id, ins.event, ins.note)
+            logs.job_event(self.job_id, status, ins.event, ins.note)
+            return []
+        if isinstance(ins, ReturnExpired):
+            n = self.state.expire_leases(self.job_id)
+            return self.machine.returned(n, self.state.settle(self.job_id))
+        if isinstance(ins, Abandon):
+            self.abandon(ins.why)
+            return self.state.job(self.job_id)["status"]
+        if isinstance(ins, Finish):
+            return ins.status
+        raise TypeError(f"unknown instruction {ins!r}")
+
+    def _claim(self, n: int) -> tuple[int, bool]:
+        got = 0
+        for _ in range(n):
+            claimed = self.state.claim(self.job_id, self.owner, self.lease_ms)
+            if claimed == "empty":
+                return got, True
+            if isinstance(claimed, str):
+                return got, False  # no longer running
+            idx, token, segments = claimed
+            task = ChunkTask(index=idx, token=token, segments=segments,
+                             names={s.series: self.series[s.series] for s in segments},
+                             timeout_s=self.timeout_s, **self.base)
+            fut = self.cluster.client.submit(run_chunk, self.settings, task, pure=False,
+                                             key=f"chunk-{self.job_id}-{idx}-{token}")
+            self.in_flight[fut] = (idx, token)
+            got += 1
+        return got, False
+
+    def _collect(self, fut) -> list[Instruction]:
+        idx, token = self.in_flight.pop(fut)
+        if fut.status == "error":  # the task never reported: its worker died or it crashed
+            exc = fut.exception()
+            why = f"worker lost: {type(exc).__name__}: {exc}"
+            logs.chunk_failed(self.job_id, idx, why, True)
+            self.state.fail(self.job_id, idx, token, why, self.base["max_attempts"], retryable=True,
+                            category="resource", detail={"digest": "worker-lost"})
+            self.state.note(self.job_id, "worker_error", f"chunk {idx}: {exc}")
+            return []
+        if fut.status == "cancelled":
+            return []
+        result: ChunkResult = fut.result()
+        if result.failed:
+            logs.chunk_failed(self.job_id, idx, result.error, result.kind == "retry",
+                              category=result.category)
+        return self.machine.outcome(result, time.monotonic())
+
+    def _upkeep(self) -> None:
+        # Often enough to see a chunk taken back by its deadline soon after,
+        # and never less often than the driver lock needs renewing.
+        if time.monotonic() - self.last_upkeep > min(self.lease_ms / 3000, 5.0):
+            self.state.renew_driver(self.job_id, self.owner, self.lease_ms)
+            self.state.expire_leases(self.job_id)
+            self._forget_expired()
+            self.timeout_s = self._chunk_timeout()
+            self.last_upkeep = time.monotonic()
+
+    def _chunk_timeout(self) -> float:
+        s = self.settings
+        if s.chunk_timeout > 0:
+            return s.chunk_timeout
+        return chunk_deadline(0, s.chunk_timeout_floor,
+                              [d for d, _ in self.state.durations(self.job_id)])
+
+    def _forget_expired(self) -> None:
+        """Stop waiting for chunks that were taken back (past their deadline,
+        or their lease ran out: a hung or lost worker).  They are queued
+        again, and the stale run's write is fenced off."""
+        for fut in [f for f in self.stuck if f.done()]:
+            del self.stuck[fut]
+        if not any(not f.done() for f in self.in_flight):
+            return
+        leases = self.state.leases(self.job_id)
+        for fut, (idx, token) in list(self.in_flight.items()):
+            if not fut.done() and leases.get(idx) != token:
+                # Not cancelled: a running task cannot be stopped anyway, and
+                # its future is how we see the slot come free again.
+                self.in_flight.pop(fut)
+                self.stuck[fut] = idx
+                self.state.note(self.job_id, "lease_expired", f"chunk {idx} (token {token})")
+
+    def wedged(self) -> list[int]:
+        """The chunks that hold every worker slot, each past its deadline
+        and never returned: nothing can run in this cluster any more ([]
+        while a slot is free).  A forgotten future may also be one that never
+        started, its lease having run out in Dask's queue: only a timeout
+        recorded for the chunk shows that it ran."""
+        if len(self.stuck) < self.workers:
+            return []
+        errors = self.state.chunk_errors(self.job_id)
+        timed_out = [i for i in self.stuck.values() if errors.get(i, "").startswith("timeout:")]
+        return sorted(timed_out) if len(timed_out) >= self.workers else []
+
+    def abandon(self, why: str = "driver stopped") -> None:
+        """Give running chunks back to the queue (their late writes are fenced)."""
+        for fut, (idx, token) in list(self.in_flight.items()):
+            fut.cancel()
+            try:
+                self.state.release(self.job_id, idx, token)
+            except DependencyError:
+                pass  # the lease expires instead
+        self.in_flight.clear()
+        try:
+            if self.state.job(self.job_id)["status"] == "running":
+                self.state.transition(self.job_id, "interrupt", why)
+        except (DependencyError, InvalidInput):
+            pass
+
+
+class _Attempt:
+    """The one attribute of tenacity's RetryCallState a wait strategy reads."""
+
+    def __init__(self, n: int):
+        self.attempt_number = n
+
+
+def _wait_some(futures: list, timeout: float) -> list:
+    """Futures finished within ``timeout`` (as soon as one is).  Polled:
+    ``distributed.wait`` would need this client to be the process default."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [f for f in futures if f.done()]
+        if done or time.monotonic() >= deadline:
+            return done
+        time.sleep(0.005)

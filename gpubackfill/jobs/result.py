@@ -1,0 +1,87 @@
+"""What one chunk run reports.
+
+The worker records a ``ChunkResult`` in Redis itself, in the same atomic
+step that settles the chunk (``RedisState.complete`` / ``fail``): the job's
+counters, its series' counters, the deployment's totals and the ETA sample
+change together or not at all.  The driver receives the same object from
+the future, but only to react (wait out an outage, fail the job, log); it
+never writes the figures again, so nothing is lost when it dies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One series' range inside a chunk: a chunk holds one segment, or
+    several whole small series packed together (``plan.pack``)."""
+    series: int        # index into the job's series list
+    start_ms: int
+    end_ms: int        # exclusive
+    rows: int          # candles planned in [start_ms, end_ms)
+
+    def encode(self) -> str:
+        return f"{self.series},{self.start_ms},{self.end_ms},{self.rows}"
+
+    @staticmethod
+    def decode_all(text: str) -> tuple["Segment", ...]:
+        return tuple(Segment(*(int(x) for x in part.split(","))) for part in text.split(";"))
+
+
+def encode_segments(segments) -> str:
+    return ";".join(s.encode() for s in segments)
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    """Candles labelled and rows written for one segment of a chunk."""
+    series: int
+    candles: int
+    rows: int
+    planned: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """The outcome of one run of a chunk.
+
+    ``kind``: ``done`` (written or found in the cache), ``retry`` (queued
+    again), ``failed`` (dead-lettered), ``split`` (cut in two, both queued),
+    ``stale`` (the lease was taken back: nothing written, nothing recorded),
+    ``outage`` (a dependency is down: the chunk went back untouched, or its
+    record could not be written and its lease will run out).
+    """
+
+    index: int
+    kind: str
+    duration: float = 0.0
+    segments: tuple[SegmentOutcome, ...] = ()
+    cache_hit: bool = False
+    incomplete: int = 0
+    resolved: int = 0      # triple-barrier bars decided by finer candles
+    ambiguous: int = 0     # ... and left to the tie rule
+    error: str = ""
+    category: str = ""
+    retry_after: float = 0.0
+    fail_job: bool = False  # a persistent error: the job itself cannot go on
+    split_into: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "done"
+
+    @property
+    def candles(self) -> int:
+        return sum(s.candles for s in self.segments)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.segments)
+
+    @property
+    def failed(self) -> bool:
+        """An attempt that counts as a failure (not a split, stale run or outage)."""
+        return self.kind in ("retry", "failed")

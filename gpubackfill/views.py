@@ -1,0 +1,290 @@
+"""Read models: what a job, its series and the deployment look like from outside.
+
+One typed definition (pydantic) shared by the CLI (``status``, ``monitor``,
+``metrics``), the REST API's response models and the Prometheus collector.
+Every figure comes from counters kept in the job's hash by the Redis
+scripts, so a status read costs a few small Redis calls whatever the size
+of the job: no chunk's state is read one by one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from . import eta as eta_mod
+from .errors import CATEGORIES, InvalidInput
+from .jobs.lease import dead_local_owner
+from .jobs.machine import FINAL_JOB_STATES, series_status
+from .resilience import BREAKERS
+from .state.redis_store import RedisState, now_ms
+from .state.telemetry import Telemetry
+
+
+def iso(ms: int | None) -> str | None:
+    """UTC ISO 8601 of epoch milliseconds (None for none)."""
+    if not ms:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+class ChunkCounts(BaseModel):
+    pending: int
+    leased: int
+    done: int
+    failed: int
+
+
+class SeriesStatus(BaseModel):
+    """One (instrument, granularity) of a job."""
+    instrument: str
+    granularity: str
+    status: str   # pending, running, completed, completed_with_errors, failed
+    chunks_done: int
+    chunks_total: int
+    chunks_failed: int
+    candles_done: int
+    candles_total: int
+    errors: int
+
+
+class DriverInfo(BaseModel):
+    owner: str
+    gone: bool
+    why: str = ""
+
+
+class EtaInfo(BaseModel):
+    low_s: float | None
+    high_s: float | None
+    confidence: float  # 0..1
+    concurrency: float
+    chunks_seen: int
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    kind: str
+    status: str
+    instrument: str
+    granularity: str
+    series: list[SeriesStatus]
+    start: str | None
+    end: str | None
+    labels: list[str]
+    label_set: str
+    priority: str
+    workers: int
+    backend: str
+    backend_used: str
+    backend_reason: str
+    chunks: ChunkCounts
+    chunks_total: int
+    candles_done: int
+    candles_total: int
+    progress: float
+    rows_written: int
+    cache_hits: int
+    errors: int
+    elapsed_s: float
+    throughput_per_min: float
+    recent_rate_per_min: float
+    eta_s: float | None
+    driver: DriverInfo
+    eta: EtaInfo
+    created: str | None
+    started: str | None
+    finished: str | None
+    cluster: str
+    dashboard: str
+    last_errors: dict[str, str]
+    # enhanced_triple_barrier with resolve_with: bars decided by the finer
+    # candles, and bars left to the tie rule (no finer data, or still
+    # ambiguous at the finer level).
+    bars_resolved: int
+    bars_ambiguous: int
+    interrupted_because: str
+
+
+def _series(job: dict[str, Any]) -> list[SeriesStatus]:
+    names = job.get("series") or [[job.get("instrument", ""), job.get("granularity", "")]]
+    out = []
+    for i, (inst, gran) in enumerate(names):
+        c = {f: int(job.get(f"s{i}:{f}") or 0) for f in
+             ("chunks_total", "chunks_done", "chunks_failed", "leased", "candles_total",
+              "candles_done", "errors")}
+        out.append(SeriesStatus(
+            instrument=inst, granularity=gran,
+            status=series_status(c["chunks_total"], c["chunks_done"], c["chunks_failed"], c["leased"]),
+            chunks_done=c["chunks_done"], chunks_total=c["chunks_total"],
+            chunks_failed=c["chunks_failed"], candles_done=c["candles_done"],
+            candles_total=c["candles_total"], errors=c["errors"]))
+    return out
+
+
+def driver_info(state: RedisState, job_id: str, status: str) -> DriverInfo:
+    """Who drives a running job, and whether that process is gone (a kill
+    -9 leaves the job "running" with nobody running it).  A paused job may
+    have no driver by design (paused while queued)."""
+    if status != "running":
+        return DriverInfo(owner="", gone=False)
+    owner = state.driver_owner(job_id) or ""
+    gone = not owner or dead_local_owner(owner)
+    why = "" if not gone else (f"its driver {owner} has exited" if owner
+                               else "no process holds its driver lock")
+    return DriverInfo(owner=owner, gone=gone, why=why)
+
+
+def _last_note(state: RedisState, job_id: str, event: str) -> str:
+    for e in reversed(state.events(job_id)):
+        if e.get("event") == event:
+            return e.get("note") or ""
+    return ""
+
+
+def _estimate(state: RedisState, telemetry: Telemetry, job_id: str, job: dict,
+              remaining: int) -> eta_mod.Estimate:
+    workers = int(job.get("workers") or 1)
+    samples = telemetry.samples(job_id)
+    if not samples:
+        # Chunks recorded without finishing times (e.g. by an older
+        # driver): assume every worker was busy.
+        t, samples = 0.0, []
+        for d, n in state.durations(job_id):
+            t += d / workers
+            samples.append((int(t * 1000), d, n))
+    return eta_mod.estimate(samples, remaining, workers)
+
+
+def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatus:
+    job = state.job(job_id)
+    total_chunks = int(job.get("chunks_total") or 0)
+    done_c, failed_c = int(job.get("chunks_done") or 0), int(job.get("chunks_failed") or 0)
+    leased = int(job.get("chunks_leased") or 0)
+    total = int(job.get("candles_total") or 0)
+    done = int(job.get("candles_done") or 0)
+    status = job["status"]
+    est = _estimate(state, telemetry, job_id, job, total - done)
+    driver = driver_info(state, job_id, status)
+    end = job.get("finished") or now_ms()
+    elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0
+    final = status in FINAL_JOB_STATES
+    return JobStatus(
+        job_id=job_id, kind=job.get("kind", "backfill"), status=status,
+        instrument=job["instrument"], granularity=job["granularity"], series=_series(job),
+        start=iso(job["start_ms"]), end=iso(job["end_ms"]), labels=job["labels"],
+        label_set=job["label_set"], priority=job.get("priority", "normal"),
+        workers=int(job.get("workers") or 0), backend=job.get("backend", "cpu"),
+        backend_used=job.get("backend_used", ""), backend_reason=job.get("backend_reason", ""),
+        chunks=ChunkCounts(pending=max(total_chunks - done_c - failed_c - leased, 0), leased=leased,
+                           done=done_c, failed=failed_c),
+        chunks_total=total_chunks, candles_done=done, candles_total=total,
+        progress=(done / total) if total else (1.0 if final else 0.0),
+        rows_written=int(job.get("rows_written") or 0), cache_hits=int(job.get("cache_hits") or 0),
+        errors=int(job.get("errors") or 0), elapsed_s=round(elapsed, 3),
+        throughput_per_min=(done / elapsed * 60) if elapsed > 0 else 0.0,
+        recent_rate_per_min=est.rate_per_s * 60,
+        eta_s=(None if driver.gone else est.eta_s if not final else (0.0 if done >= total else None)),
+        driver=driver,
+        eta=EtaInfo(low_s=est.eta_low_s, high_s=est.eta_high_s, confidence=est.confidence,
+                    concurrency=round(est.concurrency, 3), chunks_seen=est.samples),
+        created=iso(job["created"]), started=iso(job.get("started")),
+        finished=iso(job.get("finished")), cluster=job.get("cluster", ""),
+        dashboard=job.get("dashboard", ""),
+        last_errors={str(k): v for k, v in state.chunk_error_heads(job_id, 5).items()},
+        bars_resolved=int(job.get("tb_resolved") or 0),
+        bars_ambiguous=int(job.get("tb_ambiguous") or 0),
+        interrupted_because=_last_note(state, job_id, "interrupt") if status == "interrupted" else "",
+    )
+
+
+def list_jobs(state: RedisState, telemetry: Telemetry, status: str | None = None) -> list[JobStatus]:
+    out = []
+    for job_id in state.job_ids():
+        try:
+            s = job_status(state, telemetry, job_id)
+        except InvalidInput:
+            continue  # expired between listing and reading
+        if status is None or s.status == status:
+            out.append(s)
+    return out
+
+
+# Breaker states from best to worst.
+_WORSE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def metrics(state: RedisState, telemetry: Telemetry) -> dict[str, Any]:
+    """Figures over every job in Redis (not this process's counters).
+
+    Totals (``totals``) are monotonic counters kept in Redis by whichever
+    process ran the chunks; the rest is the current state of the jobs.
+    """
+    jobs = list_jobs(state, telemetry)
+    by_status: dict[str, int] = {}
+    for j in jobs:
+        by_status[j.status] = by_status.get(j.status, 0) + 1
+    running = [j for j in jobs if j.status == "running"]
+    unfinished = [j for j in jobs if j.status not in FINAL_JOB_STATES]
+    chunks_done = sum(j.chunks.done for j in jobs)
+    cache_hits = sum(j.cache_hits for j in jobs)
+    errors = sum(j.errors for j in jobs)
+    attempts = chunks_done + errors
+    run_done = sum(j.chunks.done for j in running)
+    run_errors = sum(j.errors for j in running)
+    durations = [d for j in jobs for d, _ in state.durations(j.job_id)]
+    recent = [d for j in running for d, _ in state.durations(j.job_id)[-20:]]
+    counters = state.counters()
+    breakers = telemetry.breakers()
+    for name, b in BREAKERS.snapshot().items():
+        # This process's breaker is the freshest view of its own calls;
+        # another process's published open breaker still counts.
+        st = str(b.get("state", "closed")).replace("-", "_")
+        if _WORSE.get(st, 0) >= _WORSE[breakers.get(name, {"state": "closed"})["state"]]:
+            breakers[name] = {"state": st, "failures": int(b.get("failures", 0) or 0)}
+    failed = sum(j.chunks.failed for j in jobs)
+    stats = telemetry.stats()
+    hist = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("bucket:")}
+    return {
+        "jobs": len(jobs), "jobs_by_status": by_status,
+        "candles_processed": sum(j.candles_done for j in jobs),
+        "rows_written": sum(j.rows_written for j in jobs),
+        "chunks_done": chunks_done, "chunks_failed": failed,
+        "chunks_pending": sum(j.chunks.pending for j in unfinished),
+        "jobs_queued": by_status.get("queued", 0),
+        "active_chunks": sum(j.chunks.leased for j in running),
+        "active_workers": sum(j.workers for j in running),
+        "cache_hit_rate": (cache_hits / chunks_done) if chunks_done else 0.0,
+        "error_rate": (failed / (chunks_done + failed)) if chunks_done + failed else 0.0,
+        "attempt_error_rate": (errors / attempts) if attempts else 0.0,
+        # Over running jobs only (the alert's figure): a finished job's
+        # old failures should not keep an alert firing.
+        "running_error_rate": (run_errors / (run_done + run_errors)) if run_done + run_errors else 0.0,
+        "errors_by_category": {c: counters.get(f"errors:{c}", 0) for c in CATEGORIES},
+        "retries_by_category": {c: counters.get(f"retries:{c}", 0) for c in CATEGORIES},
+        "chunk_seconds_p50": float(np.median(durations)) if durations else 0.0,
+        "chunk_seconds_max": max(durations) if durations else 0.0,
+        "recent_chunk_seconds_p50": float(np.median(recent)) if recent else 0.0,
+        "throughput_per_min": sum(j.recent_rate_per_min for j in running),
+        "running_jobs_measured": sum(1 for j in running if j.eta.chunks_seen >= 3),
+        "instruments": sorted({s.instrument for j in jobs for s in j.series}),
+        "totals": {
+            "chunks": int(stats.get("chunks", 0)), "candles": int(stats.get("candles", 0)),
+            "rows": int(stats.get("rows", 0)), "cache_hits": int(stats.get("cache_hits", 0)),
+            "chunk_failures": int(stats.get("chunk_failures", 0)),
+            "labels": {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("labels:")},
+            "instruments": {k.split(":", 1)[1]: int(v) for k, v in stats.items()
+                            if k.startswith("instrument:")},
+            "chunk_seconds": {"buckets": hist, "sum": stats.get("chunk_seconds_sum", 0.0),
+                              "count": int(stats.get("chunk_seconds_count", 0))},
+        },
+        "breakers": breakers,
+        "breakers_open": sorted(n for n, b in breakers.items() if b["state"] == "open"),
+        "dead_letters": telemetry.dead_letters(),
+        "reliability": telemetry.counters(),
+        "alerts": telemetry.alerts(),
+        "dashboards": sorted({j.dashboard for j in running if j.dashboard}),
+    }
