@@ -32,6 +32,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import metrics as metrics_mod
+from . import views
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
 from .jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
 from .jobs.machine import JOB_STATES
@@ -50,8 +51,11 @@ class JobRequest(BaseModel):
     """The fields of ``gpubackfill start``."""
     model_config = ConfigDict(extra="forbid")
 
-    instrument: str = Field(min_length=1, max_length=64, examples=["EURUSD"])
-    granularity: str = Field(min_length=1, max_length=8, examples=["H1"])
+    instrument: str | list[str] = Field(
+        min_length=1, max_length=4096, examples=["EURUSD", ["EURUSD", "GBPUSD"], "*"],
+        description="one instrument, a list, a comma-separated list, or '*' (every instrument "
+                    "in the store at the given granularities)")
+    granularity: str | list[str] = Field(min_length=1, max_length=64, examples=["H1", ["M5", "H1"]])
     start_date: str = Field(min_length=1, max_length=64, examples=["2024-01-01"])
     end_date: str = Field(min_length=1, max_length=64, examples=["2024-12-31"])
     labels: list[str] | None = Field(default=None, max_length=16,
@@ -184,14 +188,14 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
         return Created(job_id=job_id, status=service.state.job(job_id)["status"])
 
     @app.get("/jobs", responses={503: {}})
-    def list_jobs(status: Literal[JOB_STATES] | None = Query(default=None)) -> list[dict[str, Any]]:  # type: ignore[valid-type]
+    def list_jobs(status: Literal[JOB_STATES] | None = Query(default=None)) -> list[views.JobStatus]:  # type: ignore[valid-type]
         """Every job in Redis (optionally of one status), oldest first."""
-        return service.list_jobs(status)
+        return views.list_jobs(service.state, service.telemetry, status)
 
     @app.get("/jobs/{job_id}", responses={404: {}, 503: {}})
-    def get_job(job_id: str = JOB_ID) -> dict[str, Any]:
-        """One job: status, progress, throughput, ETA with its interval and confidence."""
-        return service.status(job_id)
+    def get_job(job_id: str = JOB_ID) -> views.JobStatus:
+        """One job: status, progress per series, throughput, ETA with its interval and confidence."""
+        return service.job_view(job_id)
 
     def transition(name: str):
         def handler(job_id: str = JOB_ID) -> Transitioned:

@@ -3,13 +3,12 @@
 Read from the store's manifest (``label_chunks``: one row per computed
 chunk range, with its incomplete rows and when it was computed) and its
 ingest log (``candle_changes``).  A computed chunk is **stale** when its
-labels may no longer match the candles:
-
-* it has incomplete rows (labels left NULL for lack of future candles):
-  the tail, recomputed once newer candles exist;
-* an ingest after it was computed changed candles inside its range or
-  within its look-back/look-ahead (the halo, widened by ``_HALO_SLACK``
-  for closed markets, so a weekend gap does not hide a change).
+labels may no longer match the candles: an ingest after it was computed
+changed a candle inside its range or within its look-back/look-ahead (the
+label set's halo, counted in candles of the series, so weekends and gaps
+are measured exactly: ``Store.halo_windows``).  That covers the incomplete
+tail (labels left NULL for lack of future candles): the ingest that
+appends newer candles is a change within its look-ahead.
 
 Candles after the last computed range are **missing**.  An update plans
 exactly those ranges, with the computed chunks' own boundaries, so an
@@ -22,14 +21,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .granularity import GRANULARITIES
 from .jobs.plan import plan_chunks, plan_job
 from .jobs.result import Segment
 from .labels import halo, resolve
 from .store import SeriesKey, Store
 
-_HALO_SLACK = 2            # halo bars x bar length x this
-_CLOSED_MS = 4 * 86_400_000  # plus a long weekend
 
 
 @dataclass(frozen=True)
@@ -83,18 +79,24 @@ def _selected(key: tuple[str, str], insts: set[str] | None, grans: set[str] | No
     return (insts is None or key[0] in insts) and (grans is None or key[1] in grans)
 
 
-def _stale(rec: Record, changes: list[tuple[int, int, int]], back_ms: int, ahead_ms: int) -> bool:
-    if rec.incomplete:
-        return True
-    lo, hi = rec.start_ms - back_ms, rec.end_ms + ahead_ms
-    return any(changed > rec.computed_ms and first < hi and last >= lo
-               for first, last, changed in changes)
-
-
-def _margins(params: dict, granularity: str) -> tuple[int, int]:
-    back, ahead = halo(resolve(list(params), params))
-    bar = GRANULARITIES[granularity]
-    return (back * bar * _HALO_SLACK + _CLOSED_MS, ahead * bar * _HALO_SLACK + _CLOSED_MS)
+def _stale_flags(store: Store, sets: dict, records: dict, changes: dict) -> dict:
+    """(set id, series) -> one flag per record (in ``records`` order): stale or not."""
+    asks, where = [], []
+    for (set_id, key), recs in records.items():
+        if set_id not in sets:
+            continue
+        oldest = min(r.computed_ms for r in recs)
+        back, ahead = halo(resolve(list(sets[set_id]), sets[set_id]))
+        for first, last, at in changes.get(key, []):
+            if at > oldest:
+                asks.append((SeriesKey(*key), first, last, back, ahead))
+                where.append(((set_id, key), at))
+    flags = {k: [False] * len(v) for k, v in records.items()}
+    for (k, at), (lo, hi) in zip(where, store.halo_windows(asks)):
+        for j, r in enumerate(records[k]):
+            if at > r.computed_ms and r.start_ms <= hi and r.end_ms > lo:
+                flags[k][j] = True
+    return flags
 
 
 def _state(store: Store):
@@ -115,15 +117,16 @@ def overview(store: Store, insts: set[str] | None = None,
     sets = {set_id: params for set_id, params, _ in store.label_set_registry()}
     out = {k: SeriesCoverage(k[0], k[1], n, lo, hi) for k, (n, lo, hi) in sorted(series.items())
            if _selected(k, insts, grans)}
-    for (set_id, key), recs in sorted(records.items()):
-        if key not in out or set_id not in sets:
+    chosen = {k: v for k, v in records.items() if k[1] in out}
+    flags = _stale_flags(store, sets, chosen, changes)
+    for (set_id, key), recs in sorted(chosen.items()):
+        if set_id not in sets:
             continue
-        back, ahead = _margins(sets[set_id], key[1])
         last = max(r.end_ms for r in recs)
         out[key].sets.append(SetCoverage(
             set_id, list(sets[set_id]), sum(r.rows for r in recs), sum(r.incomplete for r in recs),
-            len(recs), sum(_stale(r, changes[key], back, ahead) for r in recs),
-            min(r.start_ms for r in recs), last, out[key].last_ms >= last))
+            len(recs), sum(flags[(set_id, key)]), min(r.start_ms for r in recs), last,
+            out[key].last_ms >= last))
     return list(out.values())
 
 
@@ -133,17 +136,18 @@ def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
     the missing tail, planned as one job's chunks ([] when all is current)."""
     series, records, changes = _state(store)
     sets = {set_id: params for set_id, params, _ in store.label_set_registry()}
+    chosen = {k: v for k, v in records.items()
+              if k[0] in sets and k[1] in series and _selected(k[1], insts, grans)}
+    flags = _stale_flags(store, sets, chosen, changes)
     by_set: dict[str, list[tuple[tuple[str, str], list[Record]]]] = defaultdict(list)
-    for (set_id, key), recs in sorted(records.items()):
-        if set_id in sets and key in series and _selected(key, insts, grans):
-            by_set[set_id].append((key, recs))
+    for (set_id, key), recs in sorted(chosen.items()):
+        by_set[set_id].append((key, recs))
     plans = []
     for set_id, members in by_set.items():
         chosen, runs, stale_n, new_n = [], [], 0, 0
         for key, recs in members:
-            back, ahead = _margins(sets[set_id], key[1])
-            mine = [(r.start_ms, r.end_ms, r.rows) for r in sorted(recs, key=lambda r: r.start_ms)
-                    if _stale(r, changes[key], back, ahead)]
+            mine = sorted((r.start_ms, r.end_ms, r.rows)
+                          for r, stale in zip(recs, flags[(set_id, key)]) if stale)
             last_end = max(r.end_ms for r in recs)
             last_ts = series[key][2]
             fresh = []

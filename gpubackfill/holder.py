@@ -59,7 +59,8 @@ PROTOCOL = 1
 HELLO_TIMEOUT_S = 5.0  # a live pid that is not a holder (reused) must not hang a command
 # The operations a holder runs for others: what needs ClickHouse and is
 # quick or streams.  Running jobs stays with ``execute``/``serve``.
-OPERATIONS = ("init", "ingest", "create_job", "label_sets", "export_parts")
+OPERATIONS = ("init", "ingest", "create_job", "plan_update", "series_overview", "label_sets",
+              "export_parts")
 _ERRORS = {cls.__name__: cls for cls in (
     errors.InvalidInput, errors.InvalidCandles, errors.InvalidLabelSpec, errors.BackendUnavailable,
     errors.JobNotFound, errors.InvalidTransition, errors.DependencyError, errors.TransientError,

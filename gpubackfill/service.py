@@ -157,11 +157,12 @@ class BackfillService:
     def plan_update(self, instrument: str | list[str] | None = None,
                     granularity: str | list[str] | None = None, chunk_size: int | None = None,
                     workers: int | None = None, priority: str = "normal",
-                    backend: str | None = None) -> list[str]:
+                    backend: str | None = None) -> list[dict[str, Any]]:
         """Queue the daily update: for every label set already computed on
         the series asked for (default: all), one job over what is missing
-        or stale (``coverage.stale_chunks``).  Returns the job ids ([] when
-        everything is current)."""
+        or stale (``coverage``).  Returns one entry per job queued ([] when
+        everything is current): job id, label set, series, stale and new
+        chunk counts."""
         from . import coverage
 
         self._ready()
@@ -180,7 +181,9 @@ class BackfillService:
                              priority, False, backend or self.settings.backend)
             spec = replace(spec.with_series(plan.series), start_ms=plan.start_ms,
                            end_ms=plan.end_ms, kind="update")
-            out.append(self._queue(spec, plan.chunks, []))
+            out.append({"job_id": self._queue(spec, plan.chunks, []), "label_set": plan.set_id,
+                        "series": len(plan.series), "stale_chunks": plan.stale,
+                        "new_chunks": plan.new, "chunks": len(plan.chunks)})
         return out
 
     def series_overview(self, instrument: str | None = None, granularity: str | None = None) -> list:

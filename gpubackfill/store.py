@@ -182,6 +182,35 @@ class Store:
                              f"incomplete, toUnixTimestamp64Milli(computed_at) "
                              f"FROM {self.db}.label_chunks FINAL")]
 
+    def halo_windows(self, items: list[tuple[SeriesKey, int, int, int, int]]
+                     ) -> list[tuple[int, int]]:
+        """For each (key, first ts, last ts, back, ahead) of a change: the ts
+        of the candle ``ahead`` bars before ``first`` and of the candle
+        ``back`` bars after ``last`` (the change's own bounds where the
+        series has fewer).  A chunk whose range meets that window read a
+        changed candle, in its own rows or its halo.  One query for all."""
+        if not items:
+            return []
+        selects, params = [], {}
+        for n, (key, first, last, back, ahead) in enumerate(items):
+            where = f"instrument = {{i{n}:String}} AND granularity = {{g{n}:String}}"
+            params.update({f"i{n}": key.instrument, f"g{n}": key.granularity, f"f{n}": first,
+                           f"l{n}": last, f"b{n}": max(back, 1), f"a{n}": max(ahead, 1)})
+            selects.append(
+                f"SELECT {n} AS n, "
+                f"ifNull((SELECT minOrNull(t) FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {self.db}.candles "
+                f"WHERE {where} AND ts < fromUnixTimestamp64Milli({{f{n}:Int64}}, 'UTC') "
+                f"ORDER BY ts DESC LIMIT {{a{n}:UInt64}})), {{f{n}:Int64}}) AS lo, "
+                f"ifNull((SELECT maxOrNull(t) FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {self.db}.candles "
+                f"WHERE {where} AND ts > fromUnixTimestamp64Milli({{l{n}:Int64}}, 'UTC') "
+                f"ORDER BY ts LIMIT {{b{n}:UInt64}})), {{l{n}:Int64}}) AS hi")
+        out: dict[int, tuple[int, int]] = {}
+        for start in range(0, len(selects), 200):  # bounded statements
+            part = selects[start:start + 200]
+            for n, lo, hi in self.rows(" UNION ALL ".join(part), params):
+                out[int(n)] = (int(lo), int(hi))
+        return [out[n] for n in range(len(items))]
+
     def changes(self) -> list[tuple[str, str, int, int, int]]:
         """The ingest log: (instrument, granularity, first ts, last ts, changed at ms)."""
         return [(i, g, int(a), int(b), int(t)) for i, g, a, b, t in self.rows(

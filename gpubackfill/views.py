@@ -72,6 +72,7 @@ class JobStatus(BaseModel):
     instrument: str
     granularity: str
     series: list[SeriesStatus]
+    skipped: list[str]   # series asked for that had no candles in the range
     start: str | None
     end: str | None
     labels: list[str]
@@ -175,6 +176,7 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
     return JobStatus(
         job_id=job_id, kind=job.get("kind", "backfill"), status=status,
         instrument=job["instrument"], granularity=job["granularity"], series=_series(job),
+        skipped=list(job.get("skipped") or []),
         start=iso(job["start_ms"]), end=iso(job["end_ms"]), labels=job["labels"],
         label_set=job["label_set"], priority=job.get("priority", "normal"),
         workers=int(job.get("workers") or 0), backend=job.get("backend", "cpu"),

@@ -151,10 +151,10 @@ def run_cli(env, *args, timeout=300, check=True):
     return res
 
 
-def exported_ts_are_unique(env, tmp_path) -> int:
-    """Export the EURUSD M1 labels in a process; assert no duplicate rows; return the count."""
-    out = tmp_path / "export.parquet"
-    run_cli(env, "export", "--instrument", "EURUSD", "--granularity", "M1", "-o", str(out))
+def exported_ts_are_unique(env, tmp_path, instrument="EURUSD", granularity="M1") -> int:
+    """Export a series' labels in a process; assert no duplicate rows; return the count."""
+    out = tmp_path / f"export-{instrument}-{granularity}.parquet"
+    run_cli(env, "export", "--instrument", instrument, "--granularity", granularity, "-o", str(out))
     ts = pq.read_table(out).column("ts").to_numpy()
     assert len(ts) == len(set(ts.tolist()))
     return len(ts)

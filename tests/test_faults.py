@@ -220,7 +220,7 @@ def test_memory_error_splits_the_chunk_until_it_fits(settings, monkeypatch):
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=4000, workers=2)
     assert svc.execute(job).status == "completed", json.dumps(svc.dead_letters(job))
     plan = svc.state.plan(job)
-    assert len(plan) > 3 and max(n for _, _, n in plan.values()) <= 1500
+    assert len(plan) > 3 and max(g.rows for segs in plan.values() for g in segs) <= 1500
     assert max(sizes) == 4000 and svc.dead_letters(job) == []
     assert_survived(svc, job, candles)
 
@@ -230,7 +230,7 @@ def test_memory_budget_splits_chunks_before_loading(settings):
     candles = ingest(svc)
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=4000, workers=2)
     assert svc.execute(job).status == "completed"
-    rows = [n for _, _, n in svc.state.plan(job).values()]
+    rows = [g.rows for segs in svc.state.plan(job).values() for g in segs]
     assert max(rows) < 1000 and sum(rows) == svc.status(job)["candles_total"]
     assert_survived(svc, job, candles)
 

@@ -689,7 +689,7 @@ def _dec(key: str, v: str) -> Any:
             return int(v)
         except ValueError:
             return v
-    if key in ("labels", "params", "spec", "series"):
+    if key in ("labels", "params", "spec", "series", "skipped", "instruments", "granularities"):
         return json.loads(v)
     if key == "force":
         return v == "1"
