@@ -45,11 +45,19 @@ floor's figure likewise includes its chunk-plan query.  The label tables are
 emptied (TRUNCATE) before every measured job and floor, so each writes into
 an empty table, as a first backfill does: no chunk finds rows to delete.
 
+6. With ``--universe`` (instead of 1-5): a universe of ``--series`` series
+   of ``--series-candles`` candles (BTC000.. at M5, 24/7) against one
+   series of as many candles in total (BTCUSD M1), each job at the default
+   chunk size in its own fresh subprocess after a warm-up, all labels,
+   ``force=True``, in one run; and the universe again with packing off
+   (one series per chunk), to show what packing small series buys.
+
 Run from the repository root::
 
     python bench/backfill.py                     # 10M candles; chunks 10k, 100k, 1M
     python bench/backfill.py --candles 1e6 --chunk-sizes 100000 --workers 2
     python bench/backfill.py --quick             # 300k candles, 10k and 100k; targets not judged
+    python bench/backfill.py --universe          # 300 x 50k candles against one 15M series
 """
 
 from __future__ import annotations
@@ -374,7 +382,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
 
     from gpubackfill.labels import halo, label_set_id, resolve
-    from gpubackfill.planner import plan_chunks
+    from gpubackfill.jobs.plan import plan_chunks
     from gpubackfill.service import BackfillService
     from gpubackfill.store import SeriesKey
 
@@ -483,6 +491,119 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     _truncate(store, set_id)
     res["rss_end"] = psutil.Process().memory_info().rss
     return res
+
+
+# ---------------------------------------------------------------------------
+# the universe: many small series against one long one
+
+UNIVERSE_GRANULARITY = "M5"
+UNIVERSE_STEP_MS = 300_000
+TARGET_UNIVERSE_SHARE = 0.70
+
+
+def child_universe_setup(args: argparse.Namespace) -> dict[str, Any]:
+    from gpubackfill.service import BackfillService
+    from gpubackfill.store import SeriesKey
+    from gpubackfill.synthetic import generate
+
+    gpubackfill.keep_freed_memory()
+    svc = BackfillService(_settings(args.home))
+    total = args.series * args.series_candles
+    t0 = time.perf_counter()
+    one = generate(INSTRUMENT, GRANULARITY, START_MS, START_MS + total * STEP_MS)
+    svc.ingest_table(SeriesKey(INSTRUMENT, GRANULARITY), one)
+    del one
+    one_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(args.series):
+        t = generate(f"BTC{i:03d}", UNIVERSE_GRANULARITY, START_MS,
+                     START_MS + args.series_candles * UNIVERSE_STEP_MS)
+        svc.ingest_table(SeriesKey(f"BTC{i:03d}", UNIVERSE_GRANULARITY), t)
+    many_s = time.perf_counter() - t0
+    svc.store.command(f"OPTIMIZE TABLE {svc.store.db}.candles FINAL")
+    rows = {g: n for _, g, n in svc.store.instruments()}
+    return {"one_s": one_s, "many_s": many_s, "series": len(svc.store.instruments()) - 1,
+            "one_rows": svc.store.series_summary(SeriesKey(INSTRUMENT, GRANULARITY))[0],
+            "many_rows": sum(n for i, g, n in svc.store.instruments() if g == UNIVERSE_GRANULARITY),
+            "granularities": sorted(rows)}
+
+
+def child_universe_job(args: argparse.Namespace) -> dict[str, Any]:
+    import functools
+
+    from gpubackfill import service as service_mod
+    from gpubackfill.jobs import plan as plan_mod
+    from gpubackfill.service import BackfillService
+
+    gpubackfill.keep_freed_memory()
+    if args.mode == "unpacked":
+        # The comparison row only: every series in its own chunk.
+        service_mod.plan_job = functools.partial(plan_mod.plan_job, max_segments=1)
+    svc = BackfillService(_settings(args.home))
+    cs, workers = svc.settings.chunk_size, args.workers
+    res: dict[str, Any] = {"mode": args.mode, "chunk_size": cs, "workers": workers}
+    warm = svc.create_job(INSTRUMENT, GRANULARITY, _dt(START_MS),
+                          _dt(START_MS + WARMUP_CANDLES * STEP_MS), LABELS,
+                          chunk_size=WARMUP_CHUNK, workers=workers, force=True)
+    if svc.execute(warm).status != "completed":
+        raise RuntimeError(f"warm-up job {warm} failed: {svc.status(warm)['last_errors']}")
+    end = _dt(START_MS + 10 * 365 * 86_400_000)
+    gc.collect()
+    t0 = time.perf_counter()
+    if args.mode == "one":
+        job = svc.create_job(INSTRUMENT, GRANULARITY, _dt(START_MS), end, LABELS,
+                             workers=workers, force=True)
+    else:
+        job = svc.create_job("*", UNIVERSE_GRANULARITY, _dt(START_MS), end, LABELS,
+                             workers=workers, force=True)
+    res["plan_s"] = time.perf_counter() - t0
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    run = svc.execute(job)
+    res["execute_s"] = time.perf_counter() - t0
+    res["execute_cpu_s"] = _cpu_s() - cpu0
+    s = svc.status(job)
+    res.update(status=run.status, n=run.candles, chunks=s["chunks_total"],
+               series=len(s["series"]), rows=s["rows_written"],
+               series_done=sum(x["status"] == "completed" for x in s["series"]))
+    secs = [d for d, _ in svc.state.durations(job)]
+    res["chunk_p50_s"] = float(np.median(secs)) if secs else None
+    return res
+
+
+def run_universe(args: argparse.Namespace, home: str) -> None:
+    _log(f"universe setup: {args.series} series x {args.series_candles:,} candles "
+         f"({UNIVERSE_GRANULARITY}) and one series of {args.series * args.series_candles:,} "
+         f"({INSTRUMENT} {GRANULARITY})")
+    setup = run_child("usetup", args, home, series=args.series, series_candles=args.series_candles)
+    print(f"\n1. Setup: {setup['one_rows']:,} candles of {INSTRUMENT} {GRANULARITY} in "
+          f"{setup['one_s']:.1f} s; {setup['series']} series with {setup['many_rows']:,} candles "
+          f"in {setup['many_s']:.1f} s (generate + ingest)")
+    runs = []
+    for mode in ("one", "universe", "unpacked"):
+        _log(f"job: {mode}")
+        r = run_child("ujob", args, home, series=args.series,
+                      series_candles=args.series_candles, mode=mode)
+        _log(f"job: {mode}: {r['status']} in {r['execute_s']:.1f} s")
+        runs.append(r)
+    what = {"one": f"one series ({INSTRUMENT} {GRANULARITY})",
+            "universe": f"universe: '*' {UNIVERSE_GRANULARITY} ({args.series} series), packed",
+            "unpacked": "universe, one series per chunk (packing off)"}
+    rows = [[what[r["mode"]], f"{r['series']:,}", f"{r['chunks']:,}", f"{r['n']:,}",
+             f"{r['plan_s']:.2f}", f"{r['execute_s']:.2f}",
+             human(_per_min(r["n"], r["plan_s"] + r["execute_s"])),
+             f"{r['chunk_p50_s']:.3f}" if r["chunk_p50_s"] else "-",
+             f"{r['execute_cpu_s']:.1f}", r["status"]] for r in runs]
+    print(f"\n2. Jobs at the default chunk size ({runs[0]['chunk_size']:,}), all three labels, "
+          f"force=True, {args.workers} workers (candles/min = candles / (plan + execute))")
+    print_table(["job", "series", "chunks", "candles", "plan s", "execute s", "candles/min",
+                 "chunk p50 s", "CPU s", "status"], rows)
+    one = _per_min(runs[0]["n"], runs[0]["plan_s"] + runs[0]["execute_s"])
+    many = _per_min(runs[1]["n"], runs[1]["plan_s"] + runs[1]["execute_s"])
+    share = many / one if one else float("nan")
+    ok = all(r["status"] == "completed" for r in runs) and runs[1]["series_done"] == args.series
+    print(f"\n3. Target: the universe at >= {TARGET_UNIVERSE_SHARE:.0%} of one series' "
+          f"candles/min: {share:.0%} -> {'PASS' if ok and share >= TARGET_UNIVERSE_SHARE else 'MISS'}"
+          f"{'' if ok else ' (a job did not complete)'}")
 
 
 # ---------------------------------------------------------------------------
@@ -753,7 +874,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="compute_labels calls (median)")
     p.add_argument("--quick", action="store_true",
                    help="small run (300k candles, chunk sizes 10k and 100k); targets not judged")
-    p.add_argument("--child", choices=("setup", "job"), help=argparse.SUPPRESS)
+    p.add_argument("--universe", action="store_true",
+                   help="many small series in one job against one long series (see 6.)")
+    p.add_argument("--series", type=int, default=300, help="--universe: series (default 300)")
+    p.add_argument("--series-candles", default="5e4",
+                   help="--universe: candles per series (default 5e4)")
+    p.add_argument("--child", choices=("setup", "job", "usetup", "ujob"), help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--home", help=argparse.SUPPRESS)
     p.add_argument("--chunk-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
@@ -762,6 +889,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.candles, args.chunk_sizes = "3e5", "10000,100000"
     try:
         args.candles = int(float(args.candles))
+        args.series_candles = int(float(args.series_candles))
         if isinstance(args.chunk_sizes, str):
             args.chunk_sizes = [int(float(s)) for s in args.chunk_sizes.split(",") if s.strip()]
     except ValueError as exc:
@@ -778,7 +906,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        res = child_setup(args) if args.child == "setup" else child_job(args)
+        res = {"setup": child_setup, "job": child_job, "usetup": child_universe_setup,
+               "ujob": child_universe_job}[args.child](args)
         res["repeats"] = args.repeats
         print(RESULT_MARK + json.dumps(res), flush=True)
         return 0
@@ -787,21 +916,24 @@ def main(argv: list[str] | None = None) -> int:
     home = tempfile.mkdtemp(prefix="gpubackfill-bench-")
     try:
         print_header(args)
-        _log(f"setup: generating and ingesting {args.candles:,} candles in {home}")
-        setup = run_child("setup", args, home)
-        print_setup(setup)
-        sys.stdout.flush()
-        verify_size = VERIFY_CHUNK if VERIFY_CHUNK in args.chunk_sizes else args.chunk_sizes[-1]
-        runs = []
-        for cs in args.chunk_sizes:
-            _log(f"chunk size {cs:,}: job + I/O floor")
-            r = run_child("job", args, home, chunk_size=cs, verify=cs == verify_size)
-            _log(f"chunk size {cs:,}: execute {r['execute_s']:.1f} s, floor {r['floor_run_s']:.1f} s")
-            runs.append(r)
-        print_runs(runs)
-        print_stages(runs)
-        verified = print_verify(next((r for r in runs if "verify" in r), None))
-        print_summary(args, runs, verified)
+        if args.universe:
+            run_universe(args, home)
+        else:
+            _log(f"setup: generating and ingesting {args.candles:,} candles in {home}")
+            setup = run_child("setup", args, home)
+            print_setup(setup)
+            sys.stdout.flush()
+            verify_size = VERIFY_CHUNK if VERIFY_CHUNK in args.chunk_sizes else args.chunk_sizes[-1]
+            runs = []
+            for cs in args.chunk_sizes:
+                _log(f"chunk size {cs:,}: job + I/O floor")
+                r = run_child("job", args, home, chunk_size=cs, verify=cs == verify_size)
+                _log(f"chunk size {cs:,}: execute {r['execute_s']:.1f} s, floor {r['floor_run_s']:.1f} s")
+                runs.append(r)
+            print_runs(runs)
+            print_stages(runs)
+            verified = print_verify(next((r for r in runs if "verify" in r), None))
+            print_summary(args, runs, verified)
     finally:
         from gpubackfill.redis_server import stop_server
 

@@ -27,7 +27,10 @@ LABEL_NAMES = ("enhanced_triple_barrier", "vol_scaled_return", "mfe_mae")
 def _console():
     from rich.console import Console
 
-    return Console()
+    # Piped output (a log, grep) has no terminal to fit: rich would fold
+    # every table into 80 columns.  COLUMNS still wins when set.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(width=wide)
 
 
 class _Group(click.Group):

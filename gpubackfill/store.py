@@ -30,6 +30,7 @@ import pyarrow as pa
 from . import clickhouse
 from .config import Settings, redact_url
 from .errors import DependencyError, InvalidInput
+from .granularity import GRANULARITIES
 from .labels import ResolvedLabel, label_set_id
 
 _IDENT = re.compile(r"^[A-Za-z0-9_]+$")
@@ -290,36 +291,73 @@ class Store:
 
     def load_many(self, parts: list[tuple[SeriesKey, int, int]], back: int, ahead: int
                   ) -> list[tuple[pa.Table, int, int]]:
-        """``load`` for several series ranges in one query (a pack of small
-        series): one result per part, in order."""
+        """``load`` for several series ranges (a pack of small series): one
+        result per part, in order, in one or two queries.
+
+        ``load`` finds its halo bounds with two subqueries, which cost more
+        than the read itself for a small series.  Here one read takes every
+        range widened by a time margin (the halo in bars at twice the bar
+        length, plus a week for closed markets); each part is then cut to
+        exactly ``back`` and ``ahead`` rows.  A part with fewer rows than
+        that on a side is exact when the series has no rows beyond the
+        margin there (one query asks, for all such parts at once); the rare
+        part that has some (a gap longer than the margin) is loaded by
+        ``load``."""
         if len(parts) == 1:
             return [self.load(parts[0][0], parts[0][1], parts[0][2], back, ahead)]
-        selects, params = [], {"back": back, "ahead": ahead}
-        for n, (key, a, b) in enumerate(parts):
-            where = f"instrument = {{i{n}:String}} AND granularity = {{g{n}:String}}"
-            params.update({f"i{n}": key.instrument, f"g{n}": key.granularity, f"a{n}": a, f"b{n}": b})
-            selects.append(f"""
-                SELECT toUInt32({n}) AS part, ts, open, high, low, close, volume FROM {self.db}.candles
-                WHERE {where}
-                  AND ts >= ifNull((SELECT minOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
-                        WHERE {where} AND ts < fromUnixTimestamp64Milli({{a{n}:Int64}}, 'UTC')
-                        ORDER BY ts DESC LIMIT {{back:UInt64}})),
-                      fromUnixTimestamp64Milli({{a{n}:Int64}}, 'UTC'))
-                  AND ts <= ifNull((SELECT maxOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
-                        WHERE {where} AND ts >= fromUnixTimestamp64Milli({{b{n}:Int64}}, 'UTC')
-                        ORDER BY ts LIMIT {{ahead:UInt64}})),
-                      fromUnixTimestamp64Milli({{b{n}:Int64}} - 1, 'UTC'))""")
-        sql = f"SELECT * FROM ({' UNION ALL '.join(selects)}) ORDER BY part, ts"
-        table = _ts_to_ms(self.arrow(sql, params))
-        part = table.column("part").to_numpy()
-        table = table.drop_columns(["part"])
-        edges = np.searchsorted(part, np.arange(len(parts) + 1))
-        out = []
-        for n, (_, a, b) in enumerate(parts):
-            one = table.slice(int(edges[n]), int(edges[n + 1] - edges[n]))
-            ts = one.column("ts").to_numpy()
-            first = int(np.searchsorted(ts, a))
-            out.append((one, first, int(np.searchsorted(ts, b)) - first))
+        week = 7 * 86_400_000
+        bounds = []
+        for key, a, b in parts:
+            bar = GRANULARITIES.get(key.granularity, 60_000)
+            bounds.append((a - 2 * back * bar - week, b + 2 * ahead * bar + week))
+        where, params = self._ranges_where(
+            [(k, lo, hi) for (k, _, _), (lo, hi) in zip(parts, bounds)],
+            "ts >= fromUnixTimestamp64Milli({a%d:Int64}, 'UTC') "
+            "AND ts < fromUnixTimestamp64Milli({b%d:Int64}, 'UTC')")
+        keys = list(dict.fromkeys((k.instrument, k.granularity) for k, _, _ in parts))
+        params["keys"] = keys
+        table = _ts_to_ms(self.arrow(
+            f"SELECT indexOf({{keys:Array(Tuple(String, String))}}, (instrument, granularity)) AS k, "
+            f"ts, open, high, low, close, volume FROM {self.db}.candles WHERE {where} "
+            f"ORDER BY instrument, granularity, ts", params))
+        k = table.column("k").to_numpy()
+        table = table.select(list(_CANDLE_COLS))
+        # Rows are ordered by series: each series is one contiguous run.
+        edges = np.flatnonzero(k[1:] != k[:-1]) + 1
+        starts = np.concatenate([[0], edges]).astype(np.int64)
+        ends = np.concatenate([edges, [len(k)]]).astype(np.int64)
+        rows_of = {keys[int(k[s]) - 1]: (int(s), int(e)) for s, e in zip(starts, ends) if len(k)}
+        ts_all = table.column("ts").to_numpy()
+        out: list[Any] = []
+        unsure: list[tuple[int, str]] = []
+        for n, ((key, a, b), (lo, hi)) in enumerate(zip(parts, bounds)):
+            s0, e0 = rows_of.get((key.instrument, key.granularity), (0, 0))
+            ts = ts_all[s0:e0]
+            i0, i1 = int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b))
+            first, last = max(i0 - back, 0), min(i1 + ahead, len(ts))
+            out.append((table.slice(s0 + first, last - first), i0 - first, i1 - i0))
+            if i0 - first < back:
+                unsure.append((n, "before"))
+            if last - i1 < ahead:
+                unsure.append((n, "after"))
+        if unsure:
+            # One grouped read of the rows past the margins (none, usually).
+            terms, p = [], {}
+            for m, (n, side) in enumerate(unsure):
+                op = "<" if side == "before" else ">="
+                t = bounds[n][0] if side == "before" else bounds[n][1]
+                terms.append(f"(instrument = {{i{m}:String}} AND granularity = {{g{m}:String}} "
+                             f"AND ts {op} fromUnixTimestamp64Milli({{t{m}:Int64}}, 'UTC'))")
+                p.update({f"i{m}": parts[n][0].instrument, f"g{m}": parts[n][0].granularity, f"t{m}": t})
+            past = {(i, g): (int(lo), int(hi)) for i, g, lo, hi in self.rows(
+                f"SELECT instrument, granularity, min(toUnixTimestamp64Milli(ts)), "
+                f"max(toUnixTimestamp64Milli(ts)) FROM {self.db}.candles WHERE {' OR '.join(terms)} "
+                f"GROUP BY instrument, granularity", p)}
+            for n, side in unsure:
+                key, a, b = parts[n]
+                seen = past.get((key.instrument, key.granularity))
+                if seen and (seen[0] < bounds[n][0] if side == "before" else seen[1] >= bounds[n][1]):
+                    out[n] = self.load(key, a, b, back, ahead)  # more rows past the margin
         return out
 
     def load_bars(self, key: SeriesKey, starts: np.ndarray, bar_ms: int,
