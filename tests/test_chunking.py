@@ -19,7 +19,7 @@ from gpubackfill.labels import halo
 ALL = ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"]
 # The ewm is infinite-memory: a chunk sees its look-back only, so its sigma
 # matches the whole series to ~1e-9 of the variance scale *inside* that
-# look-back (README, "chunking").  Rows whose sigma is that small relative to
+# look-back (docs/labels.md, "Chunking and halos").  Rows whose sigma is that small relative to
 # the series' scale (flat stretches after movement) are the documented exception.
 DEGENERATE_SIGMA = 1e-9
 

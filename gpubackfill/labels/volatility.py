@@ -25,7 +25,7 @@ VOL_PARAMS = (
 # The ewm has infinite memory.  A chunk starts it this many bars early so
 # the weight of everything it cannot see is below 1e-18 of the total: the
 # truncated std then differs from the whole-series one by about 1e-9 of the
-# variance scale inside the look-back (see README, "chunking").
+# variance scale inside the look-back (see docs/labels.md, "Chunking and halos").
 _EWM_NEGLIGIBLE_WEIGHT = 1e-18
 
 
