@@ -111,7 +111,7 @@ INSTRUMENT = "BTCUSD"          # 24/7: no weekend gaps, so N bars need N minutes
 GRANULARITY = "M1"
 STEP_MS = 60_000
 START_MS = 1_104_537_600_000   # 2005-01-01T00:00:00Z
-LABELS = list(gpubackfill.LABELS)  # all three, default parameters
+LABELS = list(gpubackfill.labels.DEFAULT_LABELS)  # the three a job computes by default
 WARMUP_CANDLES = 3_000
 WARMUP_CHUNK = 1_000
 

@@ -57,6 +57,25 @@ def test_jobs_routes(client, ingested):
     assert missing.status_code == 404 and "no job" in missing.json()["detail"]
 
 
+def test_post_jobs_takes_lists_and_get_returns_the_series(client, ingested):
+    ingested.ingest_table(SeriesKey("GBPUSD", "M5"), generate("GBPUSD", "M5", START, "2024-01-08"))
+    ingested.ingest_table(SeriesKey("GBPUSD", "H1"), generate("GBPUSD", "H1", START, "2024-01-08"))
+    body = {**BODY, "instrument": ["EURUSD", "GBPUSD"], "granularity": ["M5", "H1"]}
+    r = client.post("/jobs", json=body)
+    assert r.status_code == 201, r.text
+    one = client.get(f"/jobs/{r.json()['job_id']}").json()
+    assert [(x["instrument"], x["granularity"], x["status"]) for x in one["series"]] == [
+        ("EURUSD", "M5", "pending"), ("GBPUSD", "M5", "pending"), ("GBPUSD", "H1", "pending")]
+    assert one["skipped"] == ["EURUSD H1"]
+    assert sum(x["candles_total"] for x in one["series"]) == one["candles_total"]
+    star = client.post("/jobs", json={**BODY, "instrument": "*", "granularity": "H1"})
+    assert star.status_code == 201, star.text
+    assert [x["instrument"] for x in client.get(f"/jobs/{star.json()['job_id']}").json()["series"]] == [
+        "GBPUSD"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "SeriesStatus" in schema and "series" in schema["JobStatus"]["properties"]
+
+
 @pytest.mark.parametrize("change,field", [
     ({"instrument": None}, "instrument"),
     ({"priority": "urgent"}, "priority"),
