@@ -105,13 +105,14 @@ cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
 
 import gpubackfill  # noqa: E402
+from gpubackfill.labels import DEFAULT_LABELS  # noqa: E402
 from gpubackfill.config import Settings  # noqa: E402
 
 INSTRUMENT = "BTCUSD"          # 24/7: no weekend gaps, so N bars need N minutes
 GRANULARITY = "M1"
 STEP_MS = 60_000
 START_MS = 1_104_537_600_000   # 2005-01-01T00:00:00Z
-LABELS = list(gpubackfill.labels.DEFAULT_LABELS)  # the three a job computes by default
+LABELS = list(DEFAULT_LABELS)  # the three a job computes by default
 WARMUP_CANDLES = 3_000
 WARMUP_CHUNK = 1_000
 
@@ -173,17 +174,25 @@ def print_header(args: argparse.Namespace) -> None:
           f"numba {_version('numba')}, numpy {np.__version__}, pyarrow {pa.__version__}")
     print(f"load avg  : {load_average()} (1/5/15 min at start; other processes on these "
           f"{cores} cores slow every number below)")
-    print(f"series    : {INSTRUMENT} {GRANULARITY}, {args.candles:,} synthetic candles "
-          f"(gpubackfill.synthetic.generate) from {_iso(START_MS)}")
+    if args.universe:
+        total = args.series * args.series_candles
+        print(f"series    : {args.series} x {args.series_candles:,} candles (BTC000.. "
+              f"{UNIVERSE_GRANULARITY}) against {INSTRUMENT} {GRANULARITY} of {total:,}, "
+              f"synthetic (gpubackfill.synthetic.generate) from {_iso(START_MS)}")
+    else:
+        print(f"series    : {INSTRUMENT} {GRANULARITY}, {args.candles:,} synthetic candles "
+              f"(gpubackfill.synthetic.generate) from {_iso(START_MS)}")
     print(f"labels    : {params}")
     print(f"halo      : {back:,} bars back, {ahead:,} ahead")
-    print(f"settings  : chunk sizes = {', '.join(size_name(c) for c in args.chunk_sizes)}; "
+    sizes = ("the default (BATCH_CHUNK_SIZE)" if args.universe
+             else ", ".join(size_name(c) for c in args.chunk_sizes))
+    print(f"settings  : chunk sizes = {sizes}; "
           f"workers = {args.workers} (Dask threads in process; numba threads per chunk = "
           f"{default_numba_threads(args.workers)}); force = True; compute repeats = "
           f"{args.repeats}{'; QUICK mode' if args.quick else ''}")
     print("allocator : gpubackfill.keep_freed_memory() in every process, as the engine runs")
-    print("process   : setup (generate, compute floor, ingest) in one subprocess; each chunk "
-          "size in a fresh subprocess (its RSS is its own)")
+    print("process   : setup (generate, ingest) in one subprocess; each job in a fresh "
+          "subprocess (its RSS is its own)")
 
 
 def _iso(ms: int) -> str:
@@ -547,7 +556,8 @@ def child_universe_job(args: argparse.Namespace) -> dict[str, Any]:
                           chunk_size=WARMUP_CHUNK, workers=workers, force=True)
     if svc.execute(warm).status != "completed":
         raise RuntimeError(f"warm-up job {warm} failed: {svc.status(warm)['last_errors']}")
-    end = _dt(START_MS + 10 * 365 * 86_400_000)
+    # Past the last candle of either: every candle is in the range.
+    end = _dt(START_MS + args.series * args.series_candles * STEP_MS + 86_400_000)
     gc.collect()
     t0 = time.perf_counter()
     if args.mode == "one":

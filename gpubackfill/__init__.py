@@ -1,19 +1,52 @@
-"""gpubackfill: batch computation of machine-learning labels over OHLC candles."""
+"""gpubackfill: batch computation of machine-learning labels over OHLC candles.
 
-from .allocator import keep_freed_memory
-from .compute import compute_labels
-from .errors import (
-    BackendUnavailable,
-    GpubackfillError,
-    InvalidCandles,
-    InvalidInput,
-    InvalidLabelSpec,
-)
-from .labels import REGISTRY as LABELS, label_set_id, resolve as resolve_labels
+The public names below are imported on first use (PEP 562), so that a
+command that only talks to Redis (``gpubackfill status``, ``pause``) does
+not load numba, pandas and pyarrow first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LABELS", "BackendUnavailable", "GpubackfillError", "InvalidCandles", "InvalidInput",
-    "InvalidLabelSpec", "compute_labels", "keep_freed_memory", "label_set_id", "resolve_labels",
-]
+# name -> (module, attribute)
+_LAZY = {
+    "keep_freed_memory": (".allocator", "keep_freed_memory"),
+    "compute_labels": (".compute", "compute_labels"),
+    "BackendUnavailable": (".errors", "BackendUnavailable"),
+    "GpubackfillError": (".errors", "GpubackfillError"),
+    "InvalidCandles": (".errors", "InvalidCandles"),
+    "InvalidInput": (".errors", "InvalidInput"),
+    "InvalidLabelSpec": (".errors", "InvalidLabelSpec"),
+    "LABELS": (".labels", "REGISTRY"),
+    "label_set_id": (".labels", "label_set_id"),
+    "resolve_labels": (".labels", "resolve"),
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .allocator import keep_freed_memory
+    from .compute import compute_labels
+    from .errors import (BackendUnavailable, GpubackfillError, InvalidCandles, InvalidInput,
+                         InvalidLabelSpec)
+    from .labels import REGISTRY as LABELS, label_set_id, resolve as resolve_labels
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        try:  # a submodule, as the eager package made them attributes
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'gpubackfill' has no attribute {name!r}") from None
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -31,15 +31,12 @@ from .granularity import GRANULARITIES
 from .jobs.result import ChunkResult, Segment, SegmentOutcome
 from .labels import Series, halo, resolve
 from .logs import log
-from .redis_server import connect as redis_connect
+from .connections import clickhouse_breaker, connections
 from .resilience import BREAKERS, classify, is_outage, retrying
 from .state.redis_store import RedisState
 from .store import SeriesKey, Store, input_fingerprint
 from .watchdog import thread_stack
 
-# Kernels run in several worker threads at once: only the thread-safe
-# numba threading layers (tbb, omp) may be used.
-numba.config.THREADING_LAYER = "threadsafe"
 
 
 # Peak resident memory per candle of a chunk in flight (load, kernels,
@@ -75,31 +72,6 @@ class ChunkTask:
 
 class LeaseLost(GpubackfillError):
     """Another worker holds this chunk now (our lease expired): do not write."""
-
-
-_local = threading.local()
-_shared: dict[tuple, tuple[Store, RedisState]] = {}
-_shared_lock = threading.Lock()
-
-
-def connections(settings: Settings) -> tuple[Store, RedisState]:
-    """Store and state for this process (created once per settings)."""
-    key = (settings.clickhouse_url, str(settings.home), settings.redis_url, settings.redis_prefix)
-    with _shared_lock:
-        if key not in _shared:
-            client, where = redis_connect(settings)
-            breaker = BREAKERS.get("redis", where, settings.breaker_redis_failures,
-                                   settings.breaker_redis_reset_seconds)
-            state = RedisState(client, settings.redis_prefix, settings.redis_ttl, where, breaker)
-            BREAKERS.publisher = state.publish_breaker
-            _shared[key] = (Store(settings), state)
-        return _shared[key]
-
-
-def clickhouse_breaker(settings: Settings):
-    target = settings.clickhouse_url or f"chdb://{settings.chdb_path}"
-    return BREAKERS.get("clickhouse", target, settings.breaker_clickhouse_failures,
-                        settings.breaker_clickhouse_reset_seconds)
 
 
 class _LeaseKeeper:
@@ -233,6 +205,10 @@ def run_chunk(settings: Settings, task: ChunkTask) -> ChunkResult:
     be fixed by retrying dead-letters it.
     """
     keep_freed_memory()
+    # Kernels run in several worker threads at once: only the thread-safe
+    # numba threading layers (tbb, omp) may be used.  Set before the first
+    # parallel kernel of the process, which is a chunk's.
+    numba.config.THREADING_LAYER = "threadsafe"
     if task.numba_threads:
         numba.set_num_threads(min(task.numba_threads, numba.config.NUMBA_NUM_THREADS))
     store, state = connections(settings)

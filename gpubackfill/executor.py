@@ -61,6 +61,7 @@ def _has_dashboard() -> bool:
     return True
 
 
+_atexit_registered: list[bool] = []
 _clusters: dict[tuple, "Cluster"] = {}
 
 
@@ -157,6 +158,11 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
             client = Client(local, set_as_default=False)
             cluster = Cluster(client, kind, client.dashboard_link if _has_dashboard() else None)
             cluster.local = local
+            if not _atexit_registered:
+                # Closed at exit, before the interpreter tears threads down;
+                # registered with the first cluster, not at import.
+                atexit.register(close_clusters)
+                _atexit_registered.append(True)
             _clusters[key] = cluster
     yield cluster
 
@@ -188,8 +194,6 @@ def close_clusters() -> None:
             cluster.local.close()
         _clusters.clear()
 
-
-atexit.register(close_clusters)
 
 
 def cluster_summary() -> list[dict]:

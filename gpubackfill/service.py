@@ -21,9 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from . import cadence, candles as candles_mod
 from . import logs, views
-from .chunk import connections
+from .connections import connections
 from .config import Settings
 from .errors import DependencyError, InvalidInput, InvalidTransition
 from .granularity import parse_granularity, parse_instrument
@@ -73,6 +72,8 @@ class BackfillService:
         return self.ingest_table(key, table)
 
     def ingest_table(self, key: SeriesKey, table: pa.Table) -> IngestReport:
+        from . import cadence, candles as candles_mod
+
         self._ready()
         if "volume" not in table.column_names:
             table = table.append_column("volume", pa.array(np.zeros(table.num_rows)))

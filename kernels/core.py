@@ -22,27 +22,12 @@ from numba.extending import register_jitable
 # measured 1.5x slower on the triple barrier.
 jitable = register_jitable
 
-# Triple-barrier flag bits (tb_flags).  Part of the storage format.
-FLAG_GAP = 1
-FLAG_AMBIGUOUS = 2
-FLAG_INCOMPLETE = 4
-FLAG_NO_VOL = 8
-
-# Integer codes for string parameters; kernels take ints, not strings.
-# tie: the label an ambiguous bar gets (the barrier equals the label).
-TIE_SL = -1
-TIE_TP = 1
-TIE_SKIP = 0
-VERTICAL_ZERO = 0
-VERTICAL_SIGN = 1
-
-# Candle validation reason bits (see ``candle_defects``).
-BAD_NONFINITE = 1
-BAD_NONPOSITIVE = 2
-BAD_HIGH = 4
-BAD_LOW = 8
-BAD_TS_ORDER = 16
-BAD_VOLUME = 32
+# The integer codes of flags, parameters and candle defects live in
+# ``kernels.flags`` (importable without numba); kernels read them from here.
+from .flags import (BAD_HIGH, BAD_LOW, BAD_NONFINITE, BAD_NONPOSITIVE,  # noqa: E402,F401
+                    BAD_TS_ORDER, BAD_VOLUME, FLAG_AMBIGUOUS, FLAG_GAP, FLAG_INCOMPLETE,
+                    FLAG_NO_VOL, FLAG_RESOLVED, TIE_SKIP, TIE_SL, TIE_TP, VERTICAL_SIGN,
+                    VERTICAL_ZERO)
 
 
 # --------------------------------------------------------------------------
@@ -517,7 +502,6 @@ def window_min(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
 # resolve_with).  A bar j that touched both barriers is replayed on the finer
 # candles inside it, with the same barriers.
 
-FLAG_RESOLVED = 16
 
 
 @jitable

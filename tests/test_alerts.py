@@ -156,7 +156,7 @@ def test_the_scheduler_pass_evaluates_alerts(chdb_home, redis_socket):
 
 
 def test_eta_text_in_status_and_monitor():
-    from gpubackfill.cli import _eta_text
+    from gpubackfill.cli._common import _eta_text
 
     running = {"status": "running", "eta_s": 120.4,
                "eta": {"low_s": 90.2, "high_s": 150.9, "confidence": 0.8234}}

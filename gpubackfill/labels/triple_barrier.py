@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
-from kernels import core
+from kernels import flags as core
 
 from ..granularity import GRANULARITIES
 

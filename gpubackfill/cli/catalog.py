@@ -8,13 +8,14 @@ import json
 
 import click
 
+from ._common import _console, _iso, _store_service
+
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def labels(fmt: str) -> None:
     """The label registry: parameters (defaults, ranges) and output columns."""
-    from . import catalog
-    from .cli import _console
+    from .. import catalog
 
     entries = catalog.describe()
     if fmt == "json":
@@ -44,7 +45,6 @@ def labels(fmt: str) -> None:
 @click.pass_context
 def sets(ctx, instrument: str | None, granularity: str | None, fmt: str) -> None:
     """Computed label sets per series: labels, parameters, rows (for export --set)."""
-    from .cli import _console, _iso, _store_service
 
     found = _store_service(ctx).label_sets(instrument, granularity)
     if fmt == "json":

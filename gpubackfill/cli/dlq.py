@@ -7,6 +7,9 @@ import time
 
 import click
 
+from ._common import _console, _service
+from .run import _run_foreground
+
 
 def _when(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
@@ -24,7 +27,6 @@ def dlq() -> None:
 @click.pass_context
 def list_(ctx, job_id: str | None, fmt: str) -> None:
     """List dead-letter entries, oldest first."""
-    from .cli import _console, _service
 
     entries = _service(ctx).dead_letters(job_id)
     if fmt == "json":
@@ -47,7 +49,6 @@ def list_(ctx, job_id: str | None, fmt: str) -> None:
 @click.pass_context
 def show(ctx, entry_id: str) -> None:
     """One entry in full (JSON), with the chunk's last error and traceback."""
-    from .cli import _service
 
     click.echo(json.dumps(_service(ctx).dead_letter(entry_id), indent=2))
 
@@ -65,7 +66,6 @@ def _selection(entry_ids: tuple[str, ...], job_id: str | None, all_: bool) -> No
 @click.pass_context
 def retry(ctx, entry_ids: tuple[str, ...], job_id: str | None, all_: bool, detach: bool) -> None:
     """Re-queue dead-lettered chunks after a fix, and run their jobs."""
-    from .cli import _run_foreground, _service
 
     _selection(entry_ids, job_id, all_)
     svc = _service(ctx)
@@ -92,7 +92,6 @@ def retry(ctx, entry_ids: tuple[str, ...], job_id: str | None, all_: bool, detac
 @click.pass_context
 def purge(ctx, entry_ids: tuple[str, ...], job_id: str | None, all_: bool) -> None:
     """Forget entries (their chunks stay failed)."""
-    from .cli import _service
 
     _selection(entry_ids, job_id, all_)
     n = _service(ctx).purge_dead_letters(list(entry_ids) or None, job_id)

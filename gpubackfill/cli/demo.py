@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow.compute as pc
 
-from .compute import compute_labels
-from .eta import rate_text
-from .store import SeriesKey
-from .synthetic import generate
+from ..compute import compute_labels
+from ..eta import rate_text
+from ..store import SeriesKey
+from ..synthetic import generate
 
 
 def run_demo(svc, instruments: list[str], granularity: str, years: float,
@@ -41,7 +41,7 @@ def run_demo(svc, instruments: list[str], granularity: str, years: float,
     for inst in instruments:
         job_id = svc.create_job(inst, granularity, start.date().isoformat(),
                                 (end - timedelta(days=1)).date().isoformat(), workers=workers)
-        from .cli import _run_foreground
+        from .run import _run_foreground
 
         _run_foreground(svc, job_id, None)
         summaries.append(svc.status(job_id))

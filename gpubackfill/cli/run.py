@@ -1,0 +1,84 @@
+"""A job in the foreground: progress bar, signals, the closing summary and exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from ._common import _console, rate_text
+
+class _HardStop(BaseException):
+    """A second SIGINT/SIGTERM: stop now (BaseException so nothing swallows it)."""
+
+
+def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise _HardStop()
+        received.append(signum)
+        stop.set()
+        click.echo("\nstopping: no new chunks; running ones finish or go back to the queue "
+                   "(signal again to exit now)", err=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    console = _console()
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                      TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                      transient=False, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task(job_id, total=None, rate="")
+
+            def progress(s: dict) -> None:
+                bar.update(task, total=s["candles_total"], completed=s["candles_done"],
+                           description=f"{job_id} {s['status']}",
+                           rate=f"{rate_text(s['throughput_per_min'])} candles/min")
+
+            svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
+    except _HardStop:
+        # The driver has handed its chunks back (see _Driver.abandon).  Leave
+        # without unwinding the interpreter: chDB threads may still be inside
+        # a query, and tearing the process down under them can crash it.
+        click.echo(f"\nsecond signal: exited now; running chunks went back to the queue. "
+                   f"Resume with: gpubackfill execute {job_id}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    s = svc.status(job_id)
+    click.echo(f"{job_id} {s['status']}: {s['candles_done']:,} candles in {s['chunks']['done']} chunks, "
+               f"{s['rows_written']:,} label rows written, {s['cache_hits']} chunks unchanged (skipped), "
+               f"{rate_text(s['throughput_per_min'])} candles/min")
+    if s["status"] == "interrupted":
+        if not received:
+            # No signal of ours: the driver stopped itself because every
+            # worker slot is held by a chunk past its deadline.
+            click.echo(f"error: {s['interrupted_because'] or 'the job was interrupted'}", err=True)
+            for idx, err in s["last_errors"].items():
+                click.echo(f"  chunk {idx}: {err}", err=True)
+            click.echo(f"resume with: gpubackfill execute {job_id}", err=True)
+            raise SystemExit(1)
+        click.echo(f"resume with: gpubackfill execute {job_id}", err=True)
+        # SIGTERM is an orderly stop (a deploy, a pod eviction); Ctrl-C is the user's.
+        raise SystemExit(0 if received and received[0] == signal.SIGTERM else 130)
+    if s["status"] in ("failed", "completed_with_errors"):
+        for idx, err in s["last_errors"].items():
+            click.echo(f"  chunk {idx}: {err}", err=True)
+        raise SystemExit(1)
+    if s["status"] == "cancelled":
+        raise SystemExit(1)
+

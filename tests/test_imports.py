@@ -1,0 +1,50 @@
+"""What importing the package costs: Redis-only commands must not load the
+compute stack (numba, pandas), and importing has no side effects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("numba", "pandas", "cupy", "cudf", "distributed", "chdb")
+
+
+def _loaded(code: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                          f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"],
+                         capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("code", [
+    "import gpubackfill",
+    "import gpubackfill.cli",
+    "from gpubackfill.cli import main",
+    "from gpubackfill.service import BackfillService",   # status, pause, cancel, metrics
+])
+def test_light_imports(code):
+    assert _loaded(code) == []
+
+
+def test_the_public_names_still_resolve():
+    import gpubackfill
+
+    for name in gpubackfill.__all__:
+        assert getattr(gpubackfill, name) is not None
+    assert callable(gpubackfill.compute_labels) and "mfe_mae" in gpubackfill.LABELS
+    assert gpubackfill.labels.DEFAULT_LABELS  # submodules as attributes, as before
+    with pytest.raises(AttributeError):
+        gpubackfill.no_such_name
+
+
+def test_importing_the_worker_code_changes_no_global_setting():
+    out = subprocess.run([sys.executable, "-c",
+                          "import numba, atexit\n"
+                          "before = numba.config.THREADING_LAYER, atexit._ncallbacks()\n"
+                          "import gpubackfill.chunk, gpubackfill.executor, gpubackfill.service\n"
+                          "print(before == (numba.config.THREADING_LAYER, atexit._ncallbacks()))"],
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "True"
