@@ -302,6 +302,13 @@ class Remote:
     def create_job(self, *args, **kwargs) -> str:
         return self._call("create_job", *args, **kwargs)
 
+    def plan_update(self, *args, **kwargs) -> list[dict]:
+        return self._call("plan_update", *args, **kwargs)
+
+    def series_overview(self, *args, **kwargs) -> list[dict]:
+        """As dicts (``coverage.SeriesCoverage`` as JSON)."""
+        return self._call("series_overview", *args, **kwargs)
+
     def label_sets(self, *args, **kwargs) -> list:
         from .export import LabelSet
 

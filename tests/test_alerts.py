@@ -77,7 +77,7 @@ def test_one_webhook_per_crossing_to_every_url(chdb_home, redis_socket, receiver
     alerter = Alerter(service.telemetry, settings)
     service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-10"))
     job = service.create_job("EURUSD", "M5", "2024-01-01", "2024-01-05", chunk_size=100)
-    p, r = service.state.p, service.state.r
+    p, r = service.state.prefix, service.state.client
     r.hset(f"{p}:breakers", "clickhouse", json.dumps({"state": "open", "failures": 5, "changed_ms": 1}))
     assert sorted(alerter.check(service.metrics())) == ["circuit_breaker_open", "queue_backlog"]
     assert alerter.check(service.metrics()) == []           # still firing: no storm

@@ -163,7 +163,7 @@ def test_status_says_which_backend_ran_and_why(service):
 def test_finished_jobs_expire_after_the_redis_ttl(service):
     series(service)
     job = service.start("EURUSD", "M5", START, "2024-01-05", chunk_size=5_000)
-    ttl = service.state.r.ttl(service.state.k(job))
+    ttl = service.state.client.ttl(service.state.key(job))
     assert 0 < ttl <= service.settings.redis_ttl
     queued = service.create_job("EURUSD", "M5", START, "2024-01-05")
-    assert service.state.r.ttl(service.state.k(queued)) == -1  # unfinished jobs stay
+    assert service.state.client.ttl(service.state.key(queued)) == -1  # unfinished jobs stay

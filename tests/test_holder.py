@@ -121,6 +121,13 @@ def test_export_ingest_and_detach_while_a_job_runs_in_another_process(proc_env, 
         assert len(queued) == 12 and f"once `gpubackfill execute` (pid {runner.pid})" in res.stderr
         sets = json.loads(run_cli(env, "sets", "--granularity", "M15", "--format", "json").stdout)
         assert len(sets) == 1
+        res = run_cli(env, "series", "--format", "json")
+        assert f"held by `gpubackfill execute` (pid {runner.pid})" in res.stderr
+        listing = {(r["instrument"], r["granularity"]): r for r in json.loads(res.stdout)}
+        assert listing[("EURUSD", "M15")]["sets"][0]["rows"] == candles.num_rows
+        assert listing[("EURUSD", "M15")]["sets"][0]["stale_chunks"] == 0
+        res = run_cli(env, "update", "--granularity", "M15", "--detach")
+        assert "labels are up to date" in res.stdout
         # A job that needs the store itself is refused with what to do instead.
         res = run_cli(env, "execute", queued, check=False)
         assert res.returncode == 1 and res.stderr.count("\n") == 1

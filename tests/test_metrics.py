@@ -94,7 +94,7 @@ def test_exposition_passes_promtool(service, finished_job, tmp_path):
 
 
 def test_reliability_keys_light_up_metrics_and_the_cli(service, settings, monkeypatch):
-    p, r = service.state.p, service.state.r
+    p, r = service.state.prefix, service.state.client
     r.hset(f"{p}:breakers", mapping={
         "clickhouse": json.dumps({"state": "open", "failures": 7, "changed_ms": 1}),
         "redis": json.dumps({"state": "half_open", "failures": 2, "changed_ms": 1}),

@@ -91,7 +91,7 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
         def fail(self, data, retryable):
             idx = data.draw(st.sampled_from(sorted(self.token)))
             status, _ = self.s.fail(self.job, idx, self.token[idx], "boom", 2, retryable=retryable)
-            attempts = int(client.hget(self.s.k(self.job, "attempts"), idx))
+            attempts = int(client.hget(self.s.key(self.job, "attempts"), idx))
             if retryable and attempts < 2:
                 assert status == "retry"
                 self.state[idx] = next_chunk_state(self.state[idx], "retry")

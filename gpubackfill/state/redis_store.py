@@ -321,30 +321,31 @@ class RedisState:
 
     def __init__(self, client: redis.Redis, prefix: str, ttl: int, where: str,
                  breaker: pybreaker.CircuitBreaker | None = None):
-        self.r = client
-        self.p = prefix
+        self.client = client
+        self.prefix = prefix
         self.ttl = ttl
         self.where = where
         self.breaker = breaker
-        self._transition = self.r.register_script(_TRANSITION)
-        self._claim = self.r.register_script(_CLAIM)
-        self._complete = self.r.register_script(_COMPLETE)
-        self._fail = self.r.register_script(_FAIL)
-        self._release = self.r.register_script(_RELEASE)
-        self._return_leases = self.r.register_script(_RETURN_LEASES)
-        self._requeue = self.r.register_script(_REQUEUE)
-        self._split = self.r.register_script(_SPLIT)
-        self._renew = self.r.register_script(_RENEW)
-        self._settle = self.r.register_script(_SETTLE)
-        self._takeover = self.r.register_script(_TAKEOVER)
-        self._claim_spec = self.r.register_script(_CLAIM_SPEC)
+        self._transition = self.client.register_script(_TRANSITION)
+        self._claim = self.client.register_script(_CLAIM)
+        self._complete = self.client.register_script(_COMPLETE)
+        self._fail = self.client.register_script(_FAIL)
+        self._release = self.client.register_script(_RELEASE)
+        self._return_leases = self.client.register_script(_RETURN_LEASES)
+        self._requeue = self.client.register_script(_REQUEUE)
+        self._split = self.client.register_script(_SPLIT)
+        self._renew = self.client.register_script(_RENEW)
+        self._settle = self.client.register_script(_SETTLE)
+        self._takeover = self.client.register_script(_TAKEOVER)
+        self._claim_spec = self.client.register_script(_CLAIM_SPEC)
 
     # -- keys --------------------------------------------------------------
 
-    def k(self, job: str, part: str = "") -> str:
-        return f"{self.p}:job:{job}" + (f":{part}" if part else "")
+    def key(self, job: str, part: str = "") -> str:
+        return f"{self.prefix}:job:{job}" + (f":{part}" if part else "")
 
-    def _call(self, fn, *args, **kwargs):
+    def call(self, fn, *args, **kwargs):
+        """Run a redis-py call through the breaker, mapping errors to DependencyError."""
         if self.breaker is None:
             return self._raw(fn, *args, **kwargs)
         return BREAKERS.call(self.breaker, self._raw, fn, *args, **kwargs)
@@ -358,7 +359,7 @@ class RedisState:
             raise DependencyError(f"Redis at {self.where} failed: {exc}", "redis") from None
 
     def ping(self) -> None:
-        self._call(self.r.ping)
+        self.call(self.client.ping)
 
     # -- jobs --------------------------------------------------------------
 
@@ -380,45 +381,45 @@ class RedisState:
                 base[f"s{seg.series}:chunks_total"] = base.get(f"s{seg.series}:chunks_total", 0) + 1
                 base[f"s{seg.series}:candles_total"] = base.get(f"s{seg.series}:candles_total", 0) + seg.rows
         base.update(fields)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.k(job_id), mapping={k: _enc(v) for k, v in base.items()})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key(job_id), mapping={k: _enc(v) for k, v in base.items()})
         if plans:
-            pipe.hset(self.k(job_id, "plan"), mapping={i: encode_segments(p) for i, p in enumerate(plans)})
-            pipe.hset(self.k(job_id, "state"), mapping={i: "pending" for i in range(len(plans))})
-            pipe.rpush(self.k(job_id, "pending"), *range(len(plans)))
-        pipe.rpush(self.k(job_id, "events"), json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
-        pipe.zadd(f"{self.p}:jobs", {job_id: t})
+            pipe.hset(self.key(job_id, "plan"), mapping={i: encode_segments(p) for i, p in enumerate(plans)})
+            pipe.hset(self.key(job_id, "state"), mapping={i: "pending" for i in range(len(plans))})
+            pipe.rpush(self.key(job_id, "pending"), *range(len(plans)))
+        pipe.rpush(self.key(job_id, "events"), json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
+        pipe.zadd(f"{self.prefix}:jobs", {job_id: t})
         if fields.get("spec_key"):
             pipe.persist(fields["spec_key"])
-        self._call(pipe.execute)
+        self.call(pipe.execute)
 
     def spec_key(self, digest: str) -> str:
-        return f"{self.p}:spec:{digest}"
+        return f"{self.prefix}:spec:{digest}"
 
     def claim_spec(self, digest: str, job_id: str) -> tuple[str, str] | None:
         """Register ``job_id`` as the one active job of a spec; or the active
         (job id, status) that already has it."""
-        other, status = self._call(self._claim_spec, keys=[self.spec_key(digest)],
-                                   args=[job_id, f"{self.p}:job:", json.dumps(sorted(ACTIVE_JOB_STATES))])
+        other, status = self.call(self._claim_spec, keys=[self.spec_key(digest)],
+                                   args=[job_id, f"{self.prefix}:job:", json.dumps(sorted(ACTIVE_JOB_STATES))])
         return (other, status) if other else None
 
     def job(self, job_id: str) -> dict[str, Any]:
-        h = self._call(self.r.hgetall, self.k(job_id))
+        h = self.call(self.client.hgetall, self.key(job_id))
         if not h:
             raise JobNotFound(f"no job {job_id!r}")
         return {k: _dec(k, v) for k, v in h.items()}
 
     def job_ids(self) -> list[str]:
-        return list(self._call(self.r.zrange, f"{self.p}:jobs", 0, -1))
+        return list(self.call(self.client.zrange, f"{self.prefix}:jobs", 0, -1))
 
     def job_exists(self, job_id: str) -> bool:
-        return bool(self._call(self.r.exists, self.k(job_id)))
+        return bool(self.call(self.client.exists, self.key(job_id)))
 
     def set_fields(self, job_id: str, **fields) -> None:
-        self._call(self.r.hset, self.k(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+        self.call(self.client.hset, self.key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
 
     def transition(self, job_id: str, event: str, note: str = "") -> str:
-        status, value = self._call(self._transition, keys=[self.k(job_id), self.k(job_id, "events")],
+        status, value = self.call(self._transition, keys=[self.key(job_id), self.key(job_id, "events")],
                                    args=[event, now_ms(), note, TABLES])
         if status == "missing":
             raise JobNotFound(f"no job {job_id!r}")
@@ -432,98 +433,98 @@ class RedisState:
     def settle(self, job_id: str) -> str:
         """End a running job whose chunks are all settled (the same rule the
         last chunk's completion applies); the status either way."""
-        return str(self._call(self._settle, keys=[self.k(job_id), self.k(job_id, "events")],
+        return str(self.call(self._settle, keys=[self.key(job_id), self.key(job_id, "events")],
                               args=[now_ms(), TABLES]))
 
     _PARTS = ("", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
               "samples")
 
     def expire_job(self, job_id: str) -> None:
-        pipe = self.r.pipeline()
+        pipe = self.client.pipeline()
         for part in self._PARTS:
-            pipe.expire(self.k(job_id, part), self.ttl)
-        self._call(pipe.execute)
+            pipe.expire(self.key(job_id, part), self.ttl)
+        self.call(pipe.execute)
 
     def delete_job(self, job_id: str) -> None:
         dead = [e["id"] for e in self.dead_letters(job_id)]
-        spec = self._call(self.r.hget, self.k(job_id), "spec_key")
-        pipe = self.r.pipeline()
-        if spec and self._call(self.r.get, spec) == job_id:
+        spec = self.call(self.client.hget, self.key(job_id), "spec_key")
+        pipe = self.client.pipeline()
+        if spec and self.call(self.client.get, spec) == job_id:
             pipe.delete(spec)
         if dead:
-            pipe.hdel(f"{self.p}:dlq", *dead)
+            pipe.hdel(f"{self.prefix}:dlq", *dead)
         for part in self._PARTS + ("driver",):
-            pipe.delete(self.k(job_id, part))
-        pipe.zrem(f"{self.p}:jobs", job_id)
-        self._call(pipe.execute)
+            pipe.delete(self.key(job_id, part))
+        pipe.zrem(f"{self.prefix}:jobs", job_id)
+        self.call(pipe.execute)
 
     def events(self, job_id: str, last: int = 50) -> list[dict]:
-        return [json.loads(e) for e in self._call(self.r.lrange, self.k(job_id, "events"), -last, -1)]
+        return [json.loads(e) for e in self.call(self.client.lrange, self.key(job_id, "events"), -last, -1)]
 
     def note(self, job_id: str, event: str, note: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.rpush(self.k(job_id, "events"), json.dumps({"t": now_ms(), "event": event, "from": "", "to": "", "note": note}))
-        pipe.ltrim(self.k(job_id, "events"), -EVENTS_KEPT, -1)
-        self._call(pipe.execute)
+        pipe = self.client.pipeline()
+        pipe.rpush(self.key(job_id, "events"), json.dumps({"t": now_ms(), "event": event, "from": "", "to": "", "note": note}))
+        pipe.ltrim(self.key(job_id, "events"), -EVENTS_KEPT, -1)
+        self.call(pipe.execute)
 
     # -- driver ownership --------------------------------------------------
 
     def acquire_driver(self, job_id: str, owner: str, ttl_ms: int) -> str | None:
         """Become the job's driver unless a live one exists; returns the other owner if refused."""
-        key = self.k(job_id, "driver")
-        if self._call(self.r.set, key, owner, nx=True, px=ttl_ms):
+        key = self.key(job_id, "driver")
+        if self.call(self.client.set, key, owner, nx=True, px=ttl_ms):
             return None
-        current = self._call(self.r.get, key)
+        current = self.call(self.client.get, key)
         if current == owner:
-            self._call(self.r.pexpire, key, ttl_ms)
+            self.call(self.client.pexpire, key, ttl_ms)
             return None
         return current
 
     def renew_driver(self, job_id: str, owner: str, ttl_ms: int) -> bool:
-        key = self.k(job_id, "driver")
-        if self._call(self.r.get, key) == owner:
-            return bool(self._call(self.r.pexpire, key, ttl_ms))
+        key = self.key(job_id, "driver")
+        if self.call(self.client.get, key) == owner:
+            return bool(self.call(self.client.pexpire, key, ttl_ms))
         return False
 
     def driver_owner(self, job_id: str) -> str | None:
         """The process holding the job's driver lock (None: no lock, or it expired)."""
-        return self._call(self.r.get, self.k(job_id, "driver"))
+        return self.call(self.client.get, self.key(job_id, "driver"))
 
     def driver_ttl_ms(self, job_id: str) -> int:
         """Milliseconds before the driver lock expires unless renewed (< 0: no lock)."""
-        return int(self._call(self.r.pttl, self.k(job_id, "driver")))
+        return int(self.call(self.client.pttl, self.key(job_id, "driver")))
 
     def release_driver(self, job_id: str, owner: str) -> None:
-        key = self.k(job_id, "driver")
-        if self._call(self.r.get, key) == owner:
-            self._call(self.r.delete, key)
+        key = self.key(job_id, "driver")
+        if self.call(self.client.get, key) == owner:
+            self.call(self.client.delete, key)
 
     def take_over_driver(self, job_id: str, dead: str, owner: str, ttl_ms: int) -> bool:
-        return bool(self._call(self._takeover, keys=[self.k(job_id, "driver")],
+        return bool(self.call(self._takeover, keys=[self.key(job_id, "driver")],
                                args=[dead, owner, ttl_ms]))
 
     # -- chunks ------------------------------------------------------------
 
     def plan(self, job_id: str) -> dict[int, tuple[Segment, ...]]:
-        raw = self._call(self.r.hgetall, self.k(job_id, "plan"))
+        raw = self.call(self.client.hgetall, self.key(job_id, "plan"))
         return {int(i): Segment.decode_all(v) for i, v in raw.items()}
 
     def plan_entry(self, job_id: str, idx: int) -> tuple[Segment, ...]:
-        raw = self._call(self.r.hget, self.k(job_id, "plan"), idx)
+        raw = self.call(self.client.hget, self.key(job_id, "plan"), idx)
         if raw is None:
             raise JobNotFound(f"job {job_id} has no chunk {idx}")
         return Segment.decode_all(raw)
 
     def chunk_states(self, job_id: str) -> dict[int, str]:
-        return {int(i): s for i, s in self._call(self.r.hgetall, self.k(job_id, "state")).items()}
+        return {int(i): s for i, s in self.call(self.client.hgetall, self.key(job_id, "state")).items()}
 
     def chunk_errors(self, job_id: str) -> dict[int, str]:
-        return {int(i): s for i, s in self._call(self.r.hgetall, self.k(job_id, "errors")).items()}
+        return {int(i): s for i, s in self.call(self.client.hgetall, self.key(job_id, "errors")).items()}
 
     def chunk_error_heads(self, job_id: str, n: int = 5) -> dict[int, str]:
         """First line of up to ``n`` chunks' last errors (HSCAN, not the whole hash)."""
         out: dict[int, str] = {}
-        for i, v in self._call(self.r.hscan_iter, self.k(job_id, "errors"), count=n):
+        for i, v in self.call(self.client.hscan_iter, self.key(job_id, "errors"), count=n):
             out[int(i)] = v.splitlines()[0] if v else ""
             if len(out) >= n:
                 break
@@ -534,9 +535,9 @@ class RedisState:
         """(chunk index, lease token, its segments), or why not: 'empty' or
         the job status.  The segments are read in the same step because a
         split may have changed them."""
-        k = self.k
-        out = self._call(self._claim, keys=[k(job_id), k(job_id, "pending"), k(job_id, "state"),
-                                            k(job_id, "lease"), k(job_id, "plan")],
+        key = self.key
+        out = self.call(self._claim, keys=[key(job_id), key(job_id, "pending"), key(job_id, "state"),
+                                            key(job_id, "lease"), key(job_id, "plan")],
                          args=[owner, now_ms(), lease_ms, TABLES])
         if out[0] == -2:
             return "empty"
@@ -548,16 +549,16 @@ class RedisState:
         """Record a chunk's result and settle it, atomically (its job's and
         series' counters, the deployment's totals, the ETA sample).
         ('stale', '') when the lease is no longer ours."""
-        k = self.k
+        key = self.key
         body = json.dumps({
             "segments": [[s.series, s.candles, s.rows, s.planned if s.planned else -1]
                          for s in result.segments],
             "cache_hit": int(result.cache_hit), "resolved": result.resolved,
             "ambiguous": result.ambiguous})
-        return tuple(self._call(self._complete,
-                                keys=[k(job_id), k(job_id, "state"), k(job_id, "lease"),
-                                      k(job_id, "events"), k(job_id, "durations"), k(job_id, "plan"),
-                                      f"{self.p}:stats", k(job_id, "samples")],
+        return tuple(self.call(self._complete,
+                                keys=[key(job_id), key(job_id, "state"), key(job_id, "lease"),
+                                      key(job_id, "events"), key(job_id, "durations"), key(job_id, "plan"),
+                                      f"{self.prefix}:stats", key(job_id, "samples")],
                                 args=[idx, token, now_ms(), f"{result.duration:.6f}",
                                       bucket_field(result.duration), body, self.ttl, TABLES]))
 
@@ -566,7 +567,7 @@ class RedisState:
              detail: dict[str, Any] | None = None) -> tuple[str, str]:
         """Record a failed attempt: back to pending while attempts remain and
         ``retryable``, else the chunk is failed and dead-lettered."""
-        k = self.k
+        key = self.key
         segs = self.plan_entry(job_id, idx)
         entry = {"id": f"{job_id}:{idx}", "job_id": job_id, "chunk": idx,
                  "start_ms": min(s.start_ms for s in segs), "end_ms": max(s.end_ms for s in segs),
@@ -574,47 +575,47 @@ class RedisState:
                  "time_ms": now_ms(), **(detail or {})}
         if len(segs) > 1 or segs[0].series:
             entry["series"] = sorted({s.series for s in segs})
-        return tuple(self._call(self._fail,
-                                keys=[k(job_id), k(job_id, "state"), k(job_id, "lease"),
-                                      k(job_id, "pending"), k(job_id, "attempts"),
-                                      k(job_id, "errors"), k(job_id, "events"),
-                                      f"{self.p}:dlq", f"{self.p}:counters", k(job_id, "plan"),
-                                      f"{self.p}:stats"],
+        return tuple(self.call(self._fail,
+                                keys=[key(job_id), key(job_id, "state"), key(job_id, "lease"),
+                                      key(job_id, "pending"), key(job_id, "attempts"),
+                                      key(job_id, "errors"), key(job_id, "events"),
+                                      f"{self.prefix}:dlq", f"{self.prefix}:counters", key(job_id, "plan"),
+                                      f"{self.prefix}:stats"],
                                 args=[idx, token, max_attempts, error[:2000], now_ms(),
                                       "1" if retryable else "0", category, json.dumps(entry), TABLES]))
 
     def _lease_keys(self, job_id: str) -> list[str]:
-        k = self.k
-        return [k(job_id), k(job_id, "state"), k(job_id, "lease"), k(job_id, "pending"), k(job_id, "plan")]
+        key = self.key
+        return [key(job_id), key(job_id, "state"), key(job_id, "lease"), key(job_id, "pending"), key(job_id, "plan")]
 
     def release(self, job_id: str, idx: int, token: int | None = None) -> bool:
-        return bool(self._call(self._release, keys=self._lease_keys(job_id),
+        return bool(self.call(self._release, keys=self._lease_keys(job_id),
                                args=[idx, "" if token is None else token, TABLES]))
 
     def expire_leases(self, job_id: str) -> int:
-        return int(self._call(self._return_leases, keys=self._lease_keys(job_id),
+        return int(self.call(self._return_leases, keys=self._lease_keys(job_id),
                               args=["expired", now_ms(), TABLES]))
 
     def release_owner(self, job_id: str, owner: str) -> int:
         """Return every chunk leased by ``owner`` (a driver that is gone) to pending."""
-        return int(self._call(self._return_leases, keys=self._lease_keys(job_id),
+        return int(self.call(self._return_leases, keys=self._lease_keys(job_id),
                               args=["owner", owner, TABLES]))
 
     def renew_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> bool:
         """Extend a lease that is still ours; False once it was taken back."""
-        return bool(self._call(self._renew, keys=[self.k(job_id, "lease")],
+        return bool(self.call(self._renew, keys=[self.key(job_id, "lease")],
                                args=[idx, token, now_ms() + lease_ms]))
 
     def leases(self, job_id: str) -> dict[int, int]:
         """Chunk index -> token of its current lease."""
         return {int(i): int(v.rsplit("|", 1)[1])
-                for i, v in self._call(self.r.hgetall, self.k(job_id, "lease")).items()}
+                for i, v in self.call(self.client.hgetall, self.key(job_id, "lease")).items()}
 
     def split(self, job_id: str, idx: int, token: int, mid_ms: int, left: int, right: int) -> int | None:
         """Cut a leased one-segment chunk at ``mid_ms`` into two pending chunks; the new index."""
-        k = self.k
-        new = int(self._call(self._split, keys=[k(job_id), k(job_id, "plan"), k(job_id, "state"),
-                                                k(job_id, "lease"), k(job_id, "pending")],
+        key = self.key
+        new = int(self.call(self._split, keys=[key(job_id), key(job_id, "plan"), key(job_id, "state"),
+                                                key(job_id, "lease"), key(job_id, "pending")],
                              args=[idx, token, mid_ms, left, right, TABLES]))
         return None if new < 0 else new
 
@@ -625,45 +626,45 @@ class RedisState:
 
     def requeue(self, job_id: str, idx: int) -> bool:
         """A failed chunk back to pending, its dead-letter entry removed."""
-        k = self.k
-        return bool(self._call(self._requeue, keys=[k(job_id), k(job_id, "state"), k(job_id, "pending"),
-                                                    k(job_id, "attempts"), f"{self.p}:dlq",
-                                                    k(job_id, "plan")],
+        key = self.key
+        return bool(self.call(self._requeue, keys=[key(job_id), key(job_id, "state"), key(job_id, "pending"),
+                                                    key(job_id, "attempts"), f"{self.prefix}:dlq",
+                                                    key(job_id, "plan")],
                                args=[idx, f"{job_id}:{idx}", TABLES]))
 
     # -- dead letters, counters, breakers ------------------------------------
 
     def dead_letters(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        entries = [json.loads(v) for v in self._call(self.r.hvals, f"{self.p}:dlq")]
+        entries = [json.loads(v) for v in self.call(self.client.hvals, f"{self.prefix}:dlq")]
         if job_id is not None:
             entries = [e for e in entries if e["job_id"] == job_id]
         return sorted(entries, key=lambda e: (e["time_ms"], e["job_id"], e["chunk"]))
 
     def dead_letter(self, entry_id: str) -> dict[str, Any]:
-        raw = self._call(self.r.hget, f"{self.p}:dlq", entry_id)
+        raw = self.call(self.client.hget, f"{self.prefix}:dlq", entry_id)
         if raw is None:
             raise InvalidTransition(f"no dead-letter entry {entry_id!r} (see `gpubackfill dlq list`)")
         return json.loads(raw)
 
     def purge_dead_letters(self, ids: list[str]) -> int:
-        return int(self._call(self.r.hdel, f"{self.p}:dlq", *ids)) if ids else 0
+        return int(self.call(self.client.hdel, f"{self.prefix}:dlq", *ids)) if ids else 0
 
     def count(self, field: str, n: int = 1) -> None:
-        self._call(self.r.hincrby, f"{self.p}:counters", field, n)
+        self.call(self.client.hincrby, f"{self.prefix}:counters", field, n)
 
     def counters(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self._call(self.r.hgetall, f"{self.p}:counters").items()}
+        return {k: int(v) for k, v in self.call(self.client.hgetall, f"{self.prefix}:counters").items()}
 
     def publish_breaker(self, name: str, state: dict[str, Any]) -> None:
         # Straight to Redis, not through the breakers: this reports on them.
-        self.r.hset(f"{self.p}:breakers", name, json.dumps(state))
+        self.client.hset(f"{self.prefix}:breakers", name, json.dumps(state))
 
     def breakers(self) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(v) for k, v in self._call(self.r.hgetall, f"{self.p}:breakers").items()}
+        return {k: json.loads(v) for k, v in self.call(self.client.hgetall, f"{self.prefix}:breakers").items()}
 
     def durations(self, job_id: str) -> list[tuple[float, int]]:
         out = []
-        for item in self._call(self.r.lrange, self.k(job_id, "durations"), 0, -1):
+        for item in self.call(self.client.lrange, self.key(job_id, "durations"), 0, -1):
             d, _, n = item.partition(":")
             out.append((float(d), int(n)))
         return out

@@ -35,21 +35,21 @@ class Telemetry:
 
     def __init__(self, state: RedisState):
         self.state = state
-        self.r = state.r
-        self.p = state.p
+        self.client = state.client
+        self.prefix = state.prefix
 
     def _call(self, fn, *args, **kwargs):
-        return self.state._call(fn, *args, **kwargs)
+        return self.state.call(fn, *args, **kwargs)
 
     # -- chunks (recorded by RedisState.complete / fail) ---------------------
 
     def stats(self) -> dict[str, float]:
-        raw = self._call(self.r.hgetall, f"{self.p}:stats")
+        raw = self._call(self.client.hgetall, f"{self.prefix}:stats")
         return {k: float(v) for k, v in raw.items()}
 
     def samples(self, job_id: str) -> list[tuple[int, float, int]]:
         out = []
-        for item in self._call(self.r.lrange, self.state.k(job_id, "samples"), 0, -1):
+        for item in self._call(self.client.lrange, self.state.key(job_id, "samples"), 0, -1):
             try:
                 t, d, n = item.split(",")
                 out.append((int(t), float(d), int(n)))
@@ -58,13 +58,13 @@ class Telemetry:
         return out
 
     def forget_job(self, job_id: str) -> None:
-        self._call(self.r.delete, self.state.k(job_id, "samples"))
+        self._call(self.client.delete, self.state.key(job_id, "samples"))
 
     # -- reliability data (written by others) --------------------------------
 
     def breakers(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for name, raw in self._call(self.r.hgetall, f"{self.p}:breakers").items():
+        for name, raw in self._call(self.client.hgetall, f"{self.prefix}:breakers").items():
             try:
                 value = json.loads(raw)
                 state = str(value.get("state", "closed"))
@@ -75,10 +75,10 @@ class Telemetry:
         return out
 
     def dead_letters(self) -> int:
-        return int(self._call(self.r.hlen, f"{self.p}:dlq"))
+        return int(self._call(self.client.hlen, f"{self.prefix}:dlq"))
 
     def counters(self) -> dict[str, dict[str, int]]:
-        raw = self._call(self.r.hgetall, f"{self.p}:counters")
+        raw = self._call(self.client.hgetall, f"{self.prefix}:counters")
         out = {"retries": {c: 0 for c in CATEGORIES}, "errors": {c: 0 for c in CATEGORIES}}
         for field, value in raw.items():
             kind, _, category = field.partition(":")
@@ -90,28 +90,28 @@ class Telemetry:
 
     def fire_alert(self, name: str, record: dict[str, Any]) -> bool:
         """Mark ``name`` firing; True only for the one caller that changed it."""
-        if not self._call(self.r.hsetnx, f"{self.p}:alerts", name, json.dumps(record)):
+        if not self._call(self.client.hsetnx, f"{self.prefix}:alerts", name, json.dumps(record)):
             return False
         self._history({**record, "event": "firing"})
         return True
 
     def clear_alert(self, name: str) -> bool:
-        raw = self._call(self.r.hget, f"{self.p}:alerts", name)
-        if raw is None or not self._call(self.r.hdel, f"{self.p}:alerts", name):
+        raw = self._call(self.client.hget, f"{self.prefix}:alerts", name)
+        if raw is None or not self._call(self.client.hdel, f"{self.prefix}:alerts", name):
             return False
         self._history({**json.loads(raw), "event": "resolved", "resolved_ms": now_ms()})
         return True
 
     def alerts(self) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(v) for k, v in self._call(self.r.hgetall, f"{self.p}:alerts").items()}
+        return {k: json.loads(v) for k, v in self._call(self.client.hgetall, f"{self.prefix}:alerts").items()}
 
     def alert_history(self, last: int = 20) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self._call(self.r.lrange, f"{self.p}:alert_history", -last, -1)]
+        return [json.loads(x) for x in self._call(self.client.lrange, f"{self.prefix}:alert_history", -last, -1)]
 
     def _history(self, record: dict[str, Any]) -> None:
-        pipe = self.r.pipeline()
-        pipe.rpush(f"{self.p}:alert_history", json.dumps(record))
-        pipe.ltrim(f"{self.p}:alert_history", -HISTORY_KEPT, -1)
+        pipe = self.client.pipeline()
+        pipe.rpush(f"{self.prefix}:alert_history", json.dumps(record))
+        pipe.ltrim(f"{self.prefix}:alert_history", -HISTORY_KEPT, -1)
         self._call(pipe.execute)
 
 
