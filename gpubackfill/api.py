@@ -185,12 +185,12 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
         job_id = service.create_job(req.instrument, req.granularity, req.start_date, req.end_date,
                                     req.labels, _params(req.params), req.chunk_size, req.workers,
                                     req.priority, req.force, req.backend, req.min_workers)
-        return Created(job_id=job_id, status=service.state.job(job_id)["status"])
+        return Created(job_id=job_id, status=service.job_view(job_id).status)
 
     @app.get("/jobs", responses={503: {}})
     def list_jobs(status: Literal[JOB_STATES] | None = Query(default=None)) -> list[views.JobStatus]:  # type: ignore[valid-type]
         """Every job in Redis (optionally of one status), oldest first."""
-        return views.list_jobs(service.state, service.telemetry, status)
+        return service.job_views(status)
 
     @app.get("/jobs/{job_id}", responses={404: {}, 503: {}})
     def get_job(job_id: str = JOB_ID) -> views.JobStatus:
@@ -231,34 +231,14 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
 
 def check_health(service: "BackfillService", scheduler: "Scheduler | None",
                  gpu: dict[str, Any]) -> dict[str, Any]:
-    checks: dict[str, Any] = {}
-    reasons: list[str] = []
     t0 = time.perf_counter()
-    try:
-        service.state.ping()
-        checks["redis"] = {"ok": True, "where": service.state.where}
-    except DependencyError as exc:
-        checks["redis"] = {"ok": False, "error": str(exc)}
-        reasons.append(f"redis: {exc}")
-    try:
-        service.store.rows("SELECT 1")
-        checks["clickhouse"] = {"ok": True}
-    except GpubackfillError as exc:
-        checks["clickhouse"] = {"ok": False, "error": str(exc)}
-        reasons.append(f"clickhouse: {exc}")
+    checks, reasons = service.check_dependencies()
     dashboards: list[str] = []
     if checks["redis"]["ok"]:
         try:
-            breakers = service.telemetry.breakers()
-            open_ = sorted(n for n, b in breakers.items() if b["state"] == "open")
-            checks["breakers"] = {"ok": not open_, "states": {n: b["state"] for n, b in breakers.items()}}
-            if open_:
-                reasons.append(f"circuit breaker open: {', '.join(open_)}")
-            running = [j for j in service.list_jobs("running")]
-            dashboards = sorted({j["dashboard"] for j in running if j["dashboard"]})
+            dashboards = sorted({j.dashboard for j in service.job_views("running") if j.dashboard})
         except GpubackfillError as exc:
-            checks["breakers"] = {"ok": False, "error": str(exc)}
-            reasons.append(f"breakers: {exc}")
+            reasons.append(f"jobs: {exc}")
     from .executor import cluster_summary
 
     clusters = cluster_summary()
@@ -329,11 +309,10 @@ def serve(service: "BackfillService", host: str, port: int, max_jobs: int | None
     """Run the API and the scheduler until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
-    from .alerts import Alerter
     from .scheduler import Scheduler
 
     sock = sock or listen(host, port)
-    scheduler = Scheduler(service, max_jobs, alerter=Alerter(service.telemetry, service.settings))
+    scheduler = Scheduler(service, max_jobs, alerter=service.alerter())
     app = create_app(service, scheduler)
     config = uvicorn.Config(app, host=host, port=port, log_level=service.settings.log_level.lower(),
                             access_log=service.settings.log_level == "DEBUG")

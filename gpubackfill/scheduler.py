@@ -71,11 +71,11 @@ class Scheduler:
 
     def candidates(self) -> list[Candidate]:
         out = []
-        for job_id in self.service.state.job_ids():
+        for job_id in self.service.job_ids():
             if job_id in self._threads:
                 continue
             try:
-                job = self.service.state.job(job_id)
+                job = self.service.job_record(job_id)
             except GpubackfillError:
                 continue
             status = job["status"]
@@ -89,10 +89,7 @@ class Scheduler:
         """A live driver holds the job.  A lock whose owner is a process of
         this host that has died does not count: ``execute`` takes such a job
         over at once, and a restarted service should not wait out the lease."""
-        from .jobs.lease import dead_local_owner as _dead_local_owner
-
-        owner = self.service.state.driver_owner(job_id)
-        return bool(owner) and not _dead_local_owner(owner)
+        return self.service.driver_alive(job_id)
 
     def tick(self) -> list[str]:
         """One scheduling pass; returns the jobs started."""
@@ -109,7 +106,7 @@ class Scheduler:
         return started
 
     def _launch(self, job_id: str) -> None:
-        self.service.state.set_fields(job_id, scheduled="1")
+        self.service.mark_scheduled(job_id)
         t = threading.Thread(target=self._run, args=(job_id,), name=f"job-{job_id}", daemon=True)
         self._threads[job_id] = t
         self.started_order.append(job_id)

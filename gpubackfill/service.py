@@ -24,7 +24,7 @@ import pyarrow as pa
 from . import logs, views
 from .connections import connections
 from .config import Settings
-from .errors import DependencyError, InvalidInput, InvalidTransition
+from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition
 from .granularity import parse_granularity, parse_instrument
 from .jobs.lease import dead_local_owner, new_owner
 from .jobs.machine import FINAL_JOB_STATES
@@ -363,8 +363,66 @@ class BackfillService:
     def job_view(self, job_id: str) -> views.JobStatus:
         return views.job_status(self.state, self.telemetry, job_id)
 
+    def job_views(self, status: str | None = None) -> list[views.JobStatus]:
+        return views.list_jobs(self.state, self.telemetry, status)
+
     def status(self, job_id: str) -> dict[str, Any]:
         return self.job_view(job_id).model_dump()
+
+    # -- for the scheduler and the API (serve) --------------------------------
+
+    def job_ids(self) -> list[str]:
+        return self.state.job_ids()
+
+    def job_record(self, job_id: str) -> dict[str, Any]:
+        """The job's stored fields (spec, status, counters)."""
+        return self.state.job(job_id)
+
+    def driver_alive(self, job_id: str) -> bool:
+        """A live process holds the job's driver lock.  A lock whose owner is a
+        process of this host that has died does not count: ``execute`` takes
+        such a job over at once."""
+        owner = self.state.driver_owner(job_id)
+        return bool(owner) and not dead_local_owner(owner)
+
+    def mark_scheduled(self, job_id: str) -> None:
+        self.state.set_fields(job_id, scheduled="1")
+
+    def check_dependencies(self) -> tuple[dict[str, Any], list[str]]:
+        """Redis, ClickHouse and the circuit breakers as ``/health`` reports
+        them: (checks, reasons it is not ready)."""
+        checks: dict[str, Any] = {}
+        reasons: list[str] = []
+        try:
+            self.state.ping()
+            checks["redis"] = {"ok": True, "where": self.state.where}
+        except DependencyError as exc:
+            checks["redis"] = {"ok": False, "error": str(exc)}
+            reasons.append(f"redis: {exc}")
+        try:
+            self.store.rows("SELECT 1")
+            checks["clickhouse"] = {"ok": True}
+        except GpubackfillError as exc:
+            checks["clickhouse"] = {"ok": False, "error": str(exc)}
+            reasons.append(f"clickhouse: {exc}")
+        if checks["redis"]["ok"]:
+            try:
+                breakers = self.telemetry.breakers()
+                open_ = sorted(n for n, b in breakers.items() if b["state"] == "open")
+                checks["breakers"] = {"ok": not open_,
+                                      "states": {n: b["state"] for n, b in breakers.items()}}
+                if open_:
+                    reasons.append(f"circuit breaker open: {', '.join(open_)}")
+            except GpubackfillError as exc:
+                checks["breakers"] = {"ok": False, "error": str(exc)}
+                reasons.append(f"breakers: {exc}")
+        return checks, reasons
+
+    def alerter(self):
+        """An ``alerts.Alerter`` over this deployment's telemetry."""
+        from .alerts import Alerter
+
+        return Alerter(self.telemetry, self.settings)
 
     def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
         return [j.model_dump() for j in views.list_jobs(self.state, self.telemetry, status)]
