@@ -25,8 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	timeout -k 30 4500 $(PY) -m pytest
 
+# Unit tests only: no Redis, no chDB, seconds (tests/unit).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest tests/unit -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/kernels.py

@@ -5,8 +5,26 @@ import numpy as np
 import pandas as pd
 import pytest
 
-# Test helpers (oracle, strategies, compare) are plain modules beside the tests.
-sys.path.insert(0, str(Path(__file__).parent))
+# Test helpers (oracle, strategies, compare, ...) are plain modules in tests/;
+# integration tests share fixtures and helpers by module name (test_cli ...).
+HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE), str(HERE / "integration")]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The folder is the kind: tests/unit needs no Redis and no chDB and runs
+    in seconds; everything in tests/integration talks to both."""
+    for item in items:
+        where = Path(str(item.fspath)).parents
+        if (HERE / "integration") in where:
+            item.add_marker(pytest.mark.integration)
+        elif (HERE / "unit") in where and set(item.fixturenames) & _SERVERS:
+            raise pytest.UsageError(f"{item.nodeid} uses Redis or chDB "
+                                    f"({', '.join(sorted(set(item.fixturenames) & _SERVERS))}): "
+                                    f"it belongs in tests/integration")
+
+
+_SERVERS = {"redis_socket", "chdb_home", "settings", "service"}
 
 
 def random_walk(n: int, seed: int = 0, vol: float = 1e-3) -> dict:

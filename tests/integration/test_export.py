@@ -199,7 +199,7 @@ def test_an_export_of_10m_rows_streams_under_2gb(tmp_path, redis_socket):
 
     n = 10_000_000
     env = {**os.environ, **env_for(make_settings(tmp_path / "home", redis_socket))}
-    subprocess.run([sys.executable, "-c", _MAKE, str(n), str(Path(__file__).parent)], env=env,
+    subprocess.run([sys.executable, "-c", _MAKE, str(n), str(Path(__file__).resolve().parents[1])], env=env,
                    check=True, timeout=100)
     out = tmp_path / "big.parquet"
     proc = subprocess.Popen([sys.executable, "-m", "gpubackfill", "export", "--instrument", "EURUSD",

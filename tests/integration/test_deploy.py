@@ -13,7 +13,7 @@ import yaml
 
 from gpubackfill.config import Settings
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ROOT = DEPLOY.parent
 
 
