@@ -242,24 +242,35 @@ class Store:
 
     def chunk_starts_many(self, keys: list[SeriesKey], start_ms: int, end_ms: int,
                           chunk_size: int) -> dict[SeriesKey, list[tuple[int, int]]]:
-        """``chunk_starts`` of many series in one query (a universe plans in
-        one round trip, not one per series)."""
+        """``chunk_starts`` of many series: one grouped count, then one ranked
+        read of only the series with more than one chunk (a universe of small
+        series plans without numbering every candle)."""
         if len(keys) <= 1:
             return {k: self.chunk_starts(k, start_ms, end_ms, chunk_size) for k in keys}
         out: dict[SeriesKey, list[tuple[int, int]]] = {k: [] for k in keys}
-        rows = self.rows(f"""
-            SELECT instrument, granularity, intDiv(rn - 1, {{cs:UInt64}}) AS k, min(t), count()
-            FROM (SELECT instrument, granularity, toUnixTimestamp64Milli(ts) AS t,
-                         row_number() OVER (PARTITION BY instrument, granularity ORDER BY ts) AS rn
-                  FROM {self.db}.candles
-                  WHERE (instrument, granularity) IN {{keys:Array(Tuple(String, String))}}
-                    AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
-                    AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))
-            GROUP BY instrument, granularity, k ORDER BY instrument, granularity, k""",
-            {"keys": [(k.instrument, k.granularity) for k in keys], "a": start_ms, "b": end_ms,
-             "cs": chunk_size})
-        for i, g, _, t, n in rows:
-            out[SeriesKey(i, g)].append((int(t), int(n)))
+        rng = ("(instrument, granularity) IN {keys:Array(Tuple(String, String))} "
+               "AND ts >= fromUnixTimestamp64Milli({a:Int64}, 'UTC') "
+               "AND ts < fromUnixTimestamp64Milli({b:Int64}, 'UTC')")
+        p = {"keys": [(k.instrument, k.granularity) for k in keys], "a": start_ms, "b": end_ms,
+             "cs": chunk_size}
+        big = []
+        for i, g, n, t in self.rows(
+                f"SELECT instrument, granularity, count(), min(toUnixTimestamp64Milli(ts)) "
+                f"FROM {self.db}.candles WHERE {rng} GROUP BY instrument, granularity", p):
+            if int(n) <= chunk_size:
+                out[SeriesKey(i, g)] = [(int(t), int(n))]
+            else:
+                big.append((i, g))
+        if big:
+            p["keys"] = big
+            for i, g, _, t, n in self.rows(f"""
+                    SELECT instrument, granularity, intDiv(rn - 1, {{cs:UInt64}}) AS k, min(t), count()
+                    FROM (SELECT instrument, granularity, toUnixTimestamp64Milli(ts) AS t,
+                                 row_number() OVER (PARTITION BY instrument, granularity
+                                                    ORDER BY ts) AS rn
+                          FROM {self.db}.candles WHERE {rng})
+                    GROUP BY instrument, granularity, k ORDER BY instrument, granularity, k""", p):
+                out[SeriesKey(i, g)].append((int(t), int(n)))
         return out
 
     def load(self, key: SeriesKey, start_ms: int, end_ms: int, back: int, ahead: int) -> tuple[pa.Table, int, int]:
