@@ -324,16 +324,34 @@ def _split(store: Store, state: RedisState, task: ChunkTask, why: str) -> ChunkR
     return ChunkResult(task.index, "split", error=why, split_into=new)
 
 
+class _Stages:
+    """Seconds per step of a chunk (load, fingerprint, cache, validate,
+    compute, write), recorded with its result: ``status`` shows where a
+    job's time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._t
+        self._t = now
+
+
 def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> ChunkResult:
     """Every segment of the chunk: one read of all their candles, one write
     of all their label rows (a pack of small series costs what one chunk does)."""
+    stages = _Stages()
     resolved = resolve(task.labels, task.params)
     back, ahead = halo(resolved)
     keys = [task.key(seg) for seg in task.segments]
     loaded = store.load_many([(k, s.start_ms, s.end_ms) for k, s in zip(keys, task.segments)],
                              back, ahead)
+    stages.lap("load")
     finer_keys = [finer_series(resolved, k) for k in keys]
     prints = [_fingerprint(store, table, k, fk) for (table, _, _), k, fk in zip(loaded, keys, finer_keys)]
+    stages.lap("fingerprint")
     cached: dict[int, int] = {}
     if not task.force:
         records = store.chunk_records([(k, s.start_ms, s.end_ms) for k, s in zip(keys, task.segments)],
@@ -341,6 +359,7 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
         for i, rec in enumerate(records):
             if rec is not None and rec[0] == prints[i]:
                 cached[i] = rec[1]
+        stages.lap("cache check")
     kernels = backends.select(task.backend).kernels
     writes, outcomes = [], []
     incomplete = resolved_bars = ambiguous = 0
@@ -355,6 +374,7 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
         except InvalidCandles as exc:
             where = f"{key.instrument} {key.granularity}: " if len(task.segments) > 1 else ""
             raise InvalidCandles(where + str(exc), exc.row, _bad_rows(series)) from None
+        stages.lap("validate")
         fk = finer_keys[i]
         if fk is not None:
             # Only the finer candles of the bars that turn out ambiguous are read.
@@ -369,12 +389,14 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
         ambiguous += amb.get("ambiguous", 0)
         writes.append((key, seg.start_ms, seg.end_ms, labels, prints[i], n_incomplete))
         outcomes.append(SegmentOutcome(seg.series, own, labels.num_rows, seg.rows))
+        stages.lap("compute")
     if writes:
         fence()
         store.write_labels_many(task.label_set, writes, task.job_id)
+        stages.lap("write")
     return ChunkResult(task.index, "done", segments=tuple(outcomes),
                        cache_hit=len(cached) == len(task.segments), incomplete=incomplete,
-                       resolved=resolved_bars, ambiguous=ambiguous)
+                       resolved=resolved_bars, ambiguous=ambiguous, stages=stages.seconds)
 
 
 def _fingerprint(store: Store, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:

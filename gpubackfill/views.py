@@ -108,6 +108,9 @@ class JobStatus(BaseModel):
     bars_resolved: int
     bars_ambiguous: int
     interrupted_because: str
+    # Seconds per chunk step, summed over the job's recorded chunks (load,
+    # fingerprint, cache check, validate, compute, write, and their total).
+    stages: dict[str, float]
 
 
 def _series(job: dict[str, Any]) -> list[SeriesStatus]:
@@ -200,6 +203,8 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
         bars_resolved=int(job.get("tb_resolved") or 0),
         bars_ambiguous=int(job.get("tb_ambiguous") or 0),
         interrupted_because=_last_note(state, job_id, "interrupt") if status == "interrupted" else "",
+        stages={k.split(":", 1)[1]: round(float(v), 6) for k, v in job.items()
+                if k.startswith("stage:")},
     )
 
 

@@ -232,6 +232,12 @@ def status(ctx, job_id: str | None, fmt: str) -> None:
                    f"ran on {ran}; cluster {s['cluster'] or '-'}")
         if s["dashboard"]:
             click.echo(f"dask dashboard: {s['dashboard']}")
+        total = s["stages"].get("total", 0.0)
+        if total > 0:
+            steps = [(k, v) for k, v in s["stages"].items() if k != "total"]
+            click.echo("chunk time by step: " + ", ".join(
+                f"{k} {v:.1f}s ({v / total:.0%})" for k, v in steps)
+                + f"; {total:.1f}s over {s['chunks']['done']} chunks")
         if s["bars_resolved"] or s["bars_ambiguous"]:
             click.echo(f"ambiguous bars: {s['bars_resolved']:,} resolved from finer candles, "
                        f"{s['bars_ambiguous']:,} left to the tie rule")

@@ -67,7 +67,8 @@ class ChunkResult:
     retry_after: float = 0.0
     fail_job: bool = False  # a persistent error: the job itself cannot go on
     split_into: int | None = None
-    extra: dict = field(default_factory=dict, compare=False)
+    # Seconds per step (load, fingerprint, cache check, validate, compute, write).
+    stages: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def ok(self) -> bool:

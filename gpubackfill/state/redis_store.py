@@ -164,6 +164,9 @@ redis.call('HINCRBY', job, 'rows_written', rows)
 redis.call('HINCRBY', job, 'cache_hits', r['cache_hit'])
 redis.call('HINCRBY', job, 'tb_resolved', r['resolved'])
 redis.call('HINCRBY', job, 'tb_ambiguous', r['ambiguous'])
+for name, secs in pairs(r['stages']) do
+  redis.call('HINCRBYFLOAT', job, 'stage:' .. name, secs)
+end
 redis.call('HSET', job, 'updated', ARGV[3])
 redis.call('RPUSH', KEYS[5], ARGV[4] .. ':' .. candles)
 redis.call('LTRIM', KEYS[5], -%d, -1)
@@ -554,7 +557,10 @@ class RedisState:
             "segments": [[s.series, s.candles, s.rows, s.planned if s.planned else -1]
                          for s in result.segments],
             "cache_hit": int(result.cache_hit), "resolved": result.resolved,
-            "ambiguous": result.ambiguous})
+            "ambiguous": result.ambiguous,
+            # an empty Lua table would encode as a list: always one key
+            "stages": {"total": round(result.duration, 6),
+                       **{k: round(v, 6) for k, v in result.stages.items()}}})
         return tuple(self.call(self._complete,
                                 keys=[key(job_id), key(job_id, "state"), key(job_id, "lease"),
                                       key(job_id, "events"), key(job_id, "durations"), key(job_id, "plan"),
@@ -685,6 +691,8 @@ def _enc(v: Any) -> str:
 
 
 def _dec(key: str, v: str) -> Any:
+    if key.startswith("stage:"):
+        return float(v)
     if key in _INT_FIELDS or (key[:1] == "s" and ":" in key):
         try:
             return int(v)

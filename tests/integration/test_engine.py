@@ -167,3 +167,16 @@ def test_finished_jobs_expire_after_the_redis_ttl(service):
     assert 0 < ttl <= service.settings.redis_ttl
     queued = service.create_job("EURUSD", "M5", START, "2024-01-05")
     assert service.state.client.ttl(service.state.key(queued)) == -1  # unfinished jobs stay
+
+
+def test_status_shows_where_the_time_of_the_chunks_went(service):
+    series(service)
+    job = service.start("EURUSD", "M5", START, END, chunk_size=1_500, workers=1)
+    s = service.status(job)
+    stages = s["stages"]
+    assert {"load", "fingerprint", "cache check", "validate", "compute", "write", "total"} <= set(stages)
+    steps = sum(v for k, v in stages.items() if k != "total")
+    assert 0 < steps <= stages["total"] * 1.001
+    # The recorded total is the sum of the chunks' durations the ETA uses.
+    recorded = sum(d for d, _ in service.state.durations(job))
+    assert stages["total"] == pytest.approx(recorded, rel=1e-3, abs=1e-3)
