@@ -22,6 +22,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 from .alerts import ALERT_NAMES
 from .errors import GpubackfillError
+from .resilience import breaker_severity
 from .state.machine import ACTIVE_JOB_STATES, JOB_STATES
 from .state.telemetry import CATEGORIES, CHUNK_BUCKETS
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from .service import BackfillService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 P = "gpubackfill_"
 
 
@@ -95,7 +95,7 @@ def families(m: dict[str, Any], jobs: list[dict[str, Any]]) -> Iterator:
     br = _gauge("circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                 labels=["dependency"])
     for name in sorted({"clickhouse", "redis", *m["breakers"]}):
-        br.add_metric([name], BREAKER_VALUES[m["breakers"].get(name, {"state": "closed"})["state"]])
+        br.add_metric([name], breaker_severity(m["breakers"].get(name, {"state": "closed"})["state"]))
     yield br
     yield _gauge("dead_letter_chunks", "Chunks in the dead-letter queue.", m["dead_letters"])
     al = _gauge("alert_firing", "1 while an alert condition holds.", labels=["alert"])
