@@ -8,7 +8,8 @@ monotonic totals kept in Redis (``state.telemetry``); they survive job
 cleanup and restarts.  Scrape one replica (or aggregate with ``max``): each
 replica exposes the same deployment-wide series.
 
-``ProcessCollector`` adds this process's CPU and memory (psutil).
+prometheus-client's ``ProcessCollector`` adds this process's CPU, memory and
+file descriptors (``gpubackfill_process_*``, read from ``/proc``: Linux only).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
@@ -150,30 +151,10 @@ class RedisCollector:
                      time.perf_counter() - t0)
 
 
-class ProcessCollector:
-    """CPU and memory of this process, from psutil."""
-
-    def __init__(self):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.proc.cpu_percent(None)  # start the interval
-
-    def collect(self) -> Iterator:
-        cpu = self.proc.cpu_times()
-        mem = self.proc.memory_info()
-        yield CounterMetricFamily(P + "process_cpu_seconds", "CPU time of this process (user + system).",
-                                  value=cpu.user + cpu.system)
-        yield _gauge("process_cpu_usage_ratio", "CPU use of this process since the last scrape "
-                                                "(1.0 = one core).", self.proc.cpu_percent(None) / 100)
-        yield _gauge("process_resident_memory_bytes", "Resident memory of this process.", mem.rss)
-        yield _gauge("process_threads", "Threads of this process.", self.proc.num_threads())
-
-
 def registry(service: "BackfillService") -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RedisCollector(service))
-    reg.register(ProcessCollector())
+    ProcessCollector(namespace=P.rstrip("_"), registry=reg)
     return reg
 
 
