@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+import tenacity
+
 from .config import Settings
 from .state.redis_store import now_ms
 from .state.telemetry import Telemetry
@@ -123,24 +125,24 @@ class Alerter:
         return not any(t.is_alive() for t in pending)
 
 
+def _retryable(exc: BaseException) -> bool:
+    """Connection errors and 5xx are worth another try; other HTTP errors are not."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500
+    return isinstance(exc, OSError)  # URLError included
+
+
 def post_json(url: str, body: dict[str, Any], attempts: int = WEBHOOK_ATTEMPTS) -> int:
     """POST ``body`` as JSON; retry connection errors and 5xx with backoff."""
     data = json.dumps(body).encode()
-    delay = WEBHOOK_BACKOFF_S
-    for attempt in range(1, attempts + 1):
+
+    def post() -> int:
         req = urllib.request.Request(url, data=data, method="POST",
                                      headers={"Content-Type": "application/json",
                                               "User-Agent": "gpubackfill-alerts"})
-        try:
-            with urllib.request.urlopen(req, timeout=WEBHOOK_TIMEOUT_S) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500 or attempt == attempts:
-                raise
-        except (urllib.error.URLError, OSError):
-            if attempt == attempts:
-                raise
-        time.sleep(delay)
-        delay *= 2
-    raise AssertionError("unreachable")
+        with urllib.request.urlopen(req, timeout=WEBHOOK_TIMEOUT_S) as resp:
+            return resp.status
 
+    return tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts),
+                             wait=tenacity.wait_exponential(multiplier=WEBHOOK_BACKOFF_S),
+                             retry=tenacity.retry_if_exception(_retryable), reraise=True)(post)

@@ -5,15 +5,24 @@ Names follow the original product spec (``REDIS_*``, ``CLICKHOUSE_*``,
 ``CLICKHOUSE_URL``/``CLICKHOUSE_HOST`` and ``REDIS_URL``/``REDIS_HOST`` the
 embedded defaults are used: chDB and a bundled redis-server, both keeping
 their data under ``GPUBACKFILL_HOME``.
+
+pydantic-settings reads the environment and ``.env`` (the environment wins)
+and pydantic validates; what they do not know is done here: the spec's
+``*_HOST``/``*_PORT`` form of the server URLs, secrets read from the file
+named by ``NAME_FILE``, and one ``ConfigError`` line naming the variable in
+place of a pydantic report.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Literal, Mapping, get_args
 from urllib.parse import quote, urlsplit
+
+from pydantic import (BeforeValidator, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import InvalidInput
 
@@ -29,52 +38,108 @@ def _default_home() -> Path:
     return Path(base) / "gpubackfill"
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path = field(default_factory=_default_home)
-    clickhouse_url: str | None = None      # None: embedded chDB under home
-    clickhouse_database: str = "gpubackfill"
-    clickhouse_user: str = "default"
-    clickhouse_password: str = field(default="", repr=False)
-    redis_url: str | None = None           # None: bundled redis-server under home
-    redis_prefix: str = "gpubackfill"
-    redis_ttl: int = 7 * 24 * 3600         # seconds a finished job stays in Redis
-    max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    max_retries: int = 3
-    cache_ttl_seconds: int = 3600
-    metrics_enabled: bool = True
-    prometheus_port: int = 9090
-    alert_webhooks: tuple[str, ...] = ()
-    log_level: str = "INFO"
-    dask_scheduler: str | None = None
-    backend: str = "cpu"
-    lease_seconds: int = 120
-    rmm_pool_size: str | None = None       # per GPU worker, e.g. "24GB"
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+Flag = Annotated[bool, BeforeValidator(_stripped)]  # pydantic's: 1/0, true/false, yes/no, on/off, t/f, y/n
+
+
+def _env(name: str, default: Any = None, **constraints) -> Any:
+    """A field read from the variable ``name``."""
+    if callable(default):
+        return Field(default_factory=default, validation_alias=name, **constraints)
+    return Field(default, validation_alias=name, **constraints)
+
+
+def _number(name: str, default: float, minimum: float = 0.0) -> Any:
+    return Field(default, validation_alias=name, ge=minimum, allow_inf_nan=False)
+
+
+# The spec's names that are not fields: the parts of a server URL, and the
+# files holding secrets.
+_URL_PARTS = ("CLICKHOUSE_HOST", "CLICKHOUSE_PORT", "CLICKHOUSE_SECURE",
+              "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
+_SECRET_FILES = ("CLICKHOUSE_PASSWORD_FILE", "REDIS_PASSWORD_FILE", "GPUBACKFILL_API_TOKEN_FILE")
+
+
+class Settings(BaseSettings):
+    """Every setting, with the variable it is read from.  Frozen: derive a
+    variant with ``settings.model_copy(update={...})``."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, validate_by_name=True, case_sensitive=True, extra="ignore",
+        env_file=".env", env_ignore_empty=True,  # an empty variable is an unset one
+        validate_default=False, hide_input_in_errors=True)
+
+    home: Path = _env("GPUBACKFILL_HOME", _default_home)
+    clickhouse_url: str | None = _env("CLICKHOUSE_URL")  # None: embedded chDB under home
+    clickhouse_database: str = _env("CLICKHOUSE_DATABASE", "gpubackfill")
+    clickhouse_user: str = _env("CLICKHOUSE_USER", "default")
+    clickhouse_password: str = _env("CLICKHOUSE_PASSWORD", "", repr=False)
+    redis_url: str | None = _env("REDIS_URL")           # None: bundled redis-server under home
+    redis_prefix: str = _env("GPUBACKFILL_REDIS_PREFIX", "gpubackfill")
+    redis_ttl: int = _env("REDIS_TTL", 7 * 24 * 3600, ge=60)  # seconds a finished job stays in Redis
+    max_workers: int = _env("BATCH_MAX_WORKERS", lambda: os.cpu_count() or 1, ge=1)
+    chunk_size: int = _env("BATCH_CHUNK_SIZE", DEFAULT_CHUNK_SIZE, ge=1)
+    max_retries: int = _env("BATCH_MAX_RETRIES", 3, ge=0)
+    cache_ttl_seconds: int = _env("CACHE_TTL_SECONDS", 3600, ge=0)  # spec name, read and validated
+    metrics_enabled: Flag = _env("METRICS_ENABLED", True)
+    prometheus_port: int = _env("PROMETHEUS_PORT", 9090, ge=1)    # spec name, read and validated
+    alert_webhooks: tuple[str, ...] = _env("ALERT_WEBHOOKS", ())  # comma-separated
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _env("LOG_LEVEL", "INFO")
+    dask_scheduler: str | None = _env("DASK_SCHEDULER_ADDRESS")
+    backend: Literal["cpu", "cuda", "auto"] = _env("GPUBACKFILL_BACKEND", "cpu")
+    lease_seconds: int = _env("GPUBACKFILL_LEASE_SECONDS", 120, ge=1)
+    rmm_pool_size: str | None = _env("GPUBACKFILL_RMM_POOL_SIZE")  # per GPU worker, e.g. "24GB"
     # Reliability (see resilience.py): retry pacing, breakers, memory, shutdown.
-    retry_base_seconds: float = 1.0
-    breaker_clickhouse_failures: int = 5
-    breaker_clickhouse_reset_seconds: float = 60.0
-    breaker_redis_failures: int = 3
-    breaker_redis_reset_seconds: float = 30.0
-    memory_limit_bytes: int | None = None  # RSS a worker process aims to stay under
-    min_chunk_size: int = 1000             # chunks are not split below this
-    shutdown_timeout: float = 30.0         # seconds running chunks get after a signal
+    retry_base_seconds: float = _number("GPUBACKFILL_RETRY_BASE_SECONDS", 1.0)
+    breaker_clickhouse_failures: int = _env("GPUBACKFILL_BREAKER_CLICKHOUSE_FAILURES", 5, ge=1)
+    breaker_clickhouse_reset_seconds: float = _number("GPUBACKFILL_BREAKER_CLICKHOUSE_RESET_SECONDS",
+                                                      60.0, 0.01)
+    breaker_redis_failures: int = _env("GPUBACKFILL_BREAKER_REDIS_FAILURES", 3, ge=1)
+    breaker_redis_reset_seconds: float = _number("GPUBACKFILL_BREAKER_REDIS_RESET_SECONDS", 30.0, 0.01)
+    memory_limit_bytes: int | None = _env("BATCH_MEMORY_LIMIT")  # RSS a worker aims to stay under
+    min_chunk_size: int = _env("GPUBACKFILL_MIN_CHUNK_SIZE", 1000, ge=1)  # chunks are not split below this
+    shutdown_timeout: float = _number("GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)  # grace after a signal
     # A chunk past its deadline is taken back (watchdog.py).  0: automatic,
     # 10x the job's median chunk time and never under chunk_timeout_floor.
-    chunk_timeout: float = 0.0
-    chunk_timeout_floor: float = 300.0
+    chunk_timeout: float = _number("GPUBACKFILL_CHUNK_TIMEOUT", 0.0)
+    chunk_timeout_floor: float = _number("GPUBACKFILL_CHUNK_TIMEOUT_FLOOR", 300.0, 1.0)
     # Service mode (gpubackfill serve) and observability.
-    log_format: str = "text"               # text | json
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    api_token: str = field(default="", repr=False)  # bearer token for mutating routes
-    max_concurrent_jobs: int = 1           # jobs the scheduler runs at once
-    scheduler_interval: float = 2.0        # seconds between scheduler/alert passes
-    alert_error_rate: float = 0.05         # fraction of chunk attempts that failed
-    alert_min_throughput: float = 500_000  # candles/min while a job runs
-    alert_max_chunk_seconds: float = 1.0   # median recent chunk duration
-    alert_max_queue: int = 5_000           # pending chunks over unfinished jobs
+    log_format: Literal["text", "json"] = _env("LOG_FORMAT", "text")
+    api_host: str = _env("GPUBACKFILL_API_HOST", "127.0.0.1")
+    api_port: int = _env("GPUBACKFILL_API_PORT", 8000, ge=1, le=65535)
+    api_token: str = _env("GPUBACKFILL_API_TOKEN", "", repr=False)  # bearer token for mutating routes
+    max_concurrent_jobs: int = _env("GPUBACKFILL_MAX_CONCURRENT_JOBS", 1, ge=1)  # jobs run at once
+    scheduler_interval: float = _number("GPUBACKFILL_SCHEDULER_INTERVAL", 2.0, 0.05)  # s between passes
+    alert_error_rate: float = _number("ALERT_ERROR_RATE", 0.05)             # share of chunk attempts failed
+    alert_min_throughput: float = _number("ALERT_MIN_THROUGHPUT", 500_000)  # candles/min while a job runs
+    alert_max_chunk_seconds: float = _number("ALERT_MAX_CHUNK_SECONDS", 1.0)  # median recent chunk time
+    alert_max_queue: int = _env("ALERT_MAX_QUEUE", 5_000, ge=0)             # pending chunks, unfinished jobs
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_problem(exc)) from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: bool = True) -> "Settings":
+        """Read and validate settings; raise ConfigError naming the variable.
+
+        ``env``: these variables instead of the environment (and no ``.env``)."""
+        if env is None:
+            return cls(_env_file=".env" if dotenv else None)
+        try:
+            return cls.model_validate({k: v for k, v in env.items() if v != ""})
+        except ValidationError as exc:
+            raise ConfigError(_problem(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Names(env_settings), _Names(dotenv_settings)
 
     @property
     def embedded_clickhouse(self) -> bool:
@@ -92,12 +157,9 @@ class Settings:
     def redis_dir(self) -> Path:
         return self.home / "redis"
 
-    def with_overrides(self, **changes) -> "Settings":
-        return replace(self, **changes)
-
     def public(self) -> dict:
         """The settings as shown to users: secrets removed from URLs."""
-        d = asdict(self)
+        d = self.model_dump()
         d["home"] = str(self.home)
         d.pop("clickhouse_password")
         d["api_token"] = "***" if self.api_token else ""
@@ -106,12 +168,169 @@ class Settings:
                 d[key] = redact_url(d[key])
         return d
 
+    # -- what pydantic does not know -------------------------------------------
+
+    @model_validator(mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: bool = True) -> "Settings":
-        """Read and validate settings; raise ConfigError naming the variable."""
-        values = dict(_read_dotenv(Path.cwd() / ".env")) if dotenv and env is None else {}
-        values.update(os.environ if env is None else env)
-        return cls(**_parse(values))
+    def _spec_names(cls, data: Any) -> Any:
+        """Server URLs from the spec's host/port names and secrets from
+        ``NAME_FILE``, unless given directly."""
+        if not isinstance(data, Mapping):
+            return data
+        # One key per field, its variable's name; a value given by field name wins.
+        fields = cls.model_fields
+        data = {**{k: v for k, v in data.items() if k not in fields},
+                **{fields[k].validation_alias: v for k, v in data.items() if k in fields}}
+        out = {k: v for k, v in data.items() if k not in _URL_PARTS and k not in _SECRET_FILES}
+        if data.get("CLICKHOUSE_PASSWORD_FILE"):
+            out["CLICKHOUSE_PASSWORD"] = _read_secret(data, "CLICKHOUSE_PASSWORD")
+        if data.get("GPUBACKFILL_API_TOKEN_FILE"):
+            out["GPUBACKFILL_API_TOKEN"] = _read_secret(data, "GPUBACKFILL_API_TOKEN")
+        if "CLICKHOUSE_URL" not in data and data.get("CLICKHOUSE_HOST"):
+            port = _part(data, "CLICKHOUSE_PORT", 8123, 1)
+            if port == 9000:
+                # The native protocol port of the original spec; clickhouse-connect
+                # speaks HTTP, whose default port is 8123.
+                port = 8123
+            secure = _part(data, "CLICKHOUSE_SECURE", port in (443, 8443))
+            out["CLICKHOUSE_URL"] = f"{'https' if secure else 'http'}://{data['CLICKHOUSE_HOST']}:{port}"
+        if "REDIS_URL" not in data and data.get("REDIS_HOST"):
+            password = _read_secret(data, "REDIS_PASSWORD")
+            auth = f":{quote(password, safe='')}@" if password else ""
+            db = _part(data, "REDIS_DB", 0, 0)
+            out["REDIS_URL"] = f"redis://{auth}{data['REDIS_HOST']}:{_part(data, 'REDIS_PORT', 6379, 1)}/{db}"
+        return out
+
+    @field_validator("home")
+    @classmethod
+    def _home(cls, home: Path) -> Path:
+        return _check_home(home.expanduser())
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, url: str | None) -> str | None:
+        return url and _check_url("CLICKHOUSE_URL", url, ("http", "https", "chdb"))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        return url and _check_url("REDIS_URL", url, ("redis", "rediss", "unix"))
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _database(cls, name: str) -> str:
+        if not name.replace("_", "").isalnum():
+            raise ConfigError(f"CLICKHOUSE_DATABASE must be letters, digits and _, got {name!r}")
+        return name
+
+    @field_validator("alert_webhooks", mode="before")
+    @classmethod
+    def _webhooks(cls, hooks: Any) -> Any:
+        if isinstance(hooks, str):
+            hooks = tuple(h.strip() for h in hooks.split(",") if h.strip())
+        for h in hooks:
+            if urlsplit(h).scheme not in ("http", "https"):
+                raise ConfigError(f"ALERT_WEBHOOKS entries must be http(s) URLs, got {redact_url(h)!r}")
+        return hooks
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, level: Any) -> Any:
+        return level.upper() if isinstance(level, str) else level
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, fmt: Any) -> Any:
+        return fmt.lower() if isinstance(fmt, str) else fmt
+
+    @field_validator("memory_limit_bytes", mode="before")
+    @classmethod
+    def _bytes(cls, size: Any) -> Any:
+        if not isinstance(size, str):
+            return size
+        from dask.utils import parse_bytes
+
+        try:
+            value = parse_bytes(size)
+        except (ValueError, OverflowError):
+            value = 0
+        if value <= 0:
+            raise ConfigError(f"BATCH_MEMORY_LIMIT must be a size such as 2GB or 512MiB, got {size!r}")
+        return value
+
+
+ENV_NAMES = frozenset({f.validation_alias for f in Settings.model_fields.values()}
+                      | set(_URL_PARTS) | set(_SECRET_FILES))
+"""Every variable the settings read."""
+
+
+class _Names(PydanticBaseSettingsSource):
+    """The variables the settings read, as text, from pydantic-settings'
+    environment or ``.env`` source: the fields' own and the spec's names that
+    ``Settings._spec_names`` turns into fields."""
+
+    def __init__(self, source: PydanticBaseSettingsSource):
+        super().__init__(source.settings_cls)
+        self.source = source
+
+    def get_field_value(self, field, field_name):  # abstract; __call__ reads every name at once
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.source.env_vars.items() if k in ENV_NAMES}
+
+
+def _problem(exc: ValidationError) -> str:
+    """The first error of ``exc`` as one line naming the variable."""
+    err = exc.errors(include_url=False)[0]
+    name = str(err["loc"][0]) if err["loc"] else ""
+    field = next((f for f in Settings.model_fields.values() if f.validation_alias == name), None)
+    return _message(err, name, field.annotation if field else None,
+                    field.metadata if field else ())
+
+
+def _message(err: dict, name: str, annotation: Any, metadata: Any) -> str:
+    kind, raw, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind.startswith("int_"):
+        return f"{name} must be an integer, got {raw!r}"
+    if kind.startswith("bool_"):
+        return f"{name} must be true or false, got {raw!r}"
+    if kind.startswith("float_"):
+        return f"{name} must be a number, got {raw!r}"
+    if kind == "literal_error":
+        choices = get_args(annotation)
+        return f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {raw!r}"
+    if annotation is float and kind in ("greater_than_equal", "finite_number"):
+        minimum = next(m.ge for m in metadata if hasattr(m, "ge"))
+        return f"{name} must be a finite number >= {minimum}, got {raw!r}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        bound = f">= {ctx['ge']}" if "ge" in ctx else f"<= {ctx['le']}"
+        return f"{name} must be {bound}, got {TypeAdapter(int).validate_python(raw)}"
+    return f"{name}: {err['msg']}"
+
+
+def _part(data: Mapping[str, Any], name: str, default: Any, minimum: int | None = None) -> Any:
+    """One of the spec's URL parts, validated as its default's type."""
+    if data.get(name) in (None, ""):
+        return default
+    kind = Flag if isinstance(default, bool) else Annotated[int, Field(ge=minimum)]
+    try:
+        return TypeAdapter(kind).validate_python(data[name])
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors()[0], name, kind, ())) from None
+
+
+def _read_secret(data: Mapping[str, Any], name: str) -> str:
+    """A secret from the file named by NAME_FILE, else from NAME."""
+    if data.get(f"{name}_FILE"):
+        path = Path(data[f"{name}_FILE"])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    return data.get(name) or ""
 
 
 def _userinfo(url: str) -> tuple[str, str, str, str] | None:
@@ -165,86 +384,6 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
     return url
 
 
-def _read_dotenv(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    out = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        out[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
-    return out
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(raw: str, name: str) -> int:
-    """Bytes from '2GB', '512MiB', '1.5 gb' or a plain number of bytes."""
-    text = raw.strip().upper().replace(" ", "")
-    digits = text.rstrip("KMGTIB")
-    unit = text[len(digits):]
-    try:
-        value = float(digits)
-    except ValueError:
-        value = -1.0
-    if unit not in _SIZE_UNITS or value <= 0:
-        raise ConfigError(f"{name} must be a size such as 2GB or 512MiB, got {raw!r}")
-    return int(value * _SIZE_UNITS[unit])
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum or value == float("inf"):
-        raise ConfigError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
-    return value
-
-
-def _secret(env: Mapping[str, str], name: str) -> str:
-    """A password from NAME, or from the file named by NAME_FILE."""
-    if env.get(f"{name}_FILE"):
-        path = Path(env[f"{name}_FILE"])
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
-    return env.get(name, "")
-
-
 def _check_home(home: Path) -> Path:
     """GPUBACKFILL_HOME must be a folder, or creatable as one (it is created
     on first use).  Checked here so that a file or a read-only parent ends in
@@ -264,86 +403,3 @@ def _check_home(home: Path) -> Path:
             raise ConfigError(f"GPUBACKFILL_HOME={str(home)!r} cannot be created: "
                               f"{str(probe)!r} is not writable")
     return home
-
-
-def _parse(env: Mapping[str, str]) -> dict:
-    out: dict = {}
-    if env.get("GPUBACKFILL_HOME"):
-        out["home"] = _check_home(Path(env["GPUBACKFILL_HOME"]).expanduser())
-    out["clickhouse_database"] = env.get("CLICKHOUSE_DATABASE") or "gpubackfill"
-    if not out["clickhouse_database"].replace("_", "").isalnum():
-        raise ConfigError(f"CLICKHOUSE_DATABASE must be letters, digits and _, got "
-                          f"{out['clickhouse_database']!r}")
-    out["clickhouse_user"] = env.get("CLICKHOUSE_USER") or "default"
-    out["clickhouse_password"] = _secret(env, "CLICKHOUSE_PASSWORD")
-    url = env.get("CLICKHOUSE_URL")
-    if not url and env.get("CLICKHOUSE_HOST"):
-        port = _int(env, "CLICKHOUSE_PORT", 8123, 1)
-        if port == 9000:
-            # The native protocol port of the original spec; clickhouse-connect
-            # speaks HTTP, whose default port is 8123.
-            port = 8123
-        scheme = "https" if _bool(env, "CLICKHOUSE_SECURE", port in (443, 8443)) else "http"
-        url = f"{scheme}://{env['CLICKHOUSE_HOST']}:{port}"
-    if url:
-        out["clickhouse_url"] = _check_url("CLICKHOUSE_URL", url, ("http", "https", "chdb"))
-    rurl = env.get("REDIS_URL")
-    if not rurl and env.get("REDIS_HOST"):
-        password = _secret(env, "REDIS_PASSWORD")
-        auth = f":{quote(password, safe='')}@" if password else ""
-        db = _int(env, "REDIS_DB", 0)
-        rurl = f"redis://{auth}{env['REDIS_HOST']}:{_int(env, 'REDIS_PORT', 6379, 1)}/{db}"
-    if rurl:
-        out["redis_url"] = _check_url("REDIS_URL", rurl, ("redis", "rediss", "unix"))
-    out["redis_prefix"] = env.get("GPUBACKFILL_REDIS_PREFIX") or "gpubackfill"
-    out["redis_ttl"] = _int(env, "REDIS_TTL", 7 * 24 * 3600, 60)
-    out["max_workers"] = _int(env, "BATCH_MAX_WORKERS", os.cpu_count() or 1, 1)
-    out["chunk_size"] = _int(env, "BATCH_CHUNK_SIZE", DEFAULT_CHUNK_SIZE, 1)
-    out["max_retries"] = _int(env, "BATCH_MAX_RETRIES", 3, 0)
-    out["cache_ttl_seconds"] = _int(env, "CACHE_TTL_SECONDS", 3600, 0)
-    out["metrics_enabled"] = _bool(env, "METRICS_ENABLED", True)
-    out["prometheus_port"] = _int(env, "PROMETHEUS_PORT", 9090, 1)
-    hooks = [h.strip() for h in env.get("ALERT_WEBHOOKS", "").split(",") if h.strip()]
-    for h in hooks:
-        if urlsplit(h).scheme not in ("http", "https"):
-            raise ConfigError(f"ALERT_WEBHOOKS entries must be http(s) URLs, got {redact_url(h)!r}")
-    out["alert_webhooks"] = tuple(hooks)
-    level = (env.get("LOG_LEVEL") or "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}")
-    out["log_level"] = level
-    out["dask_scheduler"] = env.get("DASK_SCHEDULER_ADDRESS") or None
-    backend = env.get("GPUBACKFILL_BACKEND") or "cpu"
-    if backend not in ("cpu", "cuda", "auto"):
-        raise ConfigError(f"GPUBACKFILL_BACKEND must be cpu, cuda or auto, got {backend!r}")
-    out["backend"] = backend
-    out["lease_seconds"] = _int(env, "GPUBACKFILL_LEASE_SECONDS", 120, 1)
-    out["rmm_pool_size"] = env.get("GPUBACKFILL_RMM_POOL_SIZE") or None
-    out["retry_base_seconds"] = _float(env, "GPUBACKFILL_RETRY_BASE_SECONDS", 1.0)
-    for dep, failures, reset in (("clickhouse", 5, 60.0), ("redis", 3, 30.0)):
-        out[f"breaker_{dep}_failures"] = _int(env, f"GPUBACKFILL_BREAKER_{dep.upper()}_FAILURES",
-                                              failures, 1)
-        out[f"breaker_{dep}_reset_seconds"] = _float(
-            env, f"GPUBACKFILL_BREAKER_{dep.upper()}_RESET_SECONDS", reset, 0.01)
-    if env.get("BATCH_MEMORY_LIMIT"):
-        out["memory_limit_bytes"] = parse_size(env["BATCH_MEMORY_LIMIT"], "BATCH_MEMORY_LIMIT")
-    out["min_chunk_size"] = _int(env, "GPUBACKFILL_MIN_CHUNK_SIZE", 1000, 1)
-    out["shutdown_timeout"] = _float(env, "GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)
-    out["chunk_timeout"] = _float(env, "GPUBACKFILL_CHUNK_TIMEOUT", 0.0)
-    out["chunk_timeout_floor"] = _float(env, "GPUBACKFILL_CHUNK_TIMEOUT_FLOOR", 300.0, 1.0)
-    fmt = (env.get("LOG_FORMAT") or "text").lower()
-    if fmt not in ("text", "json"):
-        raise ConfigError(f"LOG_FORMAT must be text or json, got {fmt!r}")
-    out["log_format"] = fmt
-    out["api_host"] = env.get("GPUBACKFILL_API_HOST") or "127.0.0.1"
-    out["api_port"] = _int(env, "GPUBACKFILL_API_PORT", 8000, 1)
-    if out["api_port"] > 65535:
-        raise ConfigError(f"GPUBACKFILL_API_PORT must be <= 65535, got {out['api_port']}")
-    out["api_token"] = _secret(env, "GPUBACKFILL_API_TOKEN")
-    out["max_concurrent_jobs"] = _int(env, "GPUBACKFILL_MAX_CONCURRENT_JOBS", 1, 1)
-    out["scheduler_interval"] = _float(env, "GPUBACKFILL_SCHEDULER_INTERVAL", 2.0, 0.05)
-    out["alert_error_rate"] = _float(env, "ALERT_ERROR_RATE", 0.05)
-    out["alert_min_throughput"] = _float(env, "ALERT_MIN_THROUGHPUT", 500_000)
-    out["alert_max_chunk_seconds"] = _float(env, "ALERT_MAX_CHUNK_SECONDS", 1.0)
-    out["alert_max_queue"] = _int(env, "ALERT_MAX_QUEUE", 5_000)
-    return out

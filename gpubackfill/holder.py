@@ -151,8 +151,7 @@ class Endpoint:
         on this process's engine: the engine is per folder, not per settings."""
         from .service import BackfillService
 
-        settings = Settings(**{**fields, "home": Path(fields["home"]),
-                               "alert_webhooks": tuple(fields.get("alert_webhooks") or ())})
+        settings = Settings.model_validate(fields)
         if settings.chdb_path != self.svc.settings.chdb_path or not settings.embedded_clickhouse:
             raise errors.InvalidInput("that request is for another store")
         key = json.dumps(fields, sort_keys=True, default=str)
@@ -363,7 +362,7 @@ class _Connection:
         self.sock.settimeout(None)  # an ingest or an export may take minutes
 
     def request(self, op: str, args, kwargs) -> dict:
-        settings = dataclasses.asdict(self.remote.settings)
+        settings = self.remote.settings.model_dump()
         message = {"token": self.remote.holder.token, "op": op, "args": list(args),
                    "kwargs": kwargs, "settings": json.loads(json.dumps(settings, default=str))}
         try:

@@ -8,7 +8,8 @@ monotonic totals kept in Redis (``state.telemetry``); they survive job
 cleanup and restarts.  Scrape one replica (or aggregate with ``max``): each
 replica exposes the same deployment-wide series.
 
-``ProcessCollector`` adds this process's CPU and memory (psutil).
+prometheus-client's ``ProcessCollector`` adds this process's CPU, memory and
+file descriptors (``gpubackfill_process_*``, read from ``/proc``: Linux only).
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from .alerts import ALERT_NAMES
 from .errors import GpubackfillError
 from .jobs.machine import ACTIVE_JOB_STATES, JOB_STATES
+from .resilience import breaker_severity
 from .state.telemetry import CATEGORIES, CHUNK_BUCKETS
 
 if TYPE_CHECKING:
     from .service import BackfillService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 P = "gpubackfill_"
 
 
@@ -95,7 +96,7 @@ def families(m: dict[str, Any], jobs: list[dict[str, Any]]) -> Iterator:
     br = _gauge("circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                 labels=["dependency"])
     for name in sorted({"clickhouse", "redis", *m["breakers"]}):
-        br.add_metric([name], BREAKER_VALUES[m["breakers"].get(name, {"state": "closed"})["state"]])
+        br.add_metric([name], breaker_severity(m["breakers"].get(name, {"state": "closed"})["state"]))
     yield br
     yield _gauge("dead_letter_chunks", "Chunks in the dead-letter queue.", m["dead_letters"])
     al = _gauge("alert_firing", "1 while an alert condition holds.", labels=["alert"])
@@ -150,30 +151,10 @@ class RedisCollector:
                      time.perf_counter() - t0)
 
 
-class ProcessCollector:
-    """CPU and memory of this process, from psutil."""
-
-    def __init__(self):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.proc.cpu_percent(None)  # start the interval
-
-    def collect(self) -> Iterator:
-        cpu = self.proc.cpu_times()
-        mem = self.proc.memory_info()
-        yield CounterMetricFamily(P + "process_cpu_seconds", "CPU time of this process (user + system).",
-                                  value=cpu.user + cpu.system)
-        yield _gauge("process_cpu_usage_ratio", "CPU use of this process since the last scrape "
-                                                "(1.0 = one core).", self.proc.cpu_percent(None) / 100)
-        yield _gauge("process_resident_memory_bytes", "Resident memory of this process.", mem.rss)
-        yield _gauge("process_threads", "Threads of this process.", self.proc.num_threads())
-
-
 def registry(service: "BackfillService") -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RedisCollector(service))
-    reg.register(ProcessCollector())
+    ProcessCollector(namespace=P.rstrip("_"), registry=reg)
     return reg
 
 

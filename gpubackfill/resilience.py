@@ -147,6 +147,25 @@ def retrying(fn: Callable[[], T], base_seconds: float,
 
 # -- circuit breakers ------------------------------------------------------------
 
+BREAKER_STATES = ("closed", "half_open", "open")
+"""Breaker states from best to worst, as published (pybreaker says "half-open");
+a state's index is its severity, the value of the ``circuit_breaker_state`` gauge."""
+
+
+def breaker_severity(state: str) -> int:
+    """0 closed, 1 half-open, 2 open; a state not in ``BREAKER_STATES`` counts as closed."""
+    state = state.replace("-", "_")
+    return BREAKER_STATES.index(state) if state in BREAKER_STATES else 0
+
+
+class _Breaker(pybreaker.CircuitBreaker):
+    """A pybreaker breaker that keeps its state storage at hand: the storage
+    says when the breaker opened, which the breaker itself does not."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        super().__init__(state_storage=self.storage, **kwargs)
+
 
 class _Publish(pybreaker.CircuitBreakerListener):
     def __init__(self, board: "BreakerBoard"):
@@ -176,7 +195,7 @@ class BreakerBoard:
             if cb is None:
                 # Only outages count: a refused query or bad data says
                 # nothing about whether the server is up.
-                cb = pybreaker.CircuitBreaker(
+                cb = _Breaker(
                     fail_max=failures, reset_timeout=reset_seconds, name=dependency,
                     exclude=[lambda e: not _outage_of(e, dependency)], listeners=[_Publish(self)],
                     throw_new_error_on_trip=False)
@@ -194,13 +213,12 @@ class BreakerBoard:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Worst state per dependency in this process."""
-        order = {"closed": 0, "half-open": 1, "open": 2}
         out: dict[str, dict[str, Any]] = {}
         with self._lock:
             items = list(self._breakers.values())
         for cb in items:
             d = describe(cb)
-            if cb.name not in out or order[cb.current_state] > order[out[cb.name]["state"].replace("_", "-")]:
+            if cb.name not in out or breaker_severity(d["state"]) > breaker_severity(out[cb.name]["state"]):
                 out[cb.name] = d
         return out
 
@@ -212,16 +230,16 @@ class BreakerBoard:
                 pass
 
 
-def describe(cb: pybreaker.CircuitBreaker) -> dict[str, Any]:
+def describe(cb: _Breaker) -> dict[str, Any]:
     return {"state": cb.current_state.replace("-", "_"), "failures": cb.fail_counter,
             "changed_ms": int(time.time() * 1000), "retry_after_s": round(retry_after(cb), 3)}
 
 
-def retry_after(cb: pybreaker.CircuitBreaker) -> float:
+def retry_after(cb: _Breaker) -> float:
     """Seconds until an open breaker lets a trial call through (0 otherwise)."""
     if cb.current_state != "open":
         return 0.0
-    opened = cb._state_storage.opened_at  # pybreaker keeps it there; no public accessor
+    opened = cb.storage.opened_at
     if opened is None:
         return float(cb.reset_timeout)
     elapsed = time.time() - opened.timestamp()

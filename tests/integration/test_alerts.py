@@ -64,7 +64,7 @@ def test_thresholds(settings):
     assert not any(c.firing for c in evaluate({**bad, "running_jobs_measured": 0, "running_error_rate": 0,
                                                 "recent_chunk_seconds_p50": 0, "chunks_pending": 0,
                                                 "breakers_open": []}, settings))
-    custom = settings.with_overrides(alert_max_queue=10_000, alert_error_rate=0.1)
+    custom = settings.model_copy(update=dict(alert_max_queue=10_000, alert_error_rate=0.1))
     assert {c.name for c in evaluate(bad, custom) if c.firing} == {"low_throughput", "chunk_latency",
                                                                  "circuit_breaker_open"}
 

@@ -73,6 +73,43 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
     assert s.chunk_size == 1234 and s.redis_ttl == 600
 
 
+def test_secrets_from_files_in_the_environment_or_dotenv(tmp_path, monkeypatch):
+    """NAME_FILE names a file holding the secret (Docker and Kubernetes
+    secrets) and wins over NAME; the environment wins over .env."""
+    from gpubackfill.config import ENV_NAMES
+
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "redis-pw").write_text("r@dis pw\n")
+    (tmp_path / "token").write_text("tok3n\n")
+    (tmp_path / ".env").write_text(
+        f"REDIS_HOST=redis.internal\nREDIS_PASSWORD=not-this\nREDIS_PASSWORD_FILE={tmp_path / 'redis-pw'}\n"
+        f"GPUBACKFILL_API_TOKEN_FILE={tmp_path / 'token'}\nBATCH_CHUNK_SIZE=10\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BATCH_CHUNK_SIZE", "20")
+    s = Settings.from_env()
+    assert s.redis_url == "redis://:r%40dis%20pw@redis.internal:6379/0"
+    assert s.api_token == "tok3n" and s.chunk_size == 20
+    assert "tok3n" not in repr(s) and "dis pw" not in str(s.public())
+    bare = Settings.from_env(dotenv=False)
+    assert bare.redis_url is None and bare.api_token == "" and bare.chunk_size == 20
+    monkeypatch.setenv("GPUBACKFILL_API_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="GPUBACKFILL_API_TOKEN_FILE: cannot read"):
+        Settings.from_env()
+
+
+def test_settings_survive_a_json_round_trip(tmp_path):
+    """What the store holder does with a caller's settings."""
+    import json
+
+    s = Settings.from_env({"GPUBACKFILL_HOME": str(tmp_path), "CLICKHOUSE_HOST": "ch",
+                           "ALERT_WEBHOOKS": "https://a.example/x", "BATCH_MEMORY_LIMIT": "1GB"},
+                          dotenv=False)
+    again = Settings.model_validate(json.loads(json.dumps(s.model_dump(), default=str)))
+    assert again == s and hash(again) == hash(s)
+    assert s.model_copy(update={"chunk_size": 5}).chunk_size == 5 and s.chunk_size == 100_000
+
+
 START_RACE = """
 import sys
 from pathlib import Path

@@ -115,7 +115,7 @@ def _restore(svc, key, candles, rows, ts):
 
 
 def test_malformed_candles_dead_letter_their_chunk_and_dlq_retry_completes(settings, monkeypatch):
-    svc = BackfillService(settings.with_overrides(retry_base_seconds=0.02))
+    svc = BackfillService(settings.model_copy(update=dict(retry_base_seconds=0.02)))
     key = SeriesKey("EURUSD", "M5")
     candles = ingest(svc)
     rows = [2400, 2450, 2500, 2550]  # mid-chunk 2 of 1,000: out of every other chunk's halo
@@ -152,7 +152,7 @@ def test_malformed_candles_dead_letter_their_chunk_and_dlq_retry_completes(setti
 
 
 def test_poison_chunk_is_dead_lettered_after_its_attempts(settings, monkeypatch):
-    svc = BackfillService(settings.with_overrides(retry_base_seconds=0.01))
+    svc = BackfillService(settings.model_copy(update=dict(retry_base_seconds=0.01)))
     candles = ingest(svc)
     poison = int(candles.column("ts").to_numpy()[3500])  # mid-chunk: in no other halo
     real = chunk_mod.compute_series
@@ -180,7 +180,7 @@ def test_poison_chunk_is_dead_lettered_after_its_attempts(settings, monkeypatch)
 def test_persistent_error_fails_the_job_and_execute_resumes_after_the_fix(settings, monkeypatch):
     from gpubackfill.errors import PersistentError
 
-    svc = BackfillService(settings.with_overrides(retry_base_seconds=0.01))
+    svc = BackfillService(settings.model_copy(update=dict(retry_base_seconds=0.01)))
     candles = ingest(svc)
     real = chunk_mod.compute_series
     broken = {"yes": True}
@@ -205,7 +205,7 @@ def test_persistent_error_fails_the_job_and_execute_resumes_after_the_fix(settin
 
 
 def test_memory_error_splits_the_chunk_until_it_fits(settings, monkeypatch):
-    svc = BackfillService(settings.with_overrides(min_chunk_size=500, retry_base_seconds=0.01))
+    svc = BackfillService(settings.model_copy(update=dict(min_chunk_size=500, retry_base_seconds=0.01)))
     candles = ingest(svc)
     real = chunk_mod._compute_and_write
     sizes = []
@@ -226,7 +226,7 @@ def test_memory_error_splits_the_chunk_until_it_fits(settings, monkeypatch):
 
 
 def test_memory_budget_splits_chunks_before_loading(settings):
-    svc = BackfillService(settings.with_overrides(min_chunk_size=500, memory_limit_bytes=1))
+    svc = BackfillService(settings.model_copy(update=dict(min_chunk_size=500, memory_limit_bytes=1)))
     candles = ingest(svc)
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=4000, workers=2)
     assert svc.execute(job).status == "completed"

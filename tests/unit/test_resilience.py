@@ -9,7 +9,7 @@ import time
 import pybreaker
 import pytest
 
-from gpubackfill.config import ConfigError, Settings, parse_size
+from gpubackfill.config import ConfigError, Settings
 from gpubackfill.errors import (BreakerOpen, DependencyError, InvalidCandles, PersistentError,
                                 ResourceError)
 from gpubackfill.resilience import POLICIES, BreakerBoard, classify, is_outage, retrying
@@ -141,7 +141,8 @@ def test_reliability_settings_from_env():
                            "GPUBACKFILL_RETRY_BASE_SECONDS": "0.5"}, dotenv=False)
     assert s.memory_limit_bytes == 1_500_000_000 and s.breaker_redis_failures == 2
     assert s.breaker_clickhouse_reset_seconds == 5.0 and s.retry_base_seconds == 0.5
-    assert parse_size("512MiB", "X") == 512 * 2**20
+    mib = Settings.from_env({"BATCH_MEMORY_LIMIT": "512MiB"}, dotenv=False)
+    assert mib.memory_limit_bytes == 512 * 2**20
     for bad in ("lots", "-1GB", "2XB"):
         with pytest.raises(ConfigError, match="BATCH_MEMORY_LIMIT"):
             Settings.from_env({"BATCH_MEMORY_LIMIT": bad}, dotenv=False)
