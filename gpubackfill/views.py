@@ -19,7 +19,7 @@ from . import eta as eta_mod
 from .errors import CATEGORIES, InvalidInput
 from .jobs.lease import dead_local_owner
 from .jobs.machine import FINAL_JOB_STATES, series_status
-from .resilience import BREAKERS
+from .resilience import BREAKERS, breaker_severity
 from .state.redis_store import RedisState, now_ms
 from .state.telemetry import Telemetry
 
@@ -220,8 +220,6 @@ def list_jobs(state: RedisState, telemetry: Telemetry, status: str | None = None
     return out
 
 
-# Breaker states from best to worst.
-_WORSE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def metrics(state: RedisState, telemetry: Telemetry) -> dict[str, Any]:
@@ -250,7 +248,7 @@ def metrics(state: RedisState, telemetry: Telemetry) -> dict[str, Any]:
         # This process's breaker is the freshest view of its own calls;
         # another process's published open breaker still counts.
         st = str(b.get("state", "closed")).replace("-", "_")
-        if _WORSE.get(st, 0) >= _WORSE[breakers.get(name, {"state": "closed"})["state"]]:
+        if breaker_severity(st) >= breaker_severity(breakers.get(name, {"state": "closed"})["state"]):
             breakers[name] = {"state": st, "failures": int(b.get("failures", 0) or 0)}
     failed = sum(j.chunks.failed for j in jobs)
     stats = telemetry.stats()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..resilience import BREAKER_STATES
 from .redis_store import CHUNK_BUCKETS, RedisState, now_ms  # noqa: F401 - CHUNK_BUCKETS for metrics
 
 HISTORY_KEPT = 200
@@ -70,7 +71,7 @@ class Telemetry:
                 state = str(value.get("state", "closed"))
             except (ValueError, AttributeError):
                 value, state = {}, "closed"
-            out[name] = {"state": state if state in ("closed", "open", "half_open") else "closed",
+            out[name] = {"state": state if state in BREAKER_STATES else "closed",
                          "failures": _int(value.get("failures") if isinstance(value, dict) else 0)}
         return out
 
