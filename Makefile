@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-backfill venv clean
+.PHONY: demo lint test test-fast bench bench-backfill venv clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,14 @@ demo: $(STAMP)
 # 120 s (pyproject.toml); faulthandler dumps every thread's stack first, from
 # a C thread that needs no GIL, so even a deadlocked run shows where it was.
 # The outer bound only keeps a wedged run inside CI's limit; it retries nothing.
-test: $(STAMP)
+test: $(STAMP) lint
 	timeout -k 30 4500 $(PY) -m pytest
+
+# ruff (pyflakes, pycodestyle, bugbear, import order, pyupgrade) and mypy on
+# the package; settings in pyproject.toml.  make test runs it first.
+lint: $(STAMP)
+	$(PY) -m ruff check gpubackfill kernels tests bench tools
+	$(PY) -m mypy
 
 # Unit tests only: no Redis, no chDB, seconds (tests/unit).
 test-fast: $(STAMP)

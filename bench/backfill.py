@@ -77,7 +77,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +105,8 @@ cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
 
 import gpubackfill  # noqa: E402
-from gpubackfill.labels import DEFAULT_LABELS  # noqa: E402
 from gpubackfill.config import Settings  # noqa: E402
+from gpubackfill.labels import DEFAULT_LABELS  # noqa: E402
 
 INSTRUMENT = "BTCUSD"          # 24/7: no weekend gaps, so N bars need N minutes
 GRANULARITY = "M1"
@@ -236,7 +236,7 @@ class RssSampler:
             self.samples += 1
             time.sleep(self._interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -340,7 +340,7 @@ def _cpu_s() -> float:
 
 
 def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 # ---------------------------------------------------------------------------
@@ -391,8 +391,8 @@ def child_setup(args: argparse.Namespace) -> dict[str, Any]:
 def child_job(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
 
-    from gpubackfill.labels import halo, label_set_id, resolve
     from gpubackfill.jobs.plan import plan_chunks
+    from gpubackfill.labels import halo, label_set_id, resolve
     from gpubackfill.service import BackfillService
     from gpubackfill.store import SeriesKey
 
@@ -631,8 +631,7 @@ def run_child(kind: str, args: argparse.Namespace, home: str, **extra: Any) -> d
         elif v is not False and v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])

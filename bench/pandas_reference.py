@@ -318,7 +318,8 @@ def _main():
     ev = dfi.index[np.r_[0, 49, 50, 51, 1000:1200:3, len(dfi) - 30:len(dfi)]]
     _check(dfi, sig_i, ev, dict(horizon=12, pt=2.0, sl=0.5, tie="skip", vertical="sign", min_ret=0.001))
     # a horizon longer than the data
-    _check(dfi.iloc[:80], sig_i.iloc[:80], None, dict(horizon=200, pt=1.0, sl=1.0, tie="sl", vertical="zero", min_ret=0.0))
+    _check(dfi.iloc[:80], sig_i.iloc[:80], None,
+           dict(horizon=200, pt=1.0, sl=1.0, tie="sl", vertical="zero", min_ret=0.0))
 
     # throughput of the pandas baseline (default params, all events)
     t0 = time.perf_counter()

@@ -26,14 +26,18 @@ _LAZY = {
     "resolve_labels": (".labels", "resolve"),
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "LABELS", "BackendUnavailable", "GpubackfillError", "InvalidCandles", "InvalidInput",
+    "InvalidLabelSpec", "compute_labels", "keep_freed_memory", "label_set_id", "resolve_labels",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .allocator import keep_freed_memory
     from .compute import compute_labels
-    from .errors import (BackendUnavailable, GpubackfillError, InvalidCandles, InvalidInput,
-                         InvalidLabelSpec)
-    from .labels import REGISTRY as LABELS, label_set_id, resolve as resolve_labels
+    from .errors import BackendUnavailable, GpubackfillError, InvalidCandles, InvalidInput, InvalidLabelSpec
+    from .labels import REGISTRY as LABELS
+    from .labels import label_set_id
+    from .labels import resolve as resolve_labels
 
 
 def __getattr__(name: str) -> Any:

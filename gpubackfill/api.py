@@ -21,28 +21,28 @@ import hmac
 import os
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import metrics as metrics_mod
 from . import views
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
-from .jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
 from .jobs.machine import JOB_STATES
+from .jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
     from .service import BackfillService
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{12}$", description="a job id, as returned by POST /jobs")
-ParamValue = Union[str, int, float, bool, list[Union[int, float, str]]]
+ParamValue = str | int | float | bool | list[int | float | str]
 MAX_BODY_BYTES = 64 * 1024  # a job request is a few hundred bytes
 SWAGGER_DIR = os.path.join(os.path.dirname(__file__), "static", "swagger")
 
@@ -116,7 +116,7 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
-def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None) -> FastAPI:
+def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> FastAPI:
     settings = service.settings
     registry = metrics_mod.registry(service) if settings.metrics_enabled else None
     bearer = HTTPBearer(auto_error=False, description="GPUBACKFILL_API_TOKEN, when set")
@@ -229,7 +229,7 @@ def create_app(service: "BackfillService", scheduler: "Scheduler | None" = None)
     return app
 
 
-def check_health(service: "BackfillService", scheduler: "Scheduler | None",
+def check_health(service: BackfillService, scheduler: Scheduler | None,
                  gpu: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     checks, reasons = service.check_dependencies()
@@ -304,7 +304,7 @@ def listen(host: str, port: int):
     return sock
 
 
-def serve(service: "BackfillService", host: str, port: int, max_jobs: int | None = None,
+def serve(service: BackfillService, host: str, port: int, max_jobs: int | None = None,
           sock=None) -> None:
     """Run the API and the scheduler until interrupted (SIGINT/SIGTERM)."""
     import uvicorn

@@ -201,7 +201,7 @@ def _row_message(series: Series, i: int) -> str:
     when = pd.Timestamp(int(series.ts[i]), unit="ms", tz="UTC").isoformat()
     values = (f"open={series.open[i]!r} high={series.high[i]!r} "
               f"low={series.low[i]!r} close={series.close[i]!r}")
-    if code & core.BAD_VOLUME:
+    if code & core.BAD_VOLUME and series.volume is not None:
         values += f" volume={series.volume[i]!r}"
     if code & core.BAD_TS_ORDER:
         prev = pd.Timestamp(int(series.ts[i - 1]), unit="ms", tz="UTC").isoformat()

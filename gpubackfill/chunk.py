@@ -22,22 +22,21 @@ import psutil
 
 from kernels.core import FLAG_AMBIGUOUS, FLAG_RESOLVED
 
-from . import backends, candles as candles_mod
+from . import backends
+from . import candles as candles_mod
 from .allocator import keep_freed_memory
 from .compute import compute_series
 from .config import Settings
+from .connections import clickhouse_breaker, connections
 from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
 from .granularity import GRANULARITIES
 from .jobs.result import ChunkResult, Segment, SegmentOutcome
 from .labels import Series, halo, resolve
 from .logs import log
-from .connections import clickhouse_breaker, connections
 from .resilience import BREAKERS, classify, is_outage, retrying
 from .state.redis_store import RedisState
 from .store import SeriesKey, Store, input_fingerprint
 from .watchdog import thread_stack
-
-
 
 # Peak resident memory per candle of a chunk in flight (load, kernels,
 # Arrow output, insert buffers), measured in bench/RESULTS.md: two 1M-candle
@@ -85,14 +84,14 @@ class _LeaseKeeper:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, beat: "Heartbeat") -> None:
+    def add(self, beat: Heartbeat) -> None:
         with self._lock:
             self._held[id(beat)] = beat
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True, name="lease-keeper")
                 self._thread.start()
 
-    def remove(self, beat: "Heartbeat") -> None:
+    def remove(self, beat: Heartbeat) -> None:
         with self._lock:
             self._held.pop(id(beat), None)
 
@@ -129,7 +128,7 @@ class Heartbeat:
         self.reason = ""
         self.thread = threading.get_ident()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         _KEEPER.add(self)
         return self
 

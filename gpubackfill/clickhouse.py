@@ -38,15 +38,16 @@ class HttpClient:
     def __init__(self, settings: Settings):
         import clickhouse_connect
 
-        kwargs: dict[str, Any] = {"dsn": settings.clickhouse_url, "compress": False}
-        if settings.clickhouse_user and "@" not in settings.clickhouse_url:
+        url = settings.clickhouse_url or ""
+        kwargs: dict[str, Any] = {"dsn": url, "compress": False}
+        if settings.clickhouse_user and "@" not in url:
             kwargs["username"] = settings.clickhouse_user
         if settings.clickhouse_password:
             kwargs["password"] = settings.clickhouse_password
         try:
             self._client = clickhouse_connect.get_client(**kwargs)
         except Exception as exc:  # connection refused, DNS, auth...
-            raise DependencyError(f"cannot connect to ClickHouse at {redact_url(settings.clickhouse_url)}: "
+            raise DependencyError(f"cannot connect to ClickHouse at {redact_url(url)}: "
                                   f"{short_error(exc)}") from None
 
     def command(self, sql: str, parameters: dict | None = None) -> None:
@@ -79,7 +80,7 @@ class EmbeddedClient:
 
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
         try:
-            with _native_stderr_captured() as said:
+            with _native_stderr_captured():
                 self._conn = chdb.connect(str(settings.chdb_path))
         except Exception as exc:
             if "EmbeddedServer" in str(exc) or "Cannot lock file" in str(exc):

@@ -16,12 +16,12 @@ place of a pydantic report.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote, urlsplit
 
-from pydantic import (BeforeValidator, Field, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import InvalidInput
@@ -125,7 +125,7 @@ class Settings(BaseSettings):
             raise ConfigError(_problem(exc)) from None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: bool = True) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: bool = True) -> Settings:
         """Read and validate settings; raise ConfigError naming the variable.
 
         ``env``: these variables instead of the environment (and no ``.env``)."""
@@ -375,7 +375,7 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
                           f"it (/ as %2F, ? as %3F, # as %23), in {shown!r}")
     try:
         split = urlsplit(url)
-        split.port  # raises on a port that is not a number in 0..65535
+        _ = split.port  # raises on a port that is not a number in 0..65535
     except ValueError as exc:
         raise ConfigError(f"{name} is not a valid URL ({exc}): {shown!r}") from None
     if split.scheme not in schemes:

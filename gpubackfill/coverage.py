@@ -27,7 +27,6 @@ from .labels import halo, resolve
 from .store import SeriesKey, Store
 
 
-
 @dataclass(frozen=True)
 class Record:
     """One computed chunk range of a series in a label set."""
@@ -144,7 +143,8 @@ def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
         by_set[set_id].append((key, recs))
     plans = []
     for set_id, members in by_set.items():
-        chosen, runs, stale_n, new_n = [], [], 0, 0
+        picked: list[tuple[str, str]] = []
+        runs, stale_n, new_n = [], 0, 0
         for key, recs in members:
             mine = sorted((r.start_ms, r.end_ms, r.rows)
                           for r, stale in zip(recs, flags[(set_id, key)]) if stale)
@@ -155,15 +155,15 @@ def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
                 starts = store.chunk_starts(SeriesKey(*key), last_end, last_ts + 1, chunk_size)
                 fresh = plan_chunks(starts, last_ts + 1)
             if mine or fresh:
-                chosen.append(key)
+                picked.append(key)
                 runs.append(mine + fresh)
                 stale_n += len(mine)
                 new_n += len(fresh)
-        if not chosen:
+        if not picked:
             continue
         chunks = plan_job(runs, chunk_size)
         lo = min(s.start_ms for c in chunks for s in c)
         hi = max(s.end_ms for c in chunks for s in c)
         params = sets[set_id]
-        plans.append(UpdatePlan(set_id, list(params), params, chosen, chunks, lo, hi, stale_n, new_n))
+        plans.append(UpdatePlan(set_id, list(params), params, picked, chunks, lo, hi, stale_n, new_n))
     return plans

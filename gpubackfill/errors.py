@@ -23,7 +23,6 @@ socket timeout) are mapped onto these categories by ``resilience.classify``.
 
 from __future__ import annotations
 
-
 CATEGORIES = ("transient", "resource", "dependency", "data", "persistent")
 
 

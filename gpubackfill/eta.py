@@ -27,8 +27,8 @@ Pure functions: no Redis, no clock.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # (finished at, ms since the epoch; duration, s; candles in the chunk)
 Sample = tuple[int, float, int]

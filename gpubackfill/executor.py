@@ -24,8 +24,9 @@ import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 from .config import Settings
 from .errors import DependencyError
@@ -41,10 +42,10 @@ _start_lock = threading.Lock()
 
 @dataclass
 class Cluster:
-    client: object
+    client: Any   # distributed.Client
     kind: str
     dashboard: str | None
-    local: object = None
+    local: Any = None  # the LocalCluster we started, if any
 
 
 def _dashboard_address() -> str:
@@ -62,7 +63,7 @@ def _has_dashboard() -> bool:
 
 
 _atexit_registered: list[bool] = []
-_clusters: dict[tuple, "Cluster"] = {}
+_clusters: dict[tuple, Cluster] = {}
 
 
 def deadlock_prone(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> bool:
@@ -202,6 +203,7 @@ def cluster_summary() -> list[dict]:
         clusters = list(_clusters.values())
     out = []
     for c in clusters:
+        workers: int | str
         try:
             workers = len(c.client.scheduler_info().get("workers", {}))
         except Exception as exc:  # a cluster that died: report, do not fail the caller

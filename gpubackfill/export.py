@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -173,6 +174,8 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
             writer.write_table(part)
             rows += part.num_rows
             cols = part.num_columns
+        if writer is None:
+            raise InvalidInput("no label rows to export in that range")
         writer.close()
         writer = None
         os.replace(tmp, path)

@@ -43,8 +43,9 @@ import secrets
 import socket
 import socketserver
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .config import Settings
@@ -76,7 +77,7 @@ def record_path(settings: Settings) -> Path:
 
 
 @contextlib.contextmanager
-def sharing(svc: "BackfillService", command: str, required: bool = True) -> Iterator[None]:
+def sharing(svc: BackfillService, command: str, required: bool = True) -> Iterator[None]:
     """Open the embedded store now and serve it to other processes until the block ends.
 
     With a ClickHouse server there is nothing to share.  When another process
@@ -88,7 +89,7 @@ def sharing(svc: "BackfillService", command: str, required: bool = True) -> Iter
         yield
         return
     try:
-        svc.store.client  # the open that another process's lock refuses
+        _ = svc.store.client  # the open that another process's lock refuses
     except DependencyError as exc:
         if required:
             raise DependencyError(_held_hint(settings, str(exc), command), "clickhouse") from None
@@ -105,7 +106,7 @@ def sharing(svc: "BackfillService", command: str, required: bool = True) -> Iter
 class Endpoint:
     """The listening side: a thread per connection, each one operation."""
 
-    def __init__(self, svc: "BackfillService", command: str):
+    def __init__(self, svc: BackfillService, command: str):
         self.svc, self.command = svc, command
         self.token = secrets.token_hex(16)
         self.path = record_path(svc.settings)
@@ -146,7 +147,7 @@ class Endpoint:
             if json.loads(self.path.read_text()).get("token") == self.token:
                 self.path.unlink()
 
-    def _service(self, fields: dict) -> "BackfillService":
+    def _service(self, fields: dict) -> BackfillService:
         """A service for the caller's settings (its database, Redis, defaults)
         on this process's engine: the engine is per folder, not per settings."""
         from .service import BackfillService
@@ -215,7 +216,7 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """JSON for a service result (IngestReport, LabelSet: dataclasses)."""
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if isinstance(value, list):
         return [_plain(v) for v in value]
@@ -264,7 +265,7 @@ def find(settings: Settings) -> Holder | None:
     return holder
 
 
-def remote(settings: Settings) -> "Remote | None":
+def remote(settings: Settings) -> Remote | None:
     """A ``Remote`` for the holder of this store when one answers, else None."""
     holder = find(settings)
     if holder is None:
@@ -340,7 +341,7 @@ class Remote:
         with self._connect() as conn:
             return conn.request(op, args, kwargs)["result"]
 
-    def _connect(self) -> "_Connection":
+    def _connect(self) -> _Connection:
         return _Connection(self)
 
 
@@ -394,7 +395,7 @@ class _Connection:
                 with contextlib.suppress(OSError):
                     f.close()
 
-    def __enter__(self) -> "_Connection":
+    def __enter__(self) -> _Connection:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,11 +15,11 @@ file descriptors (``gpubackfill_process_*``, read from ``/proc``: Linux only).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .alerts import ALERT_NAMES
 from .errors import GpubackfillError
@@ -133,7 +133,7 @@ def job_families(jobs: list[dict[str, Any]]) -> Iterator:
 class RedisCollector:
     """Reads the deployment's figures from Redis on every scrape."""
 
-    def __init__(self, service: "BackfillService"):
+    def __init__(self, service: BackfillService):
         self.service = service
 
     def collect(self) -> Iterator:
@@ -151,7 +151,7 @@ class RedisCollector:
                      time.perf_counter() - t0)
 
 
-def registry(service: "BackfillService") -> CollectorRegistry:
+def registry(service: BackfillService) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(RedisCollector(service))
     ProcessCollector(namespace=P.rstrip("_"), registry=reg)

@@ -16,8 +16,8 @@ import fcntl
 import hashlib
 import os
 import signal
-import tempfile
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,7 +128,7 @@ def connect(settings: Settings) -> tuple[redis.Redis, str]:
         client = redis.Redis(unix_socket_path=str(sock), decode_responses=True,
                              socket_timeout=10, health_check_interval=30)
     else:
-        where = redact_url(settings.redis_url)
+        where = redact_url(settings.redis_url or "")
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
                                       socket_timeout=10, socket_connect_timeout=5,
                                       health_check_interval=30)

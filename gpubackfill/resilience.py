@@ -15,8 +15,9 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pybreaker
 import tenacity
@@ -168,7 +169,7 @@ class _Breaker(pybreaker.CircuitBreaker):
 
 
 class _Publish(pybreaker.CircuitBreakerListener):
-    def __init__(self, board: "BreakerBoard"):
+    def __init__(self, board: BreakerBoard):
         self.board = board
 
     def state_change(self, cb, old_state, new_state) -> None:

@@ -55,8 +55,8 @@ def pick(candidates: list[Candidate], running: int, limit: int) -> list[str]:
 
 
 class Scheduler:
-    def __init__(self, service: "BackfillService", max_jobs: int | None = None,
-                 interval: float | None = None, alerter: "Alerter | None" = None):
+    def __init__(self, service: BackfillService, max_jobs: int | None = None,
+                 interval: float | None = None, alerter: Alerter | None = None):
         self.service = service
         self.max_jobs = max_jobs or service.settings.max_concurrent_jobs
         self.interval = interval or service.settings.scheduler_interval

@@ -14,16 +14,17 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from . import logs, views
-from .connections import connections
 from .config import Settings
+from .connections import connections
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition
 from .granularity import parse_granularity, parse_instrument
 from .jobs.lease import dead_local_owner, new_owner
@@ -72,7 +73,8 @@ class BackfillService:
         return self.ingest_table(key, table)
 
     def ingest_table(self, key: SeriesKey, table: pa.Table) -> IngestReport:
-        from . import cadence, candles as candles_mod
+        from . import cadence
+        from . import candles as candles_mod
 
         self._ready()
         if "volume" not in table.column_names:
@@ -383,7 +385,7 @@ class BackfillService:
         process of this host that has died does not count: ``execute`` takes
         such a job over at once."""
         owner = self.state.driver_owner(job_id)
-        return bool(owner) and not dead_local_owner(owner)
+        return owner is not None and not dead_local_owner(owner)
 
     def mark_scheduled(self, job_id: str) -> None:
         self.state.set_fields(job_id, scheduled="1")

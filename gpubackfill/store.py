@@ -341,7 +341,7 @@ class Store:
         ts_all = table.column("ts").to_numpy()
         out: list[Any] = []
         unsure: list[tuple[int, str]] = []
-        for n, ((key, a, b), (lo, hi)) in enumerate(zip(parts, bounds)):
+        for n, (key, a, b) in enumerate(parts):
             s0, e0 = rows_of.get((key.instrument, key.granularity), (0, 0))
             ts = ts_all[s0:e0]
             i0, i1 = int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b))

@@ -24,11 +24,24 @@ jitable = register_jitable
 
 # The integer codes of flags, parameters and candle defects live in
 # ``kernels.flags`` (importable without numba); kernels read them from here.
-from .flags import (BAD_HIGH, BAD_LOW, BAD_NONFINITE, BAD_NONPOSITIVE,  # noqa: E402,F401
-                    BAD_TS_ORDER, BAD_VOLUME, FLAG_AMBIGUOUS, FLAG_GAP, FLAG_INCOMPLETE,
-                    FLAG_NO_VOL, FLAG_RESOLVED, TIE_SKIP, TIE_SL, TIE_TP, VERTICAL_SIGN,
-                    VERTICAL_ZERO)
-
+from .flags import (  # noqa: E402,F401
+    BAD_HIGH,
+    BAD_LOW,
+    BAD_NONFINITE,
+    BAD_NONPOSITIVE,
+    BAD_TS_ORDER,
+    BAD_VOLUME,
+    FLAG_AMBIGUOUS,
+    FLAG_GAP,
+    FLAG_INCOMPLETE,
+    FLAG_NO_VOL,
+    FLAG_RESOLVED,
+    TIE_SKIP,
+    TIE_SL,
+    TIE_TP,
+    VERTICAL_SIGN,
+    VERTICAL_ZERO,
+)
 
 # --------------------------------------------------------------------------
 # Log returns
@@ -99,7 +112,8 @@ def candle_defects(o, h, lo, c, v, check_volume):
 
 @jitable
 def ewm_settle(buf, span, state):
-    """Overwrite ``buf`` (log returns, ``buf[0]`` unused) with sigma_t as pandas ``ewm(span, adjust=True, min_periods=span).std()``.
+    """Overwrite ``buf`` (log returns, ``buf[0]`` unused) with sigma_t as
+    pandas ``ewm(span, adjust=True, min_periods=span).std()``.
 
     Until the weights reach their floating-point fixed point (a couple of
     thousand bars at span 100) the recurrence mirrors pandas' ``ewmcov``

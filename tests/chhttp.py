@@ -678,7 +678,7 @@ class ClickHouseHTTPServer:
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "ClickHouseHTTPServer":
+    def __enter__(self) -> ClickHouseHTTPServer:
         self.start()
         return self
 

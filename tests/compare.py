@@ -43,7 +43,7 @@ def near_barrier_rows(c: dict, sig: np.ndarray, horizon: int, pt: float, sl: flo
 
 
 def assert_float_close(name: str, got: np.ndarray, want: np.ndarray,
-                       atol: "float | np.ndarray" = 0.0, skip: np.ndarray | None = None) -> None:
+                       atol: float | np.ndarray = 0.0, skip: np.ndarray | None = None) -> None:
     keep = np.ones(len(got), bool) if skip is None else ~skip
     g, w = got[keep], want[keep]
     if np.ndim(atol):

@@ -11,6 +11,7 @@ import click
 from ..errors import InvalidInput
 from ..eta import rate_text  # noqa: F401 - re-exported for the commands
 
+
 def _console():
     from rich.console import Console
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow.compute as pc
@@ -16,7 +16,7 @@ from ..synthetic import generate
 
 def run_demo(svc, instruments: list[str], granularity: str, years: float,
              workers: int | None, console) -> None:
-    end = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    end = datetime(2026, 1, 1, tzinfo=UTC)
     start = end - timedelta(days=round(365.25 * years))
     console.print(f"[bold]gpubackfill demo[/bold]: {', '.join(instruments)} {granularity}, "
                   f"{start.date()} .. {end.date()}")

@@ -10,9 +10,22 @@ import time
 import click
 
 from ..errors import InvalidInput
-from ._common import (_console, _eta_text, _Greedy, _iso, _labels, _last_day, _params,
-                      _say_skipped, _service, _sharing, _store_service, rate_text)
+from ._common import (
+    _console,
+    _eta_text,
+    _Greedy,
+    _iso,
+    _labels,
+    _last_day,
+    _params,
+    _say_skipped,
+    _service,
+    _sharing,
+    _store_service,
+    rate_text,
+)
 from .run import _run_foreground
+
 
 @click.command()
 @click.option("--instrument", required=True, multiple=True,
@@ -22,7 +35,9 @@ from .run import _run_foreground
               help="Granularity(ies), e.g. M5 or M5,H1 (repeatable).")
 @click.option("--start-date", required=True)
 @click.option("--end-date", required=True)
-@click.option("--labels", cls=_Greedy, help="Label names, space or comma separated (default: enhanced_triple_barrier vol_scaled_return mfe_mae; also fixed_horizon, trend_scanning).")
+@click.option("--labels", cls=_Greedy,
+              help="Label names, space or comma separated (default: enhanced_triple_barrier "
+                   "vol_scaled_return mfe_mae; also fixed_horizon, trend_scanning).")
 @click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
               help="A label parameter, e.g. enhanced_triple_barrier.horizon=48 (repeatable).")
 @click.option("--chunk-size", type=int, default=None, help="Candles per chunk (BATCH_CHUNK_SIZE).")
@@ -90,7 +105,7 @@ def update(ctx, instrument, granularity, chunk_size, workers, detach, scheduler)
                 click.echo(p["job_id"])
         if detach:
             return
-        failed = 0
+        failed: int | str | None = 0
         for p in plans:
             try:
                 _run_foreground(svc, p["job_id"], scheduler)
@@ -113,7 +128,7 @@ def series_cmd(ctx, instrument, granularity, fmt) -> None:
     import dataclasses
 
     svc = _store_service(ctx)
-    rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r
+    rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) and not isinstance(r, type) else r
             for r in svc.series_overview(list(instrument) or None, list(granularity) or None)]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))

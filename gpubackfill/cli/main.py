@@ -15,8 +15,8 @@ import click
 
 from ..errors import DependencyError, GpubackfillError, InvalidInput
 from . import catalog, dlq, jobs
-from ._common import (_console, _Greedy, _iso, _labels, _params, _service, _sharing,
-                      _store_service)
+from ._common import _console, _Greedy, _iso, _labels, _params, _service, _sharing, _store_service
+
 
 class _Group(click.Group):
     def invoke(self, ctx):
@@ -179,11 +179,11 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
         raise InvalidInput(f"--max-jobs must be >= 1, got {max_jobs}")
     if port is not None and not 0 < port < 65536:
         raise InvalidInput(f"--port must be 1..65535, got {port}")
-    from ..api import listen, serve as run
-
     import os
 
     from .. import logs
+    from ..api import listen
+    from ..api import serve as run
 
     if not ctx.obj.get("verbose") and not os.environ.get("LOG_LEVEL"):
         logs.log.setLevel("INFO")  # a service logs its job events unless told otherwise

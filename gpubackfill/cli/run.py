@@ -11,13 +11,20 @@ import click
 
 from ._common import _console, rate_text
 
+
 class _HardStop(BaseException):
     """A second SIGINT/SIGTERM: stop now (BaseException so nothing swallows it)."""
 
 
 def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tenacity
 
@@ -20,8 +21,7 @@ from ..config import Settings
 from ..errors import DependencyError, InvalidInput
 from ..state.redis_store import RedisState
 from ..watchdog import chunk_deadline
-from .machine import (Abandon, Claim, Collect, DriverMachine, Finish, Instruction, ReturnExpired,
-                      Seen, Transition, Wait)
+from .machine import Abandon, Claim, Collect, DriverMachine, Finish, Instruction, ReturnExpired, Seen, Transition, Wait
 from .result import ChunkResult
 
 
@@ -34,7 +34,7 @@ class Driver:
         self.state, self.settings = state, settings
         self.job_id, self.owner, self.lease_ms = job_id, owner, lease_ms
         self.base, self.cluster, self.workers = base, cluster, workers
-        self.series = [tuple(s) for s in series]
+        self.series = [(s[0], s[1]) for s in series]
         self.stop = stop or threading.Event()
         self.machine = DriverMachine(workers, settings.shutdown_timeout)
         self.in_flight: dict[Any, tuple[int, int]] = {}

@@ -17,9 +17,11 @@ range.  Its chunks share one queue:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime, time as dtime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
 
 from .. import labels as registry
 from ..errors import InvalidInput
@@ -34,8 +36,8 @@ MAX_WORKERS = 1024
 MAX_SEGMENTS = 64  # series packed into one chunk (bounds one query's size)
 ALL = "*"
 # ClickHouse's DateTime64 covers 1900..2299; a date outside cannot name candles.
-_FIRST = datetime(1900, 1, 1, tzinfo=timezone.utc)
-_LAST = datetime(2300, 1, 1, tzinfo=timezone.utc)
+_FIRST = datetime(1900, 1, 1, tzinfo=UTC)
+_LAST = datetime(2300, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class JobSpec:
     def resolved(self) -> list[registry.ResolvedLabel]:
         return registry.resolve(self.labels, self.params)
 
-    def with_series(self, series: Iterable[tuple[str, str]]) -> "JobSpec":
-        return replace(self, series=tuple(tuple(s) for s in series))
+    def with_series(self, series: Iterable[tuple[str, str]]) -> JobSpec:
+        return replace(self, series=tuple((s[0], s[1]) for s in series))
 
     def as_fields(self) -> dict[str, Any]:
         out = asdict(self)
@@ -145,17 +147,17 @@ def parse_time(value: str | datetime | date, what: str, end_of_day: bool) -> int
         if isinstance(value, datetime):
             dt = value
         elif isinstance(value, date):
-            dt = datetime.combine(value, dtime(0), timezone.utc)
+            dt = datetime.combine(value, dtime(0), UTC)
             if end_of_day:
                 dt += timedelta(days=1)
         elif len(text) == 10:
-            dt = datetime.combine(date.fromisoformat(text), dtime(0), timezone.utc)
+            dt = datetime.combine(date.fromisoformat(text), dtime(0), UTC)
             if end_of_day:
                 dt += timedelta(days=1)  # 9999-12-31 overflows here
         else:
             dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         inside = _FIRST <= dt <= _LAST
     except OverflowError:
         inside = False
@@ -187,7 +189,8 @@ def plan_job(runs: list[list[tuple[int, int, int]]], chunk_size: int,
     the order."""
     size = [sum(n for _, _, n in r) for r in runs]
     order = lambda seg: (size[seg.series], seg.series, seg.start_ms)  # noqa: E731
-    whole, small = [], []
+    whole: list[Segment] = []
+    small: list[Segment] = []
     for i, r in enumerate(runs):
         for a, b, n in r:
             (whole if n >= chunk_size else small).append(Segment(i, a, b, n))

@@ -26,7 +26,7 @@ class Segment:
         return f"{self.series},{self.start_ms},{self.end_ms},{self.rows}"
 
     @staticmethod
-    def decode_all(text: str) -> tuple["Segment", ...]:
+    def decode_all(text: str) -> tuple[Segment, ...]:
         return tuple(Segment(*(int(x) for x in part.split(","))) for part in text.split(";"))
 
 

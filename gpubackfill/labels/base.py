@@ -42,9 +42,9 @@ class Param:
             self._check_range(where, out)
             return out
         if self.kind == "float":
-            out = _as_float(where, value)
-            self._check_range(where, out)
-            return out
+            number = _as_float(where, value)
+            self._check_range(where, number)
+            return number
         if self.kind == "choice":
             if not isinstance(value, str) or value not in self.choices:
                 raise InvalidLabelSpec(
@@ -61,7 +61,7 @@ class Param:
                 return False
             raise InvalidLabelSpec(f"{where} must be true or false, got {value!r}")
         if self.kind == "int_list":
-            items = value.split(",") if isinstance(value, str) else value
+            items: Any = value.split(",") if isinstance(value, str) else value
             if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
                 items = [items]
             try:
@@ -70,12 +70,12 @@ class Param:
                 raise InvalidLabelSpec(f"{where} must be a list of integers, got {value!r}") from None
             if not seq:
                 raise InvalidLabelSpec(f"{where} must name at least one value")
-            out = [_as_int(where, v.strip() if isinstance(v, str) else v) for v in seq]
-            for v in out:
+            ints = [_as_int(where, v.strip() if isinstance(v, str) else v) for v in seq]
+            for v in ints:
                 self._check_range(where, v)
-            if len(set(out)) != len(out):
-                raise InvalidLabelSpec(f"{where} has repeated values: {out}")
-            return sorted(out)
+            if len(set(ints)) != len(ints):
+                raise InvalidLabelSpec(f"{where} has repeated values: {ints}")
+            return sorted(ints)
         raise AssertionError(f"unknown parameter kind {self.kind}")
 
     def _check_range(self, where: str, v: float) -> None:

@@ -34,9 +34,8 @@ import json
 import time
 from typing import Any
 
-import redis
-
 import pybreaker
+import redis
 
 from ..errors import DependencyError, InvalidTransition, JobNotFound
 from ..jobs.machine import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JOB_TRANSITIONS, TABLES
@@ -111,7 +110,7 @@ end
 redis.call('RPUSH', KEYS[2], cjson.encode({t=tonumber(ARGV[2]), event=ARGV[1], from=status, to=nxt, note=ARGV[3]}))
 redis.call('LTRIM', KEYS[2], -%d, -1)
 return {'ok', nxt}
-""" % EVENTS_KEPT
+""" % EVENTS_KEPT  # noqa: UP031 - Lua source: {} are its tables
 
 # KEYS: job, events   ARGV: now_ms, tables
 _SETTLE = _LIB + """
@@ -184,7 +183,7 @@ redis.call('RPUSH', KEYS[8], ARGV[3] .. ',' .. ARGV[4] .. ',' .. candles)
 redis.call('LTRIM', KEYS[8], -%d, -1)
 redis.call('EXPIRE', KEYS[8], tonumber(ARGV[7]))
 return {'ok', settle(job, KEYS[4], ARGV[3])}
-""" % (DURATIONS_KEPT, SAMPLES_KEPT)
+""" % (DURATIONS_KEPT, SAMPLES_KEPT)  # noqa: UP031 - Lua source
 
 # KEYS: job, state, lease, pending, attempts, errors, events, dlq, counters, plan, stats
 # ARGV: idx, token, max_attempts, error, now_ms, retryable(0/1), category,
@@ -390,7 +389,8 @@ class RedisState:
             pipe.hset(self.key(job_id, "plan"), mapping={i: encode_segments(p) for i, p in enumerate(plans)})
             pipe.hset(self.key(job_id, "state"), mapping={i: "pending" for i in range(len(plans))})
             pipe.rpush(self.key(job_id, "pending"), *range(len(plans)))
-        pipe.rpush(self.key(job_id, "events"), json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
+        pipe.rpush(self.key(job_id, "events"),
+                   json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
         pipe.zadd(f"{self.prefix}:jobs", {job_id: t})
         if fields.get("spec_key"):
             pipe.persist(fields["spec_key"])
@@ -466,7 +466,8 @@ class RedisState:
 
     def note(self, job_id: str, event: str, note: str) -> None:
         pipe = self.client.pipeline()
-        pipe.rpush(self.key(job_id, "events"), json.dumps({"t": now_ms(), "event": event, "from": "", "to": "", "note": note}))
+        pipe.rpush(self.key(job_id, "events"),
+                   json.dumps({"t": now_ms(), "event": event, "from": "", "to": "", "note": note}))
         pipe.ltrim(self.key(job_id, "events"), -EVENTS_KEPT, -1)
         self.call(pipe.execute)
 

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import random_walk  # noqa: E402
 
 from gpubackfill import compute_labels  # noqa: E402
-from kernels import cpu, cuda as gpu  # noqa: E402
+from kernels import cpu  # noqa: E402
+from kernels import cuda as gpu
 
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
 

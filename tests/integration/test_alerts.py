@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_settings
+
 from gpubackfill.alerts import Alerter, evaluate
 from gpubackfill.service import BackfillService
 from gpubackfill.store import SeriesKey
@@ -97,8 +97,9 @@ def test_one_webhook_per_crossing_to_every_url(chdb_home, redis_socket, receiver
     assert [h["event"] for h in history if h["alert"] == "circuit_breaker_open"] == \
         ["firing", "resolved", "firing"]
     # recorded in Redis and shown by `gpubackfill metrics`
-    from gpubackfill.cli import main
     from test_cli import env_for
+
+    from gpubackfill.cli import main
 
     for k, v in env_for(settings).items():
         monkeypatch.setenv(k, v)

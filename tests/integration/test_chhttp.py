@@ -14,9 +14,8 @@ import pytest
 clickhouse_connect = pytest.importorskip("clickhouse_connect")
 pytest.importorskip("chdb")
 
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError  # noqa: E402
-
 from chhttp import ClickHouseHTTPServer, _split_insert, start_server  # noqa: E402
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -100,9 +99,9 @@ def test_ping_version_timezone(server, client):
 def test_types_insert_arrow_insert_rows_and_query(client, table):
     q = f"d.{table}"
     assert client.insert_arrow(q, arrow_rows("EURUSD", 6)).written_rows == 6
-    rows = [["GBPUSD", "Z", dt.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc),
+    rows = [["GBPUSD", "Z", dt.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC),
              1.25, -1, None, 1, 42],
-            ["GBPUSD", "Z", dt.datetime(2024, 1, 2, 3, 4, 6, tzinfo=dt.timezone.utc),
+            ["GBPUSD", "Z", dt.datetime(2024, 1, 2, 3, 4, 6, tzinfo=dt.UTC),
              1.5, 1, -7, 0, -3]]
     assert client.insert(q, rows, column_names=COLS).written_rows == 2
 
@@ -122,10 +121,10 @@ def test_types_insert_arrow_insert_rows_and_query(client, table):
     assert t.schema.field("venue").type == pa.string()  # LowCardinality(String) -> string
     assert t.schema.field("label").type == pa.int8() and t.column("label").null_count == 1
     assert t.schema.field("side").type == pa.int8() and t.schema.field("flag").type == pa.uint8()
-    assert t.column("ts").to_pylist()[0] == dt.datetime.fromtimestamp((T0 + 3) / 1000, dt.timezone.utc)
+    assert t.column("ts").to_pylist()[0] == dt.datetime.fromtimestamp((T0 + 3) / 1000, dt.UTC)
 
     # DateTime64 bind parameters keep their milliseconds
-    cut = dt.datetime.fromtimestamp((T0 + 4) / 1000, dt.timezone.utc)
+    cut = dt.datetime.fromtimestamp((T0 + 4) / 1000, dt.UTC)
     n = client.command(f"SELECT count() FROM {q} WHERE sym = 'EURUSD' AND ts >= {{c:DateTime64(3, 'UTC')}}",
                        parameters={"c": cut})
     assert n == 2

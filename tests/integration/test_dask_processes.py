@@ -9,7 +9,6 @@ would to a real server.
 from __future__ import annotations
 
 import pytest
-
 from chhttp import ClickHouseHTTPServer
 from conftest import make_settings
 from test_engine import assert_matches_whole_series

@@ -178,6 +178,7 @@ def _provided(installs: list[list[str]]) -> set[str]:
     and everything those require in turn (from this environment's metadata)."""
     import tomllib
     from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+
     from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

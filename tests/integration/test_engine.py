@@ -7,7 +7,6 @@ import threading
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from compare import TB_COLUMNS, assert_exact, assert_float_close, column
 
 from gpubackfill import compute_labels

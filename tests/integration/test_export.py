@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_cli import cli, env_for  # noqa: F401 - the in-process CLI fixture
 
 from gpubackfill.store import SeriesKey
 from gpubackfill.synthetic import generate
-from test_cli import cli, env_for  # noqa: F401 - the in-process CLI fixture
 
 START, END = "2024-01-01", "2024-01-20"
 H48 = ["--labels", "enhanced_triple_barrier", "mfe_mae", "--param", "enhanced_triple_barrier.horizon=48"]

@@ -21,9 +21,8 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pytest
-from click.testing import CliRunner
-
 from chhttp import ClickHouseHTTPServer
+from click.testing import CliRunner
 from conftest import make_settings
 from faultproxy import FaultProxy
 from test_cli import env_for, exported_ts_are_unique, run_cli
@@ -33,7 +32,6 @@ import gpubackfill.chunk as chunk_mod
 from gpubackfill.cli import main
 from gpubackfill.errors import InvalidTransition
 from gpubackfill.redis_server import ensure_server, stop_server
-from gpubackfill.resilience import BREAKERS
 from gpubackfill.service import BackfillService
 from gpubackfill.store import SeriesKey
 from gpubackfill.synthetic import generate

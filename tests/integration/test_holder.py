@@ -11,13 +11,13 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+from test_cli import env_for, proc_env, run_cli  # noqa: F401 - fixtures
 
 from gpubackfill import export as export_mod
 from gpubackfill import holder
 from gpubackfill.errors import DependencyError
 from gpubackfill.store import SeriesKey
 from gpubackfill.synthetic import generate
-from test_cli import env_for, proc_env, run_cli  # noqa: F401 - fixtures
 
 H12 = ["enhanced_triple_barrier", "mfe_mae"]
 

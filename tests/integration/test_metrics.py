@@ -109,8 +109,9 @@ def test_reliability_keys_light_up_metrics_and_the_cli(service, settings, monkey
     assert value(m, "gpubackfill_dead_letter_chunks") == 2
     assert value(m, "gpubackfill_retries_total", category="transient") == 5
     assert value(m, "gpubackfill_errors_total", category="data") == 2
-    from gpubackfill.cli import main
     from test_cli import env_for
+
+    from gpubackfill.cli import main
 
     for k, v in env_for(settings).items():
         monkeypatch.setenv(k, v)

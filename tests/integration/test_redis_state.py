@@ -5,8 +5,8 @@ import time
 import pytest
 
 from gpubackfill.errors import InvalidTransition, JobNotFound
-from gpubackfill.redis_server import connect
 from gpubackfill.jobs.result import ChunkResult, SegmentOutcome
+from gpubackfill.redis_server import connect
 from gpubackfill.state.redis_store import RedisState
 
 

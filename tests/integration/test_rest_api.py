@@ -8,10 +8,10 @@ import time
 
 import httpx
 import pytest
+from conftest import make_settings
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import make_settings
 from gpubackfill.api import create_app
 from gpubackfill.redis_server import ensure_server, stop_server
 from gpubackfill.scheduler import Scheduler
@@ -234,7 +234,6 @@ def test_serve_command_as_a_process(tmp_path, redis_socket):
     import sys
 
     import pyarrow.parquet as pq
-
     from test_cli import env_for, run_cli
 
     env = env_for(make_settings(tmp_path / "home", redis_socket))

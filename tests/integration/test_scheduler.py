@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from gpubackfill.scheduler import Candidate, Scheduler, pick
 from gpubackfill.jobs.machine import FINAL_JOB_STATES
+from gpubackfill.scheduler import Candidate, Scheduler, pick
 from gpubackfill.store import SeriesKey
 from gpubackfill.synthetic import generate
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-
 from compare import assert_exact, assert_float_close, column
 
 from gpubackfill import compute_labels

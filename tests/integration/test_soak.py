@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_settings
 from test_cli import env_for
 

@@ -9,7 +9,6 @@ import threading
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from compare import TB_COLUMNS, assert_exact, assert_float_close, column
 from test_cli import env_for, exported_ts_are_unique, run_cli
 
@@ -249,7 +248,6 @@ def test_cli_start_status_grid_series_and_kill_minus_9_then_execute(tmp_path, re
     import sys
 
     import pyarrow.parquet as pq
-
     from conftest import make_settings
     from test_faults import FAST, done_chunks, wait_for
 

@@ -12,10 +12,10 @@ import sys
 import time
 
 import pytest
+from test_cli import env_for, run_cli
 
 from gpubackfill.config import redact_url
 from gpubackfill.redis_server import socket_path, stop_server
-from test_cli import env_for, run_cli
 
 SECRET = "PASSWORD123"
 

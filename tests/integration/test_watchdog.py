@@ -12,7 +12,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import make_settings, random_walk
 from test_faults import assert_survived, ingest, wait_for
 

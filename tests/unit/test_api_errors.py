@@ -7,10 +7,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-
 from conftest import random_walk
 
-from gpubackfill import (BackendUnavailable, InvalidCandles, InvalidLabelSpec, compute_labels)
+from gpubackfill import BackendUnavailable, InvalidCandles, InvalidLabelSpec, compute_labels
 from gpubackfill.candles import defect_codes, describe, to_series
 
 L = ["mfe_mae"]

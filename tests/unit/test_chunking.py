@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from compare import TB_COLUMNS, assert_exact, assert_float_close, column, near_barrier_rows
 from conftest import random_walk
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from strategies import candles, label_params
 
 from gpubackfill import compute_labels, resolve_labels

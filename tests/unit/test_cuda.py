@@ -74,7 +74,8 @@ gpu = pytest.mark.skipif(_no_gpu_reason() is not None, reason=f"needs a CUDA dev
 @gpu
 def test_cupy_arrays_go_straight_into_the_kernels():
     cp = pytest.importorskip("cupy")
-    from kernels import cpu, cuda as gk
+    from kernels import cpu
+    from kernels import cuda as gk
 
     rng = np.random.default_rng(0)
     close = np.exp(np.cumsum(rng.normal(0, 1e-3, 100_000)))
@@ -87,7 +88,8 @@ def test_cupy_arrays_go_straight_into_the_kernels():
 def test_cudf_from_arrow_columns_feed_the_kernels():
     cudf = pytest.importorskip("cudf")
     from gpubackfill.synthetic import generate
-    from kernels import cpu, cuda as gk
+    from kernels import cpu
+    from kernels import cuda as gk
 
     table = generate("EURUSD", "M1", "2024-01-01", "2024-02-01")
     df = cudf.DataFrame.from_arrow(table)

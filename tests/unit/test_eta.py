@@ -59,7 +59,7 @@ def test_the_estimate_follows_a_change_of_speed():
     fast = simulate(60, 10_000, 0.2, 1)
     slow = simulate(60, 10_000, 0.8, 1, seed=3)
     shift = fast[-1][0] + 1
-    joined = fast + [(t - slow[0][0] + shift + int(800), d, n) for t, d, n in slow]
+    joined = fast + [(t - slow[0][0] + shift + 800, d, n) for t, d, n in slow]
     est = estimate(joined, 100 * 10_000, 1)
     # 100 chunks at ~0.81 s each remain: the old speed is forgotten.
     assert est.eta_s == pytest.approx(100 * 0.81, rel=0.2)

@@ -37,7 +37,7 @@ def test_the_public_names_still_resolve():
     assert callable(gpubackfill.compute_labels) and "mfe_mae" in gpubackfill.LABELS
     assert gpubackfill.labels.DEFAULT_LABELS  # submodules as attributes, as before
     with pytest.raises(AttributeError):
-        gpubackfill.no_such_name
+        _ = gpubackfill.no_such_name
 
 
 def test_importing_the_worker_code_changes_no_global_setting():

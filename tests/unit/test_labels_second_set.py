@@ -6,16 +6,14 @@ and trend-scanning labels."""
 from __future__ import annotations
 
 import numpy as np
+import oracle
 import pandas as pd
 import pyarrow as pa
 import pytest
+from compare import BARRIER_RTOL, assert_exact, assert_float_close, assert_tb, column, near_barrier_rows
+from conftest import random_walk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import oracle
-from compare import (BARRIER_RTOL, assert_exact, assert_float_close, assert_tb, column,
-                     near_barrier_rows)
-from conftest import random_walk
 from strategies import STEP_MS, candles, finer_candles
 
 from gpubackfill import compute_labels, resolve_labels

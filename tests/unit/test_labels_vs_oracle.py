@@ -4,13 +4,12 @@ random parameters (gaps, ambiguous bars, flat prices, short series)."""
 from __future__ import annotations
 
 import numpy as np
+import oracle
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
-
-import oracle
 from compare import assert_exact, assert_float_close, assert_tb, column, near_barrier_rows
 from conftest import random_walk
+from hypothesis import HealthCheck, given, settings
 from strategies import candles, label_params
 
 from gpubackfill import compute_labels

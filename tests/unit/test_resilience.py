@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import errno
-import socket
 import time
 
 import pybreaker
 import pytest
 
 from gpubackfill.config import ConfigError, Settings
-from gpubackfill.errors import (BreakerOpen, DependencyError, InvalidCandles, PersistentError,
-                                ResourceError)
+from gpubackfill.errors import BreakerOpen, DependencyError, InvalidCandles, PersistentError, ResourceError
 from gpubackfill.resilience import POLICIES, BreakerBoard, classify, is_outage, retrying
 
 
@@ -19,7 +17,7 @@ from gpubackfill.resilience import POLICIES, BreakerBoard, classify, is_outage, 
     (MemoryError(), "resource"),
     (OSError(errno.ENOSPC, "No space left on device"), "resource"),
     (PermissionError(errno.EACCES, "denied"), "persistent"),
-    (socket.timeout("timed out"), "transient"),
+    (TimeoutError("timed out"), "transient"),
     (ConnectionResetError(), "transient"),
     (InvalidCandles("row 3: high < low"), "data"),
     (ResourceError("disk"), "resource"),

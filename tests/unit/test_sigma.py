@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import random_walk
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import random_walk
 from strategies import candles
 
 from gpubackfill import compute_labels
-
 from kernels import core
 
 

@@ -3,8 +3,14 @@
 import pytest
 
 from gpubackfill.errors import InvalidTransition
-from gpubackfill.jobs.machine import (CHUNK_TRANSITIONS, FINAL_JOB_STATES, JOB_TRANSITIONS,
-                                       settle_event, next_chunk_state, next_job_status)
+from gpubackfill.jobs.machine import (
+    CHUNK_TRANSITIONS,
+    FINAL_JOB_STATES,
+    JOB_TRANSITIONS,
+    next_chunk_state,
+    next_job_status,
+    settle_event,
+)
 
 
 def test_happy_path_and_pause_resume():
@@ -68,8 +74,17 @@ def test_series_status():
 
 # -- the driver's decisions, without Redis or Dask ------------------------------
 
-from gpubackfill.jobs.machine import (Abandon, Claim, Collect, DriverMachine, Finish,  # noqa: E402
-                                       ReturnExpired, Seen, Transition, Wait)
+from gpubackfill.jobs.machine import (  # noqa: E402
+    Abandon,
+    Claim,
+    Collect,
+    DriverMachine,
+    Finish,
+    ReturnExpired,
+    Seen,
+    Transition,
+    Wait,
+)
 from gpubackfill.jobs.result import ChunkResult  # noqa: E402
 
 
@@ -126,8 +141,8 @@ def test_a_wedged_cluster_is_abandoned():
 
 # -- planning many series ------------------------------------------------------
 
-from gpubackfill.jobs.plan import make_spec, plan_job  # noqa: E402
 from gpubackfill.errors import InvalidInput  # noqa: E402
+from gpubackfill.jobs.plan import make_spec, plan_job  # noqa: E402
 
 
 def test_plan_packs_short_runs_and_queues_the_smallest_series_first():
