@@ -140,7 +140,7 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="gpubackfill API",
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="gpubackfill API",
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",
                                    swagger_css_url="/static/swagger/swagger-ui.css",
                                    swagger_favicon_url="/static/swagger/favicon-32x32.png")

@@ -96,7 +96,8 @@ def _from_arrow(table: pa.Table) -> Series:
     ts = _ts_from_arrow(table.column(cols["ts"]))
     arrays = {c: _float_from_arrow(c, table.column(cols[c])) for c in PRICE_COLUMNS}
     volume = _float_from_arrow("volume", table.column(cols["volume"])) if "volume" in cols else None
-    return Series(ts=ts, volume=volume, **arrays)
+    return Series(ts=ts, open=arrays["open"], high=arrays["high"], low=arrays["low"],
+                  close=arrays["close"], volume=volume)
 
 
 def _ts_from_arrow(col: pa.ChunkedArray) -> np.ndarray:
@@ -134,7 +135,8 @@ def _from_pandas(df: pd.DataFrame) -> Series:
         raise InvalidCandles("candles need a 'ts' column or a DatetimeIndex")
     arrays = {c: _float_from_pandas(c, df[cols[c]]) for c in PRICE_COLUMNS}
     volume = _float_from_pandas("volume", df[cols["volume"]]) if "volume" in cols else None
-    return Series(ts=ts, volume=volume, **arrays)
+    return Series(ts=ts, open=arrays["open"], high=arrays["high"], low=arrays["low"],
+                  close=arrays["close"], volume=volume)
 
 
 def _ts_from_pandas(s: pd.Series) -> np.ndarray:

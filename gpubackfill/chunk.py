@@ -36,6 +36,7 @@ from .logs import log
 from .resilience import BREAKERS, classify, is_outage, retrying
 from .state.redis_store import RedisState
 from .store import SeriesKey, Store, input_fingerprint
+from .times import iso
 from .watchdog import thread_stack
 
 # Peak resident memory per candle of a chunk in flight (load, kernels,
@@ -207,9 +208,9 @@ def run_chunk(settings: Settings, task: ChunkTask) -> ChunkResult:
     # Kernels run in several worker threads at once: only the thread-safe
     # numba threading layers (tbb, omp) may be used.  Set before the first
     # parallel kernel of the process, which is a chunk's.
-    numba.config.THREADING_LAYER = "threadsafe"
+    numba.config.THREADING_LAYER = "threadsafe"  # type: ignore[attr-defined]
     if task.numba_threads:
-        numba.set_num_threads(min(task.numba_threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(task.numba_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     store, state = connections(settings)
     if _over_memory_budget(settings, task):
         split = _split(store, state, task, "memory budget")
@@ -443,7 +444,7 @@ def _bad_rows(series, limit: int = 20) -> list[list]:
     out = []
     for i in np.flatnonzero(codes)[:limit]:
         ts = int(series.ts[i])
-        out.append([time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1000)),
+        out.append([iso(ts),
                     candles_mod.describe(int(codes[i]))])
     return out
 

@@ -54,7 +54,7 @@ class HttpClient:
         self._client.command(sql, parameters=parameters)
 
     def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
-        return self._client.query(sql, parameters=parameters).result_rows
+        return [tuple(r) for r in self._client.query(sql, parameters=parameters).result_rows]
 
     def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
         return self._client.query_arrow(sql, parameters=parameters)
@@ -96,11 +96,11 @@ class EmbeddedClient:
         # Imported here, not with the module: commands that only touch Redis stay light.
         from clickhouse_connect.driver.binding import bind_query
 
-        sql, bound = bind_query(sql, parameters)
+        bound_sql, bound = bind_query(sql, parameters)
         # bind_query names server-side parameters as HTTP does (param_<name>).
         params = {k.removeprefix("param_"): v for k, v in bound.items()}
         with self._lock:
-            return self._conn.query(sql, fmt, params=params)
+            return self._conn.query(str(bound_sql), fmt, params=params)
 
     def command(self, sql: str, parameters: dict | None = None) -> None:
         self._query(sql, "TabSeparated", parameters)

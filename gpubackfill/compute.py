@@ -3,13 +3,15 @@ runs for every chunk (validated series in, Arrow table out)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from . import backends, candles as candles_mod
+from . import backends
+from . import candles as candles_mod
 from . import labels as registry
 from .errors import InvalidInput
 from .labels import Column, ResolvedLabel, Series

@@ -271,7 +271,7 @@ class _Names(PydanticBaseSettingsSource):
 
     def __init__(self, source: PydanticBaseSettingsSource):
         super().__init__(source.settings_cls)
-        self.source = source
+        self.source: Any = source  # the env or dotenv source: both have env_vars
 
     def get_field_value(self, field, field_name):  # abstract; __call__ reads every name at once
         return None, field_name, False
@@ -289,7 +289,7 @@ def _problem(exc: ValidationError) -> str:
                     field.metadata if field else ())
 
 
-def _message(err: dict, name: str, annotation: Any, metadata: Any) -> str:
+def _message(err: Any, name: str, annotation: Any, metadata: Any) -> str:
     kind, raw, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "value_error":
         return str(ctx["error"])
@@ -315,7 +315,7 @@ def _part(data: Mapping[str, Any], name: str, default: Any, minimum: int | None 
     """One of the spec's URL parts, validated as its default's type."""
     if data.get(name) in (None, ""):
         return default
-    kind = Flag if isinstance(default, bool) else Annotated[int, Field(ge=minimum)]
+    kind: Any = Flag if isinstance(default, bool) else Annotated[int, Field(ge=minimum)]
     try:
         return TypeAdapter(kind).validate_python(data[name])
     except ValidationError as exc:

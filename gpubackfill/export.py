@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from . import labels as registry
 from .errors import InvalidInput
 from .store import SeriesKey, Store
+from .times import iso
 
 BATCH_ROWS = 500_000  # ~50 MB of label columns per batch; bench: 10M rows under 1 GB RSS
 CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -121,7 +122,7 @@ def provenance(key: SeriesKey, chosen: LabelSet, start_ms: int | None, end_ms: i
     info = {
         "instrument": key.instrument, "granularity": key.granularity, "label_set": chosen.set_id,
         "labels": chosen.params, "columns": chosen.columns, "with_candles": with_candles,
-        "start": _iso(start_ms), "end_exclusive": _iso(end_ms), "gpubackfill_version": ver,
+        "start": iso(start_ms), "end_exclusive": iso(end_ms), "gpubackfill_version": ver,
     }
     meta = {"gpubackfill": json.dumps(info, sort_keys=True),
             "instrument": key.instrument, "granularity": key.granularity,
@@ -129,10 +130,6 @@ def provenance(key: SeriesKey, chosen: LabelSet, start_ms: int | None, end_ms: i
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return pc.strftime(pa.array([ms], pa.int64()).cast(TS_TYPE), format="%Y-%m-%dT%H:%M:%SZ")[0].as_py()
 
 
 def batches(store: Store, key: SeriesKey, chosen: LabelSet, start_ms: int | None,
@@ -143,8 +140,8 @@ def batches(store: Store, key: SeriesKey, chosen: LabelSet, start_ms: int | None
     if not bounds:
         first, last = chosen.span
         raise InvalidInput(f"no {key.instrument} {key.granularity} labels of set {chosen.set_id} "
-                           f"from {_iso(start_ms) or 'the start'} up to {_iso(end_ms) or 'the end'}; "
-                           f"they cover {_iso(first)} to {_iso(last)}")
+                           f"from {iso(start_ms) or 'the start'} up to {iso(end_ms) or 'the end'}; "
+                           f"they cover {iso(first)} to {iso(last)}")
     for i, lo in enumerate(bounds):
         hi = bounds[i + 1] if i + 1 < len(bounds) else end_ms
         table = store.read_label_range(key, chosen.set_id, chosen.columns, lo, hi, with_candles)

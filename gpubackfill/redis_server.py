@@ -129,7 +129,7 @@ def connect(settings: Settings) -> tuple[redis.Redis, str]:
                              socket_timeout=10, health_check_interval=30)
     else:
         where = redact_url(settings.redis_url or "")
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+        client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True,
                                       socket_timeout=10, socket_connect_timeout=5,
                                       health_check_interval=30)
     try:

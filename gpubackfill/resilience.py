@@ -131,15 +131,14 @@ def retrying(fn: Callable[[], T], base_seconds: float,
         return POLICIES[classify(exc)].attempts > 1
 
     def stop(state: tenacity.RetryCallState) -> bool:
-        exc = state.outcome.exception()
-        return state.attempt_number >= POLICIES[classify(exc)].attempts
+        return state.attempt_number >= POLICIES[classify(_failure(state))].attempts
 
     def wait(state: tenacity.RetryCallState) -> float:
-        return waits[classify(state.outcome.exception())](state)
+        return waits[classify(_failure(state))](state)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         if on_retry is not None:
-            exc = state.outcome.exception()
+            exc = _failure(state)
             on_retry(classify(exc), exc, state.attempt_number)
 
     return tenacity.Retrying(retry=tenacity.retry_if_exception(retryable), stop=stop, wait=wait,
@@ -184,12 +183,12 @@ class BreakerBoard:
     """This process's breakers, one per (dependency, target)."""
 
     def __init__(self) -> None:
-        self._breakers: dict[tuple[str, str], pybreaker.CircuitBreaker] = {}
+        self._breakers: dict[tuple[str, str], _Breaker] = {}
         self._lock = threading.Lock()
         self.publisher: Callable[[str, dict], None] | None = None
 
     def get(self, dependency: str, target: str, failures: int, reset_seconds: float
-            ) -> pybreaker.CircuitBreaker:
+            ) -> _Breaker:
         key = (dependency, target)
         with self._lock:
             cb = self._breakers.get(key)
@@ -203,14 +202,14 @@ class BreakerBoard:
                 self._breakers[key] = cb
             return cb
 
-    def call(self, cb: pybreaker.CircuitBreaker, fn: Callable[..., T], *args, **kwargs) -> T:
+    def call(self, cb: _Breaker, fn: Callable[..., T], *args, **kwargs) -> T:
         # ``calling()``, not ``cb.call``: the latter holds the breaker's lock
         # for the whole call, which would run chunks one at a time.
         try:
             with cb.calling():
                 return fn(*args, **kwargs)
         except pybreaker.CircuitBreakerError:
-            raise BreakerOpen(cb.name, retry_after(cb)) from None
+            raise BreakerOpen(str(cb.name), retry_after(cb)) from None
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Worst state per dependency in this process."""
@@ -219,16 +218,24 @@ class BreakerBoard:
             items = list(self._breakers.values())
         for cb in items:
             d = describe(cb)
-            if cb.name not in out or breaker_severity(d["state"]) > breaker_severity(out[cb.name]["state"]):
-                out[cb.name] = d
+            name = str(cb.name)
+            if name not in out or breaker_severity(d["state"]) > breaker_severity(out[name]["state"]):
+                out[name] = d
         return out
 
-    def publish(self, cb: pybreaker.CircuitBreaker, state: str) -> None:
+    def publish(self, cb: _Breaker, state: str) -> None:
         if self.publisher is not None:
             try:
-                self.publisher(cb.name, {**describe(cb), "state": state.replace("-", "_")})
+                self.publisher(str(cb.name), {**describe(cb), "state": state.replace("-", "_")})
             except Exception:  # noqa: BLE001 - Redis itself may be the dependency that is down
                 pass
+
+
+def _failure(state: tenacity.RetryCallState) -> BaseException:
+    """The exception of a failed attempt (tenacity calls stop, wait and
+    before_sleep only after one)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc if exc is not None else RuntimeError("no outcome recorded")
 
 
 def describe(cb: _Breaker) -> dict[str, Any]:

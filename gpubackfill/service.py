@@ -34,7 +34,7 @@ from .labels import resolve
 from .state.redis_store import now_ms
 from .state.telemetry import Telemetry
 from .store import IngestReport, SeriesKey
-from .views import iso
+from .times import iso
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -9,7 +9,6 @@ of the job: no chunk's state is read one by one.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -22,13 +21,7 @@ from .jobs.machine import FINAL_JOB_STATES, series_status
 from .resilience import BREAKERS, breaker_severity
 from .state.redis_store import RedisState, now_ms
 from .state.telemetry import Telemetry
-
-
-def iso(ms: int | None) -> str | None:
-    """UTC ISO 8601 of epoch milliseconds (None for none)."""
-    if not ms:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+from .times import iso
 
 
 class ChunkCounts(BaseModel):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import click
 
 from ..errors import InvalidInput
 from ..eta import rate_text  # noqa: F401 - re-exported for the commands
+from ..times import iso
 
 
 def _console():
@@ -95,7 +95,7 @@ def _labels(values: tuple[str, ...]) -> list[str] | None:
 
 
 def _iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+    return iso(ms) or ""
 
 
 def _last_day(end: str) -> str:

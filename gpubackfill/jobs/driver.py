@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import tenacity
 
@@ -58,7 +58,7 @@ class Driver:
                 outage += 1
                 if self.stop.is_set():
                     raise
-                wait = self._backoff(_Attempt(outage))
+                wait = self._backoff(cast(tenacity.RetryCallState, _Attempt(outage)))
                 self.stop.wait(min(wait, getattr(exc, "retry_after", 0) or wait))
                 continue
             if status is not None:

@@ -8,7 +8,8 @@ the end of the data, and (with a threshold) where sigma_t is missing or 0.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pyarrow as pa
 

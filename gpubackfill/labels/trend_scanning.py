@@ -8,7 +8,8 @@ equal have no t-value.  NULL unless ``t + max_window - 1`` exists.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pyarrow as pa
 

@@ -8,7 +8,8 @@ Gaps through a barrier exit at the open; a bar touching both is resolved by
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +17,6 @@ import pyarrow as pa
 from kernels import flags as core
 
 from ..granularity import GRANULARITIES
-
 from .base import Column, LabelSpec, Param, Series
 from .volatility import VOL_PARAMS, sigma_lookback
 

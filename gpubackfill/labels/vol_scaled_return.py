@@ -7,7 +7,8 @@ Also outputs ``sigma``, the sigma_t used.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

@@ -9,7 +9,8 @@ and receive sigma from the engine, which computes it once per distinct
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

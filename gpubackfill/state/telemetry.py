@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..errors import CATEGORIES
 from ..resilience import BREAKER_STATES
 from .redis_store import CHUNK_BUCKETS, RedisState, now_ms  # noqa: F401 - CHUNK_BUCKETS for metrics
 
 HISTORY_KEPT = 200
-CATEGORIES = ("transient", "resource", "dependency", "data", "persistent")
 
 
 class Telemetry:
