@@ -557,6 +557,11 @@ def child_universe_job(args: argparse.Namespace) -> dict[str, Any]:
                           chunk_size=WARMUP_CHUNK, workers=workers, force=True)
     if svc.execute(warm).status != "completed":
         raise RuntimeError(f"warm-up job {warm} failed: {svc.status(warm)['last_errors']}")
+    # Each job writes into empty label tables, as a first backfill does (a
+    # forced job over rows already there deletes them first).
+    from gpubackfill.labels import label_set_id, resolve
+
+    _truncate(svc.store, label_set_id(resolve(LABELS)))
     # Past the last candle of either: every candle is in the range.
     end = _dt(START_MS + args.series * args.series_candles * STEP_MS + 86_400_000)
     gc.collect()
