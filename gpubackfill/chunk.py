@@ -276,6 +276,14 @@ def _record_failure(store: Store, state: RedisState, settings: Settings, task: C
         split = _split(store, state, task, "out of memory")
         if split is not None:
             return split
+    if len(task.segments) > 1 and category in ("data", "persistent"):
+        # One bad series must not take the series packed with it down: every
+        # series runs again as its own chunk, and only the bad one fails.
+        added = state.unpack(task.job_id, task.index, task.token)
+        if added:
+            state.note(task.job_id, "unpack", f"chunk {task.index} ({len(task.segments)} series) "
+                                              f"run again one series per chunk: {message}"[:500])
+            return ChunkResult(task.index, "split", error=message, category=category)
     detail: dict[str, Any] = {"digest": _digest(exc), "retries": retries}
     if isinstance(exc, InvalidCandles) and exc.rows:
         detail["rows"] = exc.rows

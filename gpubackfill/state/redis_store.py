@@ -242,6 +242,27 @@ redis.call('LPUSH', KEYS[5], new, ARGV[1])
 return new
 """
 
+# A leased pack of several segments broken up: the first segment stays the
+# chunk, every other becomes a new chunk; all pending.  (A bad series in a
+# pack then fails alone.)
+# KEYS: job, plan, state, lease, pending   ARGV: idx, token, tables
+_UNPACK = _LIB + """
+if not token_ok(KEYS[4], ARGV[1], ARGV[2]) then return -1 end
+local segs = segments(redis.call('HGET', KEYS[2], ARGV[1]))
+if #segs < 2 then return -1 end
+unlease(KEYS[1], KEYS[3], KEYS[4], KEYS[2], ARGV[1], 'split')
+local function enc(s) return s[1] .. ',' .. s[2] .. ',' .. s[3] .. ',' .. s[4] end
+redis.call('HSET', KEYS[2], ARGV[1], enc(segs[1]))
+for k = 2, #segs do
+  local new = tonumber(redis.call('HINCRBY', KEYS[1], 'chunks_total', 1)) - 1
+  redis.call('HSET', KEYS[2], new, enc(segs[k]))
+  redis.call('HSET', KEYS[3], new, 'pending')
+  redis.call('LPUSH', KEYS[5], new)
+end
+redis.call('LPUSH', KEYS[5], ARGV[1])
+return #segs - 1
+"""
+
 # KEYS: lease   ARGV: idx, token, expires_ms
 _RENEW = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])
@@ -338,6 +359,7 @@ class RedisState:
         self._split = self.client.register_script(_SPLIT)
         self._renew = self.client.register_script(_RENEW)
         self._settle = self.client.register_script(_SETTLE)
+        self._unpack = self.client.register_script(_UNPACK)
         self._takeover = self.client.register_script(_TAKEOVER)
         self._claim_spec = self.client.register_script(_CLAIM_SPEC)
 
@@ -625,6 +647,15 @@ class RedisState:
                                                 key(job_id, "lease"), key(job_id, "pending")],
                              args=[idx, token, mid_ms, left, right, TABLES]))
         return None if new < 0 else new
+
+    def unpack(self, job_id: str, idx: int, token: int) -> int:
+        """Break a leased pack into one chunk per segment, all pending; the
+        number of chunks added (0: not ours, or not a pack)."""
+        key = self.key
+        n = int(self.call(self._unpack, keys=[key(job_id), key(job_id, "plan"), key(job_id, "state"),
+                                              key(job_id, "lease"), key(job_id, "pending")],
+                          args=[idx, token, TABLES]))
+        return max(n, 0)
 
     def requeue_failed(self, job_id: str) -> int:
         """Put given-up chunks back in the queue (a re-run after a fix)."""

@@ -299,3 +299,30 @@ def test_cli_start_status_grid_series_and_kill_minus_9_then_execute(tmp_path, re
     assert "EURUSD M15" in table and "labelled" in table
     up = run_cli(env, "update")
     assert up.returncode == 0
+
+
+def test_a_bad_series_packed_with_good_ones_fails_alone(service):
+    """Small series share chunks; malformed candles in one of them must not
+    dead-letter the others: the pack is run again one series per chunk."""
+    good = {i: ingest(service, i, "H1") for i in ("AUDUSD", "NZDUSD", "USDCAD")}
+    bad = generate("USDCHF", "H1", START, "2024-01-25")
+    service.ingest_table(SeriesKey("USDCHF", "H1"), bad)
+    mid = int(bad.column("ts")[bad.num_rows // 2].as_py())
+    service.store.command(
+        f"ALTER TABLE {service.store.db}.candles UPDATE low = high + 1 WHERE instrument = 'USDCHF' "
+        f"AND toUnixTimestamp64Milli(ts) = {mid} SETTINGS mutations_sync = 1")
+    job = service.create_job("*", "H1", START, END, chunk_size=5_000, workers=2)
+    plan = service.state.plan(job)
+    assert len(plan) == 1 and len(plan[0]) == 4  # all four in one pack
+    assert service.execute(job).status == "completed_with_errors"
+    s = service.status(job)
+    by = {x["instrument"]: x for x in s["series"]}
+    assert by["USDCHF"]["status"] == "failed" and by["USDCHF"]["chunks_failed"] == 1
+    for inst, table in good.items():
+        assert by[inst]["status"] == "completed" and by[inst]["errors"] == 0
+        assert_series_equals_compute_labels(service, inst, "H1", table, s["label_set"])
+    assert s["chunks_total"] == 4 and s["chunks"]["done"] == 3 and s["chunks"]["failed"] == 1
+    dead = service.dead_letters(job)
+    usdchf = [x["instrument"] for x in s["series"]].index("USDCHF")
+    assert len(dead) == 1 and dead[0]["series"] == [usdchf]
+    assert any(e["event"] == "unpack" for e in service.state.events(job))
