@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit -m "not slow"
 
 bench: $(STAMP)
-	$(PY) bench/kernels.py
+	$(PY) bench/labels_speed.py
 
 bench-backfill: $(STAMP)
 	$(PY) bench/backfill.py

@@ -6,7 +6,7 @@ redis-server), in a fresh temporary ``GPUBACKFILL_HOME`` that is deleted at
 the end:
 
 1. Setup (one subprocess): a synthetic M1 series of ``--candles`` bars of
-   BTCUSD (``gpubackfill.synthetic.generate``; crypto trades 24/7, so the
+   BTCUSD (``gpubackfill.candles.synthetic.generate``; crypto trades 24/7, so the
    range holds exactly that many bars), the compute floor (``compute_labels``
    with all three labels, default parameters, on the whole series: median of
    ``--repeats`` calls after a warm-up), ingest through
@@ -83,30 +83,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import report as _report  # bench/report.py: a script's own folder is first on sys.path
 
-# Run as a script, this file's folder comes first on sys.path, where
-# bench/kernels.py would shadow the ``kernels`` package; drop it first.
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+import gpubackfill
+from gpubackfill.config import Settings
+from gpubackfill.labels import DEFAULT_LABELS
 
-
-def _bench_module(name: str):
-    """A sibling module of this script, loaded by path (see above)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_report = _bench_module("report")
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
-
-import gpubackfill  # noqa: E402
-from gpubackfill.config import Settings  # noqa: E402
-from gpubackfill.labels import DEFAULT_LABELS  # noqa: E402
 
 INSTRUMENT = "BTCUSD"          # 24/7: no weekend gaps, so N bars need N minutes
 GRANULARITY = "M1"
@@ -127,7 +111,7 @@ RESULT_MARK = "@@RESULT@@ "
 
 
 # ---------------------------------------------------------------------------
-# formatting (the style of bench/kernels.py)
+# formatting (the style of bench/labels_speed.py)
 
 
 def _version(module: str) -> str:
@@ -141,7 +125,7 @@ def _version(module: str) -> str:
 
 def _redis_version() -> str:
     try:
-        from gpubackfill.redis_server import redis_executable
+        from gpubackfill.storage.redis_server import redis_executable
 
         out = subprocess.run([redis_executable(), "--version"], capture_output=True, text=True,
                              timeout=10).stdout
@@ -178,10 +162,10 @@ def print_header(args: argparse.Namespace) -> None:
         total = args.series * args.series_candles
         print(f"series    : {args.series} x {args.series_candles:,} candles (BTC000.. "
               f"{UNIVERSE_GRANULARITY}) against {INSTRUMENT} {GRANULARITY} of {total:,}, "
-              f"synthetic (gpubackfill.synthetic.generate) from {_iso(START_MS)}")
+              f"synthetic (gpubackfill.candles.synthetic.generate) from {_iso(START_MS)}")
     else:
         print(f"series    : {INSTRUMENT} {GRANULARITY}, {args.candles:,} synthetic candles "
-              f"(gpubackfill.synthetic.generate) from {_iso(START_MS)}")
+              f"(gpubackfill.candles.synthetic.generate) from {_iso(START_MS)}")
     print(f"labels    : {params}")
     print(f"halo      : {back:,} bars back, {ahead:,} ahead")
     sizes = ("the default (BATCH_CHUNK_SIZE)" if args.universe
@@ -348,9 +332,9 @@ def _dt(ms: int) -> datetime:
 
 
 def child_setup(args: argparse.Namespace) -> dict[str, Any]:
+    from gpubackfill.candles.synthetic import generate
     from gpubackfill.service import BackfillService
-    from gpubackfill.store import SeriesKey
-    from gpubackfill.synthetic import generate
+    from gpubackfill.storage.clickhouse_store import SeriesKey
 
     gpubackfill.keep_freed_memory()
     svc = BackfillService(_settings(args.home))
@@ -394,7 +378,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     from gpubackfill.jobs.plan import plan_chunks
     from gpubackfill.labels import halo, label_set_id, resolve
     from gpubackfill.service import BackfillService
-    from gpubackfill.store import SeriesKey
+    from gpubackfill.storage.clickhouse_store import SeriesKey
 
     gpubackfill.keep_freed_memory()
     cs, workers = args.chunk_size, args.workers
@@ -512,9 +496,9 @@ TARGET_UNIVERSE_SHARE = 0.70
 
 
 def child_universe_setup(args: argparse.Namespace) -> dict[str, Any]:
+    from gpubackfill.candles.synthetic import generate
     from gpubackfill.service import BackfillService
-    from gpubackfill.store import SeriesKey
-    from gpubackfill.synthetic import generate
+    from gpubackfill.storage.clickhouse_store import SeriesKey
 
     gpubackfill.keep_freed_memory()
     svc = BackfillService(_settings(args.home))
@@ -947,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
             verified = print_verify(next((r for r in runs if "verify" in r), None))
             print_summary(args, runs, verified)
     finally:
-        from gpubackfill.redis_server import stop_server
+        from gpubackfill.storage.redis_server import stop_server
 
         stop_server(_settings(home).redis_dir)
         shutil.rmtree(home, ignore_errors=True)

@@ -2,7 +2,7 @@
 written the way label libraries write them, and the end-to-end cost of
 ``resolve_with`` on an H1 backfill with M1 candles.
 
-Run from the repository root (``python bench/kernels.py --second-set`` runs
+Run from the repository root (``python bench/labels_speed.py --second-set`` runs
 the same, after the first set)::
 
     python bench/second_set.py                  # 10M candles, 3 repeats
@@ -215,10 +215,10 @@ def peers(table: pa.Table, rows_count: int, repeats: int, seed: int) -> dict[str
 
 
 def resolve_end_to_end(years: int, seed: int) -> dict[str, float]:
+    from gpubackfill.candles.synthetic import generate
     from gpubackfill.config import Settings
     from gpubackfill.service import BackfillService
-    from gpubackfill.store import SeriesKey, Store
-    from gpubackfill.synthetic import generate
+    from gpubackfill.storage.clickhouse_store import SeriesKey, Store
 
     home = tempfile.mkdtemp(prefix="gpb-resolve-")
     svc = BackfillService(Settings.from_env({"GPUBACKFILL_HOME": home}, dotenv=False))

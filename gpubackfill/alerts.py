@@ -26,8 +26,8 @@ from typing import Any
 import tenacity
 
 from .config import Settings
-from .state.redis_store import now_ms
-from .state.telemetry import Telemetry
+from .storage.redis_state import now_ms
+from .storage.telemetry import Telemetry
 
 log = logging.getLogger("gpubackfill.alerts")
 

@@ -239,7 +239,7 @@ def check_health(service: BackfillService, scheduler: Scheduler | None,
             dashboards = sorted({j.dashboard for j in service.job_views("running") if j.dashboard})
         except GpubackfillError as exc:
             reasons.append(f"jobs: {exc}")
-    from .executor import cluster_summary
+    from .cluster import cluster_summary
 
     clusters = cluster_summary()
     checks["workers"] = {"ok": True, "dask_clusters": clusters}

@@ -23,8 +23,8 @@ import psutil
 from kernels.core import FLAG_AMBIGUOUS, FLAG_RESOLVED
 
 from . import backends
-from . import candles as candles_mod
 from .allocator import keep_freed_memory
+from .candles import frames as candles_mod
 from .compute import compute_series
 from .config import Settings
 from .connections import clickhouse_breaker, connections
@@ -34,8 +34,8 @@ from .jobs.result import ChunkResult, Segment, SegmentOutcome
 from .labels import Series, halo, resolve
 from .logs import log
 from .resilience import BREAKERS, classify, is_outage, retrying
-from .state.redis_store import RedisState
-from .store import SeriesKey, Store, input_fingerprint
+from .storage.clickhouse_store import SeriesKey, Store, input_fingerprint
+from .storage.redis_state import RedisState
 from .times import iso
 from .watchdog import thread_stack
 

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import backends
-from . import candles as candles_mod
 from . import labels as registry
+from .candles import frames as candles_mod
 from .errors import InvalidInput
 from .labels import Column, ResolvedLabel, Series
 from .labels.volatility import compute_sigma, sigma_key

@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 
 from .config import Settings
-from .redis_server import connect as redis_connect
 from .resilience import BREAKERS
-from .state.redis_store import RedisState
-from .store import Store
+from .storage.clickhouse_store import Store
+from .storage.redis_server import connect as redis_connect
+from .storage.redis_state import RedisState
 
 _shared: dict[tuple, tuple[Store, RedisState]] = {}
 _shared_lock = threading.Lock()

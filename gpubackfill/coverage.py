@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from .jobs.plan import plan_chunks, plan_job
 from .jobs.result import Segment
 from .labels import halo, resolve
-from .store import SeriesKey, Store
+from .storage.clickhouse_store import SeriesKey, Store
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from . import labels as registry
 from .errors import InvalidInput
-from .store import SeriesKey, Store
+from .storage.clickhouse_store import SeriesKey, Store
 from .times import iso
 
 BATCH_ROWS = 500_000  # ~50 MB of label columns per batch; bench: 10M rows under 1 GB RSS

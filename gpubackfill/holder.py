@@ -293,7 +293,7 @@ class Remote:
         self._call("init")
 
     def ingest(self, path: str | Path, *args, **kwargs):
-        from .store import IngestReport
+        from .storage.clickhouse_store import IngestReport
 
         # The holder reads the file itself: an absolute path means the same file there.
         r = self._call("ingest", str(Path(path).absolute()), *args, **kwargs)

@@ -25,7 +25,7 @@ from .alerts import ALERT_NAMES
 from .errors import GpubackfillError
 from .jobs.machine import ACTIVE_JOB_STATES, JOB_STATES
 from .resilience import breaker_severity
-from .state.telemetry import CATEGORIES, CHUNK_BUCKETS
+from .storage.telemetry import CATEGORIES, CHUNK_BUCKETS
 
 if TYPE_CHECKING:
     from .service import BackfillService

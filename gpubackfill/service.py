@@ -31,9 +31,9 @@ from .jobs.lease import dead_local_owner, new_owner
 from .jobs.machine import FINAL_JOB_STATES
 from .jobs.plan import ALL, JobSpec, make_spec, parse_names, parse_time, plan_chunks, plan_job
 from .labels import resolve
-from .state.redis_store import now_ms
-from .state.telemetry import Telemetry
-from .store import IngestReport, SeriesKey
+from .storage.clickhouse_store import IngestReport, SeriesKey
+from .storage.redis_state import now_ms
+from .storage.telemetry import Telemetry
 from .times import iso
 
 Progress = Callable[[dict[str, Any]], None]
@@ -66,7 +66,7 @@ class BackfillService:
 
     def ingest(self, path: str | Path, instrument: str, granularity: str,
                tz: str | None = None) -> IngestReport:
-        from .candle_files import read_candles
+        from .candles.files import read_candles
 
         key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
         table = read_candles(path, tz=tz)
@@ -74,7 +74,7 @@ class BackfillService:
 
     def ingest_table(self, key: SeriesKey, table: pa.Table) -> IngestReport:
         from . import cadence
-        from . import candles as candles_mod
+        from .candles import frames as candles_mod
 
         self._ready()
         if "volume" not in table.column_names:
@@ -259,7 +259,7 @@ class BackfillService:
                stop: threading.Event | None) -> str:
         from .backends import select
         from .chunk import default_numba_threads
-        from .executor import open_cluster
+        from .cluster import open_cluster
         from .jobs.driver import Driver
 
         workers = int(job["workers"])

@@ -19,8 +19,8 @@ from .errors import CATEGORIES, InvalidInput
 from .jobs.lease import dead_local_owner
 from .jobs.machine import FINAL_JOB_STATES, series_status
 from .resilience import BREAKERS, breaker_severity
-from .state.redis_store import RedisState, now_ms
-from .state.telemetry import Telemetry
+from .storage.redis_state import RedisState, now_ms
+from .storage.telemetry import Telemetry
 from .times import iso
 
 

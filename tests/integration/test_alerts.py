@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from conftest import make_settings
 
 from gpubackfill.alerts import Alerter, evaluate
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 
 class Receiver:

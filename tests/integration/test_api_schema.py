@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from gpubackfill.api import create_app
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.candles.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 
 @pytest.fixture

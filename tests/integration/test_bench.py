@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_kernel_benchmark_quick_run_agrees_with_pandas_reference():
-    res = subprocess.run([sys.executable, str(ROOT / "bench" / "kernels.py"), "--quick"],
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "labels_speed.py"), "--quick"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     out = res.stdout

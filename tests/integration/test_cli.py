@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.cli import main
-from gpubackfill.synthetic import generate
 
 
 def env_for(settings) -> dict[str, str]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gpubackfill.config import ConfigError, Settings
-from gpubackfill.redis_server import server_pid, stop_server
+from gpubackfill.storage.redis_server import server_pid, stop_server
 
 
 def test_embedded_defaults(tmp_path):
@@ -112,7 +112,7 @@ def test_settings_survive_a_json_round_trip(tmp_path):
 START_RACE = """
 import sys
 from pathlib import Path
-from gpubackfill.redis_server import ensure_server, server_pid
+from gpubackfill.storage.redis_server import ensure_server, server_pid
 sock = ensure_server(Path(sys.argv[1]))
 print(server_pid(Path(sys.argv[1])))
 """
@@ -133,7 +133,7 @@ def test_processes_starting_the_embedded_server_at_once_share_one(tmp_path):
 def test_embedded_server_keeps_data_across_restarts(tmp_path):
     import redis as redis_py
 
-    from gpubackfill.redis_server import ensure_server
+    from gpubackfill.storage.redis_server import ensure_server
 
     d = tmp_path / "redis"
     sock = ensure_server(d)

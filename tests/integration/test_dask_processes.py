@@ -13,9 +13,9 @@ from chhttp import ClickHouseHTTPServer
 from conftest import make_settings
 from test_engine import assert_matches_whole_series
 
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ import pytest
 from compare import TB_COLUMNS, assert_exact, assert_float_close, column
 
 from gpubackfill import compute_labels
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.errors import InvalidInput, InvalidTransition, JobNotFound
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 ALL = ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"]
 START, END = "2024-01-01", "2024-01-31"

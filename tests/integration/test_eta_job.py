@@ -11,9 +11,9 @@ def test_a_real_job_reports_its_eta_from_recorded_chunks(service):
     timed sample, and the status half-way shows the estimator's ETA with its
     interval.  (Convergence itself is checked above on chunks of known
     duration: real chunk times on a shared CI machine are not steady.)"""
+    from gpubackfill.candles.synthetic import generate
     from gpubackfill.eta import estimate as est_fn
-    from gpubackfill.store import SeriesKey
-    from gpubackfill.synthetic import generate
+    from gpubackfill.storage.clickhouse_store import SeriesKey
 
     service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-10"))
     job = service.create_job("EURUSD", "M5", "2024-01-01", "2024-01-08", chunk_size=100, workers=2,

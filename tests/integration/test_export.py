@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import cli, env_for  # noqa: F401 - the in-process CLI fixture
 
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.candles.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-01", "2024-01-20"
 H48 = ["--labels", "enhanced_triple_barrier", "mfe_mae", "--param", "enhanced_triple_barrier.horizon=48"]
@@ -173,7 +173,7 @@ from conftest import random_walk
 from gpubackfill.compute import compute_labels
 from gpubackfill.labels import resolve
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey, _with_series
+from gpubackfill.storage.clickhouse_store import SeriesKey, _with_series
 n = int(sys.argv[1])
 svc = BackfillService()
 svc.init()

@@ -29,12 +29,12 @@ from test_cli import env_for, exported_ts_are_unique, run_cli
 from test_engine import assert_matches_whole_series
 
 import gpubackfill.chunk as chunk_mod
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.cli import main
 from gpubackfill.errors import InvalidTransition
-from gpubackfill.redis_server import ensure_server, stop_server
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
+from gpubackfill.storage.redis_server import ensure_server, stop_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -450,7 +450,7 @@ def _spawn(env, *args):
 _CRASH_AFTER_WRITE = """
 import os, sys
 from gpubackfill.service import BackfillService
-from gpubackfill.state.redis_store import RedisState
+from gpubackfill.storage.redis_state import RedisState
 RedisState.complete = lambda self, *a, **k: os._exit(3)   # dies between insert and record
 BackfillService().execute(sys.argv[1])
 """

@@ -15,9 +15,9 @@ from test_cli import env_for, proc_env, run_cli  # noqa: F401 - fixtures
 
 from gpubackfill import export as export_mod
 from gpubackfill import holder
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.errors import DependencyError
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 H12 = ["enhanced_triple_barrier", "mfe_mae"]
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpubackfill import logs
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.metrics import exposition, registry
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-01", "2024-01-10"
 

@@ -6,8 +6,8 @@ import pytest
 
 from gpubackfill.errors import InvalidTransition, JobNotFound
 from gpubackfill.jobs.result import ChunkResult, SegmentOutcome
-from gpubackfill.redis_server import connect
-from gpubackfill.state.redis_store import RedisState
+from gpubackfill.storage.redis_server import connect
+from gpubackfill.storage.redis_state import RedisState
 
 
 def done(idx, candles, rows, cache_hit=False, duration=0.1):

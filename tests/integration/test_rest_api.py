@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpubackfill.api import create_app
-from gpubackfill.redis_server import ensure_server, stop_server
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.scheduler import Scheduler
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
+from gpubackfill.storage.redis_server import ensure_server, stop_server
 
 START, END = "2024-01-01", "2024-01-05"
 BODY = {"instrument": "EURUSD", "granularity": "M5", "start_date": START, "end_date": END,

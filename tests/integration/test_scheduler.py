@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.jobs.machine import FINAL_JOB_STATES
 from gpubackfill.scheduler import Candidate, Scheduler, pick
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-01", "2024-01-04"
 

@@ -12,8 +12,8 @@ import pytest
 from compare import assert_exact, assert_float_close, column
 
 from gpubackfill import compute_labels
-from gpubackfill.store import SeriesKey, Store
-from gpubackfill.synthetic import generate
+from gpubackfill.candles.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey, Store
 
 pytestmark = pytest.mark.integration
 

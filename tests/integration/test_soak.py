@@ -24,8 +24,8 @@ _SOAK = r"""
 import json, os, sys
 from gpubackfill import executor
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
+from gpubackfill.candles.synthetic import generate
 
 if os.environ.get("SOAK_DASK_PROFILER") == "on":
     import dask

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from gpubackfill.store import SeriesKey, Store
-from gpubackfill.synthetic import generate
+from gpubackfill.candles.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey, Store
 
 M1 = 60_000
 

@@ -13,10 +13,10 @@ from compare import TB_COLUMNS, assert_exact, assert_float_close, column
 from test_cli import env_for, exported_ts_are_unique, run_cli
 
 from gpubackfill import compute_labels
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.errors import InvalidInput
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey
-from gpubackfill.synthetic import generate
+from gpubackfill.storage.clickhouse_store import SeriesKey
 
 pytestmark = pytest.mark.integration
 

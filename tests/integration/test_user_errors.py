@@ -15,7 +15,7 @@ import pytest
 from test_cli import env_for, run_cli
 
 from gpubackfill.config import redact_url
-from gpubackfill.redis_server import socket_path, stop_server
+from gpubackfill.storage.redis_server import socket_path, stop_server
 
 SECRET = "PASSWORD123"
 
@@ -126,7 +126,7 @@ def test_serve_on_a_busy_port_is_one_line(tmp_path, settings):
 def test_stop_ends_the_bundled_redis_server(tmp_path):
     import psutil
 
-    from gpubackfill.redis_server import server_pid
+    from gpubackfill.storage.redis_server import server_pid
 
     home = tmp_path / "home"
     env = {"GPUBACKFILL_HOME": str(home)}

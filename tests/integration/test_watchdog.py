@@ -18,7 +18,7 @@ from test_faults import assert_survived, ingest, wait_for
 import gpubackfill.chunk as chunk_mod
 from gpubackfill import compute_labels, executor
 from gpubackfill.service import BackfillService
-from gpubackfill.store import SeriesKey
+from gpubackfill.storage.clickhouse_store import SeriesKey
 from gpubackfill.watchdog import chunk_deadline, thread_stack
 
 # Leases and deadlines of seconds, so that a take-back happens within a test.

@@ -10,7 +10,7 @@ import pytest
 from conftest import random_walk
 
 from gpubackfill import BackendUnavailable, InvalidCandles, InvalidLabelSpec, compute_labels
-from gpubackfill.candles import defect_codes, describe, to_series
+from gpubackfill.candles.frames import defect_codes, describe, to_series
 
 L = ["mfe_mae"]
 

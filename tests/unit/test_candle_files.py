@@ -1,4 +1,4 @@
-"""Reading candle files (gpubackfill.candle_files.read_candles)."""
+"""Reading candle files (gpubackfill.candles.files.read_candles)."""
 
 import gzip
 import re
@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpubackfill import InvalidCandles, InvalidInput
-from gpubackfill.candle_files import read_candles
-from gpubackfill.candles import to_series, validate
-from gpubackfill.synthetic import generate
+from gpubackfill.candles.files import read_candles
+from gpubackfill.candles.frames import to_series, validate
+from gpubackfill.candles.synthetic import generate
 
 # 2024-01-02 03:04:00 UTC and the next two minutes
 T0 = 1_704_164_640_000

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from gpubackfill.candles import to_series, validate
+from gpubackfill.candles.frames import to_series, validate
+from gpubackfill.candles.synthetic import generate
 from gpubackfill.compute import compute_labels
-from gpubackfill.synthetic import generate
 from kernels import cpu
 
 

@@ -87,7 +87,7 @@ def test_cupy_arrays_go_straight_into_the_kernels():
 @gpu
 def test_cudf_from_arrow_columns_feed_the_kernels():
     cudf = pytest.importorskip("cudf")
-    from gpubackfill.synthetic import generate
+    from gpubackfill.candles.synthetic import generate
     from kernels import cpu
     from kernels import cuda as gk
 

@@ -1,4 +1,4 @@
-"""Synthetic candles (gpubackfill.synthetic) and name parsing (gpubackfill.granularity)."""
+"""Synthetic candles (gpubackfill.candles.synthetic) and name parsing (gpubackfill.granularity)."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -8,20 +8,20 @@ import pyarrow as pa
 import pytest
 
 from gpubackfill import InvalidInput
-from gpubackfill.candles import defect_codes, to_series, validate
-from gpubackfill.granularity import (
-    GRANULARITIES,
-    INSTRUMENT_RE,
-    parse_granularity,
-    parse_instrument,
-)
-from gpubackfill.synthetic import (
+from gpubackfill.candles.frames import defect_codes, to_series, validate
+from gpubackfill.candles.synthetic import (
     INSTRUMENTS,
     SCHEMA,
     fx_open_mask,
     generate,
     generate_many,
     instrument_spec,
+)
+from gpubackfill.granularity import (
+    GRANULARITIES,
+    INSTRUMENT_RE,
+    parse_granularity,
+    parse_instrument,
 )
 
 DAY = 86_400_000

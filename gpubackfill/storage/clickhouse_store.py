@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import clickhouse
-from .config import Settings, redact_url
-from .errors import DependencyError, InvalidInput
-from .granularity import GRANULARITIES
-from .labels import ResolvedLabel, label_set_id
+from ..config import Settings, redact_url
+from ..errors import DependencyError, InvalidInput
+from ..granularity import GRANULARITIES
+from ..labels import ResolvedLabel, label_set_id
+from . import clickhouse_client as clickhouse
 
 _IDENT = re.compile(r"^[A-Za-z0-9_]+$")
 _CANDLE_COLS = ("ts", "open", "high", "low", "close", "volume")

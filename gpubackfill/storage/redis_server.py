@@ -23,8 +23,8 @@ from pathlib import Path
 
 import redis
 
-from .config import Settings, redact_url
-from .errors import DependencyError
+from ..config import Settings, redact_url
+from ..errors import DependencyError
 
 SOCKET = "redis.sock"
 

@@ -2,7 +2,7 @@
 
 ``generate("EURUSD", "M1", "2024-01-01", "2024-02-01")`` returns a pyarrow
 Table (ts int64 ms UTC, open, high, low, close, volume float64) that passes
-``gpubackfill.candles.validate``.  The model:
+``gpubackfill.candles.frames.validate``.  The model:
 
 - **Price.** A random walk in log price whose per-bar volatility is
   ``annual_vol * sqrt(bar length / trading year) * sqrt(season) * regime``
@@ -54,8 +54,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .errors import InvalidInput
-from .granularity import (
+from ..errors import InvalidInput
+from ..granularity import (
     DAY_MS,
     GRANULARITIES,
     HOUR_MS,

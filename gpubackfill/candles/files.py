@@ -5,7 +5,7 @@
 milliseconds UTC), ``open``, ``high``, ``low``, ``close`` and, when the file
 has one, ``volume`` (all float64), one row per file row in file order.
 Nothing is sorted, dropped or checked against the candle rules here: that is
-``gpubackfill.candles.validate``'s job, so the caller can report the rows it
+``gpubackfill.candles.frames.validate``'s job, so the caller can report the rows it
 rejects.
 
 Columns are matched ignoring case, surrounding blanks and MetaTrader's angle
@@ -41,7 +41,7 @@ Errors are ``InvalidInput``: an unsupported extension, a missing column (the
 message lists the columns found), an unreadable file.  A value that cannot be
 read (a time that is missing or does not parse, a price that is not a number)
 raises ``InvalidCandles`` naming the first bad row (0-based, as in
-``gpubackfill.candles``; for CSV also its line in the file) and the value.
+``gpubackfill.candles.frames``; for CSV also its line in the file) and the value.
 Empty and ``NaN`` prices become NaN and are left to validation.
 """
 
@@ -60,8 +60,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from .candles import PRICE_COLUMNS
-from .errors import InvalidCandles, InvalidInput
+from ..errors import InvalidCandles, InvalidInput
+from .frames import PRICE_COLUMNS
 
 TIME_NAMES = ("ts", "time", "timestamp", "datetime", "date", "open_time")
 VOLUME_NAMES = ("volume", "vol", "tick_volume", "tickvol")

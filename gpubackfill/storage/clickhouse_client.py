@@ -24,8 +24,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .config import Settings, redact_url
-from .errors import DependencyError
+from ..config import Settings, redact_url
+from ..errors import DependencyError
 
 # Rows per Arrow IPC message streamed into an embedded insert: keeps the
 # serialised copy small (a few MiB) instead of a second copy of the chunk.

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 
 from kernels import core, cpu
 
-from .errors import InvalidCandles, InvalidInput
-from .labels import Series
+from ..errors import InvalidCandles, InvalidInput
+from ..labels import Series
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 

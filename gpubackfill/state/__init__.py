@@ -1,1 +1,0 @@
-"""Job and chunk state: a pure state machine and its Redis implementation."""
