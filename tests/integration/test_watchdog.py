@@ -16,7 +16,8 @@ from conftest import make_settings, random_walk
 from test_faults import assert_survived, ingest, wait_for
 
 import gpubackfill.chunk as chunk_mod
-from gpubackfill import compute_labels, executor
+from gpubackfill import cluster as executor
+from gpubackfill import compute_labels
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import SeriesKey
 from gpubackfill.watchdog import chunk_deadline, thread_stack
