@@ -122,7 +122,8 @@ def provenance(key: SeriesKey, chosen: LabelSet, start_ms: int | None, end_ms: i
     info = {
         "instrument": key.instrument, "granularity": key.granularity, "label_set": chosen.set_id,
         "labels": chosen.params, "columns": chosen.columns, "with_candles": with_candles,
-        "start": iso(start_ms), "end_exclusive": iso(end_ms), "gpubackfill_version": ver,
+        "start": iso(start_ms, millis=True), "end_exclusive": iso(end_ms, millis=True),
+        "gpubackfill_version": ver,
     }
     meta = {"gpubackfill": json.dumps(info, sort_keys=True),
             "instrument": key.instrument, "granularity": key.granularity,
@@ -140,8 +141,9 @@ def batches(store: Store, key: SeriesKey, chosen: LabelSet, start_ms: int | None
     if not bounds:
         first, last = chosen.span
         raise InvalidInput(f"no {key.instrument} {key.granularity} labels of set {chosen.set_id} "
-                           f"from {iso(start_ms) or 'the start'} up to {iso(end_ms) or 'the end'}; "
-                           f"they cover {iso(first)} to {iso(last)}")
+                           f"from {iso(start_ms, millis=True) or 'the start'} "
+                           f"up to {iso(end_ms, millis=True) or 'the end'}; "
+                           f"they cover {iso(first, millis=True)} to {iso(last, millis=True)}")
     for i, lo in enumerate(bounds):
         hi = bounds[i + 1] if i + 1 < len(bounds) else end_ms
         table = store.read_label_range(key, chosen.set_id, chosen.columns, lo, hi, with_candles)

@@ -53,6 +53,12 @@ class Driver:
             try:
                 status = self._turn()
                 outage = 0
+            except DriverLost as exc:
+                # Not abandon(): the chunks in flight keep their leases and
+                # record themselves; the new driver sees them settle.
+                logs.log.warning("%s", exc, extra={"job_id": self.job_id})
+                self.in_flight.clear()
+                return self.state.job(self.job_id)["status"]
             except DependencyError as exc:
                 # Running chunks keep going and retry their own records.
                 outage += 1
@@ -150,12 +156,28 @@ class Driver:
     def _upkeep(self) -> None:
         # Often enough to see a chunk taken back by its deadline soon after,
         # and never less often than the driver lock needs renewing.
-        if time.monotonic() - self.last_upkeep > min(self.lease_ms / 3000, 5.0):
-            self.state.renew_driver(self.job_id, self.owner, self.lease_ms)
+        since = time.monotonic() - self.last_upkeep
+        if since > min(self.lease_ms / 3000, 5.0):
+            if not self.state.renew_driver(self.job_id, self.owner, self.lease_ms):
+                self._relock(since)
             self.state.expire_leases(self.job_id)
             self._forget_expired()
             self.timeout_s = self._chunk_timeout()
             self.last_upkeep = time.monotonic()
+
+    def _relock(self, since: float) -> None:
+        """The driver lock ran out before it was renewed (this process was held
+        up longer than the lock lives: a long compile, an overloaded host).
+        Take it again unless another process has it; then that process
+        drives the job and this one stops, leaving its chunks to finish."""
+        other = self.state.acquire_driver(self.job_id, self.owner, self.lease_ms)
+        why = f"driver lock of {self.owner} expired ({since:.1f}s since its last renewal)"
+        if other is None:
+            logs.log.warning("%s; taken again", why, extra={"job_id": self.job_id})
+            self.state.note(self.job_id, "driver_relock", why)
+            return
+        self.state.note(self.job_id, "driver_lost", f"{why}; {other} drives the job now")
+        raise DriverLost(f"job {self.job_id} is driven by {other} now ({why})")
 
     def _chunk_timeout(self) -> float:
         s = self.settings
@@ -207,6 +229,10 @@ class Driver:
                 self.state.transition(self.job_id, "interrupt", why)
         except (DependencyError, InvalidInput):
             pass
+
+
+class DriverLost(Exception):
+    """Another process took the job over after this driver's lock ran out."""
 
 
 class _Attempt:

@@ -119,3 +119,33 @@ def test_given_up_chunks_can_be_requeued(state):
     state.transition(job, "execute")
     i, t, _ = state.claim(job, "w", 10_000)
     assert i == i1 and state.complete(job, i, t, done(i, 5, 5, False, 0.1)) == ("ok", "completed")
+
+
+def test_a_driver_whose_lock_ran_out_takes_it_again_or_stops(settings):
+    """A driver held up past its lock's life (a long compile, an overloaded
+    host) must not go on without the lock: it takes it again, or, when
+    another process took the job over meanwhile, it stops driving."""
+    import time
+
+    import pytest
+
+    from gpubackfill.connections import connections
+    from gpubackfill.jobs.driver import Driver, DriverLost
+
+    _, state = connections(settings)
+    state.create_job("jd", {"workers": 1}, [(0, 10, 5)])
+    state.transition("jd", "execute")
+    assert state.acquire_driver("jd", "host:1:a", 50) is None
+    d = Driver(state, settings, "jd", "host:1:a", 50, {}, [["EURUSD", "M5"]], cluster=None, workers=1)
+    time.sleep(0.1)                      # the lock runs out unrenewed
+    assert state.driver_owner("jd") is None
+    d.last_upkeep -= 10
+    d._upkeep()
+    assert state.driver_owner("jd") == "host:1:a"
+    assert any(e["event"] == "driver_relock" for e in state.events("jd"))
+    time.sleep(0.1)
+    assert state.acquire_driver("jd", "host:2:b", 10_000) is None  # another process took over
+    d.last_upkeep -= 10
+    with pytest.raises(DriverLost, match="driven by host:2:b"):
+        d._upkeep()
+    assert state.driver_owner("jd") == "host:2:b"
