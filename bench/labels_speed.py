@@ -46,31 +46,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pandas_reference as _ref  # bench/pandas_reference.py: a script's folder is first on sys.path
 import pyarrow as pa
+import report as _report  # bench/report.py
 
-# Run as a script, this file's folder comes first on sys.path, where its own
-# name would shadow the ``kernels`` package; drop it before importing.
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-
-
-def _bench_module(name: str):
-    """A sibling module of this script, loaded by path (see above)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_report = _bench_module("report")
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
 
@@ -78,9 +63,6 @@ import gpubackfill  # noqa: E402
 from gpubackfill import backends  # noqa: E402
 from gpubackfill.labels.volatility import compute_sigma  # noqa: E402
 
-
-
-_ref = _bench_module("pandas_reference")
 sigma_pandas, triple_barrier_pandas = _ref.sigma_pandas, _ref.triple_barrier_pandas
 
 TB = "enhanced_triple_barrier"
@@ -180,7 +162,7 @@ class RssSampler:
             self.peak = max(self.peak, self._proc.memory_info().rss)
             time.sleep(self._interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -276,8 +258,9 @@ def print_header(args: argparse.Namespace) -> None:
     print(f"settings  : sizes = {', '.join(size_name(n) for n in args.sizes)}; "
           f"repeats = {args.repeats} (median reported); pandas events = {args.events}"
           f"{'; QUICK mode' if args.quick else ''}")
-    print(f"allocator : {args.allocator}"
-          f"{' (gpubackfill.keep_freed_memory(): freed memory reused, not faulted in again)' if args.allocator == 'keep' else ' (glibc default)'}")
+    policy = (" (gpubackfill.keep_freed_memory(): freed memory reused, not faulted in again)"
+              if args.allocator == "keep" else " (glibc default)")
+    print(f"allocator : {args.allocator}{policy}")
 
 
 # ---------------------------------------------------------------------------
