@@ -77,3 +77,17 @@ def assert_tb(table: pa.Table, want: dict, near: np.ndarray, return_atol: float 
             assert_float_close(name, got, exp, atol=return_atol, skip=near)
         else:
             assert_exact(name, got, exp.astype(got.dtype) if name == "tb_flags" else exp, skip=near)
+
+
+EXACT_COLUMNS = (*TB_COLUMNS[:4], "tb_flags", "mfe_bars", "mae_bars")
+
+
+def assert_label_columns(got: pa.Table, want: pa.Table) -> None:
+    """Every label column of ``want`` (rows aligned) in ``got``: integer
+    outputs exactly, floats within the contract's tolerance."""
+    for name in want.column_names[1:]:
+        g, w = column(got, name), column(want, name)
+        if name in EXACT_COLUMNS:
+            assert_exact(name, g, w)
+        else:
+            assert_float_close(name, g, w)

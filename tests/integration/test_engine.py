@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pyarrow as pa
 import pytest
-from compare import TB_COLUMNS, assert_exact, assert_float_close, column
+from compare import assert_label_columns, column
 
 from gpubackfill import compute_labels
 from gpubackfill.candles.synthetic import generate
@@ -34,12 +34,7 @@ def assert_matches_whole_series(service, job_id, candles: pa.Table):
     assert stored.num_rows == s["candles_total"] > 0
     np.testing.assert_array_equal(ts[a], stored.column("ts").to_numpy())
     want = whole.take(pa.array(a))
-    for name in whole.column_names[1:]:
-        g, w = column(stored, name), column(want, name)
-        if name in TB_COLUMNS[:4] or name in ("tb_flags", "mfe_bars", "mae_bars"):
-            assert_exact(name, g, w)
-        else:
-            assert_float_close(name, g, w)
+    assert_label_columns(stored, want)
     key = SeriesKey(s["instrument"], s["granularity"])
     n, uniq = service.store.label_counts(key, s["label_set"])
     assert n == uniq == stored.num_rows  # no duplicates, without FINAL

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pyarrow as pa
 import pytest
-from compare import TB_COLUMNS, assert_exact, assert_float_close, column
+from compare import assert_label_columns
 from test_cli import env_for, exported_ts_are_unique, run_cli
 
 from gpubackfill import compute_labels
@@ -45,12 +45,7 @@ def assert_series_equals_compute_labels(service, instrument, granularity, candle
     assert stored.num_rows == int(inside.sum()) > 0, (instrument, granularity)
     np.testing.assert_array_equal(stored.column("ts").to_numpy(), ts[inside])
     want = whole.filter(pa.array(inside))
-    for name in whole.column_names[1:]:
-        g, w = column(stored, name), column(want, name)
-        if name in TB_COLUMNS[:4] or name in ("tb_flags", "mfe_bars", "mae_bars"):
-            assert_exact(name, g, w)
-        else:
-            assert_float_close(name, g, w)
+    assert_label_columns(stored, want)
     n, uniq = service.store.label_counts(SeriesKey(instrument, granularity), set_id)
     assert n == uniq == stored.num_rows
 
