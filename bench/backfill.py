@@ -91,6 +91,7 @@ from gpubackfill.labels import DEFAULT_LABELS
 
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
+RssSampler, _reset_peak_rss = _report.RssSampler, _report.reset_peak_rss
 
 INSTRUMENT = "BTCUSD"          # 24/7: no weekend gaps, so N bars need N minutes
 GRANULARITY = "M1"
@@ -189,45 +190,6 @@ def _log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------
 # measurement helpers (run in the child processes)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _status_kb("VmHWM") is not None
-
-
-class RssSampler:
-    """Sample this process's RSS every ``interval`` seconds; keep the max."""
-
-    def __init__(self, interval: float = RSS_INTERVAL):
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.before = self._proc.memory_info().rss
-        self.peak = self.before
-        self.samples = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self.samples += 1
-            time.sleep(self._interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 class StageTimers:

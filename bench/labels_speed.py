@@ -44,7 +44,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +57,7 @@ import report as _report  # bench/report.py
 
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
+RssSampler, _reset_peak_rss = _report.RssSampler, _report.reset_peak_rss
 
 import gpubackfill  # noqa: E402
 from gpubackfill import backends  # noqa: E402
@@ -135,43 +135,6 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False if unavailable."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _status_kb("VmHWM") is not None
-
-
-class RssSampler:
-    """Fallback: sample this process's RSS every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 0.002):
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.peak = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self._interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-
 def _release_free_memory() -> None:
     """Hand memory that allocators keep for reuse back to the OS, so that the
     call cannot hide part of its footprint in pages freed before it."""
@@ -201,7 +164,7 @@ def memory_child(n: int, seed: int) -> None:
     else:
         method = "psutil 2 ms sampling"
         before = proc.memory_info().rss
-        with RssSampler() as sampler:
+        with RssSampler(0.002) as sampler:
             out = run_config(table, ALL)
         peak = sampler.peak
     print(json.dumps({"n": n, "method": method, "rss_before": before, "peak": peak,
