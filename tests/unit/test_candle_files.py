@@ -62,6 +62,9 @@ def ms(text, tz="UTC"):
     ["2024-01-01T22:04:00-05:00", "2024-01-02T03:05:00Z", "2024-01-02 03:06:00"],  # mixed
     ["2024-01-02T03:04:00.000Z", "2024-01-02 03:05:00.0 UTC", "2024-01-02 08:36:00+0530"],
     ["2024.01.02 03:04", "2024.01.02 03:05", "2024/01/02 03:06:00"],
+    ["2024.01.02 03:04", "2024.01.02 03:05", "2024.01.02 03:06:00"],
+    ["2024-01-02T03:04:00.000000Z", "2024-01-02T03:05:00.000999Z", "2024-01-02T03:06:00.000001Z"],
+    ["2024-01-02 3:04", "2024-1-2 03:05", "2024-01-02t03:06z"],
 ])
 def test_csv_time_formats(tmp_path, times):
     table = read_candles(csv_with_times(tmp_path, times))
@@ -79,6 +82,15 @@ def test_fractional_times(tmp_path):
         read_candles(csv_with_times(tmp_path, times))
     table = read_candles(csv_with_times(tmp_path, times[:2] + ['"2024-01-02 03:04:01,75"']))
     assert table["ts"].to_pylist() == [T0 + 500, T0 + 123, T0 + 1750]
+
+
+def test_hour_only_times(tmp_path):
+    # ISO 8601's reduced precision, as Arrow reads it: the whole column, or mixed with zones
+    hours = [ms("2024-01-02 03:00"), ms("2024-01-02 04:00"), ms("2024-01-02 05:00")]
+    path = csv_with_times(tmp_path, ["2024-01-02T03", "2024-01-02T04", "2024-01-02T05"], name="h.csv")
+    assert read_candles(path)["ts"].to_pylist() == hours
+    path = csv_with_times(tmp_path, ["2024-01-02T03", "2024-01-02 04", "2024-01-02T07+02"], name="m.csv")
+    assert read_candles(path)["ts"].to_pylist() == hours
 
 
 def test_date_only_and_date_time_columns(tmp_path):
@@ -148,6 +160,12 @@ def test_bad_time_names_row_and_value(tmp_path, bad):
     message = str(err.value)
     assert "row 2" in message and "line 4" in message and repr(bad) in message
     assert err.value.row == 2
+
+
+def test_bad_dotted_time_named_as_written(tmp_path):
+    path = csv_with_times(tmp_path, ["2024.01.02 03:04", "2024.01.02 03:05", "2024.02.30 03:06"])
+    with pytest.raises(InvalidCandles, match=r"row 2 \(line 4\): not a time: '2024.02.30 03:06'"):
+        read_candles(path)
 
 
 def test_bad_epoch_names_row(tmp_path):
