@@ -405,12 +405,14 @@ def _join_date_time(date_col: pa.ChunkedArray, time_text: pa.Array) -> pa.Array:
 # Text times are read by Arrow.  The fast path is one ``cast`` of the whole
 # column, Arrow's ISO 8601 parser (YYYY-MM-DD, then "T" or " " and
 # HH[:MM[:SS[.fff]]], then Z, +HH, +HHMM or +HH:MM), to the unit and the
-# naive-or-zoned type that the first value needs; dotted or slashed dates
-# (MetaTrader) get their two separators turned into dashes first.  A column
-# that does not cast whole (naive and zoned rows mixed, one-digit fields, a
-# comma before the fraction, " UTC", a bad value) is taken apart by one
-# regular expression, put together again as ISO 8601 and cast: slower, but
-# only such columns pay for it, and it finds the first row that does not read.
+# naive-or-zoned type that the first value needs, after two literal rewrites
+# that the first value asks for: dotted or slashed dates (MetaTrader) get
+# dashes, a zone written UTC or GMT becomes Z.  A column that does not cast
+# whole either has a bad value (the first row the cast rejects, found by
+# bisection, is checked alone and named) or has rows in another form (naive
+# and zoned rows mixed, one-digit fields, a comma before the fraction, ...):
+# then every value is taken apart by one regular expression, put together
+# again as ISO 8601 and cast, several times slower than the fast path.
 _TEXT_TIME_RE = (
     r"^(?P<y>\d{4})[-./](?P<mo>\d{1,2})[-./](?P<d>\d{1,2})"
     r"(?:(?:[Tt]| +)(?P<h>\d{1,2})(?::(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d+))?)?)?"
@@ -429,21 +431,54 @@ def _parse_text(text: pa.Array, tz: str | None) -> np.ndarray:
             return _epoch_int(text.cast(pa.int64()).to_numpy())
         except pa.ArrowInvalid:
             return _epoch_float(_cast_or_locate(text, pa.float64(), "not a time").to_numpy())
-    first = text[0].as_py()
-    iso = text
-    if first[4:5] in (".", "/") and first[7:8] == first[4]:
-        iso = pc.replace_substring(text, first[4], "-", max_replacements=2)
+    iso = _as_iso(text, text[0].as_py())
     stamp = _iso_type(iso[0].as_py())
+    odd = 0  # the first row the fast path does not read
     if stamp is not None:
-        try:
-            values = iso.cast(stamp).cast(pa.int64()).to_numpy()
-        except pa.ArrowInvalid:
-            pass
-        else:
+        values = _cast_iso(iso, stamp)
+        if not isinstance(values, int):
             ms = _int64_ms(values, _UNIT_PER_MS[stamp.unit])
             return ms if stamp.tz is not None else _localize(ms, tz)
+        odd = values
+    try:
+        _parse_text_parts(text.slice(odd, 1))
+    except _BadValue:
+        raise _BadValue(odd, text[odd].as_py(), "not a time") from None
     ms, naive = _parse_text_parts(text)
     return _localize(ms, tz, where=naive)
+
+
+_CAST_ROWS = 1 << 16
+
+
+def _cast_iso(iso: pa.Array, stamp: pa.DataType) -> np.ndarray | int:
+    """Arrow's cast of ``iso`` to ``stamp`` as int64, or the first row it rejects.
+
+    Cast in slices: a failing cast costs about a microsecond per row it
+    rejects, so a column of another form is given up after one slice.
+    """
+    out = np.empty(len(iso), np.int64)
+    for start in range(0, len(iso), _CAST_ROWS):
+        piece = iso.slice(start, _CAST_ROWS)
+        try:
+            out[start:start + len(piece)] = piece.cast(stamp).cast(pa.int64()).to_numpy()
+        except pa.ArrowInvalid:
+            try:
+                _cast_or_locate(piece, stamp, "not a time")
+            except _BadValue as bad:
+                return start + bad.row
+            raise
+    return out
+
+
+def _as_iso(text: pa.Array, first: str) -> pa.Array:
+    """Literal rewrites towards ISO 8601 that the first value asks for."""
+    if first[4:5] in (".", "/") and first[7:8] == first[4]:
+        text = pc.replace_substring(text, first[4], "-", max_replacements=2)
+    for word in (" UTC", " GMT", "UTC", "GMT"):
+        if first.endswith(word):
+            return pc.replace_substring(text, word, "Z", max_replacements=1)
+    return text
 
 
 def _iso_type(value: str) -> pa.DataType | None:

@@ -168,6 +168,26 @@ def test_bad_dotted_time_named_as_written(tmp_path):
         read_candles(path)
 
 
+@pytest.mark.parametrize("naive_from", [None, 66_000])
+def test_first_bad_time_deep_in_a_long_column(tmp_path, naive_from):
+    # Text is cast in slices of 65,536 rows; from naive_from on the rows have
+    # no zone, so the column is read by the general path.  Either way the
+    # first bad row is the one named.
+    stamps = pd.date_range("2024-01-01", periods=70_000, freq="min")
+    times = list(stamps.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if naive_from:
+        times[naive_from:] = stamps[naive_from:].strftime("%Y-%m-%d %H:%M:%S")
+    times[68_000], times[69_000] = "2024-02-30T00:00:00Z", "later"
+    text = "ts,open,high,low,close\n" + "".join(f"{t},1,1,1,1\n" for t in times)
+    with pytest.raises(InvalidCandles, match=r"row 68000 \(line 68002\): not a time: '2024-02-30T00:00:00Z'"):
+        read_candles(write(tmp_path, "long.csv", text))
+
+
+def test_zone_written_as_a_word(tmp_path):
+    times = ["2024-01-02 03:04:00 UTC", "2024-01-02 03:05:00 UTC", "2024-01-02 03:06:00GMT"]
+    assert read_candles(csv_with_times(tmp_path, times), tz="Asia/Tokyo")["ts"].to_pylist() == TS
+
+
 def test_bad_epoch_names_row(tmp_path):
     with pytest.raises(InvalidCandles, match=r"row 1 \(line 3\).*'abc'"):
         read_candles(csv_with_times(tmp_path, [TS[0], "abc", TS[2]]))
