@@ -4,7 +4,11 @@ Issue #14 keeps the hand-written numba date parser of
 ``gpubackfill/candle_files.py`` only if it beats the libraries by a wide
 margin on a 10M-row file.  This script writes a 10M-row candle CSV per
 variant into a temporary folder (deleted at the end), and times on that one
-file and its one time column:
+file and its one time column.  Variants (``ts`` of the first row):
+``iso_z`` 2005-01-01T00:00:00Z; ``offset_frac`` 2005-01-01T02:00:00.250+02:00;
+``metatrader`` 2005.01.01 00:00; ``utc_word`` 2005-01-01 00:00:00 UTC;
+``mixed_zones`` 2005-01-01T00:00:00Z and 2005-01-01T00:01:00 alternating (the
+engine's slower general path).  Methods:
 
 column scope -- the ``ts`` column already read as text (as ``read_candles``
 reads it), text -> int64 ms UTC:
@@ -34,7 +38,9 @@ compile or cache load, lazy imports), then ``--repeats`` timed calls; the
 median is reported.  Peak RSS is Linux's VmHWM, reset through
 /proc/self/clear_refs just before each call; "increase" is that peak minus
 the RSS just before the call (for column scope the column is already in
-memory).  "agrees" compares the int64 ms result with the engine's.
+memory).  "agrees" compares the int64 ms result with the engine's.  On
+``iso_z`` the two engine column methods are also timed with the last value
+made bad (``2024-02-30T00:00:00Z``): the time it takes to name that row.
 
 Run from the repository root::
 
@@ -91,7 +97,14 @@ VARIANTS: dict[str, tuple[str, bool, str | None, str]] = {
                     None, "%Y-%m-%dT%H:%M:%S.%f%z"),
     "metatrader": ("2005.01.01 00:00 (MetaTrader style, naive, read as UTC)", False,
                    "%Y.%m.%d %H:%M", "%Y.%m.%d %H:%M"),
+    "utc_word": ("2005-01-01 00:00:00 UTC (zone as a word: no ISO 8601 cast reads it)", False,
+                 "%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S UTC"),
+    "mixed_zones": ("2005-01-01T00:00:00Z, 2005-01-01T00:01:00, ... (zoned and naive rows alternate)",
+                    True, None, "ISO8601"),
 }
+# Column methods also timed, on iso_z only, with the last value made bad: time to the error.
+BAD_LAST = ", last value bad"
+BAD_VALUE = "2024-02-30T00:00:00Z"
 
 COLUMN_METHODS = ["hand-written (numba) @REV", "engine _parse_time (this tree)", "pyarrow cast",
                   "pyarrow strptime", "pandas to_datetime ISO8601", "pandas to_datetime format="]
@@ -115,6 +128,12 @@ def time_text(n: int, variant: str) -> pa.Array:
     if variant == "offset_frac":  # Arrow prints %S of a ms timestamp as SS.fff
         local = pa.array(ms + 2 * 3_600_000, pa.timestamp("ms"))
         return pc.strftime(local, format="%Y-%m-%dT%H:%M:%S+02:00")
+    if variant == "mixed_zones":
+        zoned = pc.strftime(pa.array(ms // 1000, pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")
+        naive = pc.strftime(pa.array(ms // 1000, pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%S")
+        return pc.if_else(pa.array(np.arange(n) % 2 == 0), zoned, naive)
+    if variant == "utc_word":
+        return pc.strftime(pa.array(ms // 1000, pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S UTC")
     return pc.strftime(pa.array(ms // 1000, pa.timestamp("s")), format="%Y.%m.%d %H:%M")
 
 
@@ -180,16 +199,20 @@ def column_method(method: str, variant: str, baseline: Path) -> Callable[[pa.Arr
 
         return lambda col: _parse_time(col, None)
     if method == "pyarrow cast":
+        if variant == "utc_word":
+            raise NotImplementedError("Arrow's ISO 8601 parser reads no ' UTC'")
+        if variant == "mixed_zones":
+            raise NotImplementedError("one cast reads naive or zoned text, not both")
         if variant == "metatrader":  # Arrow's ISO 8601 parser wants dashes: replace the first two dots
             return lambda col: _ms(pc.replace_substring(col, ".", "-", max_replacements=2).cast(stamp))
         return lambda col: _ms(col.cast(stamp))
     if method == "pyarrow strptime":
         if strptime_fmt is None:
-            raise NotImplementedError("Arrow's strptime reads no fractional seconds")
+            raise NotImplementedError("no one strptime format fits")
         return lambda col: _ms(pc.strptime(col, format=strptime_fmt, unit="ms"))
     if method == "pandas to_datetime ISO8601":
-        if variant == "metatrader":
-            raise NotImplementedError("'2005.01.01 00:00' is not ISO 8601 to pandas (dots)")
+        if variant in ("metatrader", "utc_word"):
+            raise NotImplementedError("not ISO 8601 to pandas")
         return lambda col: _pandas_ms(pd.to_datetime(col.to_pandas(), format="ISO8601", utc=True))
     if method == "pandas to_datetime format=":
         return lambda col: _pandas_ms(pd.to_datetime(col.to_pandas(), format=pandas_fmt, utc=True))
@@ -208,18 +231,20 @@ def file_method(method: str, variant: str, baseline: Path) -> Callable[[Path], n
 
         return lambda path: _ms(read_candles(path)["ts"])
     if method == "pyarrow.csv column_types":
-        if variant == "metatrader":
-            raise NotImplementedError("Arrow's ISO 8601 parser reads no dotted dates")
+        if variant in ("metatrader", "utc_word"):
+            raise NotImplementedError("not ISO 8601 to Arrow")
+        if variant == "mixed_zones":
+            raise NotImplementedError("one column type reads naive or zoned text, not both")
         options = pcsv.ConvertOptions(column_types={"ts": stamp, **prices})
         return lambda path: _ms(pcsv.read_csv(path, convert_options=options)["ts"])
     if method == "pyarrow.csv timestamp_parsers":
         if strptime_fmt is None:
-            raise NotImplementedError("Arrow's strptime reads no fractional seconds")
+            raise NotImplementedError("no one strptime format fits")
         options = pcsv.ConvertOptions(column_types={"ts": stamp, **prices},
                                       timestamp_parsers=[strptime_fmt])
         return lambda path: _ms(pcsv.read_csv(path, convert_options=options)["ts"])
     if method == "pandas read_csv + to_datetime":
-        fmt = pandas_fmt if variant == "metatrader" else "ISO8601"
+        fmt = pandas_fmt if variant in ("metatrader", "utc_word") else "ISO8601"
 
         def run(path: Path) -> np.ndarray:
             df = pd.read_csv(path, engine="pyarrow")
@@ -261,15 +286,32 @@ def read_time_column(path: Path) -> pa.Array:
     return pcsv.read_csv(path, convert_options=options)["ts"].combine_chunks()
 
 
+def _error_row(fn: Callable[[Any], np.ndarray]) -> Callable[[Any], np.ndarray]:
+    """``fn`` that returns [row] of the bad value it raises on (-1 if it raises none)."""
+
+    def run(arg: Any) -> np.ndarray:
+        try:
+            fn(arg)
+        except Exception as exc:  # the module's own _BadValue
+            return np.array([getattr(exc, "row", -2)])
+        return np.array([-1])
+
+    return run
+
+
 def child(args: argparse.Namespace) -> None:
     scope, method = args.child.split(":", 1)
     path, warm = Path(args.file), Path(args.warm)
     out: dict[str, Any] = {"method": method, "scope": scope}
     try:
         if scope == "column":
-            fn: Callable[[Any], np.ndarray] = column_method(method, args.variant, Path(args.baseline))
+            fn: Callable[[Any], np.ndarray] = column_method(method.removesuffix(BAD_LAST), args.variant,
+                                                            Path(args.baseline))
             arg: Any = read_time_column(path)
             fn(read_time_column(warm))
+            if method.endswith(BAD_LAST):
+                arg = pa.concat_arrays([arg.slice(0, len(arg) - 1), pa.array([BAD_VALUE])])
+                fn = _error_row(fn)
         else:
             fn = file_method(method, args.variant, Path(args.baseline))
             arg = path
@@ -295,7 +337,8 @@ def child(args: argparse.Namespace) -> None:
     result = np.ascontiguousarray(result, dtype=np.int64)
     out.update(times=times, peak=max(peaks), increase=max(increases), rows=len(result),
                sha1=hashlib.sha1(result.tobytes()).hexdigest(),
-               right=bool(np.array_equal(result, expected_ms(len(result), args.variant))))
+               right=bool(np.array_equal(result, expected_ms(len(result), args.variant))),
+               error_row=int(result[0]) if method.endswith(BAD_LAST) else None)
     print(json.dumps(out))
 
 
@@ -342,6 +385,10 @@ def report(variant: str, n: int, size: int, results: list[dict[str, Any]], rev: 
             rows.append([r["scope"], name, "-", "-", "-", "-", "-", f"n/a: {r['skip']}"])
             continue
         med = statistics.median(r["times"])
+        if r.get("error_row") is not None:
+            rows.append([r["scope"], name, f"{med:.3f}", f"{min(r['times']):.3f}", human(n / med),
+                         mib(r["peak"]), mib(r["increase"]), f"error at row {r['error_row']:,}"])
+            continue
         agree = "yes" if r["sha1"] == reference else "NO"
         rows.append([r["scope"], name, f"{med:.3f}", f"{min(r['times']):.3f}", human(n / med),
                      mib(r["peak"]), mib(r["increase"]), f"{agree}{'' if r['right'] else ' (WRONG)'}"])
@@ -386,8 +433,9 @@ def main(argv: list[str] | None = None) -> int:
             head_csv(path, warm)
             print(f"\n[{variant}] wrote {path.stat().st_size / 2**20:,.0f} MiB in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
+            bad = [m + BAD_LAST for m in COLUMN_METHODS[:2]] if variant == "iso_z" else []
             results = [run_child(scope, m, variant, path, warm, baseline, args.repeats)
-                       for scope, methods in (("column", COLUMN_METHODS), ("file", FILE_METHODS))
+                       for scope, methods in (("column", COLUMN_METHODS + bad), ("file", FILE_METHODS))
                        for m in methods]
             report(variant, args.rows, path.stat().st_size, results, args.baseline)
             sys.stdout.flush()
