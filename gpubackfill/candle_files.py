@@ -496,8 +496,25 @@ def _parse_text_parts(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Every value through _TEXT_TIME_RE, rebuilt as ISO 8601 and cast.
 
     Returns int64 ms (UTC for rows with a zone, local for the rest) and the
-    mask of rows without a zone; _BadValue at the first row that does not read.
+    mask of rows without a zone; _BadValue at the first row that does not
+    read.  In slices, so that the text made on the way stays small.
     """
+    ms = np.empty(len(text), np.int64)
+    naive = np.empty(len(text), bool)
+    for start in range(0, len(text), _PARTS_ROWS):
+        piece = text.slice(start, _PARTS_ROWS)
+        try:
+            ms[start:start + len(piece)], naive[start:start + len(piece)] = _parse_parts(piece)
+        except _BadValue as bad:
+            raise _BadValue(start + bad.row, bad.value, bad.reason) from None
+    return ms, naive
+
+
+_PARTS_ROWS = 1 << 20
+_UTC_WORDS = pa.array(["", "z", "Z", "UTC", "GMT"])  # "": naive, read as UTC here
+
+
+def _parse_parts(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     parts = pc.extract_regex(text, _TEXT_TIME_RE)
     matched = parts.is_valid().to_numpy(zero_copy_only=False)
     end = len(text) if matched.all() else int(np.argmax(~matched))
@@ -508,12 +525,9 @@ def _parse_text_parts(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     fraction = pc.utf8_rpad(pc.utf8_slice_codeunits(parts.field("f"), 0, 3), width=3, padding="0")
     zone = parts.field("z")
     naive = pc.equal(zone, "").to_numpy(zero_copy_only=False)
-    zone = pc.replace_substring_regex(zone, "^(z|Z|UTC|GMT|)$", "+00:00")  # naive: read as UTC
-    date = pc.binary_join_element_wise(parts.field("y"), two("mo"), two("d"), "-")
-    clock = pc.binary_join_element_wise(two("h"), two("mi"), two("s"), ":")
-    iso = pc.binary_join_element_wise(date, clock, "T")
-    iso = pc.binary_join_element_wise(iso, fraction, ".")
-    iso = pc.binary_join_element_wise(iso, zone, "")
+    zone = pc.if_else(pc.is_in(zone, value_set=_UTC_WORDS), "+00:00", zone)
+    iso = pc.binary_join_element_wise(parts.field("y"), "-", two("mo"), "-", two("d"), "T", two("h"), ":",
+                                      two("mi"), ":", two("s"), ".", fraction, zone, "")
     try:
         stamps = _cast_or_locate(iso.slice(0, end), pa.timestamp("ms", "UTC"), "not a time")
     except _BadValue as bad:
