@@ -402,17 +402,18 @@ def _join_date_time(date_col: pa.ChunkedArray, time_text: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(date_text, time_text, " ")
 
 
-# Text times are read by Arrow.  The fast path is one ``cast`` of the whole
-# column, Arrow's ISO 8601 parser (YYYY-MM-DD, then "T" or " " and
+# Text times are read by Arrow.  The fast path casts the column (in slices)
+# with Arrow's ISO 8601 parser (YYYY-MM-DD, then "T" or " " and
 # HH[:MM[:SS[.fff]]], then Z, +HH, +HHMM or +HH:MM), to the unit and the
 # naive-or-zoned type that the first value needs, after two literal rewrites
 # that the first value asks for: dotted or slashed dates (MetaTrader) get
-# dashes, a zone written UTC or GMT becomes Z.  A column that does not cast
-# whole either has a bad value (the first row the cast rejects, found by
-# bisection, is checked alone and named) or has rows in another form (naive
-# and zoned rows mixed, one-digit fields, a comma before the fraction, ...):
-# then every value is taken apart by one regular expression, put together
-# again as ISO 8601 and cast, several times slower than the fast path.
+# dashes, a zone written UTC or GMT becomes Z.  The first row that cast
+# rejects (found by bisection in its slice) is checked alone: if it does not
+# read either, it is the first bad row and is named; if it does, the column
+# has rows in another form (naive and zoned rows mixed, one-digit fields, a
+# comma before the fraction, ...) and every value is taken apart by one
+# regular expression, put together again as ISO 8601 and cast, several times
+# slower than the fast path (bench/RESULTS.md, "CSV dates").
 _TEXT_TIME_RE = (
     r"^(?P<y>\d{4})[-./](?P<mo>\d{1,2})[-./](?P<d>\d{1,2})"
     r"(?:(?:[Tt]| +)(?P<h>\d{1,2})(?::(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d+))?)?)?"
