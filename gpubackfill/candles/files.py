@@ -27,8 +27,9 @@ Time values may be:
   seconds, below 1e14 milliseconds, below 1e17 microseconds, else
   nanoseconds); epochs are UTC whatever ``tz`` says;
 - text: ``YYYY-MM-DD`` (also ``.`` or ``/`` between the parts) optionally
-  followed by `` HH:MM[:SS[.fff]]`` or ``THH:MM...``, and optionally by a zone:
-  ``Z``, ``UTC``, ``GMT``, ``+HH:MM``, ``+HHMM`` or ``+HH``;
+  followed by `` HH[:MM[:SS[.fff]]]`` or ``THH...``, and optionally by a zone:
+  ``Z``, ``UTC``, ``GMT``, ``+HH:MM``, ``+HHMM`` or ``+HH``; Arrow's ISO 8601
+  parser reads it (``pyarrow`` casts, see ``_parse_text``);
 - Parquet/Arrow timestamps (with or without a zone) and dates.
 
 Times without a zone are taken in ``tz`` (an IANA name such as
@@ -53,7 +54,6 @@ import re
 import zoneinfo
 from pathlib import Path
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -402,6 +402,26 @@ def _join_date_time(date_col: pa.ChunkedArray, time_text: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(date_text, time_text, " ")
 
 
+# Text times are read by Arrow.  The fast path casts the column (in slices)
+# with Arrow's ISO 8601 parser (YYYY-MM-DD, then "T" or " " and
+# HH[:MM[:SS[.fff]]], then Z, +HH, +HHMM or +HH:MM), to the unit and the
+# naive-or-zoned type that the first value needs, after two literal rewrites
+# that the first value asks for: dotted or slashed dates (MetaTrader) get
+# dashes, a zone written UTC or GMT becomes Z.  The first row that cast
+# rejects (found by bisection in its slice) is checked alone: if it does not
+# read either, it is the first bad row and is named; if it does, the column
+# has rows in another form (naive and zoned rows mixed, one-digit fields, a
+# comma before the fraction, ...) and every value is taken apart by one
+# regular expression, put together again as ISO 8601 and cast, several times
+# slower than the fast path (bench/RESULTS.md, "CSV dates").
+_TEXT_TIME_RE = (
+    r"^(?P<y>\d{4})[-./](?P<mo>\d{1,2})[-./](?P<d>\d{1,2})"
+    r"(?:(?:[Tt]| +)(?P<h>\d{1,2})(?::(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d+))?)?)?"
+    r"(?: *(?P<z>[Zz]|UTC|GMT|[+-]\d{2}(?::?\d{2})?))?)?$"
+)
+_ISO_TYPES = [pa.timestamp(unit, zone) for unit in ("ms", "us", "ns") for zone in (None, "UTC")]
+
+
 def _parse_text(text: pa.Array, tz: str | None) -> np.ndarray:
     """Text times -> int64 ms UTC: epoch numbers, or dates/times with or without zones."""
     if text.null_count:
@@ -412,157 +432,110 @@ def _parse_text(text: pa.Array, tz: str | None) -> np.ndarray:
             return _epoch_int(text.cast(pa.int64()).to_numpy())
         except pa.ArrowInvalid:
             return _epoch_float(_cast_or_locate(text, pa.float64(), "not a time").to_numpy())
-    text = text.cast(pa.large_string())
-    _, offsets, data = text.buffers()
-    offsets = np.frombuffer(offsets, np.int64)[text.offset:text.offset + len(text) + 1]
-    data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
-    ms = np.empty(len(text), np.int64)
-    zone = np.empty(len(text), np.int32)  # offset in minutes, or _NO_ZONE
-    bad = _parse_datetimes(data, offsets, ms, zone)
-    if bad >= 0:
-        raise _BadValue(bad, text[bad].as_py(), "not a time")
-    naive = zone == _NO_ZONE
-    if not naive.any():
-        return ms - zone.astype(np.int64) * 60_000
-    if naive.all():
-        return _localize(ms, tz)
-    out = _localize(ms, tz, where=naive)
-    zoned = ~naive
-    out[zoned] = ms[zoned] - zone[zoned].astype(np.int64) * 60_000
+    iso = _as_iso(text, text[0].as_py())
+    stamp = _iso_type(iso[0].as_py())
+    odd = 0  # the first row the fast path does not read
+    if stamp is not None:
+        values = _cast_iso(iso, stamp)
+        if not isinstance(values, int):
+            ms = _int64_ms(values, _UNIT_PER_MS[stamp.unit])
+            return ms if stamp.tz is not None else _localize(ms, tz)
+        odd = values
+    try:
+        _parse_text_parts(text.slice(odd, 1))
+    except _BadValue:
+        raise _BadValue(odd, text[odd].as_py(), "not a time") from None
+    ms, naive = _parse_text_parts(text)
+    return _localize(ms, tz, where=naive)
+
+
+_CAST_ROWS = 1 << 16
+
+
+def _cast_iso(iso: pa.Array, stamp: pa.DataType) -> np.ndarray | int:
+    """Arrow's cast of ``iso`` to ``stamp`` as int64, or the first row it rejects.
+
+    Cast in slices: a failing cast costs about a microsecond per row it
+    rejects, so a column of another form is given up after one slice.
+    """
+    out = np.empty(len(iso), np.int64)
+    for start in range(0, len(iso), _CAST_ROWS):
+        piece = iso.slice(start, _CAST_ROWS)
+        try:
+            out[start:start + len(piece)] = piece.cast(stamp).cast(pa.int64()).to_numpy()
+        except pa.ArrowInvalid:
+            try:
+                _cast_or_locate(piece, stamp, "not a time")
+            except _BadValue as bad:
+                return start + bad.row
+            raise
     return out
 
 
-_NO_ZONE = np.int32(-(2**31))
+def _as_iso(text: pa.Array, first: str) -> pa.Array:
+    """Literal rewrites towards ISO 8601 that the first value asks for."""
+    if first[4:5] in (".", "/") and first[7:8] == first[4]:
+        text = pc.replace_substring(text, first[4], "-", max_replacements=2)
+    for word in (" UTC", " GMT", "UTC", "GMT"):
+        if first.endswith(word):
+            return pc.replace_substring(text, word, "Z", max_replacements=1)
+    return text
 
 
-@numba.njit(cache=True, nogil=True)
-def _digits(data, i, end, lo, hi):  # pragma: no cover - numba
-    """Read lo..hi decimal digits at i; returns (value, next i), next i = -1 if too few."""
-    value = 0
-    k = 0
-    while k < hi and i < end and 48 <= data[i] <= 57:
-        value = value * 10 + (data[i] - 48)
-        i += 1
-        k += 1
-    if k < lo:
-        return 0, -1
-    return value, i
+def _iso_type(value: str) -> pa.DataType | None:
+    """The first of ms/us/ns, naive/UTC timestamps that Arrow casts ``value`` to."""
+    for stamp in _ISO_TYPES:
+        try:
+            pa.array([value]).cast(stamp)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        return stamp
+    return None
 
 
-@numba.njit(cache=True, nogil=True)
-def _parse_one(data, i, end):  # pragma: no cover - numba
-    """One date/time -> (ok, naive ms, zone offset minutes or _NO_ZONE)."""
-    while i < end and data[i] == 32:
-        i += 1
-    while end > i and data[end - 1] == 32:
-        end -= 1
-    y, i = _digits(data, i, end, 4, 4)
-    if i < 0 or i >= end or not (data[i] == 45 or data[i] == 46 or data[i] == 47):  # - . /
-        return False, 0, 0
-    mo, i = _digits(data, i + 1, end, 1, 2)
-    if i < 0 or i >= end or not (data[i] == 45 or data[i] == 46 or data[i] == 47):
-        return False, 0, 0
-    d, i = _digits(data, i + 1, end, 1, 2)
-    if i < 0:
-        return False, 0, 0
-    h = 0
-    mi = 0
-    sec = 0
-    frac = 0
-    zone = -(2**31)
-    if i < end:
-        if data[i] == 84 or data[i] == 116:  # T t
-            i += 1
-        elif data[i] == 32:
-            while i < end and data[i] == 32:
-                i += 1
-        else:
-            return False, 0, 0
-        h, i = _digits(data, i, end, 1, 2)
-        if i < 0 or i >= end or data[i] != 58:  # :
-            return False, 0, 0
-        mi, i = _digits(data, i + 1, end, 2, 2)
-        if i < 0:
-            return False, 0, 0
-        if i < end and data[i] == 58:
-            sec, i = _digits(data, i + 1, end, 2, 2)
-            if i < 0:
-                return False, 0, 0
-            if i < end and (data[i] == 46 or data[i] == 44):  # . ,
-                i += 1
-                k = 0
-                while i < end and 48 <= data[i] <= 57:
-                    if k < 3:
-                        frac = frac * 10 + (data[i] - 48)
-                    i += 1
-                    k += 1
-                if k == 0:
-                    return False, 0, 0
-                while k < 3:
-                    frac *= 10
-                    k += 1
-        while i < end and data[i] == 32:
-            i += 1
-        if i < end:
-            c = data[i]
-            if (c == 90 or c == 122) and i + 1 == end:  # Z z
-                zone = 0
-                i += 1
-            elif end - i == 3 and ((data[i] == 85 and data[i + 1] == 84 and data[i + 2] == 67)
-                                   or (data[i] == 71 and data[i + 1] == 77 and data[i + 2] == 84)):
-                zone = 0  # UTC GMT
-                i = end
-            elif c == 43 or c == 45:  # + -
-                sign = 1 if c == 43 else -1
-                zh, i = _digits(data, i + 1, end, 2, 2)
-                if i < 0:
-                    return False, 0, 0
-                zm = 0
-                if i < end and data[i] == 58:
-                    i += 1
-                if i < end:
-                    zm, i = _digits(data, i, end, 2, 2)
-                    if i < 0:
-                        return False, 0, 0
-                if zh > 23 or zm > 59:
-                    return False, 0, 0
-                zone = sign * (zh * 60 + zm)
-            else:
-                return False, 0, 0
-    if i != end:
-        return False, 0, 0
-    if mo < 1 or mo > 12 or d < 1 or h > 23 or mi > 59 or sec > 59:
-        return False, 0, 0
-    dim = 31
-    if mo == 4 or mo == 6 or mo == 9 or mo == 11:
-        dim = 30
-    elif mo == 2:
-        leap = (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
-        dim = 29 if leap else 28
-    if d > dim:
-        return False, 0, 0
-    # days since 1970-01-01 (H. Hinnant's days_from_civil)
-    yy = y - 1 if mo <= 2 else y
-    era = yy // 400
-    yoe = yy - era * 400
-    mp = mo - 3 if mo > 2 else mo + 9
-    doy = (153 * mp + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    days = era * 146097 + doe - 719468
-    ms = ((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + frac
-    return True, ms, zone
+def _parse_text_parts(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Every value through _TEXT_TIME_RE, rebuilt as ISO 8601 and cast.
+
+    Returns int64 ms (UTC for rows with a zone, local for the rest) and the
+    mask of rows without a zone; _BadValue at the first row that does not
+    read.  In slices, so that the text made on the way stays small.
+    """
+    ms = np.empty(len(text), np.int64)
+    naive = np.empty(len(text), bool)
+    for start in range(0, len(text), _PARTS_ROWS):
+        piece = text.slice(start, _PARTS_ROWS)
+        try:
+            ms[start:start + len(piece)], naive[start:start + len(piece)] = _parse_parts(piece)
+        except _BadValue as bad:
+            raise _BadValue(start + bad.row, bad.value, bad.reason) from None
+    return ms, naive
 
 
-@numba.njit(cache=True, nogil=True)
-def _parse_datetimes(data, offsets, ms_out, zone_out):  # pragma: no cover - numba
-    """Parse every string; returns the index of the first bad one, or -1."""
-    for r in range(ms_out.shape[0]):
-        ok, ms, zone = _parse_one(data, offsets[r], offsets[r + 1])
-        if not ok:
-            return r
-        ms_out[r] = ms
-        zone_out[r] = zone
-    return -1
+_PARTS_ROWS = 1 << 20
+_UTC_WORDS = pa.array(["", "z", "Z", "UTC", "GMT"])  # "": naive, read as UTC here
+
+
+def _parse_parts(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    parts = pc.extract_regex(text, _TEXT_TIME_RE)
+    matched = parts.is_valid().to_numpy(zero_copy_only=False)
+    end = len(text) if matched.all() else int(np.argmax(~matched))
+
+    def two(name: str) -> pa.Array:  # two digits; an absent part ("") is "00"
+        return pc.utf8_lpad(parts.field(name), width=2, padding="0")
+
+    fraction = pc.utf8_rpad(pc.utf8_slice_codeunits(parts.field("f"), 0, 3), width=3, padding="0")
+    zone = parts.field("z")
+    naive = pc.equal(zone, "").to_numpy(zero_copy_only=False)
+    zone = pc.if_else(pc.is_in(zone, value_set=_UTC_WORDS), "+00:00", zone)
+    iso = pc.binary_join_element_wise(parts.field("y"), "-", two("mo"), "-", two("d"), "T", two("h"), ":",
+                                      two("mi"), ":", two("s"), ".", fraction, zone, "")
+    try:
+        stamps = _cast_or_locate(iso.slice(0, end), pa.timestamp("ms", "UTC"), "not a time")
+    except _BadValue as bad:
+        raise _BadValue(bad.row, text[bad.row].as_py(), bad.reason) from None
+    if end < len(text):
+        raise _BadValue(end, text[end].as_py(), "not a time")
+    return stamps.cast(pa.int64()).to_numpy(), naive
 
 
 def _localize(ms: np.ndarray, tz: str | None, where: np.ndarray | None = None) -> np.ndarray:

@@ -62,6 +62,9 @@ def ms(text, tz="UTC"):
     ["2024-01-01T22:04:00-05:00", "2024-01-02T03:05:00Z", "2024-01-02 03:06:00"],  # mixed
     ["2024-01-02T03:04:00.000Z", "2024-01-02 03:05:00.0 UTC", "2024-01-02 08:36:00+0530"],
     ["2024.01.02 03:04", "2024.01.02 03:05", "2024/01/02 03:06:00"],
+    ["2024.01.02 03:04", "2024.01.02 03:05", "2024.01.02 03:06:00"],
+    ["2024-01-02T03:04:00.000000Z", "2024-01-02T03:05:00.000999Z", "2024-01-02T03:06:00.000001Z"],
+    ["2024-01-02 3:04", "2024-1-2 03:05", "2024-01-02t03:06z"],
 ])
 def test_csv_time_formats(tmp_path, times):
     table = read_candles(csv_with_times(tmp_path, times))
@@ -79,6 +82,15 @@ def test_fractional_times(tmp_path):
         read_candles(csv_with_times(tmp_path, times))
     table = read_candles(csv_with_times(tmp_path, times[:2] + ['"2024-01-02 03:04:01,75"']))
     assert table["ts"].to_pylist() == [T0 + 500, T0 + 123, T0 + 1750]
+
+
+def test_hour_only_times(tmp_path):
+    # ISO 8601's reduced precision, as Arrow reads it: the whole column, or mixed with zones
+    hours = [ms("2024-01-02 03:00"), ms("2024-01-02 04:00"), ms("2024-01-02 05:00")]
+    path = csv_with_times(tmp_path, ["2024-01-02T03", "2024-01-02T04", "2024-01-02T05"], name="h.csv")
+    assert read_candles(path)["ts"].to_pylist() == hours
+    path = csv_with_times(tmp_path, ["2024-01-02T03", "2024-01-02 04", "2024-01-02T07+02"], name="m.csv")
+    assert read_candles(path)["ts"].to_pylist() == hours
 
 
 def test_date_only_and_date_time_columns(tmp_path):
@@ -148,6 +160,32 @@ def test_bad_time_names_row_and_value(tmp_path, bad):
     message = str(err.value)
     assert "row 2" in message and "line 4" in message and repr(bad) in message
     assert err.value.row == 2
+
+
+def test_bad_dotted_time_named_as_written(tmp_path):
+    path = csv_with_times(tmp_path, ["2024.01.02 03:04", "2024.01.02 03:05", "2024.02.30 03:06"])
+    with pytest.raises(InvalidCandles, match=r"row 2 \(line 4\): not a time: '2024.02.30 03:06'"):
+        read_candles(path)
+
+
+@pytest.mark.parametrize("naive_from", [None, 66_000])
+def test_first_bad_time_deep_in_a_long_column(tmp_path, naive_from):
+    # Text is cast in slices of 65,536 rows; from naive_from on the rows have
+    # no zone, so the column is read by the general path.  Either way the
+    # first bad row is the one named.
+    stamps = pd.date_range("2024-01-01", periods=70_000, freq="min")
+    times = list(stamps.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if naive_from:
+        times[naive_from:] = stamps[naive_from:].strftime("%Y-%m-%d %H:%M:%S")
+    times[68_000], times[69_000] = "2024-02-30T00:00:00Z", "later"
+    text = "ts,open,high,low,close\n" + "".join(f"{t},1,1,1,1\n" for t in times)
+    with pytest.raises(InvalidCandles, match=r"row 68000 \(line 68002\): not a time: '2024-02-30T00:00:00Z'"):
+        read_candles(write(tmp_path, "long.csv", text))
+
+
+def test_zone_written_as_a_word(tmp_path):
+    times = ["2024-01-02 03:04:00 UTC", "2024-01-02 03:05:00 UTC", "2024-01-02 03:06:00GMT"]
+    assert read_candles(csv_with_times(tmp_path, times), tz="Asia/Tokyo")["ts"].to_pylist() == TS
 
 
 def test_bad_epoch_names_row(tmp_path):
