@@ -84,6 +84,7 @@ _report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_report)
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
+_reset_peak_rss = _report.reset_peak_rss
 
 # The last revision whose candle_files.py holds the hand-written numba parser.
 BASELINE = "4dd598e9cb1bb07fcd86ffd7712852a865531951"
@@ -256,15 +257,6 @@ def file_method(method: str, variant: str, baseline: Path) -> Callable[[Path], n
 
 # ---------------------------------------------------------------------------
 # child: one method, one variant, fresh process
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _status_kb("VmHWM") is not None
 
 
 def _release_free_memory() -> None:
