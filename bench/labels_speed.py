@@ -16,9 +16,10 @@ is excluded):
    plus the output table's ``nbytes``.
 1b. Allocation, per size: the all-three call in a fresh subprocess per
    process allocator (glibc's default, and after ``keep_freed_memory()``),
-   with the label columns allocated as before (``np.empty`` in the kernels)
-   and as now (Arrow's mimalloc pool, ``gpubackfill.allocator``), the two
-   alternated call by call; median time and minor page faults per call.
+   with the label columns allocated as before (``np.empty`` in the kernels),
+   as now (Arrow's mimalloc pool, ``gpubackfill.allocator``) and from Arrow's
+   jemalloc pool, alternated call by call; median time and minor page faults
+   per call.
    On the largest size, without keep_freed_memory(), also the pooled call
    after 2 s idle (the pool hands pages back to the system after a while).
 2. Horizon scaling of the triple barrier: pt = sl = 50 (barriers almost
@@ -205,6 +206,10 @@ def measure_memory(n: int, seed: int) -> dict[str, Any]:
 IDLE_S = 2.0
 PLAIN, POOLED = "np.empty (before)", "Arrow pool (now)"
 POLICIES = {PLAIN: np.empty, POOLED: allocator.empty}
+try:  # the pool not chosen, for comparison
+    POLICIES["Arrow jemalloc pool"] = allocator.empty_from(pa.jemalloc_memory_pool())
+except NotImplementedError:
+    pass
 
 
 def run_all_three(table: pa.Table, empty: Callable[..., np.ndarray]) -> pa.Table:
@@ -279,8 +284,8 @@ def bench_allocation(sizes: list[int], repeats: int, seed: int) -> dict[tuple[in
     print_table(["candles", "process allocator", "label columns", "median s", "min s",
                  "candles/min", "page faults/call"], rows,
                 title="1b. Allocation: the all-three call in a fresh process per allocator, label "
-                      "columns from np.empty (before) or Arrow's mimalloc pool (now), alternated "
-                      "call by call; faults = minor page faults (getrusage)")
+                      "columns from np.empty (before), Arrow's mimalloc pool (now) or its jemalloc "
+                      "pool, alternated call by call; faults = minor page faults (getrusage)")
     return results
 
 

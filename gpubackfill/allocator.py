@@ -25,6 +25,7 @@ import ctypes.util
 import functools
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,9 +67,9 @@ def keep_freed_memory() -> bool:
 def output_pool() -> pa.MemoryPool | None:
     """Arrow's mimalloc pool, or None where pyarrow was built without it.
 
-    Chosen by measurement (bench/RESULTS.md), not taken from
-    ``pa.default_memory_pool()``: Arrow's jemalloc pool returns large freed
-    blocks to the system at once, no better than glibc for this."""
+    Named, not taken from ``pa.default_memory_pool()`` (which an environment
+    variable can switch): Arrow's jemalloc pool faulted its large blocks in
+    afresh on every call, like glibc (bench/RESULTS.md)."""
     try:
         return pa.mimalloc_memory_pool()
     except NotImplementedError:
@@ -77,9 +78,19 @@ def output_pool() -> pa.MemoryPool | None:
 
 def empty(shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
     """Like ``np.empty`` (writable, C-contiguous, 64-byte aligned), with the
-    memory from ``output_pool()``.  The array holds its Arrow buffer, and
-    whatever wraps the array (``pa.py_buffer``) holds the array."""
-    pool = output_pool()
+    memory from ``output_pool()`` (``np.empty`` itself where there is none).
+    The array holds its Arrow buffer, and whatever wraps the array
+    (``pa.py_buffer``) holds the array."""
+    return _empty_from(output_pool(), shape, dtype)
+
+
+def empty_from(pool: pa.MemoryPool | None) -> Callable[..., np.ndarray]:
+    """``empty`` over another pool (the benchmark compares them)."""
+    return functools.partial(_empty_from, pool)
+
+
+def _empty_from(pool: pa.MemoryPool | None, shape: int | tuple[int, ...],
+                dtype: Any = np.float64) -> np.ndarray:
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     count = math.prod(shape)
@@ -93,7 +104,7 @@ class PooledKernels:
     """A kernels module whose allocating launchers (its ``ALLOCATING``
     names) get ``empty=`` bound; everything else passes through."""
 
-    def __init__(self, kernels: Any, factory: Any = empty) -> None:
+    def __init__(self, kernels: Any, factory: Callable[..., np.ndarray] = empty) -> None:
         self._kernels = kernels
         for name in getattr(kernels, "ALLOCATING", ()):
             setattr(self, name, functools.partial(getattr(kernels, name), empty=factory))
