@@ -16,7 +16,8 @@ is excluded):
    plus the output table's ``nbytes``.
 1b. Allocation, per size: the all-three call in a fresh subprocess per
    process allocator (glibc's default, and after ``keep_freed_memory()``),
-   with the label columns allocated as before (``np.empty`` in the kernels),
+   with the label columns allocated as before (numba's ``np.empty`` in the
+   kernels),
    as now (Arrow's mimalloc pool, ``gpubackfill.allocator``) and from Arrow's
    jemalloc pool, alternated call by call; median time and minor page faults
    per call.
@@ -57,6 +58,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 import pandas_reference as _ref  # bench/pandas_reference.py: a script's folder is first on sys.path
@@ -204,8 +206,24 @@ def measure_memory(n: int, seed: int) -> dict[str, Any]:
 # 1b. where the label columns' memory comes from
 
 IDLE_S = 2.0
-PLAIN, POOLED = "np.empty (before)", "Arrow pool (now)"
-POLICIES = {PLAIN: np.empty, POOLED: allocator.empty}
+
+
+@numba.njit
+def _nrt_bytes(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, np.uint8)
+
+
+def nrt_empty(shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+    """Memory as the kernels allocated it before they took ``empty=``: numba's
+    ``np.empty`` (plain malloc; numpy's own ``np.empty`` differs, it asks for
+    transparent huge pages)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    return _nrt_bytes(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
+
+
+PLAIN, POOLED = "numba np.empty (before)", "Arrow pool (now)"
+POLICIES = {PLAIN: nrt_empty, POOLED: allocator.empty}
 try:  # the pool not chosen, for comparison
     POLICIES["Arrow jemalloc pool"] = allocator.empty_from(pa.jemalloc_memory_pool())
 except NotImplementedError:
@@ -284,7 +302,7 @@ def bench_allocation(sizes: list[int], repeats: int, seed: int) -> dict[tuple[in
     print_table(["candles", "process allocator", "label columns", "median s", "min s",
                  "candles/min", "page faults/call"], rows,
                 title="1b. Allocation: the all-three call in a fresh process per allocator, label "
-                      "columns from np.empty (before), Arrow's mimalloc pool (now) or its jemalloc "
+                      "columns from numba's np.empty (before), Arrow's mimalloc pool (now) or its jemalloc "
                       "pool, alternated call by call; faults = minor page faults (getrusage)")
     return results
 
