@@ -17,10 +17,9 @@ is excluded):
 1b. Allocation, per size: the all-three call in a fresh subprocess per
    process allocator (glibc's default, and after ``keep_freed_memory()``),
    with the label columns allocated as before (numba's ``np.empty`` in the
-   kernels),
-   as now (Arrow's mimalloc pool, ``gpubackfill.allocator``) and from Arrow's
-   jemalloc pool, alternated call by call; median time and minor page faults
-   per call.
+   kernels), as now (Arrow's mimalloc pool, ``gpubackfill.allocator``) and
+   from Arrow's jemalloc pool, alternated call by call; median time, CPU
+   seconds (which other load disturbs less) and minor page faults per call.
    On the largest size, without keep_freed_memory(), also the pooled call
    after 2 s idle (the pool hands pages back to the system after a while).
 2. Horizon scaling of the triple barrier: pt = sl = 50 (barriers almost
@@ -238,18 +237,21 @@ def run_all_three(table: pa.Table, empty: Callable[..., np.ndarray]) -> pa.Table
                           empty=empty)
 
 
-def _timed_call(fn: Callable[[], Any]) -> tuple[float, int]:
-    """(wall seconds, minor page faults) of one call, the result dropped after."""
+def _timed_call(fn: Callable[[], Any]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of all threads, minor page faults) of one
+    call, the result dropped after."""
     import resource
 
     gc.collect()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cpu = time.process_time()
     t0 = time.perf_counter()
     out = fn()
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     del out
-    return elapsed, faults
+    return elapsed, cpu, faults
 
 
 def allocation_child(sizes: list[int], repeats: int, seed: int, idle: bool) -> None:
@@ -260,7 +262,7 @@ def allocation_child(sizes: list[int], repeats: int, seed: int, idle: bool) -> N
     rows = []
     for n in sizes:
         table = make_candles(n, seed)
-        runs: dict[str, list[tuple[float, int]]] = {name: [] for name in POLICIES}
+        runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in POLICIES}
         for _ in range(repeats):  # alternated, so a change of load hits both alike
             for name, empty in POLICIES.items():
                 runs[name].append(_timed_call(lambda: run_all_three(table, empty)))
@@ -271,8 +273,8 @@ def allocation_child(sizes: list[int], repeats: int, seed: int, idle: bool) -> N
                 calls.append(_timed_call(lambda: run_all_three(table, allocator.empty)))
             runs[f"Arrow pool, {IDLE_S:g} s idle before"] = calls
         for name, calls in runs.items():
-            rows.append({"n": n, "columns": name, "times": [t for t, _ in calls],
-                         "faults": [f for _, f in calls]})
+            rows.append({"n": n, "columns": name, "times": [c[0] for c in calls],
+                         "cpu": [c[1] for c in calls], "faults": [c[2] for c in calls]})
     print(json.dumps({"rows": rows}))
 
 
@@ -298,12 +300,14 @@ def bench_allocation(sizes: list[int], repeats: int, seed: int) -> dict[tuple[in
             rows.append([size_name(n),
                          "glibc default" if process == "default" else "keep_freed_memory()",
                          row["columns"], f"{med:.4f}", f"{min(row['times']):.4f}",
-                         human(n / med * 60), f"{statistics.median(row['faults']):,.0f}"])
+                         human(n / med * 60), f"{statistics.median(row['cpu']):.4f}",
+                         f"{statistics.median(row['faults']):,.0f}"])
     print_table(["candles", "process allocator", "label columns", "median s", "min s",
-                 "candles/min", "page faults/call"], rows,
+                 "candles/min", "CPU s", "page faults"], rows,
                 title="1b. Allocation: the all-three call in a fresh process per allocator, label "
                       "columns from numba's np.empty (before), Arrow's mimalloc pool (now) or its jemalloc "
-                      "pool, alternated call by call; faults = minor page faults (getrusage)")
+                      "pool, alternated call by call; per call: CPU s of all threads and minor page faults "
+                      "(medians)")
     return results
 
 
