@@ -14,14 +14,14 @@ is excluded):
    /proc/self/clear_refs; a 2 ms psutil sampling thread where that is not
    available) minus the RSS before the call, divided by the input table's
    plus the output table's ``nbytes``.
-1b. Allocation, per size: the all-three call in a fresh subprocess per
-   process allocator (glibc's default, and after ``keep_freed_memory()``),
-   with the label columns allocated as before (numba's ``np.empty`` in the
-   kernels), as now (Arrow's mimalloc pool, ``gpubackfill.allocator``) and
-   from Arrow's jemalloc pool, alternated call by call; median time, CPU
-   seconds (which other load disturbs less) and minor page faults per call.
-   On the largest size, without keep_freed_memory(), also the pooled call
-   after 2 s idle (the pool hands pages back to the system after a while).
+1b. Allocation, per size: the all-three call under glibc's default and
+   after ``keep_freed_memory()``, with the label columns allocated as
+   before (numba's ``np.empty`` in the kernels), as now (Arrow's mimalloc
+   pool, ``gpubackfill.allocator``) and from Arrow's jemalloc pool, each
+   combination in a fresh subprocess of its own; median time, CPU seconds
+   (which other load disturbs less) and minor page faults per call.  On the
+   largest size, without keep_freed_memory(), also the pooled call after
+   2 s idle (the pool hands pages back to the system after a while).
 2. Horizon scaling of the triple barrier: pt = sl = 50 (barriers almost
    never touched, so whole windows are searched) at horizon 10 and 1000 on
    the first size; time per call and t(1000) / t(10), through
@@ -221,12 +221,14 @@ def nrt_empty(shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarr
     return _nrt_bytes(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
 
 
-PLAIN, POOLED = "numba np.empty (before)", "Arrow pool (now)"
-POLICIES = {PLAIN: nrt_empty, POOLED: allocator.empty}
-try:  # the pool not chosen, for comparison
-    POLICIES["Arrow jemalloc pool"] = allocator.empty_from(pa.jemalloc_memory_pool())
-except NotImplementedError:
-    pass
+# label columns' policy -> (row name, factory of the arrays); each runs in a
+# fresh process of its own: in one process the pools' states interfere.
+POLICIES: dict[str, tuple[str, Callable[[], Callable[..., np.ndarray]]]] = {
+    "before": ("numba np.empty (before)", lambda: nrt_empty),
+    "now": ("Arrow mimalloc pool (now)", lambda: allocator.empty),
+    "jemalloc": ("Arrow jemalloc pool", lambda: allocator.empty_from(pa.jemalloc_memory_pool())),
+    "now-idle": (f"Arrow mimalloc pool, {IDLE_S:g} s idle before each", lambda: allocator.empty),
+}
 
 
 def run_all_three(table: pa.Table, empty: Callable[..., np.ndarray]) -> pa.Table:
@@ -254,60 +256,58 @@ def _timed_call(fn: Callable[[], Any]) -> tuple[float, float, int]:
     return elapsed, cpu, faults
 
 
-def allocation_child(sizes: list[int], repeats: int, seed: int, idle: bool) -> None:
-    """Body of the per-allocator subprocess: JSON rows of times and faults."""
-    warm_up()
-    for name, empty in POLICIES.items():
-        run_all_three(make_candles(5_000, seed=1), empty)
+def allocation_child(policy: str, sizes: list[int], repeats: int, seed: int) -> None:
+    """Body of a 1b subprocess: one policy's calls per size, as JSON."""
+    empty = POLICIES[policy][1]()
+    run_all_three(make_candles(5_000, seed=1), empty)  # compile / load the kernels
+    idle = policy.endswith("-idle")
     rows = []
-    for n in sizes:
+    for n in sizes[-1:] if idle else sizes:
         table = make_candles(n, seed)
-        runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in POLICIES}
-        for _ in range(repeats):  # alternated, so a change of load hits both alike
-            for name, empty in POLICIES.items():
-                runs[name].append(_timed_call(lambda: run_all_three(table, empty)))
-        if idle and n == max(sizes):
-            calls = []
-            for _ in range(repeats):
+        calls = []
+        for _ in range(repeats):
+            if idle:
                 time.sleep(IDLE_S)
-                calls.append(_timed_call(lambda: run_all_three(table, allocator.empty)))
-            runs[f"Arrow pool, {IDLE_S:g} s idle before"] = calls
-        for name, calls in runs.items():
-            rows.append({"n": n, "columns": name, "times": [c[0] for c in calls],
-                         "cpu": [c[1] for c in calls], "faults": [c[2] for c in calls]})
+            calls.append(_timed_call(lambda: run_all_three(table, empty)))
+        rows.append({"n": n, "times": [c[0] for c in calls], "cpu": [c[1] for c in calls],
+                     "faults": [c[2] for c in calls]})
     print(json.dumps({"rows": rows}))
 
 
 def bench_allocation(sizes: list[int], repeats: int, seed: int) -> dict[tuple[int, str, str], float]:
-    """Median seconds per (size, process allocator, label columns); prints the table."""
+    """Median seconds per (size, process allocator, policy); prints the table."""
+    runs = [("default", "before"), ("default", "now"), ("keep", "before"), ("keep", "now"),
+            ("default", "jemalloc"), ("keep", "jemalloc"), ("default", "now-idle")]
     parsed = []
-    for process in ("default", "keep"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--allocation-child",
+    for process, policy in runs:
+        if policy == "jemalloc" and "jemalloc" not in pa.supported_memory_backends():
+            continue
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--allocation-child", policy,
                "--sizes", ",".join(str(n) for n in sizes), "--repeats", str(repeats),
                "--seed", str(seed), "--allocator", process]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"allocation subprocess failed ({res.returncode}):\n{res.stderr}")
-        parsed += [(process, row) for row in json.loads(res.stdout.strip().splitlines()[-1])["rows"]]
+        parsed += [(process, policy, row)
+                   for row in json.loads(res.stdout.strip().splitlines()[-1])["rows"]]
     results: dict[tuple[int, str, str], float] = {}
     rows = []
     for n in sizes:
-        for process, row in parsed:
+        for process, policy, row in parsed:
             if row["n"] != n:
                 continue
             med = statistics.median(row["times"])
-            results[(n, process, row["columns"])] = med
+            results[(n, process, policy)] = med
             rows.append([size_name(n),
                          "glibc default" if process == "default" else "keep_freed_memory()",
-                         row["columns"], f"{med:.4f}", f"{min(row['times']):.4f}",
+                         POLICIES[policy][0], f"{med:.4f}", f"{min(row['times']):.4f}",
                          human(n / med * 60), f"{statistics.median(row['cpu']):.4f}",
                          f"{statistics.median(row['faults']):,.0f}"])
     print_table(["candles", "process allocator", "label columns", "median s", "min s",
                  "candles/min", "CPU s", "page faults"], rows,
-                title="1b. Allocation: the all-three call in a fresh process per allocator, label "
-                      "columns from numba's np.empty (before), Arrow's mimalloc pool (now) or its jemalloc "
-                      "pool, alternated call by call; per call: CPU s of all threads and minor page faults "
-                      "(medians)")
+                title="1b. Allocation: the all-three call, one fresh process per row; label columns "
+                      "from numba's np.empty (before), Arrow's mimalloc pool (now) or its jemalloc "
+                      "pool; per call: CPU s of all threads and minor page faults (medians)")
     return results
 
 
@@ -536,7 +536,7 @@ def print_summary(args: argparse.Namespace, times: dict[tuple[int, str], float],
         per_min = n / times[(n, ALL)] * 60
         tput = [f"all three at {size_name(n)} candles/min", f">= {human(TARGET_PER_MIN)}",
                 human(per_min), verdict(per_min >= TARGET_PER_MIN, q)]
-        plain = n / allocation[(n, "default", POOLED)] * 60
+        plain = n / allocation[(n, "default", "now")] * 60
         tput_plain = ["  the same, no keep_freed_memory() (1b)", f">= {human(TARGET_PER_MIN)}",
                       human(plain), verdict(plain >= TARGET_PER_MIN, q)]
     else:
@@ -544,7 +544,7 @@ def print_summary(args: argparse.Namespace, times: dict[tuple[int, str], float],
         per_min = n / times[(n, ALL)] * 60
         tput = [f"all three candles/min (at {size_name(n)})", f">= {human(TARGET_PER_MIN)} at 10M",
                 human(per_min), verdict(None, q, "no size >= 10M run")]
-        plain = n / allocation[(n, "default", POOLED)] * 60
+        plain = n / allocation[(n, "default", "now")] * 60
         tput_plain = ["  the same, no keep_freed_memory() (1b)", f">= {human(TARGET_PER_MIN)} at 10M",
                       human(plain), verdict(None, q, "no size >= 10M run")]
     worst = max(memory.values(), key=lambda m: m["ratio"])
@@ -584,7 +584,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="'keep': gpubackfill.keep_freed_memory(), as the engine runs; "
                         "'default': glibc's default (every large array faulted in afresh)")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--allocation-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--allocation-child", choices=tuple(POLICIES), default=None,
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.events, args.repeats = "2e5", 200, 2
@@ -603,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child is not None:
         memory_child(args.memory_child, args.seed)
         return 0
-    if args.allocation_child:
-        allocation_child(args.sizes, args.repeats, args.seed, idle=args.allocator == "default")
+    if args.allocation_child is not None:
+        allocation_child(args.allocation_child, args.sizes, args.repeats, args.seed)
         return 0
 
     global ALLOCATOR
