@@ -14,6 +14,14 @@ is excluded):
    /proc/self/clear_refs; a 2 ms psutil sampling thread where that is not
    available) minus the RSS before the call, divided by the input table's
    plus the output table's ``nbytes``.
+1b. Allocation, per size: the all-three call under glibc's default and
+   after ``keep_freed_memory()``, with the label columns allocated as
+   before (numba's ``np.empty`` in the kernels), as now (Arrow's mimalloc
+   pool, ``gpubackfill.allocator``) and from Arrow's jemalloc pool, each
+   combination in a fresh subprocess of its own; median time, CPU seconds
+   (which other load disturbs less) and minor page faults per call.  On the
+   largest size, without keep_freed_memory(), also the pooled call after
+   2 s idle (the pool hands pages back to the system after a while).
 2. Horizon scaling of the triple barrier: pt = sl = 50 (barriers almost
    never touched, so whole windows are searched) at horizon 10 and 1000 on
    the first size; time per call and t(1000) / t(10), through
@@ -49,6 +57,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 import pandas_reference as _ref  # bench/pandas_reference.py: a script's folder is first on sys.path
@@ -60,7 +69,10 @@ print_table, size_name, _status_kb = _report.print_table, _report.size_name, _re
 RssSampler, _reset_peak_rss = _report.RssSampler, _report.reset_peak_rss
 
 import gpubackfill  # noqa: E402
-from gpubackfill import backends  # noqa: E402
+from gpubackfill import allocator, backends  # noqa: E402
+from gpubackfill import labels as registry  # noqa: E402
+from gpubackfill.candles.frames import to_series, validate  # noqa: E402
+from gpubackfill.compute import compute_series  # noqa: E402
 from gpubackfill.labels.volatility import compute_sigma  # noqa: E402
 
 sigma_pandas, triple_barrier_pandas = _ref.sigma_pandas, _ref.triple_barrier_pandas
@@ -140,6 +152,8 @@ def _release_free_memory() -> None:
     call cannot hide part of its footprint in pages freed before it."""
     gc.collect()
     pa.default_memory_pool().release_unused()
+    if allocator.output_pool() is not None:
+        allocator.output_pool().release_unused()
     try:
         import ctypes
 
@@ -185,6 +199,116 @@ def measure_memory(n: int, seed: int) -> dict[str, Any]:
     m["increase"] = m["peak"] - m["rss_before"]
     m["ratio"] = m["increase"] / (m["in_bytes"] + m["out_bytes"])
     return m
+
+
+# ---------------------------------------------------------------------------
+# 1b. where the label columns' memory comes from
+
+IDLE_S = 2.0
+
+
+@numba.njit
+def _nrt_bytes(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, np.uint8)
+
+
+def nrt_empty(shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+    """Memory as the kernels allocated it before they took ``empty=``: numba's
+    ``np.empty`` (plain malloc; numpy's own ``np.empty`` differs, it asks for
+    transparent huge pages)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    return _nrt_bytes(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
+
+
+# label columns' policy -> (row name, factory of the arrays); each runs in a
+# fresh process of its own: in one process the pools' states interfere.
+POLICIES: dict[str, tuple[str, Callable[[], Callable[..., np.ndarray]]]] = {
+    "before": ("numba np.empty (before)", lambda: nrt_empty),
+    "now": ("Arrow mimalloc pool (now)", lambda: allocator.empty),
+    "jemalloc": ("Arrow jemalloc pool", lambda: allocator.empty_from(pa.jemalloc_memory_pool())),
+    "now-idle": (f"Arrow mimalloc pool, {IDLE_S:g} s idle before each", lambda: allocator.empty),
+}
+
+
+def run_all_three(table: pa.Table, empty: Callable[..., np.ndarray]) -> pa.Table:
+    """``compute_labels(table, all three)`` with the label columns from ``empty``."""
+    labels, params = CONFIGS[ALL]
+    series = validate(to_series(table))
+    return compute_series(series, registry.resolve(labels, params), backends.select("cpu").kernels,
+                          empty=empty)
+
+
+def _timed_call(fn: Callable[[], Any]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of all threads, minor page faults) of one
+    call, the result dropped after."""
+    import resource
+
+    gc.collect()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cpu = time.process_time()
+    t0 = time.perf_counter()
+    out = fn()
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    del out
+    return elapsed, cpu, faults
+
+
+def allocation_child(policy: str, sizes: list[int], repeats: int, seed: int) -> None:
+    """Body of a 1b subprocess: one policy's calls per size, as JSON."""
+    empty = POLICIES[policy][1]()
+    run_all_three(make_candles(5_000, seed=1), empty)  # compile / load the kernels
+    idle = policy.endswith("-idle")
+    rows = []
+    for n in sizes[-1:] if idle else sizes:
+        table = make_candles(n, seed)
+        calls = []
+        for _ in range(repeats):
+            if idle:
+                time.sleep(IDLE_S)
+            calls.append(_timed_call(lambda: run_all_three(table, empty)))
+        rows.append({"n": n, "times": [c[0] for c in calls], "cpu": [c[1] for c in calls],
+                     "faults": [c[2] for c in calls]})
+    print(json.dumps({"rows": rows}))
+
+
+def bench_allocation(sizes: list[int], repeats: int, seed: int) -> dict[tuple[int, str, str], float]:
+    """Median seconds per (size, process allocator, policy); prints the table."""
+    runs = [("default", "before"), ("default", "now"), ("keep", "before"), ("keep", "now"),
+            ("default", "jemalloc"), ("keep", "jemalloc"), ("default", "now-idle")]
+    parsed = []
+    for process, policy in runs:
+        if policy == "jemalloc" and "jemalloc" not in pa.supported_memory_backends():
+            continue
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--allocation-child", policy,
+               "--sizes", ",".join(str(n) for n in sizes), "--repeats", str(repeats),
+               "--seed", str(seed), "--allocator", process]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"allocation subprocess failed ({res.returncode}):\n{res.stderr}")
+        parsed += [(process, policy, row)
+                   for row in json.loads(res.stdout.strip().splitlines()[-1])["rows"]]
+    results: dict[tuple[int, str, str], float] = {}
+    rows = []
+    for n in sizes:
+        for process, policy, row in parsed:
+            if row["n"] != n:
+                continue
+            med = statistics.median(row["times"])
+            results[(n, process, policy)] = med
+            rows.append([size_name(n),
+                         "glibc default" if process == "default" else "keep_freed_memory()",
+                         POLICIES[policy][0], f"{med:.4f}", f"{min(row['times']):.4f}",
+                         human(n / med * 60), f"{statistics.median(row['cpu']):.4f}",
+                         f"{statistics.median(row['faults']):,.0f}"])
+    print_table(["candles", "process allocator", "label columns", "median s", "min s",
+                 "candles/min", "CPU s", "page faults"], rows,
+                title="1b. Allocation: the all-three call, one fresh process per row; label columns "
+                      "from numba's np.empty (before), Arrow's mimalloc pool (now) or its jemalloc "
+                      "pool; per call: CPU s of all threads and minor page faults (medians)")
+    return results
 
 
 # ---------------------------------------------------------------------------
@@ -403,7 +527,8 @@ def verdict(ok: bool | None, quick: bool, why: str = "") -> str:
 
 def print_summary(args: argparse.Namespace, times: dict[tuple[int, str], float],
                   memory: dict[int, dict[str, Any]], horizon: dict[str, float],
-                  pandas_res: dict[str, Any]) -> None:
+                  pandas_res: dict[str, Any],
+                  allocation: dict[tuple[int, str, str], float]) -> None:
     q = args.quick
     big = [n for n in args.sizes if n >= 10_000_000]
     if big:
@@ -411,14 +536,21 @@ def print_summary(args: argparse.Namespace, times: dict[tuple[int, str], float],
         per_min = n / times[(n, ALL)] * 60
         tput = [f"all three at {size_name(n)} candles/min", f">= {human(TARGET_PER_MIN)}",
                 human(per_min), verdict(per_min >= TARGET_PER_MIN, q)]
+        plain = n / allocation[(n, "default", "now")] * 60
+        tput_plain = ["  the same, no keep_freed_memory() (1b)", f">= {human(TARGET_PER_MIN)}",
+                      human(plain), verdict(plain >= TARGET_PER_MIN, q)]
     else:
         n = max(args.sizes)
         per_min = n / times[(n, ALL)] * 60
         tput = [f"all three candles/min (at {size_name(n)})", f">= {human(TARGET_PER_MIN)} at 10M",
                 human(per_min), verdict(None, q, "no size >= 10M run")]
+        plain = n / allocation[(n, "default", "now")] * 60
+        tput_plain = ["  the same, no keep_freed_memory() (1b)", f">= {human(TARGET_PER_MIN)} at 10M",
+                      human(plain), verdict(None, q, "no size >= 10M run")]
     worst = max(memory.values(), key=lambda m: m["ratio"])
     rows = [
         tput,
+        tput_plain,
         ["tb horizon t(1000)/t(10), compute_labels", f"<= {TARGET_HORIZON_RATIO:g}x",
          f"{horizon['api']:.2f}x", verdict(horizon["api"] <= TARGET_HORIZON_RATIO, q)],
         ["tb horizon t(1000)/t(10), kernel only", f"<= {TARGET_HORIZON_RATIO:g}x",
@@ -452,6 +584,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="'keep': gpubackfill.keep_freed_memory(), as the engine runs; "
                         "'default': glibc's default (every large array faulted in afresh)")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--allocation-child", choices=tuple(POLICIES), default=None,
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.events, args.repeats = "2e5", 200, 2
@@ -470,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child is not None:
         memory_child(args.memory_child, args.seed)
         return 0
+    if args.allocation_child is not None:
+        allocation_child(args.allocation_child, args.sizes, args.repeats, args.seed)
+        return 0
 
     global ALLOCATOR
     ALLOCATOR = args.allocator
@@ -480,13 +617,14 @@ def main(argv: list[str] | None = None) -> int:
     tables = {n: make_candles(n, args.seed) for n in args.sizes}
     times = bench_throughput(tables, args.repeats)
     memory = bench_memory(args.sizes, args.seed)
+    allocation = bench_allocation(args.sizes, args.repeats, args.seed)
 
     first = args.sizes[0]
     horizon = bench_horizon(tables[first], args.repeats)
     tb_rate = first / times[(first, TB)]
     pandas_res = bench_pandas(tables[first], tb_rate, args.events, args.repeats, args.seed)
 
-    print_summary(args, times, memory, horizon, pandas_res)
+    print_summary(args, times, memory, horizon, pandas_res, allocation)
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.1f} s; "
           f"load avg at end {load_average()}")
     return 0

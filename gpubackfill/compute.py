@@ -3,14 +3,14 @@ runs for every chunk (validated series in, Arrow table out)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from . import backends
+from . import allocator, backends
 from . import labels as registry
 from .candles import frames as candles_mod
 from .errors import InvalidInput
@@ -61,11 +61,19 @@ def compute_labels(
     return compute_series(series, resolved, chosen.kernels)
 
 
-def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any) -> pa.Table:
-    """Labels of an already validated series, as an Arrow table."""
+def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any, *,
+                   empty: Callable[..., np.ndarray] = allocator.empty) -> pa.Table:
+    """Labels of an already validated series, as an Arrow table.
+
+    Host kernels allocate their outputs and column-sized scratch with
+    ``empty`` (default: Arrow's mimalloc pool, which keeps freed pages, so
+    repeated calls do not fault their output in afresh; see ``allocator``).
+    The table's columns are those arrays, wrapped without a copy."""
     host_ts = series.ts
     on_device = getattr(kernels, "ON_DEVICE", False)
-    if on_device:  # one copy to the device; every label reads from there
+    if not on_device:
+        kernels = allocator.PooledKernels(kernels, empty)
+    else:  # one copy to the device; every label reads from there
         cols = kernels.columns_to_device({"open": series.open, "high": series.high,
                                           "low": series.low, "close": series.close})
         series = Series(ts=series.ts, volume=None, finer=series.finer, bar_ms=series.bar_ms, **cols)

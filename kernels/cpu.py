@@ -3,6 +3,12 @@
 Rows are processed in blocks of ``ROW_BLOCK`` so that ``prange`` spreads
 them over cores and each block's scratch tables stay cache-sized; memory is
 linear in the number of candles whatever the horizon.
+
+The launchers named in ``ALLOCATING`` take ``empty=``, a factory with
+``np.empty``'s ``(shape, dtype)`` signature returning writable C-contiguous
+arrays; their outputs and their column-sized scratch come from it, so the
+caller decides where that memory lives (``compute_series`` takes it from
+Arrow's memory pool).  The compiled loops write into arrays they are given.
 """
 
 from __future__ import annotations
@@ -19,6 +25,13 @@ ROW_BLOCK = 4096
 DIRECT_SCAN_BARS = 8
 
 _opts = dict(cache=True, nogil=True)
+
+# Launchers that take ``empty=`` (see the module docstring).
+ALLOCATING = frozenset({
+    "log_returns", "ewm_sigma", "rolling_sigma", "triple_barrier", "vol_scaled_return",
+    "mfe_mae", "sample_weights", "fixed_horizon", "trend_scanning", "bitmap_not_nan",
+    "bitmap_flags_clear", "bitmap_prefix",
+})
 
 
 @njit(parallel=True, **_opts)
@@ -68,14 +81,18 @@ def defect_codes(ts, open_, high, low, close, volume, check_volume):
 
 
 @njit(parallel=True, **_opts)
-def log_returns(close):
-    """r_t = ln(close_t / close_{t-1}); r_0 = NaN."""
+def _log_returns(close, out):
     n = close.shape[0]
-    out = np.empty(n, np.float64)
     if n > 0:
         out[0] = np.nan
     for t in prange(1, n):
         out[t] = core.log_ratio(close[t], close[t - 1])
+
+
+def log_returns(close, empty=np.empty):
+    """r_t = ln(close_t / close_{t-1}); r_0 = NaN."""
+    out = empty(close.shape[0], np.float64)
+    _log_returns(close, out)
     return out
 
 
@@ -86,20 +103,23 @@ def _ewm_inplace(buf, span):
     core.ewm_steady(buf, state)
 
 
-def ewm_sigma(close, span):
+def ewm_sigma(close, span, empty=np.empty):
     # The logarithms run on every core first; only the recurrence, which is
     # sequential by nature, runs on one.
-    buf = log_returns(close)
+    buf = log_returns(close, empty)
     _ewm_inplace(buf, span)
     return buf
 
 
 @njit(parallel=True, **_opts)
-def rolling_sigma(close, span):
-    n = close.shape[0]
-    out = np.empty(n, np.float64)
-    for t in prange(n):
+def _rolling_sigma(close, span, out):
+    for t in prange(close.shape[0]):
         out[t] = core.rolling_sigma_at(close, t, span)
+
+
+def rolling_sigma(close, span, empty=np.empty):
+    out = empty(close.shape[0], np.float64)
+    _rolling_sigma(close, span, out)
     return out
 
 
@@ -120,14 +140,21 @@ def _build_tables(x, start, stop, levels, is_max, tab):
             tab[k - 1, i - start] = (a if a > b else b) if is_max else (a if a < b else b)
 
 
-@njit(parallel=True, **_opts)
-def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret):
+def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret,
+                   empty=np.empty):
+    """(label, barrier, exit_bars, exit_ret, flags) per row."""
     n = close.shape[0]
-    label = np.empty(n, np.int8)
-    barrier = np.empty(n, np.int8)
-    exit_bars = np.empty(n, np.int32)
-    exit_ret = np.empty(n, np.float64)
-    flags = np.empty(n, np.uint8)
+    out = (empty(n, np.int8), empty(n, np.int8), empty(n, np.int32), empty(n, np.float64),
+           empty(n, np.uint8))
+    _triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret,
+                    *out)
+    return out
+
+
+@njit(parallel=True, **_opts)
+def _triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret,
+                    label, barrier, exit_bars, exit_ret, flags):
+    n = close.shape[0]
     direct = min(horizon, DIRECT_SCAN_BARS)
     deep = horizon - direct
     levels = 0
@@ -153,7 +180,7 @@ def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, v
         else:
             exit_bars[t] = -1
     if deep <= 0:
-        return label, barrier, exit_bars, exit_ret, flags
+        return
     # Pass 2, block by block: the rest of the undecided windows.
     nblocks = (n + ROW_BLOCK - 1) // ROW_BLOCK
     for bi in prange(nblocks):
@@ -193,14 +220,19 @@ def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, v
             core.tb_write_outcome(t, j, last, n, horizon, open_, high, low, close, upper, lower,
                                   tie_label, vertical, min_ret,
                                   label, barrier, exit_bars, exit_ret, flags)
-    return label, barrier, exit_bars, exit_ret, flags
+
+
+def vol_scaled_return(close, sigma, horizons, empty=np.empty):
+    """One row per horizon: ``out[k, t]`` for ``horizons[k]``."""
+    out = empty((horizons.shape[0], close.shape[0]), np.float64)
+    _vol_scaled_return(close, sigma, horizons, out)
+    return out
 
 
 @njit(parallel=True, **_opts)
-def vol_scaled_return(close, sigma, horizons):
+def _vol_scaled_return(close, sigma, horizons, out):
     n = close.shape[0]
     m = horizons.shape[0]
-    out = np.empty((m, n), np.float64)
     for k in range(m):
         h = horizons[k]
         sqrt_h = np.sqrt(h)
@@ -214,18 +246,21 @@ def vol_scaled_return(close, sigma, horizons):
             if not (sigma[t] > 0.0) or not core.is_near(close[t + h], close[t]):
                 row[t] = core.vsr_at(close, sigma, t, h)
         row[last:] = np.nan
+
+
+def mfe_mae(high, low, close, horizon, empty=np.empty):
+    """(mfe, mae, mfe_bars, mae_bars).  Rows with a complete window (the
+    first ``n - horizon``) get values; the rest are NaN / 0 and masked
+    invalid by the caller."""
+    n = close.shape[0]
+    out = (empty(n, np.float64), empty(n, np.float64), empty(n, np.int32), empty(n, np.int32))
+    _mfe_mae(high, low, close, horizon, *out)
     return out
 
 
 @njit(parallel=True, **_opts)
-def mfe_mae(high, low, close, horizon):
-    """Rows with a complete window (the first ``n - horizon``) get values;
-    the rest are NaN / 0 and masked invalid by the caller."""
+def _mfe_mae(high, low, close, horizon, mfe, mae, mfe_bars, mae_bars):
     n = close.shape[0]
-    mfe = np.empty(n)
-    mae = np.empty(n)
-    mfe_bars = np.empty(n, np.int32)
-    mae_bars = np.empty(n, np.int32)
     complete = max(0, n - horizon)  # rows t with t + horizon <= n - 1
     mfe[complete:] = np.nan
     mae[complete:] = np.nan
@@ -261,7 +296,6 @@ def mfe_mae(high, low, close, horizon):
             phase += 1
             if phase == horizon:
                 phase = 0
-    return mfe, mae, mfe_bars, mae_bars
 
 
 def to_host(x):
@@ -287,13 +321,13 @@ def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, si
 
 
 @njit(**_opts)
-def _concurrency(flags, exit_bars):
+def _concurrency(flags, exit_bars, step, conc):
     """c_j in one pass: +1 at each event's first bar, -1 after its last,
     summed as we go.  Integers, so exactly ``core.concurrency_at`` per bar
-    (which the CUDA target runs bar by bar), without its H steps per bar."""
+    (which the CUDA target runs bar by bar), without its H steps per bar.
+    ``step`` is n + 1 scratch, zeroed here."""
     n = flags.shape[0]
-    step = np.zeros(n + 1, np.int64)
-    conc = np.empty(n, np.int64)
+    step[:] = 0
     running = 0
     for j in range(n):
         if j > 0 and core.is_event(flags[j - 1]):
@@ -301,47 +335,58 @@ def _concurrency(flags, exit_bars):
             step[min(n, j + exit_bars[j - 1])] -= 1
         running += step[j]
         conc[j] = running
-    return conc
 
 
 @njit(parallel=True, **_opts)
-def _weights(close, flags, exit_bars, conc, horizon):
+def _weights(close, flags, exit_bars, conc, horizon, uniq, attr):
     n = close.shape[0]
-    uniq = np.empty(n)
-    attr = np.empty(n)
     for i in prange(n):
         core.weights_at(i, n, horizon, flags, exit_bars, conc, close, uniq, attr)
+
+
+def sample_weights(close, flags, exit_bars, horizon, empty=np.empty):
+    """(tb_uniqueness, tb_attribution), NaN where undefined."""
+    n = close.shape[0]
+    conc = empty(n, np.int64)
+    _concurrency(flags, exit_bars, empty(n + 1, np.int64), conc)
+    uniq, attr = empty(n, np.float64), empty(n, np.float64)
+    _weights(close, flags, exit_bars, conc, horizon, uniq, attr)
     return uniq, attr
 
 
-def sample_weights(close, flags, exit_bars, horizon):
-    """(tb_uniqueness, tb_attribution), NaN where undefined."""
-    return _weights(close, flags, exit_bars, _concurrency(flags, exit_bars), horizon)
-
-
-@njit(parallel=True, **_opts)
-def fixed_horizon(close, sigma, horizon, k):
+def fixed_horizon(close, sigma, horizon, k, empty=np.empty):
+    """(label, return) per row."""
     n = close.shape[0]
-    label = np.empty(n, np.int8)
-    ret = np.empty(n, np.float64)
-    sqrt_h = np.sqrt(horizon)
-    for t in prange(n):
-        core.fixed_horizon_at(close, sigma, t, horizon, k, sqrt_h, label, ret)
+    label, ret = empty(n, np.int8), empty(n, np.float64)
+    _fixed_horizon(close, sigma, horizon, k, label, ret)
     return label, ret
 
 
 @njit(parallel=True, **_opts)
-def trend_scanning(close, w_min, w_max):
+def _fixed_horizon(close, sigma, horizon, k, label, ret):
+    sqrt_h = np.sqrt(horizon)
+    for t in prange(close.shape[0]):
+        core.fixed_horizon_at(close, sigma, t, horizon, k, sqrt_h, label, ret)
+
+
+def trend_scanning(close, w_min, w_max, empty=np.empty):
+    """(label, tvalue, window) per row."""
     n = close.shape[0]
-    logc = np.log(close)
+    out = (empty(n, np.int8), empty(n, np.float64), empty(n, np.int32))
+    _trend_scanning(close, w_min, w_max, empty(n, np.float64), *out)
+    return out
+
+
+@njit(parallel=True, **_opts)
+def _trend_scanning(close, w_min, w_max, logc, label, tvalue, window):
+    """``logc``: n scratch for ln(close)."""
+    n = close.shape[0]
+    for t in prange(n):
+        logc[t] = np.log(close[t])
     consts = np.zeros((w_max + 1, 4))
     core.trend_constants(w_max, consts)
-    label = np.empty(n, np.int8)
-    tvalue = np.empty(n, np.float64)
-    window = np.empty(n, np.int32)
     for t in prange(n):
         core.trend_scan_at(logc, t, w_min, w_max, consts, label, tvalue, window)
-    return label, tvalue, window
 
 
 # --------------------------------------------------------------------------
@@ -349,42 +394,57 @@ def trend_scanning(close, w_min, w_max):
 # first), built straight from the outputs without boolean temporaries.
 
 
+def _bitmap_bytes(n):
+    return (n + 7) // 8
+
+
+def bitmap_not_nan(x, empty=np.empty):
+    out = empty(_bitmap_bytes(x.shape[0]), np.uint8)
+    _bitmap_not_nan(x, out)
+    return out
+
+
 @njit(parallel=True, **_opts)
-def bitmap_not_nan(x):
+def _bitmap_not_nan(x, out):
     n = x.shape[0]
-    nbytes = (n + 7) // 8
-    out = np.zeros(nbytes, np.uint8)
-    for b in prange(nbytes):
+    for b in prange(out.shape[0]):
         v = 0
         for k in range(min(8, n - 8 * b)):
             if x[8 * b + k] == x[8 * b + k]:
                 v |= 1 << k
         out[b] = v
+
+
+def bitmap_flags_clear(flags, bits, empty=np.empty):
+    """Valid where ``flags & bits == 0``."""
+    out = empty(_bitmap_bytes(flags.shape[0]), np.uint8)
+    _bitmap_flags_clear(flags, bits, out)
     return out
 
 
 @njit(parallel=True, **_opts)
-def bitmap_flags_clear(flags, bits):
-    """Valid where ``flags & bits == 0``."""
+def _bitmap_flags_clear(flags, bits, out):
     n = flags.shape[0]
-    nbytes = (n + 7) // 8
-    out = np.zeros(nbytes, np.uint8)
-    for b in prange(nbytes):
+    for b in prange(out.shape[0]):
         v = 0
         for k in range(min(8, n - 8 * b)):
             if flags[8 * b + k] & bits == 0:
                 v |= 1 << k
         out[b] = v
+
+
+def bitmap_prefix(n, count, empty=np.empty):
+    """Valid for the first ``count`` of ``n`` rows."""
+    out = empty(_bitmap_bytes(n), np.uint8)
+    _bitmap_prefix(n, count, out)
     return out
 
 
 @njit(**_opts)
-def bitmap_prefix(n, count):
-    """Valid for the first ``count`` of ``n`` rows."""
+def _bitmap_prefix(n, count, out):
     count = max(0, min(n, count))
-    out = np.zeros((n + 7) // 8, np.uint8)
+    out[:] = 0
     full = count // 8
     out[:full] = 0xFF
     if count % 8:
         out[full] = (1 << (count % 8)) - 1
-    return out

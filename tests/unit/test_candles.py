@@ -21,7 +21,7 @@ def test_kernels_see_one_kind_of_array_whatever_the_source():
         for s in (to_series(source), validate(to_series(source), "drop")):
             assert not any(a.flags.writeable for a in (s.ts, s.open, s.high, s.low, s.close, s.volume))
     compute_labels(sources[0], ["vol_scaled_return"])
-    compiled = len(cpu.log_returns.signatures)
+    compiled = len(cpu._log_returns.signatures)
     for source in sources[1:]:
         compute_labels(source, ["vol_scaled_return"])
-    assert len(cpu.log_returns.signatures) == compiled
+    assert len(cpu._log_returns.signatures) == compiled
