@@ -224,10 +224,17 @@ def run_chunk(settings: Settings, task: ChunkTask) -> ChunkResult:
         log_retry(state, task, category, exc, attempt)
 
     t0 = time.perf_counter()
+    runs = [task, replace(task, segments=tuple(replace(s, fresh=False) for s in task.segments))]
+
+    def attempt(fence) -> ChunkResult:
+        # A retry may follow an attempt that wrote part of the chunk: only
+        # the first attempt keeps the plan's 'fresh' hint.
+        return _compute_and_write(store, runs.pop(0) if len(runs) > 1 else runs[0], fence)
+
     with Heartbeat(state, task, settings.lease_seconds * 1000) as lease:
         try:
             result = retrying(
-                lambda: BREAKERS.call(breaker, _compute_and_write, store, task, lease.fence),
+                lambda: BREAKERS.call(breaker, attempt, lease.fence),
                 settings.retry_base_seconds, on_retry,
                 give_up=lambda e: isinstance(e, LeaseLost) or _splittable(settings, task, e))
         except LeaseLost as exc:
@@ -351,17 +358,23 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
     """Every segment of the chunk: one read of all their candles, one write
     of all their label rows (a pack of small series costs what one chunk does)."""
     stages = _Stages()
+    # Changes to the candles after this moment may be missing from the labels:
+    # the record's computed-at, which `update` compares with the ingest log.
+    computed_at = time.time_ns() // 1_000_000
     resolved = resolve(task.labels, task.params)
     back, ahead = halo(resolved)
     keys = [task.key(seg) for seg in task.segments]
-    loaded = store.load_many([(k, s.start_ms, s.end_ms) for k, s in zip(keys, task.segments)],
-                             back, ahead)
+    loaded = store.load_many([(k, s.start_ms, s.end_ms, s.lo_ms, s.hi_ms)
+                              for k, s in zip(keys, task.segments)], back, ahead)
     stages.lap("load")
     finer_keys = [finer_series(resolved, k) for k in keys]
     prints = [_fingerprint(store, table, k, fk) for (table, _, _), k, fk in zip(loaded, keys, finer_keys)]
     stages.lap("fingerprint")
+    # Fresh: no label rows were there when planned, and the job's writer
+    # claim kept it so; hence nothing to find in the cache or to replace.
+    fresh = all(seg.fresh for seg in task.segments)
     cached: dict[int, int] = {}
-    if not task.force:
+    if not task.force and not fresh:
         records = store.chunk_records([(k, s.start_ms, s.end_ms) for k, s in zip(keys, task.segments)],
                                       task.label_set)
         for i, rec in enumerate(records):
@@ -400,11 +413,16 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
         stages.lap("compute")
     if writes:
         fence()
-        store.write_labels_many(task.label_set, writes, task.job_id)
+        # The manifest rows go with the result to Redis; the driver inserts
+        # them in batches (one small insert per chunk was ~10% of its time).
+        store.write_labels_many(task.label_set, writes, task.job_id, fresh=fresh, record=False)
         stages.lap("write")
+    series_of = {id(key): seg.series for seg, key in zip(task.segments, keys)}
+    manifest = tuple((series_of[id(w[0])], w[1], w[2], w[4], w[3].num_rows, w[5], computed_at) for w in writes)
     return ChunkResult(task.index, "done", segments=tuple(outcomes),
                        cache_hit=len(cached) == len(task.segments), incomplete=incomplete,
-                       resolved=resolved_bars, ambiguous=ambiguous, stages=stages.seconds)
+                       resolved=resolved_bars, ambiguous=ambiguous, stages=stages.seconds,
+                       records=manifest)
 
 
 def _fingerprint(store: Store, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:

@@ -54,6 +54,14 @@ def pick(candidates: list[Candidate], running: int, limit: int) -> list[str]:
     return [c.job_id for c in order[:free]]
 
 
+def overlaps(a: dict, b: dict) -> bool:
+    """Whether two jobs write the same labels somewhere: the same label
+    set, a series in common, and ranges that meet."""
+    return (a["label_set"] == b["label_set"]
+            and bool({tuple(x) for x in a["series"]} & {tuple(x) for x in b["series"]})
+            and int(a["start_ms"]) < int(b["end_ms"]) and int(b["start_ms"]) < int(a["end_ms"]))
+
+
 class Scheduler:
     def __init__(self, service: BackfillService, max_jobs: int | None = None,
                  interval: float | None = None, alerter: Alerter | None = None):
@@ -62,6 +70,7 @@ class Scheduler:
         self.interval = interval or service.settings.scheduler_interval
         self.alerter = alerter
         self._threads: dict[str, threading.Thread] = {}
+        self._records: dict[str, dict] = {}  # the jobs of the live threads, for overlaps
         self._stop = threading.Event()       # handed to execute: interrupts jobs
         self._loop: threading.Thread | None = None
         self.last_error: str | None = None
@@ -96,11 +105,29 @@ class Scheduler:
         for job_id, t in list(self._threads.items()):
             if not t.is_alive():
                 del self._threads[job_id]
+                self._records.pop(job_id, None)
         started = []
         if not self._stop.is_set():
-            for job_id in pick(self.candidates(), len(self._threads), self.max_jobs):
+            free = self.max_jobs - len(self._threads)
+            ours = [self._records[j] for j in self._threads if j in self._records]
+            candidates = self.candidates()
+            for job_id in pick(candidates, 0, len(candidates)):
+                if free <= 0:
+                    break
+                # A job that would write where another is writing waits for
+                # a later pass: one running elsewhere (Redis says), or one
+                # of ours, launched but perhaps not running yet.
+                try:
+                    job = self.service.job_record(job_id)
+                    if any(overlaps(job, other) for other in ours) or self.service.writer_conflict(job_id, job):
+                        continue
+                except GpubackfillError:
+                    continue
+                self._records[job_id] = job
+                ours.append(job)
                 self._launch(job_id)
                 started.append(job_id)
+                free -= 1
         if self.alerter is not None:
             self.alerter.check(self.service.metrics())
         return started

@@ -29,8 +29,8 @@ from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTran
 from .granularity import parse_granularity, parse_instrument
 from .jobs.lease import dead_local_owner, new_owner
 from .jobs.machine import FINAL_JOB_STATES
-from .jobs.plan import ALL, JobSpec, make_spec, parse_names, parse_time, plan_chunks, plan_job
-from .labels import resolve
+from .jobs.plan import ALL, EVER, JobSpec, make_spec, mark_fresh, parse_names, parse_time, plan_job
+from .labels import halo, resolve
 from .storage.clickhouse_store import IngestReport, SeriesKey
 from .storage.redis_state import now_ms
 from .storage.telemetry import Telemetry
@@ -108,7 +108,12 @@ class BackfillService:
 
         select(spec.backend)  # a backend that cannot run here fails now, not per chunk
         self._ready()
-        present = {(i, g): n for i, g, n in self.store.instruments()}
+        if spec.instruments == (ALL,):
+            present = {(i, g): n for i, g, n in self.store.instruments()}
+        else:  # counted from the index: no scan of the whole candle table
+            counts = self.store.range_counts("candles", [SeriesKey(i, g) for i, g in spec.series],
+                                             *EVER)
+            present = {(k.instrument, k.granularity): n for k, n in counts.items() if n}
         if spec.instruments == (ALL,):
             wanted = [k for k in sorted(present) if k[1] in spec.granularities]
             if not wanted:
@@ -118,11 +123,13 @@ class BackfillService:
             wanted = list(spec.series)
         if len(wanted) == 1 and wanted[0] not in present:
             inst, gran = wanted[0]
+            others = {(i, g): n for i, g, n in self.store.instruments()}
             raise InvalidInput(f"no candles for {inst} {gran} "
-                               f"(ingest some first; series present: {_listing(present)})")
+                               f"(ingest some first; series present: {_listing(others)})")
         keys = [SeriesKey(i, g) for i, g in wanted if (i, g) in present]
-        starts = self.store.chunk_starts_many(keys, spec.start_ms, spec.end_ms, spec.chunk_size)
-        runs = {k: plan_chunks(starts[k], spec.end_ms) for k in keys if starts.get(k)}
+        back, ahead = halo(spec.resolved())
+        planned = self.store.chunk_plan(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead)
+        runs = {k: planned[k] for k in keys if planned.get(k)}
         if not runs:
             if len(wanted) == 1:
                 key = SeriesKey(*wanted[0])
@@ -156,6 +163,57 @@ class BackfillService:
         logs.job_event(job_id, "queued", "create", f"{len(chunks)} chunks",
                        instrument=spec.instrument, granularity=spec.granularity, priority=spec.priority)
         return job_id
+
+    def writer_conflict(self, job_id: str, job: dict | None = None) -> tuple[str, str, str] | None:
+        """The running job (id, status, series) that writes the same labels
+        over a range this job covers, if any: this job must wait for it."""
+        job = job or self.state.job(job_id)
+        return self.state.claim_writer(job["label_set"], job_id, _ranges(job), check=True)
+
+    def _start_running(self, job_id: str, job: dict) -> str:
+        """Move the job to running and claim its writes, in one step
+        (``RedisState.start_writing``); refused while another job writes an
+        overlapping range of the same labels."""
+        status, writer = self.state.start_writing(job_id, job["label_set"], _ranges(job))
+        if writer is not None:
+            raise InvalidTransition(
+                f"job {writer[0]} ({writer[1]}) is writing these labels for {writer[2]} over an "
+                f"overlapping range; job {job_id} stays {job['status']}: run it when that one has "
+                f"finished (`gpubackfill monitor {writer[0]}`), or cancel that one "
+                f"(`gpubackfill cancel {writer[0]}`)")
+        return status
+
+    def flush_records(self, job_id: str, job: dict) -> int:
+        """Insert the manifest rows that the job's chunks recorded in Redis
+        into ClickHouse, in batches; returns how many.  Until then a written
+        chunk has no row there: a re-run recomputes it rather than finding
+        it in the cache, which costs time, never correctness (freshness is
+        decided from the label rows themselves)."""
+        series = [SeriesKey(i, g) for i, g in job["series"]]
+        done = 0
+        while recs := self.state.records(job_id):
+            self.store.write_records(job["label_set"], [(series[r[0]], *r[1:], job_id) for r in recs])
+            self.state.drop_records(job_id, len(recs))
+            done += len(recs)
+        return done
+
+    def _mark_fresh(self, job_id: str, job: dict) -> None:
+        """Flag the pending chunks whose ranges hold no label rows now: under
+        the job's writer claim they stay so until the chunk writes, so its
+        first claim writes without asking (``Segment.fresh``).  Done at
+        every start of ``execute``, from the rows themselves, so a chunk
+        that a dead run wrote in part is never taken for fresh."""
+        states = self.state.chunk_states(job_id)
+        pending = {i for i, st in states.items() if st == "pending"}
+        if not pending:
+            return
+        plan = self.state.plan(job_id)
+        keys = [SeriesKey(i, g) for i, g in job["series"]]
+        spans = self.store.label_spans(job["label_set"], keys, int(job["start_ms"]), int(job["end_ms"]))
+        chunks = [plan[i] for i in sorted(pending)]
+        marked = mark_fresh(chunks, {n: spans[k] for n, k in enumerate(keys) if k in spans})
+        self.state.set_plan_entries(job_id, {i: m for i, old, m in zip(sorted(pending), chunks, marked)
+                                             if m != old})
 
     def plan_update(self, instrument: str | list[str] | None = None,
                     granularity: str | list[str] | None = None, chunk_size: int | None = None,
@@ -216,13 +274,17 @@ class BackfillService:
         try:
             status = job["status"]
             if status in ("queued", "interrupted", "failed", "paused", "completed_with_errors"):
-                if status in ("completed_with_errors", "failed"):
+                status = self._start_running(job_id, job)
+                if job["status"] in ("completed_with_errors", "failed"):
                     self.state.requeue_failed(job_id)
-                status = self.state.transition(job_id, "execute")
                 logs.job_event(job_id, status, "execute", owner=owner)
             elif status != "running":
                 raise InvalidTransition(f"job {job_id} is {status}; nothing to execute")
+            else:  # a driver taking over: the job holds its claim while it runs
+                self.state.claim_writer(job["label_set"], job_id, _ranges(job))
             self.state.expire_leases(job_id)
+            self.flush_records(job_id, job)  # left by a driver that died
+            self._mark_fresh(job_id, job)
             if self.state.settle(job_id) == "running":
                 status = self._drive(job_id, job, owner, lease_ms, progress, scheduler, stop)
         finally:
@@ -276,12 +338,17 @@ class BackfillService:
                           scheduler, gpu=chosen.name == "cuda") as cluster:
             self.state.set_fields(job_id, cluster=cluster.kind, dashboard=cluster.dashboard or "")
             driver = Driver(self.state, self.settings, job_id, owner, lease_ms, base, series,
-                            cluster, workers, stop)
+                            cluster, workers, stop, flush=lambda: self.flush_records(job_id, job))
             try:
                 return driver.run((lambda: progress(self.status(job_id))) if progress else None)
             except BaseException:
                 driver.abandon()  # a second signal or a crash: hand the chunks back
                 raise
+            finally:
+                try:
+                    self.flush_records(job_id, job)
+                except DependencyError:
+                    pass  # kept in Redis: the next execute inserts them
 
     def _check_finer_series(self, job_id: str, job: dict) -> None:
         """Say once, at the start, when resolve_with names a series with no candles."""
@@ -510,6 +577,10 @@ class BackfillService:
                                                  end, set_id, with_candles)
         rows, cols = export_mod.write(path, parts, meta)
         return rows, cols, chosen.set_id
+
+
+def _ranges(job: dict) -> list[tuple[str, str, int, int]]:
+    return [(i, g, int(job["start_ms"]), int(job["end_ms"])) for i, g in job["series"]]
 
 
 def _listing(present) -> str:

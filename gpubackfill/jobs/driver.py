@@ -30,12 +30,14 @@ class Driver:
 
     def __init__(self, state: RedisState, settings: Settings, job_id: str, owner: str,
                  lease_ms: int, base: dict[str, Any], series: list[tuple[str, str]], cluster,
-                 workers: int, stop: threading.Event | None = None):
+                 workers: int, stop: threading.Event | None = None,
+                 flush: Callable[[], Any] | None = None):
         self.state, self.settings = state, settings
         self.job_id, self.owner, self.lease_ms = job_id, owner, lease_ms
         self.base, self.cluster, self.workers = base, cluster, workers
         self.series = [(s[0], s[1]) for s in series]
         self.stop = stop or threading.Event()
+        self.flush = flush  # inserts the manifest rows the chunks recorded
         self.machine = DriverMachine(workers, settings.shutdown_timeout)
         self.in_flight: dict[Any, tuple[int, int]] = {}
         self.last_upkeep = time.monotonic()
@@ -162,6 +164,8 @@ class Driver:
                 self._relock(since)
             self.state.expire_leases(self.job_id)
             self._forget_expired()
+            if self.flush is not None:
+                self.flush()
             self.timeout_s = self._chunk_timeout()
             self.last_upkeep = time.monotonic()
 

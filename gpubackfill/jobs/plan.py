@@ -17,7 +17,7 @@ range.  Its chunks share one queue:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -38,6 +38,7 @@ ALL = "*"
 # ClickHouse's DateTime64 covers 1900..2299; a date outside cannot name candles.
 _FIRST = datetime(1900, 1, 1, tzinfo=UTC)
 _LAST = datetime(2300, 1, 1, tzinfo=UTC)
+EVER = (int(_FIRST.timestamp() * 1000), int(_LAST.timestamp() * 1000))  # every time a candle can have
 
 
 @dataclass(frozen=True)
@@ -177,23 +178,25 @@ def plan_chunks(starts: list[tuple[int, int]], end_ms: int) -> list[tuple[int, i
     return out
 
 
-def plan_job(runs: list[list[tuple[int, int, int]]], chunk_size: int,
+def plan_job(runs: Sequence[Sequence[tuple[int, ...]]], chunk_size: int,
              max_segments: int = MAX_SEGMENTS) -> list[tuple[Segment, ...]]:
     """The job's chunks in queue order, from each series' runs ((start ms,
-    end ms, candles) as ``plan_chunks`` gives them; the list index is the
-    series' index in the job).
+    end ms, candles) as ``plan_chunks`` gives them, or with the halo bounds
+    (lo ms, hi ms) after them as ``Store.chunk_plan`` does; the list index
+    is the series' index in the job).
 
     A run of ``chunk_size`` candles is a chunk by itself; shorter runs (a
     small series, the end of a long one, an update's tail) are packed
     together up to ``chunk_size`` candles.  See the module docstring for
     the order."""
-    size = [sum(n for _, _, n in r) for r in runs]
+    size = [sum(r[2] for r in rs) for rs in runs]
     order = lambda seg: (size[seg.series], seg.series, seg.start_ms)  # noqa: E731
     whole: list[Segment] = []
     small: list[Segment] = []
-    for i, r in enumerate(runs):
-        for a, b, n in r:
-            (whole if n >= chunk_size else small).append(Segment(i, a, b, n))
+    for i, rs in enumerate(runs):
+        for a, b, n, *bounds in rs:
+            lo, hi = bounds if bounds else (0, 0)
+            (whole if n >= chunk_size else small).append(Segment(i, a, b, n, lo, hi))
     chunks: list[tuple[Segment, ...]] = [(seg,) for seg in whole]
     pack: list[Segment] = []
     for seg in sorted(small, key=order):
@@ -204,3 +207,14 @@ def plan_job(runs: list[list[tuple[int, int, int]]], chunk_size: int,
     if pack:
         chunks.append(tuple(pack))
     return sorted(chunks, key=lambda c: order(c[0]))
+
+
+def mark_fresh(chunks: list[tuple[Segment, ...]], spans: dict[int, tuple[int, int]]
+               ) -> list[tuple[Segment, ...]]:
+    """Flag the segments whose range holds no label rows: ``spans`` is the
+    (first, last) ts of each series' label rows when the job was planned
+    (series absent there have none)."""
+    def fresh(seg: Segment) -> bool:
+        span = spans.get(seg.series)
+        return span is None or seg.end_ms <= span[0] or seg.start_ms > span[1]
+    return [tuple(replace(seg, fresh=fresh(seg)) for seg in chunk) for chunk in chunks]

@@ -16,18 +16,41 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Segment:
     """One series' range inside a chunk: a chunk holds one segment, or
-    several whole small series packed together (``plan.pack``)."""
+    several whole small series packed together (``plan.pack``).
+
+    Two hints from the plan make the chunk's I/O what ClickHouse itself
+    would do (``Store.load`` and ``Store.write_labels``):
+
+    * ``lo_ms``/``hi_ms``: the ts of the first and last halo row the chunk
+      reads (0 when the plan does not know them: the series' ends, splits);
+      the load is then one plain range read, checked on arrival;
+    * ``fresh``: the series had no label rows in [start, end) when the job
+      was planned, and the job holds the series' writer claim, so the
+      chunk's first run writes without asking what is there.  Splits and
+      unpacked segments drop both hints (they are not repeated by Lua).
+    """
     series: int        # index into the job's series list
     start_ms: int
     end_ms: int        # exclusive
     rows: int          # candles planned in [start_ms, end_ms)
+    lo_ms: int = 0
+    hi_ms: int = 0
+    fresh: bool = False
 
     def encode(self) -> str:
-        return f"{self.series},{self.start_ms},{self.end_ms},{self.rows}"
+        head = f"{self.series},{self.start_ms},{self.end_ms},{self.rows}"
+        if self.lo_ms or self.hi_ms or self.fresh:
+            head += f",{self.lo_ms},{self.hi_ms},{int(self.fresh)}"
+        return head
 
     @staticmethod
     def decode_all(text: str) -> tuple[Segment, ...]:
-        return tuple(Segment(*(int(x) for x in part.split(","))) for part in text.split(";"))
+        out = []
+        for part in text.split(";"):
+            v = [int(x) for x in part.split(",")]
+            hints = (v[4], v[5], bool(v[6])) if len(v) == 7 else (0, 0, False)
+            out.append(Segment(v[0], v[1], v[2], v[3], *hints))
+        return tuple(out)
 
 
 def encode_segments(segments) -> str:
@@ -69,6 +92,10 @@ class ChunkResult:
     split_into: int | None = None
     # Seconds per step (load, fingerprint, cache check, validate, compute, write).
     stages: dict[str, float] = field(default_factory=dict, compare=False)
+    # The manifest rows of the segments written: (series, start ms, end ms,
+    # input hash, rows, incomplete rows, computed-at ms).  Kept with the
+    # job in Redis and inserted into ClickHouse by the driver in batches.
+    records: tuple[tuple[int, int, int, str, int, int, int], ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pybreaker
@@ -60,7 +61,7 @@ end
 local function segments(plan)
   local out = {}
   for seg in string.gmatch(plan or '', '[^;]+') do
-    local s, a, b, n = string.match(seg, '^(%d+),(%-?%d+),(%-?%d+),(%-?%d+)$')
+    local s, a, b, n = string.match(seg, '^(%d+),(%-?%d+),(%-?%d+),(%-?%d+)')
     table.insert(out, {s, tonumber(a), tonumber(b), tonumber(n)})
   end
   return out
@@ -129,11 +130,23 @@ redis.call('HSET', KEYS[4], idx, ARGV[1] .. '|' .. (tonumber(ARGV[2]) + tonumber
 redis.call('HINCRBY', KEYS[1], 'chunks_leased', 1)
 local plan = redis.call('HGET', KEYS[5], idx)
 bump_series(KEYS[1], plan, 'leased', 1)
+-- A segment's 'fresh' hint (no label rows when planned) holds for its
+-- first claim only: a later claim may follow a run that wrote part of it.
+local spent, changed = {}, false
+for seg in string.gmatch(plan, '[^;]+') do
+  local _, commas = string.gsub(seg, ',', ',')
+  if commas == 6 and string.sub(seg, -2) == ',1' then
+    seg = string.sub(seg, 1, -2) .. '0'
+    changed = true
+  end
+  table.insert(spent, seg)
+end
+if changed then redis.call('HSET', KEYS[5], idx, table.concat(spent, ';')) end
 return {tonumber(idx), token, plan}
 """
 
 # The chunk, its job, its series and the deployment's totals, in one step.
-# KEYS: job, state, lease, events, durations, plan, stats, samples
+# KEYS: job, state, lease, events, durations, plan, stats, samples, records
 # ARGV: idx, token, now_ms, duration_s, bucket field, result (JSON), ttl, tables
 _COMPLETE = _LIB + """
 if not token_ok(KEYS[3], ARGV[1], ARGV[2]) then return {'stale', ''} end
@@ -182,6 +195,7 @@ redis.call('HINCRBY', KEYS[7], 'chunk_seconds_count', 1)
 redis.call('RPUSH', KEYS[8], ARGV[3] .. ',' .. ARGV[4] .. ',' .. candles)
 redis.call('LTRIM', KEYS[8], -%d, -1)
 redis.call('EXPIRE', KEYS[8], tonumber(ARGV[7]))
+for _, rec in ipairs(r['records']) do redis.call('RPUSH', KEYS[9], rec) end
 return {'ok', settle(job, KEYS[4], ARGV[3])}
 """ % (DURATIONS_KEPT, SAMPLES_KEPT)  # noqa: UP031 - Lua source
 
@@ -290,6 +304,65 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', 30000)
 return {'', ''}
 """
 
+# A label set's writers hash: per series one entry per job,
+# "job,start,end" joined by ';'.  An entry holds while its job runs or has
+# chunks leased (a pausing job's last chunks still write); others are
+# dropped when the series is claimed again.
+_WRITERS = """
+local function claim_writer(hash, me, prefix, wanted, check)
+  local fields, values = {}, {}
+  for _, w in ipairs(cjson.decode(wanted)) do
+    local field, a, b = w[1], tonumber(w[2]), tonumber(w[3])
+    local keep = {}
+    for entry in string.gmatch(redis.call('HGET', hash, field) or '', '[^;]+') do
+      local job, ea, eb = string.match(entry, '^([^,]+),(%-?%d+),(%-?%d+)$')
+      if job and job ~= me then
+        local status = redis.call('HGET', prefix .. job, 'status')
+        local leased = tonumber(redis.call('HGET', prefix .. job, 'chunks_leased') or '0')
+        if status == 'running' or leased > 0 then
+          if tonumber(ea) < b and a < tonumber(eb) then
+            return {job, status, field}
+          end
+          table.insert(keep, entry)
+        end
+      end
+    end
+    table.insert(keep, me .. ',' .. w[2] .. ',' .. w[3])
+    table.insert(fields, field)
+    table.insert(values, table.concat(keep, ';'))
+  end
+  if not check then
+    for k = 1, #fields do redis.call('HSET', hash, fields[k], values[k]) end
+  end
+  return nil
+end
+"""
+
+# KEYS: writers hash   ARGV: job id, key prefix of jobs, wanted (JSON), "check" to only look
+_CLAIM_WRITER = _WRITERS + """
+return claim_writer(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4] == 'check') or {'', '', ''}
+"""
+
+# Start running a job and claim its writes in one step, so that two jobs
+# over the same ranges can never both pass the claim before either runs.
+# KEYS: job, events, writers hash   ARGV: job id, key prefix of jobs, wanted
+# (JSON), now_ms, tables
+_START = _LIB + _WRITERS + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', ''} end
+local nxt = move('job', status, 'execute')
+if not nxt then return {'refused', status} end
+local other = claim_writer(KEYS[3], ARGV[1], ARGV[2], ARGV[3], false)
+if other then return {'writer', other[1], other[2], other[3]} end
+redis.call('HSET', KEYS[1], 'status', nxt, 'updated', ARGV[4])
+if nxt == 'running' and not redis.call('HGET', KEYS[1], 'started') then
+  redis.call('HSET', KEYS[1], 'started', ARGV[4])
+end
+redis.call('RPUSH', KEYS[2], cjson.encode({t=tonumber(ARGV[4]), event='execute', from=status, to=nxt, note=''}))
+redis.call('LTRIM', KEYS[2], -%d, -1)
+return {'ok', nxt}
+""" % EVENTS_KEPT  # noqa: UP031 - Lua source: {} are its tables
+
 # KEYS: driver   ARGV: expected owner, new owner, ttl_ms
 _TAKEOVER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -334,6 +407,10 @@ def bucket_field(seconds: float) -> str:
     return "bucket:+Inf"
 
 
+def _wanted(ranges: list[tuple[str, str, int, int]]) -> str:
+    return json.dumps([[f"{i} {g}", str(a), str(b)] for i, g, a, b in ranges])
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -362,6 +439,8 @@ class RedisState:
         self._unpack = self.client.register_script(_UNPACK)
         self._takeover = self.client.register_script(_TAKEOVER)
         self._claim_spec = self.client.register_script(_CLAIM_SPEC)
+        self._claim_writer = self.client.register_script(_CLAIM_WRITER)
+        self._start = self.client.register_script(_START)
 
     # -- keys --------------------------------------------------------------
 
@@ -388,7 +467,7 @@ class RedisState:
     # -- jobs --------------------------------------------------------------
 
     def create_job(self, job_id: str, fields: dict[str, Any],
-                   chunks: list[tuple[Segment, ...] | tuple[int, int, int]]) -> None:
+                   chunks: Sequence[tuple[Segment, ...] | tuple[int, int, int]]) -> None:
         """Store a planned job, queued.  ``chunks``: each chunk's segments, in
         the order they are to be claimed (a bare (start, end, rows) is one
         segment of series 0)."""
@@ -428,6 +507,44 @@ class RedisState:
                                    args=[job_id, f"{self.prefix}:job:", json.dumps(sorted(ACTIVE_JOB_STATES))])
         return (other, status) if other else None
 
+    def claim_writer(self, set_id: str, job_id: str, ranges: list[tuple[str, str, int, int]],
+                     check: bool = False) -> tuple[str, str, str] | None:
+        """Register ``job_id`` as the writer of its series' ranges of a label
+        set, unless a job that is running (or still has chunks leased)
+        writes an overlapping range: then (that job, its status,
+        "instrument granularity").  While a job holds its ranges no other
+        job writes there, so a range without label rows stays so until it
+        is written (``Segment.fresh``).  ``check``: only look."""
+        other, status, series = self.call(
+            self._claim_writer, keys=[self._writers_key(set_id)],
+            args=[job_id, f"{self.prefix}:job:", _wanted(ranges), "check" if check else ""])
+        return (other, status, series) if other else None
+
+    def start_writing(self, job_id: str, set_id: str, ranges: list[tuple[str, str, int, int]]
+                      ) -> tuple[str, tuple[str, str, str] | None]:
+        """Move a job to running ('execute') and claim its writes in one
+        atomic step: (new status, None), or (its status, the job that writes
+        an overlapping range) when the claim is refused and nothing changed."""
+        out = self.call(self._start, keys=[self.key(job_id), self.key(job_id, "events"),
+                                           self._writers_key(set_id)],
+                        args=[job_id, f"{self.prefix}:job:", _wanted(ranges), now_ms(), TABLES])
+        if out[0] == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        if out[0] == "refused":
+            allowed = ", ".join(JOB_TRANSITIONS[out[1]]) or "nothing (it is final)"
+            raise InvalidTransition(f"cannot execute job {job_id}: it is {out[1]} (allowed: {allowed})")
+        if out[0] == "writer":
+            return "", (out[1], out[2], out[3])
+        return out[1], None
+
+    def _writers_key(self, set_id: str) -> str:
+        return f"{self.prefix}:writers:{set_id}"
+
+    def set_plan_entries(self, job_id: str, entries: dict[int, tuple[Segment, ...]]) -> None:
+        if entries:
+            self.call(self.client.hset, self.key(job_id, "plan"),
+                      mapping={i: encode_segments(segs) for i, segs in entries.items()})
+
     def job(self, job_id: str) -> dict[str, Any]:
         h = self.call(self.client.hgetall, self.key(job_id))
         if not h:
@@ -462,7 +579,7 @@ class RedisState:
                               args=[now_ms(), TABLES]))
 
     _PARTS = ("", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
-              "samples")
+              "samples", "records")
 
     def expire_job(self, job_id: str) -> None:
         pipe = self.client.pipeline()
@@ -583,13 +700,26 @@ class RedisState:
             "ambiguous": result.ambiguous,
             # an empty Lua table would encode as a list: always one key
             "stages": {"total": round(result.duration, 6),
-                       **{k: round(v, 6) for k, v in result.stages.items()}}})
+                       **{k: round(v, 6) for k, v in result.stages.items()}},
+            # strings, passed through as they are (Lua numbers are doubles)
+            "records": [json.dumps(r) for r in result.records]})
         return tuple(self.call(self._complete,
                                 keys=[key(job_id), key(job_id, "state"), key(job_id, "lease"),
                                       key(job_id, "events"), key(job_id, "durations"), key(job_id, "plan"),
-                                      f"{self.prefix}:stats", key(job_id, "samples")],
+                                      f"{self.prefix}:stats", key(job_id, "samples"),
+                                      key(job_id, "records")],
                                 args=[idx, token, now_ms(), f"{result.duration:.6f}",
                                       bucket_field(result.duration), body, self.ttl, TABLES]))
+
+    def records(self, job_id: str, limit: int = 10_000) -> list[tuple]:
+        """The oldest manifest rows that chunks of the job recorded and no one
+        has inserted into ClickHouse yet (``ChunkResult.records``)."""
+        return [tuple(json.loads(r)) for r in self.call(self.client.lrange, self.key(job_id, "records"),
+                                                         0, limit - 1)]
+
+    def drop_records(self, job_id: str, n: int) -> None:
+        """Forget the oldest ``n`` manifest rows (inserted)."""
+        self.call(self.client.ltrim, self.key(job_id, "records"), n, -1)
 
     def fail(self, job_id: str, idx: int, token: int, error: str, max_attempts: int,
              retryable: bool = True, category: str = "transient",

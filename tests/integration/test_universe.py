@@ -94,7 +94,7 @@ def test_star_means_every_instrument_at_the_granularities_and_missing_pairs_are_
     assert [(x["instrument"], x["granularity"]) for x in s["series"]] == [
         ("AUDUSD", "H1"), ("NZDUSD", "H1")]
     # A pair with no candles at all is reported and skipped, not an error.
-    other = service.create_job("AUDUSD,EURCHF", "H1", START, END, chunk_size=5000)
+    other = service.create_job("AUDUSD,EURCHF", "H1", START, END, labels=["mfe_mae"], chunk_size=5000)
     s = service.status(other)
     assert [x["instrument"] for x in s["series"]] == ["AUDUSD"] and s["skipped"] == ["EURCHF H1"]
     with pytest.raises(InvalidInput, match="none of EURCHF H1, XAUUSD H1 has candles"):

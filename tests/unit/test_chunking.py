@@ -88,3 +88,23 @@ def test_default_parameters_chunked_at_engine_sizes():
     # the whole series, so compare the tables directly.
     assert_same_rows(whole, parts, c, {"enhanced_triple_barrier": {
         "vol": "ewm", "vol_span": 100, "horizon": 24, "pt": 1.0, "sl": 1.0}})
+
+
+def test_the_input_fingerprint_sees_every_value_and_not_how_arrow_chunks_them():
+    import numpy as np
+    import pyarrow as pa
+
+    from gpubackfill.storage.clickhouse_store import input_fingerprint
+
+    n = 1_000
+    cols = {"ts": np.arange(n, dtype=np.int64) * 60_000, **{c: np.linspace(1, 2, n) for c in
+                                                             ("open", "high", "low", "close")}}
+    whole = pa.table(cols)
+    pieces = pa.Table.from_batches(whole.to_batches(max_chunksize=97))
+    assert pieces.column("ts").num_chunks > 1
+    assert input_fingerprint(pieces) == input_fingerprint(whole)
+    for c in cols:
+        changed = dict(cols)
+        changed[c] = cols[c].copy()
+        changed[c][517] += 1e-9 if c != "ts" else 1
+        assert input_fingerprint(pa.table(changed)) != input_fingerprint(whole), c

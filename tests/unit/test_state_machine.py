@@ -177,3 +177,47 @@ def test_spec_lists_and_star():
         make_spec("EURUSD", " , ", "2024-01-01", "2024-01-02", None, None, 100, 1)
     with pytest.raises(InvalidInput, match="unknown granularity|granularity"):
         make_spec("EURUSD", "M5,M7", "2024-01-01", "2024-01-02", None, None, 100, 1)
+
+
+# -- the plan's hints to the data path ---------------------------------------
+
+from gpubackfill.jobs.plan import mark_fresh  # noqa: E402
+from gpubackfill.jobs.result import Segment, encode_segments  # noqa: E402
+
+
+def test_segments_carry_halo_bounds_and_freshness_through_their_text_form():
+    segs = (Segment(0, 100, 200, 7, 40, 260, True), Segment(3, -50, 0, 2), Segment(1, 5, 9, 1, 0, 12, False))
+    text = encode_segments(segs)
+    assert text == "0,100,200,7,40,260,1;3,-50,0,2;1,5,9,1,0,12,0"
+    assert Segment.decode_all(text) == segs
+    # What Lua writes for a split or an unpacked segment: four fields, no hints.
+    assert Segment.decode_all("2,10,20,5") == (Segment(2, 10, 20, 5, 0, 0, False),)
+
+
+def test_plan_keeps_each_runs_halo_bounds():
+    runs = [[(0, 10, 10, 0, 13), (10, 20, 10, 7, 23), (20, 30, 10, 17, 0)], [(0, 3, 3)]]
+    chunks = plan_job(runs, chunk_size=10)
+    bounds = {(s.series, s.start_ms): (s.lo_ms, s.hi_ms) for c in chunks for s in c}
+    assert bounds == {(1, 0): (0, 0), (0, 0): (0, 13), (0, 10): (7, 23), (0, 20): (17, 0)}
+
+
+def test_only_segments_clear_of_a_series_label_rows_are_fresh():
+    chunks = [(Segment(0, 0, 10, 10),), (Segment(0, 10, 20, 10),), (Segment(0, 20, 30, 10),),
+              (Segment(1, 0, 5, 5), Segment(2, 0, 5, 5))]
+    # Series 0 has label rows at ts 12..20; series 1 and 2 have none.
+    marked = mark_fresh(chunks, {0: (12, 20)})
+    assert [[s.fresh for s in c] for c in marked] == [[True], [False], [False], [True, True]]
+    # Ranges are [start, end): a last label row at a segment's first ts is
+    # inside it, one at the previous segment's end is not.
+    assert [c[0].fresh for c in mark_fresh(chunks[:3], {0: (0, 9)})] == [False, True, True]
+    assert [c[0].fresh for c in mark_fresh(chunks[:3], {0: (0, 10)})] == [False, False, True]
+
+
+def test_jobs_overlap_when_they_write_the_same_labels_of_a_series_over_meeting_ranges():
+    from gpubackfill.scheduler import overlaps
+
+    a = {"label_set": "x", "series": [["EURUSD", "M5"], ["GBPUSD", "M5"]], "start_ms": 0, "end_ms": 100}
+    assert overlaps(a, {**a, "series": [["GBPUSD", "M5"]], "start_ms": 99, "end_ms": 200})
+    assert not overlaps(a, {**a, "start_ms": 100, "end_ms": 200})        # [0, 100) and [100, 200)
+    assert not overlaps(a, {**a, "label_set": "y"})
+    assert not overlaps(a, {**a, "series": [["EURUSD", "H1"]]})
