@@ -1,5 +1,5 @@
 """End-to-end backfill benchmark: the batch engine (ClickHouse in and out,
-job state in Redis, Dask workers) against its own I/O floor.
+job state in Redis, Dask workers) against what chDB alone does with the same data.
 
 What it measures, on the EMBEDDED default (chDB in process + the bundled
 redis-server), in a fresh temporary ``GPUBACKFILL_HOME`` that is deleted at
@@ -17,8 +17,8 @@ the end:
    not a high-water mark left by the setup or by an earlier chunk size):
    a warm-up job over the first 3,000 candles (starts the Dask cluster,
    loads the numba cache, opens chDB); the label tables are emptied; then a
-   job with all three labels over the whole range with ``force=True`` and
-   ``--workers`` workers: ``create_job`` (planning) and ``execute`` are timed
+   job with all three labels over the whole range, default settings but for
+   the chunk size and ``--workers`` workers: ``create_job`` (planning) and ``execute`` are timed
    apart; per-chunk seconds come from the job's Redis durations
    (``state.durations``, which keep the most recent chunks only) and, for
    every chunk, from the wrapped ``_compute_and_write`` (the span that
@@ -28,12 +28,14 @@ the end:
    engine's chunk steps are timed by wrapping them in this process (load,
    fingerprint, validation, compute, the writes, Redis), which is where the
    "where time goes" table comes from.
-3. The I/O floor of the same chunk plan, in the same subprocess, after the
-   label tables are emptied again: every chunk's candles are read with the
-   same halo (``store.load``) and the same number of label rows is written
-   with no compute (a label table computed once from the first chunk, with
-   each chunk's own ts) through ``store.write_labels``, by a thread pool as
-   wide as the job's workers.
+3. The floor, in the same subprocess, after the label tables are emptied
+   again: chDB alone, called directly on the process's connection, one
+   chunk after another over the same chunk plan.  Every read method chDB
+   offers here reads each chunk's candles with its halo, and every insert
+   method writes each chunk's label rows (a label table computed once, with
+   each chunk's own ts); the floor is the fastest read plus the fastest
+   insert.  Bounds and label tables are prepared before the clock starts,
+   so no engine code is timed.
 4. Correctness, once (after the 100k run, or the last chunk size when 100k
    is not run): ``service.export`` rows, and ``store.label_counts``
    (count == uniqExact) against the candle count.
@@ -41,7 +43,7 @@ the end:
    fastest one whose peak RSS is within the target).
 
 "End to end" is ``create_job`` + ``execute``: what a user waits for.  The
-floor's figure likewise includes its chunk-plan query.  The label tables are
+floor has no plan: it is given the chunks.  The label tables are
 emptied (TRUNCATE) before every measured job and floor, so each writes into
 an empty table, as a first backfill does: no chunk finds rows to delete.
 
@@ -76,7 +78,6 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,6 @@ def child_setup(args: argparse.Namespace) -> dict[str, Any]:
 def child_job(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
 
-    from gpubackfill.jobs.plan import plan_chunks
     from gpubackfill.labels import halo, label_set_id, resolve
     from gpubackfill.service import BackfillService
     from gpubackfill.storage.clickhouse_store import SeriesKey
@@ -372,7 +372,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     t0 = time.perf_counter()
     job = svc.create_job(INSTRUMENT, GRANULARITY, _dt(start_ms), _dt(end_ms), LABELS,
-                         chunk_size=cs, workers=workers, force=True)
+                         chunk_size=cs, workers=workers)
     res["plan_s"] = time.perf_counter() - t0
     res["chunks"] = int(state.job(job)["chunks_total"])
     timers.reset()
@@ -412,41 +412,139 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
                          "sorted_unique": bool(np.all(np.diff(ts) > 0)) if len(ts) else False}
         del exported, ts
 
-    # The I/O floor of the same chunk plan.
+    # The floor: chDB's own best read of each chunk's candles (halo
+    # included) and insert of its label rows, nothing of the engine between.
     _truncate(store, set_id)
-    t0 = time.perf_counter()
-    plan = plan_chunks(store.chunk_starts(key, start_ms, end_ms, cs), end_ms)
-    floor_plan_s = time.perf_counter() - t0
-    first_table, f0, own0 = store.load(key, plan[0][0], plan[0][1], back, ahead)
-    template = gpubackfill.compute_labels(first_table, LABELS).slice(f0, own0)
-    del first_table
-    ts_at = template.column_names.index("ts")
-
-    def floor_chunk(chunk: tuple[int, int, int]) -> int:
-        start, end, _ = chunk
-        candles, first, own = store.load(key, start, end, back, ahead)
-        if own > template.num_rows:
-            raise RuntimeError(f"chunk of {own} rows exceeds the template ({template.num_rows})")
-        # One chunk per column, as compute_series returns them (chDB hands
-        # the ts back in many small batches).
-        ts = pa.chunked_array([candles.column("ts").slice(first, own).combine_chunks()])
-        labels = template.slice(0, own).set_column(ts_at, "ts", ts)
-        store.write_labels(key, set_id, start, end, labels, "io-floor", 0, "io-floor")
-        return own
-
-    gc.collect()
-    timers.reset()
-    t0, cpu0 = time.perf_counter(), _cpu_s()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        floor_candles = sum(pool.map(floor_chunk, plan))
-    floor_run_s = time.perf_counter() - t0
-    res["floor_cpu_s"] = _cpu_s() - cpu0
-    res["floor_stages"] = timers.snapshot()
-    res.update(floor_plan_s=floor_plan_s, floor_run_s=floor_run_s, floor_candles=floor_candles,
-               floor_chunks=len(plan))
+    res.update(chdb_floor(store, key, set_id, start_ms, end_ms, cs, back, ahead))
     _truncate(store, set_id)
     res["rss_end"] = psutil.Process().memory_info().rss
     return res
+
+
+# ---------------------------------------------------------------------------
+# the floor: chDB alone
+
+READS = {
+    "query ArrowTable": "one query, the result as a pyarrow Table",
+    "send_query Arrow batches": "streamed record batches, gathered into a Table",
+}
+WRITES = {
+    "send_insert ArrowStream, one message": "the chunk as one Arrow IPC stream message",
+    "send_insert ArrowStream, 64k-row messages": "the chunk as 64k-row IPC messages",
+    "send_insert Arrow file": "the chunk as one Arrow IPC file",
+    "Python() table function, keys as constants": "INSERT ... SELECT 'EURUSD', ... FROM Python(t)",
+    "Python() table function, keys as columns": "INSERT ... SELECT * FROM Python(t), keys as dictionaries",
+}
+
+
+def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs: int,
+               back: int, ahead: int) -> dict[str, Any]:
+    """Each read and insert method over the job's chunk plan, one chunk at a
+    time on the process's chDB connection, called directly: seconds per
+    method.  The read bounds (each chunk with its halo) and the label rows
+    (a template computed once, with each chunk's own ts) are prepared before
+    the clock starts; only chDB's calls are timed."""
+    import io
+
+    conn = store.client._conn  # the raw chDB connection: no engine code between
+    table = f"{store.db}.labels_{set_id}"
+    ts = store.arrow(f"SELECT toUnixTimestamp64Milli(ts) AS t FROM {store.db}.candles "
+                     f"WHERE instrument = '{key.instrument}' AND granularity = '{key.granularity}' "
+                     f"AND ts >= fromUnixTimestamp64Milli({start_ms}, 'UTC') - INTERVAL 30 DAY "
+                     f"ORDER BY ts").column("t").to_numpy()
+    first = int(np.searchsorted(ts, start_ms))
+    last = int(np.searchsorted(ts, end_ms))
+    chunks = []
+    for i in range(first, last, cs):
+        j = min(i + cs, last)
+        chunks.append((i, j, int(ts[max(i - back, 0)]), int(ts[min(j + ahead, len(ts)) - 1])))
+    first_table, f0, own0 = store.load(key, int(ts[chunks[0][0]]), int(ts[chunks[0][1] - 1]) + 1, back, ahead)
+    template = gpubackfill.compute_labels(first_table, LABELS).slice(f0, own0)
+    cols = template.column_names
+    where = f"instrument = '{key.instrument}' AND granularity = '{key.granularity}'"
+
+    def body(i: int, j: int) -> pa.Table:
+        out = template.slice(0, j - i)
+        stamp = pa.array(ts[i:j]).cast(pa.timestamp("ms", tz="UTC"))
+        return out.set_column(cols.index("ts"), "ts", stamp)
+
+    def keyed(t: pa.Table) -> pa.Table:
+        zeros = pa.array(np.zeros(t.num_rows, np.int32))
+        keys = {"instrument": key.instrument, "granularity": key.granularity, "label_set": set_id}
+        return pa.table({**{k: pa.DictionaryArray.from_arrays(zeros, pa.array([v])) for k, v in keys.items()},
+                         **{c: t.column(c) for c in cols}})
+
+    def stream(t: pa.Table, fmt: str, batch: int) -> None:
+        buf = io.BytesIO()
+        with conn.send_insert(f"INSERT INTO {table} ({', '.join(t.column_names)})", fmt) as ins:
+            if fmt == "Arrow":
+                with pa.ipc.new_file(buf, t.schema) as w:
+                    w.write_table(t)
+            else:
+                with pa.ipc.new_stream(buf, t.schema) as w:
+                    for b in t.to_batches(max_chunksize=batch):
+                        w.write_batch(b)
+                        ins.append(buf.getvalue())
+                        buf.seek(0)
+                        buf.truncate()
+            ins.append(buf.getvalue())
+            ins.finish()
+
+    def python_consts(t: pa.Table) -> None:
+        names = ", ".join(cols)
+        conn.query(f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
+                   f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} FROM Python(t)")
+
+    def python_keyed(t: pa.Table) -> None:
+        conn.query(f"INSERT INTO {table} SELECT * FROM Python(t)")
+
+    writes = {
+        "send_insert ArrowStream, one message": (lambda t: stream(t, "ArrowStream", 1 << 40), keyed),
+        "send_insert ArrowStream, 64k-row messages": (lambda t: stream(t, "ArrowStream", 65_536), keyed),
+        "send_insert Arrow file": (lambda t: stream(t, "Arrow", 0), keyed),
+        "Python() table function, keys as constants": (python_consts, lambda t: t),
+        "Python() table function, keys as columns": (python_keyed, keyed),
+    }
+    select = "SELECT ts, open, high, low, close, volume FROM {db}.candles WHERE {w} " \
+             "AND ts >= fromUnixTimestamp64Milli({lo}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi}, 'UTC') " \
+             "ORDER BY instrument, granularity, ts"
+    reads = {
+        "query ArrowTable": lambda sql: conn.query(sql, "ArrowTable"),
+        "send_query Arrow batches": lambda sql: pa.Table.from_batches(
+            list(conn.send_query(sql, "Arrow").record_batch(rows_per_batch=1 << 20))),
+    }
+    out: dict[str, Any] = {"floor_reads": {}, "floor_writes": {}, "floor_chunks": len(chunks),
+                           "floor_candles": last - first}
+    for name, read in reads.items():
+        gc.collect()
+        spent, cpu0, rows = 0.0, _cpu_s(), 0
+        for _, _, lo, hi in chunks:
+            sql = select.format(db=store.db, w=where, lo=lo, hi=hi)
+            t0 = time.perf_counter()
+            got = read(sql)
+            spent += time.perf_counter() - t0
+            rows += got.num_rows
+        if rows != sum(min(j + ahead, len(ts)) - max(i - back, 0) for i, j, _, _ in chunks):
+            raise RuntimeError(f"floor read {name} returned {rows} rows")
+        out["floor_reads"][name] = [spent, _cpu_s() - cpu0]
+    for name, (write, prepare) in writes.items():
+        store.command(f"TRUNCATE TABLE {table}")
+        gc.collect()
+        spent, cpu0 = 0.0, _cpu_s()
+        for i, j, _, _ in chunks:
+            t = prepare(body(i, j))
+            t0 = time.perf_counter()
+            write(t)
+            spent += time.perf_counter() - t0
+            del t
+        n = store.rows(f"SELECT count() FROM {table}")[0][0]
+        if n != last - first:
+            raise RuntimeError(f"floor insert {name} wrote {n} rows, not {last - first}")
+        out["floor_writes"][name] = [spent, _cpu_s() - cpu0]
+    store.command(f"TRUNCATE TABLE {table}")
+    out["floor_s"] = (min(v[0] for v in out["floor_reads"].values())
+                      + min(v[0] for v in out["floor_writes"].values()))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -601,7 +699,7 @@ def e2e_rate(r: dict[str, Any]) -> float:
 
 
 def floor_rate(r: dict[str, Any]) -> float:
-    return _per_min(r["floor_candles"], r["floor_plan_s"] + r["floor_run_s"])
+    return _per_min(r["floor_candles"], r["floor_s"])
 
 
 def ok_run(r: dict[str, Any]) -> bool:
@@ -637,9 +735,9 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
     print_table(["chunk size", "chunks", "plan s", "execute s", "candles/min",
                  "I/O floor candles/min", "% of floor", "chunk p50 s", "chunk max s",
                  "peak RSS MiB"], rows,
-                title="2. Backfill jobs, all three labels over the whole series, force=True "
-                      "(candles/min = candles / (plan + execute); floor = candles / (plan query + "
-                      "load + write with no compute))")
+                title="2. Backfill jobs, all three labels over the whole series, default settings "
+                      "but the chunk size (candles/min = candles / (plan + execute); floor = candles / "
+                      "(chDB's fastest read + its fastest insert of every chunk, table 3b))")
     for r in runs:
         if not ok_run(r):
             print(f"   chunk size {r['chunk_size']:,}: job ended {r['status']}, "
@@ -655,15 +753,14 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
     for r in runs:
         util = r["chunk_sum_s"] / (r["workers"] * r["execute_s"]) if r["execute_s"] else 0.0
         rows.append([f"{r['chunk_size']:,}", human(_per_min(r["n"], r["execute_s"])),
-                     f"{r['floor_plan_s']:.2f}", f"{r['floor_run_s']:.2f}",
-                     f"{r['execute_cpu_s']:.1f}", f"{r['floor_cpu_s']:.1f}",
+                     f"{r['floor_s']:.2f}", f"{r['execute_cpu_s']:.1f}",
                      f"{r['chunk_sum_s']:.1f}", f"{100 * util:.0f}%",
                      mib(r["rss_before"]), mib(r["rss_peak"]),
                      mib(r["rss_peak"] - r["rss_before"]),
                      mib(r["vmhwm"]) if r.get("vmhwm") else "n/a", f"{r['rss_samples']:,}",
                      f"{r['warmup_s']:.1f}", f"{r['process_s']:.1f}"])
-    print_table(["chunk size", "execute-only candles/min", "floor plan s", "floor run s",
-                 "execute CPU s", "floor run CPU s", "sum of chunk s", "worker busy", "RSS before MiB", "peak RSS MiB",
+    print_table(["chunk size", "execute-only candles/min", "floor s",
+                 "execute CPU s", "sum of chunk s", "worker busy", "RSS before MiB", "peak RSS MiB",
                  "increase MiB", "VmHWM MiB", "RSS samples", "warm-up s", "process s"], rows,
                 title="   Details: worker busy = sum of chunk seconds / (workers x execute s); "
                       "CPU s = user + system seconds of the job's process (chDB included); "
@@ -694,7 +791,7 @@ def _stage_table(runs: list[dict[str, Any]], key: str) -> dict[int, dict[str, fl
     out: dict[int, dict[str, float]] = {}
     for r in runs:
         st = {k: v[0] for k, v in r[key].items()}
-        chunks = r["chunks"] if key == "stages" else r["floor_chunks"]
+        chunks = r["chunks"]
         if "write (total)" in st:
             inner = sum(st.get(k, 0.0) for k in ("write: count query", "write: delete",
                                                  "write: insert labels", "write: insert manifest"))
@@ -710,7 +807,6 @@ def _stage_table(runs: list[dict[str, Any]], key: str) -> dict[int, dict[str, fl
 
 def print_stages(runs: list[dict[str, Any]]) -> None:
     job = _stage_table(runs, "stages")
-    floor = _stage_table(runs, "floor_stages")
     headers = ["stage (ms per chunk, summed over worker threads)"]
     for r in runs:
         headers += [f"{size_name(r['chunk_size'])} ms", "%"]
@@ -726,21 +822,34 @@ def print_stages(runs: list[dict[str, Any]]) -> None:
             else:
                 row += ["n/a", ""]
         rows.append(row)
-    for k, label in (("load", "I/O floor: load"), ("write (total)", "I/O floor: write_labels"),
-                     ("write: count query", "I/O floor:   count query (rows present?)"),
-                     ("write: insert labels", "I/O floor:   insert label rows"),
-                     ("write: other", "I/O floor:   lock wait + Arrow prep")):
-        row = [label]
-        for r in runs:
-            v = floor[r["chunk_size"]].get(k)
-            row += [f"{v:,.1f}" if v is not None else "n/a", ""]
-        rows.append(row)
     print_table(headers, rows,
                 title="3. Where the time goes inside a chunk (the chunk's steps as the job records "
                       "them; the store's calls wrapped in the job's process; % of the chunk total)")
     missing = sorted({m for r in runs for m in r.get("timers_missing", [])})
     if missing:
         print(f"   not found in the engine (not timed): {', '.join(missing)}")
+
+
+def print_floor(runs: list[dict[str, Any]]) -> None:
+    headers = ["chDB alone (each chunk in turn, one connection)"]
+    for r in runs:
+        headers += [f"{size_name(r['chunk_size'])} s", "CPU s", "candles/min"]
+    rows = []
+    for kind, names in (("floor_reads", READS), ("floor_writes", WRITES)):
+        best = {r["chunk_size"]: min(v[0] for v in r[kind].values()) for r in runs}
+        for name in names:
+            row = [("read: " if kind == "floor_reads" else "insert: ") + name]
+            for r in runs:
+                sec, cpu = r[kind][name]
+                mark = " *" if sec == best[r["chunk_size"]] else ""
+                row += [f"{sec:.2f}{mark}", f"{cpu:.1f}", human(_per_min(r["floor_candles"], sec))]
+            rows.append(row)
+    row = ["floor = fastest read + fastest insert"]
+    for r in runs:
+        row += [f"{r['floor_s']:.2f}", "", human(floor_rate(r))]
+    rows.append(row)
+    print_table(headers, rows, title="3b. The floor: chDB's read and insert methods over the same "
+                                     "chunk plan, nothing of the engine in between (* = fastest)")
 
 
 def print_verify(r: dict[str, Any] | None) -> bool | None:
@@ -886,10 +995,11 @@ def main(argv: list[str] | None = None) -> int:
             for cs in args.chunk_sizes:
                 _log(f"chunk size {cs:,}: job + I/O floor")
                 r = run_child("job", args, home, chunk_size=cs, verify=cs == verify_size)
-                _log(f"chunk size {cs:,}: execute {r['execute_s']:.1f} s, floor {r['floor_run_s']:.1f} s")
+                _log(f"chunk size {cs:,}: execute {r['execute_s']:.1f} s, floor {r['floor_s']:.1f} s")
                 runs.append(r)
             print_runs(runs)
             print_stages(runs)
+            print_floor(runs)
             verified = print_verify(next((r for r in runs if "verify" in r), None))
             print_summary(args, runs, verified)
     finally:
