@@ -402,21 +402,30 @@ class Store:
         phases = starts % bar_ms
         for phase in np.unique(phases):
             group = starts[phases == phase]
+            # Bar numbers count from the group's first bar: ts - a >= 0 on the
+            # rows kept, where intDiv (which truncates toward zero) is the
+            # floor even before 1970.
             parts.append(self.arrow(
                 f"SELECT {cols} FROM {self.db}.candles "
                 f"WHERE {self._series_where()} "
                 f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
                 f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') "
-                f"AND intDiv(toUnixTimestamp64Milli(ts) - {{p:Int64}}, {{w:Int64}}) "
+                f"AND intDiv(toUnixTimestamp64Milli(ts) - {{a:Int64}}, {{w:Int64}}) "
                 f"IN {{bars:Array(Int64)}} ORDER BY instrument, granularity, ts",
-                self._series_params(key, a=int(group[0]), b=int(group[-1]) + bar_ms,
-                                    p=int(phase), w=int(bar_ms),
-                                    bars=[int(x) for x in (group - phase) // bar_ms])))
+                self._series_params(key, a=int(group[0]), b=int(group[-1]) + bar_ms, w=int(bar_ms),
+                                    bars=[int(x) for x in (group - group[0]) // bar_ms])))
         if not parts:
             parts.append(self.arrow(f"SELECT {cols} FROM {self.db}.candles WHERE 0"))
         table = _ts_to_ms(pa.concat_tables(parts))
         if len(parts) > 1:
+            # Bars of two phases can overlap (a daylight-saving shift): their
+            # shared candles come once.
             table = table.sort_by("ts")
+            ts = table.column("ts").to_numpy()
+            once = np.ones(len(ts), dtype=bool)
+            once[1:] = ts[1:] != ts[:-1]
+            if not once.all():
+                table = table.filter(pa.array(once))
         return table
 
     def ingest(self, key: SeriesKey, candles: pa.Table, codes: np.ndarray, reasons) -> IngestReport:
