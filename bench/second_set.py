@@ -7,6 +7,7 @@ the same, after the first set)::
 
     python bench/second_set.py                  # 10M candles, 3 repeats
     python bench/second_set.py --size 1e6 --quick
+    python bench/second_set.py --only 3 --h1-rounds 9   # section 3 alone
 
 What it prints, every time the median of ``--repeats`` calls after a
 warm-up (numba compile excluded):
@@ -24,8 +25,11 @@ warm-up (numba compile excluded):
    they computed.  ``ml4t-engineer`` is used too when it is installed.
 3. An H1 job (embedded chDB, bundled Redis, a temporary home) of
    ``--h1-years`` years whose M1 candles are ingested too, run without and
-   with ``resolve_with="M1"``: wall time of each and the ratio (target <= 2x),
-   with how many M1 candles were read per H1 bar.
+   with ``resolve_with="M1"``, alternated for ``--h1-rounds`` rounds after a
+   warm-up of each: median wall time (and CPU seconds of the process) of
+   each, the ratio of the medians and its range over the rounds (target
+   <= 2x), how many M1 candles were read per H1 bar and how long that read
+   took.  The temporary home and its Redis are removed at the end.
 """
 
 from __future__ import annotations
@@ -214,11 +218,14 @@ def peers(table: pa.Table, rows_count: int, repeats: int, seed: int) -> dict[str
 # -- resolve_with end to end -----------------------------------------------------------
 
 
-def resolve_end_to_end(years: int, seed: int) -> dict[str, float]:
+def resolve_end_to_end(years: int, seed: int, rounds: int = 5) -> dict[str, float]:
+    import shutil
+
     from gpubackfill.candles.synthetic import generate
     from gpubackfill.config import Settings
     from gpubackfill.service import BackfillService
     from gpubackfill.storage.clickhouse_store import SeriesKey, Store
+    from gpubackfill.storage.redis_server import stop_server
 
     home = tempfile.mkdtemp(prefix="gpb-resolve-")
     svc = BackfillService(Settings.from_env({"GPUBACKFILL_HOME": home}, dotenv=False))
@@ -233,34 +240,57 @@ def resolve_end_to_end(years: int, seed: int) -> dict[str, float]:
                               preserve_index=False)
     svc.ingest_table(SeriesKey("EURUSD", "M1"), m1)
     svc.ingest_table(SeriesKey("EURUSD", "H1"), h1)
-    read = []
+    read: list[tuple[int, float]] = []
     real = Store.load_bars
 
     def counting(self, key, starts, bar_ms, *cols):
+        t0 = time.perf_counter()
         t = real(self, key, starts, bar_ms, *cols)
-        read.append(t.num_rows)
+        read.append((t.num_rows, time.perf_counter() - t0))
         return t
 
     Store.load_bars = counting
-    times = {}
+    variants = (("tie rule", {}), ("resolve_with=M1", {"resolve_with": "M1"}))
     print(f"\n3. H1 job over {years} years ({h1.num_rows:,} H1 bars; {m1.num_rows:,} M1 candles "
-          f"stored), embedded store, default chunk size")
-    for name, extra in (("tie rule", {}), ("resolve_with=M1", {"resolve_with": "M1"})):
-        params = {TB: {"horizon": 24, **extra}}
-        svc.start("EURUSD", "H1", start, end, labels=[TB], params=params, workers=2)  # warm-up
-        t0 = time.perf_counter()
-        job = svc.start("EURUSD", "H1", start, end, labels=[TB], params=params, workers=2,
-                        force=True)
-        times[name] = time.perf_counter() - t0
-        s = svc.status(job)
-        print(f"   {name:<18} {times[name]:6.2f} s  status {s['status']}, bars resolved "
-              f"{s['bars_resolved']:,}, left to the tie {s['bars_ambiguous']:,}")
+          f"stored), embedded store, default chunk size; {rounds} rounds of the two jobs "
+          f"alternated after a warm-up of each (load avg {os.getloadavg()[0]:.2f})")
+    for _, extra in variants:  # warm-up: numba compile, label tables, caches
+        svc.start("EURUSD", "H1", start, end, labels=[TB], params={TB: {"horizon": 24, **extra}},
+                  workers=2)
+    wall: dict[str, list[float]] = {name: [] for name, _ in variants}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in variants}
+    finer_s: list[float] = []
+    counts: dict[str, tuple[int, int]] = {}
+    read.clear()
+    for _ in range(rounds):
+        for name, extra in variants:
+            params = {TB: {"horizon": 24, **extra}}
+            before = len(read)
+            c0, t0 = time.process_time(), time.perf_counter()
+            job = svc.start("EURUSD", "H1", start, end, labels=[TB], params=params, workers=2,
+                            force=True)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            if extra:
+                finer_s.append(sum(s for _, s in read[before:]))
+            s = svc.status(job)
+            counts[name] = (s["bars_resolved"], s["bars_ambiguous"])
+            assert s["status"] == "completed", s["status"]
     Store.load_bars = real
-    per_run = sum(read) / 2  # the warm-up run and the timed run read the same
+    for name, _ in variants:
+        res, amb = counts[name]
+        print(f"   {name:<18} {statistics.median(wall[name]):6.3f} s  (CPU {statistics.median(cpu[name]):.3f} s)"
+              f"  bars resolved {res:,}, left to the tie {amb:,}")
+    per_run = sum(n for n, _ in read) / rounds
     print(f"   M1 candles read per run {per_run:,.0f} ({per_run / h1.num_rows:.2f} per H1 bar, "
-          f"{100 * per_run / m1.num_rows:.1f}% of the M1 candles)")
-    ratio = times["resolve_with=M1"] / times["tie rule"]
-    print(f"   resolve_with costs {ratio:.2f}x the job without it (target <= 2x)")
+          f"{100 * per_run / m1.num_rows:.1f}% of the M1 candles) in "
+          f"{1000 * statistics.median(finer_s):.0f} ms (median)")
+    pairs = [b / a for a, b in zip(wall["tie rule"], wall["resolve_with=M1"])]
+    ratio = statistics.median(wall["resolve_with=M1"]) / statistics.median(wall["tie rule"])
+    print(f"   resolve_with costs {ratio:.2f}x the job without it (medians; per round "
+          f"{min(pairs):.2f}x..{max(pairs):.2f}x; target <= 2x), load avg {os.getloadavg()[0]:.2f}")
+    stop_server(Path(home) / "redis")
+    shutil.rmtree(home, ignore_errors=True)
     return {"ratio": ratio}
 
 
@@ -271,18 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-rows", type=int, default=300)
     p.add_argument("--h1-years", type=int, default=4)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--h1-rounds", type=int, default=5, help="rounds of the two H1 jobs (section 3)")
+    p.add_argument("--only", choices=("3",), help="run section 3 alone")
     p.add_argument("--quick", action="store_true", help="1e5 candles, 1 repeat, 1 year")
     args = p.parse_args(argv)
     if args.quick:
-        args.size, args.repeats, args.peer_rows, args.h1_years = "1e5", 1, 50, 1
+        args.size, args.repeats, args.peer_rows, args.h1_years, args.h1_rounds = "1e5", 1, 50, 1, 1
     n = int(float(args.size))
     gpubackfill.keep_freed_memory()
     print(f"second label set: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
           f"load avg {os.getloadavg()[0]:.2f}")
-    table = candles(n, args.seed)
-    throughput(table, args.repeats)
-    peers(table, args.peer_rows, args.repeats, args.seed)
-    resolve_end_to_end(args.h1_years, args.seed)
+    if args.only != "3":
+        table = candles(n, args.seed)
+        throughput(table, args.repeats)
+        peers(table, args.peer_rows, args.repeats, args.seed)
+    resolve_end_to_end(args.h1_years, args.seed, args.h1_rounds)
     return 0
 
 

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 TB = "enhanced_triple_barrier"
 H1 = 3_600_000
+D1 = 86_400_000
 
 
 def m1_and_h1(start="2024-01-01", end="2024-02-10") -> tuple[pa.Table, pa.Table]:
@@ -64,6 +65,52 @@ def test_an_h1_job_resolves_from_m1_loading_only_ambiguous_bars(service, monkeyp
     assert s["bars_ambiguous"] == np.count_nonzero(flags & 2)
     # Only the bars that were ambiguous were read from M1, not the whole month.
     assert 0 < sum(asked) < 0.5 * s["candles_total"]
+
+
+def test_a_d1_job_resolves_across_a_daylight_saving_shift(service, monkeypatch):
+    """D1 bars that open at 22:00 UTC in winter and 21:00 in summer: two
+    phases, and the bar before the shift overlaps the next one by an hour
+    (its finer window is one D1 length).  Chunks cut the series; what is
+    stored equals compute_labels on the whole series with the same bar."""
+    h1 = generate("EURUSD", "H1", "2024-02-01", "2024-05-01")
+    ts = h1.column("ts").to_numpy()
+    # New York's clocks go forward on 2024-03-10: from 21:00 UTC that day,
+    # sessions open at 21:00 UTC instead of 22:00 (the day before is 23 hours).
+    shift = 1_710_104_400_000
+    session = np.where(ts < shift, 22, 21) * H1  # the day's start, in ms after 00:00 UTC
+    day = (ts - session) // D1 * D1 + session
+    df = h1.to_pandas().assign(day=day)
+    d1 = df.groupby("day").agg(open=("open", "first"), high=("high", "max"), low=("low", "min"),
+                               close=("close", "last"), volume=("volume", "sum")).reset_index()
+    d1 = pa.Table.from_pandas(d1.rename(columns={"day": "ts"})[["ts", "open", "high", "low", "close",
+                                                                  "volume"]], preserve_index=False)
+    assert len(np.unique(d1.column("ts").to_numpy() % D1)) == 2
+    service.ingest_table(SeriesKey("EURUSD", "H1"), h1)
+    service.ingest_table(SeriesKey("EURUSD", "D1"), d1)
+    phases: set[int] = set()
+    real = Store.load_bars
+
+    def seen(self, key, starts, bar_ms, *cols):
+        phases.update(int(x) for x in np.asarray(starts) % bar_ms)
+        return real(self, key, starts, bar_ms, *cols)
+
+    monkeypatch.setattr(Store, "load_bars", seen)
+    params = {TB: {"resolve_with": "H1", "horizon": 5, "pt": 0.5, "sl": 0.5, "vol_span": 5}}
+    job = service.create_job("EURUSD", "D1", "2024-02-01", "2024-05-01", labels=[TB],
+                             params=params, chunk_size=13, workers=2)
+    assert service.execute(job).status == "completed"
+    stored = service.export("EURUSD", "D1", [TB], params)
+    whole = compute_labels(d1, TB, params, finer=h1, bar_ms=D1)
+    at = np.searchsorted(whole.column("ts").to_numpy(), stored.column("ts").to_numpy())
+    want = whole.take(pa.array(at))
+    for name in ("tb_label", "tb_barrier", "tb_exit_bars", "tb_flags"):
+        assert_exact(name, column(stored, name), column(want, name))
+    assert_float_close("tb_exit_return", column(stored, "tb_exit_return"), column(want, "tb_exit_return"))
+    s = service.status(job)
+    flags = column(stored, "tb_flags")
+    assert s["bars_resolved"] == np.count_nonzero(flags & 16) > 0
+    assert s["bars_ambiguous"] == np.count_nonzero(flags & 2)
+    assert len(phases) == 2  # bars of both phases were read from H1
 
 
 def test_a_missing_finer_series_is_said_once_and_the_tie_rule_runs(service, caplog):

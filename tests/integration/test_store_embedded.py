@@ -73,3 +73,67 @@ def test_concurrent_writes_keep_each_chunk_its_own_rows(store):
     assert got.num_rows == chunks * n == store.label_counts(key, set_id)[0]
     np.testing.assert_array_equal(got.column("mfe").to_numpy(), k.astype(float))
     np.testing.assert_array_equal(got.column("mae_bars").to_numpy(), k)
+
+
+H1 = 3_600_000
+
+
+def _finer_candles(t0: int, n: int, seed: int) -> pa.Table:
+    """M1 candles from ``t0`` with gaps, plus some off the minute grid."""
+    rng = np.random.default_rng(seed)
+    ts = t0 + np.arange(n, dtype=np.int64) * M1
+    ts = ts[rng.random(n) > 0.1]
+    ts = np.unique(np.r_[ts, ts[rng.choice(len(ts), 60, replace=False)] + rng.integers(1, M1, 60)])
+    close = 1.2 + np.cumsum(rng.normal(0, 1e-4, len(ts)))
+    return pa.table({"ts": ts, "open": close - 5e-5, "high": close + 2e-4, "low": close - 2e-4,
+                     "close": close, "volume": np.ones(len(ts))})
+
+
+def test_load_bars_reads_exactly_the_candles_of_the_bars(store):
+    """Bars of two phases (some overlapping a neighbour, as at a daylight-saving
+    shift), at both ends of the series, with no candles, before and across
+    1970-01-01 (bar numbers of negative times), asked twice and out of order."""
+    key = SeriesKey("XAUUSD", "M1")
+    t0 = -5 * 86_400_000 - 17 * M1  # 1969-12-26 23:43
+    candles = _finer_candles(t0, 12 * 1440, seed=3)
+    store.ingest(key, candles, np.zeros(candles.num_rows, np.uint8), str)
+    ts = candles.column("ts").to_numpy()
+    rng = np.random.default_rng(4)
+    on_hour = (t0 // H1 + rng.integers(0, 12 * 24, 30)) * H1
+    half_past = (t0 // H1 + rng.integers(0, 12 * 24, 10)) * H1 + H1 // 2
+    starts = np.r_[on_hour, half_past, on_hour[:5] + H1 // 2,  # overlapping pairs
+                   t0 // H1 * H1 - H1,                          # before the first candle: empty
+                   t0 // H1 * H1,                               # holds the first candle
+                   ts[-1] // H1 * H1,                           # runs past the last one
+                   -H1 // 2, -2 * H1,                           # across 1970, before it
+                   on_hour[:3]]                                 # asked twice
+    rng.shuffle(starts)
+    got = store.load_bars(key, starts, H1, ("ts", "high", "low"))
+    want = np.zeros(len(ts), dtype=bool)
+    for s in starts:
+        want |= (ts >= s) & (ts < s + H1)
+    assert got.column_names == ["ts", "high", "low"]
+    np.testing.assert_array_equal(got.column("ts").to_numpy(), ts[want])
+    np.testing.assert_array_equal(got.column("low").to_numpy(), candles.column("low").to_numpy()[want])
+    assert store.load_bars(key, np.array([t0 - 10 * H1]), H1).num_rows == 0
+    assert store.load_bars(key, np.array([], dtype=np.int64), H1).num_rows == 0
+
+
+def test_load_bars_reads_only_the_granules_of_its_bars(store, monkeypatch):
+    """The key prunes by the bars' numbers: a few bars spread over a long span
+    read a few granules, not the span (which they would with 8,192-row ones)."""
+    key = SeriesKey("XAUUSD", "M1")
+    t0 = 1_704_067_200_000
+    candles = _finer_candles(t0, 30 * 1440, seed=5)
+    store.ingest(key, candles, np.zeros(candles.num_rows, np.uint8), str)
+    starts = t0 + np.array([1, 170, 333, 501, 700]) * H1
+    asked: list[tuple[str, dict]] = []
+    real = store.arrow
+    monkeypatch.setattr(store, "arrow", lambda sql, p=None: asked.append((sql, p)) or real(sql, p))
+    got = store.load_bars(key, starts, H1, ("ts", "open", "high", "low"))
+    assert got.num_rows > 0 and len(asked) == 1
+    sql, params = asked[0]
+    marks = store.rows(f"EXPLAIN ESTIMATE {sql}", params)[0][-1]
+    span = store.rows(f"EXPLAIN ESTIMATE SELECT ts FROM {store.db}.candles WHERE "
+                      f"instrument = 'XAUUSD' AND granularity = 'M1'")[0][-1]
+    assert span >= 30 and marks <= 10, (marks, span)
