@@ -770,7 +770,7 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
 
 STAGES = [
     ("load", "load (SQL + Arrow, with halo)"),
-    ("fingerprint", "input fingerprint (blake2b)"),
+    ("fingerprint", "input fingerprint (xxh3-128)"),
     ("to_series + validate", "to_series + validate"),
     ("compute", "compute_series + incomplete-row count"),
     ("write (total)", "write_labels (total)"),
