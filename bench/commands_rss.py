@@ -77,13 +77,13 @@ def _day(ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
 
 
-def _spawn(cmd: list[str], env: dict[str, str]) -> dict:
+def _spawn(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     """One child process: wall time, and CPU time and peak RSS from its
     rusage (reaped with wait4 while its pipes drain in threads)."""
     import threading
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     chunks: dict[str, str] = {}
 
     def drain(name: str, stream) -> None:
@@ -106,20 +106,19 @@ def _spawn(cmd: list[str], env: dict[str, str]) -> dict:
             "out": lines[-1] if lines else ""}
 
 
-def measure(n: int, workdir: Path, keep: bool) -> list[list[str]]:
+def measure(n: int, workdir: Path, keep: bool, source: Path) -> list[list[str]]:
     home = Path(tempfile.mkdtemp(prefix=f"cmds-{size_name(n)}-", dir=workdir))
     env = {**os.environ, "GPUBACKFILL_HOME": str(home / "home")}
     for name in ("REDIS_URL", "CLICKHOUSE_URL"):
         env.pop(name, None)  # the embedded defaults, in the fresh home
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     data = home / "candles.parquet"
     out = home / "labels.parquet"
     py = sys.executable
     rows: list[list[str]] = []
     try:
         _log(f"{size_name(n)}: generating {data}")
-        g = _spawn([py, __file__, "--_generate", str(n), str(data)], env)
+        g = _spawn([py, __file__, "--_generate", str(n), str(data)], env, source)
         _log(f"  generated in {g['wall']:.1f} s ({data.stat().st_size / 2**20:,.0f} MiB)")
         end_day = _day(START_MS + n * STEP_MS + DAY_MS)
         steps = [
@@ -132,7 +131,7 @@ def measure(n: int, workdir: Path, keep: bool) -> list[list[str]]:
         ]
         for name, cmd in steps:
             _log(f"  {name} ({load_average()})")
-            r = _spawn(cmd, env)
+            r = _spawn(cmd, env, source)  # -m imports from the working directory first
             _log(f"    {r['wall']:.1f} s, {mib(r['rss'])} MiB: {r['out']}")
             rows.append([name, size_name(n), f"{r['wall']:.1f}", f"{r['cpu']:.1f}",
                          human(n / r["wall"] * 60), mib(r["rss"]), r["out"][:90]])
@@ -146,6 +145,15 @@ def measure(n: int, workdir: Path, keep: bool) -> list[list[str]]:
     return rows
 
 
+def _revision(source: Path) -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(source), "log", "-1", "--format=%h %s"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"{source} ({rev[:80]})" if rev else str(source)
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -156,6 +164,9 @@ def main() -> None:
     p.add_argument("--with-100m", action="store_true", help="add a 100M-candle series")
     p.add_argument("--workdir", default=tempfile.gettempdir(), help="where the homes and files go")
     p.add_argument("--keep", action="store_true", help="keep each size's home (store, files)")
+    p.add_argument("--source", default=str(Path(__file__).resolve().parents[1]),
+                   help="the gpubackfill checkout the commands run (default: this one), "
+                        "to compare two revisions")
     p.add_argument("--_generate", nargs=2, metavar=("N", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._generate:
@@ -175,6 +186,7 @@ def main() -> None:
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM; "
           f"{platform.system()} {platform.release()}")
     print(f"python    : {platform.python_version()}; chdb {chdb.__version__}; pyarrow {pa.__version__}")
+    print(f"source    : {_revision(Path(args.source).resolve())}")
     print(f"series    : {INSTRUMENT} {GRANULARITY}, synthetic, from {_day(START_MS)}; "
           f"store embedded (chDB + bundled redis-server) in a fresh home per size")
     print(f"load avg  : {load_average()} (1/5/15 min, at start)")
@@ -185,7 +197,7 @@ def main() -> None:
             print(f"skipped   : {size_name(n)} candles: needs about {n * DISK_PER_CANDLE / 2**30:.0f} GiB "
                   f"in {workdir}, {free / 2**30:.0f} GiB free")
             continue
-        rows += measure(n, workdir, args.keep)
+        rows += measure(n, workdir, args.keep, Path(args.source).resolve())
     print(f"load avg  : {load_average()} (at the end)")
     print_table(["command", "candles", "wall s", "CPU s", "rows/min", "peak RSS MiB", "output (last line)"],
                 rows)
