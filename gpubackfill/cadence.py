@@ -55,16 +55,27 @@ def step_counts(ts: np.ndarray, before: int | None = None) -> tuple[np.ndarray, 
 
 
 class StepCounts:
-    """``step_counts`` of a sorted series seen in pieces (an ingest in batches)."""
+    """``step_counts`` of a sorted series seen in pieces (an ingest in
+    batches); steps of ``granularity`` (most of them) are counted apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, granularity: str | None = None) -> None:
+        self._expected = GRANULARITIES[granularity] if granularity else None
         self._counts: dict[int, int] = {}
         self._last: int | None = None
 
     def add(self, ts: np.ndarray) -> None:
         if len(ts) == 0:
             return
-        for value, count in zip(*step_counts(ts, self._last)):
+        ts = np.asarray(ts, dtype=np.int64)
+        steps = np.diff(ts) if self._last is None else np.diff(ts, prepend=np.int64(self._last))
+        steps = steps[steps > 0]
+        if self._expected is not None:
+            usual = steps == self._expected
+            n = int(np.count_nonzero(usual))
+            if n:
+                self._counts[self._expected] = self._counts.get(self._expected, 0) + n
+                steps = steps[~usual]
+        for value, count in zip(*np.unique(steps, return_counts=True)):
             self._counts[int(value)] = self._counts.get(int(value), 0) + int(count)
         self._last = int(ts[-1])
 

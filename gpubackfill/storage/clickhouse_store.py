@@ -417,7 +417,7 @@ class Store:
         n = candles.num_rows
         rejected = [(int(i), int(candles.column("ts")[int(i)].as_py()), reasons(int(codes[i])))
                     for i in np.flatnonzero(codes)]
-        good = candles.filter(pa.array(codes == 0))
+        good = candles.filter(pa.array(codes == 0)) if len(rejected) else candles  # (a copy)
         if good.num_rows == 0:
             return IngestReport(n, 0, 0, 0, rejected)
         ts = good.column("ts").to_numpy()
