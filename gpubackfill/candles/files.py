@@ -4,6 +4,9 @@
 (``.parquet``, ``.pq``) files and returns a pyarrow Table with ``ts`` (int64
 milliseconds UTC), ``open``, ``high``, ``low``, ``close`` and, when the file
 has one, ``volume`` (all float64), one row per file row in file order.
+``iter_candles(path, tz=None)`` yields the same rows as tables of
+``BATCH_ROWS`` rows, holding one batch (and a Parquet row group) at a time:
+``gpubackfill ingest`` reads files of any size that way.
 Nothing is sorted, dropped or checked against the candle rules here: that is
 ``gpubackfill.candles.frames.validate``'s job, so the caller can report the rows it
 rejects.
@@ -23,9 +26,10 @@ brackets (``<CLOSE>``):
 Time values may be:
 
 - epoch numbers (integers or floats): seconds, milliseconds, microseconds or
-  nanoseconds, told apart by the median magnitude of the column (below 1e11
-  seconds, below 1e14 milliseconds, below 1e17 microseconds, else
-  nanoseconds); epochs are UTC whatever ``tz`` says;
+  nanoseconds, told apart by the median magnitude of the column's first
+  ``BATCH_ROWS`` values (below 1e11 seconds, below 1e14 milliseconds, below
+  1e17 microseconds, else nanoseconds), one unit for the whole column;
+  epochs are UTC whatever ``tz`` says;
 - text: ``YYYY-MM-DD`` (also ``.`` or ``/`` between the parts) optionally
   followed by `` HH[:MM[:SS[.fff]]]`` or ``THH...``, and optionally by a zone:
   ``Z``, ``UTC``, ``GMT``, ``+HH:MM``, ``+HHMM`` or ``+HH``; Arrow's ISO 8601
