@@ -27,6 +27,13 @@ Run from the repository root::
     python bench/commands_rss.py                   # 1M and 10M
     python bench/commands_rss.py --sizes 1e6       # one size
     python bench/commands_rss.py --with-100m       # also 100M: ~30 GB of disk, ~20 min
+    python bench/commands_rss.py --floor           # and chDB alone over the same label rows
+
+``--floor`` adds, after each export, the statement ``export`` reads
+(``SELECT ts, <label columns> ... ORDER BY ts``) run by chDB alone: to
+``FORMAT Null`` (the read with no output) and ``INTO OUTFILE`` Parquet, with
+ClickHouse's default compression (zstd) and without; the time of the
+statement alone, in a child process of its own.
 """
 
 from __future__ import annotations
@@ -73,6 +80,34 @@ def _generate(n: int, path: str) -> None:
         writer.close()
 
 
+FLOORS = {
+    "chDB read, FORMAT Null": ("FORMAT Null", ""),
+    "chDB INTO OUTFILE Parquet": ("INTO OUTFILE {out} TRUNCATE FORMAT Parquet", ""),
+    "chDB INTO OUTFILE Parquet, uncompressed": ("INTO OUTFILE {out} TRUNCATE FORMAT Parquet",
+                                                 " SETTINGS output_format_parquet_compression_method = 'none'"),
+}
+
+
+def _floor(kind: str, out: str) -> None:
+    """Child: one statement over the series' label rows in ts order, what
+    ``export`` reads, done by chDB alone; prints its wall and CPU seconds."""
+    from gpubackfill import export
+    from gpubackfill.service import BackfillService
+    from gpubackfill.storage.clickhouse_store import SeriesKey
+
+    svc = BackfillService()
+    svc.init()
+    key = SeriesKey(INSTRUMENT, GRANULARITY)
+    (chosen,) = export.sets_of(svc.store, key)
+    tail, settings = FLOORS[kind]
+    sql = (f"SELECT ts, {', '.join(chosen.columns)} FROM {svc.store.db}.labels_{chosen.set_id} "
+           f"WHERE instrument = '{INSTRUMENT}' AND granularity = '{GRANULARITY}' "
+           f"AND label_set = '{chosen.set_id}' ORDER BY ts {tail.format(out=repr(out))}{settings}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    svc.store.command(sql)
+    print(f"statement {time.perf_counter() - t0:.2f} s, CPU {time.process_time() - c0:.2f} s")
+
+
 def _day(ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
 
@@ -106,7 +141,7 @@ def _spawn(cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
             "out": lines[-1] if lines else ""}
 
 
-def measure(n: int, workdir: Path, keep: bool, source: Path) -> list[list[str]]:
+def measure(n: int, workdir: Path, keep: bool, source: Path, floor: bool) -> list[list[str]]:
     home = Path(tempfile.mkdtemp(prefix=f"cmds-{size_name(n)}-", dir=workdir))
     env = {**os.environ, "GPUBACKFILL_HOME": str(home / "home")}
     for name in ("REDIS_URL", "CLICKHOUSE_URL"):
@@ -137,6 +172,15 @@ def measure(n: int, workdir: Path, keep: bool, source: Path) -> list[list[str]]:
                          human(n / r["wall"] * 60), mib(r["rss"]), r["out"][:90]])
         if out.exists():
             _log(f"  export file {out.stat().st_size / 2**20:,.0f} MiB")
+            out.unlink()
+        for kind in FLOORS if floor else ():
+            _log(f"  floor: {kind} ({load_average()})")
+            r = _spawn([py, __file__, "--_floor", kind, str(home / "floor.parquet")], env, source)
+            _log(f"    {r['out']}")
+            statement = float(r["out"].split()[1])
+            rows.append([f"  floor: {kind}", size_name(n), f"{statement:.1f}", r["out"].split()[-2],
+                         human(n / statement * 60), mib(r["rss"]), "the statement alone (no process start)"])
+            (home / "floor.parquet").unlink(missing_ok=True)
     finally:
         if keep:
             _log(f"  kept {home}")
@@ -167,10 +211,17 @@ def main() -> None:
     p.add_argument("--source", default=str(Path(__file__).resolve().parents[1]),
                    help="the gpubackfill checkout the commands run (default: this one), "
                         "to compare two revisions")
+    p.add_argument("--floor", action="store_true",
+                   help="after export, the same rows read (FORMAT Null) and written to Parquet by "
+                        "chDB alone (INTO OUTFILE), each in its own process")
     p.add_argument("--_generate", nargs=2, metavar=("N", "PATH"), help=argparse.SUPPRESS)
+    p.add_argument("--_floor", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._generate:
         _generate(int(args._generate[0]), args._generate[1])
+        return
+    if args._floor:
+        _floor(*args._floor)
         return
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
     if args.with_100m and 100_000_000 not in sizes:
@@ -197,7 +248,7 @@ def main() -> None:
             print(f"skipped   : {size_name(n)} candles: needs about {n * DISK_PER_CANDLE / 2**30:.0f} GiB "
                   f"in {workdir}, {free / 2**30:.0f} GiB free")
             continue
-        rows += measure(n, workdir, args.keep, Path(args.source).resolve())
+        rows += measure(n, workdir, args.keep, Path(args.source).resolve(), args.floor)
     print(f"load avg  : {load_average()} (at the end)")
     print_table(["command", "candles", "wall s", "CPU s", "rows/min", "peak RSS MiB", "output (last line)"],
                 rows)
