@@ -182,6 +182,9 @@ def measure(n: int, workdir: Path, keep: bool, source: Path, floor: bool) -> lis
                          human(n / statement * 60), mib(r["rss"]), "the statement alone (no process start)"])
             (home / "floor.parquet").unlink(missing_ok=True)
     finally:
+        from gpubackfill.storage.redis_server import stop_server
+
+        stop_server(home / "home" / "redis")  # the bundled redis-server the commands started
         if keep:
             _log(f"  kept {home}")
         else:
