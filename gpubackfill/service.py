@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from . import logs, views
@@ -66,28 +65,20 @@ class BackfillService:
 
     def ingest(self, path: str | Path, instrument: str, granularity: str,
                tz: str | None = None) -> IngestReport:
-        from .candles.files import read_candles
+        """Ingest a CSV or Parquet file, in batches (``gpubackfill.ingest``)."""
+        from . import ingest as ingest_mod
+        from .candles.files import CandleFile
 
         key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
-        table = read_candles(path, tz=tz)
-        return self.ingest_table(key, table)
+        CandleFile(path, tz=tz)  # a missing file or column is refused before the store opens
+        self._ready()
+        return ingest_mod.ingest_file(self.store, key, path, tz)
 
     def ingest_table(self, key: SeriesKey, table: pa.Table) -> IngestReport:
-        from . import cadence
-        from .candles import frames as candles_mod
+        from . import ingest as ingest_mod
 
         self._ready()
-        if "volume" not in table.column_names:
-            table = table.append_column("volume", pa.array(np.zeros(table.num_rows)))
-        table = table.select(["ts", "open", "high", "low", "close", "volume"])
-        table, order = cadence.sort_by_time(table)  # newest-first exports are common
-        cadence.check_step(table.column("ts").to_numpy(), key.granularity)
-        codes = candles_mod.defect_codes(candles_mod.to_series(table))
-        report = self.store.ingest(key, table, codes, candles_mod.describe)
-        if order is None:
-            return report
-        return replace(report, sorted=True,
-                       rejected=sorted((int(order[row]), ts, why) for row, ts, why in report.rejected))
+        return ingest_mod.ingest_table(self.store, key, table)
 
     # -- jobs --------------------------------------------------------------
 

@@ -4,6 +4,9 @@
 (``.parquet``, ``.pq``) files and returns a pyarrow Table with ``ts`` (int64
 milliseconds UTC), ``open``, ``high``, ``low``, ``close`` and, when the file
 has one, ``volume`` (all float64), one row per file row in file order.
+``iter_candles(path, tz=None)`` yields the same rows as tables of
+``BATCH_ROWS`` rows, holding one batch (and a Parquet row group) at a time:
+``gpubackfill ingest`` reads files of any size that way.
 Nothing is sorted, dropped or checked against the candle rules here: that is
 ``gpubackfill.candles.frames.validate``'s job, so the caller can report the rows it
 rejects.
@@ -23,9 +26,10 @@ brackets (``<CLOSE>``):
 Time values may be:
 
 - epoch numbers (integers or floats): seconds, milliseconds, microseconds or
-  nanoseconds, told apart by the median magnitude of the column (below 1e11
-  seconds, below 1e14 milliseconds, below 1e17 microseconds, else
-  nanoseconds); epochs are UTC whatever ``tz`` says;
+  nanoseconds, told apart by the median magnitude of the column's first
+  ``BATCH_ROWS`` values (below 1e11 seconds, below 1e14 milliseconds, below
+  1e17 microseconds, else nanoseconds), one unit for the whole column;
+  epochs are UTC whatever ``tz`` says;
 - text: ``YYYY-MM-DD`` (also ``.`` or ``/`` between the parts) optionally
   followed by `` HH[:MM[:SS[.fff]]]`` or ``THH...``, and optionally by a zone:
   ``Z``, ``UTC``, ``GMT``, ``+HH:MM``, ``+HHMM`` or ``+HH``; Arrow's ISO 8601
@@ -52,6 +56,7 @@ import csv
 import gzip
 import re
 import zoneinfo
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,47 +96,97 @@ class _BadType(Exception):
 
 
 # --------------------------------------------------------------------------
-# entry point
+# entry points
+
+# Rows per batch that ``iter_candles`` yields (Parquet: at most this many).
+# Bounds what reading holds, with the Parquet row group being read.
+BATCH_ROWS = 1 << 20
+_CSV_BLOCK_BYTES = 1 << 21  # Arrow parses this much at a time, reading a few dozen ahead
 
 
 def read_candles(path: str | Path, *, tz: str | None = None) -> pa.Table:
     """Read a CSV or Parquet candle file; see the module docstring."""
-    path = Path(path)
-    kind = _file_kind(path)
-    zone = _check_tz(tz)
-    if not path.is_file():
-        raise InvalidInput(f"no such file: {path}")
-    if kind == "csv":
-        table, cols, line_offset = _read_csv(path)
-    else:
-        table, cols, line_offset = _read_parquet(path)
+    reader = CandleFile(path, tz=tz)
+    parts = list(reader)
+    return pa.concat_tables(parts) if parts else reader.empty()
 
-    def where(column: str, row: int) -> str:
-        line = f" (line {row + line_offset})" if line_offset else ""
-        return f"{path}: column {column!r}, row {row}{line}"
 
-    try:
-        date_col = table.column(cols["date"]) if "date" in cols else None
-        ts = _parse_time(table.column(cols["time"]), zone, date_col)
-    except _BadValue as bad:
-        raise InvalidCandles(f"{where(cols['time'], bad.row)}: {bad.reason}: {bad.value!r}",
-                             row=bad.row) from None
-    except _BadType as bad:
-        raise InvalidInput(f"{path}: column {cols['time']!r} {bad}") from None
-    arrays = [pa.array(ts, pa.int64())]
-    names = ["ts"]
-    for field in (*PRICE_COLUMNS, "volume"):
-        if field not in cols:
-            continue
+def iter_candles(path: str | Path, *, tz: str | None = None,
+                 batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """``read_candles`` batch by batch, in file order, for files larger than memory."""
+    return iter(CandleFile(path, tz=tz, batch_rows=batch_rows))
+
+
+class CandleFile:
+    """A candle file opened for reading in batches (``read_candles``, ``iter_candles``).
+
+    Opening checks the extension, the time zone, that the file exists and that
+    it has the columns; iterating yields tables of about ``batch_rows`` rows
+    (``ts``, ``open``, ``high``, ``low``, ``close`` and ``volume`` when
+    ``has_volume``), each parsed as the module docstring says.  Rows named in
+    errors are rows of the file.  What the whole column decides is taken from
+    the first batch and kept: the unit of epoch numbers (the median magnitude
+    of the first ``batch_rows`` rows).  A run of repeated local times (clocks
+    going back) may span batches: the file order decides as in one batch.
+    """
+
+    def __init__(self, path: str | Path, *, tz: str | None = None, batch_rows: int = BATCH_ROWS):
+        self.path = path = Path(path)
+        self.kind = _file_kind(path)
+        self.zone = _check_tz(tz)
+        if not path.is_file():
+            raise InvalidInput(f"no such file: {path}")
+        self.batch_rows = max(int(batch_rows), 1)
+        if self.kind == "csv":
+            self._csv = _CsvLayout(path)
+            self.cols = self._csv.cols
+        else:
+            self.cols = _parquet_columns(path)
+        self.names = ["ts", *(f for f in (*PRICE_COLUMNS, "volume") if f in self.cols)]
+
+    @property
+    def has_volume(self) -> bool:
+        return "volume" in self.cols
+
+    def empty(self) -> pa.Table:
+        return pa.table({n: pa.array([], pa.int64() if n == "ts" else pa.float64()) for n in self.names})
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        state = _TimeState()
+        raw = (self._csv.batches(self.batch_rows) if self.kind == "csv"
+               else _parquet_batches(self.path, self.cols, self.batch_rows))
+        offset = 0
+        for batch in raw:
+            if batch.num_rows:
+                yield self._convert(batch, offset, state)
+                offset += batch.num_rows
+
+    def _convert(self, batch: pa.RecordBatch, offset: int, state: _TimeState) -> pa.Table:
+        path, cols = self.path, self.cols
+        line_offset = 2 if self.kind == "csv" else 0  # CSV data row 0 is line 2
+
+        def where(column: str, row: int) -> str:
+            line = f" (line {offset + row + line_offset})" if line_offset else ""
+            return f"{path}: column {column!r}, row {offset + row}{line}"
+
         try:
-            arrays.append(_to_float(table.column(cols[field])))
+            date_col = batch.column(cols["date"]) if "date" in cols else None
+            ts = _parse_time(batch.column(cols["time"]), self.zone, date_col, state)
         except _BadValue as bad:
-            raise InvalidCandles(f"{where(cols[field], bad.row)}: {bad.reason}: {bad.value!r}",
-                                 row=bad.row) from None
+            raise InvalidCandles(f"{where(cols['time'], bad.row)}: {bad.reason}: {bad.value!r}",
+                                 row=offset + bad.row) from None
         except _BadType as bad:
-            raise InvalidInput(f"{path}: column {cols[field]!r} {bad}") from None
-        names.append(field)
-    return pa.Table.from_arrays(arrays, names=names)
+            raise InvalidInput(f"{path}: column {cols['time']!r} {bad}") from None
+        arrays = [pa.array(ts, pa.int64())]
+        for field in self.names[1:]:
+            try:
+                arrays.append(_to_float(batch.column(cols[field])))
+            except _BadValue as bad:
+                raise InvalidCandles(f"{where(cols[field], bad.row)}: {bad.reason}: {bad.value!r}",
+                                     row=offset + bad.row) from None
+            except _BadType as bad:
+                raise InvalidInput(f"{path}: column {cols[field]!r} {bad}") from None
+        return pa.Table.from_arrays(arrays, names=self.names)
 
 
 def _file_kind(path: Path) -> str:
@@ -206,30 +261,74 @@ def _choose_columns(names: list[str], path: Path) -> dict[str, str]:
 # readers
 
 
-def _read_csv(path: Path) -> tuple[pa.Table, dict[str, str], int]:
-    header = _csv_header_line(path)
-    delimiter = max(_DELIMITERS, key=header.count) if any(d in header for d in _DELIMITERS) else ","
-    names = next(csv.reader([header], delimiter=delimiter), [])
-    cols = _choose_columns(names, path)
-    text_cols = {cols["time"], *([cols["date"]] if "date" in cols else [])}
-    types = {name: (pa.string() if name in text_cols else pa.float64()) for name in cols.values()}
-    convert = pcsv.ConvertOptions(
-        column_types=types, include_columns=list(dict.fromkeys(cols.values())),
-        null_values=_CSV_NULLS, strings_can_be_null=False,
-    )
-    parse = pcsv.ParseOptions(delimiter=delimiter)
-    try:
-        table = pcsv.read_csv(path, parse_options=parse, convert_options=convert)
-    except pa.ArrowInvalid as exc:
-        if "conversion error" not in str(exc):
-            raise InvalidInput(f"cannot read {path} as CSV: {exc}") from None
-        # A price that is not a number: read it as text to name the row.
-        convert.column_types = {name: pa.string() for name in cols.values()}
-        try:
-            table = pcsv.read_csv(path, parse_options=parse, convert_options=convert)
-        except pa.ArrowInvalid as exc2:
-            raise InvalidInput(f"cannot read {path} as CSV: {exc2}") from None
-    return table, cols, 2  # data row 0 is line 2
+class _CsvLayout:
+    """A CSV file's delimiter and columns, and its rows in blocks."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        header = _csv_header_line(path)
+        self.delimiter = (max(_DELIMITERS, key=header.count) if any(d in header for d in _DELIMITERS)
+                          else ",")
+        names = next(csv.reader([header], delimiter=self.delimiter), [])
+        self.cols = _choose_columns(names, path)
+
+    def _options(self, text_only: bool) -> tuple[pcsv.ParseOptions, pcsv.ConvertOptions]:
+        cols = self.cols
+        text_cols = {cols["time"], *([cols["date"]] if "date" in cols else [])}
+        types = {name: (pa.string() if text_only or name in text_cols else pa.float64())
+                 for name in cols.values()}
+        convert = pcsv.ConvertOptions(
+            column_types=types, include_columns=list(dict.fromkeys(cols.values())),
+            null_values=_CSV_NULLS, strings_can_be_null=False,
+        )
+        return pcsv.ParseOptions(delimiter=self.delimiter), convert
+
+    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Record batches of ``batch_rows`` rows (the last one fewer).
+
+        Arrow's streaming reader parses blocks of ``_CSV_BLOCK_BYTES`` and
+        reads a few dozen ahead, so blocks are kept small and joined here.
+        Prices are read as numbers; from a block where one is not, the rest
+        of the file is read as text, so that the caller names the row
+        (``_to_float``)."""
+        done, text_only = 0, False
+        while True:
+            parse, convert = self._options(text_only)
+            skip = done
+            pending: list[pa.RecordBatch] = []
+            rows = 0
+            try:
+                with pcsv.open_csv(self.path,
+                                   read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+                                   parse_options=parse, convert_options=convert) as reader:
+                    for batch in reader:
+                        if skip >= batch.num_rows:
+                            skip -= batch.num_rows
+                            continue
+                        if skip:
+                            batch, skip = batch.slice(skip), 0
+                        pending.append(batch)
+                        rows += batch.num_rows
+                        while rows >= batch_rows:
+                            joined = _one_batch(pending)
+                            yield joined.slice(0, batch_rows)
+                            done += batch_rows
+                            rest = joined.slice(batch_rows)
+                            pending, rows = ([rest] if rest.num_rows else []), rest.num_rows
+                if rows:
+                    yield _one_batch(pending)
+                    done += rows
+                return
+            except pa.ArrowInvalid as exc:
+                if text_only or "conversion error" not in str(exc):
+                    raise InvalidInput(f"cannot read {self.path} as CSV: {exc}") from None
+                text_only = True  # a price that is not a number: read on as text
+
+
+def _one_batch(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
 def _csv_header_line(path: Path) -> str:
@@ -245,17 +344,32 @@ def _csv_header_line(path: Path) -> str:
     return text
 
 
-def _read_parquet(path: Path) -> tuple[pa.Table, dict[str, str], int]:
+def _parquet_columns(path: Path) -> dict[str, str]:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"cannot read {path} as Parquet: {exc}") from None
-    cols = _choose_columns(list(schema.names), path)
+    return _choose_columns(list(schema.names), path)
+
+
+def _parquet_batches(path: Path, cols: dict[str, str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The file's rows, ``batch_rows`` at a time (a row group at most is held)."""
     try:
-        table = pq.read_table(path, columns=list(dict.fromkeys(cols.values())))
+        # pre_buffer (the default) reads whole row groups ahead: RSS rose by
+        # ~250 MB for a file of 1M-row groups; buffered reads stay flat.
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"cannot read {path} as Parquet: {exc}") from None
-    return table, cols, 0
+    with pf:
+        batches = pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(cols.values())))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                raise InvalidInput(f"cannot read {path} as Parquet: {exc}") from None
+            yield batch
 
 
 # --------------------------------------------------------------------------
@@ -306,9 +420,22 @@ def _cast_or_locate(arr: pa.Array | pa.ChunkedArray, to: pa.DataType, reason: st
 # times
 
 
-def _parse_time(col: pa.ChunkedArray, tz: str | None,
-                date_col: pa.ChunkedArray | None = None) -> np.ndarray:
-    """A time column of any supported form -> int64 ms UTC (numpy)."""
+class _TimeState:
+    """What the first batch of a time column decided, for the batches after
+    it: the unit of epoch numbers (units per ms), and where the last row left
+    a run of repeated local times (``_localize``)."""
+
+    def __init__(self) -> None:
+        self.unit: float | None = None
+        self.dst: tuple[bool, int, bool] | None = None  # ambiguous, early ms, run stepped back
+
+
+def _parse_time(col: pa.ChunkedArray | pa.Array, tz: str | None,
+                date_col: pa.ChunkedArray | pa.Array | None = None,
+                state: _TimeState | None = None) -> np.ndarray:
+    """A time column of any supported form -> int64 ms UTC (numpy).  ``state``
+    carries what one batch decides to the next (``CandleFile``)."""
+    state = state if state is not None else _TimeState()
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = col.type
     if pa.types.is_dictionary(t):
@@ -317,25 +444,25 @@ def _parse_time(col: pa.ChunkedArray, tz: str | None,
     if len(col) == 0:
         return np.empty(0, np.int64)
     if pa.types.is_time(t) and date_col is not None:
-        return _parse_text(_join_date_time(date_col, col.cast(pa.string())), tz)
+        return _parse_text(_join_date_time(date_col, col.cast(pa.string())), tz, state)
     if col.null_count:
         first = int(np.argmax(~col.is_valid().to_numpy(zero_copy_only=False)))
         raise _BadValue(first, None, "missing time")
     if pa.types.is_timestamp(t):
         ms = _int64_ms(col.cast(pa.int64()).to_numpy(), _UNIT_PER_MS[t.unit])
-        return ms if t.tz is not None else _localize(ms, tz)
+        return ms if t.tz is not None else _localize(ms, tz, state=state)
     if pa.types.is_date(t):
         days = col.cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.int64)
-        return _localize(days * _MS_PER_DAY, tz)
+        return _localize(days * _MS_PER_DAY, tz, state=state)
     if pa.types.is_integer(t):
-        return _epoch_int(col.cast(pa.int64()).to_numpy())
+        return _epoch_int(col.cast(pa.int64()).to_numpy(), state)
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return _epoch_float(col.cast(pa.float64()).to_numpy())
+        return _epoch_float(col.cast(pa.float64()).to_numpy(), state)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         text = pc.utf8_trim_whitespace(col.cast(pa.string()))
         if date_col is not None and _looks(text, _TIME_OF_DAY_RE):
             text = _join_date_time(date_col, text)
-        return _parse_text(text, tz)
+        return _parse_text(text, tz, state)
     raise _BadType(f"holds {t}, not times")
 
 
@@ -367,17 +494,27 @@ def _epoch_unit(magnitude: float) -> float:
     return 1_000_000     # nanoseconds
 
 
-def _epoch_int(values: np.ndarray) -> np.ndarray:
-    unit = _epoch_unit(float(np.median(np.abs(values.astype(np.float64)))))
+def _state_unit(state: _TimeState | None, magnitudes: Callable[[], np.ndarray]) -> float:
+    """The column's epoch unit: the first batch's, from its median magnitude."""
+    if state is not None and state.unit is not None:
+        return state.unit
+    unit = _epoch_unit(float(np.median(magnitudes())))
+    if state is not None:
+        state.unit = unit
+    return unit
+
+
+def _epoch_int(values: np.ndarray, state: _TimeState | None = None) -> np.ndarray:
+    unit = _state_unit(state, lambda: np.abs(values.astype(np.float64)))
     return _int64_ms(values, unit)
 
 
-def _epoch_float(values: np.ndarray) -> np.ndarray:
+def _epoch_float(values: np.ndarray, state: _TimeState | None = None) -> np.ndarray:
     finite = np.isfinite(values)
     if not finite.all():
         i = int(np.argmax(~finite))
         raise _BadValue(i, float(values[i]), "not a time")
-    unit = _epoch_unit(float(np.median(np.abs(values))))
+    unit = _state_unit(state, lambda: np.abs(values))
     ms = np.floor(values / unit) if unit > 1 else np.rint(values * (1 / unit))
     bad = np.abs(ms) > _MAX_MS
     if bad.any():
@@ -422,16 +559,16 @@ _TEXT_TIME_RE = (
 _ISO_TYPES = [pa.timestamp(unit, zone) for unit in ("ms", "us", "ns") for zone in (None, "UTC")]
 
 
-def _parse_text(text: pa.Array, tz: str | None) -> np.ndarray:
+def _parse_text(text: pa.Array, tz: str | None, state: _TimeState | None = None) -> np.ndarray:
     """Text times -> int64 ms UTC: epoch numbers, or dates/times with or without zones."""
     if text.null_count:
         first = int(np.argmax(~text.is_valid().to_numpy(zero_copy_only=False)))
         raise _BadValue(first, None, "missing time")
     if _looks(text, _NUMBER_RE):
         try:
-            return _epoch_int(text.cast(pa.int64()).to_numpy())
+            return _epoch_int(text.cast(pa.int64()).to_numpy(), state)
         except pa.ArrowInvalid:
-            return _epoch_float(_cast_or_locate(text, pa.float64(), "not a time").to_numpy())
+            return _epoch_float(_cast_or_locate(text, pa.float64(), "not a time").to_numpy(), state)
     iso = _as_iso(text, text[0].as_py())
     stamp = _iso_type(iso[0].as_py())
     odd = 0  # the first row the fast path does not read
@@ -439,14 +576,14 @@ def _parse_text(text: pa.Array, tz: str | None) -> np.ndarray:
         values = _cast_iso(iso, stamp)
         if not isinstance(values, int):
             ms = _int64_ms(values, _UNIT_PER_MS[stamp.unit])
-            return ms if stamp.tz is not None else _localize(ms, tz)
+            return ms if stamp.tz is not None else _localize(ms, tz, state=state)
         odd = values
     try:
         _parse_text_parts(text.slice(odd, 1))
     except _BadValue:
         raise _BadValue(odd, text[odd].as_py(), "not a time") from None
     ms, naive = _parse_text_parts(text)
-    return _localize(ms, tz, where=naive)
+    return _localize(ms, tz, where=naive, state=state)
 
 
 _CAST_ROWS = 1 << 16
@@ -538,18 +675,23 @@ def _parse_parts(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return stamps.cast(pa.int64()).to_numpy(), naive
 
 
-def _localize(ms: np.ndarray, tz: str | None, where: np.ndarray | None = None) -> np.ndarray:
+def _localize(ms: np.ndarray, tz: str | None, where: np.ndarray | None = None,
+              state: _TimeState | None = None) -> np.ndarray:
     """Naive local ms -> UTC ms in ``tz`` (None: already UTC).
 
     A local time that occurs twice (clocks going back) is the earlier instant
     unless the file has already passed it: within each run of such rows, rows
     from the first step backwards in time on are the later instant.  A local
     time that does not exist (clocks going forward) raises _BadValue.
+    ``state.dst`` carries a run from the batch before (``CandleFile``) and is
+    left where this batch's last row leaves it.
     """
     ms = np.asarray(ms, dtype=np.int64)
     if tz is None:
         return ms
     rows = np.arange(len(ms)) if where is None else np.flatnonzero(where)
+    if len(rows) == 0:
+        return ms
     local = pa.array(ms[rows], pa.timestamp("ms"))
     early = pc.assume_timezone(local, timezone=tz, ambiguous="earliest",
                                nonexistent="earliest").cast(pa.int64()).to_numpy()
@@ -566,20 +708,29 @@ def _localize(ms: np.ndarray, tz: str | None, where: np.ndarray | None = None) -
                         f"local time does not exist in {tz} (clocks went forward)")
     result = early
     ambiguous = diff >= 60_000
+    # The row before this batch's first (in the batch before, if any).
+    prev_ambiguous, prev_early, prev_backed = (state.dst if state is not None and state.dst
+                                               else (False, 0, False))
     if ambiguous.any():
         # A run of ambiguous rows: the repeat starts where local time steps back.
         back = np.zeros(len(early), bool)
         back[1:] = early[1:] <= early[:-1]
+        back[0] = prev_ambiguous and bool(early[0] <= prev_early)
         back &= ambiguous
         back[1:] &= ambiguous[:-1]
-        run_start = ambiguous & ~np.r_[False, ambiguous[:-1]]
-        run_id = np.cumsum(run_start)
+        run_start = ambiguous & ~np.r_[prev_ambiguous, ambiguous[:-1]]
+        run_id = np.cumsum(run_start)  # 0: a run that began in the batch before
         backs = np.cumsum(back)
         backs_before_run = np.zeros(run_id[-1] + 1, np.int64)
         starts = np.flatnonzero(run_start)
         backs_before_run[run_id[starts]] = backs[starts] - back[starts]
-        later = ambiguous & (backs - backs_before_run[run_id] > 0)
+        later = ambiguous & ((backs - backs_before_run[run_id] > 0) | ((run_id == 0) & prev_backed))
         result = np.where(later, late, early)
+        last_backed = bool(later[-1])
+    else:
+        last_backed = False
+    if state is not None:
+        state.dst = (bool(ambiguous[-1]), int(early[-1]), last_backed)
     out = ms.copy()
     out[rows] = result
     return out

@@ -83,6 +83,11 @@ class EmbeddedClient:
                     f"ClickHouse server and set CLICKHOUSE_URL") from None
             raise DependencyError(f"cannot connect to ClickHouse at chdb://{settings.chdb_path}: "
                                   f"{short_error(exc)}") from None
+        # Results cross no network here: ClickHouse's default lz4 frames on
+        # Arrow output cost a quarter of the CPU time of reading a result
+        # (10M label rows: 3.5 -> 2.7 s) for nothing.  Uncompressed, a
+        # result is read in place: see ``arrow``.
+        self._conn.query("SET output_format_arrow_compression_method = 'none'", "TabSeparated")
         self._lock = threading.Lock()
 
     def _query(self, sql: str, fmt: str, parameters: dict | None):
@@ -103,7 +108,20 @@ class EmbeddedClient:
         return list(zip(*(column.to_pylist() for column in table.columns)))
 
     def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
-        return self._query(sql, "ArrowTable", parameters)
+        """The result as a table over chDB's own result buffer (no copy).
+
+        The buffer lives as long as chDB's result object, and a memoryview
+        of it does not keep that object alive: so the table's buffers hold
+        it (``base``).  chDB's "ArrowTable" format does not, and is safe
+        only because ClickHouse compresses Arrow output by default, so
+        reading it makes Arrow's own copy (and it imports pandas, 0.2 s)."""
+        result = self._query(sql, "Arrow", parameters)
+        if len(result) == 0:
+            return pa.Table.from_batches([], schema=pa.schema([]))
+        view = result.get_memview().view()
+        data = pa.py_buffer(view)
+        owned = pa.foreign_buffer(data.address, data.size, base=(result, view))
+        return pa.RecordBatchFileReader(owned).read_all()
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         """Insert a table through chDB's ``Python()`` table function, which

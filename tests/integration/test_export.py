@@ -127,6 +127,63 @@ def test_export_streams_in_batches_in_ts_order(computed, service, tmp_path):
                         .set_column(0, "ts", whole.column("ts")).replace_schema_metadata(None))
 
 
+def test_batch_starts_bound_every_batch_where_rows_are_uneven(service):
+    """Five rows years before a dense run of 3,000: the run falls in one
+    interval of the first count, which is counted again more finely."""
+    from gpubackfill.labels import resolve
+
+    store = service.store
+    service.init()
+    set_id = store.ensure_label_table(resolve(["mfe_mae"]))
+    key = SeriesKey("EURUSD", "M1")
+    early = 1_000_000_000_000 + np.arange(5, dtype=np.int64) * 86_400_000 * 300
+    dense = 1_700_000_000_000 + np.arange(3000, dtype=np.int64) * 60_000
+    ts = np.concatenate([early, dense])
+    labels = pa.table({"ts": ts, "mfe": np.ones(len(ts)), "mae": np.ones(len(ts)),
+                       "mfe_bars": pa.array(np.ones(len(ts), np.int32)),
+                       "mae_bars": pa.array(np.ones(len(ts), np.int32))})
+    store.write_labels(key, set_id, int(ts[0]), int(ts[-1]) + 1, labels, "h", 0, "t")
+    for batch_rows, start, end in [(97, None, None), (1000, None, None), (50, int(dense[10]), int(dense[400]))]:
+        starts = store.label_batch_starts(key, set_id, start, end, batch_rows)
+        inside = ts[(ts >= (start or 0)) & (ts < (end or 2**62))]
+        assert starts[0] == inside[0] and starts == sorted(set(starts))
+        sizes = np.diff(np.searchsorted(inside, starts + [inside[-1] + 1]))
+        assert sizes.sum() == len(inside) and sizes.max() <= batch_rows and sizes.min() > 0
+        assert len(starts) <= 3 * len(inside) // batch_rows + 3  # batches are not tiny either
+
+
+def test_a_file_written_in_small_batches_holds_every_row_in_order(service, computed, tmp_path, monkeypatch):
+    from gpubackfill import export as export_mod
+
+    monkeypatch.setattr(export_mod, "BATCH_ROWS", 97)
+    whole = service.export("EURUSD", "M15", set_id=None)
+    rows, cols, _ = service.export_file(tmp_path / "l.parquet", "EURUSD", "M15")
+    f = pq.ParquetFile(tmp_path / "l.parquet")
+    assert (rows, cols) == (whole.num_rows, whole.num_columns) and f.metadata.num_row_groups > 10
+    got = f.read()
+    assert got.schema.metadata == whole.schema.metadata
+    assert got.set_column(0, "ts", got.column("ts").cast(pa.int64())).replace_schema_metadata(None) \
+        .equals(whole.replace_schema_metadata(None))
+    service.export_file(tmp_path / "l.csv", "EURUSD", "M15")
+    lines = (tmp_path / "l.csv").read_text().splitlines()
+    assert len(lines) == whole.num_rows + 1 and lines[1:] == sorted(lines[1:])
+
+
+def test_an_export_that_fails_midway_leaves_no_file(tmp_path):
+    from gpubackfill import export as export_mod
+
+    def parts():
+        for i in range(3):
+            yield pa.table({"ts": pa.array([i], export_mod.TS_TYPE), "x": [1.0]})
+        raise RuntimeError("the store went away")
+
+    out = tmp_path / "x.parquet"
+    out.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="went away"):
+        export_mod.write(out, parts(), {})
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
+
+
 def test_labels_lists_the_registry_with_defaults_ranges_and_outputs(cli):
     from gpubackfill.labels import REGISTRY
 

@@ -27,6 +27,25 @@ def test_parameter_values_round_trip_unformatted(store):
                       {"s": nasty, "a": [1, -2, 3], "n": -5}) == [(nasty, [1, -2, 3], -5)]
 
 
+def test_a_result_outlives_the_queries_after_it(store):
+    """A table read from chDB stays as it was while other queries run: its
+    buffers are chDB's result, uncompressed (a table over a result that was
+    already freed read other queries' rows)."""
+    key = SeriesKey("EURUSD", "M1")
+    candles = generate("EURUSD", "M1", "2024-01-01", "2024-01-15")
+    store.ingest(key, candles, np.zeros(candles.num_rows, np.uint8), str)
+    ts = candles.column("ts").to_numpy()
+    first, _, _ = store.load(key, int(ts[0]), int(ts[4000]), 0, 0)
+    import gc
+
+    gc.collect()
+    for i in range(1, 3):
+        store.load(key, int(ts[4000 * i]), int(ts[4000 * (i + 1)]), 0, 0)
+        store.rows("SELECT number FROM numbers(100000)")
+    np.testing.assert_array_equal(first.column("ts").to_numpy(), ts[:4000])
+    np.testing.assert_array_equal(first.column("close").to_numpy(), candles.column("close").to_numpy()[:4000])
+
+
 @pytest.mark.parametrize("start_at, end_at, back, ahead", [
     (0, 100, 50, 10),        # no rows before the chunk: the halo is cut short
     (300, 400, 0, 0),        # no halo at all

@@ -368,3 +368,86 @@ def test_large_csv_round_trip(tmp_path):
     read_candles(write(tmp_path, "warm.csv", "ts,open,high,low,close\n2024-01-01T00:00Z,1,1,1,1\n"))
     out = read_candles(path)
     assert out.equals(table)
+
+
+# --------------------------------------------------------------------------
+# in batches (iter_candles): the same rows as one read, errors named by file row
+
+
+def _batched(path, batch_rows, **kw):
+    from gpubackfill.candles.files import iter_candles
+
+    parts = list(iter_candles(path, batch_rows=batch_rows, **kw))
+    assert all(p.num_rows <= batch_rows for p in parts)
+    return parts
+
+
+@pytest.fixture
+def small_csv_blocks(monkeypatch):
+    """Arrow's CSV reader parses blocks of 4 KiB: a file of a few hundred
+    rows spans many blocks, as a large file does with the real block size."""
+    import gpubackfill.candles.files as files
+
+    monkeypatch.setattr(files, "_CSV_BLOCK_BYTES", 1 << 12)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "csv.gz"])
+@pytest.mark.parametrize("fmt", ["iso", "epoch_s", "mt5"])
+def test_batches_join_to_the_whole_file(tmp_path, small_csv_blocks, kind, fmt):
+    table = generate("EURUSD", "M1", "2024-01-01", "2024-01-02").slice(0, 1000)
+    ts = table["ts"].cast(pa.timestamp("ms"))
+    if fmt == "iso":
+        cols = {"Time": pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ")}
+    elif fmt == "epoch_s":
+        cols = {"ts": pc.divide(table["ts"], 1000)}
+    else:  # MetaTrader: <DATE> and <TIME> columns
+        cols = {"<DATE>": pc.strftime(ts, format="%Y.%m.%d"), "<TIME>": pc.strftime(ts, format="%H:%M")}
+    out = pa.table({**cols, **{c: table[c] for c in ("open", "high", "low", "close", "volume")}})
+    path = tmp_path / f"c.{kind}"
+    if kind == "parquet":
+        pq.write_table(out, path, row_group_size=300)  # batches cross row groups
+    else:
+        plain = tmp_path / "plain.csv"
+        pcsv.write_csv(out, plain, pcsv.WriteOptions(quoting_style="none"))
+        path.write_bytes(gzip.compress(plain.read_bytes()) if kind == "csv.gz" else plain.read_bytes())
+    parts = _batched(path, 77)
+    assert len(parts) == 13 and [p.num_rows for p in parts[:-1]] == [77] * 12
+    assert pa.concat_tables(parts).equals(table) and read_candles(path).equals(table)
+
+
+def test_a_bad_value_deep_in_a_file_is_named_by_its_file_row(tmp_path, small_csv_blocks):
+    stamps = pd.date_range("2024-01-01", periods=700, freq="min")
+    times = list(stamps.strftime("%Y-%m-%d %H:%M:%S"))
+    prices = ["1,1,1,1"] * 700
+    times[650], prices[400] = "2024-02-30 00:00:00", "1,1,oops,1"
+    text = "ts,open,high,low,close\n" + "".join(f"{t},{p}\n" for t, p in zip(times, prices))
+    path = write(tmp_path, "bad.csv", text)
+    # The price in row 400 is in a later block than the first: Arrow's reader
+    # refuses that block, and from there the file is read as text.
+    with pytest.raises(InvalidCandles, match=r"'low', row 400 \(line 402\): not a number: 'oops'") as err:
+        _batched(path, 128)
+    assert err.value.row == 400
+    prices[400] = "1,1,1,1"
+    with pytest.raises(InvalidCandles, match=r"row 650 \(line 652\): not a time: '2024-02-30 00:00:00'"):
+        _batched(write(tmp_path, "bad2.csv", "ts,open,high,low,close\n"
+                       + "".join(f"{t},{p}\n" for t, p in zip(times, prices))), 128)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 3, 4, 100])
+def test_dst_repeated_hour_across_batches(tmp_path, batch_rows):
+    local = ["00:30", "01:00", "01:30", "01:00", "01:30", "02:00"]  # clocks go back at 02:00 BST
+    text = "time,open,high,low,close\n" + "".join(f"2024-10-27 {t},1,1,1,1\n" for t in local)
+    path = write(tmp_path, "dst.csv", text)
+    parts = _batched(path, batch_rows, tz="Europe/London")
+    utc = ["23:30", "00:00", "00:30", "01:00", "01:30", "02:00"]
+    expected = [ms("2024-10-26 23:30")] + [ms(f"2024-10-27 {t}") for t in utc[1:]]
+    assert pa.concat_tables(parts)["ts"].to_pylist() == expected
+
+
+def test_epoch_unit_is_the_first_batchs(tmp_path):
+    # Seconds, then a batch of rows that alone would read as milliseconds:
+    # one column has one unit, the one of its first rows.
+    times = [TS[0] // 1000, TS[1] // 1000, TS[2]]
+    path = csv_with_times(tmp_path, times)
+    parts = _batched(path, 2)
+    assert pa.concat_tables(parts)["ts"].to_pylist() == [TS[0], TS[1], TS[2] * 1000]
