@@ -425,7 +425,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
 # the floor: chDB alone
 
 READS = {
-    "query ArrowTable": "one query, the result as a pyarrow Table",
+    "query Arrow, read in place": "one query, uncompressed Arrow read over chDB's buffer",
     "send_query Arrow batches": "streamed record batches, gathered into a Table",
 }
 WRITES = {
@@ -445,6 +445,8 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     (a template computed once, with each chunk's own ts) are prepared before
     the clock starts; only chDB's calls are timed."""
     import io
+
+    from gpubackfill.storage.clickhouse_client import arrow_result
 
     conn = store.client._conn  # the raw chDB connection: no engine code between
     table = f"{store.db}.labels_{set_id}"
@@ -508,8 +510,10 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     select = "SELECT ts, open, high, low, close, volume FROM {db}.candles WHERE {w} " \
              "AND ts >= fromUnixTimestamp64Milli({lo}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi}, 'UTC') " \
              "ORDER BY instrument, granularity, ts"
+    # (chDB's "ArrowTable" is left out: over uncompressed output, which the
+    # engine's connection asks for, its table points at freed memory.)
     reads = {
-        "query ArrowTable": lambda sql: conn.query(sql, "ArrowTable"),
+        "query Arrow, read in place": lambda sql: arrow_result(conn.query(sql, "Arrow")),
         "send_query Arrow batches": lambda sql: pa.Table.from_batches(
             list(conn.send_query(sql, "Arrow").record_batch(rows_per_batch=1 << 20))),
     }

@@ -115,13 +115,7 @@ class EmbeddedClient:
         it (``base``).  chDB's "ArrowTable" format does not, and is safe
         only because ClickHouse compresses Arrow output by default, so
         reading it makes Arrow's own copy (and it imports pandas, 0.2 s)."""
-        result = self._query(sql, "Arrow", parameters)
-        if len(result) == 0:
-            return pa.Table.from_batches([], schema=pa.schema([]))
-        view = result.get_memview().view()
-        data = pa.py_buffer(view)
-        owned = pa.foreign_buffer(data.address, data.size, base=(result, view))
-        return pa.RecordBatchFileReader(owned).read_all()
+        return arrow_result(self._query(sql, "Arrow", parameters))
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         """Insert a table through chDB's ``Python()`` table function, which
@@ -141,6 +135,17 @@ class EmbeddedClient:
                 self._conn.query(f"INSERT INTO {table} ({names}) SELECT * FROM Python({var})", "TabSeparated")
         finally:
             del _published[var]
+
+
+def arrow_result(result) -> pa.Table:
+    """A chDB "Arrow" result as a table over its own buffer, which the
+    table's buffers keep alive (``EmbeddedClient.arrow``)."""
+    if len(result) == 0:
+        return pa.Table.from_batches([], schema=pa.schema([]))
+    view = result.get_memview().view()
+    data = pa.py_buffer(view)
+    owned = pa.foreign_buffer(data.address, data.size, base=(result, view))
+    return pa.RecordBatchFileReader(owned).read_all()
 
 
 # The module's globals, where chDB's Python() table function looks an
