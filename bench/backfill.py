@@ -598,7 +598,7 @@ def child_universe_job(args: argparse.Namespace) -> dict[str, Any]:
         # The comparison row only: every series in its own chunk.
         service_mod.plan_job = functools.partial(plan_mod.plan_job, max_segments=1)
     svc = BackfillService(_settings(args.home))
-    cs, workers = svc.settings.chunk_size, args.workers
+    cs, workers = svc.settings.chunk_size_for(args.workers), args.workers
     res: dict[str, Any] = {"mode": args.mode, "chunk_size": cs, "workers": workers}
     warm = svc.create_job(INSTRUMENT, GRANULARITY, _dt(START_MS),
                           _dt(START_MS + WARMUP_CANDLES * STEP_MS), LABELS,

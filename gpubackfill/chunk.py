@@ -26,7 +26,7 @@ from . import backends
 from .allocator import keep_freed_memory
 from .candles import frames as candles_mod
 from .compute import compute_series
-from .config import Settings
+from .config import BYTES_PER_CANDLE, Settings
 from .connections import clickhouse_breaker, connections
 from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
 from .granularity import GRANULARITIES
@@ -38,11 +38,6 @@ from .storage.clickhouse_store import SeriesKey, Store, input_fingerprint
 from .storage.redis_state import RedisState
 from .times import iso
 from .watchdog import thread_stack
-
-# Peak resident memory per candle of a chunk in flight (load, kernels,
-# Arrow output, insert buffers), measured in bench/RESULTS.md: two 1M-candle
-# chunks side by side peaked at about 2 GB.
-BYTES_PER_CANDLE = 1000
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,17 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import InvalidInput
 
-DEFAULT_CHUNK_SIZE = 100_000  # bench/RESULTS.md (backfill): 1M is faster but needs ~0.4 GB per worker
+# Without BATCH_CHUNK_SIZE a job's chunk size is the largest of these whose
+# chunks in flight (one per worker) fit the memory budget, BATCH_MEMORY_LIMIT
+# or 2 GB: 1M candles on 2 workers.  Larger chunks make fewer, larger parts
+# for ClickHouse to write and merge: 10M candles ran at 66% of chDB's own
+# read-and-insert time with 100k chunks and 75% with 1M (bench/RESULTS.md,
+# "The data path at chDB's floor").
+AUTO_CHUNK_SIZES = (1_000_000, 250_000, 100_000)
+AUTO_MEMORY_BUDGET = 2 * 10**9
+# Peak resident memory per candle of a chunk in flight (load, kernels,
+# Arrow output, insert): a budget with margin, ~380 B measured at 1M.
+BYTES_PER_CANDLE = 1000
 
 
 class ConfigError(InvalidInput):
@@ -81,7 +91,7 @@ class Settings(BaseSettings):
     redis_prefix: str = _env("GPUBACKFILL_REDIS_PREFIX", "gpubackfill")
     redis_ttl: int = _env("REDIS_TTL", 7 * 24 * 3600, ge=60)  # seconds a finished job stays in Redis
     max_workers: int = _env("BATCH_MAX_WORKERS", lambda: os.cpu_count() or 1, ge=1)
-    chunk_size: int = _env("BATCH_CHUNK_SIZE", DEFAULT_CHUNK_SIZE, ge=1)
+    chunk_size: int | None = _env("BATCH_CHUNK_SIZE", None, ge=1)  # None: chunk_size_for(workers)
     max_retries: int = _env("BATCH_MAX_RETRIES", 3, ge=0)
     cache_ttl_seconds: int = _env("CACHE_TTL_SECONDS", 3600, ge=0)  # spec name, read and validated
     metrics_enabled: Flag = _env("METRICS_ENABLED", True)
@@ -242,6 +252,17 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, fmt: Any) -> Any:
         return fmt.lower() if isinstance(fmt, str) else fmt
+
+    def chunk_size_for(self, workers: int) -> int:
+        """The chunk size of a job with ``workers``: BATCH_CHUNK_SIZE, or the
+        largest of ``AUTO_CHUNK_SIZES`` within the memory budget."""
+        if self.chunk_size:
+            return self.chunk_size
+        budget = self.memory_limit_bytes or AUTO_MEMORY_BUDGET
+        for size in AUTO_CHUNK_SIZES:
+            if workers * size * BYTES_PER_CANDLE <= budget:
+                return size
+        return AUTO_CHUNK_SIZES[-1]
 
     @field_validator("memory_limit_bytes", mode="before")
     @classmethod

@@ -91,9 +91,10 @@ class BackfillService:
         has candles in the range, and queue it; returns its id.  Pairs
         without candles there are skipped (``status`` lists them) unless no
         pair has any."""
+        workers = self.settings.max_workers if workers is None else workers
         spec = make_spec(instrument, granularity, start, end, labels, params,
-                         self.settings.chunk_size if chunk_size is None else chunk_size,
-                         self.settings.max_workers if workers is None else workers, priority, force,
+                         self.settings.chunk_size_for(workers) if chunk_size is None else chunk_size,
+                         workers, priority, force,
                          backend or self.settings.backend, min_workers)
         from .backends import select
 
@@ -218,7 +219,8 @@ class BackfillService:
         from . import coverage
 
         self._ready()
-        size = self.settings.chunk_size if chunk_size is None else chunk_size
+        size = (self.settings.chunk_size_for(self.settings.max_workers if workers is None else workers)
+                if chunk_size is None else chunk_size)
         insts = set(parse_names(instrument, "instrument")) - {ALL}
         grans = {parse_granularity(g) for g in parse_names(granularity, "granularity")}
         insts = {parse_instrument(i) for i in insts}

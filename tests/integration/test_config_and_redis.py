@@ -15,7 +15,12 @@ def test_embedded_defaults(tmp_path):
     s = Settings.from_env({"GPUBACKFILL_HOME": str(tmp_path)}, dotenv=False)
     assert s.embedded_clickhouse and s.embedded_redis
     assert s.chdb_path == tmp_path / "clickhouse" and s.redis_dir == tmp_path / "redis"
-    assert s.chunk_size == 100_000 and s.redis_ttl == 7 * 24 * 3600
+    assert s.chunk_size is None and s.redis_ttl == 7 * 24 * 3600
+    # Unset, the chunk size follows the workers: chunks in flight within 2 GB.
+    assert [s.chunk_size_for(w) for w in (1, 2, 3, 8, 20, 64)] == [
+        1_000_000, 1_000_000, 250_000, 250_000, 100_000, 100_000]
+    limited = s.model_copy(update={"memory_limit_bytes": 500_000_000})
+    assert limited.chunk_size_for(2) == 250_000
 
 
 def test_original_spec_names_build_server_urls(tmp_path):
@@ -106,7 +111,7 @@ def test_settings_survive_a_json_round_trip(tmp_path):
                           dotenv=False)
     again = Settings.model_validate(json.loads(json.dumps(s.model_dump(), default=str)))
     assert again == s and hash(again) == hash(s)
-    assert s.model_copy(update={"chunk_size": 5}).chunk_size == 5 and s.chunk_size == 100_000
+    assert s.model_copy(update={"chunk_size": 5}).chunk_size == 5 and s.chunk_size is None
 
 
 START_RACE = """
