@@ -253,14 +253,17 @@ class Settings(BaseSettings):
     def _lower(cls, fmt: Any) -> Any:
         return fmt.lower() if isinstance(fmt, str) else fmt
 
-    def chunk_size_for(self, workers: int) -> int:
-        """The chunk size of a job with ``workers``: BATCH_CHUNK_SIZE, or the
-        largest of ``AUTO_CHUNK_SIZES`` within the memory budget."""
+    def chunk_size_for(self, workers: int, candles: int | None = None) -> int:
+        """The chunk size of a job with ``workers`` (over ``candles``, when
+        known): BATCH_CHUNK_SIZE, or the largest of ``AUTO_CHUNK_SIZES``
+        within the memory budget that still gives every worker two chunks
+        (one 1M chunk of a 1M-candle job would leave a worker idle)."""
         if self.chunk_size:
             return self.chunk_size
         budget = self.memory_limit_bytes or AUTO_MEMORY_BUDGET
+        share = candles // (2 * workers) if candles else None
         for size in AUTO_CHUNK_SIZES:
-            if workers * size * BYTES_PER_CANDLE <= budget:
+            if workers * size * BYTES_PER_CANDLE <= budget and (share is None or size <= share):
                 return size
         return AUTO_CHUNK_SIZES[-1]
 

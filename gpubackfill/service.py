@@ -119,6 +119,9 @@ class BackfillService:
             raise InvalidInput(f"no candles for {inst} {gran} "
                                f"(ingest some first; series present: {_listing(others)})")
         keys = [SeriesKey(i, g) for i, g in wanted if (i, g) in present]
+        if chunk_size is None and not self.settings.chunk_size:
+            candles = sum(self.store.range_counts("candles", keys, spec.start_ms, spec.end_ms).values())
+            spec = replace(spec, chunk_size=self.settings.chunk_size_for(spec.workers, candles))
         back, ahead = halo(spec.resolved())
         planned = self.store.chunk_plan(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead)
         runs = {k: planned[k] for k in keys if planned.get(k)}

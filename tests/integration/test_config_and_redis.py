@@ -19,6 +19,9 @@ def test_embedded_defaults(tmp_path):
     # Unset, the chunk size follows the workers: chunks in flight within 2 GB.
     assert [s.chunk_size_for(w) for w in (1, 2, 3, 8, 20, 64)] == [
         1_000_000, 1_000_000, 250_000, 250_000, 100_000, 100_000]
+    # ... and gives every worker two chunks of the job, down to 100k.
+    assert [s.chunk_size_for(2, n) for n in (10**7, 4 * 10**6, 10**6, 10**5)] == [
+        1_000_000, 1_000_000, 250_000, 100_000]
     limited = s.model_copy(update={"memory_limit_bytes": 500_000_000})
     assert limited.chunk_size_for(2) == 250_000
 

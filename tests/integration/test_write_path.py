@@ -217,3 +217,14 @@ def test_manifest_rows_wait_in_redis_until_a_driver_inserts_them(service):
     assert len(manifest) == service.status(job)["chunks_total"]
     assert [r for r in manifest if r[3] == a][0][7] == computed_at  # when its candles were read
     assert_matches_whole_series(service, job, candles)
+
+
+def test_an_unset_chunk_size_follows_the_workers_and_the_job(service):
+    series(service)  # about 9,500 candles
+    job = service.create_job("EURUSD", "M5", START, END, workers=2)
+    assert service.state.job(job)["chunk_size"] == 100_000  # the floor of the automatic sizes
+    sized = service.settings.model_copy(update={"chunk_size": 700})
+    from gpubackfill.service import BackfillService
+
+    other = BackfillService(sized).create_job("EURUSD", "M5", START, "2024-01-20", workers=2)
+    assert service.state.job(other)["chunk_size"] == 700
