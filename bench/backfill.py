@@ -92,7 +92,7 @@ from gpubackfill.labels import DEFAULT_LABELS
 
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
-RssSampler, _reset_peak_rss = _report.RssSampler, _report.reset_peak_rss
+RssSampler, _reset_peak_rss, verdict = _report.RssSampler, _report.reset_peak_rss, _report.verdict
 
 INSTRUMENT = "BTCUSD"          # 24/7: no weekend gaps, so N bars need N minutes
 GRANULARITY = "M1"
@@ -875,14 +875,6 @@ def print_verify(r: dict[str, Any] | None) -> bool | None:
     print_table(["", "value"], rows,
                 title=f"4. Correctness after the {r['chunk_size']:,}-candle-chunk job")
     return ok
-
-
-def verdict(ok: bool | None, quick: bool, why: str = "") -> str:
-    if quick:
-        return "n/a (quick)"
-    if ok is None:
-        return f"n/a ({why})"
-    return "PASS" if ok else "MISS"
 
 
 def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]], verified: bool | None) -> None:

@@ -66,7 +66,7 @@ import report as _report  # bench/report.py
 
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
 print_table, size_name, _status_kb = _report.print_table, _report.size_name, _report._status_kb
-RssSampler, _reset_peak_rss = _report.RssSampler, _report.reset_peak_rss
+RssSampler, _reset_peak_rss, verdict = _report.RssSampler, _report.reset_peak_rss, _report.verdict
 
 import gpubackfill  # noqa: E402
 from gpubackfill import allocator, backends  # noqa: E402
@@ -515,14 +515,6 @@ def bench_pandas(table: pa.Table, tb_rate: float, events_count: int, repeats: in
 
 # ---------------------------------------------------------------------------
 # 4. summary
-
-
-def verdict(ok: bool | None, quick: bool, why: str = "") -> str:
-    if quick:
-        return "n/a (quick)"
-    if ok is None:
-        return f"n/a ({why})"
-    return "PASS" if ok else "MISS"
 
 
 def print_summary(args: argparse.Namespace, times: dict[tuple[int, str], float],

@@ -43,6 +43,15 @@ def size_name(n: int) -> str:
     return human(n).replace(" ", "")
 
 
+def verdict(ok: bool | None, quick: bool, why: str = "") -> str:
+    """A target's result cell: PASS or MISS, n/a when not judged (and why)."""
+    if quick:
+        return "n/a (quick)"
+    if ok is None:
+        return f"n/a ({why})"
+    return "PASS" if ok else "MISS"
+
+
 def mib(b: float) -> str:
     return f"{b / 2**20:,.1f}"
 

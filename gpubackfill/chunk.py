@@ -377,7 +377,7 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
                 cached[i] = rec[1]
         stages.lap("cache check")
     kernels = backends.select(task.backend).kernels
-    writes, outcomes = [], []
+    writes, outcomes, manifest = [], [], []
     incomplete = resolved_bars = ambiguous = 0
     for i, (seg, key, (table, first, own)) in enumerate(zip(task.segments, keys, loaded)):
         if i in cached:
@@ -404,6 +404,8 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
         resolved_bars += amb.get("resolved", 0)
         ambiguous += amb.get("ambiguous", 0)
         writes.append((key, seg.start_ms, seg.end_ms, labels, prints[i], n_incomplete))
+        manifest.append((seg.series, seg.start_ms, seg.end_ms, prints[i], labels.num_rows, n_incomplete,
+                         computed_at))
         outcomes.append(SegmentOutcome(seg.series, own, labels.num_rows, seg.rows))
         stages.lap("compute")
     if writes:
@@ -412,12 +414,10 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
         # them in batches (one small insert per chunk was ~10% of its time).
         store.write_labels_many(task.label_set, writes, task.job_id, fresh=fresh, record=False)
         stages.lap("write")
-    series_of = {id(key): seg.series for seg, key in zip(task.segments, keys)}
-    manifest = tuple((series_of[id(w[0])], w[1], w[2], w[4], w[3].num_rows, w[5], computed_at) for w in writes)
     return ChunkResult(task.index, "done", segments=tuple(outcomes),
                        cache_hit=len(cached) == len(task.segments), incomplete=incomplete,
                        resolved=resolved_bars, ambiguous=ambiguous, stages=stages.seconds,
-                       records=manifest)
+                       records=tuple(manifest))
 
 
 def _fingerprint(store: Store, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:

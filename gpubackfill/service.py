@@ -119,11 +119,12 @@ class BackfillService:
             raise InvalidInput(f"no candles for {inst} {gran} "
                                f"(ingest some first; series present: {_listing(others)})")
         keys = [SeriesKey(i, g) for i, g in wanted if (i, g) in present]
+        in_range = self.store.range_counts("candles", keys, spec.start_ms, spec.end_ms)
         if chunk_size is None and not self.settings.chunk_size:
-            candles = sum(self.store.range_counts("candles", keys, spec.start_ms, spec.end_ms).values())
-            spec = replace(spec, chunk_size=self.settings.chunk_size_for(spec.workers, candles))
+            spec = replace(spec, chunk_size=self.settings.chunk_size_for(spec.workers, sum(in_range.values())))
         back, ahead = halo(spec.resolved())
-        planned = self.store.chunk_plan(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead)
+        planned = self.store.chunk_plan(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead,
+                                        in_range)
         runs = {k: planned[k] for k in keys if planned.get(k)}
         if not runs:
             if len(wanted) == 1:

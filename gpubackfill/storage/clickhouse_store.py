@@ -247,7 +247,8 @@ class Store:
         return [(int(t), int(n)) for _, t, n in rows]
 
     def chunk_plan(self, keys: list[SeriesKey], start_ms: int, end_ms: int, chunk_size: int,
-                   back: int, ahead: int) -> dict[SeriesKey, list[tuple[int, int, int, int, int]]]:
+                   back: int, ahead: int, counts: dict[SeriesKey, int] | None = None
+                   ) -> dict[SeriesKey, list[tuple[int, int, int, int, int]]]:
         """Each series' runs of ``chunk_size`` candles in [start, end), as
         (start ms, end ms exclusive, rows, lo ms, hi ms): ``lo``/``hi`` are
         the ts of the first and last row a chunk reads with a halo of
@@ -262,7 +263,8 @@ class Store:
         if not keys:
             return out
         p: dict[str, Any] = {"a": start_ms, "b": end_ms, "cs": chunk_size, "back": back, "ahead": ahead}
-        counts = self.range_counts("candles", keys, start_ms, end_ms)
+        if counts is None:  # the caller may have them: range_counts over the same range
+            counts = self.range_counts("candles", keys, start_ms, end_ms)
         small = [k for k in keys if 0 < counts[k] <= chunk_size]
         total = {k: counts[k] for k in keys if counts[k] > chunk_size}
         if small:
