@@ -80,6 +80,22 @@ def _wait(what, check, timeout=120):
         time.sleep(0.2)
 
 
+_GATED_EXECUTE = """
+import os, runpy, sys, time
+from gpubackfill.storage.redis_state import RedisState
+job, gate = sys.argv[1:]
+complete, seen = RedisState.complete, []
+def gated(self, *args, **kwargs):
+    seen.append(1)
+    while len(seen) > 2 and not os.path.exists(gate):
+        time.sleep(0.05)
+    return complete(self, *args, **kwargs)
+RedisState.complete = gated
+sys.argv = ["gpubackfill", "execute", job]
+runpy.run_module("gpubackfill", run_name="__main__")
+"""
+
+
 def test_export_ingest_and_detach_while_a_job_runs_in_another_process(proc_env, tmp_path):
     env, settings = proc_env
     m15 = tmp_path / "m15.parquet"
@@ -92,11 +108,13 @@ def test_export_ingest_and_detach_while_a_job_runs_in_another_process(proc_env, 
     m1 = tmp_path / "m1.parquet"
     pq.write_table(generate("EURUSD", "M1", "2024-01-01", "2024-02-01"), m1)
     run_cli(env, "ingest", str(m1), "--instrument", "EURUSD", "--granularity", "M1")
-    # Slow on purpose: two hundred-odd chunks of 200 candles, one at a time (cancelled below).
+    # Two hundred-odd chunks, one at a time; the runner holds its third chunk
+    # until `gate` exists, so the job is still running whatever the speed.
     job = run_cli(env, "start", "--instrument", "EURUSD", "--granularity", "M1", "--start-date",
                   "2024-01-01", "--end-date", "2024-01-31", "--chunk-size", "200", "--workers", "1",
                   "--detach").stdout.strip()
-    runner = subprocess.Popen([sys.executable, "-m", "gpubackfill", "execute", job],
+    gate = tmp_path / "gate"
+    runner = subprocess.Popen([sys.executable, "-c", _GATED_EXECUTE, job, str(gate)],
                               env={**os.environ, **env}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
@@ -133,8 +151,9 @@ def test_export_ingest_and_detach_while_a_job_runs_in_another_process(proc_env, 
         assert res.returncode == 1 and res.stderr.count("\n") == 1
         assert "queue this one with `start --detach`" in res.stderr
         s = status()
-        assert s["status"] == "running" and s["chunks"]["pending"], "make the job slower"
+        assert s["status"] == "running" and s["chunks"]["done"] == 2 and s["chunks"]["pending"]
         assert "cancelled" in run_cli(env, "cancel", job).stdout
+        gate.touch()
         runner.communicate(timeout=120)
     finally:
         if runner.poll() is None:
