@@ -97,8 +97,8 @@ class Store:
     def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
         return self._run(self.client.arrow, sql, parameters)
 
-    def insert_arrow(self, table: str, data: pa.Table) -> None:
-        self._run(self.client.insert_arrow, f"{self.db}.{table}", data)
+    def insert_arrow(self, table: str, data: pa.Table, constants: dict[str, str] | None = None) -> None:
+        self._run(self.client.insert_arrow, f"{self.db}.{table}", data, constants)
 
     # -- schema ------------------------------------------------------------
 
@@ -672,8 +672,8 @@ class Store:
         if present:
             self.command(f"DELETE FROM {table} WHERE {rng}", p)
         if labels.num_rows:
-            out = _with_series(key, labels, set_id)
-            self.insert_arrow(f"labels_{set_id}", out)
+            self.insert_arrow(f"labels_{set_id}", _with_ts(labels),
+                              {"instrument": key.instrument, "granularity": key.granularity, "label_set": set_id})
         if record:
             self.write_records(set_id, [(key, start_ms, end_ms, input_hash, labels.num_rows, incomplete,
                                          time.time_ns() // 1_000_000, job_id)])
@@ -861,21 +861,18 @@ def _ch_type(t: pa.DataType, nullable: bool) -> str:
     return f"Nullable({base})" if nullable else base
 
 
-def _with_series(key: SeriesKey, table: pa.Table, set_id: str | None = None) -> pa.Table:
-    """``table`` with its series' key columns in front, ts as a UTC timestamp."""
-    # The key columns repeat one value: as dictionaries they cost 4 bytes a
-    # row and arrive in the LowCardinality columns without a lookup per row.
-    zeros = pa.array(np.zeros(table.num_rows, np.int32))
-    keys = {"instrument": key.instrument, "granularity": key.granularity}
-    if set_id is not None:
-        keys["label_set"] = set_id
-    cols: dict[str, Any] = {name: pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string()))
-                            for name, value in keys.items()}
-    cols["ts"] = table.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+def _with_ts(table: pa.Table) -> pa.Table:
+    """``table`` with ts first, as a UTC timestamp."""
+    cols: dict[str, Any] = {"ts": table.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))}
     for name in table.column_names:
         if name != "ts":
             cols[name] = table.column(name)
     return pa.table(cols)
+
+
+def _with_series(key: SeriesKey, table: pa.Table) -> pa.Table:
+    """``table`` with its series' key columns in front, ts as a UTC timestamp."""
+    return clickhouse.with_constants(_with_ts(table), {"instrument": key.instrument, "granularity": key.granularity})
 
 
 def _with_many_series(keys: list[SeriesKey], tables: list[pa.Table], set_id: str) -> pa.Table:
