@@ -16,7 +16,7 @@ from typing import Any, cast
 import tenacity
 
 from .. import logs
-from ..chunk import ChunkTask, run_chunk
+from ..chunk import ChunkTask, run_chunks
 from ..config import Settings
 from ..errors import DependencyError, InvalidInput
 from ..storage.redis_state import RedisState
@@ -39,11 +39,13 @@ class Driver:
         self.stop = stop or threading.Event()
         self.flush = flush  # inserts the manifest rows the chunks recorded
         self.machine = DriverMachine(workers, settings.shutdown_timeout)
-        self.in_flight: dict[Any, tuple[int, int]] = {}
+        # Each Dask future runs one or more chunks (chunk.run_chunks):
+        # future -> [(chunk index, lease token), ...] in the order they run.
+        self.in_flight: dict[Any, list[tuple[int, int]]] = {}
         self.last_upkeep = time.monotonic()
         # Futures whose chunk was taken back (deadline or lease) while their
         # thread still runs: each holds a worker slot until it returns.
-        self.stuck: dict[Any, int] = {}
+        self.stuck: dict[Any, list[int]] = {}
         self.timeout_s = self._chunk_timeout()
         # Redis (or ClickHouse) away for the driver itself: back off, do not spin.
         self._backoff = tenacity.wait_exponential(multiplier=settings.retry_base_seconds,
@@ -120,40 +122,52 @@ class Driver:
         raise TypeError(f"unknown instruction {ins!r}")
 
     def _claim(self, n: int) -> tuple[int, bool]:
-        got = 0
-        for _ in range(n):
-            claimed = self.state.claim(self.job_id, self.owner, self.lease_ms)
-            if claimed == "empty":
-                return got, True
-            if isinstance(claimed, str):
-                return got, False  # no longer running
-            idx, token, segments = claimed
-            task = ChunkTask(index=idx, token=token, segments=segments,
-                             names={s.series: self.series[s.series] for s in segments},
-                             timeout_s=self.timeout_s, **self.base)
-            fut = self.cluster.client.submit(run_chunk, self.settings, task, pure=False,
-                                             key=f"chunk-{self.job_id}-{idx}-{token}")
-            self.in_flight[fut] = (idx, token)
+        """Submit up to ``n`` Dask tasks, each of one chunk or of several
+        small ones (``Settings.task_candles``); (tasks submitted, queue empty)."""
+        got, empty = 0, False
+        while got < n and not empty:
+            batch: list[ChunkTask] = []
+            while len(batch) < MAX_CHUNKS_PER_TASK and sum(t.rows for t in batch) < self.settings.task_candles:
+                claimed = self.state.claim(self.job_id, self.owner, self.lease_ms)
+                if isinstance(claimed, str):
+                    empty = claimed == "empty"  # else no longer running
+                    n = got  # claim no more
+                    break
+                idx, token, segments = claimed
+                batch.append(ChunkTask(index=idx, token=token, segments=segments,
+                                       names={s.series: self.series[s.series] for s in segments},
+                                       timeout_s=self.timeout_s, **self.base))
+            if not batch:
+                break
+            first = batch[0]
+            fut = self.cluster.client.submit(run_chunks, self.settings, tuple(batch), pure=False,
+                                             key=f"chunk-{self.job_id}-{first.index}-{first.token}"
+                                                 + (f"+{len(batch) - 1}" if len(batch) > 1 else ""))
+            self.in_flight[fut] = [(t.index, t.token) for t in batch]
             got += 1
-        return got, False
+        return got, empty
 
     def _collect(self, fut) -> list[Instruction]:
-        idx, token = self.in_flight.pop(fut)
+        chunks = self.in_flight.pop(fut)
         if fut.status == "error":  # the task never reported: its worker died or it crashed
             exc = fut.exception()
             why = f"worker lost: {type(exc).__name__}: {exc}"
-            logs.chunk_failed(self.job_id, idx, why, True)
-            self.state.fail(self.job_id, idx, token, why, self.base["max_attempts"], retryable=True,
-                            category="resource", detail={"digest": "worker-lost"})
-            self.state.note(self.job_id, "worker_error", f"chunk {idx}: {exc}")
+            for idx, token in chunks:  # those recorded already keep their record (stale token)
+                if self.state.fail(self.job_id, idx, token, why, self.base["max_attempts"], retryable=True,
+                                   category="resource", detail={"digest": "worker-lost"})[0] != "stale":
+                    logs.chunk_failed(self.job_id, idx, why, True)
+            self.state.note(self.job_id, "worker_error", f"chunks {[i for i, _ in chunks]}: {exc}")
             return []
         if fut.status == "cancelled":
             return []
-        result: ChunkResult = fut.result()
-        if result.failed:
-            logs.chunk_failed(self.job_id, idx, result.error, result.kind == "retry",
-                              category=result.category)
-        return self.machine.outcome(result, time.monotonic())
+        out: list[Instruction] = []
+        results: list[ChunkResult] = fut.result()
+        for result in results:
+            if result.failed:
+                logs.chunk_failed(self.job_id, result.index, result.error, result.kind == "retry",
+                                  category=result.category)
+            out += self.machine.outcome(result, time.monotonic())
+        return out
 
     def _upkeep(self) -> None:
         # Often enough to see a chunk taken back by its deadline soon after,
@@ -199,13 +213,17 @@ class Driver:
         if not any(not f.done() for f in self.in_flight):
             return
         leases = self.state.leases(self.job_id)
-        for fut, (idx, token) in list(self.in_flight.items()):
-            if not fut.done() and leases.get(idx) != token:
+        for fut, chunks in list(self.in_flight.items()):
+            # A task holds no lease any more once its running chunk was taken
+            # back and those waiting behind it ran out (their leases are only
+            # renewed when they start).
+            if not fut.done() and all(leases.get(idx) != token for idx, token in chunks):
                 # Not cancelled: a running task cannot be stopped anyway, and
                 # its future is how we see the slot come free again.
                 self.in_flight.pop(fut)
-                self.stuck[fut] = idx
-                self.state.note(self.job_id, "lease_expired", f"chunk {idx} (token {token})")
+                self.stuck[fut] = [idx for idx, _ in chunks]
+                self.state.note(self.job_id, "lease_expired", ", ".join(
+                    f"chunk {idx} (token {token})" for idx, token in chunks))
 
     def wedged(self) -> list[int]:
         """The chunks that hold every worker slot, each past its deadline
@@ -216,23 +234,30 @@ class Driver:
         if len(self.stuck) < self.workers:
             return []
         errors = self.state.chunk_errors(self.job_id)
-        timed_out = [i for i in self.stuck.values() if errors.get(i, "").startswith("timeout:")]
+        timed_out = [min(i for i in chunks if errors.get(i, "").startswith("timeout:"))
+                     for chunks in self.stuck.values()
+                     if any(errors.get(i, "").startswith("timeout:") for i in chunks)]
         return sorted(timed_out) if len(timed_out) >= self.workers else []
 
     def abandon(self, why: str = "driver stopped") -> None:
         """Give running chunks back to the queue (their late writes are fenced)."""
-        for fut, (idx, token) in list(self.in_flight.items()):
+        for fut, chunks in list(self.in_flight.items()):
             fut.cancel()
-            try:
-                self.state.release(self.job_id, idx, token)
-            except DependencyError:
-                pass  # the lease expires instead
+            for idx, token in chunks:
+                try:
+                    self.state.release(self.job_id, idx, token)
+                except DependencyError:
+                    pass  # the lease expires instead
         self.in_flight.clear()
         try:
             if self.state.job(self.job_id)["status"] == "running":
                 self.state.transition(self.job_id, "interrupt", why)
         except (DependencyError, InvalidInput):
             pass
+
+
+# Chunks per Dask task at most (see Settings.task_candles).
+MAX_CHUNKS_PER_TASK = 8
 
 
 class DriverLost(Exception):

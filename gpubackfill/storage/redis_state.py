@@ -288,6 +288,22 @@ return 1
 """
 
 
+# KEYS: lease hash, job hash   ARGV: chunk index, token, new deadline (ms)
+# A chunk that waited in its batch (chunk.run_chunks) before starting: 'ok'
+# (lease renewed), 'lost' (taken back meanwhile) or the job's status when it
+# is no longer running (the lease is kept: the caller releases it).
+_RESUME = """
+local lease = redis.call('HGET', KEYS[1], ARGV[1])
+if not lease then return 'lost' end
+local owner, token = string.match(lease, '^(.*)|%d+|(%d+)$')
+if token ~= ARGV[2] then return 'lost' end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status ~= 'running' then return status or 'missing' end
+redis.call('HSET', KEYS[1], ARGV[1], owner .. '|' .. ARGV[3] .. '|' .. token)
+return 'ok'
+"""
+
+
 # KEYS: spec key   ARGV: job id, key prefix of jobs, active states (JSON list)
 # The key expires unless the job is created (create_job persists it), so a
 # process that dies in between does not block the spec for good.
@@ -435,6 +451,7 @@ class RedisState:
         self._requeue = self.client.register_script(_REQUEUE)
         self._split = self.client.register_script(_SPLIT)
         self._renew = self.client.register_script(_RENEW)
+        self._resume = self.client.register_script(_RESUME)
         self._settle = self.client.register_script(_SETTLE)
         self._unpack = self.client.register_script(_UNPACK)
         self._takeover = self.client.register_script(_TAKEOVER)
@@ -764,6 +781,13 @@ class RedisState:
         """Extend a lease that is still ours; False once it was taken back."""
         return bool(self.call(self._renew, keys=[self.key(job_id, "lease")],
                                args=[idx, token, now_ms() + lease_ms]))
+
+    def resume_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> str:
+        """Before a chunk that waited behind others in its batch starts: renew
+        its lease if it is still ours and the job still running.  'ok',
+        'lost', or the job's status (the lease then stays to be released)."""
+        return str(self.call(self._resume, keys=[self.key(job_id, "lease"), self.key(job_id)],
+                             args=[idx, token, now_ms() + lease_ms]))
 
     def leases(self, job_id: str) -> dict[int, int]:
         """Chunk index -> token of its current lease."""
