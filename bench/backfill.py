@@ -5,7 +5,7 @@ What it measures, on the EMBEDDED default (chDB in process + the bundled
 redis-server), in a fresh temporary ``GPUBACKFILL_HOME`` that is deleted at
 the end:
 
-1. Setup (one subprocess): a synthetic M1 series of ``--candles`` bars of
+1. Setup (one subprocess; past 20M candles, 10M at a time): a synthetic M1 series of ``--candles`` bars of
    BTCUSD (``gpubackfill.candles.synthetic.generate``; crypto trades 24/7, so the
    range holds exactly that many bars), the compute floor (``compute_labels``
    with all three labels, default parameters, on the whole series: median of
@@ -37,7 +37,8 @@ the end:
    insert.  Bounds and label tables are prepared before the clock starts,
    so no engine code is timed.
 4. Correctness, once (after the 100k run, or the last chunk size when 100k
-   is not run): ``service.export`` rows, and ``store.label_counts``
+   is not run): the rows ``service.export_file`` streams to Parquet (first
+   and last ts, strictly increasing), and ``store.label_counts``
    (count == uniqExact) against the candle count.
 5. Targets with PASS / MISS, and the recommended default chunk size (the
    fastest one whose peak RSS is within the target).
@@ -99,6 +100,8 @@ GRANULARITY = "M1"
 STEP_MS = 60_000
 START_MS = 1_104_537_600_000   # 2005-01-01T00:00:00Z
 LABELS = list(DEFAULT_LABELS)  # the three a job computes by default
+IN_MEMORY_MAX = 20_000_000   # larger series are set up SETUP_BATCH candles at a time
+SETUP_BATCH = 10_000_000
 WARMUP_CANDLES = 3_000
 WARMUP_CHUNK = 1_000
 
@@ -303,32 +306,42 @@ def child_setup(args: argparse.Namespace) -> dict[str, Any]:
     svc = BackfillService(_settings(args.home))
     key = SeriesKey(INSTRUMENT, GRANULARITY)
 
-    t0 = time.perf_counter()
-    table = generate(INSTRUMENT, GRANULARITY, START_MS, START_MS + args.candles * STEP_MS)
-    gen_s = time.perf_counter() - t0
-    n = table.num_rows
-
-    gpubackfill.compute_labels(table.slice(0, 5_000), LABELS)  # compile / load the cache
-    times = []
-    for _ in range(args.repeats):
-        gc.collect()
+    # Past IN_MEMORY_MAX the series is generated and ingested a batch at a
+    # time (its labels alone would not fit: ~15 GB at 100M), and the compute
+    # floor is measured on the first batch.
+    batch = args.candles if args.candles <= IN_MEMORY_MAX else SETUP_BATCH
+    gen_s = ingest_s = 0.0
+    n = inserted = rejected = 0
+    compute_s = compute_min = 0.0
+    for first in range(0, args.candles, batch):
         t0 = time.perf_counter()
-        out = gpubackfill.compute_labels(table, LABELS)
-        times.append(time.perf_counter() - t0)
-        del out
-    compute_s = statistics.median(times)
-
-    t0 = time.perf_counter()
-    report = svc.ingest_table(key, table)
-    ingest_s = time.perf_counter() - t0
-    del table
+        table = generate(INSTRUMENT, GRANULARITY, START_MS + first * STEP_MS,
+                         START_MS + min(first + batch, args.candles) * STEP_MS)
+        gen_s += time.perf_counter() - t0
+        n += table.num_rows
+        if first == 0:
+            gpubackfill.compute_labels(table.slice(0, 5_000), LABELS)  # compile / load the cache
+            times = []
+            for _ in range(args.repeats):
+                gc.collect()
+                t0 = time.perf_counter()
+                out = gpubackfill.compute_labels(table, LABELS)
+                times.append(time.perf_counter() - t0)
+                del out
+            compute_s, compute_min, compute_n = statistics.median(times), min(times), table.num_rows
+        t0 = time.perf_counter()
+        report = svc.ingest_table(key, table)
+        ingest_s += time.perf_counter() - t0
+        inserted, rejected = inserted + report.inserted, rejected + len(report.rejected)
+        del table
     t0 = time.perf_counter()
     svc.store.command(f"OPTIMIZE TABLE {svc.store.db}.candles FINAL")
     optimize_s = time.perf_counter() - t0
     rows, lo, hi = svc.store.series_summary(key)
-    return {"n": n, "generate_s": gen_s, "compute_s": compute_s, "compute_min_s": min(times),
-            "ingest_s": ingest_s, "optimize_s": optimize_s, "inserted": report.inserted,
-            "rejected": len(report.rejected), "rows": rows, "first": lo, "last": hi}
+    return {"n": n, "generate_s": gen_s, "compute_s": compute_s, "compute_min_s": compute_min,
+            "compute_n": compute_n, "ingest_s": ingest_s, "optimize_s": optimize_s,
+            "inserted": inserted, "rejected": rejected, "rows": rows, "first": lo, "last": hi,
+            "setup_batch": batch}
 
 
 # ---------------------------------------------------------------------------
@@ -401,16 +414,25 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     res["chunk_sum_s"] = res["stages_total_s"]
 
     if args.verify:
+        # Exported as a user would: streamed to a Parquet file, batch by batch.
+        path = Path(args.home) / "verify.parquet"
         t0 = time.perf_counter()
-        exported = svc.export(INSTRUMENT, GRANULARITY, None, None)
+        rows, _, _ = svc.export_file(path, INSTRUMENT, GRANULARITY)
         res["export_s"] = time.perf_counter() - t0
-        ts = exported.column("ts").to_numpy() if exported.num_rows else np.array([], np.int64)
         count, uniq = store.label_counts(key, set_id)
-        res["verify"] = {"export_rows": exported.num_rows, "count": count, "uniq": uniq,
-                         "first_ok": bool(len(ts) and ts[0] == lo),
-                         "last_ok": bool(len(ts) and ts[-1] == hi),
-                         "sorted_unique": bool(np.all(np.diff(ts) > 0)) if len(ts) else False}
-        del exported, ts
+        first = last = None
+        increasing = True
+        import pyarrow.parquet as pq
+        with pq.ParquetFile(path) as f:
+            for b in f.iter_batches(columns=["ts"], batch_size=1 << 22):
+                ts = b.column(0).cast(pa.int64()).to_numpy()
+                if len(ts):
+                    increasing = increasing and bool(np.all(np.diff(ts) > 0)) and (last is None or bool(ts[0] > last))
+                    first = int(ts[0]) if first is None else first
+                    last = int(ts[-1])
+        path.unlink()
+        res["verify"] = {"export_rows": rows, "count": count, "uniq": uniq,
+                         "first_ok": first == lo, "last_ok": last == hi, "sorted_unique": increasing}
 
     # The floor: chDB's own best read of each chunk's candles (halo
     # included) and insert of its label rows, nothing of the engine between.
@@ -717,9 +739,13 @@ def print_setup(s: dict[str, Any]) -> None:
         ["ingest_table (validate + insert into chDB)", f"{s['ingest_s']:.2f}",
          human(_per_min(n, s["ingest_s"]))],
         ["OPTIMIZE TABLE candles FINAL (not part of ingest)", f"{s['optimize_s']:.2f}", ""],
-        ["compute floor: compute_labels, all three, whole series", f"{s['compute_s']:.3f}",
-         human(_per_min(n, s["compute_s"]))],
+        ["compute floor: compute_labels, all three, " +
+         ("whole series" if s["compute_n"] == n else f"first {s['compute_n']:,} candles"),
+         f"{s['compute_s']:.3f}", human(_per_min(s["compute_n"], s["compute_s"]))],
     ]
+    if s["setup_batch"] < n:
+        rows[0][0] = f"generate (synthetic, {s['setup_batch']:,} at a time)"
+        rows[1][0] = f"ingest_table ({s['setup_batch']:,} at a time)"
     print_table(["step", "seconds", "candles/min"], rows,
                 title=f"1. Setup: {n:,} candles ({_iso(s['first'])} .. {_iso(s['last'])}); "
                       f"{s['inserted']:,} inserted, {s['rejected']} rejected, {s['rows']:,} in chDB "
@@ -865,7 +891,7 @@ def print_verify(r: dict[str, Any] | None) -> bool | None:
           and v["last_ok"] and v["sorted_unique"])
     rows = [
         ["candles in the series", f"{n:,}"],
-        ["service.export rows", f"{v['export_rows']:,} (in {r['export_s']:.2f} s)"],
+        ["export_file rows (Parquet, streamed)", f"{v['export_rows']:,} (in {r['export_s']:.2f} s)"],
         ["label_counts count()", f"{v['count']:,}"],
         ["label_counts uniqExact(ts)", f"{v['uniq']:,}"],
         ["export ts: first and last candle, strictly increasing",
