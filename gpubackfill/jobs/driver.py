@@ -124,14 +124,13 @@ class Driver:
     def _claim(self, n: int) -> tuple[int, bool]:
         """Submit up to ``n`` Dask tasks, each of one chunk or of several
         small ones (``Settings.task_candles``); (tasks submitted, queue empty)."""
-        got, empty = 0, False
-        while got < n and not empty:
+        got, refused = 0, ""
+        while got < n and not refused:
             batch: list[ChunkTask] = []
             while len(batch) < MAX_CHUNKS_PER_TASK and sum(t.rows for t in batch) < self.settings.task_candles:
                 claimed = self.state.claim(self.job_id, self.owner, self.lease_ms)
                 if isinstance(claimed, str):
-                    empty = claimed == "empty"  # else no longer running
-                    n = got  # claim no more
+                    refused = claimed  # 'empty', or the job's status: it no longer runs
                     break
                 idx, token, segments = claimed
                 batch.append(ChunkTask(index=idx, token=token, segments=segments,
@@ -145,7 +144,7 @@ class Driver:
                                                  + (f"+{len(batch) - 1}" if len(batch) > 1 else ""))
             self.in_flight[fut] = [(t.index, t.token) for t in batch]
             got += 1
-        return got, empty
+        return got, refused == "empty"
 
     def _collect(self, fut) -> list[Instruction]:
         chunks = self.in_flight.pop(fut)
