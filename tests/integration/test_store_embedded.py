@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.storage.clickhouse_client import STREAM_MAX_ROWS
 from gpubackfill.storage.clickhouse_store import SeriesKey, Store
 
 M1 = 60_000
@@ -68,13 +69,19 @@ def test_load_returns_chunk_and_halo(store, start_at, end_at, back, ahead):
     assert (first, own) == (start_at - lo, end_at - start_at)
 
 
-def test_concurrent_writes_keep_each_chunk_its_own_rows(store):
-    """Threads insert through their own chDB handles at the same time."""
+# Chunks of label rows on either side of the embedded client's switch from
+# one IPC stream message to the Python() table function.
+SMALL, LARGE = STREAM_MAX_ROWS - 1, STREAM_MAX_ROWS + 1
+
+
+@pytest.mark.parametrize("n", [SMALL, LARGE])
+def test_concurrent_writes_keep_each_chunk_its_own_rows(store, n):
+    """Threads write at the same time through the process's one client."""
     from gpubackfill.labels import resolve
 
     set_id = store.ensure_label_table(resolve(["mfe_mae"]))
     key = SeriesKey("EURUSD", "M1")
-    t0, n, chunks = 1_704_067_200_000, 50_000, 8
+    t0, chunks = 1_704_067_200_000, 6
 
     def write(k: int) -> None:
         ts = t0 + (k * n + np.arange(n, dtype=np.int64)) * M1
@@ -92,6 +99,35 @@ def test_concurrent_writes_keep_each_chunk_its_own_rows(store):
     assert got.num_rows == chunks * n == store.label_counts(key, set_id)[0]
     np.testing.assert_array_equal(got.column("mfe").to_numpy(), k.astype(float))
     np.testing.assert_array_equal(got.column("mae_bars").to_numpy(), k)
+
+
+@pytest.mark.parametrize("n", [3, SMALL, LARGE])
+def test_either_insert_path_writes_the_rows_nulls_and_keys_it_was_given(store, n):
+    from gpubackfill.labels import resolve
+
+    set_id = store.ensure_label_table(resolve(["mfe_mae"]))
+    key = SeriesKey("GBPUSD", "H1")
+    rng = np.random.default_rng(n)
+    ts = 1_704_067_200_000 + np.arange(n, dtype=np.int64) * H1
+    mfe = rng.normal(size=n)
+    missing = rng.random(n) < 0.2
+    bars = rng.integers(0, 24, n).astype(np.int32)
+    labels = pa.table({"ts": ts, "mfe": pa.array(mfe, mask=missing), "mae": -mfe,
+                       "mfe_bars": pa.array(bars, mask=missing), "mae_bars": bars})
+    store.write_labels(key, set_id, int(ts[0]), int(ts[-1]) + H1, labels, "h", 0, "job")
+    got = store.rows(f"SELECT instrument, granularity, label_set, count(), countIf(mfe IS NULL), "
+                     f"countIf(mfe_bars IS NULL), sum(mae), sum(mae_bars) "
+                     f"FROM {store.db}.labels_{set_id} GROUP BY instrument, granularity, label_set")
+    assert len(got) == 1
+    inst, gran, ls, count, null_mfe, null_bars, sum_mae, sum_bars = got[0]
+    assert (inst, gran, ls, count) == ("GBPUSD", "H1", set_id, n)
+    assert null_mfe == null_bars == int(missing.sum())
+    assert sum_mae == pytest.approx(float((-mfe).sum()))
+    assert sum_bars == int(bars.sum())
+    back = store.read_labels(key, set_id)
+    np.testing.assert_array_equal(back.column("ts").to_numpy(), ts)
+    np.testing.assert_array_equal(np.asarray(back.column("mfe").is_null()), missing)
+    np.testing.assert_array_equal(back.column("mfe").to_numpy(zero_copy_only=False)[~missing], mfe[~missing])
 
 
 H1 = 3_600_000
