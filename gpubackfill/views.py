@@ -142,10 +142,9 @@ def _last_note(state: RedisState, job_id: str, event: str) -> str:
     return ""
 
 
-def _estimate(state: RedisState, telemetry: Telemetry, job_id: str, job: dict,
-              remaining: int) -> eta_mod.Estimate:
+def _estimate(state: RedisState, job_id: str, job: dict, remaining: int,
+              samples: list) -> eta_mod.Estimate:
     workers = int(job.get("workers") or 1)
-    samples = telemetry.samples(job_id)
     if not samples:
         # Chunks recorded without finishing times (e.g. by an older
         # driver): assume every worker was busy.
@@ -157,6 +156,11 @@ def _estimate(state: RedisState, telemetry: Telemetry, job_id: str, job: dict,
 
 
 def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatus:
+    # The ETA samples before the counters: a chunk's sample and its counts
+    # are recorded in one step, so in this order every sample read is
+    # counted as done (the other way round, a chunk that finished between
+    # the two reads showed one sample more than chunks done).
+    samples = telemetry.samples(job_id)
     job = state.job(job_id)
     total_chunks = int(job.get("chunks_total") or 0)
     done_c, failed_c = int(job.get("chunks_done") or 0), int(job.get("chunks_failed") or 0)
@@ -164,7 +168,7 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
     total = int(job.get("candles_total") or 0)
     done = int(job.get("candles_done") or 0)
     status = job["status"]
-    est = _estimate(state, telemetry, job_id, job, total - done)
+    est = _estimate(state, job_id, job, total - done, samples)
     driver = driver_info(state, job_id, status)
     end = job.get("finished") or now_ms()
     elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0

@@ -192,7 +192,16 @@ end
 redis.call('HINCRBY', KEYS[7], ARGV[5], 1)
 redis.call('HINCRBYFLOAT', KEYS[7], 'chunk_seconds_sum', ARGV[4])
 redis.call('HINCRBY', KEYS[7], 'chunk_seconds_count', 1)
-redis.call('RPUSH', KEYS[8], ARGV[3] .. ',' .. ARGV[4] .. ',' .. candles)
+-- Samples stay in finishing order with times that never go back: two
+-- workers finishing at once may run this in the other order than their
+-- clocks read (the later one then takes the earlier one's time).
+local finished = ARGV[3]
+local last = redis.call('LINDEX', KEYS[8], -1)
+if last then
+  local last_t = string.match(last, '^(%%d+),')
+  if last_t and tonumber(last_t) > tonumber(finished) then finished = last_t end
+end
+redis.call('RPUSH', KEYS[8], finished .. ',' .. ARGV[4] .. ',' .. candles)
 redis.call('LTRIM', KEYS[8], -%d, -1)
 redis.call('EXPIRE', KEYS[8], tonumber(ARGV[7]))
 for _, rec in ipairs(r['records']) do redis.call('RPUSH', KEYS[9], rec) end

@@ -149,3 +149,52 @@ def test_a_driver_whose_lock_ran_out_takes_it_again_or_stops(settings):
     with pytest.raises(DriverLost, match="driven by host:2:b"):
         d._upkeep()
     assert state.driver_owner("jd") == "host:2:b"
+
+
+def test_eta_samples_keep_finishing_order_when_clocks_read_the_other_way(state, monkeypatch):
+    """Two workers finishing at once can record in the other order than
+    their clocks read: the later record never goes back in time."""
+    import gpubackfill.storage.redis_state as rs
+    from gpubackfill.storage.telemetry import Telemetry
+
+    job = new_job(state, 3)
+    state.transition(job, "execute")
+    claims = [state.claim(job, "w", 10_000) for _ in range(3)]
+    for (idx, tok, _), clock in zip(claims, (5_000, 4_000, 6_000)):
+        monkeypatch.setattr(rs, "now_ms", lambda clock=clock: clock)
+        assert state.complete(job, idx, tok, done(idx, 5, 5, False, 0.1))[0] == "ok"
+    samples = Telemetry(state).samples(job)
+    assert [t for t, _, _ in samples] == [5_000, 5_000, 6_000]
+    assert [n for _, _, n in samples] == [5, 5, 5]
+
+
+def test_a_status_never_shows_more_eta_samples_than_chunks_done(state, monkeypatch):
+    """A chunk that finishes while a status is being read: its sample and
+    its count are written together, and the status reads the samples first,
+    so it never estimates from a chunk it does not count as done."""
+    from gpubackfill import views
+    from gpubackfill.storage.telemetry import Telemetry
+
+    state.create_job("j2", {"instrument": "EURUSD", "granularity": "M1", "start_ms": 0, "end_ms": 30,
+                            "labels": ["mfe_mae"], "label_set": "s", "workers": 2},
+                     [(i * 10, i * 10 + 10, 5) for i in range(3)])
+    state.transition("j2", "execute")
+    claims = [state.claim("j2", "w", 10_000) for _ in range(3)]
+    idx, tok, _ = claims[0]
+    assert state.complete("j2", idx, tok, done(idx, 5, 5))[0] == "ok"
+    telemetry = Telemetry(state)
+    pending = list(claims[1:])
+
+    def then_finish_one(read):
+        def wrapped(*args, **kwargs):
+            out = read(*args, **kwargs)
+            if pending:  # a chunk finishes right after the first of the status's reads
+                i, t, _ = pending.pop(0)
+                state.complete("j2", i, t, done(i, 5, 5))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(state, "job", then_finish_one(state.job))
+    monkeypatch.setattr(telemetry, "samples", then_finish_one(telemetry.samples))
+    s = views.job_status(state, telemetry, "j2")
+    assert s.eta.chunks_seen <= s.chunks.done
