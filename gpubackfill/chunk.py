@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import psutil
 
-from kernels.core import FLAG_AMBIGUOUS, FLAG_RESOLVED
+from kernels.core import FLAG_AMBIGUOUS, FLAG_INCOMPLETE, FLAG_RESOLVED
 
 from . import backends
 from .allocator import keep_freed_memory
@@ -519,10 +519,10 @@ def _bad_rows(series, limit: int = 20) -> list[list]:
 def _incomplete_rows(labels) -> int:
     """Rows left NULL for lack of future candles (recomputed when they arrive)."""
     if "tb_flags" in labels.column_names:
-        import pyarrow.compute as pc
-
-        flags = labels.column("tb_flags")
-        return int(pc.sum(pc.not_equal(pc.bit_wise_and(flags, 4), 0).cast("int64")).as_py() or 0)
+        # numpy over the column's buffer: three pyarrow compute calls cost
+        # 0.3 ms a chunk, a tenth of the engine's own CPU at 10k candles.
+        flags = labels.column("tb_flags").to_numpy()
+        return int(np.count_nonzero(flags & FLAG_INCOMPLETE))
     return 0
 
 

@@ -74,6 +74,10 @@ def test_incomplete_rows_are_recomputed_when_newer_candles_arrive(service):
     stored = service.export("GBPUSD", "M5", ALL, None)
     flags = column(stored, "tb_flags")
     assert flags[-1] == 4 and (flags == 4).sum() > 0  # windows cut by the end of the data
+    # Each chunk's record counts its incomplete rows (what `update` looks for).
+    recorded = service.store.rows(f"SELECT sum(incomplete) FROM {service.store.db}.label_chunks FINAL "
+                                  f"WHERE instrument = 'GBPUSD' AND granularity = 'M5'")[0][0]
+    assert recorded == int(np.count_nonzero(flags & 4))
     service.ingest_table(key, full)
     again = service.start("GBPUSD", "M5", START, END, chunk_size=2_000, workers=2)
     s = service.status(again)
