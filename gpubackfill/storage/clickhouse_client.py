@@ -61,12 +61,18 @@ class HttpClient:
 
 
 class EmbeddedClient:
-    """The process's one handle on its chDB engine; one statement at a time.
+    """The process's chDB engine, with a handle of its own for each thread.
 
-    Handles per thread did run statements side by side, but in long test
-    sessions a statement sometimes never returned (every thread parked
-    inside chDB, no CPU used), so statements are serialised here.  Kernels
-    still run in parallel: only loads and writes take turns.
+    chDB runs statements of different handles side by side; one handle runs
+    one statement at a time (a second one while a streaming statement is
+    open gets an empty result).  So every thread that calls gets its own
+    handle, and a chunk's load or write never waits for another chunk's.
+    Statements used to be serialised through one handle after a session in
+    which threads parked inside chDB for good; that hang was later traced
+    to Dask's profiler (CPython gh-106883, ``cluster.py``), which is off in
+    the clusters we start.  Serialised, a 10M-candle job at 1M chunks spent
+    its time queued behind the other worker's statements: 4.9-5.0 s against
+    3.9-4.0 s with a handle per thread.
     """
 
     def __init__(self, settings: Settings):
@@ -84,12 +90,30 @@ class EmbeddedClient:
                     f"ClickHouse server and set CLICKHOUSE_URL") from None
             raise DependencyError(f"cannot connect to ClickHouse at chdb://{settings.chdb_path}: "
                                   f"{short_error(exc)}") from None
+        self._path = str(settings.chdb_path)
+        self._local = threading.local()
+        self._prepare(self._conn)
+        self._local.conn = self._conn  # this thread's; it also keeps the engine open
+
+    @staticmethod
+    def _prepare(conn) -> None:
         # Results cross no network here: ClickHouse's default lz4 frames on
         # Arrow output cost a quarter of the CPU time of reading a result
         # (10M label rows: 3.5 -> 2.7 s) for nothing.  Uncompressed, a
         # result is read in place: see ``arrow``.
-        self._conn.query("SET output_format_arrow_compression_method = 'none'", "TabSeparated")
-        self._lock = threading.Lock()
+        conn.query("SET output_format_arrow_compression_method = 'none'", "TabSeparated")
+
+    def _handle(self):
+        """This thread's handle on the engine (opened on first use; closed
+        with the thread, while the first one keeps the engine open)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            import chdb
+
+            conn = chdb.connect(self._path)
+            self._prepare(conn)
+            self._local.conn = conn
+        return conn
 
     def _query(self, sql: str, fmt: str, parameters: dict | None):
         # Imported here, not with the module: commands that only touch Redis stay light.
@@ -98,8 +122,7 @@ class EmbeddedClient:
         bound_sql, bound = bind_query(sql, parameters)
         # bind_query names server-side parameters as HTTP does (param_<name>).
         params = {k.removeprefix("param_"): v for k, v in bound.items()}
-        with self._lock:
-            return self._conn.query(str(bound_sql), fmt, params=params)
+        return self._handle().query(str(bound_sql), fmt, params=params)
 
     def command(self, sql: str, parameters: dict | None = None) -> None:
         self._query(sql, "TabSeparated", parameters)
@@ -128,10 +151,9 @@ class EmbeddedClient:
         place saves a copy per row: at 10k label rows the stream took 7.3 ms
         an insert against 9.3, at 1M 264 against 202, with the crossing
         between 30k and 100k (``STREAM_MAX_ROWS``; bench/backfill.py table
-        3b shows both over a job's chunk plan).  The IPC message is built
-        before the engine is taken, so only chDB's own work holds it.
-        ``constants``: columns with one value for every row, as dictionary
-        columns in the stream and as literals of the statement otherwise."""
+        3b shows both over a job's chunk plan).  ``constants``: columns with
+        one value for every row, as dictionary columns in the stream and as
+        literals of the statement otherwise."""
         from clickhouse_connect.driver.binding import format_query_value, quote_identifier
 
         consts = constants or {}
@@ -142,7 +164,7 @@ class EmbeddedClient:
             with pa.ipc.new_stream(sink, keyed.schema) as writer:
                 writer.write_table(keyed, max_chunksize=STREAM_MAX_ROWS)
             message = sink.getvalue()
-            with self._lock, self._conn.send_insert(f"INSERT INTO {table} ({names})", "ArrowStream") as ins:
+            with self._handle().send_insert(f"INSERT INTO {table} ({names})", "ArrowStream") as ins:
                 ins.append(message.to_pybytes())
                 ins.finish()
             return
@@ -155,8 +177,7 @@ class EmbeddedClient:
         var = f"_gpubackfill_insert_{next(_insert_names)}"
         _published[var] = data
         try:
-            with self._lock:
-                self._conn.query(f"INSERT INTO {table} ({names}) SELECT {values}* FROM Python({var})",
+            self._handle().query(f"INSERT INTO {table} ({names}) SELECT {values}* FROM Python({var})",
                                  "TabSeparated")
         finally:
             del _published[var]
