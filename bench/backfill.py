@@ -34,8 +34,12 @@ the end:
    offers here reads each chunk's candles with its halo, and every insert
    method writes each chunk's label rows (a label table computed once, with
    each chunk's own ts); the floor is the fastest read plus the fastest
-   insert.  Bounds and label tables are prepared before the clock starts,
-   so no engine code is timed.
+   insert.  The engine's workers run their statements side by side, so
+   the best methods are also timed with the chunks shared by ``--workers``
+   threads, each on a connection of its own; the floor takes the fastest
+   of all, and the "1-conn floor" (one connection, chunk by chunk, as
+   measured before) is shown next to it.  Bounds and label tables are
+   prepared before the clock starts, so no engine code is timed.
 4. Correctness, once (after the 100k run, or the last chunk size when 100k
    is not run): the rows ``service.export_file`` streams to Parquet (first
    and last ts, strictly increasing), and ``store.label_counts``
@@ -72,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -453,7 +458,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     # The floor: chDB's own best read of each chunk's candles (halo
     # included) and insert of its label rows, nothing of the engine between.
     _truncate(store, set_id)
-    res.update(chdb_floor(store, key, set_id, start_ms, end_ms, cs, back, ahead))
+    res.update(chdb_floor(store, key, set_id, start_ms, end_ms, cs, back, ahead, workers))
     _truncate(store, set_id)
     res["rss_end"] = psutil.Process().memory_info().rss
     return res
@@ -465,6 +470,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
 READS = {
     "query Arrow, read in place": "one query, uncompressed Arrow read over chDB's buffer",
     "send_query Arrow batches": "streamed record batches, gathered into a Table",
+    "query Arrow, read in place, N threads": "the chunks shared by --workers threads, a handle each",
 }
 WRITES = {
     "send_insert ArrowStream, one message": "the chunk as one Arrow IPC stream message",
@@ -472,21 +478,42 @@ WRITES = {
     "send_insert Arrow file": "the chunk as one Arrow IPC file",
     "Python() table function, keys as constants": "INSERT ... SELECT 'EURUSD', ... FROM Python(t)",
     "Python() table function, keys as columns": "INSERT ... SELECT * FROM Python(t), keys as dictionaries",
+    "send_insert ArrowStream, one message, N threads": "the chunks shared by --workers threads, a handle each",
+    "Python() table function, keys as constants, N threads": "the chunks shared by --workers threads, a handle each",
 }
 
 
+_floor_names = itertools.count()
+
+
 def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs: int,
-               back: int, ahead: int) -> dict[str, Any]:
-    """Each read and insert method over the job's chunk plan, one chunk at a
-    time on the process's chDB connection, called directly: seconds per
-    method.  The read bounds (each chunk with its halo) and the label rows
-    (a template computed once, with each chunk's own ts) are prepared before
-    the clock starts; only chDB's calls are timed."""
+               back: int, ahead: int, threads: int) -> dict[str, Any]:
+    """Each read and insert method over the job's chunk plan, called on chDB
+    directly: seconds per method.  One chunk at a time on the process's
+    connection, and, since the engine's workers run their statements side
+    by side, the best methods also with the chunks shared by ``threads``
+    threads, each on a chDB connection of its own (so the floor stays chDB's
+    best, not only its best on one thread).  The read bounds (each chunk
+    with its halo) and the label rows (a template computed once, with each
+    chunk's own ts) are prepared before the clock starts; only chDB's calls
+    are timed."""
     import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import chdb
 
     from gpubackfill.storage.clickhouse_client import arrow_result
 
     conn = store.client._conn  # the raw chDB connection: no engine code between
+    local = threading.local()
+
+    def own_conn():
+        """The calling thread's raw chDB connection (the floor's threads)."""
+        c = getattr(local, "conn", None)
+        if c is None:
+            c = local.conn = chdb.connect(str(store.settings.chdb_path))
+            c.query("SET output_format_arrow_compression_method = 'none'", "TabSeparated")
+        return c
     table = f"{store.db}.labels_{set_id}"
     ts = store.arrow(f"SELECT toUnixTimestamp64Milli(ts) AS t FROM {store.db}.candles "
                      f"WHERE instrument = '{key.instrument}' AND granularity = '{key.granularity}' "
@@ -514,9 +541,9 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         return pa.table({**{k: pa.DictionaryArray.from_arrays(zeros, pa.array([v])) for k, v in keys.items()},
                          **{c: t.column(c) for c in cols}})
 
-    def stream(t: pa.Table, fmt: str, batch: int) -> None:
+    def stream(t: pa.Table, fmt: str, batch: int, c: Any = None) -> None:
         buf = io.BytesIO()
-        with conn.send_insert(f"INSERT INTO {table} ({', '.join(t.column_names)})", fmt) as ins:
+        with (c or conn).send_insert(f"INSERT INTO {table} ({', '.join(t.column_names)})", fmt) as ins:
             if fmt == "Arrow":
                 with pa.ipc.new_file(buf, t.schema) as w:
                     w.write_table(t)
@@ -530,10 +557,23 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
             ins.append(buf.getvalue())
             ins.finish()
 
-    def python_consts(t: pa.Table) -> None:
+    def python_consts(t: pa.Table, c: Any = None) -> None:
         names = ", ".join(cols)
-        conn.query(f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
-                   f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} FROM Python(t)")
+        (c or conn).query(f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
+                          f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} FROM Python(t)")
+
+    def python_consts_shared(t: pa.Table) -> None:
+        # chDB looks Python()'s variable up by name process-wide: inserts at
+        # once each publish theirs under a name of its own.
+        var = f"_floor_insert_{next(_floor_names)}"
+        globals()[var] = t
+        try:
+            names = ", ".join(cols)
+            own_conn().query(f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
+                             f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} "
+                             f"FROM Python({var})")
+        finally:
+            del globals()[var]
 
     def python_keyed(t: pa.Table) -> None:
         conn.query(f"INSERT INTO {table} SELECT * FROM Python(t)")
@@ -544,6 +584,9 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         "send_insert Arrow file": (lambda t: stream(t, "Arrow", 0), keyed),
         "Python() table function, keys as constants": (python_consts, lambda t: t),
         "Python() table function, keys as columns": (python_keyed, keyed),
+        "send_insert ArrowStream, one message, N threads": (
+            lambda t: stream(t, "ArrowStream", 1 << 40, own_conn()), keyed),
+        "Python() table function, keys as constants, N threads": (python_consts_shared, lambda t: t),
     }
     select = "SELECT ts, open, high, low, close, volume FROM {db}.candles WHERE {w} " \
              "AND ts >= fromUnixTimestamp64Milli({lo}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi}, 'UTC') " \
@@ -554,31 +597,50 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         "query Arrow, read in place": lambda sql: arrow_result(conn.query(sql, "Arrow")),
         "send_query Arrow batches": lambda sql: pa.Table.from_batches(
             list(conn.send_query(sql, "Arrow").record_batch(rows_per_batch=1 << 20))),
+        "query Arrow, read in place, N threads": lambda sql: arrow_result(own_conn().query(sql, "Arrow")),
     }
     out: dict[str, Any] = {"floor_reads": {}, "floor_writes": {}, "floor_chunks": len(chunks),
                            "floor_candles": last - first}
+    def timed(name: str, fn: Any, items: list) -> tuple[float, list]:
+        """Wall seconds of fn over items (in turn, or shared by the threads)."""
+        if not name.endswith("N threads"):
+            t0 = time.perf_counter()
+            got = [fn(x) for x in items]
+            return time.perf_counter() - t0, got
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda _: own_conn(), range(threads)))  # connections opened untimed
+            t0 = time.perf_counter()
+            got = list(pool.map(fn, items))
+            return time.perf_counter() - t0, got
+
+    sqls = [select.format(db=store.db, w=where, lo=lo, hi=hi) for _, _, lo, hi in chunks]
     for name, read in reads.items():
         gc.collect()
-        spent, cpu0, rows = 0.0, _cpu_s(), 0
-        for _, _, lo, hi in chunks:
-            sql = select.format(db=store.db, w=where, lo=lo, hi=hi)
-            t0 = time.perf_counter()
-            got = read(sql)
-            spent += time.perf_counter() - t0
-            rows += got.num_rows
+        cpu0 = _cpu_s()
+        spent, got = timed(name, read, sqls)
+        rows = sum(t.num_rows for t in got)
+        del got
         if rows != sum(min(j + ahead, len(ts)) - max(i - back, 0) for i, j, _, _ in chunks):
             raise RuntimeError(f"floor read {name} returned {rows} rows")
         out["floor_reads"][name] = [spent, _cpu_s() - cpu0]
     for name, (write, prepare) in writes.items():
         store.command(f"TRUNCATE TABLE {table}")
         gc.collect()
-        spent, cpu0 = 0.0, _cpu_s()
-        for i, j, _, _ in chunks:
-            t = prepare(body(i, j))
-            t0 = time.perf_counter()
-            write(t)
-            spent += time.perf_counter() - t0
-            del t
+        if name.endswith("N threads"):
+            # All chunks prepared first (the template's columns are shared,
+            # only ts is each chunk's own), then written by the threads.
+            tables = [prepare(body(i, j)) for i, j, _, _ in chunks]
+            cpu0 = _cpu_s()
+            spent, _ = timed(name, write, tables)
+            del tables
+        else:
+            spent, cpu0 = 0.0, _cpu_s()
+            for i, j, _, _ in chunks:
+                t = prepare(body(i, j))
+                t0 = time.perf_counter()
+                write(t)
+                spent += time.perf_counter() - t0
+                del t
         n = store.rows(f"SELECT count() FROM {table}")[0][0]
         if n != last - first:
             raise RuntimeError(f"floor insert {name} wrote {n} rows, not {last - first}")
@@ -586,6 +648,12 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     store.command(f"TRUNCATE TABLE {table}")
     out["floor_s"] = (min(v[0] for v in out["floor_reads"].values())
                       + min(v[0] for v in out["floor_writes"].values()))
+    # The same over the methods on one connection, chunk by chunk: the
+    # floor as this benchmark measured it before the engine's workers ran
+    # their statements side by side (kept to compare with earlier results).
+    out["floor_1conn_s"] = (
+        min(v[0] for k, v in out["floor_reads"].items() if not k.endswith("N threads"))
+        + min(v[0] for k, v in out["floor_writes"].items() if not k.endswith("N threads")))
     return out
 
 
@@ -749,6 +817,11 @@ def share(r: dict[str, Any]) -> float:
     return e2e_rate(r) / floor_rate(r)
 
 
+def share_1conn(r: dict[str, Any]) -> float:
+    """The same against the floor on one connection (chunk by chunk)."""
+    return e2e_rate(r) / _per_min(r["floor_candles"], r["floor_1conn_s"])
+
+
 def median_round(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round whose share of the floor is the median (the lower of the
     two middle ones for an even count): the one the detail tables show."""
@@ -759,11 +832,13 @@ def print_rounds(rounds: dict[int, list[dict[str, Any]]]) -> None:
     rows = []
     for cs, rs in rounds.items():
         shares = [share(r) for r in rs]
-        rows.append([f"{cs:,}"] + [f"{100 * x:.0f}% ({r['plan_s'] + r['execute_s']:.2f} / {r['floor_s']:.2f} s)"
-                                   for x, r in zip(shares, rs)]
-                    + [f"{100 * statistics.median(shares):.0f}%", f"{100 * min(shares):.0f}%"])
+        rows.append([f"{cs:,}"] + [f"{100 * x:.0f}% ({r['plan_s'] + r['execute_s']:.2f} / {r['floor_s']:.2f} s; "
+                                   f"1-conn {100 * share_1conn(r):.0f}%)" for x, r in zip(shares, rs)]
+                    + [f"{100 * statistics.median(shares):.0f}%", f"{100 * min(shares):.0f}%",
+                       f"{100 * statistics.median(share_1conn(r) for r in rs):.0f}%"])
     n = max(len(rs) for rs in rounds.values())
-    print_table(["chunk size"] + [f"round {i + 1}: share (job / floor s)" for i in range(n)] + ["median", "min"],
+    print_table(["chunk size"] + [f"round {i + 1}: share (job / floor s)" for i in range(n)]
+                + ["median", "min", "median, 1-conn floor"],
                 rows, title="2b. Every round: each a fresh process with its own job and floor, "
                             "one chunk size after another (tables 2, 3 and 3b show the median round)")
 
@@ -798,17 +873,19 @@ def print_runs(runs: list[dict[str, Any]], n_rounds: int = 1) -> None:
         e2e, fl = e2e_rate(r), floor_rate(r)
         rows.append([f"{r['chunk_size']:,}", f"{r['chunks']:,}", f"{r['plan_s']:.2f}",
                      f"{r['execute_s']:.2f}", human(e2e) + ("" if ok_run(r) else " (FAILED)"),
-                     human(fl), f"{100 * e2e / fl:.0f}%",
+                     human(fl), f"{100 * e2e / fl:.0f}%", f"{100 * share_1conn(r):.0f}%",
                      f"{r['chunk_p50_s']:.3f}" if r["chunk_p50_s"] is not None else "n/a",
                      f"{r['chunk_max_s']:.3f}" if r["chunk_max_s"] is not None else "n/a",
                      mib(r["rss_peak"])])
     print_table(["chunk size", "chunks", "plan s", "execute s", "candles/min",
-                 "I/O floor candles/min", "% of floor", "chunk p50 s", "chunk max s",
+                 "I/O floor candles/min", "% of floor", "% of 1-conn floor", "chunk p50 s", "chunk max s",
                  "peak RSS MiB"], rows,
                 title="2. Backfill jobs, all three labels over the whole series, default settings "
                       + (f"(the median of {n_rounds} rounds) " if n_rounds > 1 else "") +
                       "but the chunk size (candles/min = candles / (plan + execute); floor = candles / "
-                      "(chDB's fastest read + its fastest insert of every chunk, table 3b))")
+                      "(chDB's fastest read + its fastest insert of every chunk, table 3b, threads "
+                      "included); 1-conn floor: the same over the methods on one connection, "
+                      "chunk by chunk)")
     for r in runs:
         if not ok_run(r):
             print(f"   chunk size {r['chunk_size']:,}: job ended {r['status']}, "
@@ -903,7 +980,7 @@ def print_stages(runs: list[dict[str, Any]]) -> None:
 
 
 def print_floor(runs: list[dict[str, Any]]) -> None:
-    headers = ["chDB alone (each chunk in turn, one connection)"]
+    headers = ["chDB alone (chunks in turn on one connection; N threads: --workers connections)"]
     for r in runs:
         headers += [f"{size_name(r['chunk_size'])} s", "CPU s", "candles/min"]
     rows = []
@@ -976,6 +1053,7 @@ def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]],
         shares = [share(r) for r in rs]
         mid = statistics.median(shares)
         got = f"{100 * mid:.0f}%" + (f" (median of {len(rs)}; min {100 * min(shares):.0f}%)" if len(rs) > 1 else "")
+        got += f"; {100 * statistics.median(share_1conn(r) for r in rs):.0f}% of the 1-conn floor"
         result = verdict(mid >= goal, q)
         if stretch and mid >= stretch and not q:
             result += ", stretch met"
