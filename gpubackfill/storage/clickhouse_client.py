@@ -65,16 +65,16 @@ class EmbeddedClient:
 
     chDB runs statements of different handles side by side; one handle runs
     one statement at a time (a second one while a streaming statement is
-    open gets an empty result).  So every thread that calls gets its own
+    open gets an empty result). So every thread that calls gets its own
     handle, and a chunk's load or write never waits for another chunk's.
-    Statements used to be serialised through one handle after a test
-    session in which every thread parked for good (no CPU) while some were
-    inside chDB; a hang with that signature was later traced to Dask's
-    profiler (CPython gh-106883, ``cluster.py``), which is off in the
-    clusters we start, and with a handle per thread the whole suite, its
-    soak test included, runs without one.  Serialised, a 10M-candle job at 1M chunks spent
-    its time queued behind the other worker's statements: 4.9-5.0 s against
-    3.9-4.0 s with a handle per thread.
+    Statements used to be serialised through one handle after a test session
+    in which every thread parked for good (no CPU) while some were inside
+    chDB; a hang with that signature was later traced to Dask's profiler
+    (CPython gh-106883, ``cluster.py``), which is off in the clusters we
+    start, and with a handle per thread the whole suite, its soak test
+    included, runs without one. Serialised, a 10M-candle job at 1M chunks
+    spent its time queued behind the other worker's statements: 4.9-5.0 s
+    against 3.9-4.0 s with a handle per thread.
     """
 
     def __init__(self, settings: Settings):
