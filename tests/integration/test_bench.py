@@ -18,3 +18,19 @@ def test_kernel_benchmark_quick_run_agrees_with_pandas_reference():
     # The pandas reference and compute_labels must agree on every sampled event.
     assert "unexplained                                     0" in out
     assert "pandas agreement: unexplained mismatches" in out and "PASS" in out
+
+
+def test_backfill_benchmark_quick_run_passes_its_own_correctness_check():
+    """The end-to-end benchmark runs (two rounds, the floor with threads) and
+    the job it measured wrote every candle's labels exactly once."""
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "backfill.py"), "--quick", "--rounds", "2"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    for section in ("1. Setup", "2. Backfill jobs", "2b. Every round", "3. Where the time goes",
+                    "3b. The floor", "4. Correctness", "5. Targets"):
+        assert section in out
+    assert "N threads" in out.split("3b. The floor")[1].split("4. Correctness")[0]
+    correctness = out.split("4. Correctness")[1].split("5. Targets")[0]
+    assert "300,000" in correctness
+    assert [ln.split()[-1] for ln in correctness.splitlines() if ln.startswith("result")] == ["PASS"]
