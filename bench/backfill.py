@@ -417,7 +417,6 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     res["vmhwm"] = _status_kb("VmHWM") * 1024 if hwm else None
     if res["vmhwm"]:
         res["rss_peak"] = max(res["rss_peak"], res["vmhwm"])
-    res["rss_interval_s"] = rss.interval
     status = svc.status(job)
     # The chunk's steps from the job's own record; the store's calls (count,
     # delete, inserts) from the wrapped store.
@@ -484,6 +483,11 @@ WRITES = {
 
 
 _floor_names = itertools.count()
+
+
+def threaded(method: str) -> bool:
+    """A floor method whose chunks are shared by --workers threads."""
+    return method.endswith(", N threads")
 
 
 def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs: int,
@@ -557,10 +561,13 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
             ins.append(buf.getvalue())
             ins.finish()
 
-    def python_consts(t: pa.Table, c: Any = None) -> None:
+    def consts_insert(var: str) -> str:
         names = ", ".join(cols)
-        (c or conn).query(f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
-                          f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} FROM Python(t)")
+        return (f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
+                f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} FROM Python({var})")
+
+    def python_consts(t: pa.Table) -> None:
+        conn.query(consts_insert("t"))
 
     def python_consts_shared(t: pa.Table) -> None:
         # chDB looks Python()'s variable up by name process-wide: inserts at
@@ -568,10 +575,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         var = f"_floor_insert_{next(_floor_names)}"
         globals()[var] = t
         try:
-            names = ", ".join(cols)
-            own_conn().query(f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
-                             f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} "
-                             f"FROM Python({var})")
+            own_conn().query(consts_insert(var))
         finally:
             del globals()[var]
 
@@ -601,9 +605,10 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     }
     out: dict[str, Any] = {"floor_reads": {}, "floor_writes": {}, "floor_chunks": len(chunks),
                            "floor_candles": last - first}
+
     def timed(name: str, fn: Any, items: list) -> tuple[float, list]:
         """Wall seconds of fn over items (in turn, or shared by the threads)."""
-        if not name.endswith("N threads"):
+        if not threaded(name):
             t0 = time.perf_counter()
             got = [fn(x) for x in items]
             return time.perf_counter() - t0, got
@@ -626,7 +631,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     for name, (write, prepare) in writes.items():
         store.command(f"TRUNCATE TABLE {table}")
         gc.collect()
-        if name.endswith("N threads"):
+        if threaded(name):
             # All chunks prepared first (the template's columns are shared,
             # only ts is each chunk's own), then written by the threads.
             tables = [prepare(body(i, j)) for i, j, _, _ in chunks]
@@ -652,8 +657,8 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     # floor as this benchmark measured it before the engine's workers ran
     # their statements side by side (kept to compare with earlier results).
     out["floor_1conn_s"] = (
-        min(v[0] for k, v in out["floor_reads"].items() if not k.endswith("N threads"))
-        + min(v[0] for k, v in out["floor_writes"].items() if not k.endswith("N threads")))
+        min(v[0] for k, v in out["floor_reads"].items() if not threaded(k))
+        + min(v[0] for k, v in out["floor_writes"].items() if not threaded(k)))
     return out
 
 
@@ -870,10 +875,10 @@ def print_setup(s: dict[str, Any]) -> None:
 def print_runs(runs: list[dict[str, Any]], n_rounds: int = 1) -> None:
     rows = []
     for r in runs:
-        e2e, fl = e2e_rate(r), floor_rate(r)
+        e2e = e2e_rate(r)
         rows.append([f"{r['chunk_size']:,}", f"{r['chunks']:,}", f"{r['plan_s']:.2f}",
                      f"{r['execute_s']:.2f}", human(e2e) + ("" if ok_run(r) else " (FAILED)"),
-                     human(fl), f"{100 * e2e / fl:.0f}%", f"{100 * share_1conn(r):.0f}%",
+                     human(floor_rate(r)), f"{100 * share(r):.0f}%", f"{100 * share_1conn(r):.0f}%",
                      f"{r['chunk_p50_s']:.3f}" if r["chunk_p50_s"] is not None else "n/a",
                      f"{r['chunk_max_s']:.3f}" if r["chunk_max_s"] is not None else "n/a",
                      mib(r["rss_peak"])])
@@ -1156,7 +1161,6 @@ def main(argv: list[str] | None = None) -> int:
                     tag = f" (round {rnd} of {args.rounds})" if args.rounds > 1 else ""
                     _log(f"chunk size {cs:,}: job + I/O floor{tag}")
                     r = run_child("job", args, home, chunk_size=cs, verify=cs == verify_size and rnd == 1)
-                    r["round"] = rnd
                     _log(f"chunk size {cs:,}: execute {r['execute_s']:.1f} s, floor {r['floor_s']:.1f} s, "
                          f"{100 * share(r):.0f}% of the floor")
                     rounds[cs].append(r)

@@ -102,7 +102,7 @@ class RssSampler:
         import psutil
 
         self._proc = psutil.Process()
-        self.interval = self._interval = interval
+        self._interval = interval
         self._stop = threading.Event()
         self.before = self._proc.memory_info().rss
         self.peak = self.before
