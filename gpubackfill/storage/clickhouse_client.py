@@ -96,6 +96,10 @@ class EmbeddedClient:
         self._local = threading.local()
         self._prepare(self._conn)
         self._local.conn = self._conn  # this thread's; it also keeps the engine open
+        # Every other handle, with the thread it was opened for.  The client
+        # owns them, not the threads: see ``_handle``.
+        self._handles: list[tuple[threading.Thread, Any]] = []
+        self._handles_lock = threading.Lock()
 
     @staticmethod
     def _prepare(conn) -> None:
@@ -106,14 +110,30 @@ class EmbeddedClient:
         conn.query("SET output_format_arrow_compression_method = 'none'", "TabSeparated")
 
     def _handle(self):
-        """This thread's handle on the engine (opened on first use; closed
-        with the thread, while the first one keeps the engine open)."""
+        """This thread's handle on the engine, opened on first use.
+
+        A handle is never closed by its thread's exit.  Closing one releases
+        the GIL inside chDB; a thread whose state was being cleared as the
+        interpreter began to finalize could not take it back, and CPython
+        ended the thread with a forced unwind through chDB's frames, which
+        crashed the process after a green test run (SIGSEGV, native stack in
+        ``_unwind`` from ``take_gil`` via ``Connection.__del__`` in
+        ``PyThreadState_Clear``).  The client keeps every handle; the next
+        thread to open one closes those of threads that have ended, and the
+        rest close with the client, on a live thread or the finalizing one."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             import chdb
 
+            with self._handles_lock:
+                ended = [c for thread, c in self._handles if not thread.is_alive()]
+                self._handles = [(thread, c) for thread, c in self._handles if thread.is_alive()]
+            for old in ended:
+                old.close()
             conn = chdb.connect(self._path)
             self._prepare(conn)
+            with self._handles_lock:
+                self._handles.append((threading.current_thread(), conn))
             self._local.conn = conn
         return conn
 

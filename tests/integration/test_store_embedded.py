@@ -192,3 +192,35 @@ def test_load_bars_reads_only_the_granules_of_its_bars(store, monkeypatch):
     span = store.rows(f"EXPLAIN ESTIMATE SELECT ts FROM {store.db}.candles WHERE "
                       f"instrument = 'XAUUSD' AND granularity = 'M1'")[0][-1]
     assert span >= 30 and marks <= 10, (marks, span)
+
+
+def test_a_threads_engine_handle_is_not_closed_by_the_threads_exit(store):
+    """Closing a chDB handle releases the GIL inside chDB; a thread whose
+    state was cleared as the interpreter finalized could not take it back
+    and was unwound through chDB's frames, which crashed the process at exit.
+    So a thread's exit leaves its handle open (the client owns it), and the
+    next thread to open a handle closes those of threads that have ended."""
+    import threading
+
+    client = store.client
+    opened: list = []
+
+    def work():
+        assert client.rows("SELECT 1") == [(1,)]
+        opened.append(client._handle())
+
+    first = threading.Thread(target=work)
+    first.start()
+    first.join()
+    handle = opened[0]
+    assert handle is not client._handle()  # the thread had a handle of its own
+    # Still open after the thread's state was cleared: it answers here.
+    assert handle.query("SELECT 41 + 1", "CSV").bytes().strip() == b"42"
+    second = threading.Thread(target=work)
+    second.start()
+    second.join()
+    # The second thread's opening closed the first thread's handle ...
+    with pytest.raises(AttributeError):  # chDB's closed Connection has no engine left to ask
+        handle.query("SELECT 1", "CSV")
+    # ... and left its own open, for the next to close.
+    assert opened[1].query("SELECT 2", "CSV").bytes().strip() == b"2"
