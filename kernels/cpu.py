@@ -97,6 +97,12 @@ def log_returns(close, empty=np.empty):
 
 
 @njit(**_opts)
+def ewm_settle(buf, span, state):
+    """The settling phase alone: the CUDA path runs it here, on the host."""
+    core.ewm_settle(buf, span, state)
+
+
+@njit(**_opts)
 def _ewm_inplace(buf, span):
     state = np.empty(6)
     core.ewm_settle(buf, span, state)

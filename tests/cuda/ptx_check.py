@@ -23,8 +23,7 @@ f8, i8 = "float64[:]", "int64"
 f8_2d = "float64[:, :]"
 SIGNATURES = {
     "_log_returns_kernel": f"void({f8}, {f8})",
-    "_ewm_settle_kernel": f"void({f8}, {i8}, {f8})",
-    "_scan_local": f"void({f8}, float64, {i8}, {i8}, {f8}, {f8})",
+    "_scan_local": f"void({f8}, float64, {i8}, {f8}, {f8})",
     "_scan_fixup": f"void({f8}, float64, {i8}, {i8}, {f8})",
     "_scan_serial": f"void({f8}, float64, {i8}, float64, {f8})",
     "_cov_terms": f"void({f8}, {f8}, {i8}, float64, float64, float64, {f8})",
@@ -45,6 +44,7 @@ SIGNATURES = {
     "_fixed_horizon_kernel": f"void({f8}, {f8}, {i8}, float64, float64, int8[:], {f8})",
     "_log_kernel": f"void({f8}, {f8})",
     "_trend_kernel": f"void({f8}, {i8}, {i8}, {f8_2d}, int8[:], {f8}, int32[:])",
+    "_mfe_tile_kernel": f"void({f8}, {f8}, {f8}, {i8}, {i8}, {f8}, {f8}, int32[:], int32[:])",
     "_mfe_kernel": (f"void({f8}, {i8}, {i8}, {i8}, {f8}, int64[:], {f8}, int64[:], {f8}, int64[:], "
                     f"{f8}, int64[:], {f8}, {f8}, int32[:], int32[:])"),
 }

@@ -87,6 +87,35 @@ def test_ewm_sigma_parallel_scan_matches_the_sequential_recurrence():
     np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
 
 
+def test_ewm_settling_prefix_grows_until_the_weights_settle(monkeypatch):
+    c = random_walk(600, seed=4, vol=1e-3)["close"]
+    monkeypatch.setattr(gpu, "SETTLE_PREFIX", 16)  # span 8 settles after ~200 bars: 16 -> 64 -> 256
+    want = cpu.ewm_sigma(c, 8)
+    got = gpu.to_host(gpu.ewm_sigma(c, 8))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("horizon", [1, gpu.MFE_ROWS - 1, gpu.MFE_ROWS, 7, 60, gpu.MFE_DIRECT_MAX,
+                                     gpu.MFE_DIRECT_MAX + 1])
+def test_mfe_mae_both_paths_match_cpu_with_ties(horizon):
+    # Prices on a coarse grid repeat within every window: the first bar that
+    # reaches the extreme must win on both paths (the tile scan from shared
+    # memory from MFE_ROWS to MFE_DIRECT_MAX, van Herk runs outside), across
+    # tile edges (THREADS * MFE_ROWS rows a tile) and the incomplete tail.
+    n = 3_000
+    rng = np.random.default_rng(horizon)
+    close = 1.0 + np.round(np.cumsum(rng.normal(0, 1e-3, n)), 3)
+    high = close + np.round(rng.random(n) * 2e-3, 3)
+    low = close - np.round(rng.random(n) * 2e-3, 3)
+    got = [gpu.to_host(x) for x in gpu.mfe_mae(high, low, close, horizon)]
+    want = cpu.mfe_mae(high, low, close, horizon)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert len(np.unique(high)) < n // 4  # equal highs and lows inside most windows
+    assert want[2][: n - horizon].min() >= 1
+
+
 def test_linear_scan_against_a_loop():
     rng = np.random.default_rng(0)
     u = rng.normal(size=40_000)  # three levels of segments
