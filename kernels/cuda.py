@@ -37,7 +37,8 @@ MFE_DIRECT_MAX = 256
 # Consecutive rows per thread in that scan (odd: neighbouring threads' reads
 # of shared float64 then fall in distinct banks).  Horizons below it use runs.
 MFE_ROWS = 5
-MFE_TILE = THREADS * MFE_ROWS + MFE_DIRECT_MAX
+MFE_TILE_ROWS = THREADS * MFE_ROWS
+MFE_TILE = MFE_TILE_ROWS + MFE_DIRECT_MAX
 
 
 def unavailable_reason() -> str | None:
@@ -399,25 +400,28 @@ def _mfe_tile_kernel(high, low, close, horizon, complete, mfe, mae, mfe_bars, ma
     once, the left ends are added going left and the right ends going right,
     so MFE_ROWS rows cost horizon + 2 * (MFE_ROWS - 1) steps instead of
     MFE_ROWS * horizon.  Ties go to the first bar, as in ``run_maxima``: a
-    later part replaces an earlier one only when strictly better."""
+    later part replaces an earlier one only when strictly better.  Results
+    go back through shared memory too, so that stores are coalesced."""
     hs = cuda.shared.array(MFE_TILE, np.float64)
     ls = cuda.shared.array(MFE_TILE, np.float64)
-    rhv = cuda.local.array(MFE_ROWS, np.float64)  # right ends: max of high
-    rhi = cuda.local.array(MFE_ROWS, np.int64)
-    rlv = cuda.local.array(MFE_ROWS, np.float64)  # right ends: min of low
-    rli = cuda.local.array(MFE_ROWS, np.int64)
+    hb = cuda.shared.array(MFE_TILE_ROWS, np.int32)
+    lb = cuda.shared.array(MFE_TILE_ROWS, np.int32)
+    # Per row: the right ends' extremes, then (overwritten) the row's results.
+    up = cuda.local.array(MFE_ROWS, np.float64)
+    up_at = cuda.local.array(MFE_ROWS, np.int32)
+    dn = cuda.local.array(MFE_ROWS, np.float64)
+    dn_at = cuda.local.array(MFE_ROWS, np.int32)
     n = close.shape[0]
     tid = cuda.threadIdx.x
-    rows = THREADS * MFE_ROWS
-    span = rows - 1 + horizon  # shared slot p holds bar t0 + 1 + p
-    for tile in range(cuda.blockIdx.x, (n + rows - 1) // rows, cuda.gridDim.x):
-        t0 = tile * rows
+    span = MFE_TILE_ROWS - 1 + horizon  # shared slot p holds bar t0 + 1 + p
+    s = tid * MFE_ROWS
+    for tile in range(cuda.blockIdx.x, (n + MFE_TILE_ROWS - 1) // MFE_TILE_ROWS, cuda.gridDim.x):
+        t0 = tile * MFE_TILE_ROWS
         for k in range(tid, span, THREADS):
             j = t0 + 1 + k
             hs[k] = high[j] if j < n else math.nan
             ls[k] = low[j] if j < n else math.nan
         cuda.syncthreads()
-        s = tid * MFE_ROWS
         if t0 + s < complete:  # one row with a window: every part read below lies in it
             # The core: bars in every row's window (slots s + R - 1 .. s + horizon - 1).
             first = s + MFE_ROWS - 1
@@ -450,10 +454,10 @@ def _mfe_tile_kernel(high, low, close, horizon, complete, mfe, mae, mfe_bars, ma
                     if w < lv:
                         lv = w
                         li = p
-                rhv[i] = hv
-                rhi[i] = hi
-                rlv[i] = lv
-                rli[i] = li
+                up[i] = hv
+                up_at[i] = hi
+                dn[i] = lv
+                dn_at[i] = li
             # Left ends, going left: row i adds slots s + i .. s + R - 2.
             hv = -math.inf
             hi = -1
@@ -471,36 +475,47 @@ def _mfe_tile_kernel(high, low, close, horizon, complete, mfe, mae, mfe_bars, ma
                         lv = w
                         li = p
                 t = t0 + s + i
-                if t < n:
-                    if t >= complete:
-                        mfe[t] = math.nan
-                        mae[t] = math.nan
-                        mfe_bars[t] = 0
-                        mae_bars[t] = 0
-                    else:
-                        bh, bhi = hv, hi
-                        if chv > bh:
-                            bh, bhi = chv, chi
-                        if rhv[i] > bh:
-                            bh, bhi = rhv[i], rhi[i]
-                        bl, bli = lv, li
-                        if clv < bl:
-                            bl, bli = clv, cli
-                        if rlv[i] < bl:
-                            bl, bli = rlv[i], rli[i]
-                        c0 = close[t]
-                        mfe[t] = bh / c0 - 1.0
-                        mae[t] = bl / c0 - 1.0
-                        mfe_bars[t] = bhi + 1 - s - i
-                        mae_bars[t] = bli + 1 - s - i
+                if t < complete:
+                    bh, bhi = hv, hi
+                    if chv > bh:
+                        bh, bhi = chv, chi
+                    if up[i] > bh:
+                        bh, bhi = up[i], up_at[i]
+                    bl, bli = lv, li
+                    if clv < bl:
+                        bl, bli = clv, cli
+                    if dn[i] < bl:
+                        bl, bli = dn[i], dn_at[i]
+                    c0 = close[t]
+                    up[i] = bh / c0 - 1.0
+                    dn[i] = bl / c0 - 1.0
+                    up_at[i] = bhi + 1 - s - i
+                    dn_at[i] = bli + 1 - s - i
+                else:
+                    up[i] = math.nan
+                    dn[i] = math.nan
+                    up_at[i] = 0
+                    dn_at[i] = 0
         else:
             for i in range(MFE_ROWS):
-                t = t0 + s + i
-                if t < n:
-                    mfe[t] = math.nan
-                    mae[t] = math.nan
-                    mfe_bars[t] = 0
-                    mae_bars[t] = 0
+                up[i] = math.nan
+                dn[i] = math.nan
+                up_at[i] = 0
+                dn_at[i] = 0
+        cuda.syncthreads()  # every window read: the shared arrays take the results
+        for i in range(MFE_ROWS):
+            hs[s + i] = up[i]
+            ls[s + i] = dn[i]
+            hb[s + i] = up_at[i]
+            lb[s + i] = dn_at[i]
+        cuda.syncthreads()
+        for k in range(tid, MFE_TILE_ROWS, THREADS):
+            t = t0 + k
+            if t < n:
+                mfe[t] = hs[k]
+                mae[t] = ls[k]
+                mfe_bars[t] = hb[k]
+                mae_bars[t] = lb[k]
         cuda.syncthreads()  # the next tile overwrites the shared arrays
 
 
@@ -516,7 +531,7 @@ def mfe_mae(high, low, close, horizon):
         # Up to a few hundred bars the scan from shared memory beats the runs,
         # which threads a horizon apart write and read back through device
         # memory, uncoalesced (H200, horizon 60, 1e8 rows: 53.7 ms with runs).
-        tiles = (n + THREADS * MFE_ROWS - 1) // (THREADS * MFE_ROWS)
+        tiles = (n + MFE_TILE_ROWS - 1) // MFE_TILE_ROWS
         _mfe_tile_kernel[min(tiles, 65_535 * 16), THREADS](high, low, close, horizon, complete,
                                                            mfe, mae, mfe_bars, mae_bars)
         return mfe, mae, mfe_bars, mae_bars
