@@ -2,7 +2,11 @@
 # The H200 check, in one call: install any carried wheels, run bench/gpu_check.py
 # (under 5 minutes), keep its output.  Run from the repository root:
 #     bash bench/gpu_check.sh            # prints a summary table last
-# Carried wheels (dask, distributed, dask-cuda, ...) go in .whl/ beside the repo.
+# Carried wheels go in .whl/ in the repo root (git-ignored).  On the H200 image
+# of 2026-12 they were: numpy 2.4.6 (the image's 2.5.2 lacks np.row_stack,
+# which numba-cuda 0.30.4 needs), and for the LocalCUDACluster run dask and
+# distributed 2026.7.1, dask-cuda 26.10.0, rapids-dask-dependency 26.10.0,
+# partd, locket, tblib, zict, tornado (bench/RESULTS.md, GPU check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp}"
