@@ -22,8 +22,8 @@ from . import core, cpu
 ON_DEVICE = True
 THREADS = 256
 # Segment length of the parallel linear-recurrence scan (sigma's ewm): one
-# thread's, staged in shared memory with its block's (16 KB of segments, rows
-# padded by one).
+# thread's, staged in shared memory with its block's (256 rows of 17 float64:
+# 34 KB).
 SCAN_SEGMENT = 16
 SCAN_PAD = SCAN_SEGMENT + 1
 SCAN_TILE = THREADS * SCAN_SEGMENT
@@ -31,7 +31,7 @@ SCAN_SHARED = THREADS * SCAN_PAD  # a shared array's size must be one constant
 # First prefix copied to the host for sigma's settling phase (grown if short).
 SETTLE_PREFIX = 8192
 # MFE/MAE scan each window directly from a tile in shared memory up to this
-# horizon (one block's THREADS outputs and their windows fit in MFE_TILE);
+# horizon (one block's MFE_TILE_ROWS rows and their windows fit in MFE_TILE);
 # longer horizons use van Herk/Gil-Werman runs in device memory.
 MFE_DIRECT_MAX = 256
 # Consecutive rows per thread in that scan (odd: neighbouring threads' reads
@@ -218,8 +218,8 @@ def _settle_on_host(buf, span):
 
     Its length depends on the span alone (until the weights reach their
     fixed point: ~2,000 bars at span 100) but its steps are sequential: on
-    one GPU thread they took ~9 ms of an H200's time, on the host tens of
-    microseconds plus two small copies."""
+    one GPU thread they took ~4 ms of an H200's time (sigma at 1e7 candles:
+    11.2 -> 6.9 ms), on the host tens of microseconds plus two small copies."""
     n = buf.shape[0]
     size = min(n, SETTLE_PREFIX)
     while True:
