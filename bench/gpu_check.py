@@ -235,6 +235,29 @@ def throughput(sizes: list[int], repeats: int, copy_bw: float) -> dict[int, floa
         te = statistics.median(e2e)
         rows.append([f"{n:.0e}", "all three, compute_labels (copies, Arrow)", f"{te * 1e3:.1f}",
                      f"{n / te / 1e9:.2f}", ""])
+        # Where that call's time goes: the copies each way, timed alone.
+        host = {c: df[c].to_numpy() for c in ("open", "high", "low", "close")}
+        t0 = time.perf_counter()
+        dev = gk.columns_to_device(host)
+        cuda.synchronize()
+        h2d = time.perf_counter() - t0
+        sig = gk.ewm_sigma(dev["close"], 100)
+        outs = [sig, *gk.triple_barrier(dev["open"], dev["high"], dev["low"], dev["close"], sig, H,
+                                         1.0, 1.0, -1, 0, 0.0),
+                gk.vol_scaled_return(dev["close"], sig, horizons), *gk.mfe_mae(dev["high"], dev["low"],
+                                                                               dev["close"], H)]
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        back = [gk.to_host(x) for x in outs]
+        d2h = time.perf_counter() - t0
+        out_bytes = sum(b.nbytes for b in back)
+        rest = te - h2d - all_t - d2h
+        rows.append([f"{n:.0e}", f"  of which host->device, 4 columns ({32 * n / h2d / 1e9:.0f} GB/s)",
+                     f"{h2d * 1e3:.1f}", "", ""])
+        rows.append([f"{n:.0e}", f"  of which device->host, outputs ({out_bytes / d2h / 1e9:.0f} GB/s)",
+                     f"{d2h * 1e3:.1f}", "", ""])
+        rows.append([f"{n:.0e}", "  of which the rest (Arrow, bitmaps, Python)", f"{rest * 1e3:.1f}", "", ""])
+        del dev, outs, back
         all_rates[n] = n / all_t
 
     print_table(f"2. Kernel throughput on the device (CUDA events, median of {repeats}); "
@@ -294,6 +317,24 @@ def dask_cuda_job(n: int, chunks: int) -> None:
     ROWS.append(("dask-cuda LocalCUDACluster job", "equal to CPU", str(same)))
 
 
+def profile_target(n: int) -> None:
+    """Each kernel launched a few times on n candles and nothing else: the
+    program ``gpu_check.sh`` runs under Nsight Compute (GPU_CHECK_NCU=1)."""
+    from numba import cuda
+
+    from kernels import cuda as gk
+
+    df = walk(n, 1)
+    d = {c: cuda.to_device(df[c].to_numpy()) for c in ("open", "high", "low", "close")}
+    for _ in range(2):
+        sig = gk.ewm_sigma(d["close"], 100)
+        gk.triple_barrier(d["open"], d["high"], d["low"], d["close"], sig, H, 1.0, 1.0, -1, 0, 0.0)
+        gk.vol_scaled_return(d["close"], sig, np.array([1, 5, 20]))
+        gk.mfe_mae(d["high"], d["low"], d["close"], H)
+    cuda.synchronize()
+    print(f"profile target: every kernel twice on {n:,} candles")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e7,1e8")
@@ -303,7 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-threads", type=int, default=2)
     p.add_argument("--simulate", action="store_true",
                    help="tiny sizes for a logic check under NUMBA_ENABLE_CUDASIM=1")
+    p.add_argument("--profile-target", type=float, default=0,
+                   help="only launch every kernel twice on this many candles (for ncu)")
     args = p.parse_args(argv)
+    if args.profile_target:
+        profile_target(int(args.profile_target))
+        return 0
     if args.simulate:
         args.sizes, args.check_size, args.seeds, args.repeats = "1500", 800, "1", 1
     sizes = [int(float(s)) for s in args.sizes.split(",")]
