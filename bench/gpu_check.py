@@ -181,6 +181,16 @@ def device_bandwidth(n: int) -> float:
     return 2 * n * 8 / statistics.median(times)
 
 
+def _all_three(d: dict) -> list:
+    """Every output array of the three labels, kernels only, from device columns."""
+    from kernels import cuda as gk
+
+    sig = gk.ewm_sigma(d["close"], 100)
+    return [sig, *gk.triple_barrier(d["open"], d["high"], d["low"], d["close"], sig, H, 1.0, 1.0, -1, 0, 0.0),
+            gk.vol_scaled_return(d["close"], sig, np.array([1, 5, 20])),
+            *gk.mfe_mae(d["high"], d["low"], d["close"], H)]
+
+
 def throughput(sizes: list[int], repeats: int, copy_bw: float) -> dict[int, float]:
     from numba import cuda
 
@@ -241,11 +251,7 @@ def throughput(sizes: list[int], repeats: int, copy_bw: float) -> dict[int, floa
         dev = gk.columns_to_device(host)
         cuda.synchronize()
         h2d = time.perf_counter() - t0
-        sig = gk.ewm_sigma(dev["close"], 100)
-        outs = [sig, *gk.triple_barrier(dev["open"], dev["high"], dev["low"], dev["close"], sig, H,
-                                         1.0, 1.0, -1, 0, 0.0),
-                gk.vol_scaled_return(dev["close"], sig, horizons), *gk.mfe_mae(dev["high"], dev["low"],
-                                                                               dev["close"], H)]
+        outs = _all_three(dev)
         cuda.synchronize()
         t0 = time.perf_counter()
         back = [gk.to_host(x) for x in outs]
@@ -322,15 +328,10 @@ def profile_target(n: int) -> None:
     program ``gpu_check.sh`` runs under Nsight Compute (GPU_CHECK_NCU=1)."""
     from numba import cuda
 
-    from kernels import cuda as gk
-
     df = walk(n, 1)
     d = {c: cuda.to_device(df[c].to_numpy()) for c in ("open", "high", "low", "close")}
     for _ in range(2):
-        sig = gk.ewm_sigma(d["close"], 100)
-        gk.triple_barrier(d["open"], d["high"], d["low"], d["close"], sig, H, 1.0, 1.0, -1, 0, 0.0)
-        gk.vol_scaled_return(d["close"], sig, np.array([1, 5, 20]))
-        gk.mfe_mae(d["high"], d["low"], d["close"], H)
+        _all_three(d)
     cuda.synchronize()
     print(f"profile target: every kernel twice on {n:,} candles")
 

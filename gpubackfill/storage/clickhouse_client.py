@@ -125,9 +125,15 @@ class EmbeddedClient:
         if conn is None:
             import chdb
 
+            ended = []
             with self._handles_lock:
-                ended = [c for thread, c in self._handles if not thread.is_alive()]
-                self._handles = [(thread, c) for thread, c in self._handles if thread.is_alive()]
+                live = []
+                for thread, c in self._handles:  # one look at each thread: it may end meanwhile
+                    if thread.is_alive():
+                        live.append((thread, c))
+                    else:
+                        ended.append(c)
+                self._handles = live
             for old in ended:
                 old.close()
             conn = chdb.connect(self._path)
