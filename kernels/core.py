@@ -106,6 +106,17 @@ def candle_defects(o, h, lo, c, v, check_volume):
     return bad
 
 
+@jitable
+def candle_ok(o, h, lo, c, v, check_volume):
+    """``candle_defects(...) == 0`` without a branch (``&``, not ``and``), so
+    that a loop folding it over many candles vectorises."""
+    finite = math.isfinite(o) & math.isfinite(h) & math.isfinite(lo) & math.isfinite(c)
+    positive = (o > 0.0) & (h > 0.0) & (lo > 0.0) & (c > 0.0)
+    ordered = (h >= o) & (h >= c) & (lo <= o) & (lo <= c)
+    volume_ok = (not check_volume) | (math.isfinite(v) & (v >= 0.0))
+    return finite & positive & ordered & volume_ok
+
+
 # --------------------------------------------------------------------------
 # Volatility
 
@@ -416,10 +427,11 @@ def vsr_at(close, sigma, t, h):
 
 
 @jitable
-def vsr_near(close, sigma, t, h, sqrt_h):
+def vsr_near_values(ahead, now, sig, sqrt_h):
     """vsr_at without its checks, for rows known to have a window and a
-    price move inside the log series' radius (callers patch the rest)."""
-    return log_ratio_near(close[t + h], close[t]) / (sigma[t] * sqrt_h)
+    price move inside the log series' radius (callers patch the rest):
+    ``ahead`` is close[t + h], ``now`` close[t], ``sig`` sigma[t]."""
+    return log_ratio_near(ahead, now) / (sig * sqrt_h)
 
 
 # --------------------------------------------------------------------------

@@ -34,6 +34,24 @@ ALLOCATING = frozenset({
 })
 
 
+@njit(**_opts)
+def _clean(ts, open_, high, low, close, volume, check_volume, s, e):
+    """Whether rows s..e-1 are all valid (their ts order included).
+
+    The loops run over slices from 0: numba cannot tell that an index
+    counted from an argument is not negative, so each access would also
+    test for Python's wraparound, and the loop would not vectorise (1M
+    rows: 6.3 ms against 1.4)."""
+    o, h, lo, c, v = open_[s:e], high[s:e], low[s:e], close[s:e], volume[s:e]
+    good = True
+    for i in range(e - s):
+        good &= core.candle_ok(o[i], h[i], lo[i], c[i], v[i], check_volume)
+    before, after = ts[max(s, 1) - 1:e - 1], ts[max(s, 1):e]
+    for i in range(after.shape[0]):
+        good &= after[i] > before[i]
+    return good
+
+
 @njit(parallel=True, **_opts)
 def first_defect(ts, open_, high, low, close, volume, check_volume):
     """Index of the first malformed candle (prices or ts order), or -1."""
@@ -43,6 +61,11 @@ def first_defect(ts, open_, high, low, close, volume, check_volume):
     for bi in prange(nblocks):
         s = bi * ROW_BLOCK
         e = min(n, s + ROW_BLOCK)
+        # Almost every block is clean: a branch-free pass says so (it
+        # vectorises: 1M rows in 1.5 ms against 4.0 row by row), and only
+        # a block that is not is searched row by row for its first defect.
+        if _clean(ts, open_, high, low, close, volume, check_volume, s, e):
+            continue
         for i in range(s, e):
             v = volume[i] if check_volume else 0.0
             if core.candle_defects(open_[i], high[i], low[i], close[i], v, check_volume) != 0:
@@ -85,8 +108,17 @@ def _log_returns(close, out):
     n = close.shape[0]
     if n > 0:
         out[0] = np.nan
+    # ``core.log_ratio`` row by row, in two passes: its branch-free series
+    # for every row (the loop vectorises), then its libm branch for the rare
+    # step too large for the series.  The second pass is a plain loop: as a
+    # second prange numba fuses it with the first, and the fused loop, with
+    # its branch, does not vectorise (1M rows, one thread: 11.5 ms either
+    # way, 2.8 ms as here).
     for t in prange(1, n):
-        out[t] = core.log_ratio(close[t], close[t - 1])
+        out[t] = core.log_ratio_near(close[t], close[t - 1])
+    for t in range(1, n):
+        if not core.is_near(close[t], close[t - 1]):
+            out[t] = core.log_ratio(close[t], close[t - 1])
 
 
 def log_returns(close, empty=np.empty):
@@ -245,12 +277,16 @@ def _vol_scaled_return(close, sigma, horizons, out):
         row = out[k]
         last = max(0, n - h)  # rows with t + h <= n - 1
         # A branch-free pass over the common case (it vectorises), then a
-        # cheap pass that redoes the rows it does not cover.
+        # cheap pass that redoes the rows it does not cover.  Both index
+        # slices from 0 (see ``_clean``), and the second is a plain loop,
+        # which numba does not fuse with the first (see ``_log_returns``):
+        # 6.7 -> 5.9 ms for three horizons at 1M rows.
+        ahead, now, sig, r = close[h:h + last], close[:last], sigma[:last], row[:last]
         for t in prange(last):
-            row[t] = core.vsr_near(close, sigma, t, h, sqrt_h)
-        for t in prange(last):
-            if not (sigma[t] > 0.0) or not core.is_near(close[t + h], close[t]):
-                row[t] = core.vsr_at(close, sigma, t, h)
+            r[t] = core.vsr_near_values(ahead[t], now[t], sig[t], sqrt_h)
+        for t in range(last):
+            if not (sig[t] > 0.0) or not core.is_near(ahead[t], now[t]):
+                r[t] = core.vsr_at(close, sigma, t, h)
         row[last:] = np.nan
 
 
@@ -412,13 +448,20 @@ def bitmap_not_nan(x, empty=np.empty):
 
 @njit(parallel=True, **_opts)
 def _bitmap_not_nan(x, out):
+    # Whole bytes with a fixed eight-bit loop and no branch (unrolled: 0.43
+    # against 0.94 ms at 1M rows), then the partial last byte.
     n = x.shape[0]
-    for b in prange(out.shape[0]):
+    full = n // 8
+    for b in prange(full):
         v = 0
-        for k in range(min(8, n - 8 * b)):
-            if x[8 * b + k] == x[8 * b + k]:
-                v |= 1 << k
+        for k in range(8):
+            v |= (x[8 * b + k] == x[8 * b + k]) << k
         out[b] = v
+    if full < out.shape[0]:
+        v = 0
+        for k in range(n - 8 * full):
+            v |= (x[8 * full + k] == x[8 * full + k]) << k
+        out[full] = v
 
 
 def bitmap_flags_clear(flags, bits, empty=np.empty):
@@ -430,13 +473,19 @@ def bitmap_flags_clear(flags, bits, empty=np.empty):
 
 @njit(parallel=True, **_opts)
 def _bitmap_flags_clear(flags, bits, out):
+    # As ``_bitmap_not_nan``: whole bytes without a branch, then the rest.
     n = flags.shape[0]
-    for b in prange(out.shape[0]):
+    full = n // 8
+    for b in prange(full):
         v = 0
-        for k in range(min(8, n - 8 * b)):
-            if flags[8 * b + k] & bits == 0:
-                v |= 1 << k
+        for k in range(8):
+            v |= ((flags[8 * b + k] & bits) == 0) << k
         out[b] = v
+    if full < out.shape[0]:
+        v = 0
+        for k in range(n - 8 * full):
+            v |= ((flags[8 * full + k] & bits) == 0) << k
+        out[full] = v
 
 
 def bitmap_prefix(n, count, empty=np.empty):
