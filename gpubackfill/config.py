@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     backend: Literal["cpu", "cuda", "auto"] = _env("GPUBACKFILL_BACKEND", "cpu")
     lease_seconds: int = _env("GPUBACKFILL_LEASE_SECONDS", 120, ge=1)
     rmm_pool_size: str | None = _env("GPUBACKFILL_RMM_POOL_SIZE")  # per GPU worker, e.g. "24GB"
+    # The embedded engine's background merges run at this Linux nice value
+    # (ClickHouse's os_threads_nice_value_merge_mutate), below the job's own
+    # loads, inserts and kernels; 0: the same priority.
+    chdb_merge_nice: int = _env("GPUBACKFILL_CHDB_MERGE_NICE", 10, ge=0, le=19)
     # Reliability (see resilience.py): retry pacing, breakers, memory, shutdown.
     retry_base_seconds: float = _number("GPUBACKFILL_RETRY_BASE_SECONDS", 1.0)
     breaker_clickhouse_failures: int = _env("GPUBACKFILL_BREAKER_CLICKHOUSE_FAILURES", 5, ge=1)

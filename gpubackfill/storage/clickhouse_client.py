@@ -81,9 +81,17 @@ class EmbeddedClient:
         import chdb
 
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
+        # Every handle opens the engine with the same startup settings (the
+        # first open's are the engine's for as long as a handle is open).
+        # Merges yield the CPU to the job: on two cores a 10M-candle job in
+        # 10k chunks took 15.5-16.0 s with merges at the job's priority and
+        # 13.9-14.2 s at nice 10, parts at most ~100 (bench/RESULTS.md).
+        # ClickHouse applies the nice value only with CAP_SYS_NICE.
+        self._path = (f"{settings.chdb_path}"
+                      f"?os_threads_nice_value_merge_mutate={settings.chdb_merge_nice}")
         try:
             with _native_stderr_captured():
-                self._conn = chdb.connect(str(settings.chdb_path))
+                self._conn = chdb.connect(self._path)
         except Exception as exc:
             if "EmbeddedServer" in str(exc) or "Cannot lock file" in str(exc):
                 raise DependencyError(
@@ -92,7 +100,6 @@ class EmbeddedClient:
                     f"ClickHouse server and set CLICKHOUSE_URL") from None
             raise DependencyError(f"cannot connect to ClickHouse at chdb://{settings.chdb_path}: "
                                   f"{short_error(exc)}") from None
-        self._path = str(settings.chdb_path)
         self._local = threading.local()
         self._prepare(self._conn)
         self._local.conn = self._conn  # this thread's; it also keeps the engine open

@@ -58,6 +58,8 @@ def test_tls_urls_are_accepted():
 @pytest.mark.parametrize("env,words", [
     ({"BATCH_MAX_WORKERS": "0"}, "BATCH_MAX_WORKERS must be >= 1"),
     ({"BATCH_CHUNK_SIZE": "10k"}, "BATCH_CHUNK_SIZE must be an integer"),
+    ({"GPUBACKFILL_CHDB_MERGE_NICE": "20"}, "GPUBACKFILL_CHDB_MERGE_NICE must be <= 19"),
+    ({"GPUBACKFILL_CHDB_MERGE_NICE": "-5"}, "GPUBACKFILL_CHDB_MERGE_NICE must be >= 0"),
     ({"METRICS_ENABLED": "maybe"}, "METRICS_ENABLED must be true or false"),
     ({"REDIS_URL": "http://x"}, "REDIS_URL must be redis://"),
     ({"CLICKHOUSE_URL": "tcp://x:9000"}, "CLICKHOUSE_URL must be http://"),

@@ -224,3 +224,61 @@ def test_a_threads_engine_handle_is_not_closed_by_the_threads_exit(store):
         handle.query("SELECT 1", "CSV")
     # ... and left its own open, for the next to close.
     assert opened[1].query("SELECT 2", "CSV").bytes().strip() == b"2"
+
+
+_WATCH_MERGES = r"""
+import os, sys, threading, time
+from gpubackfill.config import Settings
+from gpubackfill.storage.clickhouse_store import Store
+
+store = Store(Settings.from_env({"GPUBACKFILL_HOME": sys.argv[1], "GPUBACKFILL_CHDB_MERGE_NICE": "7",
+                                 "REDIS_URL": "redis://127.0.0.1:1"}, dotenv=False))
+print(store.rows("SELECT value FROM system.server_settings "
+                 "WHERE name = 'os_threads_nice_value_merge_mutate'")[0][0], flush=True)
+store.command("CREATE TABLE default.t (x UInt64, y Float64) ENGINE = MergeTree ORDER BY x")
+seen, done = set(), threading.Event()
+
+def watch():
+    # The nice value of every thread the engine names MergeMutate, as the
+    # kernel reports it, while merges run.
+    while not done.is_set():
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = open(f"/proc/self/task/{tid}/stat").read()
+            except OSError:
+                continue
+            if stat[stat.index("(") + 1:stat.rindex(")")] == "MergeMutate":
+                seen.add(int(stat[stat.rindex(")") + 2:].split()[16]))
+
+watcher = threading.Thread(target=watch)
+watcher.start()
+for i in range(12):
+    store.command(f"INSERT INTO default.t SELECT number + {i} * 1000000, rand() FROM numbers(1000000)")
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and (store.rows(
+        "SELECT count() FROM system.parts WHERE database = 'default' AND table = 't' AND active")[0][0] > 2
+        or store.rows("SELECT count() FROM system.merges")[0][0]):
+    time.sleep(0.05)
+done.set()
+watcher.join()
+print(" ".join(map(str, sorted(seen))), flush=True)
+"""
+
+
+def test_the_engine_runs_its_merges_at_the_configured_nice_value(tmp_path):
+    """GPUBACKFILL_CHDB_MERGE_NICE reaches the embedded engine, and its
+    merge threads run at that nice value while they merge (a fresh process:
+    the engine's startup settings are those of its first open)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _WATCH_MERGES, str(tmp_path / "home")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    setting, nice = res.stdout.splitlines()
+    assert setting == "7"
+    with open("/proc/self/status") as f:
+        caps = int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+    if not caps & (1 << 23):  # CAP_SYS_NICE: without it ClickHouse leaves the value alone
+        pytest.skip("needs CAP_SYS_NICE to see ClickHouse apply the nice value")
+    assert 7 in {int(v) for v in nice.split()}, f"merge threads seen at nice {nice!r}"
