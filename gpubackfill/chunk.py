@@ -180,24 +180,41 @@ class Heartbeat:
         except DependencyError:
             pass  # Redis away: the lease is no longer renewed, so it expires instead
 
-    def fence(self) -> None:
-        """Raise LeaseLost unless the lease is still ours (and renew it).
+    def check(self) -> None:
+        """Raise LeaseLost unless the lease is still ours (and renew it)."""
+        if self.lost or not self.renew():
+            raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
+
+    def fence(self) -> bool:
+        """Before the chunk writes: raise LeaseLost unless the lease is still
+        ours (and renew it); False when a run under the same lease reached
+        its write before (``RedisState.fence_write``), so the write must
+        replace rows rather than trust the plan's 'fresh' hint.
 
         A stale worker that passed this check has a whole lease period
         before anyone else may claim the chunk, so its write cannot land
         after the next owner's.
         """
-        if self.lost or not self.renew():
+        got = 0 if self.lost else self.state.fence_write(self.task.job_id, self.task.index, self.task.token,
+                                                         self.lease_ms)
+        self.due = time.monotonic() + self.lease_ms / 3000
+        if not got:
+            self.lost = True
             raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
+        return got == 1
 
 
-def run_chunk(settings: Settings, task: ChunkTask) -> ChunkResult:
+def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -> ChunkResult:
     """Compute and write one chunk; record its result in Redis.
 
     Never raises for a chunk's own failure: each error is retried as its
     category allows (``resilience.POLICIES``), then recorded: an outage of
     ClickHouse puts the chunk back in the queue, anything else that cannot
     be fixed by retrying dead-letters it.
+
+    ``io``: the chunk is one of a run of consecutive chunks that share one
+    read and one insert (``SharedIO``); a chunk done here is then recorded
+    by ``run_chunks`` once that insert is in.
     """
     keep_freed_memory()
     # Kernels run in several worker threads at once: only the thread-safe
@@ -224,12 +241,14 @@ def run_chunk(settings: Settings, task: ChunkTask) -> ChunkResult:
     def attempt(fence) -> ChunkResult:
         # A retry may follow an attempt that wrote part of the chunk: only
         # the first attempt keeps the plan's 'fresh' hint.
-        return _compute_and_write(store, runs.pop(0) if len(runs) > 1 else runs[0], fence)
+        return _compute_and_write(io or store, runs.pop(0) if len(runs) > 1 else runs[0], fence)
 
     with Heartbeat(state, task, settings.lease_seconds * 1000) as lease:
         try:
+            # With shared I/O the write comes later (``_insert_and_record``,
+            # which fences it): here only the lease is checked.
             result = retrying(
-                lambda: BREAKERS.call(breaker, attempt, lease.fence),
+                lambda: BREAKERS.call(breaker, attempt, lease.fence if io is None else lease.check),
                 settings.retry_base_seconds, on_retry,
                 give_up=lambda e: isinstance(e, LeaseLost) or _splittable(settings, task, e))
         except LeaseLost as exc:
@@ -242,6 +261,14 @@ def run_chunk(settings: Settings, task: ChunkTask) -> ChunkResult:
                 return ChunkResult(task.index, "outage", error=f"{exc}; not recorded: {lost}",
                                    retry_after=settings.retry_base_seconds)
     result = replace(result, duration=time.perf_counter() - t0)
+    if io is not None and result.ok:
+        return result  # its rows wait for the run's shared insert: run_chunks records it
+    return _record(settings, state, task, result, on_retry)
+
+
+def _record(settings: Settings, state: RedisState, task: ChunkTask, result: ChunkResult,
+            on_retry) -> ChunkResult:
+    """Settle a chunk whose rows are written: its result goes to Redis."""
     try:
         status = retrying(lambda: state.complete(task.job_id, task.index, task.token, result),
                           settings.retry_base_seconds, on_retry)
@@ -264,19 +291,147 @@ def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkRe
     its lease before it starts; once the job stops running, a lease was
     taken back, or a chunk does not end done, the rest go back to the queue
     untouched for the driver to decide."""
+    io = SharedIO.for_run(settings, tasks)
     results: list[ChunkResult] = []
+    waiting: list[tuple[ChunkTask, ChunkResult]] = []  # done, their rows not yet inserted
     for i, task in enumerate(tasks):
         if i:
             why = _resume(settings, task)
             if why:
                 results += _give_back(settings, tasks[i:], why)
                 break
-        result = run_chunk(settings, task)
+        result = run_chunk(settings, task, io)
+        if io is not None and result.ok:
+            waiting.append((task, result))
+            continue
         results.append(result)
         if not result.ok and i + 1 < len(tasks):
             results += _give_back(settings, tasks[i + 1:], f"chunk {task.index} ended {result.kind}")
             break
-    return results
+    if waiting:
+        results += _insert_and_record(settings, io, waiting)
+    return sorted(results, key=lambda r: [t.index for t in tasks].index(r.index))
+
+
+def _insert_and_record(settings: Settings, io: SharedIO,
+                       waiting: list[tuple[ChunkTask, ChunkResult]]) -> list[ChunkResult]:
+    """The shared insert of the chunks that are done, then their records.
+
+    Each chunk's lease is checked (and renewed) first; a chunk whose lease
+    was taken back meanwhile leaves the insert and ends stale.  If the
+    insert fails, the chunks run again one by one without the plan's
+    'fresh' hint, so rows of theirs that did land are replaced, not
+    repeated."""
+    _, state = connections(settings)
+    lease_ms = settings.lease_seconds * 1000
+    kept, out = [], []
+    first_write = True
+    for task, result in waiting:
+        try:
+            got = state.fence_write(task.job_id, task.index, task.token, lease_ms)
+        except DependencyError:
+            got = 0  # not sure it is still ours: its lease runs out and it runs again
+        if got:
+            kept.append((task, result))
+            first_write = first_write and got == 1
+        else:
+            out.append(ChunkResult(task.index, "stale", error="the lease was taken back before the write"))
+
+    def one_by_one() -> list[ChunkResult]:
+        return out + [run_chunk(settings, replace(t, segments=tuple(replace(g, fresh=False)
+                                                                   for g in t.segments)))
+                      for t, _ in kept]
+
+    if not first_write:
+        # A run under these leases reached its write before (Dask ran the
+        # task again after its worker died): replace rows, chunk by chunk.
+        return one_by_one()
+    t0 = time.perf_counter()
+    try:
+        BREAKERS.call(clickhouse_breaker(settings), io.insert, [t.index for t, _ in kept])
+    except Exception as exc:  # noqa: BLE001 - each chunk is run and recorded on its own instead
+        log.warning("shared insert of chunks %s failed (%s: %s); running them one by one",
+                    [t.index for t, _ in kept], type(exc).__name__, exc)
+        return one_by_one()
+    share = (time.perf_counter() - t0) / max(1, len(kept))
+    for task, result in kept:
+        stages = {**result.stages, "write": result.stages.get("write", 0.0) + share}
+        result = replace(result, stages=stages, duration=result.duration + share)
+        out.append(_record(settings, state, task, result,
+                           lambda category, exc, attempt, task=task: log_retry(state, task, category,
+                                                                               exc, attempt)))
+    return out
+
+
+class SharedIO:
+    """One read and one insert for a run of consecutive chunks of a series.
+
+    Small chunks go several to a Dask task (``run_chunks``).  When they are
+    consecutive ranges of one series and a first backfill of them (the
+    plan's 'fresh' hint), each chunk's load is cut from one read of the
+    whole run (halo included), and their label rows go to ClickHouse in one
+    insert after the last chunk: one statement and one part instead of one
+    per chunk.  Everything else a chunk does (validation, fingerprint,
+    compute, its lease, its record) stays its own.  Any other call goes to
+    the store itself."""
+
+    def __init__(self, store: Store, tasks: tuple[ChunkTask, ...]):
+        self.store = store
+        self.key = tasks[0].key(tasks[0].segments[0])
+        self.first, self.last = tasks[0].segments[0], tasks[-1].segments[0]
+        self.label_set, self.job_id = tasks[0].label_set, tasks[0].job_id
+        self._read: tuple[Any, np.ndarray] | None = None
+        self._rows: dict[int, tuple[int, int, Any]] = {}  # start_ms -> (index, end_ms, labels)
+        self._index = {t.segments[0].start_ms: t.index for t in tasks}
+
+    @staticmethod
+    def for_run(settings: Settings, tasks: tuple[ChunkTask, ...]) -> SharedIO | None:
+        if len(tasks) < 2 or any(len(t.segments) != 1 or not t.segments[0].fresh for t in tasks):
+            return None
+        segs = [t.segments[0] for t in tasks]
+        key = tasks[0].key(segs[0])
+        if (any(t.key(g) != key for t, g in zip(tasks, segs))
+                or any(b.start_ms != a.end_ms for a, b in zip(segs, segs[1:]))
+                or finer_series(resolve(tasks[0].labels, tasks[0].params), key) is not None):
+            return None  # the finer candles' reads are each chunk's own
+        store, _ = connections(settings)
+        return SharedIO(store, tasks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def load_many(self, parts: list[tuple], back: int, ahead: int) -> list[tuple[Any, int, int]]:
+        key, a, b, *_ = parts[0]
+        if len(parts) != 1 or key != self.key or a < self.first.start_ms or b > self.last.end_ms:
+            return self.store.load_many(parts, back, ahead)
+        if self._read is None:
+            table, _, _ = self.store.load(self.key, self.first.start_ms, self.last.end_ms, back, ahead,
+                                          self.first.lo_ms, self.last.hi_ms)
+            self._read = table, table.column("ts").to_numpy()
+        table, ts = self._read
+        i0, i1 = int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b))
+        lo, hi = max(i0 - back, 0), min(i1 + ahead, len(ts))
+        return [(table.slice(lo, hi - lo), i0 - lo, i1 - i0)]
+
+    def write_labels_many(self, set_id: str, writes: list[tuple], job_id: str, fresh: bool = False,
+                          record: bool = True) -> None:
+        if not fresh or record or len(writes) != 1 or writes[0][0] != self.key:
+            self.store.write_labels_many(set_id, writes, job_id, fresh=fresh, record=record)
+            return
+        _, a, b, labels, _, _ = writes[0]
+        self._rows[a] = (self._index.get(a, -1), b, labels)  # a retry replaces its first try
+
+    def insert(self, indexes: list[int]) -> None:
+        """The label rows of the chunks ``indexes`` (done, and still leased), in one insert."""
+        keep = set(indexes)
+        rows = [(a, b, labels) for a, (i, b, labels) in sorted(self._rows.items()) if i in keep]
+        if not rows:
+            return
+        import pyarrow as pa
+
+        body = pa.concat_tables([labels for _, _, labels in rows])
+        self.store.write_labels(self.key, self.label_set, rows[0][0], rows[-1][1], body, "", 0,
+                                self.job_id, fresh=True, record=False)
 
 
 def _resume(settings: Settings, task: ChunkTask) -> str:
@@ -455,7 +610,10 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
         outcomes.append(SegmentOutcome(seg.series, own, labels.num_rows, seg.rows))
         stages.lap("compute")
     if writes:
-        fence()
+        if fence() is False:
+            # A run under this lease wrote before (its worker died after the
+            # insert, and Dask ran the task again): replace, do not add.
+            fresh = False
         # The manifest rows go with the result to Redis; the driver inserts
         # them in batches (one small insert per chunk was ~10% of its time).
         store.write_labels_many(task.label_set, writes, task.job_id, fresh=fresh, record=False)

@@ -289,13 +289,31 @@ class BackfillService:
                 self.state.release_driver(job_id, owner)
             except DependencyError:
                 pass  # Redis gone: the driver key expires by itself
-        final = self.state.job(job_id)
+        final = self._after_outage(lambda: self.state.job(job_id), stop)
         if final["status"] != "running":
             logs.job_event(job_id, final["status"], "settled", candles_done=final["candles_done"],
                            errors=final["errors"])
         if final["status"] in FINAL_JOB_STATES:
-            self.state.expire_job(job_id)  # finished jobs live REDIS_TTL seconds
+            # Finished jobs live REDIS_TTL seconds.
+            self._after_outage(lambda: self.state.expire_job(job_id), stop)
         return RunResult(job_id, final["status"], time.perf_counter() - t0, final["candles_done"])
+
+    def _after_outage(self, fn: Callable[[], Any], stop: threading.Event | None) -> Any:
+        """``fn()``, waiting out a Redis outage as the driver does (the job
+        can settle just before Redis goes away); raised once ``stop`` is set."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except DependencyError:
+                attempt += 1
+                if stop is not None and stop.is_set():
+                    raise
+                wait = min(30.0, self.settings.retry_base_seconds * 2 ** min(attempt, 5))
+                if stop is not None:
+                    stop.wait(wait)
+                else:
+                    time.sleep(wait)
 
     def _become_driver(self, job_id: str, owner: str, lease_ms: int) -> None:
         """Take the job's driver lock, or take it over from a driver process

@@ -54,6 +54,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
                            rate=f"{rate_text(s['throughput_per_min'])} candles/min")
 
             svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
+        _report(svc, job_id, received)
     except _HardStop:
         # The driver has handed its chunks back (see _Driver.abandon).  Leave
         # without unwinding the interpreter: chDB threads may still be inside
@@ -64,8 +65,15 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
         sys.stderr.flush()
         os._exit(130)
     finally:
+        # Restored only now: a second signal while the outcome is reported
+        # (the job can stop within milliseconds of the first) still exits
+        # at once, instead of a KeyboardInterrupt in the middle of it.
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _report(svc, job_id: str, received: list[int]) -> None:
+    """The job's outcome in one line, and the exit status it calls for."""
     s = svc.status(job_id)
     click.echo(f"{job_id} {s['status']}: {s['candles_done']:,} candles in {s['chunks']['done']} chunks, "
                f"{s['rows_written']:,} label rows written, {s['cache_hits']} chunks unchanged (skipped), "

@@ -11,6 +11,7 @@ Keys (prefix P, job id J)::
     P:job:J:pending      list   chunk indices waiting to be claimed
     P:job:J:lease        hash   chunk index -> "owner|expires_ms|token"
     P:job:J:attempts     hash   chunk index -> attempts so far
+    P:job:J:writes       hash   chunk index -> token of the lease its last write was fenced under
     P:job:J:errors       hash   chunk index -> last error
     P:job:J:events       list   history, newest last (capped)
     P:job:J:durations    list   recent chunk durations (s) for the ETA
@@ -297,6 +298,25 @@ return 1
 """
 
 
+# KEYS: lease, writes   ARGV: idx, token, expires_ms
+# The fence before a chunk writes: its lease renewed if still ours, and
+# whether a write was fenced under the same lease before.  0: not ours;
+# 1: ours, the lease's first write; 2: ours, but a run under this lease
+# reached its write already (Dask re-runs a task whose worker died, with
+# the same leases), so rows of that run may be in the table.
+_FENCE_WRITE = """
+local lease = redis.call('HGET', KEYS[1], ARGV[1])
+if not lease then return 0 end
+local owner, token = string.match(lease, '^(.*)|%d+|(%d+)$')
+if token ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], owner .. '|' .. ARGV[3] .. '|' .. token)
+local prior = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], token)
+if prior == token then return 2 end
+return 1
+"""
+
+
 # KEYS: lease hash, job hash   ARGV: chunk index, token, new deadline (ms)
 # A chunk that waited in its batch (chunk.run_chunks) before starting: 'ok'
 # (lease renewed), 'lost' (taken back meanwhile) or the job's status when it
@@ -460,6 +480,7 @@ class RedisState:
         self._requeue = self.client.register_script(_REQUEUE)
         self._split = self.client.register_script(_SPLIT)
         self._renew = self.client.register_script(_RENEW)
+        self._fence_write = self.client.register_script(_FENCE_WRITE)
         self._resume = self.client.register_script(_RESUME)
         self._settle = self.client.register_script(_SETTLE)
         self._unpack = self.client.register_script(_UNPACK)
@@ -605,7 +626,7 @@ class RedisState:
                               args=[now_ms(), TABLES]))
 
     _PARTS = ("", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
-              "samples", "records")
+              "samples", "records", "writes")
 
     def expire_job(self, job_id: str) -> None:
         pipe = self.client.pipeline()
@@ -790,6 +811,13 @@ class RedisState:
         """Extend a lease that is still ours; False once it was taken back."""
         return bool(self.call(self._renew, keys=[self.key(job_id, "lease")],
                                args=[idx, token, now_ms() + lease_ms]))
+
+    def fence_write(self, job_id: str, idx: int, token: int, lease_ms: int) -> int:
+        """Right before a chunk writes: renew its lease if still ours.  0: not
+        ours; 1: ours, and the lease's first write; 2: ours, but a run under
+        the same lease reached its write before (its rows may be there)."""
+        return int(self.call(self._fence_write, keys=[self.key(job_id, "lease"), self.key(job_id, "writes")],
+                             args=[idx, token, now_ms() + lease_ms]))
 
     def resume_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> str:
         """Before a chunk that waited behind others in its batch starts: renew

@@ -228,3 +228,29 @@ def test_an_unset_chunk_size_follows_the_workers_and_the_job(service):
 
     other = BackfillService(sized).create_job("EURUSD", "M5", START, "2024-01-20", workers=2)
     assert service.state.job(other)["chunk_size"] == 700
+
+
+def test_a_task_run_again_under_the_same_lease_replaces_its_rows(service):
+    """Dask runs a task again, with the same leases, when its worker died:
+    if the first run reached its write, the second must not trust the
+    plan's 'fresh' hint (the write fence tells it), or the rows are there
+    twice."""
+    import gpubackfill.chunk as chunk_mod
+
+    series(service)
+    job = service.create_job("EURUSD", "M5", START, END, chunk_size=2_000, workers=2)
+    _start(service, job)
+    idx, token, segs = service.state.claim(job, "w", 60_000)
+    assert segs[0].fresh
+    s = service.state.job(job)
+    task = chunk_mod.ChunkTask(index=idx, token=token, segments=segs, names={0: ("EURUSD", "M5")},
+                               job_id=job, labels=s["labels"], params=s["params"],
+                               label_set=s["label_set"], force=False, backend="cpu", max_attempts=3)
+    # The first run: fenced, wrote its rows, and died before its record.
+    assert chunk_mod.Heartbeat(service.state, task, 60_000).fence() is True
+    chunk_mod._compute_and_write(service.store, task)
+    # The same task again, under the same lease.
+    result = chunk_mod.run_chunk(service.settings, task)
+    assert result.kind == "done"
+    n, uniq = service.store.label_counts(KEY, s["label_set"])
+    assert n == uniq == segs[0].rows

@@ -1,0 +1,117 @@
+"""Small consecutive chunks of a first backfill share one read and one
+insert (``chunk.SharedIO``), and stay exactly once when that insert fails."""
+
+from __future__ import annotations
+
+import pytest
+from test_faults import FAST, assert_survived, ingest
+
+import gpubackfill.chunk as chunk_mod
+from gpubackfill.service import BackfillService
+from gpubackfill.storage.clickhouse_store import Store
+
+pytestmark = pytest.mark.integration
+
+
+def _count_calls(monkeypatch, cls, name):
+    calls = []
+    real = getattr(cls, name)
+
+    def counting(self, *args, **kwargs):
+        calls.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counting)
+    return calls
+
+
+def test_a_task_of_small_chunks_reads_once_and_inserts_once(settings, monkeypatch):
+    svc = BackfillService(settings)
+    candles = ingest(svc)
+    loads = _count_calls(monkeypatch, Store, "load")
+    inserts = _count_calls(monkeypatch, Store, "write_labels")
+    job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=2)
+    assert svc.execute(job).status == "completed"
+    chunks = svc.status(job)["chunks_total"]
+    assert chunks > 2
+    # Tasks of up to 8 chunks: each task one read and one insert of all its rows.
+    assert len(inserts) == len(loads) < chunks
+    assert sorted(len(args[4]) for args in inserts)[-1] > 1000  # rows of several chunks at once
+    assert_survived(svc, job, candles)
+
+
+def test_a_failed_shared_insert_runs_its_chunks_again_one_by_one(settings, monkeypatch):
+    """The shared insert lands and then reports a failure: its chunks run
+    again on their own, replacing those rows instead of adding to them."""
+    svc = BackfillService(settings.model_copy(update={"retry_base_seconds": 0.01}))
+    candles = ingest(svc)
+    real = chunk_mod.SharedIO.insert
+    failed = []
+
+    def lands_then_fails(self, indexes):
+        real(self, indexes)
+        if not failed:
+            failed.append(list(indexes))
+            raise ConnectionError("connection reset after the insert")
+
+    monkeypatch.setattr(chunk_mod.SharedIO, "insert", lands_then_fails)
+    job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=1)
+    assert svc.execute(job).status == "completed"
+    assert len(failed) == 1 and len(failed[0]) > 1
+    assert_survived(svc, job, candles)  # count() = uniqExact: nothing twice
+
+
+def test_a_chunk_whose_lease_was_lost_stays_out_of_the_shared_insert(chdb_home, redis_socket, monkeypatch):
+    """Its rows are left out of the insert, and it runs again once its lease
+    runs out (with shared I/O the write fence is called only before the
+    shared insert)."""
+    from conftest import make_settings
+
+    svc = BackfillService(make_settings(chdb_home, redis_socket, **FAST))
+    candles = ingest(svc)
+    real = chunk_mod.RedisState.fence_write
+    lost = []
+
+    def fence_write(self, job_id, idx, token, lease_ms):
+        if idx == 2 and not lost:
+            lost.append(idx)
+            return 0
+        return real(self, job_id, idx, token, lease_ms)
+
+    monkeypatch.setattr(chunk_mod.RedisState, "fence_write", fence_write)
+    job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=1)
+    assert svc.execute(job).status == "completed"
+    assert lost == [2]
+    assert_survived(svc, job, candles)
+
+
+def test_execute_waits_out_a_redis_outage_that_starts_as_the_job_settles(settings, monkeypatch):
+    """A job can settle just before Redis goes away: ``execute`` then waits
+    for Redis to read the final record, as the driver does mid-job, instead
+    of raising (a fault test that stops Redis mid-job hit this once a job's
+    chunks were recorded a task at a time)."""
+    from gpubackfill.errors import DependencyError
+
+    svc = BackfillService(settings.model_copy(update={"retry_base_seconds": 0.01}))
+    candles = ingest(svc)
+    job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=2000, workers=1)
+    real_drive, real_job = svc._drive, svc.state.job
+    down = {"reads": 0}
+
+    def drive(*args, **kwargs):
+        status = real_drive(*args, **kwargs)
+        down["reads"] = 3  # Redis refuses the next three reads
+        return status
+
+    def job_record(job_id):
+        if down["reads"]:
+            down["reads"] -= 1
+            raise DependencyError("cannot reach Redis", "redis")
+        return real_job(job_id)
+
+    monkeypatch.setattr(svc, "_drive", drive)
+    monkeypatch.setattr(svc.state, "job", job_record)
+    assert svc.execute(job).status == "completed"
+    assert down["reads"] == 0
+    monkeypatch.undo()
+    assert_survived(svc, job, candles)
