@@ -308,7 +308,7 @@ def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkRe
         if not result.ok and i + 1 < len(tasks):
             results += _give_back(settings, tasks[i + 1:], f"chunk {task.index} ended {result.kind}")
             break
-    if waiting:
+    if io is not None and waiting:
         results += _insert_and_record(settings, io, waiting)
     return sorted(results, key=lambda r: [t.index for t in tasks].index(r.index))
 
@@ -550,7 +550,7 @@ class _Stages:
         self._t = now
 
 
-def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> ChunkResult:
+def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: None) -> ChunkResult:
     """Every segment of the chunk: one read of all their candles, one write
     of all their label rows (a pack of small series costs what one chunk does)."""
     stages = _Stages()
@@ -624,7 +624,7 @@ def _compute_and_write(store: Store, task: ChunkTask, fence=lambda: None) -> Chu
                        records=tuple(manifest))
 
 
-def _fingerprint(store: Store, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:
+def _fingerprint(store: Store | SharedIO, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:
     """What a segment's labels were computed from: its candles (halo
     included) and, with resolve_with, the changes to the finer series."""
     fingerprint = input_fingerprint(table)
