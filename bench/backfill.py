@@ -481,6 +481,8 @@ READS = {
     "query Arrow, read in place": "one query, uncompressed Arrow read over chDB's buffer",
     "send_query Arrow batches": "streamed record batches, gathered into a Table",
     "query Arrow, read in place, N threads": "the chunks shared by --workers threads, a handle each",
+    "query Arrow, read in place, a task's chunks at once, N threads":
+        "as the engine groups small chunks into a Dask task: one read per group",
 }
 WRITES = {
     "send_insert ArrowStream, one message": "the chunk as one Arrow IPC stream message",
@@ -490,6 +492,10 @@ WRITES = {
     "Python() table function, keys as columns": "INSERT ... SELECT * FROM Python(t), keys as dictionaries",
     "send_insert ArrowStream, one message, N threads": "the chunks shared by --workers threads, a handle each",
     "Python() table function, keys as constants, N threads": "the chunks shared by --workers threads, a handle each",
+    "send_insert ArrowStream, one message, a task's chunks at once, N threads":
+        "as the engine groups small chunks into a Dask task: one insert per group",
+    "Python() table function, keys as constants, a task's chunks at once, N threads":
+        "as the engine groups small chunks into a Dask task: one insert per group",
 }
 
 
@@ -540,7 +546,20 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     for i in range(first, last, cs):
         j = min(i + cs, last)
         chunks.append((i, j, int(ts[max(i - back, 0)]), int(ts[min(j + ahead, len(ts)) - 1])))
-    first_table, f0, own0 = store.load(key, int(ts[chunks[0][0]]), int(ts[chunks[0][1] - 1]) + 1, back, ahead)
+    # Small chunks go several to a Dask task, and the engine reads and
+    # inserts a task's consecutive chunks at once (chunk.SharedIO): the
+    # floor may group them the same way (the driver's rule).
+    from gpubackfill.jobs.driver import MAX_CHUNKS_PER_TASK
+
+    groups: list[list[tuple[int, int, int, int]]] = []
+    for c in chunks:
+        if (not groups or len(groups[-1]) >= MAX_CHUNKS_PER_TASK
+                or sum(j - i for i, j, _, _ in groups[-1]) >= store.settings.task_candles):
+            groups.append([])
+        groups[-1].append(c)
+    widest = max(g[-1][1] - g[0][0] for g in groups)
+    first_table, f0, own0 = store.load(key, int(ts[chunks[0][0]]),
+                                       int(ts[min(chunks[0][0] + widest, last) - 1]) + 1, back, ahead)
     template = gpubackfill.compute_labels(first_table, LABELS).slice(f0, own0)
     cols = template.column_names
     where = f"instrument = '{key.instrument}' AND granularity = '{key.granularity}'"
@@ -602,6 +621,10 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         "send_insert ArrowStream, one message, N threads": (
             lambda t: stream(t, "ArrowStream", 1 << 40, own_conn()), keyed),
         "Python() table function, keys as constants, N threads": (python_consts_shared, lambda t: t),
+        "send_insert ArrowStream, one message, a task's chunks at once, N threads": (
+            lambda t: stream(t, "ArrowStream", 1 << 40, own_conn()), keyed),
+        "Python() table function, keys as constants, a task's chunks at once, N threads": (
+            python_consts_shared, lambda t: t),
     }
     select = "SELECT ts, open, high, low, close, volume FROM {db}.candles WHERE {w} " \
              "AND ts >= fromUnixTimestamp64Milli({lo}, 'UTC') AND ts <= fromUnixTimestamp64Milli({hi}, 'UTC') " \
@@ -613,6 +636,8 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         "send_query Arrow batches": lambda sql: pa.Table.from_batches(
             list(conn.send_query(sql, "Arrow").record_batch(rows_per_batch=1 << 20))),
         "query Arrow, read in place, N threads": lambda sql: arrow_result(own_conn().query(sql, "Arrow")),
+        "query Arrow, read in place, a task's chunks at once, N threads":
+            lambda sql: arrow_result(own_conn().query(sql, "Arrow")),
     }
     out: dict[str, Any] = {"floor_reads": {}, "floor_writes": {}, "floor_chunks": len(chunks),
                            "floor_candles": last - first}
@@ -629,14 +654,19 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
             got = list(pool.map(fn, items))
             return time.perf_counter() - t0, got
 
-    sqls = [select.format(db=store.db, w=where, lo=lo, hi=hi) for _, _, lo, hi in chunks]
+    def at_once(name: str) -> bool:
+        return "a task's chunks at once" in name
+
+    spans = {False: chunks, True: [(g[0][0], g[-1][1], g[0][2], g[-1][3]) for g in groups]}
     for name, read in reads.items():
+        items = spans[at_once(name)]
+        sqls = [select.format(db=store.db, w=where, lo=lo, hi=hi) for _, _, lo, hi in items]
         _settle()
         cpu0 = _cpu_s()
         spent, got = timed(name, read, sqls)
         rows = sum(t.num_rows for t in got)
         del got
-        if rows != sum(min(j + ahead, len(ts)) - max(i - back, 0) for i, j, _, _ in chunks):
+        if rows != sum(min(j + ahead, len(ts)) - max(i - back, 0) for i, j, _, _ in items):
             raise RuntimeError(f"floor read {name} returned {rows} rows")
         out["floor_reads"][name] = [spent, _cpu_s() - cpu0]
     for name, (write, prepare) in writes.items():
@@ -645,7 +675,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         if threaded(name):
             # All chunks prepared first (the template's columns are shared,
             # only ts is each chunk's own), then written by the threads.
-            tables = [prepare(body(i, j)) for i, j, _, _ in chunks]
+            tables = [prepare(body(i, j)) for i, j, _, _ in spans[at_once(name)]]
             cpu0 = _cpu_s()
             spent, _ = timed(name, write, tables)
             del tables

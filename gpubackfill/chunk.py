@@ -390,9 +390,13 @@ class SharedIO:
             return None
         segs = [t.segments[0] for t in tasks]
         key = tasks[0].key(segs[0])
+        try:
+            resolved = resolve(tasks[0].labels, tasks[0].params)
+        except Exception:  # noqa: BLE001 - bad labels fail each chunk, recorded as it should be
+            return None
         if (any(t.key(g) != key for t, g in zip(tasks, segs))
                 or any(b.start_ms != a.end_ms for a, b in zip(segs, segs[1:]))
-                or finer_series(resolve(tasks[0].labels, tasks[0].params), key) is not None):
+                or finer_series(resolved, key) is not None):
             return None  # the finer candles' reads are each chunk's own
         store, _ = connections(settings)
         return SharedIO(store, tasks)

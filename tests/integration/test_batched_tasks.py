@@ -119,11 +119,11 @@ def test_a_chunk_that_fails_sends_the_rest_of_its_task_back(service, monkeypatch
     tasks = _claimed(service, job, 3)
     real = chunk_mod.run_chunk
 
-    def first_fails(settings, task):
+    def first_fails(settings, task, *shared_io):
         if task is tasks[0]:
             service.state.fail(job, task.index, task.token, "boom", 3, retryable=True)
             return ChunkResult(task.index, "retry", error="boom")
-        return real(settings, task)
+        return real(settings, task, *shared_io)
 
     monkeypatch.setattr(chunk_mod, "run_chunk", first_fails)
     results = run_chunks(service.settings, tasks)

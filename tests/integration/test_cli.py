@@ -170,6 +170,9 @@ def proc_env(tmp_path, redis_socket):
 
 def test_cli_as_processes_and_control_from_a_second_process(proc_env, tmp_path):
     env, settings = proc_env
+    # A task per chunk: the job stays long enough (~150 tasks) to be paused,
+    # resumed and cancelled from here while it runs.
+    env = {**env, "GPUBACKFILL_TASK_CANDLES": "1"}
     t = generate("EURUSD", "M1", "2024-01-01", "2024-02-01")
     path = tmp_path / "c.parquet"
     pq.write_table(t, path)
