@@ -38,7 +38,10 @@ the end:
    the best methods are also timed with the chunks shared by ``--workers``
    threads, each on a connection of its own; the floor takes the fastest
    of all, and the "1-conn floor" (one connection, chunk by chunk, as
-   measured before) is shown next to it.  Bounds and label tables are
+   measured before) is shown next to it.  The engine reads and inserts a
+   Dask task's small consecutive chunks at once (``chunk.SharedIO``);
+   chDB doing the same is timed too and shown as the "grouped floor", but
+   the floor stays a chunk a statement.  Bounds and label tables are
    prepared before the clock starts, so no engine code is timed.
 4. Correctness, once (after the 100k run, or the last chunk size when 100k
    is not run): the rows ``service.export_file`` streams to Parquet (first
@@ -692,8 +695,15 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
             raise RuntimeError(f"floor insert {name} wrote {n} rows, not {last - first}")
         out["floor_writes"][name] = [spent, _cpu_s() - cpu0]
     store.command(f"TRUNCATE TABLE {table}")
-    out["floor_s"] = (min(v[0] for v in out["floor_reads"].values())
-                      + min(v[0] for v in out["floor_writes"].values()))
+    # The floor is per chunk, as the issue defines it: each chunk's candles
+    # read and its label rows inserted.  The engine reads and inserts a
+    # task's small consecutive chunks at once; chDB doing the same is shown
+    # as the "grouped floor" beside it (a floor over larger statements,
+    # which at 10k chunks is the 50k-candle floor).
+    out["floor_s"] = (min(v[0] for k, v in out["floor_reads"].items() if not at_once(k))
+                      + min(v[0] for k, v in out["floor_writes"].items() if not at_once(k)))
+    out["floor_grouped_s"] = (min(v[0] for v in out["floor_reads"].values())
+                              + min(v[0] for v in out["floor_writes"].values()))
     # The same over the methods on one connection, chunk by chunk: the
     # floor as this benchmark measured it before the engine's workers ran
     # their statements side by side (kept to compare with earlier results).
@@ -868,6 +878,11 @@ def share_1conn(r: dict[str, Any]) -> float:
     return e2e_rate(r) / _per_min(r["floor_candles"], r["floor_1conn_s"])
 
 
+def share_grouped(r: dict[str, Any]) -> float:
+    """The same against chDB reading and inserting a task's chunks at once."""
+    return e2e_rate(r) / _per_min(r["floor_candles"], r.get("floor_grouped_s", r["floor_s"]))
+
+
 def median_round(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round whose share of the floor is the median (the lower of the
     two middle ones for an even count): the one the detail tables show."""
@@ -879,12 +894,14 @@ def print_rounds(rounds: dict[int, list[dict[str, Any]]]) -> None:
     for cs, rs in rounds.items():
         shares = [share(r) for r in rs]
         rows.append([f"{cs:,}"] + [f"{100 * x:.0f}% ({r['plan_s'] + r['execute_s']:.2f} / {r['floor_s']:.2f} s; "
-                                   f"1-conn {100 * share_1conn(r):.0f}%)" for x, r in zip(shares, rs)]
+                                   f"1-conn {100 * share_1conn(r):.0f}%; grouped {100 * share_grouped(r):.0f}%)"
+                                   for x, r in zip(shares, rs)]
                     + [f"{100 * statistics.median(shares):.0f}%", f"{100 * min(shares):.0f}%",
-                       f"{100 * statistics.median(share_1conn(r) for r in rs):.0f}%"])
+                       f"{100 * statistics.median(share_1conn(r) for r in rs):.0f}%",
+                       f"{100 * statistics.median(share_grouped(r) for r in rs):.0f}%"])
     n = max(len(rs) for rs in rounds.values())
     print_table(["chunk size"] + [f"round {i + 1}: share (job / floor s)" for i in range(n)]
-                + ["median", "min", "median, 1-conn floor"],
+                + ["median", "min", "median, 1-conn floor", "median, grouped floor"],
                 rows, title="2b. Every round: each a fresh process with its own job and floor, "
                             "one chunk size after another (tables 2, 3 and 3b show the median round)")
 
@@ -1031,7 +1048,8 @@ def print_floor(runs: list[dict[str, Any]]) -> None:
         headers += [f"{size_name(r['chunk_size'])} s", "CPU s", "candles/min"]
     rows = []
     for kind, names in (("floor_reads", READS), ("floor_writes", WRITES)):
-        best = {r["chunk_size"]: min(v[0] for v in r[kind].values()) for r in runs}
+        best = {r["chunk_size"]: min(v[0] for k, v in r[kind].items() if "a task's chunks at once" not in k)
+                for r in runs}
         for name in names:
             row = [("read: " if kind == "floor_reads" else "insert: ") + name]
             for r in runs:
@@ -1039,9 +1057,14 @@ def print_floor(runs: list[dict[str, Any]]) -> None:
                 mark = " *" if sec == best[r["chunk_size"]] else ""
                 row += [f"{sec:.2f}{mark}", f"{cpu:.1f}", human(_per_min(r["floor_candles"], sec))]
             rows.append(row)
-    row = ["floor = fastest read + fastest insert"]
+    row = ["floor = fastest read + fastest insert, a chunk a statement"]
     for r in runs:
         row += [f"{r['floor_s']:.2f}", "", human(floor_rate(r))]
+    rows.append(row)
+    row = ["grouped floor = the same, a task's chunks at once allowed"]
+    for r in runs:
+        g = r.get("floor_grouped_s", r["floor_s"])
+        row += [f"{g:.2f}", "", human(_per_min(r["floor_candles"], g))]
     rows.append(row)
     print_table(headers, rows, title="3b. The floor: chDB's read and insert methods over the same "
                                      "chunk plan, nothing of the engine in between (* = fastest)")
@@ -1099,7 +1122,8 @@ def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]],
         shares = [share(r) for r in rs]
         mid = statistics.median(shares)
         got = f"{100 * mid:.0f}%" + (f" (median of {len(rs)}; min {100 * min(shares):.0f}%)" if len(rs) > 1 else "")
-        got += f"; {100 * statistics.median(share_1conn(r) for r in rs):.0f}% of the 1-conn floor"
+        got += (f"; {100 * statistics.median(share_1conn(r) for r in rs):.0f}% of the 1-conn floor, "
+                f"{100 * statistics.median(share_grouped(r) for r in rs):.0f}% of the grouped floor")
         result = verdict(mid >= goal, q)
         if stretch and mid >= stretch and not q:
             result += ", stretch met"
