@@ -287,15 +287,16 @@ redis.call('LPUSH', KEYS[5], ARGV[1])
 return #segs - 1
 """
 
-# KEYS: lease   ARGV: idx, token, expires_ms
-_RENEW = """
+# KEYS: lease   ARGV: idx, token, expires_ms.  Returns 0 unless the lease
+# is still ours; else renews it and goes on.
+_RENEW_OR_0 = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])
 if not lease then return 0 end
 local owner, token = string.match(lease, '^(.*)|%d+|(%d+)$')
 if token ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], owner .. '|' .. ARGV[3] .. '|' .. token)
-return 1
 """
+_RENEW = _RENEW_OR_0 + "return 1\n"
 
 
 # KEYS: lease, writes   ARGV: idx, token, expires_ms
@@ -304,12 +305,7 @@ return 1
 # 1: ours, the lease's first write; 2: ours, but a run under this lease
 # reached its write already (Dask re-runs a task whose worker died, with
 # the same leases), so rows of that run may be in the table.
-_FENCE_WRITE = """
-local lease = redis.call('HGET', KEYS[1], ARGV[1])
-if not lease then return 0 end
-local owner, token = string.match(lease, '^(.*)|%d+|(%d+)$')
-if token ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], owner .. '|' .. ARGV[3] .. '|' .. token)
+_FENCE_WRITE = _RENEW_OR_0 + """
 local prior = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], token)
 if prior == token then return 2 end
