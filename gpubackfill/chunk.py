@@ -19,6 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 import psutil
+import pyarrow as pa
 
 from kernels.core import FLAG_AMBIGUOUS, FLAG_INCOMPLETE, FLAG_RESOLVED
 
@@ -431,8 +432,6 @@ class SharedIO:
         rows = [(a, b, labels) for a, (i, b, labels) in sorted(self._rows.items()) if i in keep]
         if not rows:
             return
-        import pyarrow as pa
-
         body = pa.concat_tables([labels for _, _, labels in rows])
         self.store.write_labels(self.key, self.label_set, rows[0][0], rows[-1][1], body, "", 0,
                                 self.job_id, fresh=True, record=False)
