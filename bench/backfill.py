@@ -510,6 +510,11 @@ def threaded(method: str) -> bool:
     return method.endswith(", N threads")
 
 
+def at_once(method: str) -> bool:
+    """A floor method that reads or inserts a task's chunks in one statement."""
+    return "a task's chunks at once" in method
+
+
 def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs: int,
                back: int, ahead: int, threads: int) -> dict[str, Any]:
     """Each read and insert method over the job's chunk plan, called on chDB
@@ -656,9 +661,6 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
             t0 = time.perf_counter()
             got = list(pool.map(fn, items))
             return time.perf_counter() - t0, got
-
-    def at_once(name: str) -> bool:
-        return "a task's chunks at once" in name
 
     spans = {False: chunks, True: [(g[0][0], g[-1][1], g[0][2], g[-1][3]) for g in groups]}
     for name, read in reads.items():
@@ -1048,7 +1050,7 @@ def print_floor(runs: list[dict[str, Any]]) -> None:
         headers += [f"{size_name(r['chunk_size'])} s", "CPU s", "candles/min"]
     rows = []
     for kind, names in (("floor_reads", READS), ("floor_writes", WRITES)):
-        best = {r["chunk_size"]: min(v[0] for k, v in r[kind].items() if "a task's chunks at once" not in k)
+        best = {r["chunk_size"]: min(v[0] for k, v in r[kind].items() if not at_once(k))
                 for r in runs}
         for name in names:
             row = [("read: " if kind == "floor_reads" else "insert: ") + name]

@@ -184,7 +184,11 @@ class Heartbeat:
     def check(self) -> None:
         """Raise LeaseLost unless the lease is still ours (and renew it)."""
         if self.lost or not self.renew():
-            raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
+            self._taken_back()
+
+    def _taken_back(self) -> None:
+        self.lost = True
+        raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
 
     def fence(self) -> bool:
         """Before the chunk writes: raise LeaseLost unless the lease is still
@@ -200,8 +204,7 @@ class Heartbeat:
                                                          self.lease_ms)
         self.due = time.monotonic() + self.lease_ms / 3000
         if not got:
-            self.lost = True
-            raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
+            self._taken_back()
         return got == 1
 
 
@@ -311,7 +314,8 @@ def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkRe
             break
     if io is not None and waiting:
         results += _insert_and_record(settings, io, waiting)
-    return sorted(results, key=lambda r: [t.index for t in tasks].index(r.index))
+    order = {t.index: k for k, t in enumerate(tasks)}
+    return sorted(results, key=lambda r: order[r.index])
 
 
 def _insert_and_record(settings: Settings, io: SharedIO,
@@ -349,7 +353,7 @@ def _insert_and_record(settings: Settings, io: SharedIO,
         return one_by_one()
     t0 = time.perf_counter()
     try:
-        BREAKERS.call(clickhouse_breaker(settings), io.insert, [t.index for t, _ in kept])
+        BREAKERS.call(clickhouse_breaker(settings), io.insert, [t.segments[0].start_ms for t, _ in kept])
     except Exception as exc:  # noqa: BLE001 - each chunk is run and recorded on its own instead
         log.warning("shared insert of chunks %s failed (%s: %s); running them one by one",
                     [t.index for t, _ in kept], type(exc).__name__, exc)
@@ -382,8 +386,7 @@ class SharedIO:
         self.first, self.last = tasks[0].segments[0], tasks[-1].segments[0]
         self.label_set, self.job_id = tasks[0].label_set, tasks[0].job_id
         self._read: tuple[Any, np.ndarray] | None = None
-        self._rows: dict[int, tuple[int, int, Any]] = {}  # start_ms -> (index, end_ms, labels)
-        self._index = {t.segments[0].start_ms: t.index for t in tasks}
+        self._rows: dict[int, tuple[int, Any]] = {}  # a chunk's start_ms -> (its end_ms, its labels)
 
     @staticmethod
     def for_run(settings: Settings, tasks: tuple[ChunkTask, ...]) -> SharedIO | None:
@@ -424,12 +427,13 @@ class SharedIO:
             self.store.write_labels_many(set_id, writes, job_id, fresh=fresh, record=record)
             return
         _, a, b, labels, _, _ = writes[0]
-        self._rows[a] = (self._index.get(a, -1), b, labels)  # a retry replaces its first try
+        self._rows[a] = (b, labels)  # a retry replaces its first try
 
-    def insert(self, indexes: list[int]) -> None:
-        """The label rows of the chunks ``indexes`` (done, and still leased), in one insert."""
-        keep = set(indexes)
-        rows = [(a, b, labels) for a, (i, b, labels) in sorted(self._rows.items()) if i in keep]
+    def insert(self, starts: list[int]) -> None:
+        """The label rows of the chunks starting at ``starts`` (done, and
+        still leased), in one insert."""
+        keep = set(starts)
+        rows = [(a, b, labels) for a, (b, labels) in sorted(self._rows.items()) if a in keep]
         if not rows:
             return
         body = pa.concat_tables([labels for _, _, labels in rows])

@@ -301,19 +301,16 @@ class BackfillService:
     def _after_outage(self, fn: Callable[[], Any], stop: threading.Event | None) -> Any:
         """``fn()``, waiting out a Redis outage as the driver does (the job
         can settle just before Redis goes away); raised once ``stop`` is set."""
+        stop = stop or threading.Event()
         attempt = 0
         while True:
             try:
                 return fn()
             except DependencyError:
-                attempt += 1
-                if stop is not None and stop.is_set():
+                if stop.is_set():
                     raise
-                wait = min(30.0, self.settings.retry_base_seconds * 2 ** min(attempt, 5))
-                if stop is not None:
-                    stop.wait(wait)
-                else:
-                    time.sleep(wait)
+                attempt += 1
+                stop.wait(min(30.0, self.settings.retry_base_seconds * 2 ** min(attempt, 5)))
 
     def _become_driver(self, job_id: str, owner: str, lease_ms: int) -> None:
         """Take the job's driver lock, or take it over from a driver process

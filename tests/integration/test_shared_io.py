@@ -48,10 +48,10 @@ def test_a_failed_shared_insert_runs_its_chunks_again_one_by_one(settings, monke
     real = chunk_mod.SharedIO.insert
     failed = []
 
-    def lands_then_fails(self, indexes):
-        real(self, indexes)
+    def lands_then_fails(self, starts):
+        real(self, starts)
         if not failed:
-            failed.append(list(indexes))
+            failed.append(list(starts))
             raise ConnectionError("connection reset after the insert")
 
     monkeypatch.setattr(chunk_mod.SharedIO, "insert", lands_then_fails)
