@@ -65,11 +65,18 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
         sys.stderr.flush()
         os._exit(130)
     finally:
-        # Restored only now: a second signal while the outcome is reported
-        # (the job can stop within milliseconds of the first) still exits
-        # at once, instead of a KeyboardInterrupt in the middle of it.
-        signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Kept until the outcome is reported: the job can stop within
+        # milliseconds of the first signal, and a second one meanwhile still
+        # exits at once.  After a signal the command is on its way out with
+        # the exit status the first one asked for, so later ones are ignored
+        # rather than raising KeyboardInterrupt in the unwinding ("Aborted!",
+        # exit 1); without one, the previous handlers come back.
+        if received:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _report(svc, job_id: str, received: list[int]) -> None:
