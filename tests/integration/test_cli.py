@@ -246,6 +246,9 @@ def test_interrupt_leaves_a_resumable_job_that_completes_exactly_once(proc_env, 
     import signal
 
     env, _ = proc_env
+    # A task per chunk: the job must still be running when the signal comes
+    # (five 300-candle chunks to a task finished it between two status polls).
+    env = {**env, "GPUBACKFILL_TASK_CANDLES": "1"}
     job = _queued_job(env, tmp_path)
     runner = subprocess.Popen([sys.executable, "-m", "gpubackfill", "execute", job],
                               env={**os.environ, **env}, stdout=subprocess.PIPE,
