@@ -82,7 +82,7 @@ def _check_inputs(series: Series, resolved: list[ResolvedLabel], candles: Any) -
             lacking.append(f"{r.name} needs {', '.join(missing)}")
     if lacking:
         raise InvalidCandles(f"{'; '.join(lacking)}; the input has "
-                           f"{', '.join(candles_mod.column_names(candles))}")
+                              f"{', '.join(candles_mod.column_names(candles))}")
 
 
 def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any, *,

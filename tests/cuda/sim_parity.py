@@ -175,3 +175,12 @@ def test_second_set_short_and_flat_series():
     b = compute_labels(flat, labels, params, backend="cuda", output="arrow")
     assert b.column("trend_tvalue").null_count == 60 and b.column("tb_uniqueness").null_count == 60
     assert_same_tables(compute_labels(flat, labels, params, backend="cpu", output="arrow"), b)
+
+
+def test_close_only_frames_on_the_device():
+    """Only close goes to the device when the frame has nothing else."""
+    df = tricky_series(300, seed=4)[["ts", "close"]]
+    labels = ["vol_scaled_return", "fixed_horizon", "trend_scanning"]
+    params = {"fixed_horizon": {"threshold": 0.5, "vol_span": 10}}
+    assert_same_tables(compute_labels(df, labels, params, backend="cpu", output="arrow"),
+                       compute_labels(df, labels, params, backend="cuda", output="arrow"))
