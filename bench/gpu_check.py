@@ -81,8 +81,8 @@ def correctness(n: int, seeds: list[int]) -> None:
                 params = {"enhanced_triple_barrier": {"horizon": H, "tie": tie, "vertical": vertical,
                                                       "min_ret": 5e-4, "pt": 1.5},
                           "vol_scaled_return": {"horizons": [1, 5, 20]}, "mfe_mae": {"horizon": mfe_h}}
-                a = compute_labels(df, ALL, params, backend="cpu")
-                b = compute_labels(df, ALL, params, backend="cuda")
+                a = compute_labels(df, ALL, params, backend="cpu", output="arrow")
+                b = compute_labels(df, ALL, params, backend="cuda", output="arrow")
                 bad, max_abs, max_rel = 0, 0.0, 0.0
                 for name in a.column_names:
                     x = a.column(name).to_numpy(zero_copy_only=False).astype(float)
@@ -129,8 +129,8 @@ def second_set(n: int, sizes: list[int], repeats: int) -> None:
     """The second label set: CUDA against CPU (with finer candles), then speed."""
     df = walk(n, 11)
     finer = _finer(df)
-    a = compute_labels(df, SECOND, SECOND_PARAMS, backend="cpu", finer=finer)
-    b = compute_labels(df, SECOND, SECOND_PARAMS, backend="cuda", finer=finer)
+    a = compute_labels(df, SECOND, SECOND_PARAMS, backend="cpu", finer=finer, output="arrow")
+    b = compute_labels(df, SECOND, SECOND_PARAMS, backend="cuda", finer=finer, output="arrow")
     bad = 0
     for name in a.column_names:
         x = a.column(name).to_numpy(zero_copy_only=False).astype(float)
@@ -153,11 +153,11 @@ def second_set(n: int, sizes: list[int], repeats: int) -> None:
             for backend in ("cuda", "cpu"):
                 if backend == "cpu" and size > min(sizes):
                     continue
-                compute_labels(big.iloc[:10_000], label, params, backend=backend)
+                compute_labels(big.iloc[:10_000], label, params, backend=backend, output="arrow")
                 times = []
                 for _ in range(max(1, repeats // 2)):
                     t0 = time.perf_counter()
-                    compute_labels(big, label, params, backend=backend)
+                    compute_labels(big, label, params, backend=backend, output="arrow")
                     times.append(time.perf_counter() - t0)
                 t = statistics.median(times)
                 rows.append([f"{size:.0e}", what, backend, f"{t * 1e3:.1f}", f"{size / t * 60 / 1e6:,.0f}"])
@@ -236,11 +236,11 @@ def throughput(sizes: list[int], repeats: int, copy_bw: float) -> dict[int, floa
         rows.append([f"{n:.0e}", "all three (sigma once)", f"{all_t * 1e3:.2f}", f"{n / all_t / 1e9:.2f}", ""])
         # End to end: host arrays in, Arrow table out.
         keep_freed_memory()
-        compute_labels(df.iloc[:10_000], ALL, PARAMS, backend="cuda")
+        compute_labels(df.iloc[:10_000], ALL, PARAMS, backend="cuda", output="arrow")
         e2e = []
         for _ in range(max(1, repeats // 2)):
             t0 = time.perf_counter()
-            compute_labels(df, ALL, PARAMS, backend="cuda")
+            compute_labels(df, ALL, PARAMS, backend="cuda", output="arrow")
             e2e.append(time.perf_counter() - t0)
         te = statistics.median(e2e)
         rows.append([f"{n:.0e}", "all three, compute_labels (copies, Arrow)", f"{te * 1e3:.1f}",
@@ -277,9 +277,9 @@ def cpu_baseline(n: int, threads: int) -> float:
 
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     df = walk(n, 1)
-    compute_labels(df.iloc[:10_000], ALL, PARAMS, backend="cpu")
+    compute_labels(df.iloc[:10_000], ALL, PARAMS, backend="cpu", output="arrow")
     t0 = time.perf_counter()
-    compute_labels(df, ALL, PARAMS, backend="cpu")
+    compute_labels(df, ALL, PARAMS, backend="cpu", output="arrow")
     t = time.perf_counter() - t0
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     print(f"\n3. CPU path on {threads} cores, {n:,} candles, all three labels: {t:.2f} s = "
@@ -303,7 +303,7 @@ def dask_cuda_job(n: int, chunks: int) -> None:
 
     def run(a: int, b: int):
         lo, hi = max(0, a - back), min(n, b + ahead)
-        out = compute_labels(df.iloc[lo:hi], ALL, PARAMS, backend="cuda")
+        out = compute_labels(df.iloc[lo:hi], ALL, PARAMS, backend="cuda", output="arrow")
         return out.slice(a - lo, b - a)
 
     with LocalCUDACluster(dashboard_address=":0") as cluster, Client(cluster) as client:
@@ -313,7 +313,7 @@ def dask_cuda_job(n: int, chunks: int) -> None:
         workers = len(cluster.workers)
     import pyarrow as pa
 
-    whole = compute_labels(df, ALL, PARAMS, backend="cpu")
+    whole = compute_labels(df, ALL, PARAMS, backend="cpu", output="arrow")
     got = pa.concat_tables(parts)
     same = all(np.allclose(got.column(c).to_numpy(zero_copy_only=False).astype(float),
                            whole.column(c).to_numpy(zero_copy_only=False).astype(float),

@@ -10,55 +10,79 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import allocator, backends
+from . import allocator, backends, label_frames
 from . import labels as registry
 from .candles import frames as candles_mod
-from .errors import InvalidInput
+from .errors import InvalidCandles, InvalidInput, shown
 from .labels import Column, ResolvedLabel, Series
 from .labels.volatility import compute_sigma, sigma_key
 
 
 def compute_labels(
     candles: Any,
-    labels: Iterable[str] | str,
+    labels: Iterable[str] | str | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     backend: str = "cpu",
     *,
     on_invalid: str = "raise",
     finer: Any = None,
     bar_ms: int | None = None,
-) -> pa.Table:
+    output: str | None = None,
+) -> Any:
     """Compute ``labels`` for every candle; one output row per (kept) input row.
 
-    ``candles``: pandas DataFrame (``ts`` column or DatetimeIndex) or pyarrow
-    Table with open/high/low/close and optional volume.  ``params`` maps a
-    label name to its parameters; missing ones take defaults.  Returns a
-    pyarrow Table with ``ts`` (int64 ms UTC) and each label's columns; NULL
-    where a value is undefined.  Raises ``ValueError`` (``InvalidInput``) for
-    unknown labels/parameters, bad values and malformed candles (naming the
-    first bad row) unless ``on_invalid="drop"``.
+    ``candles``: pandas DataFrame (``ts`` column or DatetimeIndex), polars
+    DataFrame or pyarrow Table with close, and open/high/low where a label
+    reads them (``LabelSpec.inputs``; the candle rules apply between the
+    columns present), and optional volume.  ``labels``: a name or a list
+    (default: ``DEFAULT_LABELS``, what a job computes).  ``params`` maps a
+    label name to its parameters; missing ones take defaults.  Raises
+    ``ValueError`` (``InvalidInput``) for unknown labels/parameters, bad
+    values, missing columns and malformed candles (naming the first bad row)
+    unless ``on_invalid="drop"``.
+
+    Returns the input's kind of frame, or ``output`` ("arrow", "pandas",
+    "polars"): an Arrow table has ``ts`` (int64 ms UTC) and each label's
+    columns, NULL where a value is undefined; a pandas DataFrame keeps the
+    input's index, with nullable ``Int8``/``Int32`` labels (see
+    ``label_frames``).
 
     ``finer``: candles of a finer granularity of the same instrument (same
     forms as ``candles``), which decide the triple barrier's ambiguous bars
     when it has ``resolve_with``; ``bar_ms`` is the length of one bar of
     ``candles`` (default: its most frequent ts step).
     """
-    resolved = registry.resolve(labels, params)
+    resolved = registry.resolve(registry.DEFAULT_LABELS if labels is None else labels, params)
+    kind = label_frames.choose(candles, output)
     wants_finer = [r for r in resolved if r.params.get("resolve_with")]
     if wants_finer and finer is None:
         r = wants_finer[0]
         raise InvalidInput(f"{r.name}.resolve_with={r.params['resolve_with']!r} needs the finer "
                            f"candles: pass them as finer=")
     chosen = backends.select(backend)
-    series = candles_mod.validate(candles_mod.to_series(candles), on_invalid)
+    series = candles_mod.to_series(candles, optional=("open", "high", "low"))
+    _check_inputs(series, resolved, candles)
+    series, keep = candles_mod.validate_rows(series, on_invalid)
     if finer is not None:
         finer = candles_mod.validate(candles_mod.to_series(finer), on_invalid)
     if bar_ms is not None and (isinstance(bar_ms, bool) or not isinstance(bar_ms, (int, np.integer))
                                or bar_ms <= 0):
-        raise InvalidInput(f"bar_ms must be a positive integer (milliseconds), got {bar_ms!r}")
+        raise InvalidInput(f"bar_ms must be a positive integer (milliseconds), got {shown(bar_ms)}")
     if finer is not None or bar_ms is not None:
         series = replace(series, finer=finer, bar_ms=None if bar_ms is None else int(bar_ms))
-    return compute_series(series, resolved, chosen.kernels)
+    return label_frames.shape(compute_series(series, resolved, chosen.kernels), candles, keep, kind)
+
+
+def _check_inputs(series: Series, resolved: list[ResolvedLabel], candles: Any) -> None:
+    """Each label's ``inputs`` are in the frame, or one error naming what each lacks."""
+    lacking = []
+    for r in resolved:
+        missing = [c for c in r.spec.inputs if getattr(series, c) is None]
+        if missing:
+            lacking.append(f"{r.name} needs {', '.join(missing)}")
+    if lacking:
+        raise InvalidCandles(f"{'; '.join(lacking)}; the input has "
+                              f"{', '.join(candles_mod.column_names(candles))}")
 
 
 def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any, *,
@@ -74,9 +98,10 @@ def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any, 
     if not on_device:
         kernels = allocator.PooledKernels(kernels, empty)
     else:  # one copy to the device; every label reads from there
-        cols = kernels.columns_to_device({"open": series.open, "high": series.high,
-                                          "low": series.low, "close": series.close})
-        series = Series(ts=series.ts, volume=None, finer=series.finer, bar_ms=series.bar_ms, **cols)
+        prices = {"open": series.open, "high": series.high, "low": series.low, "close": series.close}
+        cols = kernels.columns_to_device({k: v for k, v in prices.items() if v is not None})
+        series = Series(ts=series.ts, open=cols.get("open"), high=cols.get("high"), low=cols.get("low"),
+                        close=cols["close"], volume=None, finer=series.finer, bar_ms=series.bar_ms)
     sigmas: dict[tuple[str, int], np.ndarray] = {}
     names = ["ts"]
     arrays: list[pa.Array] = [pa.array(host_ts, type=pa.int64())]

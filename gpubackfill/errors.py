@@ -23,7 +23,20 @@ socket timeout) are mapped onto these categories by ``resilience.classify``.
 
 from __future__ import annotations
 
+from typing import Any
+
 CATEGORIES = ("transient", "resource", "dependency", "data", "persistent")
+
+
+def shown(value: Any) -> str:
+    """``repr`` for a message: a numpy scalar shows as the number it holds
+    (``0.5``, where numpy 2's repr says ``np.float64(0.5)``).  Tested by
+    module name, so a message does not import numpy."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        item = value.item()
+        if isinstance(item, (bool, int, float, complex, str, bytes)):
+            return repr(item)
+    return repr(value)
 
 
 class GpubackfillError(Exception):

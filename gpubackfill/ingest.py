@@ -145,8 +145,7 @@ def _defect_codes(series: Series, last_kept: int | None) -> np.ndarray:
         return frames.defect_codes(series)
 
     def part(a: int, b: int | None) -> Series:
-        return Series(ts=series.ts[a:b], open=series.open[a:b], high=series.high[a:b], low=series.low[a:b],
-                      close=series.close[a:b], volume=None if series.volume is None else series.volume[a:b])
+        return series.rows(a, b)
 
     codes = np.empty(len(series.ts), np.uint8)
     codes[:k] = frames.defect_codes(part(0, k)) | core.BAD_TS_ORDER

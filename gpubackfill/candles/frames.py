@@ -1,8 +1,9 @@
 """Candle frames in, validated arrays out.
 
-Accepts a pandas DataFrame (``ts`` column or a DatetimeIndex) or a pyarrow
-Table; column names match case-insensitively.  Arrays are handed to the
-kernels without copies wherever the input already is contiguous float64.
+Accepts a pandas DataFrame (``ts`` column or a DatetimeIndex), a polars
+DataFrame or a pyarrow Table; column names match case-insensitively.  Arrays
+are handed to the kernels without copies wherever the input already is
+contiguous float64.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 
 from kernels import core, cpu
 
-from ..errors import InvalidCandles, InvalidInput
+from ..errors import InvalidCandles, InvalidInput, shown
 from ..labels import Series
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -37,17 +38,42 @@ def describe(code: int) -> str:
     return "; ".join(text for bit, text in _REASONS if code & bit)
 
 
-def to_series(candles: Any) -> Series:
-    """Extract ts (int64 ms UTC) and float64 OHLC(V) arrays from a frame."""
+def kind(candles: Any) -> str | None:
+    """'pandas', 'polars' or 'arrow' for a frame ``to_series`` reads, else None."""
+    if isinstance(candles, (pa.Table, pa.RecordBatch)):
+        return "arrow"
+    if isinstance(candles, pd.DataFrame):
+        return "pandas"
+    # By module name: polars is optional, and only a polars frame imports it.
+    if type(candles).__module__.split(".")[0] == "polars" and type(candles).__name__ == "DataFrame":
+        return "polars"
+    return None
+
+
+def to_series(candles: Any, optional: tuple[str, ...] = ()) -> Series:
+    """Extract ts (int64 ms UTC) and float64 OHLC(V) arrays from a frame.
+
+    ``optional``: price columns the frame may lack (None in the series);
+    every other one of open/high/low/close must be there."""
+    frame_kind = kind(candles)
+    if frame_kind == "polars":
+        candles = candles.to_arrow()
     if isinstance(candles, pa.RecordBatch):
         candles = pa.Table.from_batches([candles])
     if isinstance(candles, pa.Table):
-        return read_only(_from_arrow(candles))
+        return read_only(_from_arrow(candles, optional))
     if isinstance(candles, pd.DataFrame):
-        return read_only(_from_pandas(candles))
+        return read_only(_from_pandas(candles, optional))
     raise InvalidCandles(
-        f"candles must be a pandas DataFrame or a pyarrow Table, got {type(candles).__name__}"
+        "candles must be a pandas or polars DataFrame or a pyarrow Table, got "
+        f"{type(candles).__name__}"
     )
+
+
+def column_names(candles: Any) -> list[str]:
+    """The frame's column names, as given."""
+    names = candles.column_names if isinstance(candles, (pa.Table, pa.RecordBatch)) else candles.columns
+    return [str(n) for n in names]
 
 
 def read_only(series: Series) -> Series:
@@ -80,23 +106,23 @@ def _column_map(names: list[str]) -> dict[str, str]:
     return out
 
 
-def _require(cols: dict[str, str], names: list[str]) -> None:
-    missing = [c for c in PRICE_COLUMNS if c not in cols]
+def _require(cols: dict[str, str], names: list[str], optional: tuple[str, ...]) -> None:
+    missing = [c for c in PRICE_COLUMNS if c not in cols and c not in optional]
     if missing:
         raise InvalidCandles(
             f"candles lack column(s) {', '.join(missing)} (have: {', '.join(map(str, names)) or 'none'})"
         )
 
 
-def _from_arrow(table: pa.Table) -> Series:
+def _from_arrow(table: pa.Table, optional: tuple[str, ...]) -> Series:
     cols = _column_map(table.column_names)
-    _require(cols, table.column_names)
+    _require(cols, table.column_names, optional)
     if "ts" not in cols:
         raise InvalidCandles(f"candles lack a 'ts' column (have: {', '.join(table.column_names)})")
     ts = _ts_from_arrow(table.column(cols["ts"]))
-    arrays = {c: _float_from_arrow(c, table.column(cols[c])) for c in PRICE_COLUMNS}
+    arrays = {c: _float_from_arrow(c, table.column(cols[c])) for c in PRICE_COLUMNS if c in cols}
     volume = _float_from_arrow("volume", table.column(cols["volume"])) if "volume" in cols else None
-    return Series(ts=ts, open=arrays["open"], high=arrays["high"], low=arrays["low"],
+    return Series(ts=ts, open=arrays.get("open"), high=arrays.get("high"), low=arrays.get("low"),
                   close=arrays["close"], volume=volume)
 
 
@@ -133,18 +159,18 @@ def _contiguous(col: pa.ChunkedArray) -> np.ndarray:
     return np.ascontiguousarray(arr.to_numpy(zero_copy_only=False))
 
 
-def _from_pandas(df: pd.DataFrame) -> Series:
+def _from_pandas(df: pd.DataFrame, optional: tuple[str, ...]) -> Series:
     cols = _column_map(list(df.columns))
-    _require(cols, list(df.columns))
+    _require(cols, list(df.columns), optional)
     if "ts" in cols:
         ts = _ts_from_pandas(df[cols["ts"]])
     elif isinstance(df.index, pd.DatetimeIndex):
         ts = _ts_from_pandas(pd.Series(df.index))
     else:
         raise InvalidCandles("candles need a 'ts' column or a DatetimeIndex")
-    arrays = {c: _float_from_pandas(c, df[cols[c]]) for c in PRICE_COLUMNS}
+    arrays = {c: _float_from_pandas(c, df[cols[c]]) for c in PRICE_COLUMNS if c in cols}
     volume = _float_from_pandas("volume", df[cols["volume"]]) if "volume" in cols else None
-    return Series(ts=ts, open=arrays["open"], high=arrays["high"], low=arrays["low"],
+    return Series(ts=ts, open=arrays.get("open"), high=arrays.get("high"), low=arrays.get("low"),
                   close=arrays["close"], volume=volume)
 
 
@@ -172,12 +198,25 @@ def _no_volume(series: Series) -> tuple[np.ndarray, bool]:
     return series.volume, True
 
 
+def _prices(series: Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """open, high, low, close for the candle rules.  A missing column stands
+    in as the value no rule can fault (open as close, high as max(open, close),
+    low as min(open, close)), so only the rules between present columns apply."""
+    close = series.close
+    open_ = close if series.open is None else series.open
+    high, low = series.high, series.low
+    if high is None:
+        high = close if series.open is None else np.maximum(open_, close)
+    if low is None:
+        low = close if series.open is None else np.minimum(open_, close)
+    return open_, high, low, close
+
+
 def defect_codes(series: Series) -> np.ndarray:
     """Per-row defect bits (0 = good).  Dropping every non-zero row leaves a
     valid series; ``describe`` turns a code into words."""
     volume, check = _no_volume(series)
-    return cpu.defect_codes(series.ts, series.open, series.high, series.low, series.close,
-                            volume, check)
+    return cpu.defect_codes(series.ts, *_prices(series), volume, check)
 
 
 def validate(series: Series, on_invalid: str = "raise") -> Series:
@@ -186,34 +225,42 @@ def validate(series: Series, on_invalid: str = "raise") -> Series:
     ``on_invalid="drop"`` drops malformed rows instead (each out-of-order row
     is judged against the last row kept).
     """
+    return validate_rows(series, on_invalid)[0]
+
+
+def validate_rows(series: Series, on_invalid: str = "raise") -> tuple[Series, np.ndarray | None]:
+    """``validate``, and which input rows the series kept (None: all)."""
     if on_invalid not in ("raise", "drop"):
         raise InvalidInput(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
     volume, check = _no_volume(series)
-    first = cpu.first_defect(series.ts, series.open, series.high, series.low, series.close,
-                             volume, check)
+    first = cpu.first_defect(series.ts, *_prices(series), volume, check)
     if first < 0:
-        return series
+        return series, None
     if on_invalid == "raise":
         raise InvalidCandles(_row_message(series, first), row=first)
     keep = defect_codes(series) == 0
+
+    def kept(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[keep]
+
     return read_only(Series(
-        ts=series.ts[keep], open=series.open[keep], high=series.high[keep],
-        low=series.low[keep], close=series.close[keep],
-        volume=None if series.volume is None else series.volume[keep],
-    ))
+        ts=series.ts[keep], open=kept(series.open), high=kept(series.high),
+        low=kept(series.low), close=series.close[keep], volume=kept(series.volume),
+    )), keep
 
 
 def _row_message(series: Series, i: int) -> str:
-    code = int(core.candle_defects(series.open[i], series.high[i], series.low[i], series.close[i],
+    o, h, lo, c = _prices(series)
+    code = int(core.candle_defects(o[i], h[i], lo[i], c[i],
                                    0.0 if series.volume is None else series.volume[i],
                                    series.volume is not None))
     if code == 0:
         code = core.BAD_TS_ORDER
     when = pd.Timestamp(int(series.ts[i]), unit="ms", tz="UTC").isoformat()
-    values = (f"open={series.open[i]!r} high={series.high[i]!r} "
-              f"low={series.low[i]!r} close={series.close[i]!r}")
+    present = (("open", series.open), ("high", series.high), ("low", series.low), ("close", series.close))
+    values = " ".join(f"{name}={shown(a[i])}" for name, a in present if a is not None)
     if code & core.BAD_VOLUME and series.volume is not None:
-        values += f" volume={series.volume[i]!r}"
+        values += f" volume={shown(series.volume[i])}"
     if code & core.BAD_TS_ORDER:
         prev = pd.Timestamp(int(series.ts[i - 1]), unit="ms", tz="UTC").isoformat()
         values = f"previous ts {prev}"

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, shown
 from ..granularity import (
     DAY_MS,
     GRANULARITIES,
@@ -165,17 +165,17 @@ def instrument_spec(instrument: str) -> InstrumentSpec:
 def _to_ms(value: object, name: str) -> int:
     """datetime / date / ISO text / int epoch ms -> int ms UTC (naive = UTC)."""
     if isinstance(value, (bool, np.bool_)):
-        raise InvalidInput(f"{name} must be a datetime or an ISO date/time, got {value!r}")
+        raise InvalidInput(f"{name} must be a datetime or an ISO date/time, got {shown(value)}")
     if isinstance(value, (int, np.integer)):
         return int(value)
     if not isinstance(value, (str, datetime, date, pd.Timestamp, np.datetime64)):
-        raise InvalidInput(f"{name} must be a datetime or an ISO date/time, got {value!r}")
+        raise InvalidInput(f"{name} must be a datetime or an ISO date/time, got {shown(value)}")
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"{name} is not a date/time: {value!r} ({exc})") from None
+        raise InvalidInput(f"{name} is not a date/time: {shown(value)} ({exc})") from None
     if ts is pd.NaT:
-        raise InvalidInput(f"{name} is not a date/time: {value!r}")
+        raise InvalidInput(f"{name} is not a date/time: {shown(value)}")
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
     return int(ts.value // 1_000_000)
 
@@ -373,7 +373,7 @@ def _rng(instrument: str, granularity: str, seed: int | None) -> np.random.Gener
     if seed is None:
         return np.random.default_rng(np.random.SeedSequence(words))
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
+        raise InvalidInput(f"seed must be a non-negative integer, got {shown(seed)}")
     return np.random.default_rng(np.random.SeedSequence([int(seed), *words]))
 
 
@@ -396,7 +396,7 @@ def generate(
     step = GRANULARITIES[gran]
     start_ms, end_ms = _to_ms(start, "start"), _to_ms(end, "end")
     if end_ms < start_ms:
-        raise InvalidInput(f"end ({end!r}) is before start ({start!r})")
+        raise InvalidInput(f"end ({shown(end)}) is before start ({shown(start)})")
     if seed is not None:
         _rng(name, gran, seed)  # validate the seed even when there is nothing to draw
     spec = instrument_spec(name)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InvalidLabelSpec
+from ..errors import InvalidLabelSpec, shown
 
 # A computed column: values, plus an Arrow validity bitmap (packed uint8,
 # least significant bit first; None = all valid).
@@ -49,7 +49,7 @@ class Param:
         if self.kind == "choice":
             if not isinstance(value, str) or value not in self.choices:
                 raise InvalidLabelSpec(
-                    f"{where} must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+                    f"{where} must be one of {', '.join(map(repr, self.choices))}, got {shown(value)}"
                 )
             return value
         if self.kind == "bool":
@@ -60,7 +60,7 @@ class Param:
                 return True
             if text in ("false", "0", "no", "off"):
                 return False
-            raise InvalidLabelSpec(f"{where} must be true or false, got {value!r}")
+            raise InvalidLabelSpec(f"{where} must be true or false, got {shown(value)}")
         if self.kind == "int_list":
             items: Any = value.split(",") if isinstance(value, str) else value
             if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
@@ -68,7 +68,7 @@ class Param:
             try:
                 seq = list(items)
             except TypeError:
-                raise InvalidLabelSpec(f"{where} must be a list of integers, got {value!r}") from None
+                raise InvalidLabelSpec(f"{where} must be a list of integers, got {shown(value)}") from None
             if not seq:
                 raise InvalidLabelSpec(f"{where} must name at least one value")
             ints = [_as_int(where, v.strip() if isinstance(v, str) else v) for v in seq]
@@ -81,14 +81,14 @@ class Param:
 
     def _check_range(self, where: str, v: float) -> None:
         if self.minimum is not None and v < self.minimum:
-            raise InvalidLabelSpec(f"{where} must be >= {self.minimum:g}, got {v!r}")
+            raise InvalidLabelSpec(f"{where} must be >= {self.minimum:g}, got {shown(v)}")
         if self.maximum is not None and v > self.maximum:
-            raise InvalidLabelSpec(f"{where} must be <= {self.maximum:g}, got {v!r}")
+            raise InvalidLabelSpec(f"{where} must be <= {self.maximum:g}, got {shown(v)}")
 
 
 def _as_int(where: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise InvalidLabelSpec(f"{where} must be an integer, got {value!r}")
+        raise InvalidLabelSpec(f"{where} must be an integer, got {shown(value)}")
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, float) and value.is_integer():
@@ -98,29 +98,32 @@ def _as_int(where: str, value: Any) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise InvalidLabelSpec(f"{where} must be an integer, got {value!r}")
+    raise InvalidLabelSpec(f"{where} must be an integer, got {shown(value)}")
 
 
 def _as_float(where: str, value: Any) -> float:
     if isinstance(value, bool):
-        raise InvalidLabelSpec(f"{where} must be a number, got {value!r}")
+        raise InvalidLabelSpec(f"{where} must be a number, got {shown(value)}")
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise InvalidLabelSpec(f"{where} must be a number, got {value!r}") from None
+        raise InvalidLabelSpec(f"{where} must be a number, got {shown(value)}") from None
     if not math.isfinite(out):
-        raise InvalidLabelSpec(f"{where} must be finite, got {value!r}")
+        raise InvalidLabelSpec(f"{where} must be finite, got {shown(value)}")
     return out
 
 
 @dataclass(frozen=True)
 class Series:
-    """One instrument at one granularity, as contiguous float64/int64 arrays."""
+    """One instrument at one granularity, as contiguous float64/int64 arrays.
+
+    open, high and low are None where the frame had no such column (only
+    ``compute_labels`` accepts that, for labels whose ``inputs`` omit them)."""
 
     ts: np.ndarray
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
+    open: np.ndarray | None
+    high: np.ndarray | None
+    low: np.ndarray | None
     close: np.ndarray
     volume: np.ndarray | None = None
     # Finer candles of the same instrument, for labels that replay a bar on
@@ -133,6 +136,14 @@ class Series:
     def __len__(self) -> int:
         return int(self.close.shape[0])
 
+    def rows(self, start: int, stop: int | None) -> Series:
+        """The series cut to rows ``start:stop`` (views, no copies)."""
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[start:stop]
+
+        return Series(ts=self.ts[start:stop], open=cut(self.open), high=cut(self.high), low=cut(self.low),
+                      close=self.close[start:stop], volume=cut(self.volume))
+
 
 @dataclass(frozen=True)
 class LabelSpec:
@@ -143,6 +154,8 @@ class LabelSpec:
     halo computes its own rows exactly as the whole series would;
     ``compute(kernels, series, sigma, params)`` returns the columns.
     ``sigma`` is the shared volatility array when ``uses_sigma`` is set.
+    ``inputs`` names the candle columns ``compute`` reads (sigma reads
+    close), so a frame without the others can still be labelled.
     """
 
     name: str
@@ -152,6 +165,7 @@ class LabelSpec:
     halo: Callable[[Mapping[str, Any]], tuple[int, int]]
     compute: Callable[..., dict[str, Column]]
     uses_sigma: bool = False
+    inputs: tuple[str, ...] = ("close",)
     param_index: dict[str, Param] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -45,4 +45,5 @@ SPEC = LabelSpec(
     outputs=lambda p: list(OUTPUTS),
     halo=lambda p: (0, p["horizon"]),
     compute=_compute,
+    inputs=("high", "low", "close"),
 )

@@ -127,4 +127,5 @@ SPEC = LabelSpec(
     halo=_halo,
     compute=_compute,
     uses_sigma=True,
+    inputs=("open", "high", "low", "close"),
 )

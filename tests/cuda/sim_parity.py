@@ -63,8 +63,8 @@ def test_every_label_and_rule_matches_cpu(tie, vertical):
                                           "vertical": vertical, "min_ret": 0.002, "vol_span": 10},
               "vol_scaled_return": {"horizons": [1, 7], "vol": "rolling", "vol_span": 10},
               "mfe_mae": {"horizon": 25}}
-    a = compute_labels(df, ALL, params, backend="cpu")
-    b = compute_labels(df, ALL, params, backend="cuda")
+    a = compute_labels(df, ALL, params, backend="cpu", output="arrow")
+    b = compute_labels(df, ALL, params, backend="cuda", output="arrow")
     assert (a.column("tb_flags").to_numpy() & 3).any()     # gaps and ambiguous bars occurred
     assert (a.column("tb_flags").to_numpy() == 4).any()    # incomplete windows at the end
     assert_same_tables(a, b)
@@ -73,8 +73,8 @@ def test_every_label_and_rule_matches_cpu(tie, vertical):
 def test_far_barriers_use_block_search_and_match():
     df = tricky_series(2_600, seed=5)
     params = {"enhanced_triple_barrier": {"horizon": 1_500, "pt": 40.0, "sl": 40.0, "vol_span": 5}}
-    a = compute_labels(df, ["enhanced_triple_barrier"], params, backend="cpu")
-    b = compute_labels(df, ["enhanced_triple_barrier"], params, backend="cuda")
+    a = compute_labels(df, ["enhanced_triple_barrier"], params, backend="cpu", output="arrow")
+    b = compute_labels(df, ["enhanced_triple_barrier"], params, backend="cuda", output="arrow")
     assert np.nanmax(a.column("tb_exit_bars").to_numpy(zero_copy_only=False).astype(float)) > 1_024
     assert_same_tables(a, b)
 
@@ -130,14 +130,15 @@ def test_linear_scan_against_a_loop():
 def test_short_and_flat_series():
     for n in (1, 2, 5):
         df = tricky_series(60, seed=n).iloc[:n]
-        assert_same_tables(compute_labels(df, ALL, backend="cpu"), compute_labels(df, ALL, backend="cuda"))
+        assert_same_tables(compute_labels(df, ALL, backend="cpu", output="arrow"),
+                           compute_labels(df, ALL, backend="cuda", output="arrow"))
     price = np.full(80, 1.5)
     flat = pd.DataFrame({"ts": np.arange(80) * 60_000, "open": price, "high": price, "low": price,
                          "close": price})
     params = {"enhanced_triple_barrier": {"vol_span": 5}, "vol_scaled_return": {"vol_span": 5}}
-    b = compute_labels(flat, ALL, params, backend="cuda")
+    b = compute_labels(flat, ALL, params, backend="cuda", output="arrow")
     assert (b.column("tb_flags").to_numpy() == 8).all()
-    assert_same_tables(compute_labels(flat, ALL, params, backend="cpu"), b)
+    assert_same_tables(compute_labels(flat, ALL, params, backend="cpu", output="arrow"), b)
 
 
 def test_second_set_matches_cpu():
@@ -151,8 +152,8 @@ def test_second_set_matches_cpu():
                                           "weights": True, "resolve_with": "M1"},
               "fixed_horizon": {"horizon": 7, "threshold": 0.5, "vol_span": 10},
               "trend_scanning": {"min_window": 3, "max_window": 30}}
-    a = compute_labels(df, labels, params, backend="cpu", finer=finer)
-    b = compute_labels(df, labels, params, backend="cuda", finer=finer)
+    a = compute_labels(df, labels, params, backend="cpu", finer=finer, output="arrow")
+    b = compute_labels(df, labels, params, backend="cuda", finer=finer, output="arrow")
     flags = a.column("tb_flags").to_numpy()
     assert (flags & 16).any() and (flags & 2).any()   # bars resolved, and bars left to the tie
     assert a.column("tb_uniqueness").null_count < a.num_rows
@@ -166,11 +167,20 @@ def test_second_set_short_and_flat_series():
               "fixed_horizon": {"threshold": 1.0, "vol_span": 5}}
     for n in (1, 3, 30):
         df = tricky_series(60, seed=n).iloc[:n]
-        assert_same_tables(compute_labels(df, labels, params, backend="cpu"),
-                           compute_labels(df, labels, params, backend="cuda"))
+        assert_same_tables(compute_labels(df, labels, params, backend="cpu", output="arrow"),
+                           compute_labels(df, labels, params, backend="cuda", output="arrow"))
     price = np.full(60, 1.5)
     flat = pd.DataFrame({"ts": np.arange(60) * 60_000, "open": price, "high": price, "low": price,
                          "close": price})
-    b = compute_labels(flat, labels, params, backend="cuda")
+    b = compute_labels(flat, labels, params, backend="cuda", output="arrow")
     assert b.column("trend_tvalue").null_count == 60 and b.column("tb_uniqueness").null_count == 60
-    assert_same_tables(compute_labels(flat, labels, params, backend="cpu"), b)
+    assert_same_tables(compute_labels(flat, labels, params, backend="cpu", output="arrow"), b)
+
+
+def test_close_only_frames_on_the_device():
+    """Only close goes to the device when the frame has nothing else."""
+    df = tricky_series(300, seed=4)[["ts", "close"]]
+    labels = ["vol_scaled_return", "fixed_horizon", "trend_scanning"]
+    params = {"fixed_horizon": {"threshold": 0.5, "vol_span": 10}}
+    assert_same_tables(compute_labels(df, labels, params, backend="cpu", output="arrow"),
+                       compute_labels(df, labels, params, backend="cuda", output="arrow"))

@@ -52,7 +52,7 @@ def test_an_h1_job_resolves_from_m1_loading_only_ambiguous_bars(service, monkeyp
     assert service.execute(job).status == "completed"
     s = service.status(job)
     stored = service.export("EURUSD", "H1", [TB], params)
-    whole = compute_labels(h1, TB, params, finer=m1)
+    whole = compute_labels(h1, TB, params, finer=m1, output="arrow")
     ts = whole.column("ts").to_numpy()
     at = np.searchsorted(ts, stored.column("ts").to_numpy())
     want = whole.take(pa.array(at))
@@ -100,7 +100,7 @@ def test_a_d1_job_resolves_across_a_daylight_saving_shift(service, monkeypatch):
                              params=params, chunk_size=13, workers=2)
     assert service.execute(job).status == "completed"
     stored = service.export("EURUSD", "D1", [TB], params)
-    whole = compute_labels(d1, TB, params, finer=h1, bar_ms=D1)
+    whole = compute_labels(d1, TB, params, finer=h1, bar_ms=D1, output="arrow")
     at = np.searchsorted(whole.column("ts").to_numpy(), stored.column("ts").to_numpy())
     want = whole.take(pa.array(at))
     for name in ("tb_label", "tb_barrier", "tb_exit_bars", "tb_flags"):
@@ -124,7 +124,7 @@ def test_a_missing_finer_series_is_said_once_and_the_tie_rule_runs(service, capl
     lines = [r.getMessage() for r in caplog.records if "no M1 candles for GBPUSD" in r.getMessage()]
     assert len(lines) == 1 and "tie rule" in lines[0]
     stored = service.export("GBPUSD", "H1", [TB], params)
-    plain = compute_labels(h1, TB, {TB: {"vol_span": 20}})
+    plain = compute_labels(h1, TB, {TB: {"vol_span": 20}}, output="arrow")
     at = np.searchsorted(plain.column("ts").to_numpy(), stored.column("ts").to_numpy())
     assert_exact("tb_flags", column(stored, "tb_flags"), column(plain.take(pa.array(at)), "tb_flags"))
     s = service.status(job)
@@ -141,7 +141,7 @@ def test_new_labels_through_a_job_equal_the_whole_series(service):
                              params=params, chunk_size=1_999, workers=2)
     assert service.execute(job).status == "completed"
     stored = service.export("USDJPY", "M1", labels, params)
-    whole = compute_labels(m1, labels, params)
+    whole = compute_labels(m1, labels, params, output="arrow")
     at = np.searchsorted(whole.column("ts").to_numpy(), stored.column("ts").to_numpy())
     want = whole.take(pa.array(at))
     assert stored.num_rows == service.status(job)["candles_total"] > 0

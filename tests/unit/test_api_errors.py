@@ -22,10 +22,10 @@ def c():
 
 def test_pandas_arrow_and_datetime_index_give_the_same_table(c):
     df = pd.DataFrame(c)
-    a = compute_labels(df, L)
-    b = compute_labels(pa.Table.from_pandas(df, preserve_index=False), L)
+    a = compute_labels(df, L, output="arrow")
+    b = compute_labels(pa.Table.from_pandas(df, preserve_index=False), L, output="arrow")
     idx = df.drop(columns="ts").set_index(pd.to_datetime(df["ts"], unit="ms", utc=True))
-    d = compute_labels(idx.rename(columns=str.upper), L)  # names match case-insensitively
+    d = compute_labels(idx.rename(columns=str.upper), L, output="arrow")  # names match case-insensitively
     assert a.equals(b) and a.equals(d)
     assert a.column("ts").type == pa.int64()
 
@@ -34,7 +34,7 @@ def test_timestamp_columns_are_converted_to_ms():
     c = random_walk(50, seed=3)
     df = pd.DataFrame(c)
     df["ts"] = pd.to_datetime(df["ts"], unit="ms").dt.tz_localize("Europe/Zurich")
-    out = compute_labels(df, L)
+    out = compute_labels(df, L, output="arrow")
     # Local wall times are converted to UTC milliseconds.
     assert out.column("ts")[0].as_py() == c["ts"][0] - 3_600_000 * 2
 
@@ -59,7 +59,7 @@ def test_malformed_candles_raise_naming_the_first_bad_row(c, mutate, row, words)
 def test_drop_mode_drops_exactly_the_bad_rows(c):
     c["high"][17] = c["close"][17] * 0.9
     c["ts"][60] = c["ts"][59]
-    out = compute_labels(pd.DataFrame(c), L, on_invalid="drop")
+    out = compute_labels(pd.DataFrame(c), L, on_invalid="drop", output="arrow")
     assert out.num_rows == 198
     kept = out.column("ts").to_numpy()
     assert c["ts"][17] not in kept and np.all(np.diff(kept) > 0)
@@ -111,8 +111,10 @@ def test_bad_label_requests_raise_value_error(c, labels, params, words):
 
 def test_parameters_given_as_text_are_accepted(c):
     df = pd.DataFrame(c)
-    a = compute_labels(df, ["vol_scaled_return"], {"vol_scaled_return": {"horizons": "20,1", "vol_span": "30"}})
-    b = compute_labels(df, ["vol_scaled_return"], {"vol_scaled_return": {"horizons": [1, 20], "vol_span": 30}})
+    a = compute_labels(df, ["vol_scaled_return"], {"vol_scaled_return": {"horizons": "20,1", "vol_span": "30"}},
+                       output="arrow")
+    b = compute_labels(df, ["vol_scaled_return"], {"vol_scaled_return": {"horizons": [1, 20], "vol_span": 30}},
+                       output="arrow")
     assert a.equals(b) and a.column_names == ["ts", "vsr_1", "vsr_20", "sigma"]
 
 
@@ -126,10 +128,10 @@ def test_cuda_backend_fails_clearly_and_unknown_backend_too(c):
 
 def test_empty_and_one_row_series(c):
     one = pd.DataFrame({k: v[:1] for k, v in c.items()})
-    out = compute_labels(one, ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"])
+    out = compute_labels(one, ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"], output="arrow")
     assert out.num_rows == 1 and out.column("tb_flags")[0].as_py() == 8
     empty = pd.DataFrame({k: v[:0] for k, v in c.items()})
-    assert compute_labels(empty, ["enhanced_triple_barrier", "mfe_mae"]).num_rows == 0
+    assert compute_labels(empty, ["enhanced_triple_barrier", "mfe_mae"], output="arrow").num_rows == 0
 
 
 @pytest.mark.parametrize("kwargs,words", [

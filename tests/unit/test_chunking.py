@@ -30,7 +30,7 @@ def chunked(df: pd.DataFrame, labels, params, cuts) -> pa.Table:
     bounds = [0, *cuts, n]
     for a, b in zip(bounds[:-1], bounds[1:]):
         lo, hi = max(0, a - back), min(n, b + ahead)
-        out = compute_labels(df.iloc[lo:hi], labels, params)
+        out = compute_labels(df.iloc[lo:hi], labels, params, output="arrow")
         parts.append(out.slice(a - lo, b - a))
     return pa.concat_tables(parts)
 
@@ -71,7 +71,7 @@ def test_random_chunks_equal_whole_series(c, params, data):
     n = len(c["close"])
     cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=6)))
     df = pd.DataFrame(c)
-    whole = compute_labels(df, ALL, params)
+    whole = compute_labels(df, ALL, params, output="arrow")
     assert_same_rows(whole, chunked(df, ALL, params, cuts), c, params)
 
 
@@ -82,7 +82,7 @@ def test_default_parameters_chunked_at_engine_sizes():
     df = pd.DataFrame(c)
     back, ahead = halo(resolve_labels(ALL, params))
     assert back > 2_000 and ahead == 24
-    whole = compute_labels(df, ALL, params)
+    whole = compute_labels(df, ALL, params, output="arrow")
     parts = chunked(df, ALL, params, [7_001, 13_337, 20_000, 29_990])
     # Full-parameter oracle check is elsewhere; here the chunk must reproduce
     # the whole series, so compare the tables directly.

@@ -73,7 +73,7 @@ def test_resolve_with_against_the_oracle(c, p, seed, cover, explicit_bar):
     finer = finer_candles(c, seed, p_cover=cover)
     bar = STEP_MS if explicit_bar else oracle.bar_ms_of(c["ts"])
     out = compute_labels(pd.DataFrame(c), TB, {TB: {**p, "resolve_with": "M1"}},
-                         finer=pd.DataFrame(finer), bar_ms=STEP_MS if explicit_bar else None)
+                         finer=pd.DataFrame(finer), bar_ms=STEP_MS if explicit_bar else None, output="arrow")
     plain, sig = oracle_tb(c, p)
     want = oracle.resolve_with_finer(plain, c["open"], c["high"], c["low"], c["close"], sig,
                                      finer, bar, p["pt"], p["sl"], p["tie"], ts=c["ts"])
@@ -95,14 +95,14 @@ def test_finer_candles_decide_in_time_order_and_flag_it():
     finer = pd.DataFrame({"ts": [ts[3], ts[3] + m1, ts[3] + 2 * m1],
                           "open": [101.0, 101.0, 108.0], "high": [101.5, 109.0, 110.0],
                           "low": [100.5, 101.0, 90.0], "close": [101.0, 108.0, 95.0]})
-    out = compute_labels(pd.DataFrame(c), TB, p, finer=finer)
+    out = compute_labels(pd.DataFrame(c), TB, p, finer=finer, output="arrow")
     assert out.column("tb_exit_bars").to_pylist()[2] == 1
     row = {k: out.column(k).to_pylist()[2] for k in ("tb_label", "tb_barrier", "tb_flags")}
     assert row == {"tb_label": 1, "tb_barrier": 1, "tb_flags": oracle.RESOLVED}  # upper first
-    plain = compute_labels(pd.DataFrame(c), TB, {TB: {**p[TB], "resolve_with": ""}})
+    plain = compute_labels(pd.DataFrame(c), TB, {TB: {**p[TB], "resolve_with": ""}}, output="arrow")
     assert plain.column("tb_label").to_pylist()[2] == -1 and plain.column("tb_flags").to_pylist()[2] == 2
     # No finer data for the bar: the tie rule, flagged ambiguous.
-    none = compute_labels(pd.DataFrame(c), TB, p, finer=finer.iloc[:0])
+    none = compute_labels(pd.DataFrame(c), TB, p, finer=finer.iloc[:0], output="arrow")
     assert none.column("tb_flags").to_pylist()[2] == 2
 
 
@@ -135,7 +135,7 @@ def test_new_parameters_at_their_defaults_keep_stored_label_set_ids():
 @given(c=candles(max_size=250), p=tb_draws)
 def test_sample_weights_against_the_oracle(c, p):
     p = tb_params(p)
-    out = compute_labels(pd.DataFrame(c), TB, {TB: {**p, "weights": True}})
+    out = compute_labels(pd.DataFrame(c), TB, {TB: {**p, "weights": True}}, output="arrow")
     plain, sig = oracle_tb(c, p)
     near = near_barrier_rows(c, sig, p["horizon"], p["pt"], p["sl"])
     # Weights of a row depend on other rows' exits: skip every row whose span
@@ -159,7 +159,7 @@ def test_weights_by_hand_with_vertical_exits():
     c = {"ts": np.arange(10) * 60_000, "open": close, "high": close, "low": close, "close": close}
     params = {TB: {"vol": "rolling", "vol_span": 2, "horizon": 2, "pt": 1e6, "sl": 1e6,
                    "weights": True}}
-    out = compute_labels(pd.DataFrame(c), TB, params)
+    out = compute_labels(pd.DataFrame(c), TB, params, output="arrow")
     assert out.column("tb_exit_bars").to_pylist() == [None, None] + [2] * 6 + [None, None]
     u = column(out, "tb_uniqueness")
     np.testing.assert_allclose(u[2:7], [0.75, 0.5, 0.5, 0.5, 0.5], rtol=1e-15)
@@ -177,7 +177,7 @@ def test_weights_by_hand_with_vertical_exits():
        vol=st.sampled_from(["ewm", "rolling"]), span=st.integers(2, 30))
 def test_fixed_horizon_against_the_oracle(c, h, k, vol, span):
     p = {"horizon": h, "threshold": k, "vol": vol, "vol_span": span}
-    out = compute_labels(pd.DataFrame(c), "fixed_horizon", {"fixed_horizon": p})
+    out = compute_labels(pd.DataFrame(c), "fixed_horizon", {"fixed_horizon": p}, output="arrow")
     sig = oracle.sigma(c["close"], vol, span)
     want = oracle.fixed_horizon(c["close"], sig, h, k)
     ret = want["fh_return"]
@@ -193,7 +193,7 @@ def test_fixed_horizon_against_the_oracle(c, h, k, vol, span):
 def test_trend_scanning_against_the_oracle(c, lo, extra):
     hi = lo + extra
     out = compute_labels(pd.DataFrame(c), "trend_scanning",
-                         {"trend_scanning": {"min_window": lo, "max_window": hi}})
+                         {"trend_scanning": {"min_window": lo, "max_window": hi}}, output="arrow")
     want = oracle.trend_scanning(c["close"], lo, hi)
     got_t = column(out, "trend_tvalue")
     assert_exact("NULLs", np.isnan(got_t), np.isnan(want["trend_tvalue"]))
@@ -217,13 +217,13 @@ def test_trend_scanning_flat_windows_and_windows_longer_than_the_data():
     close = np.r_[np.full(30, 1.25), 1.25 * np.exp(np.cumsum(1e-4 + rng.normal(0, 1e-5, 20)))]
     c = {"ts": np.arange(50) * 60_000, "open": close, "high": close, "low": close, "close": close}
     out = compute_labels(pd.DataFrame(c), "trend_scanning",
-                         {"trend_scanning": {"min_window": 5, "max_window": 10}})
+                         {"trend_scanning": {"min_window": 5, "max_window": 10}}, output="arrow")
     t = column(out, "trend_tvalue")
     assert np.isnan(t[:21]).all()           # every window flat: no t-value
     assert np.isnan(t[41:]).all()           # t + 9 past the end
     assert (column(out, "trend_label")[25:41] == 1).all()
     short = compute_labels(pd.DataFrame(c).iloc[:8], "trend_scanning",
-                           {"trend_scanning": {"min_window": 5, "max_window": 10}})
+                           {"trend_scanning": {"min_window": 5, "max_window": 10}}, output="arrow")
     assert short.column("trend_tvalue").null_count == 8
 
 
@@ -234,7 +234,7 @@ def test_trend_scanning_keeps_six_digits_on_real_price_levels():
     close = 150.0 * np.exp(np.cumsum(2e-5 + rng.normal(0, 1e-4, 400)))
     c = {"ts": np.arange(400) * 60_000, "open": close, "high": close, "low": close, "close": close}
     out = compute_labels(pd.DataFrame(c), "trend_scanning",
-                         {"trend_scanning": {"min_window": 5, "max_window": 50}})
+                         {"trend_scanning": {"min_window": 5, "max_window": 50}}, output="arrow")
     want = oracle.trend_scanning(close, 5, 50)
     tie = np.abs(np.abs(want["trend_tvalue"]) - want["_runner_up"]) <= 1e-6 * np.abs(want["trend_tvalue"])
     np.testing.assert_allclose(column(out, "trend_tvalue")[~tie], want["trend_tvalue"][~tie],
@@ -259,7 +259,7 @@ def chunked(df, labels, params, cuts, finer=None):
     parts = []
     for a, b in zip(bounds[:-1], bounds[1:]):
         lo, hi = max(0, a - back), min(n, b + ahead)
-        out = compute_labels(df.iloc[lo:hi], labels, params, finer=finer, bar_ms=STEP_MS)
+        out = compute_labels(df.iloc[lo:hi], labels, params, finer=finer, bar_ms=STEP_MS, output="arrow")
         parts.append(out.slice(a - lo, b - a))
     return pa.concat_tables(parts)
 
@@ -284,7 +284,7 @@ def test_chunks_at_random_cuts_equal_the_whole_series(seed, ncuts, data):
                                 "vol": "rolling", "vol_span": 10},
               "trend_scanning": {"min_window": 3, "max_window": data.draw(st.integers(3, 40))}}
     cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), min_size=ncuts, max_size=ncuts)))
-    whole = compute_labels(df, NEW, params, finer=finer, bar_ms=STEP_MS)
+    whole = compute_labels(df, NEW, params, finer=finer, bar_ms=STEP_MS, output="arrow")
     parts = chunked(df, NEW, params, cuts, finer=finer)
     assert (column(whole, "tb_flags") & oracle.RESOLVED).any()
     for name in whole.column_names:

@@ -21,7 +21,7 @@ PROPERTY = settings(max_examples=120, deadline=None,
 
 
 def check_against_oracle(c: dict, params: dict) -> None:
-    out = compute_labels(pd.DataFrame(c), ALL, params)
+    out = compute_labels(pd.DataFrame(c), ALL, params, output="arrow")
     assert out.num_rows == len(c["close"])
     np.testing.assert_array_equal(out.column("ts").to_numpy(), c["ts"])
 
@@ -76,7 +76,7 @@ def test_triple_barrier_every_rule_on_a_long_walk(tie, vertical):
                                           "vertical": vertical, "min_ret": 0.001,
                                           "vol_span": 20},
               "vol_scaled_return": {}, "mfe_mae": {}}
-    out = compute_labels(pd.DataFrame(c), ALL, params)
+    out = compute_labels(pd.DataFrame(c), ALL, params, output="arrow")
     flags = column(out, "tb_flags")
     assert (flags & 2).any(), "expected ambiguous bars in this series"
     sig = oracle.sigma(c["close"], "ewm", 20)
@@ -90,7 +90,7 @@ def test_far_barriers_use_the_table_search_and_agree(horizon, pt):
     """Horizons past the direct scan go through the O(log H) search."""
     c = random_walk(4_000, seed=3, vol=1e-3)
     params = {"enhanced_triple_barrier": {"horizon": horizon, "pt": pt, "sl": pt, "vol_span": 50}}
-    out = compute_labels(pd.DataFrame(c), ["enhanced_triple_barrier"], params)
+    out = compute_labels(pd.DataFrame(c), ["enhanced_triple_barrier"], params, output="arrow")
     sig = oracle.sigma(c["close"], "ewm", 50)
     want = oracle.triple_barrier(c["open"], c["high"], c["low"], c["close"], sig, horizon, pt, pt)
     bars = column(out, "tb_exit_bars")
@@ -104,7 +104,7 @@ def test_rows_past_the_data_are_null_and_flagged_incomplete():
                          {"enhanced_triple_barrier": {"horizon": 50, "pt": 100.0, "sl": 100.0,
                                                       "vol_span": 10},
                           "vol_scaled_return": {"horizons": [1, 5], "vol_span": 10},
-                          "mfe_mae": {"horizon": 40}})
+                          "mfe_mae": {"horizon": 40}}, output="arrow")
     flags = column(out, "tb_flags")
     # Barriers 100 sigma away are never touched: the last 50 rows are incomplete.
     assert (flags[-50:] == 4).all() and (flags[10:-50] == 0).all()
@@ -120,7 +120,7 @@ def test_flat_prices_give_zero_sigma_and_null_labels():
          "low": price, "close": price}
     out = compute_labels(pd.DataFrame(c), ALL,
                          {"enhanced_triple_barrier": {"vol_span": 10},
-                          "vol_scaled_return": {"vol": "rolling", "vol_span": 10}})
+                          "vol_scaled_return": {"vol": "rolling", "vol_span": 10}}, output="arrow")
     sigma = column(out, "sigma")
     assert (sigma[10:] == 0.0).all() and np.isnan(sigma[:10]).all()
     assert (column(out, "tb_flags") == 8).all()

@@ -23,7 +23,7 @@ def pandas_sigma(close, vol, span):
 
 def kernel_sigma(c, vol, span):
     out = compute_labels(pd.DataFrame(c), ["vol_scaled_return"],
-                         {"vol_scaled_return": {"vol": vol, "vol_span": span}})
+                         {"vol_scaled_return": {"vol": vol, "vol_span": span}}, output="arrow")
     return out.column("sigma").to_numpy(zero_copy_only=False)
 
 
