@@ -85,8 +85,8 @@ def event_end(ts: Any, tb_exit_bars: Any) -> Any:
     ``tb_exit_bars`` is NULL.
 
     ``ts``: the series' timestamps, the rows the labels were computed on
-    (int64 epoch milliseconds or datetimes).  ``tb_exit_bars``: the triple
-    barrier's output for the same rows (NULL as NaN, pandas NA, a numpy mask
+    (int64 epoch milliseconds or datetimes); row ``t`` is a position, not an
+    index label.  ``tb_exit_bars``: the triple barrier's output for the same rows (NULL as NaN, pandas NA, a numpy mask
     or Arrow null).  The result has ``ts``'s own type, with that type's NULL:
 
     ========================================  =====================================
@@ -302,11 +302,12 @@ def sequential_bootstrap(starts: Any, ends: Any, n_draws: int | None = None,
     ``u``.  ``n_draws`` defaults to the number of events.
 
     Cost: O(log n) a draw plus the events overlapping the one drawn; memory
-    the sum of the events' lengths.  The cumulative weights are kept in a
-    sum tree (pairwise sums) rather than a running sum, so they round
-    differently from a plain implementation's ``cumsum``: the two can pick
-    different events only when ``u`` falls within a few units of rounding
-    (~1e-16 relative) of a boundary between two events.
+    the sum of the events' lengths.  Each event's sum is kept up to date by
+    adding each draw's change, and the cumulative weights sit in a sum tree
+    (pairwise sums) rather than a running sum, so they round differently
+    from a plain implementation that recomputes means and takes ``cumsum``:
+    the two can pick different events only when ``u`` falls within a few
+    units of rounding (~1e-16 relative) of a boundary between two events.
 
     Raises ``InvalidInput`` for NULL or non-integer bars, ``ends < starts``,
     different lengths, no events, or a bad ``n_draws`` / ``random_state``.
