@@ -24,11 +24,15 @@ _LAZY = {
     "LABELS": (".labels", "REGISTRY"),
     "label_set_id": (".labels", "label_set_id"),
     "resolve_labels": (".labels", "resolve"),
+    "event_end": (".labels.training", "event_end"),
+    "PurgedKFold": (".labels.training", "PurgedKFold"),
+    "sequential_bootstrap": (".labels.training", "sequential_bootstrap"),
 }
 
 __all__ = [
     "LABELS", "BackendUnavailable", "GpubackfillError", "InvalidCandles", "InvalidInput",
     "InvalidLabelSpec", "compute_labels", "keep_freed_memory", "label_set_id", "resolve_labels",
+    "PurgedKFold", "event_end", "sequential_bootstrap",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .labels import REGISTRY as LABELS
     from .labels import label_set_id
     from .labels import resolve as resolve_labels
+    from .labels.training import PurgedKFold, event_end, sequential_bootstrap
 
 
 def __getattr__(name: str) -> Any:
