@@ -183,8 +183,8 @@ class _Rejects:
     def add(self, rows: np.ndarray, candles: pa.Table, codes: np.ndarray) -> None:
         bad = np.flatnonzero(codes)
         if len(bad):
-            take = pa.array(bad)
-            self.parts.append(candles.take(take).add_column(0, "row", pa.array(rows[bad], pa.int64()))
+            self.parts.append(candles.take(pa.array(bad))
+                              .add_column(0, "row", pa.array(rows[bad], pa.int64()))
                               .append_column("code", pa.array(codes[bad], pa.uint8())))
             self.count += len(bad)
 
@@ -198,13 +198,11 @@ class _Rejects:
     def settle(self, limit: RejectLimit, rows_read: int, out: Path | None, first_line: int | None) -> None:
         """Write the rejects file, then refuse the input if there are more
         rejected rows than ``limit`` allows."""
-        table = self.table() if (out is not None or self.count) else None
         if out is not None:
-            assert table is not None
-            _write_rejects(out, table, first_line)
+            _write_rejects(out, self.table(), first_line)
         if limit.allows(self.count, rows_read):
             return
-        assert table is not None
+        table = self.table()
         row, ts, code = (table.column(c)[0].as_py() for c in ("row", "ts", "code"))
         line = f", line {row + first_line}" if first_line is not None else ""
         share = f" ({100 * self.count / rows_read:.3g}%)" if rows_read else ""
