@@ -8,7 +8,8 @@ file and its one time column.  Variants (``ts`` of the first row):
 ``iso_z`` 2005-01-01T00:00:00Z; ``offset_frac`` 2005-01-01T02:00:00.250+02:00;
 ``metatrader`` 2005.01.01 00:00; ``utc_word`` 2005-01-01 00:00:00 UTC;
 ``mixed_zones`` 2005-01-01T00:00:00Z and 2005-01-01T00:01:00 alternating (the
-engine's slower general path).  Methods:
+engine's slower general path); ``dukascopy`` 01.01.2005 00:00:00.000 (day first,
+rewritten to ISO 8601 by one regular-expression replacement).  Methods:
 
 column scope -- the ``ts`` column already read as text (as ``read_candles``
 reads it), text -> int64 ms UTC:
@@ -102,7 +103,10 @@ VARIANTS: dict[str, tuple[str, bool, str | None, str]] = {
                  "%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S UTC"),
     "mixed_zones": ("2005-01-01T00:00:00Z, 2005-01-01T00:01:00, ... (zoned and naive rows alternate)",
                     True, None, "ISO8601"),
+    "dukascopy": ("01.01.2005 00:00:00.000 (Dukascopy: day first, milliseconds, naive)", False,
+                  None, "%d.%m.%Y %H:%M:%S.%f"),
 }
+NOT_ISO = ("metatrader", "utc_word", "dukascopy")  # variants that no ISO 8601 parser reads
 # Column methods also timed, on iso_z only, with the last value made bad: time to the error.
 BAD_LAST = ", last value bad"
 BAD_VALUE = "2024-02-30T00:00:00Z"
@@ -135,6 +139,8 @@ def time_text(n: int, variant: str) -> pa.Array:
         return pc.if_else(pa.array(np.arange(n) % 2 == 0), zoned, naive)
     if variant == "utc_word":
         return pc.strftime(pa.array(ms // 1000, pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S UTC")
+    if variant == "dukascopy":  # Arrow prints %S of a ms timestamp as SS.fff
+        return pc.strftime(pa.array(ms, pa.timestamp("ms")), format="%d.%m.%Y %H:%M:%S")
     return pc.strftime(pa.array(ms // 1000, pa.timestamp("s")), format="%Y.%m.%d %H:%M")
 
 
@@ -202,6 +208,8 @@ def column_method(method: str, variant: str, baseline: Path) -> Callable[[pa.Arr
     if method == "pyarrow cast":
         if variant == "utc_word":
             raise NotImplementedError("Arrow's ISO 8601 parser reads no ' UTC'")
+        if variant == "dukascopy":
+            raise NotImplementedError("Arrow's ISO 8601 parser reads no day-first dates")
         if variant == "mixed_zones":
             raise NotImplementedError("one cast reads naive or zoned text, not both")
         if variant == "metatrader":  # Arrow's ISO 8601 parser wants dashes: replace the first two dots
@@ -212,7 +220,7 @@ def column_method(method: str, variant: str, baseline: Path) -> Callable[[pa.Arr
             raise NotImplementedError("no one strptime format fits")
         return lambda col: _ms(pc.strptime(col, format=strptime_fmt, unit="ms"))
     if method == "pandas to_datetime ISO8601":
-        if variant in ("metatrader", "utc_word"):
+        if variant in NOT_ISO:
             raise NotImplementedError("not ISO 8601 to pandas")
         return lambda col: _pandas_ms(pd.to_datetime(col.to_pandas(), format="ISO8601", utc=True))
     if method == "pandas to_datetime format=":
@@ -232,7 +240,7 @@ def file_method(method: str, variant: str, baseline: Path) -> Callable[[Path], n
 
         return lambda path: _ms(read_candles(path)["ts"])
     if method == "pyarrow.csv column_types":
-        if variant in ("metatrader", "utc_word"):
+        if variant in NOT_ISO:
             raise NotImplementedError("not ISO 8601 to Arrow")
         if variant == "mixed_zones":
             raise NotImplementedError("one column type reads naive or zoned text, not both")
@@ -245,7 +253,7 @@ def file_method(method: str, variant: str, baseline: Path) -> Callable[[Path], n
                                       timestamp_parsers=[strptime_fmt])
         return lambda path: _ms(pcsv.read_csv(path, convert_options=options)["ts"])
     if method == "pandas read_csv + to_datetime":
-        fmt = pandas_fmt if variant in ("metatrader", "utc_word") else "ISO8601"
+        fmt = pandas_fmt if variant in NOT_ISO else "ISO8601"
 
         def run(path: Path) -> np.ndarray:
             df = pd.read_csv(path, engine="pyarrow")

@@ -296,6 +296,8 @@ class Remote:
         from .storage.clickhouse_store import IngestReport
 
         # The holder reads the file itself: an absolute path means the same file there.
+        if kwargs.get("rejects") is not None:
+            kwargs["rejects"] = str(Path(kwargs["rejects"]).absolute())
         r = self._call("ingest", str(Path(path).absolute()), *args, **kwargs)
         return IngestReport(**{**r, "rejected": [tuple(x) for x in r["rejected"]]})
 

@@ -25,29 +25,40 @@ What holds for the whole input, not for a batch:
   in sorted runs, one per read batch, that are merged back (``_merged``)
   holding one block of each run.
 - Rejected rows are reported by their row in the input, in that order.
+  They are found before anything is written (one pass over the sorted rows,
+  which also counts the steps of an input not in time order), so that an
+  input with more of them than ``max_rejects`` allows (none by default, as a
+  database load) is refused whole; ``rejects`` names a CSV file that gets
+  every one of them, with its line in the file and the reason, refused or not.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
 from kernels import core
 
 from . import cadence
 from .candles import frames
 from .candles.files import BATCH_ROWS as READ_ROWS
-from .candles.files import CandleFile
-from .errors import DependencyError
+from .candles.files import CandleFile, Layout
+from .errors import DependencyError, InvalidCandles, InvalidInput
 from .labels import Series
 from .readahead import read_ahead
 from .storage.clickhouse_store import IngestReport, SeriesKey, Store
+from .times import iso
 
 BATCH_ROWS = 1 << 20    # rows validated and written at a time
 BLOCK_ROWS = 1 << 16    # rows per block of the spill file; a merge holds one block per run
@@ -56,36 +67,98 @@ SPILL_SCHEMA = pa.schema([("row", pa.int64()), ("ts", pa.int64())]
                          + [(c, pa.float64()) for c in CANDLE_COLUMNS[1:]])
 
 
-def ingest_file(store: Store, key: SeriesKey, path: str | Path, tz: str | None = None,
+@dataclass(frozen=True)
+class RejectLimit:
+    """How many rejected rows an ingest accepts (``--max-rejects N|P%``):
+    ``count`` rows, or ``percent`` of the rows read."""
+
+    count: int | None = 0
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, value: str | int | RejectLimit | None) -> RejectLimit:
+        if isinstance(value, RejectLimit):
+            return value
+        if value is None:
+            return cls()
+        text = str(value).strip()
+        m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*%", text)
+        if m and float(m.group(1)) <= 100:
+            return cls(None, float(m.group(1)))
+        if re.fullmatch(r"\d+", text):
+            return cls(int(text))
+        raise InvalidInput(f"--max-rejects must be a number of rows (0, 25) or a percentage of "
+                           f"the rows read (0.5%, at most 100%), got {value!r}")
+
+    def allows(self, rejected: int, rows: int) -> bool:
+        if self.percent is not None:
+            return rejected <= math.floor(rows * self.percent / 100 + 1e-9)
+        return rejected <= (self.count or 0)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
+
+
+def check_rejects_path(rejects: str | Path | None, source: str | Path | None = None) -> Path | None:
+    """The rejects file, refused before anything is read where it cannot be
+    written or would overwrite the input."""
+    if rejects is None:
+        return None
+    out = Path(rejects)
+    if out.is_dir():
+        raise InvalidInput(f"--rejects {out} is a folder; give a file name")
+    if not out.absolute().parent.is_dir():
+        raise InvalidInput(f"--rejects {out}: no folder {out.absolute().parent}")
+    if source is not None and out.exists() and out.resolve() == Path(source).resolve():
+        raise InvalidInput(f"--rejects {out} is the file being ingested")
+    return out
+
+
+def ingest_file(store: Store, key: SeriesKey, path: str | Path, tz: str | None = None, *,
+                layout: Layout | None = None, max_rejects: str | int | RejectLimit = 0,
+                rejects: str | Path | None = None,
                 batch_rows: int = BATCH_ROWS, read_rows: int = READ_ROWS) -> IngestReport:
     """Ingest a CSV or Parquet file (see the module docstring)."""
-    source = CandleFile(path, tz=tz, batch_rows=read_rows)
+    limit = RejectLimit.parse(max_rejects)
+    out = check_rejects_path(rejects, path)
+    source = CandleFile(path, tz=tz, layout=layout, batch_rows=read_rows)
     with _Spill(key.granularity) as spill:
         for part in read_ahead(source, "ingest-parse"):  # the next batch parsed while one is spilled
             spill.add(_candles(part))
         spill.finish()
-        if spill.ascending:
-            values, counts = spill.steps.arrays()
-        else:
-            steps = cadence.StepCounts(key.granularity)
-            for part in spill.sorted_blocks():
-                steps.add(part.column("ts").to_numpy())
-            values, counts = steps.arrays()
+        steps = None if spill.ascending else cadence.StepCounts(key.granularity)
+        found = _Rejects()
+        for rows, candles, codes in _validated(spill.sorted_blocks()):
+            if steps is not None:
+                steps.add(candles.column("ts").to_numpy())
+            found.add(rows, candles, codes)
+        values, counts = (steps or spill.steps).arrays()
         cadence.check_step_counts(values, counts, key.granularity)
+        found.settle(limit, spill.rows, out, source.first_line)
         return _load(store, key, _rebatch(spill.sorted_blocks(), batch_rows), spill.rows,
                      not spill.ascending)
 
 
-def ingest_table(store: Store, key: SeriesKey, table: pa.Table,
+def ingest_table(store: Store, key: SeriesKey, table: pa.Table, *,
+                 max_rejects: str | int | RejectLimit = 0, rejects: str | Path | None = None,
                  batch_rows: int = BATCH_ROWS) -> IngestReport:
     """Ingest candles already in memory (``ts`` int64 ms, OHLC, optional volume)."""
+    limit = RejectLimit.parse(max_rejects)
+    out = check_rejects_path(rejects)
     table = _candles(table)
     table, order = cadence.sort_by_time(table)  # newest-first exports are common
     cadence.check_step(table.column("ts").to_numpy(), key.granularity)
     rows = pa.array(np.arange(table.num_rows) if order is None else order, pa.int64())
     table = table.add_column(0, "row", rows)
-    parts = (table.slice(start, batch_rows) for start in range(0, table.num_rows, batch_rows))
-    return _load(store, key, parts, table.num_rows, order is not None)
+
+    def parts() -> Iterator[pa.Table]:
+        return (table.slice(start, batch_rows) for start in range(0, table.num_rows, batch_rows))
+
+    found = _Rejects()
+    for part_rows, candles, codes in _validated(parts()):
+        found.add(part_rows, candles, codes)
+    found.settle(limit, table.num_rows, out, None)
+    return _load(store, key, parts(), table.num_rows, order is not None)
 
 
 def _candles(table: pa.Table) -> pa.Table:
@@ -93,6 +166,74 @@ def _candles(table: pa.Table) -> pa.Table:
     if "volume" not in table.column_names:
         table = table.append_column("volume", pa.array(np.zeros(table.num_rows)))
     return table.select(CANDLE_COLUMNS)
+
+
+# --------------------------------------------------------------------------
+# rejected rows
+
+
+class _Rejects:
+    """The rows that validation rejects, found before anything is written:
+    their input row, values and defect code, as Arrow tables."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+        self.count = 0
+
+    def add(self, rows: np.ndarray, candles: pa.Table, codes: np.ndarray) -> None:
+        bad = np.flatnonzero(codes)
+        if len(bad):
+            self.parts.append(candles.take(pa.array(bad))
+                              .add_column(0, "row", pa.array(rows[bad], pa.int64()))
+                              .append_column("code", pa.array(codes[bad], pa.uint8())))
+            self.count += len(bad)
+
+    def table(self) -> pa.Table:
+        """Every rejected row in input order: row, ts, prices, code."""
+        if not self.parts:
+            return pa.schema([*SPILL_SCHEMA, ("code", pa.uint8())]).empty_table()
+        table = pa.concat_tables(self.parts).combine_chunks()
+        return table.take(pc.sort_indices(table, [("row", "ascending")]))
+
+    def settle(self, limit: RejectLimit, rows_read: int, out: Path | None, first_line: int | None) -> None:
+        """Write the rejects file, then refuse the input if there are more
+        rejected rows than ``limit`` allows."""
+        if out is not None:
+            _write_rejects(out, self.table(), first_line)
+        if limit.allows(self.count, rows_read):
+            return
+        table = self.table()
+        row, ts, code = (table.column(c)[0].as_py() for c in ("row", "ts", "code"))
+        line = f", line {row + first_line}" if first_line is not None else ""
+        share = f" ({100 * self.count / rows_read:.3g}%)" if rows_read else ""
+        where = (f"all listed in {out}" if out is not None
+                 else "--rejects FILE lists them all")
+        raise InvalidCandles(
+            f"{self.count:,} of {rows_read:,} rows rejected{share}, more than --max-rejects "
+            f"{limit} allows: nothing written; the first is row {row}{line} (ts {iso(ts)}): "
+            f"{frames.describe(code)}; {where}", row=row)
+
+
+def _write_rejects(out: Path, table: pa.Table, first_line: int | None) -> None:
+    """``row,line,ts,open,high,low,close,volume,reason`` (line: of the file,
+    empty for Parquet and tables in memory)."""
+    codes = table.column("code").to_numpy()
+    kinds = np.unique(codes)
+    reasons = pa.array([frames.describe(int(c)) for c in kinds]).take(
+        pa.array(np.searchsorted(kinds, codes)))
+    rows = table.column("row")
+    lines = (pc.add(rows, first_line) if first_line is not None
+             else pa.nulls(table.num_rows, pa.int64()))
+    ms = table.column("ts").to_numpy()
+    exact = bool(np.all(ms % 1000 == 0))  # whole seconds, as times are shown elsewhere
+    stamps = pa.array(ms // 1000, pa.timestamp("s")) if exact else pa.array(ms, pa.timestamp("ms"))
+    ts = pc.binary_join_element_wise(pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%S"), "Z", "")
+    written = pa.table([rows, lines, ts, *(table.column(c) for c in CANDLE_COLUMNS[1:]), reasons],
+                       names=["row", "line", "ts", *CANDLE_COLUMNS[1:], "reason"])
+    try:
+        pcsv.write_csv(written, out)
+    except (OSError, pa.ArrowException) as exc:
+        raise InvalidInput(f"cannot write --rejects {out}: {exc}") from None
 
 
 # --------------------------------------------------------------------------

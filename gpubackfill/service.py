@@ -64,21 +64,33 @@ class BackfillService:
             self.init()
 
     def ingest(self, path: str | Path, instrument: str, granularity: str,
-               tz: str | None = None) -> IngestReport:
-        """Ingest a CSV or Parquet file, in batches (``gpubackfill.ingest``)."""
+               tz: str | None = None, *, columns: str | None = None, date_format: str | None = None,
+               sep: str | None = None, decimal: str | None = None, max_rejects: str | int = 0,
+               rejects: str | Path | None = None) -> IngestReport:
+        """Ingest a CSV or Parquet file, in batches (``gpubackfill.ingest``).
+        ``columns``, ``date_format``, ``sep``, ``decimal``: how to read it
+        (``candles.files.Layout``); more rejected rows than ``max_rejects``
+        (a count or ``"P%"``) and nothing is written; ``rejects``: a CSV file
+        for every rejected row."""
         from . import ingest as ingest_mod
-        from .candles.files import CandleFile
+        from .candles.files import CandleFile, Layout
 
         key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
-        CandleFile(path, tz=tz)  # a missing file or column is refused before the store opens
+        layout = Layout.parse(columns, date_format, sep, decimal)
+        limit = ingest_mod.RejectLimit.parse(max_rejects)
+        ingest_mod.check_rejects_path(rejects, path)
+        # a missing file or column is refused before the store opens
+        CandleFile(path, tz=tz, layout=layout)
         self._ready()
-        return ingest_mod.ingest_file(self.store, key, path, tz)
+        return ingest_mod.ingest_file(self.store, key, path, tz, layout=layout, max_rejects=limit,
+                                      rejects=rejects)
 
-    def ingest_table(self, key: SeriesKey, table: pa.Table) -> IngestReport:
+    def ingest_table(self, key: SeriesKey, table: pa.Table, *, max_rejects: str | int = 0,
+                     rejects: str | Path | None = None) -> IngestReport:
         from . import ingest as ingest_mod
 
         self._ready()
-        return ingest_mod.ingest_table(self.store, key, table)
+        return ingest_mod.ingest_table(self.store, key, table, max_rejects=max_rejects, rejects=rejects)
 
     # -- jobs --------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Candle files in, a candle table out (``gpubackfill ingest PATH``).
 
-``read_candles(path, tz=None)`` reads CSV (``.csv``, ``.csv.gz``) and Parquet
+``read_candles(path, tz=None, layout=None)`` reads CSV (``.csv``, ``.csv.gz``) and Parquet
 (``.parquet``, ``.pq``) files and returns a pyarrow Table with ``ts`` (int64
 milliseconds UTC), ``open``, ``high``, ``low``, ``close`` and, when the file
 has one, ``volume`` (all float64), one row per file row in file order.
@@ -11,11 +11,16 @@ Nothing is sorted, dropped or checked against the candle rules here: that is
 ``gpubackfill.candles.frames.validate``'s job, so the caller can report the rows it
 rejects.
 
+A CSV file's separator is the most frequent of ``,;\t|`` in its first line,
+and its decimal mark ``,`` when the separator is not a comma and the first
+row's prices are written ``1,0716``.  ``Layout`` (``ingest --columns
+--date-format --sep --decimal``) says what these defaults cannot: a headerless
+file's column names, which column is which field, the format of its times.
 Columns are matched ignoring case, surrounding blanks and MetaTrader's angle
 brackets (``<CLOSE>``):
 
 - time: the first of ``ts``, ``time``, ``timestamp``, ``datetime``, ``date``,
-  ``open_time`` present.  If the chosen column holds times of day only
+  ``open_time``, ``gmt time`` (Dukascopy) present.  If the chosen column holds times of day only
   (``03:04:00``) and there is also a ``date`` column, the two are joined, as
   in MetaTrader exports.  A Parquet file written from a pandas frame with an
   unnamed DatetimeIndex has its index used when no column matches.
@@ -34,6 +39,13 @@ Time values may be:
   followed by `` HH[:MM[:SS[.fff]]]`` or ``THH...``, and optionally by a zone:
   ``Z``, ``UTC``, ``GMT``, ``+HH:MM``, ``+HHMM`` or ``+HH``; Arrow's ISO 8601
   parser reads it (``pyarrow`` casts, see ``_parse_text``);
+- text with the year last, ``DD.MM.YYYY`` or ``MM/DD/YYYY`` (``.``, ``/`` or
+  ``-``), then a time as above: day or month first as the first batch's
+  rows show (a first number above 12: day first; a second: month first);
+  dotted dates where every row reads either way are day first, others are
+  refused, naming the ``--date-format`` that settles them;
+- text in ``layout.date_format`` (strftime), read by Arrow's strptime, or by
+  pandas' where the format has ``%f``;
 - Parquet/Arrow timestamps (with or without a zone) and dates.
 
 Times without a zone are taken in ``tz`` (an IANA name such as
@@ -67,8 +79,11 @@ import pyarrow.parquet as pq
 
 from ..errors import InvalidCandles, InvalidInput
 from .frames import PRICE_COLUMNS
+from .layout import TIME_OF_DAY_RE, Layout, guess_decimal, headerless_hint, is_data
 
-TIME_NAMES = ("ts", "time", "timestamp", "datetime", "date", "open_time")
+__all__ = ["CandleFile", "Layout", "iter_candles", "read_candles"]
+
+TIME_NAMES = ("ts", "time", "timestamp", "datetime", "date", "open_time", "gmt time")
 VOLUME_NAMES = ("volume", "vol", "tick_volume", "tickvol")
 EXTENSIONS = (".csv", ".csv.gz", ".parquet", ".pq")
 
@@ -78,7 +93,6 @@ _CSV_NULLS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-na
               "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"]
 
 _NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_TIME_OF_DAY_RE = re.compile(r"\d{1,2}:\d{2}(:\d{2}([.,]\d+)?)?")
 _MS_PER_DAY = 86_400_000
 _MAX_MS = 2**62  # far beyond any date; keeps int64 arithmetic safe
 
@@ -104,17 +118,17 @@ BATCH_ROWS = 1 << 20
 _CSV_BLOCK_BYTES = 1 << 21  # Arrow parses this much at a time, reading a few dozen ahead
 
 
-def read_candles(path: str | Path, *, tz: str | None = None) -> pa.Table:
+def read_candles(path: str | Path, *, tz: str | None = None, layout: Layout | None = None) -> pa.Table:
     """Read a CSV or Parquet candle file; see the module docstring."""
-    reader = CandleFile(path, tz=tz)
+    reader = CandleFile(path, tz=tz, layout=layout)
     parts = list(reader)
     return pa.concat_tables(parts) if parts else reader.empty()
 
 
-def iter_candles(path: str | Path, *, tz: str | None = None,
+def iter_candles(path: str | Path, *, tz: str | None = None, layout: Layout | None = None,
                  batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
     """``read_candles`` batch by batch, in file order, for files larger than memory."""
-    return iter(CandleFile(path, tz=tz, batch_rows=batch_rows))
+    return iter(CandleFile(path, tz=tz, layout=layout, batch_rows=batch_rows))
 
 
 class CandleFile:
@@ -130,19 +144,31 @@ class CandleFile:
     going back) may span batches: the file order decides as in one batch.
     """
 
-    def __init__(self, path: str | Path, *, tz: str | None = None, batch_rows: int = BATCH_ROWS):
+    def __init__(self, path: str | Path, *, tz: str | None = None, layout: Layout | None = None,
+                 batch_rows: int = BATCH_ROWS):
         self.path = path = Path(path)
         self.kind = _file_kind(path)
         self.zone = _check_tz(tz)
+        self.layout = layout = layout or Layout()
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}")
         self.batch_rows = max(int(batch_rows), 1)
+        self.decimal = "."
         if self.kind == "csv":
-            self._csv = _CsvLayout(path)
+            self._csv = _CsvLayout(path, layout)
             self.cols = self._csv.cols
+            self.decimal = self._csv.decimal
         else:
-            self.cols = _parquet_columns(path)
+            layout.for_parquet(path)
+            self.cols = _parquet_columns(path, dict(layout.mapping or ()))
         self.names = ["ts", *(f for f in (*PRICE_COLUMNS, "volume") if f in self.cols)]
+
+    @property
+    def first_line(self) -> int | None:
+        """The line of the file that holds row 0 (None: a Parquet file)."""
+        if self.kind != "csv":
+            return None
+        return 1 if self.layout.names is not None else 2
 
     @property
     def has_volume(self) -> bool:
@@ -152,7 +178,7 @@ class CandleFile:
         return pa.table({n: pa.array([], pa.int64() if n == "ts" else pa.float64()) for n in self.names})
 
     def __iter__(self) -> Iterator[pa.Table]:
-        state = _TimeState()
+        state = _TimeState(self.layout.date_format)
         raw = (self._csv.batches(self.batch_rows) if self.kind == "csv"
                else _parquet_batches(self.path, self.cols, self.batch_rows))
         offset = 0
@@ -163,7 +189,7 @@ class CandleFile:
 
     def _convert(self, batch: pa.RecordBatch, offset: int, state: _TimeState) -> pa.Table:
         path, cols = self.path, self.cols
-        line_offset = 2 if self.kind == "csv" else 0  # CSV data row 0 is line 2
+        line_offset = self.first_line or 0
 
         def where(column: str, row: int) -> str:
             line = f" (line {offset + row + line_offset})" if line_offset else ""
@@ -180,7 +206,7 @@ class CandleFile:
         arrays = [pa.array(ts, pa.int64())]
         for field in self.names[1:]:
             try:
-                arrays.append(_to_float(batch.column(cols[field])))
+                arrays.append(_to_float(batch.column(cols[field]), self.decimal))
             except _BadValue as bad:
                 raise InvalidCandles(f"{where(cols[field], bad.row)}: {bad.reason}: {bad.value!r}",
                                      row=offset + bad.row) from None
@@ -224,8 +250,12 @@ def _key(name: str) -> str:
     return str(name).strip().strip("<>").strip().lower()
 
 
-def _choose_columns(names: list[str], path: Path) -> dict[str, str]:
-    """Map time/open/high/low/close[/volume][/date] to the file's column names."""
+def _choose_columns(names: list[str], path: Path, mapping: dict[str, str] | None = None) -> dict[str, str]:
+    """Map time/open/high/low/close[/volume][/date] to the file's column names;
+    ``mapping`` (field -> column, ``--columns time=Gmt time``) first."""
+    mapping = dict(mapping or {})
+    if "date" in mapping and "time" not in mapping:
+        mapping = {"time": mapping.pop("date"), **mapping}  # a date column alone is the time
     by_key: dict[str, str] = {}
     for name in names:
         key = _key(name)
@@ -236,24 +266,34 @@ def _choose_columns(names: list[str], path: Path) -> dict[str, str]:
             )
         by_key[key] = name
     cols: dict[str, str] = {}
-    time_key = next((k for k in TIME_NAMES if k in by_key), None)
-    if time_key is not None:
-        cols["time"] = by_key[time_key]
-        if time_key == "time" and "date" in by_key:
-            cols["date"] = by_key["date"]  # used only if 'time' holds times of day
-    elif _PANDAS_INDEX in names:
-        cols["time"] = _PANDAS_INDEX
+    for field, column in mapping.items():
+        found = column if column in names else by_key.get(_key(column))
+        if found is None:
+            raise InvalidInput(f"--columns maps {field} to {column!r}, which {path} lacks; "
+                               f"found: {', '.join(repr(n) for n in names) or 'none'}")
+        cols[field] = found
+    taken = set(cols.values())
+    by_key = {k: n for k, n in by_key.items() if n not in taken}
+    if "time" not in cols:
+        time_key = next((k for k in TIME_NAMES if k in by_key), None)
+        if time_key is not None:
+            cols["time"] = by_key[time_key]
+            if time_key == "time" and "date" in by_key and "date" not in cols:
+                cols["date"] = by_key["date"]  # used only if 'time' holds times of day
+        elif _PANDAS_INDEX in names:
+            cols["time"] = _PANDAS_INDEX
     for field in PRICE_COLUMNS:
-        if field in by_key:
+        if field in by_key and field not in cols:
             cols[field] = by_key[field]
     volume_key = next((k for k in VOLUME_NAMES if k in by_key), None)
-    if volume_key is not None:
+    if volume_key is not None and "volume" not in cols:
         cols["volume"] = by_key[volume_key]
     missing = [f for f in ("time", *PRICE_COLUMNS) if f not in cols]
     if missing:
         found = ", ".join(repr(n) for n in names) or "none"
         hint = f" (time may be named {', '.join(TIME_NAMES)})" if "time" in missing else ""
-        raise InvalidInput(f"{path} lacks column(s) {', '.join(missing)}{hint}; found: {found}")
+        raise InvalidInput(f"{path} lacks column(s) {', '.join(missing)}{hint}; found: {found}; "
+                           f"name them with --columns FIELD=COLUMN,...")
     return cols
 
 
@@ -262,15 +302,36 @@ def _choose_columns(names: list[str], path: Path) -> dict[str, str]:
 
 
 class _CsvLayout:
-    """A CSV file's delimiter and columns, and its rows in blocks."""
+    """A CSV file's delimiter, decimal mark and columns, and its rows in blocks."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, layout: Layout):
         self.path = path
-        header = _csv_header_line(path)
-        self.delimiter = (max(_DELIMITERS, key=header.count) if any(d in header for d in _DELIMITERS)
-                          else ",")
-        names = next(csv.reader([header], delimiter=self.delimiter), [])
-        self.cols = _choose_columns(names, path)
+        lines = _csv_first_lines(path)
+        header = lines[0]
+        self.delimiter = layout.sep or (max(_DELIMITERS, key=header.count)
+                                        if any(d in header for d in _DELIMITERS) else ",")
+        fields = next(csv.reader([header], delimiter=self.delimiter), [])
+        self.names = list(layout.names) if layout.names is not None else None
+        if self.names is not None:
+            if len(self.names) != len(fields):
+                raise InvalidInput(f"--columns names {len(self.names)} columns but the first line of "
+                                   f"{path} has {len(fields)} (separated by {self.delimiter!r}): "
+                                   f"{header[:80]!r}")
+            first_row = fields
+        else:
+            first_row = (next(csv.reader([lines[1]], delimiter=self.delimiter), [])
+                         if len(lines) > 1 else [])
+        try:
+            self.cols = _choose_columns(self.names or fields, path, dict(layout.mapping or ()))
+        except InvalidInput:
+            if self.names is None and is_data(fields):
+                raise InvalidInput(headerless_hint(path, header, fields)) from None
+            raise
+        self.decimal = layout.decimal or guess_decimal(self.delimiter, first_row,
+                                                        self.names or fields, self.cols)
+        if self.decimal == self.delimiter:
+            raise InvalidInput(f"{path}: --decimal and the separator are both {self.delimiter!r}; "
+                               f"give --sep")
 
     def _options(self, text_only: bool) -> tuple[pcsv.ParseOptions, pcsv.ConvertOptions]:
         cols = self.cols
@@ -279,9 +340,12 @@ class _CsvLayout:
                  for name in cols.values()}
         convert = pcsv.ConvertOptions(
             column_types=types, include_columns=list(dict.fromkeys(cols.values())),
-            null_values=_CSV_NULLS, strings_can_be_null=False,
+            null_values=_CSV_NULLS, strings_can_be_null=False, decimal_point=self.decimal,
         )
         return pcsv.ParseOptions(delimiter=self.delimiter), convert
+
+    def _read_options(self) -> pcsv.ReadOptions:
+        return pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, column_names=self.names)
 
     def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         """Record batches of ``batch_rows`` rows (the last one fewer).
@@ -298,8 +362,7 @@ class _CsvLayout:
             pending: list[pa.RecordBatch] = []
             rows = 0
             try:
-                with pcsv.open_csv(self.path,
-                                   read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+                with pcsv.open_csv(self.path, read_options=self._read_options(),
                                    parse_options=parse, convert_options=convert) as reader:
                     for batch in reader:
                         if skip >= batch.num_rows:
@@ -331,25 +394,28 @@ def _one_batch(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
-def _csv_header_line(path: Path) -> str:
+def _csv_first_lines(path: Path) -> list[str]:
+    """The file's first line (the header, or the first row of a headerless
+    file) and, when there is one, the next."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as raw:
-            first = raw.readline(1 << 20)
+            lines = [raw.readline(1 << 20), raw.readline(1 << 20)]
     except (OSError, EOFError) as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from None
-    text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
-    if not text.strip():
+    text = [lines[0].decode("utf-8-sig", errors="replace").rstrip("\r\n"),
+            lines[1].decode("utf-8", errors="replace").rstrip("\r\n")]
+    if not text[0].strip():
         raise InvalidInput(f"{path} is empty or has no header line")
-    return text
+    return text if text[1].strip() else text[:1]
 
 
-def _parquet_columns(path: Path) -> dict[str, str]:
+def _parquet_columns(path: Path, mapping: dict[str, str]) -> dict[str, str]:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"cannot read {path} as Parquet: {exc}") from None
-    return _choose_columns(list(schema.names), path)
+    return _choose_columns(list(schema.names), path, mapping)
 
 
 def _parquet_batches(path: Path, cols: dict[str, str], batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -376,7 +442,7 @@ def _parquet_batches(path: Path, cols: dict[str, str], batch_rows: int) -> Itera
 # prices
 
 
-def _to_float(col: pa.ChunkedArray) -> pa.Array:
+def _to_float(col: pa.ChunkedArray, decimal: str = ".") -> pa.Array:
     t = col.type
     if pa.types.is_dictionary(t):
         col = col.cast(t.value_type)
@@ -388,7 +454,14 @@ def _to_float(col: pa.ChunkedArray) -> pa.Array:
         text = pc.utf8_trim_whitespace(col.cast(pa.string()))
         is_null = pc.is_in(text, value_set=pa.array(_CSV_NULLS))
         text = pc.if_else(is_null, pa.scalar(None, pa.string()), text)
-        out = _cast_or_locate(text, pa.float64(), "not a number")
+        if decimal == ".":
+            out = _cast_or_locate(text, pa.float64(), "not a number")
+        else:  # Arrow's cast reads a decimal point only
+            try:
+                out = _cast_or_locate(pc.replace_substring(pc.replace_substring(text, ".", "\x00"),
+                                                           decimal, "."), pa.float64(), "not a number")
+            except _BadValue as bad:
+                raise _BadValue(bad.row, text[bad.row].as_py(), bad.reason) from None
     else:
         raise _BadType(f"holds {t}, not numbers")
     out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
@@ -425,9 +498,11 @@ class _TimeState:
     it: the unit of epoch numbers (units per ms), and where the last row left
     a run of repeated local times (``_localize``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, date_format: str | None = None) -> None:
         self.unit: float | None = None
         self.dst: tuple[bool, int, bool] | None = None  # ambiguous, early ms, run stepped back
+        self.date_format = date_format  # the user's; grows a time of day for a separate time column
+        self.day_first: bool | None = None  # of dates written DD.MM.YYYY or MM/DD/YYYY
 
 
 def _parse_time(col: pa.ChunkedArray | pa.Array, tz: str | None,
@@ -460,10 +535,23 @@ def _parse_time(col: pa.ChunkedArray | pa.Array, tz: str | None,
         return _epoch_float(col.cast(pa.float64()).to_numpy(), state)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         text = pc.utf8_trim_whitespace(col.cast(pa.string()))
-        if date_col is not None and _looks(text, _TIME_OF_DAY_RE):
+        if date_col is not None and _looks(text, TIME_OF_DAY_RE):
+            if state.date_format is not None and not re.search("%[HIT]", state.date_format):
+                # --date-format the date column's alone: add the time of day's
+                state.date_format += " " + _time_of_day_format(_first(text))
             text = _join_date_time(date_col, text)
         return _parse_text(text, tz, state)
     raise _BadType(f"holds {t}, not times")
+
+
+def _first(text: pa.Array) -> str:
+    return next((v for v in text.slice(0, 1000).to_pylist() if v), "")
+
+
+def _time_of_day_format(value: str) -> str:
+    """The strftime format of a time of day such as ``09:00`` or ``09:00:00.000``."""
+    fraction = re.search(r":\d\d([.,])\d+$", value)
+    return "%H:%M" + (":%S" if value.count(":") >= 2 else "") + (f"{fraction.group(1)}%f" if fraction else "")
 
 
 _UNIT_PER_MS = {"s": 1 / 1000, "ms": 1, "us": 1000, "ns": 1_000_000}
@@ -564,6 +652,16 @@ def _parse_text(text: pa.Array, tz: str | None, state: _TimeState | None = None)
     if text.null_count:
         first = int(np.argmax(~text.is_valid().to_numpy(zero_copy_only=False)))
         raise _BadValue(first, None, "missing time")
+    if state is not None and state.date_format is not None:
+        return _parse_format(text, state.date_format, tz, state)
+    if _looks(text, _DAY_MONTH_RE):  # rewritten as YYYY-MM-DD..., then read as ISO 8601
+        day_first = _day_first(text, state)
+        iso = pc.replace_substring_regex(text, pattern=r"^(\d{1,2})[./-](\d{1,2})[./-](\d{4})",
+                                         replacement=r"\3-\2-\1" if day_first else r"\3-\1-\2")
+        try:
+            return _parse_text(iso, tz, state)
+        except _BadValue as bad:
+            raise _BadValue(bad.row, text[bad.row].as_py(), bad.reason) from None
     if _looks(text, _NUMBER_RE):
         try:
             return _epoch_int(text.cast(pa.int64()).to_numpy(), state)
@@ -584,6 +682,86 @@ def _parse_text(text: pa.Array, tz: str | None, state: _TimeState | None = None)
         raise _BadValue(odd, text[odd].as_py(), "not a time") from None
     ms, naive = _parse_text_parts(text)
     return _localize(ms, tz, where=naive, state=state)
+
+
+# Dates written day or month first (19.04.2017, 04/19/2017), the year last.
+_DAY_MONTH_RE = re.compile(r"(\d{1,2})([./-])(\d{1,2})\2(\d{4})(?:[ Tt].*)?")
+
+
+def _leading_numbers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The first and second numbers of every row's date (0 where there is none)."""
+    try:  # by position, several times faster where every row has two digits each
+        return (pc.utf8_slice_codeunits(text, 0, 2).cast(pa.int32()).to_numpy(),
+                pc.utf8_slice_codeunits(text, 3, 5).cast(pa.int32()).to_numpy())
+    except pa.ArrowInvalid:
+        pass  # a row written otherwise
+    parts = pc.extract_regex(text, r"^(?P<a>\d{1,2})[./-](?P<b>\d{1,2})")
+    return tuple(pc.fill_null(parts.field(f).cast(pa.int32()), 0).to_numpy()  # type: ignore[return-value]
+                 for f in ("a", "b"))
+
+
+def _day_first(text: pa.Array, state: _TimeState | None) -> bool:
+    """Whether dates written ``NN?NN?YYYY`` give the day first: the rows say
+    so when one has a first number above 12 (day first) or a second one
+    (month first); the first batch decides for the file.  Where every row
+    could be either, dotted dates are day first (no one writes 04.19.2017)
+    and the others are refused, naming the formats to choose from."""
+    if state is not None and state.day_first is not None:
+        return state.day_first
+    a, b = _leading_numbers(text)
+    a_big, b_big = np.flatnonzero(a > 12), np.flatnonzero(b > 12)
+    if len(a_big) or len(b_big):
+        day_first = bool(len(a_big) and (not len(b_big) or a_big[0] < b_big[0]))
+    else:
+        sample = _first(text)
+        if _DAY_MONTH_RE.match(sample).group(2) != ".":  # type: ignore[union-attr]
+            raise _BadType(
+                f"holds dates such as {sample!r} that read either way (day and month are both 12 "
+                f"or less in every row): say which comes first with --date-format "
+                f"{_suggest_format(sample, False)!r} or {_suggest_format(sample, True)!r}")
+        day_first = True
+    if state is not None:
+        state.day_first = day_first
+    return day_first
+
+
+def _suggest_format(value: str, day_first: bool) -> str:
+    """A strftime format for ``value`` (``04/05/2017 09:00``), day or month first."""
+    m = _DAY_MONTH_RE.match(value)
+    assert m is not None
+    sep = m.group(2)
+    date = sep.join(["%d", "%m", "%Y"] if day_first else ["%m", "%d", "%Y"])
+    rest = value[m.end(4):]
+    time = re.match(r"([ T]+)(\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)", rest)
+    return date + (time.group(1) + _time_of_day_format(time.group(2)) if time else "")
+
+
+def _parse_format(text: pa.Array, fmt: str, tz: str | None, state: _TimeState | None) -> np.ndarray:
+    """Text times in a strftime format -> int64 ms UTC.  Arrow's strptime
+    where it can (it reads no %f), else pandas'; both vectorised."""
+    zoned = "%z" in fmt or "%Z" in fmt
+    if "%f" not in fmt:
+        try:
+            stamps = pc.strptime(text, format=fmt, unit="ms", error_is_null=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise _BadType(f"cannot be read with --date-format {fmt!r}: {exc}") from None
+        ms = stamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        bad = ~stamps.is_valid().to_numpy(zero_copy_only=False)
+        zoned = stamps.type.tz is not None
+    else:
+        import pandas as pd
+
+        try:
+            parsed = pd.to_datetime(text.to_pandas(), format=fmt, errors="coerce", utc=zoned)
+        except ValueError as exc:
+            raise _BadType(f"cannot be read with --date-format {fmt!r}: {exc}") from None
+        bad = parsed.isna().to_numpy()
+        ms = parsed.array.as_unit("ms").asi8 if len(parsed) else np.empty(0, np.int64)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise _BadValue(i, text[i].as_py(), f"does not match --date-format {fmt!r}")
+    ms = np.asarray(ms, np.int64)
+    return ms if zoned else _localize(ms, tz, state=state)
 
 
 _CAST_ROWS = 1 << 16

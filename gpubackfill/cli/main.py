@@ -83,20 +83,44 @@ def init(ctx: click.Context) -> None:
 @click.option("--instrument", required=True)
 @click.option("--granularity", required=True)
 @click.option("--tz", default=None, help="Time zone of naive times in the file (default UTC).")
+@click.option("--columns", default=None, metavar="NAMES|FIELD=COLUMN,...",
+              help="Names for a headerless file's columns (date,time,open,high,low,close,volume), "
+                   "or which column is which (time=Gmt time,open=Open).")
+@click.option("--date-format", default=None, metavar="FORMAT",
+              help="strftime format of text times, e.g. '%d.%m.%Y %H:%M:%S.%f' (default: recognised).")
+@click.option("--sep", default=None, help="CSV field separator: ',', ';', '|' or 'tab' (default: guessed).")
+@click.option("--decimal", default=None, type=click.Choice([".", ","]),
+              help="Decimal mark of CSV numbers (default: ',' when the separator is not and prices "
+                   "read 1,0716).")
+@click.option("--max-rejects", default="0", show_default=True, metavar="N|P%",
+              help="Rejected rows allowed; over it nothing is written.")
+@click.option("--rejects", "rejects", default=None, type=click.Path(dir_okay=False),
+              help="Write every rejected row (row, line, values, reason) to this CSV file.")
 @click.pass_context
-def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz: str | None) -> None:
-    """Load candles from a CSV or Parquet file (idempotent)."""
+def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz: str | None,
+           columns: str | None, date_format: str | None, sep: str | None, decimal: str | None,
+           max_rejects: str, rejects: str | None) -> None:
+    """Load candles from a CSV or Parquet file (idempotent).
+
+    A file with rejected rows (broken candles, duplicates) is refused and
+    nothing is written, unless --max-rejects allows that many."""
     if not Path(path).exists():
         raise InvalidInput(f"no such file: {path}")
-    report = _store_service(ctx).ingest(path, instrument, granularity, tz)
+    report = _store_service(ctx).ingest(path, instrument, granularity, tz, columns=columns,
+                                        date_format=date_format, sep=sep, decimal=decimal,
+                                        max_rejects=max_rejects, rejects=rejects)
     if report.sorted:
         click.echo("the rows were not in time order (newest first?): sorted them by time")
+    n = len(report.rejected)
+    listed = f" (all listed in {rejects})" if rejects and n else ""
     click.echo(f"read {report.rows_read} rows: {report.inserted} inserted, {report.updated} updated, "
-               f"{report.unchanged} already present, {len(report.rejected)} rejected")
+               f"{report.unchanged} already present, {n} rejected{listed}")
+    if rejects:
+        return
     for row, ts, reason in report.rejected[:20]:
         click.echo(f"  rejected row {row} (ts {_iso(ts)}): {reason}")
-    if len(report.rejected) > 20:
-        click.echo(f"  ... and {len(report.rejected) - 20} more")
+    if n > 20:
+        click.echo(f"  ... and {n - 20} more (--rejects FILE lists them all)")
 
 
 @main.command()

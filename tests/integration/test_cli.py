@@ -76,7 +76,7 @@ def test_ingest_reports_rejected_rows(cli, tmp_path):
                     "2024-01-01T00:01:00Z,1.1,1.0,1.0,1.15\n"      # high below close
                     "2024-01-01T00:00:00Z,1.1,1.2,1.0,1.15\n"      # duplicate of row 0
                     "2024-01-01T00:02:00Z,1.1,1.2,1.0,-1\n")       # negative price
-    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1")
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1", "--max-rejects", "3")
     assert r.exit_code == 0
     assert "1 inserted" in r.output and "3 rejected" in r.output
     assert "rejected row 1" in r.output and "high is below max(open, close)" in r.output
@@ -311,7 +311,7 @@ def test_a_newest_first_file_is_sorted_and_duplicates_still_rejected(cli, tmp_pa
     import pyarrow as pa
 
     pcsv.write_csv(pa.Table.from_pylist(rows), path)
-    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15")
+    r = cli("ingest", str(path), "--instrument", "EURUSD", "--granularity", "M15", "--max-rejects", "1")
     assert r.exit_code == 0, r.output
     assert "not in time order (newest first?): sorted them by time" in r.output
     assert f"read {n + 1} rows: {n} inserted" in r.output and "1 rejected" in r.output

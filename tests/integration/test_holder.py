@@ -131,8 +131,14 @@ def test_export_ingest_and_detach_while_a_job_runs_in_another_process(proc_env, 
         gbp = tmp_path / "gbp.csv"
         gbp.write_text("ts,open,high,low,close\n2024-01-01T00:00:00Z,1.1,1.2,1.0,1.15\n"
                        "2024-01-01T00:01:00Z,1.1,1.0,1.0,1.15\n2024-01-01T00:02:00Z,1.1,1.2,1.0,1.15\n")
-        res = run_cli(env, "ingest", str(gbp), "--instrument", "GBPUSD", "--granularity", "M1")
-        assert "read 3 rows: 2 inserted" in res.stdout and "rejected row 1" in res.stdout
+        res = run_cli(env, "ingest", str(gbp), "--instrument", "GBPUSD", "--granularity", "M1",
+                      check=False)  # a rejected row: refused, through the holder too
+        assert res.returncode == 2 and "1 of 3 rows rejected" in res.stderr, res.stderr
+        rejects = tmp_path / "gbp-rejects.csv"
+        res = run_cli(env, "ingest", str(gbp), "--instrument", "GBPUSD", "--granularity", "M1",
+                      "--max-rejects", "1", "--rejects", str(rejects))
+        assert "read 3 rows: 2 inserted" in res.stdout and f"1 rejected (all listed in {rejects})" in res.stdout
+        assert rejects.read_text().splitlines()[1].startswith("1,3,")
         res = run_cli(env, "start", "--instrument", "GBPUSD", "--granularity", "M1", "--start-date",
                       "2024-01-01", "--end-date", "2024-01-02", "--detach")
         queued = res.stdout.strip()

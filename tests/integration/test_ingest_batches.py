@@ -69,9 +69,10 @@ def test_a_file_in_batches_is_ingested_as_in_one(service, tmp_path, small_blocks
     write(table, path)
     store = service.store
     service.init()
-    one = service.ingest_table(SeriesKey("WHOLE", "M1"), table)  # one batch: the whole input at once
+    # one batch: the whole input at once
+    one = service.ingest_table(SeriesKey("WHOLE", "M1"), table, max_rejects=3)
     key = SeriesKey("BATCHED", "M1")
-    many = ingest_mod.ingest_file(store, key, path, batch_rows=BATCH, read_rows=READ)
+    many = ingest_mod.ingest_file(store, key, path, max_rejects=3, batch_rows=BATCH, read_rows=READ)
     assert many == one
     assert stored(store, key).equals(stored(store, SeriesKey("WHOLE", "M1")))
     # As in one batch: of the two rows with one ts, the later in the file is
@@ -99,7 +100,7 @@ def test_each_row_is_judged_against_the_last_row_kept_in_any_batch(service, tmp_
     pq.write_table(pa.Table.from_pylist(rows), path)
     service.init()
     key = SeriesKey("EURUSD", "M1")
-    r = ingest_mod.ingest_file(service.store, key, path, batch_rows=129, read_rows=129)
+    r = ingest_mod.ingest_file(service.store, key, path, max_rejects=2, batch_rows=129, read_rows=129)
     assert [(row, "duplicate" in why) for row, _, why in r.rejected] == [(128, False), (258, True)]
     assert "zero or negative" in r.rejected[0][2]
     assert (r.rows_read, r.inserted, r.sorted) == (302, 300, False)

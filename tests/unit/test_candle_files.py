@@ -451,3 +451,55 @@ def test_epoch_unit_is_the_first_batchs(tmp_path):
     path = csv_with_times(tmp_path, times)
     parts = _batched(path, 2)
     assert pa.concat_tables(parts)["ts"].to_pylist() == [TS[0], TS[1], TS[2] * 1000]
+
+
+# --------------------------------------------------------------------------
+# layouts: day or month first, headerless files, --date-format (Layout)
+
+
+def test_the_first_batch_decides_day_or_month_first(tmp_path):
+    # 13/01 says day first; the rows after it, alone, would read either way.
+    days = ["13/01/2024 00:00", "01/02/2024 00:00", "02/03/2024 00:00"]
+    path = csv_with_times(tmp_path, days)
+    got = pa.concat_tables(_batched(path, 1))["ts"].to_pylist()
+    assert got == [ms("2024-01-13"), ms("2024-02-01"), ms("2024-03-02")]
+
+
+def test_a_row_against_the_order_the_file_began_with_is_named(tmp_path):
+    days = ["01/13/2024 00:00", "01/14/2024 00:00", "15/01/2024 00:00"]  # month first, then not
+    with pytest.raises(InvalidCandles, match=r"row 2 \(line 4\): not a time: '15/01/2024 00:00'"):
+        read_candles(csv_with_times(tmp_path, days))
+
+
+def test_an_ambiguous_file_names_the_formats_of_its_own_times(tmp_path):
+    path = csv_with_times(tmp_path, ["04-05-2024T03:04:05.250", "04-05-2024T03:05:05.250",
+                                     "04-05-2024T03:06:05.250"])
+    with pytest.raises(InvalidInput, match=re.escape(
+            "--date-format '%m-%d-%YT%H:%M:%S.%f' or '%d-%m-%YT%H:%M:%S.%f'")):
+        read_candles(path)
+
+
+def test_a_headerless_file_names_rows_by_their_line(tmp_path):
+    from gpubackfill.candles.files import Layout
+
+    text = "2024.01.02,03:04,1.1,1.2,1.0,1.15,10\n2024.01.02,03:05,1.1,x,1.0,1.15,10\n"
+    layout = Layout.parse("date,time,open,high,low,close,volume")
+    with pytest.raises(InvalidCandles, match=r"column 'high', row 1 \(line 2\): not a number: 'x'"):
+        read_candles(write(tmp_path, "h.csv", text), layout=layout)
+
+
+def test_a_headerless_file_may_name_columns_to_ignore(tmp_path):
+    from gpubackfill.candles.files import Layout
+
+    text = "x,2024.01.02 03:04,1.1,1.2,1.0,1.15\n"
+    table = read_candles(write(tmp_path, "h.csv", text), layout=Layout.parse("symbol,time,open,high,low,close"))
+    assert table.to_pylist() == [{"ts": T0, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.15}]
+
+
+def test_a_date_format_with_a_zone(tmp_path):
+    from gpubackfill.candles.files import Layout
+
+    times = ["02/01/2024 05:04 +0200", "02/01/2024 05:05 +0200", "02/01/2024 05:06 +0200"]
+    table = read_candles(csv_with_times(tmp_path, times), tz="Asia/Tokyo",  # a zone in the text wins
+                         layout=Layout.parse(date_format="%d/%m/%Y %H:%M %z"))
+    assert table["ts"].to_pylist() == TS
