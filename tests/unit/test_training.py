@@ -82,11 +82,15 @@ def test_event_end_of_compute_labels_output_is_the_exit_bars_timestamp():
     ts = 1_700_000_000_000 + np.arange(600, dtype=np.int64) * MINUTE
     ts[300:] += 2 * 24 * 3600 * 1000  # a weekend: t1 is the exit bar's own ts, not t0 + bars
     candles = pd.DataFrame({"ts": ts, **{k: c[k] for k in ("open", "high", "low", "close")}})
-    table = compute_labels(candles, ["enhanced_triple_barrier"],
-                           {"enhanced_triple_barrier": {"vol_span": 20, "horizon": 24}})
+    params = {"enhanced_triple_barrier": {"vol_span": 20, "horizon": 24}}
+    table = compute_labels(candles, ["enhanced_triple_barrier"], params, output="arrow")
     bars = table["tb_exit_bars"].to_pylist()
     got = event_end(table["ts"], table["tb_exit_bars"]).to_pylist()
     assert got == oracle.event_end(ts.tolist(), bars)
+    # The notebook form: a pandas frame in, nullable Int32 exit bars out.
+    frame = compute_labels(candles, ["enhanced_triple_barrier"], params)
+    t1 = event_end(frame["ts"], frame["tb_exit_bars"])
+    assert [None if pd.isna(v) else int(v) for v in t1] == got
     assert any(b is None for b in bars) and any(b is not None for b in bars)
     crossing = [t for t in range(290, 300) if bars[t] is not None and t + bars[t] >= 300]
     assert crossing and all(got[t] - ts[t] > bars[t] * MINUTE for t in crossing)
