@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from ..candles.synthetic import generate
 from ..compute import compute_labels
+from ..errors import InvalidInput
 from ..eta import rate_text
 from ..granularity import parse_granularity, parse_instrument
 from ..storage.clickhouse_store import SeriesKey
@@ -44,6 +45,10 @@ def store_location(settings) -> str:
 def run_demo(svc, instruments: list[str], granularity: str, years: float,
              workers: int | None, console) -> None:
     series = [demo_series(i) for i in instruments]
+    if not series:
+        raise InvalidInput("--instruments names no instrument (e.g. --instruments EURUSD,GBPUSD)")
+    if not 2 <= 365.25 * years <= 365.25 * 100:  # NaN too
+        raise InvalidInput(f"--years must be from 0.006 (two days) to 100, got {years:g}")
     granularity = parse_granularity(granularity)
     names = [name for name, _ in series]
     end = datetime(2026, 1, 1, tzinfo=UTC)

@@ -93,3 +93,14 @@ def test_a_run_that_skips_every_chunk_reports_them_as_skipped(cli, csv_file):  #
     assert s["chunks_total"] > 1
     assert "nothing to compute, 0 label rows written" in r.output and "candles/min" not in r.output
     assert f"{n:,} candles skipped in {s['chunks_total']} chunks" in r.output
+
+
+def test_the_demo_refuses_a_size_it_cannot_run(cli, service):  # noqa: F811
+    for args, why in [(("--instruments", ","), "--instruments names no instrument"),
+                      (("--years", "0"), "--years must be from 0.006 (two days) to 100, got 0"),
+                      (("--years", "nan"), "got nan"), (("--years", "inf"), "got inf")]:
+        r = cli("demo", *args)
+        assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+        assert why in r.output
+    service.init()
+    assert service.store.instruments() == []
