@@ -589,7 +589,7 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
     incomplete = resolved_bars = ambiguous = 0
     for i, (seg, key, (table, first, own)) in enumerate(zip(task.segments, keys, loaded)):
         if i in cached:
-            outcomes.append(SegmentOutcome(seg.series, own, 0, seg.rows))
+            outcomes.append(SegmentOutcome(seg.series, own, 0, seg.rows, cached=True))
             incomplete += cached[i]
             continue
         series = candles_mod.to_series(table)

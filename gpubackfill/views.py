@@ -82,6 +82,9 @@ class JobStatus(BaseModel):
     progress: float
     rows_written: int
     cache_hits: int
+    # Candles done because their labels were already there, computed from
+    # the same candles: counted in candles_done, not in the throughput.
+    candles_skipped: int
     errors: int
     elapsed_s: float
     throughput_per_min: float
@@ -167,6 +170,7 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
     leased = int(job.get("chunks_leased") or 0)
     total = int(job.get("candles_total") or 0)
     done = int(job.get("candles_done") or 0)
+    skipped = int(job.get("candles_skipped") or 0)
     status = job["status"]
     est = _estimate(state, job_id, job, total - done, samples)
     driver = driver_info(state, job_id, status)
@@ -186,8 +190,8 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
         chunks_total=total_chunks, candles_done=done, candles_total=total,
         progress=(done / total) if total else (1.0 if final else 0.0),
         rows_written=int(job.get("rows_written") or 0), cache_hits=int(job.get("cache_hits") or 0),
-        errors=int(job.get("errors") or 0), elapsed_s=round(elapsed, 3),
-        throughput_per_min=(done / elapsed * 60) if elapsed > 0 else 0.0,
+        candles_skipped=skipped, errors=int(job.get("errors") or 0), elapsed_s=round(elapsed, 3),
+        throughput_per_min=((done - skipped) / elapsed * 60) if elapsed > 0 else 0.0,
         recent_rate_per_min=est.rate_per_s * 60,
         eta_s=(None if driver.gone else est.eta_s if not final else (0.0 if done >= total else None)),
         driver=driver,

@@ -251,13 +251,17 @@ def stop(force: bool) -> None:
 
 
 @main.command()
-@click.option("--instruments", default="EURUSD,GBPUSD,USDJPY", show_default=True)
+@click.option("--instruments", default="EURUSD,GBPUSD,USDJPY", show_default=True,
+              help="Synthetic models to run; each is stored as DEMO.<name>.")
 @click.option("--granularity", default="M1", show_default=True)
 @click.option("--years", type=float, default=2.0, show_default=True)
 @click.option("--workers", type=int, default=None)
 @click.pass_context
 def demo(ctx, instruments: str, granularity: str, years: float, workers: int | None) -> None:
-    """Generate synthetic candles, ingest them, and backfill every label."""
+    """Generate synthetic candles, ingest them, and backfill every label.
+
+    The demo writes only series of its own, DEMO.EURUSD and so on; series
+    you ingested are left as they are."""
     from .demo import run_demo
 
     with _sharing(ctx, "demo"):

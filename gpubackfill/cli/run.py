@@ -82,9 +82,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
 def _report(svc, job_id: str, received: list[int]) -> None:
     """The job's outcome in one line, and the exit status it calls for."""
     s = svc.status(job_id)
-    click.echo(f"{job_id} {s['status']}: {s['candles_done']:,} candles in {s['chunks']['done']} chunks, "
-               f"{s['rows_written']:,} label rows written, {s['cache_hits']} chunks unchanged (skipped), "
-               f"{rate_text(s['throughput_per_min'])} candles/min")
+    click.echo(f"{job_id} {s['status']}: {work_summary(s)}")
     if s["status"] == "interrupted":
         if not received:
             # No signal of ours: the driver stopped itself because every
@@ -104,3 +102,20 @@ def _report(svc, job_id: str, received: list[int]) -> None:
     if s["status"] == "cancelled":
         raise SystemExit(1)
 
+
+def work_summary(s: dict) -> str:
+    """What a run did: candles computed (and their rate) apart from the ones
+    skipped because their labels were already computed from the same candles."""
+    skipped = s["candles_skipped"]
+    computed = s["candles_done"] - skipped
+    chunks = s["chunks"]["done"] - s["cache_hits"]
+    text = f"{s['rows_written']:,} label rows written"
+    if computed or not skipped:
+        text = (f"{computed:,} candles computed in {chunks} chunks, {text}, "
+                f"{rate_text(s['throughput_per_min'])} candles/min")
+    else:
+        text = f"nothing to compute, {text}"
+    if skipped:
+        whole = f" in {s['cache_hits']} chunks" if s["cache_hits"] else ""
+        text += f"; {skipped:,} candles skipped{whole} (labels already computed from the same candles)"
+    return text

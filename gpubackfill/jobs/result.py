@@ -59,11 +59,14 @@ def encode_segments(segments) -> str:
 
 @dataclass(frozen=True)
 class SegmentOutcome:
-    """Candles labelled and rows written for one segment of a chunk."""
+    """Candles labelled and rows written for one segment of a chunk;
+    ``cached``: its labels were already there, computed from the same
+    candles, so it was skipped (its candles count as done, not as work)."""
     series: int
     candles: int
     rows: int
     planned: int = 0
+    cached: bool = False
 
 
 @dataclass(frozen=True)

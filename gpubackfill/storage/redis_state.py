@@ -175,6 +175,7 @@ redis.call('HINCRBY', job, 'chunks_done', 1)
 redis.call('HINCRBY', job, 'candles_done', candles)
 redis.call('HINCRBY', job, 'rows_written', rows)
 redis.call('HINCRBY', job, 'cache_hits', r['cache_hit'])
+redis.call('HINCRBY', job, 'candles_skipped', r['skipped'])
 redis.call('HINCRBY', job, 'tb_resolved', r['resolved'])
 redis.call('HINCRBY', job, 'tb_ambiguous', r['ambiguous'])
 for name, secs in pairs(r['stages']) do
@@ -520,7 +521,7 @@ class RedisState:
             "status": "queued", "created": t, "updated": t, "chunks_total": len(plans),
             "chunks_done": 0, "chunks_failed": 0, "chunks_leased": 0,
             "candles_total": sum(s.rows for p in plans for s in p),
-            "candles_done": 0, "rows_written": 0, "cache_hits": 0, "errors": 0,
+            "candles_done": 0, "candles_skipped": 0, "rows_written": 0, "cache_hits": 0, "errors": 0,
             "tb_resolved": 0, "tb_ambiguous": 0}
         for p in plans:
             for seg in p:
@@ -740,6 +741,7 @@ class RedisState:
             "segments": [[s.series, s.candles, s.rows, s.planned if s.planned else -1]
                          for s in result.segments],
             "cache_hit": int(result.cache_hit), "resolved": result.resolved,
+            "skipped": sum(s.candles for s in result.segments if s.cached),
             "ambiguous": result.ambiguous,
             # an empty Lua table would encode as a list: always one key
             "stages": {"total": round(result.duration, 6),
@@ -898,7 +900,7 @@ class RedisState:
 _INT_FIELDS = {"created", "updated", "started", "finished", "chunks_total", "chunks_done",
                "chunks_failed", "chunks_leased", "candles_total", "candles_done", "rows_written", "cache_hits",
                "errors", "lease_seq", "chunk_size", "workers", "start_ms", "end_ms",
-               "tb_resolved", "tb_ambiguous"}
+               "tb_resolved", "tb_ambiguous", "candles_skipped"}
 
 
 def _enc(v: Any) -> str:
