@@ -13,6 +13,7 @@ text with a ``Z``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -160,7 +161,6 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
     an error midway leaves no file, and never half of one."""
     path = Path(path)
     csv = path.suffix.lower() == ".csv"
-    # Created by the writer, so the file gets the usual permissions (umask).
     tmp = str(path.absolute().parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part")
     rows = cols = 0
     writer = None
@@ -171,22 +171,39 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
                 i = part.column_names.index("ts")
                 part = part.set_column(i, "ts", pc.strftime(part.column("ts"),
                                                             format="%Y-%m-%dT%H:%M:%SZ"))
-            if writer is None:
-                writer = _open(tmp, part.schema, metadata, csv)
-            writer.write_table(part)
+            with _writing(path):
+                if writer is None:
+                    # Created here first: a folder we may not write to fails
+                    # with its errno and reason, which Arrow's own open drops.
+                    open(tmp, "xb").close()
+                    writer = _open(tmp, part.schema, metadata, csv)
+                writer.write_table(part)
             rows += part.num_rows
             cols = part.num_columns
         if writer is None:
             raise InvalidInput("no label rows to export in that range")
-        writer.close()
-        writer = None
-        os.replace(tmp, path)
+        with _writing(path):
+            writer.close()
+            writer = None
+            os.replace(tmp, path)
     finally:
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(OSError):  # the error that brought us here is the one to report
+                writer.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
     return rows, cols
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A file that cannot be written (a folder of /sys or /proc, no space
+    left, no permission) is a one-line error naming it, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise InvalidInput(f"cannot write {path}: {reason}") from exc
 
 
 def _open(tmp: str, schema: pa.Schema, metadata: dict[bytes, bytes], csv: bool):

@@ -18,10 +18,39 @@ from . import catalog, dlq, jobs
 from ._common import _console, _Greedy, _iso, _labels, _params, _service, _sharing, _store_service
 
 
+class _UsageLine(click.ClickException):
+    """Click's own usage errors (an unknown option, a bad choice, a folder
+    where a file is expected) in the form of every other user mistake: one
+    ``error:`` line and exit 2, not click's usage block."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError):
+        message = " ".join(exc.format_message().split())
+        where = exc.ctx.command_path if exc.ctx is not None else "gpubackfill"
+        super().__init__(f"{message} (see {where} --help)")
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    # With no arguments a group shows its help: that is no mistake to report.
+    return exc if isinstance(exc, click.exceptions.NoArgsIsHelpError) else _UsageLine(exc)
+
+
 class _Group(click.Group):
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # the subcommand's, raised while parsing its arguments
+            raise _one_line(exc) from None
         except InvalidInput as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)

@@ -268,3 +268,11 @@ def test_an_export_of_10m_rows_streams_under_2gb(tmp_path, redis_socket):
     meta = pq.read_metadata(out)
     assert meta.num_rows == n and meta.num_row_groups >= n // 500_000
     assert peak < 2 * 1024**3, f"peak RSS {peak / 1e9:.2f} GB"
+
+
+@pytest.mark.parametrize("target", ["/sys/x.csv", "/proc/x.parquet"])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(cli, computed, target):
+    r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "-o", target)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: cannot write {target}: "), r.output
+    assert ("Permission denied" if target.startswith("/sys") else "No such file") in r.output

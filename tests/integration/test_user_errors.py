@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from test_cli import env_for, run_cli
+from test_cli import cli, env_for, run_cli  # noqa: F401 - the in-process CLI fixture
 
 from gpubackfill.config import redact_url
 from gpubackfill.storage.redis_server import socket_path, stop_server
@@ -144,3 +144,37 @@ def test_stop_ends_the_bundled_redis_server(tmp_path):
         assert "REDIS_URL is set" in run_cli({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "stop").stdout
     finally:
         stop_server(home / "redis")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--priority", "urgent"],
+     "Invalid value for '--priority': 'urgent' is not one of 'low', 'normal', 'high'."),
+    (["ingest", "{folder}", "--instrument", "EURUSD", "--granularity", "M1"], "is a directory"),
+    (["export", "--instrument", "EURUSD", "--granularity", "M1", "-o", "{folder}"], "is a directory"),
+    (["start", "--granularity", "M1"], "Missing option '--instrument'"),
+    (["status", "--bogus"], "No such option '--bogus'"),
+    (["--bogus", "status"], "No such option '--bogus'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["dlq", "nosuch"], "No such command 'nosuch'"),
+    (["cleanup", "--older-than", "soon"], "'soon' is not a valid float"),
+])
+def test_click_usage_errors_are_one_line_like_every_other_mistake(cli, tmp_path, args, message):
+    r = cli(*[a.format(folder=tmp_path) for a in args])
+    assert r.exit_code == 2, r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
+    assert message in r.output and "--help)" in r.output and "Usage:" not in r.output
+
+
+def test_help_still_shows_usage(cli):
+    for args in (["--help"], ["start", "--help"], ["dlq", "--help"]):
+        r = cli(*args)
+        assert r.exit_code == 0 and r.output.startswith("Usage: "), r.output
+    r = cli()  # a group without a command shows its help, as before
+    assert "Usage: " in r.output and "error:" not in r.output
+
+
+def test_a_usage_error_in_a_real_process_is_one_line(tmp_path):
+    res = run_cli({"GPUBACKFILL_HOME": str(tmp_path / "home")}, "start", "--instrument", "EURUSD",
+                  "--granularity", "M1", "--priority", "urgent", check=False)
+    line = one_error_line(res, 2)
+    assert "'urgent' is not one of" in line and line.endswith(" start --help)")
