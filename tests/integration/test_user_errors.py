@@ -5,6 +5,7 @@ never shows a password."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -178,3 +179,46 @@ def test_a_usage_error_in_a_real_process_is_one_line(tmp_path):
                   "--granularity", "M1", "--priority", "urgent", check=False)
     line = one_error_line(res, 2)
     assert "'urgent' is not one of" in line and line.endswith(" start --help)")
+
+
+def _store_series(service, *names, gran="H1", start="2024-01-01", end="2024-01-04"):
+    from gpubackfill.candles.synthetic import generate
+    from gpubackfill.storage.clickhouse_store import SeriesKey
+
+    for name in names:
+        service.ingest_table(SeriesKey(name, gran), generate(name, gran, start, end))
+
+
+MAJORS = ("EURUSD", "EURGBP", "EURJPY", "EURCHF", "GBPUSD", "USDJPY", "AUDUSD", "NZDUSD", "USDCAD")
+
+
+def test_an_unknown_instrument_names_a_handful_of_near_matches_not_every_series(cli, service):
+    _store_series(service, *MAJORS)
+    r = cli("start", "--instrument", "EURUSX", "--granularity", "H1", "--detach")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("error: no candles for EURUSX H1 in the store") and "EURUSD H1" in r.output
+    assert 1 <= r.output.count(" H1") - 1 <= 5, r.output  # the asked series, then at most 5 others
+    r = cli("start", "--instrument", "QQQ", "--granularity", "H1", "--detach")
+    assert r.exit_code == 2 and r.output.count(" H1") == 1 and "see `gpubackfill series`" in r.output
+    r = cli("start", "--instrument", "*", "--granularity", "M1", "--detach")
+    assert r.exit_code == 2 and "no instrument has M1 candles (the store has H1" in r.output
+    assert "EURUSD" not in r.output
+    assert json.loads(cli("status", "--format", "json").output) == []
+
+
+def test_an_instrument_without_any_candle_is_an_error_a_pair_outside_the_range_is_skipped(cli, service):
+    _store_series(service, "EURUSD")
+    _store_series(service, "GBPUSD", start="2023-01-01", end="2023-01-04")
+    _store_series(service, "USDJPY", gran="H4")
+    r = cli("start", "--instrument", "EURUSD,NOPE", "--granularity", "H1", "--start-date", "2024-01-01",
+            "--end-date", "2024-01-02", "--detach")
+    assert r.exit_code == 2 and r.output == "error: no candles for NOPE H1 in the store " \
+        "(ingest some first; the store has 3 series: see `gpubackfill series`)\n", r.output
+    assert json.loads(cli("status", "--format", "json").output) == []  # nothing queued
+    # GBPUSD H1 has candles, not in the range; USDJPY has some, at H4 only: both skipped.
+    r = cli("start", "--instrument", "EURUSD,GBPUSD,USDJPY", "--granularity", "H1",
+            "--start-date", "2024-01-01", "--end-date", "2024-01-02", "--detach")
+    assert r.exit_code == 0, r.output
+    assert "skipped (no candles in the range): GBPUSD H1, USDJPY H1" in r.output
+    [job] = json.loads(cli("status", "--format", "json").output)
+    assert job["skipped"] == ["GBPUSD H1", "USDJPY H1"]
