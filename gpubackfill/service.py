@@ -585,24 +585,39 @@ class BackfillService:
             sets = [s for s in sets if s.series[1] == parse_granularity(granularity)]
         return sets
 
-    def export_parts(self, instrument: str, granularity: str, labels: list[str] | None = None,
-                     params: dict | None = None, start: Any = None, end: Any = None,
-                     set_id: str | None = None, with_candles: bool = False):
+    def export_parts(self, instrument: str | list[str], granularity: str | list[str],
+                     labels: list[str] | None = None, params: dict | None = None,
+                     start: Any = None, end: Any = None, set_id: str | None = None,
+                     with_candles: bool = False):
         """A label set as it is exported: (Arrow tables in ts order, the
         provenance metadata, the ``LabelSet``).  The tables are produced
         lazily, one query per batch; ``export_file`` writes them, and the
-        store holder streams them to a CLI in another process (``holder.py``)."""
+        store holder streams them to a CLI in another process (``holder.py``).
+        Several instruments or granularities (lists, comma-separated, or
+        ``*``) make a panel: one long table with ``instrument`` and
+        ``granularity`` first (``export.choose_panel``)."""
         from . import export as export_mod
 
-        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
+        insts = parse_names(instrument, "instrument")
+        grans = [parse_granularity(g) for g in parse_names(granularity, "granularity")]
+        if not insts or not grans:
+            raise InvalidInput("no instrument or no granularity given")
         start_ms = parse_time(start, "start date", False) if start else None
         end_ms = parse_time(end, "end date", True) if end else None
         self._ready()
-        chosen = export_mod.choose(export_mod.sets_of(self.store, key), key, labels, params, set_id)
-        parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles)
-        return parts, export_mod.provenance(key, chosen, start_ms, end_ms, with_candles), chosen
+        if len(insts) == 1 and insts[0] != ALL and len(grans) == 1:
+            key = SeriesKey(parse_instrument(insts[0]), grans[0])
+            chosen = export_mod.choose(export_mod.sets_of(self.store, key), key, labels, params, set_id)
+            parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles)
+            return parts, export_mod.provenance([key], [chosen], start_ms, end_ms, with_candles), chosen
+        panel = export_mod.choose_panel(self.store, insts, grans, labels, params, set_id)
+        keys, sets = [k for k, _ in panel], [s for _, s in panel]
+        meta = export_mod.provenance(keys, sets, start_ms, end_ms, with_candles)
+        parts = export_mod.panel_batches(self.store, panel, start_ms, end_ms, with_candles)
+        return parts, meta, replace(sets[0], set_id=meta[b"label_set"].decode())
 
-    def export(self, instrument: str, granularity: str, labels: list[str] | None = None,
+    def export(self, instrument: str | list[str], granularity: str | list[str],
+               labels: list[str] | None = None,
                params: dict | None = None, start: Any = None, end: Any = None,
                set_id: str | None = None, with_candles: bool = False) -> pa.Table:
         """A computed label set as one Arrow table, ``ts`` in int64 ms as
@@ -612,10 +627,10 @@ class BackfillService:
         parts, meta, _ = self.export_parts(instrument, granularity, labels, params, start, end,
                                             set_id, with_candles)
         table = pa.concat_tables(list(parts))
-        table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
+        table = table.set_column(table.column_names.index("ts"), "ts", table.column("ts").cast(pa.int64()))
         return table.replace_schema_metadata(meta)
 
-    def export_file(self, path: str | Path, instrument: str, granularity: str,
+    def export_file(self, path: str | Path, instrument: str | list[str], granularity: str | list[str],
                     labels: list[str] | None = None, params: dict | None = None,
                     start: Any = None, end: Any = None, set_id: str | None = None,
                     with_candles: bool = False) -> tuple[int, int, str]:

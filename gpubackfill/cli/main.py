@@ -129,10 +129,12 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
 
 
 @main.command()
-@click.option("--instrument", required=True)
-@click.option("--granularity", required=True)
+@click.option("--instrument", required=True, multiple=True,
+              help="Instrument(s): several, or '*' (every one with those labels), make one long "
+                   "file with instrument and granularity columns.")
+@click.option("--granularity", required=True, multiple=True, help="Granularity(ies), e.g. M5 or M5,H1.")
 @click.option("--labels", cls=_Greedy,
-              help="Label names of the set to export (default: the series' only set).")
+              help="Label names to export: a set's, or some of them (default: the series' only set).")
 @click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
               help="A parameter the job used, e.g. enhanced_triple_barrier.horizon=48.")
 @click.option("--set", "set_id", default=None, help="A label set id (see `gpubackfill sets`).")
@@ -148,7 +150,8 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, s
 
     Parquet keeps ts as a UTC timestamp and records the instrument, the
     granularity and every label's parameters in its metadata; CSV writes
-    ts as ISO 8601 text."""
+    ts as ISO 8601 text.  Several series make one long file (a panel) with
+    instrument and granularity before ts."""
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise InvalidInput(f"output must end in .parquet or .csv, got {output!r}")
@@ -158,7 +161,7 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, s
     if Path(output).is_dir():
         raise InvalidInput(f"{output} is a folder")
     rows, cols, chosen = _store_service(ctx).export_file(
-        output, instrument, granularity, _labels(labels), _params(params), start_date, end_date,
+        output, list(instrument), list(granularity), _labels(labels), _params(params), start_date, end_date,
         set_id, with_candles)
     click.echo(f"wrote {rows:,} rows x {cols} columns of label set {chosen} to {output}")
 
