@@ -56,8 +56,10 @@ class JobRequest(BaseModel):
         description="one instrument, a list, a comma-separated list, or '*' (every instrument "
                     "in the store at the given granularities)")
     granularity: str | list[str] = Field(min_length=1, max_length=64, examples=["H1", ["M5", "H1"]])
-    start_date: str = Field(min_length=1, max_length=64, examples=["2024-01-01"])
-    end_date: str = Field(min_length=1, max_length=64, examples=["2024-12-31"])
+    start_date: str | None = Field(default=None, min_length=1, max_length=64, examples=["2024-01-01"],
+                                   description="default: the first candle of the job's series")
+    end_date: str | None = Field(default=None, min_length=1, max_length=64, examples=["2024-12-31"],
+                                 description="inclusive; default: the last candle of the job's series")
     labels: list[str] | None = Field(default=None, max_length=16,
                                      examples=[["enhanced_triple_barrier", "mfe_mae"]])
     params: dict[str, dict[str, ParamValue]] | None = Field(

@@ -9,6 +9,7 @@ lives in Redis; candles and labels in ClickHouse; chunks run on Dask.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import threading
@@ -25,7 +26,7 @@ from . import logs, views
 from .config import Settings
 from .connections import connections
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition
-from .granularity import parse_granularity, parse_instrument
+from .granularity import GRANULARITIES, parse_granularity, parse_instrument
 from .jobs.lease import dead_local_owner, new_owner
 from .jobs.machine import FINAL_JOB_STATES
 from .jobs.plan import ALL, EVER, JobSpec, make_spec, mark_fresh, parse_names, parse_time, plan_job
@@ -94,15 +95,17 @@ class BackfillService:
 
     # -- jobs --------------------------------------------------------------
 
-    def create_job(self, instrument: str | list[str], granularity: str | list[str], start: Any,
-                   end: Any, labels: list[str] | None = None, params: dict | None = None,
-                   chunk_size: int | None = None, workers: int | None = None,
-                   priority: str = "normal", force: bool = False,
+    def create_job(self, instrument: str | list[str], granularity: str | list[str],
+                   start: Any = None, end: Any = None, labels: list[str] | None = None,
+                   params: dict | None = None, chunk_size: int | None = None,
+                   workers: int | None = None, priority: str = "normal", force: bool = False,
                    backend: str | None = None, min_workers: int | None = None) -> str:
         """Plan a job over every (instrument, granularity) pair asked for that
         has candles in the range, and queue it; returns its id.  Pairs
         without candles there are skipped (``status`` lists them) unless no
-        pair has any."""
+        pair has any; an instrument without a single candle in the store is
+        an error (a typo, most likely).  Without ``start`` (``end``) the job
+        begins at the first (ends after the last) candle of its series."""
         workers = self.settings.max_workers if workers is None else workers
         spec = make_spec(instrument, granularity, start, end, labels, params,
                          self.settings.chunk_size_for(workers) if chunk_size is None else chunk_size,
@@ -121,16 +124,15 @@ class BackfillService:
         if spec.instruments == (ALL,):
             wanted = [k for k in sorted(present) if k[1] in spec.granularities]
             if not wanted:
+                grans = sorted({g for _, g in present}, key=list(GRANULARITIES).index)
                 raise InvalidInput(f"no instrument has {','.join(spec.granularities)} candles "
-                                   f"(series present: {_listing(present)})")
+                                   f"(the store has {','.join(grans) or 'none yet'}: see `gpubackfill series`)")
         else:
             wanted = list(spec.series)
-        if len(wanted) == 1 and wanted[0] not in present:
-            inst, gran = wanted[0]
-            others = {(i, g): n for i, g, n in self.store.instruments()}
-            raise InvalidInput(f"no candles for {inst} {gran} "
-                               f"(ingest some first; series present: {_listing(others)})")
+            self._refuse_unknown(wanted, present)
         keys = [SeriesKey(i, g) for i, g in wanted if (i, g) in present]
+        if start is None or end is None:
+            spec = self._narrow(spec, keys, start is None, end is None)
         in_range = self.store.range_counts("candles", keys, spec.start_ms, spec.end_ms)
         if chunk_size is None and not self.settings.chunk_size:
             spec = replace(spec, chunk_size=self.settings.chunk_size_for(spec.workers, sum(in_range.values())))
@@ -152,6 +154,41 @@ class BackfillService:
         spec = spec.with_series((k.instrument, k.granularity) for k in chosen)
         chunks = plan_job([runs[k] for k in chosen], spec.chunk_size)
         return self._queue(spec, chunks, skipped)
+
+    def _refuse_unknown(self, wanted: list[tuple[str, str]], present: dict) -> None:
+        """An error naming the series asked for that have no candles at all:
+        a lone series without them, or an instrument without a candle at any
+        granularity.  A pair whose instrument has candles at another
+        granularity is skipped by the caller: a universe may be sparse."""
+        absent = [k for k in wanted if k not in present]
+        if not absent:
+            return
+        if len(wanted) > 1:
+            insts = {i for i, _ in absent} - {i for i, _ in present}
+            anywhere = self.store.range_counts(
+                "candles", [SeriesKey(i, g) for i in sorted(insts) for g in GRANULARITIES], *EVER)
+            insts -= {k.instrument for k, n in anywhere.items() if n}
+            absent = [k for k in absent if k[0] in insts]
+            if not absent:
+                return
+        stored = [f"{i} {g}" for i, g, _ in self.store.instruments()]
+        near = list(dict.fromkeys(m for i, g in absent
+                                  for m in difflib.get_close_matches(f"{i} {g}", stored, n=5)))[:5]
+        hint = (f"similar: {', '.join(near)}" if near
+                else f"the store has {len(stored)} series: see `gpubackfill series`" if stored
+                else "the store has no candles yet")
+        raise InvalidInput(f"no candles for {', '.join(f'{i} {g}' for i, g in absent)} in the store "
+                           f"(ingest some first; {hint})")
+
+    def _narrow(self, spec: JobSpec, keys: list[SeriesKey], from_first: bool, to_last: bool) -> JobSpec:
+        """A range left open: from the first candle of the job's series, up
+        to and including the last (the whole history of each)."""
+        spans = self.store.series_spans(keys).values()
+        if not spans:
+            return spec
+        start_ms = min(lo for lo, _ in spans) if from_first else spec.start_ms
+        end_ms = max(hi for _, hi in spans) + 1 if to_last else spec.end_ms
+        return replace(spec, start_ms=start_ms, end_ms=max(end_ms, start_ms + 1))
 
     def _queue(self, spec: JobSpec, chunks: list, skipped: list[str]) -> str:
         self.store.ensure_label_table(spec.resolved())
@@ -560,24 +597,39 @@ class BackfillService:
             sets = [s for s in sets if s.series[1] == parse_granularity(granularity)]
         return sets
 
-    def export_parts(self, instrument: str, granularity: str, labels: list[str] | None = None,
-                     params: dict | None = None, start: Any = None, end: Any = None,
-                     set_id: str | None = None, with_candles: bool = False):
+    def export_parts(self, instrument: str | list[str], granularity: str | list[str],
+                     labels: list[str] | None = None, params: dict | None = None,
+                     start: Any = None, end: Any = None, set_id: str | None = None,
+                     with_candles: bool = False):
         """A label set as it is exported: (Arrow tables in ts order, the
         provenance metadata, the ``LabelSet``).  The tables are produced
         lazily, one query per batch; ``export_file`` writes them, and the
-        store holder streams them to a CLI in another process (``holder.py``)."""
+        store holder streams them to a CLI in another process (``holder.py``).
+        Several instruments or granularities (lists, comma-separated, or
+        ``*``) make a panel: one long table with ``instrument`` and
+        ``granularity`` first (``export.choose_panel``)."""
         from . import export as export_mod
 
-        key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
+        insts = parse_names(instrument, "instrument")
+        grans = [parse_granularity(g) for g in parse_names(granularity, "granularity")]
+        if not insts or not grans:
+            raise InvalidInput("no instrument or no granularity given")
         start_ms = parse_time(start, "start date", False) if start else None
         end_ms = parse_time(end, "end date", True) if end else None
         self._ready()
-        chosen = export_mod.choose(export_mod.sets_of(self.store, key), key, labels, params, set_id)
-        parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles)
-        return parts, export_mod.provenance(key, chosen, start_ms, end_ms, with_candles), chosen
+        if len(insts) == 1 and insts[0] != ALL and len(grans) == 1:
+            key = SeriesKey(parse_instrument(insts[0]), grans[0])
+            chosen = export_mod.choose(export_mod.sets_of(self.store, key), key, labels, params, set_id)
+            parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles)
+            return parts, export_mod.provenance([key], [chosen], start_ms, end_ms, with_candles), chosen
+        panel = export_mod.choose_panel(self.store, insts, grans, labels, params, set_id)
+        keys, sets = [k for k, _ in panel], [s for _, s in panel]
+        meta = export_mod.provenance(keys, sets, start_ms, end_ms, with_candles)
+        parts = export_mod.panel_batches(self.store, panel, start_ms, end_ms, with_candles)
+        return parts, meta, replace(sets[0], set_id=meta[b"label_set"].decode())
 
-    def export(self, instrument: str, granularity: str, labels: list[str] | None = None,
+    def export(self, instrument: str | list[str], granularity: str | list[str],
+               labels: list[str] | None = None,
                params: dict | None = None, start: Any = None, end: Any = None,
                set_id: str | None = None, with_candles: bool = False) -> pa.Table:
         """A computed label set as one Arrow table, ``ts`` in int64 ms as
@@ -587,10 +639,10 @@ class BackfillService:
         parts, meta, _ = self.export_parts(instrument, granularity, labels, params, start, end,
                                             set_id, with_candles)
         table = pa.concat_tables(list(parts))
-        table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
+        table = table.set_column(table.column_names.index("ts"), "ts", table.column("ts").cast(pa.int64()))
         return table.replace_schema_metadata(meta)
 
-    def export_file(self, path: str | Path, instrument: str, granularity: str,
+    def export_file(self, path: str | Path, instrument: str | list[str], granularity: str | list[str],
                     labels: list[str] | None = None, params: dict | None = None,
                     start: Any = None, end: Any = None, set_id: str | None = None,
                     with_candles: bool = False) -> tuple[int, int, str]:
@@ -605,10 +657,6 @@ class BackfillService:
 
 def _ranges(job: dict) -> list[tuple[str, str, int, int]]:
     return [(i, g, int(job["start_ms"]), int(job["end_ms"])) for i, g in job["series"]]
-
-
-def _listing(present) -> str:
-    return ", ".join(f"{i} {g}" for i, g in sorted(present)) or "none"
 
 
 def _ms_text(ms: int) -> str:

@@ -33,8 +33,8 @@ from .run import _run_foreground
                    "instrument in the store at the given granularities.")
 @click.option("--granularity", required=True, multiple=True,
               help="Granularity(ies), e.g. M5 or M5,H1 (repeatable).")
-@click.option("--start-date", required=True)
-@click.option("--end-date", required=True)
+@click.option("--start-date", default=None, help="Default: each series' first candle.")
+@click.option("--end-date", default=None, help="Inclusive; default: each series' last candle.")
 @click.option("--labels", cls=_Greedy,
               help="Label names, space or comma separated (default: enhanced_triple_barrier "
                    "vol_scaled_return mfe_mae; also fixed_horizon, trend_scanning).")

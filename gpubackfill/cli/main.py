@@ -18,10 +18,39 @@ from . import catalog, dlq, jobs
 from ._common import _console, _Greedy, _iso, _labels, _params, _service, _sharing, _store_service
 
 
+class _UsageLine(click.ClickException):
+    """Click's own usage errors (an unknown option, a bad choice, a folder
+    where a file is expected) in the form of every other user mistake: one
+    ``error:`` line and exit 2, not click's usage block."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError):
+        message = " ".join(exc.format_message().split())
+        where = exc.ctx.command_path if exc.ctx is not None else "gpubackfill"
+        super().__init__(f"{message} (see {where} --help)")
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    # With no arguments a group shows its help: that is no mistake to report.
+    return exc if isinstance(exc, click.exceptions.NoArgsIsHelpError) else _UsageLine(exc)
+
+
 class _Group(click.Group):
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # the subcommand's, raised while parsing its arguments
+            raise _one_line(exc) from None
         except InvalidInput as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
@@ -124,10 +153,12 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
 
 
 @main.command()
-@click.option("--instrument", required=True)
-@click.option("--granularity", required=True)
+@click.option("--instrument", required=True, multiple=True,
+              help="Instrument(s): several, or '*' (every one with those labels), make one long "
+                   "file with instrument and granularity columns.")
+@click.option("--granularity", required=True, multiple=True, help="Granularity(ies), e.g. M5 or M5,H1.")
 @click.option("--labels", cls=_Greedy,
-              help="Label names of the set to export (default: the series' only set).")
+              help="Label names to export: a set's, or some of them (default: the series' only set).")
 @click.option("--param", "params", multiple=True, metavar="LABEL.KEY=VALUE",
               help="A parameter the job used, e.g. enhanced_triple_barrier.horizon=48.")
 @click.option("--set", "set_id", default=None, help="A label set id (see `gpubackfill sets`).")
@@ -143,7 +174,8 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, s
 
     Parquet keeps ts as a UTC timestamp and records the instrument, the
     granularity and every label's parameters in its metadata; CSV writes
-    ts as ISO 8601 text."""
+    ts as ISO 8601 text.  Several series make one long file (a panel) with
+    instrument and granularity before ts."""
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise InvalidInput(f"output must end in .parquet or .csv, got {output!r}")
@@ -153,7 +185,7 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, s
     if Path(output).is_dir():
         raise InvalidInput(f"{output} is a folder")
     rows, cols, chosen = _store_service(ctx).export_file(
-        output, instrument, granularity, _labels(labels), _params(params), start_date, end_date,
+        output, list(instrument), list(granularity), _labels(labels), _params(params), start_date, end_date,
         set_id, with_candles)
     click.echo(f"wrote {rows:,} rows x {cols} columns of label set {chosen} to {output}")
 

@@ -98,7 +98,7 @@ def parse_names(value: str | Iterable[str] | None, what: str) -> list[str]:
 
 
 def make_spec(instrument: str | Iterable[str], granularity: str | Iterable[str],
-              start: str | datetime | date, end: str | datetime | date,
+              start: str | datetime | date | None, end: str | datetime | date | None,
               labels: list[str] | None, params: dict[str, dict[str, Any]] | None,
               chunk_size: int, workers: int, priority: str = "normal", force: bool = False,
               backend: str = "cpu", min_workers: int | None = None) -> JobSpec:
@@ -106,7 +106,8 @@ def make_spec(instrument: str | Iterable[str], granularity: str | Iterable[str],
 
     ``instrument`` and ``granularity``: one name, a comma-separated list or a
     list; ``"*"`` as the instrument means every instrument in the store (the
-    service finds them)."""
+    service finds them).  Without ``start`` or ``end`` the range is open on
+    that side (``EVER``); the service narrows it to the series' candles."""
     names = parse_names(instrument, "instrument")
     if not names:
         raise InvalidInput("no instrument given (a name, a comma-separated list, or '*')")
@@ -116,8 +117,8 @@ def make_spec(instrument: str | Iterable[str], granularity: str | Iterable[str],
     grans = tuple(parse_granularity(g) for g in parse_names(granularity, "granularity"))
     if not grans:
         raise InvalidInput("no granularity given (e.g. M5, or M5,H1)")
-    start_ms = parse_time(start, "start date", end_of_day=False)
-    end_ms = parse_time(end, "end date", end_of_day=True)
+    start_ms = EVER[0] if start is None else parse_time(start, "start date", end_of_day=False)
+    end_ms = EVER[1] if end is None else parse_time(end, "end date", end_of_day=True)
     if end_ms <= start_ms:
         raise InvalidInput(f"end date {end} is not after start date {start}")
     chosen = list(labels) if labels else list(registry.DEFAULT_LABELS)

@@ -338,6 +338,28 @@ class Store:
                 out[part[int(n)]] = int(c)
         return out
 
+    def series_spans(self, keys: list[SeriesKey]) -> dict[SeriesKey, tuple[int, int]]:
+        """(first ts, last ts) of each series that has candles.  Each end is
+        read from one granule of the primary key (min/max would read every
+        row); 64 series to a statement, as in ``range_counts``."""
+        out: dict[SeriesKey, tuple[int, int]] = {}
+        for at in range(0, len(keys), 64):
+            part = keys[at:at + 64]
+            p: dict[str, Any] = {}
+            arms = []
+            for n, k in enumerate(part):
+                where = f"instrument = {{i{n}:String}} AND granularity = {{g{n}:String}}"
+                arms.append(f"SELECT {n} AS k, "
+                            f"(SELECT toUnixTimestamp64Milli(ts) FROM {self.db}.candles WHERE {where} "
+                            f"ORDER BY ts LIMIT 1) AS lo, "
+                            f"(SELECT toUnixTimestamp64Milli(ts) FROM {self.db}.candles WHERE {where} "
+                            f"ORDER BY ts DESC LIMIT 1) AS hi")
+                p.update({f"i{n}": k.instrument, f"g{n}": k.granularity})
+            for n, lo, hi in self.rows(" UNION ALL ".join(arms), p):
+                if lo is not None and hi is not None:
+                    out[part[int(n)]] = (int(lo), int(hi))
+        return out
+
     def load(self, key: SeriesKey, start_ms: int, end_ms: int, back: int, ahead: int,
              lo_ms: int = 0, hi_ms: int = 0) -> tuple[pa.Table, int, int]:
         """Candles of [start, end) plus ``back`` rows before and ``ahead`` after.

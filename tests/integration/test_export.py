@@ -13,6 +13,7 @@ import pytest
 from test_cli import cli, env_for  # noqa: F401 - the in-process CLI fixture
 
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.errors import InvalidInput
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-01", "2024-01-20"
@@ -268,3 +269,115 @@ def test_an_export_of_10m_rows_streams_under_2gb(tmp_path, redis_socket):
     meta = pq.read_metadata(out)
     assert meta.num_rows == n and meta.num_row_groups >= n // 500_000
     assert peak < 2 * 1024**3, f"peak RSS {peak / 1e9:.2f} GB"
+
+
+@pytest.mark.parametrize("target", ["/sys/x.csv", "/proc/x.parquet"])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(cli, computed, target):
+    r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "-o", target)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: cannot write {target}: "), r.output
+    assert ("Permission denied" if target.startswith("/sys") else "No such file") in r.output
+
+
+MFE = ["mfe", "mae", "mfe_bars", "mae_bars"]
+
+
+def test_some_labels_of_a_stored_set_export_just_their_columns(cli, computed, service, tmp_path):
+    _, s = computed
+    r, whole = export(cli, tmp_path, *H48, name="whole.parquet")
+    r, out = export(cli, tmp_path, "--labels", "mfe_mae")
+    assert r.exit_code == 0 and f"of label set {s['label_set']}" in r.output, r.output
+    t = pq.read_table(out)
+    assert t.column_names == ["ts", *MFE] and t.num_rows == s["candles_total"]
+    assert t.equals(pq.read_table(whole).select(["ts", *MFE]).replace_schema_metadata(t.schema.metadata))
+    meta = t.schema.metadata
+    assert json.loads(meta[b"labels"]) == {"mfe_mae": {"horizon": 24}}
+    assert meta[b"label_set"].decode() == s["label_set"]
+    # --set with --labels picks columns of that set; a label it lacks is named.
+    r, out = export(cli, tmp_path, "--set", s["label_set"], "--labels", "enhanced_triple_barrier",
+                    name="tb.csv")
+    assert r.exit_code == 0 and out.read_text().splitlines()[0].startswith('"ts","tb_label"')
+    assert "mfe" not in out.read_text().splitlines()[0]
+    r, _ = export(cli, tmp_path, "--set", s["label_set"], "--labels", "vol_scaled_return")
+    assert r.exit_code == 2 and f"label set {s['label_set']} has no vol_scaled_return" in r.output
+    # Other parameters than the set's are still never computed.
+    r, _ = export(cli, tmp_path, "--labels", "mfe_mae", "--param", "mfe_mae.horizon=7")
+    assert r.exit_code == 2 and "never computed for EURUSD M15" in r.output
+    # Two sets holding the labels: the request names neither, so both are listed.
+    other = service.start("EURUSD", "M15", START, END, ["mfe_mae", "vol_scaled_return"], None,
+                          chunk_size=500, workers=1)
+    r, _ = export(cli, tmp_path, "--labels", "mfe_mae")
+    assert r.exit_code == 2 and "2 label sets of EURUSD M15 hold those labels" in r.output
+    assert service.status(other)["label_set"] in r.output and s["label_set"] in r.output
+
+
+@pytest.fixture
+def panel(service):
+    """EURUSD and GBPUSD M15 with mfe_mae, computed by one job; USDJPY M15 candles without labels."""
+    for inst in ("EURUSD", "GBPUSD", "USDJPY"):
+        service.ingest_table(SeriesKey(inst, "M15"), generate(inst, "M15", START, "2024-01-06"))
+    job = service.start(["EURUSD", "GBPUSD"], "M15", START, "2024-01-06", ["mfe_mae"], None,
+                        chunk_size=200, workers=1)
+    return service.status(job)
+
+
+def test_several_series_export_as_one_long_panel(cli, panel, service, tmp_path):
+    singles = {i: service.export(i, "M15") for i in ("EURUSD", "GBPUSD")}
+    for how in (["--instrument", "EURUSD,GBPUSD"], ["--instrument", "*"],
+                ["--instrument", "EURUSD", "--instrument", "GBPUSD"]):
+        out = tmp_path / "panel.parquet"
+        r = cli("export", *how, "--granularity", "M15", "-o", str(out))
+        assert r.exit_code == 0 and f"of label set {panel['label_set']}" in r.output, r.output
+        t = pq.read_table(out)
+        assert t.column_names == ["instrument", "granularity", "ts", *MFE]
+        assert t.num_rows == panel["candles_total"] == sum(x.num_rows for x in singles.values())
+        assert t.column("instrument").to_pylist() == ["EURUSD"] * singles["EURUSD"].num_rows + \
+            ["GBPUSD"] * singles["GBPUSD"].num_rows
+        assert set(t.column("granularity").to_pylist()) == {"M15"}
+        for inst, single in singles.items():
+            mine = t.filter(pa.compute.equal(t.column("instrument"), inst)).drop(["instrument", "granularity"])
+            mine = mine.set_column(0, "ts", mine.column("ts").cast(pa.int64()))
+            assert mine.equals(single.replace_schema_metadata(None).cast(mine.schema))
+    info = json.loads(t.schema.metadata[b"gpubackfill"])
+    assert info["instrument"] == "EURUSD,GBPUSD" and info["series"] == [["EURUSD", "M15"], ["GBPUSD", "M15"]]
+    out = tmp_path / "panel.csv"
+    assert cli("export", "--instrument", "*", "--granularity", "M15", "-o", str(out)).exit_code == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith('"instrument","granularity","ts","mfe"') and len(lines) == t.num_rows + 1
+    assert lines[1].startswith('"EURUSD","M15","2024-01-01T00:00:00.000Z"')
+    # A named series without those labels is named; nothing is written.
+    out = tmp_path / "none.parquet"
+    r = cli("export", "--instrument", "EURUSD,USDJPY", "--granularity", "M15", "-o", str(out))
+    assert r.exit_code == 2 and "no labels computed for USDJPY M15" in r.output and not out.exists()
+    # One file holds one set of labels: series whose only sets differ are refused.
+    service.start("USDJPY", "M15", START, "2024-01-06", ["fixed_horizon"], None, chunk_size=500, workers=1)
+    r = cli("export", "--instrument", "EURUSD,USDJPY", "--granularity", "M15", "-o", str(out))
+    assert r.exit_code == 2 and "EURUSD M15 and USDJPY M15 hold different labels" in r.output
+    assert not out.exists()
+
+
+def test_a_panel_streams_batch_by_batch_and_never_mixes_label_sets(panel, service, tmp_path):
+    from gpubackfill import export as export_mod
+
+    chosen = export_mod.choose_panel(service.store, ["*"], ["M15"], None, None, None)
+    parts = list(export_mod.panel_batches(service.store, chosen, None, None, False, batch_rows=97))
+    assert len(parts) > 2 * (panel["candles_total"] // 2 // 97) and all(p.num_rows <= 97 for p in parts)
+    assert all(len(set(p.column("instrument").to_pylist())) == 1 for p in parts)
+    assert sum(p.num_rows for p in parts) == panel["candles_total"]
+    # GBPUSD gets a second set: '*' without --labels is ambiguous there; with
+    # --labels or --set each series answers with the same labels, and '*'
+    # leaves out the series that lack them.
+    job = service.start("GBPUSD", "M15", START, "2024-01-06", ["mfe_mae", "fixed_horizon"], None,
+                        chunk_size=500, workers=1)
+    second = service.status(job)["label_set"]
+    out = tmp_path / "x.parquet"
+    with pytest.raises(InvalidInput, match="GBPUSD M15 has 2 label sets; choose one"):
+        service.export_file(out, "*", "M15")
+    for how in ({"labels": ["mfe_mae"]}, {"set_id": panel["label_set"]}):
+        rows, cols, set_id = service.export_file(out, "*", "M15", **how)
+        assert (rows, cols, set_id) == (panel["candles_total"], 7, panel["label_set"])
+    rows, _, set_id = service.export_file(out, "*", "M15", labels=["fixed_horizon"])
+    assert set_id == second and set(pq.read_table(out).column("instrument").to_pylist()) == {"GBPUSD"}
+    with pytest.raises(InvalidInput, match=f"no label set '{second}' for EURUSD M15"):
+        service.export_file(out, "EURUSD,GBPUSD", "M15", set_id=second)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]

@@ -96,6 +96,22 @@ runpy.run_module("gpubackfill", run_name="__main__")
 """
 
 
+def test_a_panel_export_through_the_holder_is_the_same_file(service, tmp_path):
+    n = _labels(service) + _labels(service, "GBPUSD")
+    endpoint = holder.Endpoint(service, "test")
+    try:
+        remote = holder.Remote(service.settings,
+                               holder.Holder(os.getpid(), endpoint.port, endpoint.token, "test"))
+        rows, _, set_id = remote.export_file(tmp_path / "far.parquet", ["EURUSD", "GBPUSD"], "M15",
+                                             labels=["mfe_mae"])
+    finally:
+        endpoint.close()
+    service.export_file(tmp_path / "near.parquet", "EURUSD,GBPUSD", "M15", labels=["mfe_mae"])
+    far, near = pq.read_table(tmp_path / "far.parquet"), pq.read_table(tmp_path / "near.parquet")
+    assert rows == n and far.equals(near) and far.schema.metadata == near.schema.metadata
+    assert far.column_names[:3] == ["instrument", "granularity", "ts"] and "tb_label" not in far.column_names
+
+
 def test_export_ingest_and_detach_while_a_job_runs_in_another_process(proc_env, tmp_path):
     env, settings = proc_env
     m15 = tmp_path / "m15.parquet"

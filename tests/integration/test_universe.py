@@ -93,11 +93,14 @@ def test_star_means_every_instrument_at_the_granularities_and_missing_pairs_are_
     s = service.status(job)
     assert [(x["instrument"], x["granularity"]) for x in s["series"]] == [
         ("AUDUSD", "H1"), ("NZDUSD", "H1")]
-    # A pair with no candles at all is reported and skipped, not an error.
+    # A pair whose instrument has candles at another granularity only is
+    # reported and skipped; an instrument without a candle is an error.
     other = service.create_job("AUDUSD,EURCHF", "H1", START, END, labels=["mfe_mae"], chunk_size=5000)
     s = service.status(other)
     assert [x["instrument"] for x in s["series"]] == ["AUDUSD"] and s["skipped"] == ["EURCHF H1"]
-    with pytest.raises(InvalidInput, match="none of EURCHF H1, XAUUSD H1 has candles"):
+    with pytest.raises(InvalidInput, match="none of EURCHF H1, NZDUSD H1 has candles from 2023"):
+        service.create_job("EURCHF,NZDUSD", "H1", "2023-01-01", "2023-02-01")
+    with pytest.raises(InvalidInput, match=r"no candles for XAUUSD H1 in the store \(ingest"):
         service.create_job("EURCHF,XAUUSD", "H1", START, END)
     with pytest.raises(InvalidInput, match="no instrument has M1 candles"):
         service.create_job("*", "M1", START, END)
@@ -253,6 +256,10 @@ def test_cli_start_status_grid_series_and_kill_minus_9_then_execute(tmp_path, re
             path = tmp_path / f"{inst}{gran}.parquet"
             pq.write_table(generate(inst, gran, "2024-01-01", "2024-01-10"), path)
             run_cli(env, "ingest", str(path), "--instrument", inst, "--granularity", gran)
+    # XAUUSD has candles, at H1 only: its M5 and M15 pairs are skipped (an
+    # instrument without a single candle would be an error).
+    pq.write_table(generate("XAUUSD", "H1", "2024-01-01", "2024-01-03"), tmp_path / "XAUUSDH1.parquet")
+    run_cli(env, "ingest", str(tmp_path / "XAUUSDH1.parquet"), "--instrument", "XAUUSD", "--granularity", "H1")
     job = run_cli(env, "start", "--instrument", "EURUSD,GBPUSD", "--instrument", "XAUUSD",
                   "--granularity", "M5", "--granularity", "M15", "--start-date", "2024-01-01",
                   "--end-date", "2024-01-08", "--chunk-size", "150", "--workers", "2",
@@ -286,7 +293,8 @@ def test_cli_start_status_grid_series_and_kill_minus_9_then_execute(tmp_path, re
             n = exported_ts_are_unique(env, tmp_path, inst, gran)
             mine = [x for x in s["series"] if (x["instrument"], x["granularity"]) == (inst, gran)]
             assert n == mine[0]["candles_total"]
-    listing = json.loads(run_cli(env, "series", "--format", "json").stdout)
+    listing = [r for r in json.loads(run_cli(env, "series", "--format", "json").stdout)
+               if r["instrument"] != "XAUUSD"]
     assert {(r["instrument"], r["granularity"]) for r in listing} == {
         (i, g) for i in ("EURUSD", "GBPUSD") for g in ("M5", "M15")}
     assert all(r["sets"] and r["sets"][0]["rows"] > 0 for r in listing)

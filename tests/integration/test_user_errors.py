@@ -5,6 +5,7 @@ never shows a password."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import time
 
 import pytest
-from test_cli import env_for, run_cli
+from test_cli import cli, env_for, run_cli  # noqa: F401 - the in-process CLI fixture
 
 from gpubackfill.config import redact_url
 from gpubackfill.storage.redis_server import socket_path, stop_server
@@ -144,3 +145,80 @@ def test_stop_ends_the_bundled_redis_server(tmp_path):
         assert "REDIS_URL is set" in run_cli({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "stop").stdout
     finally:
         stop_server(home / "redis")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["start", "--instrument", "EURUSD", "--granularity", "M1", "--priority", "urgent"],
+     "Invalid value for '--priority': 'urgent' is not one of 'low', 'normal', 'high'."),
+    (["ingest", "{folder}", "--instrument", "EURUSD", "--granularity", "M1"], "is a directory"),
+    (["export", "--instrument", "EURUSD", "--granularity", "M1", "-o", "{folder}"], "is a directory"),
+    (["start", "--granularity", "M1"], "Missing option '--instrument'"),
+    (["status", "--bogus"], "No such option '--bogus'"),
+    (["--bogus", "status"], "No such option '--bogus'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["dlq", "nosuch"], "No such command 'nosuch'"),
+    (["cleanup", "--older-than", "soon"], "'soon' is not a valid float"),
+])
+def test_click_usage_errors_are_one_line_like_every_other_mistake(cli, tmp_path, args, message):
+    r = cli(*[a.format(folder=tmp_path) for a in args])
+    assert r.exit_code == 2, r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
+    assert message in r.output and "--help)" in r.output and "Usage:" not in r.output
+
+
+def test_help_still_shows_usage(cli):
+    for args in (["--help"], ["start", "--help"], ["dlq", "--help"]):
+        r = cli(*args)
+        assert r.exit_code == 0 and r.output.startswith("Usage: "), r.output
+    r = cli()  # a group without a command shows its help, as before
+    assert "Usage: " in r.output and "error:" not in r.output
+
+
+def test_a_usage_error_in_a_real_process_is_one_line(tmp_path):
+    res = run_cli({"GPUBACKFILL_HOME": str(tmp_path / "home")}, "start", "--instrument", "EURUSD",
+                  "--granularity", "M1", "--priority", "urgent", check=False)
+    line = one_error_line(res, 2)
+    assert "'urgent' is not one of" in line and line.endswith(" start --help)")
+
+
+def _store_series(service, *names, gran="H1", start="2024-01-01", end="2024-01-04"):
+    from gpubackfill.candles.synthetic import generate
+    from gpubackfill.storage.clickhouse_store import SeriesKey
+
+    for name in names:
+        service.ingest_table(SeriesKey(name, gran), generate(name, gran, start, end))
+
+
+MAJORS = ("EURUSD", "EURGBP", "EURJPY", "EURCHF", "GBPUSD", "USDJPY", "AUDUSD", "NZDUSD", "USDCAD")
+
+
+def test_an_unknown_instrument_names_a_handful_of_near_matches_not_every_series(cli, service):
+    _store_series(service, *MAJORS)
+    r = cli("start", "--instrument", "EURUSX", "--granularity", "H1", "--detach")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("error: no candles for EURUSX H1 in the store") and "EURUSD H1" in r.output
+    assert 1 <= r.output.count(" H1") - 1 <= 5, r.output  # the asked series, then at most 5 others
+    r = cli("start", "--instrument", "QQQ", "--granularity", "H1", "--detach")
+    assert r.exit_code == 2 and r.output.count(" H1") == 1 and "see `gpubackfill series`" in r.output
+    r = cli("start", "--instrument", "*", "--granularity", "M1", "--detach")
+    assert r.exit_code == 2 and "no instrument has M1 candles (the store has H1" in r.output
+    assert "EURUSD" not in r.output
+    assert json.loads(cli("status", "--format", "json").output) == []
+
+
+def test_an_instrument_without_any_candle_is_an_error_a_pair_outside_the_range_is_skipped(cli, service):
+    _store_series(service, "EURUSD")
+    _store_series(service, "GBPUSD", start="2023-01-01", end="2023-01-04")
+    _store_series(service, "USDJPY", gran="H4")
+    r = cli("start", "--instrument", "EURUSD,NOPE", "--granularity", "H1", "--start-date", "2024-01-01",
+            "--end-date", "2024-01-02", "--detach")
+    assert r.exit_code == 2 and r.output == "error: no candles for NOPE H1 in the store " \
+        "(ingest some first; the store has 3 series: see `gpubackfill series`)\n", r.output
+    assert json.loads(cli("status", "--format", "json").output) == []  # nothing queued
+    # GBPUSD H1 has candles, not in the range; USDJPY has some, at H4 only: both skipped.
+    r = cli("start", "--instrument", "EURUSD,GBPUSD,USDJPY", "--granularity", "H1",
+            "--start-date", "2024-01-01", "--end-date", "2024-01-02", "--detach")
+    assert r.exit_code == 0, r.output
+    assert "skipped (no candles in the range): GBPUSD H1, USDJPY H1" in r.output
+    [job] = json.loads(cli("status", "--format", "json").output)
+    assert job["skipped"] == ["GBPUSD H1", "USDJPY H1"]
