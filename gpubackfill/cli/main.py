@@ -228,9 +228,15 @@ def metrics(ctx, fmt: str) -> None:
 @click.option("--port", type=int, default=None, help="Port (GPUBACKFILL_API_PORT, default 8000).")
 @click.option("--max-jobs", type=int, default=None,
               help="Jobs run at once (GPUBACKFILL_MAX_CONCURRENT_JOBS, default 1).")
+@click.option("--insecure", is_flag=True,
+              help="Listen beyond loopback without GPUBACKFILL_API_TOKEN: anyone who reaches the port "
+                   "can start and cancel jobs.")
 @click.pass_context
-def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None:
-    """Run the REST API (/jobs, /metrics, /health) and the job scheduler."""
+def serve(ctx, host: str | None, port: int | None, max_jobs: int | None, insecure: bool) -> None:
+    """Run the REST API (/jobs, /metrics, /health) and the job scheduler.
+
+    Ctrl-C or SIGTERM stops it: running jobs are interrupted between chunks
+    (a later serve resumes them) and it exits 0."""
     if max_jobs is not None and max_jobs < 1:
         raise InvalidInput(f"--max-jobs must be >= 1, got {max_jobs}")
     if port is not None and not 0 < port < 65536:
@@ -238,7 +244,7 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
     import os
 
     from .. import logs
-    from ..api import listen
+    from ..api import listen, loopback
     from ..api import serve as run
 
     if not ctx.obj.get("verbose") and not os.environ.get("LOG_LEVEL"):
@@ -246,7 +252,16 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None) -> None
     svc = _service(ctx)
     host = host or svc.settings.api_host
     port = port or svc.settings.api_port
+    # Writes on an open port must be a choice.
+    open_port = not svc.settings.api_token and loopback(host) is False
+    if open_port and not insecure:
+        raise InvalidInput(f"{host} is not a loopback address and GPUBACKFILL_API_TOKEN is not set: "
+                           f"anyone who reaches port {port} could start and cancel jobs; set the "
+                           f"token, or add --insecure to serve without one")
     sock = listen(host, port)
+    if open_port:
+        click.echo(f"warning: serving on {host}:{port} without GPUBACKFILL_API_TOKEN: anyone who "
+                   f"reaches it can start, pause and cancel jobs", err=True)
     click.echo(f"serving on http://{host}:{port} (docs: /docs, metrics: /metrics, health: /health)",
                err=True)
     # Not required: a store held elsewhere shows in /health and in the jobs, as before.

@@ -8,23 +8,35 @@ deep home must not move the socket elsewhere.  Concurrent CLI
 processes share it: whoever starts it holds an exclusive file lock while
 checking and starting, so two processes starting at once end up on one
 server.
+
+It is left running when the command ends, for the next one; the first start
+for a home says so on stderr.  It stops with ``gpubackfill stop``, and by
+itself after ``GPUBACKFILL_REDIS_IDLE_STOP_S`` with no client (``redis_idle``);
+the next command starts it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..config import Settings, redact_url
 from ..errors import DependencyError
+from ..logs import log
+from .redis_idle import USE_LOCK
 
 SOCKET = "redis.sock"
 
@@ -55,8 +67,13 @@ def _ping(sock: Path) -> bool:
         return False
 
 
-def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
-    """Start the bundled redis-server in ``directory`` unless it runs; return its socket."""
+def ensure_server(directory: Path, timeout: float = 15.0, idle_stop_s: float = 0.0,
+                  on_first_start: Callable[[], None] | None = None) -> Path:
+    """Start the bundled redis-server in ``directory`` unless it runs; return its socket.
+
+    ``idle_stop_s`` > 0: a server started here stops by itself after that
+    many seconds with no client.  ``on_first_start``: called when this is
+    the first server ever started in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     sock = socket_path(directory)
     if _ping(sock):
@@ -66,6 +83,7 @@ def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
         if _ping(sock):  # someone else started it while we waited
             return sock
         conf = directory / "redis.conf"
+        first = not conf.exists()
         conf.write_text("\n".join([
             "port 0",
             f"unixsocket {_quoted(sock)}",
@@ -86,6 +104,10 @@ def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _ping(sock):
+                if idle_stop_s > 0:
+                    _start_idle_stop(directory, sock, idle_stop_s)
+                if first and on_first_start:
+                    on_first_start()
                 return sock
             time.sleep(0.05)
         # Do not leave a server behind that nobody can reach.
@@ -96,6 +118,28 @@ def ensure_server(directory: Path, timeout: float = 15.0) -> Path:
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
         raise DependencyError(f"the embedded redis-server in {directory} did not answer on {sock} "
                               f"within {timeout:.0f}s" + (f" (its log: {tail[0][:200]})" if tail else ""))
+
+
+def _start_idle_stop(directory: Path, sock: Path, idle_s: float) -> None:
+    """Start the server's idle stop (``redis_idle``); it detaches at once."""
+    with open(directory / "idle-stop.log", "a") as errors:
+        code = subprocess.run([sys.executable, "-m", "gpubackfill.storage.redis_idle",
+                               str(directory.resolve()), str(sock.resolve()), repr(idle_s)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True).returncode
+    if code != 0:  # the server still works; it just will not stop by itself
+        log.warning("the idle stop of the bundled redis-server in %s did not start (exit %s; see "
+                    "idle-stop.log there)", directory, code)
+
+
+@contextlib.contextmanager
+def in_use(directory: Path) -> Iterator[None]:
+    """Held (shared) while a command connects to the bundled server, from
+    its first ping until its own connection is open: the idle stop does not
+    stop the server meanwhile (``redis_idle``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / USE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
 
 
 def server_running(directory: Path) -> bool:
@@ -113,7 +157,8 @@ def stop_server(directory: Path) -> bool:
     sock = socket_path(directory)
     if _ping(sock):
         try:
-            redis.Redis(unix_socket_path=str(sock)).shutdown(save=True)
+            # No retries: the connection closing is the answer.
+            redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0)).shutdown(save=True)
         except redis.exceptions.ConnectionError:
             pass  # shutdown closes the connection
         return True
@@ -123,20 +168,44 @@ def stop_server(directory: Path) -> bool:
 def connect(settings: Settings) -> tuple[redis.Redis, str]:
     """A client and a printable description of where it points."""
     if settings.embedded_redis:
-        sock = ensure_server(settings.redis_dir)
-        where = f"unix://{sock}"
-        client = redis.Redis(unix_socket_path=str(sock), decode_responses=True,
-                             socket_timeout=10, health_check_interval=30)
-    else:
-        where = redact_url(settings.redis_url or "")
-        client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True,
-                                      socket_timeout=10, socket_connect_timeout=5,
-                                      health_check_interval=30)
+        # The client's own connection stays open: it is what keeps the
+        # server from its idle stop while this process runs.
+        with in_use(settings.redis_dir):
+            sock = ensure_server(settings.redis_dir, idle_stop_s=settings.redis_idle_stop_s,
+                                 on_first_start=lambda: _announce(settings))
+            where = f"unix://{sock}"
+            client = redis.Redis(unix_socket_path=str(sock), decode_responses=True,
+                                 socket_timeout=10, health_check_interval=30)
+            _check(client, where)
+        return client, where
+    where = redact_url(settings.redis_url or "")
+    client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True,
+                                  socket_timeout=10, socket_connect_timeout=5,
+                                  health_check_interval=30)
+    _check(client, where)
+    return client, where
+
+
+def _check(client: redis.Redis, where: str) -> None:
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
         raise DependencyError(f"cannot reach Redis at {where}: {exc}") from None
-    return client, where
+
+
+def _announce(settings: Settings) -> None:
+    """Once per home: a server is left running, and how it ends."""
+    idle = settings.redis_idle_stop_s
+    ends = (f"it stops after {_duration(idle)} with no client, or with `gpubackfill stop`" if idle > 0
+            else "`gpubackfill stop` stops it")
+    print(f"started the bundled redis-server for {settings.home} (left running for the next "
+          f"commands; {ends})", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def server_pid(directory: Path) -> int | None:

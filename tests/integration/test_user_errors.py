@@ -97,6 +97,9 @@ def test_a_held_embedded_store_is_one_line(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        from gpubackfill.storage.redis_server import ensure_server
+
+        ensure_server(home / "redis")  # not its first start, which would say so on a line of its own
         env = {"GPUBACKFILL_HOME": str(home)}
         line = one_error_line(run_cli(env, "init", check=False, timeout=60), 1)
         assert "is open in another process" in line
