@@ -359,12 +359,21 @@ def _insert_and_record(settings: Settings, io: SharedIO,
                     [t.index for t, _ in kept], type(exc).__name__, exc)
         return one_by_one()
     share = (time.perf_counter() - t0) / max(1, len(kept))
-    for task, result in kept:
+    # One ETA sample for the task, added with its last record: the first
+    # chunk carries the whole run's read and all of them end together, so
+    # per chunk the times spread wider than the job's speed does.
+    seconds, candles = 0.0, 0
+    for n, (task, result) in enumerate(kept):
         stages = {**result.stages, "write": result.stages.get("write", 0.0) + share}
         result = replace(result, stages=stages, duration=result.duration + share)
-        out.append(_record(settings, state, task, result,
-                           lambda category, exc, attempt, task=task: log_retry(state, task, category,
-                                                                               exc, attempt)))
+        seconds += result.duration
+        last = n == len(kept) - 1
+        result = replace(result, sample=(seconds, candles + result.candles) if last else (0.0, 0))
+        result = _record(settings, state, task, result,
+                         lambda category, exc, attempt, task=task: log_retry(state, task, category,
+                                                                             exc, attempt))
+        candles += result.candles if result.ok else 0
+        out.append(result)
     return out
 
 
