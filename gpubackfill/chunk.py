@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
-from kernels.core import FLAG_AMBIGUOUS, FLAG_INCOMPLETE, FLAG_RESOLVED
+from kernels.core import FLAG_AMBIGUOUS, FLAG_RESOLVED
 
 from . import backends
 from .allocator import keep_freed_memory
@@ -359,12 +359,21 @@ def _insert_and_record(settings: Settings, io: SharedIO,
                     [t.index for t, _ in kept], type(exc).__name__, exc)
         return one_by_one()
     share = (time.perf_counter() - t0) / max(1, len(kept))
-    for task, result in kept:
+    # One ETA sample for the task, added with its last record: the first
+    # chunk carries the whole run's read and all of them end together, so
+    # per chunk the times spread wider than the job's speed does.
+    seconds, candles = 0.0, 0
+    for n, (task, result) in enumerate(kept):
         stages = {**result.stages, "write": result.stages.get("write", 0.0) + share}
         result = replace(result, stages=stages, duration=result.duration + share)
-        out.append(_record(settings, state, task, result,
-                           lambda category, exc, attempt, task=task: log_retry(state, task, category,
-                                                                               exc, attempt)))
+        seconds += result.duration
+        last = n == len(kept) - 1
+        result = replace(result, sample=(seconds, candles + result.candles) if last else (0.0, 0))
+        result = _record(settings, state, task, result,
+                         lambda category, exc, attempt, task=task: log_retry(state, task, category,
+                                                                             exc, attempt))
+        candles += result.candles if result.ok else 0
+        out.append(result)
     return out
 
 
@@ -605,8 +614,9 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
             series = replace(series, bar_ms=GRANULARITIES[key.granularity],
                              finer=lambda starts, bar, fk=fk: _bar_path(
                                  store.load_bars(fk, starts, bar, ("ts", "open", "high", "low"))))
-        labels = compute_series(series, resolved, kernels).slice(first, own)
-        n_incomplete = _incomplete_rows(labels)
+        computed = compute_series(series, resolved, kernels)
+        labels = computed.slice(first, own)
+        n_incomplete = _incomplete_rows(computed, resolved, first, own)
         incomplete += n_incomplete
         amb = _ambiguity(labels, fk)
         resolved_bars += amb.get("resolved", 0)
@@ -681,14 +691,25 @@ def _bad_rows(series, limit: int = 20) -> list[list]:
     return out
 
 
-def _incomplete_rows(labels) -> int:
-    """Rows left NULL for lack of future candles (recomputed when they arrive)."""
-    if "tb_flags" in labels.column_names:
-        # numpy over the column's buffer: three pyarrow compute calls cost
-        # 0.3 ms a chunk, a tenth of the engine's own CPU at 10k candles.
-        flags = labels.column("tb_flags").to_numpy()
-        return int(np.count_nonzero(flags & FLAG_INCOMPLETE))
-    return 0
+def _incomplete_rows(computed, resolved, first: int, own: int) -> int:
+    """The chunk's rows (``own`` from ``first`` of ``computed``, which runs
+    to the end of the candles loaded, look-ahead included) with a label
+    NULL for lack of future candles: a NULL in one of a label's columns
+    within its look-ahead of the last candle.  Only a chunk the data ends
+    within look-ahead of has any; they are recomputed when candles arrive."""
+    end = computed.num_rows
+    tail: np.ndarray | None = None
+    for r in resolved:
+        lo = max(first, end - r.halo()[1])
+        if lo >= first + own:
+            continue
+        if tail is None:
+            tail = np.zeros(own, dtype=bool)
+        for name, _ in r.outputs():
+            column = computed.column(name).slice(lo, first + own - lo)
+            if column.null_count:
+                tail[lo - first:] |= column.is_null().to_numpy(zero_copy_only=False)
+    return 0 if tail is None else int(np.count_nonzero(tail))
 
 
 def default_numba_threads(workers: int) -> int:

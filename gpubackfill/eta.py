@@ -6,19 +6,24 @@ The estimate is built from two measured quantities:
   mean and variance (half-life 20 chunks; outliers such as the first
   chunks, which compile kernels, clipped to 5 robust sigmas) over the chunks in the order
   they finished, so that the estimate follows a job whose speed changes
-  (cache hits at the start, a busier machine later);
+  (cache hits at the start, a busier machine later).  Small chunks that
+  share one read and one insert (``chunk.SharedIO``) are one sample, their
+  task's: one by one, the first would carry the whole read and the others
+  look nearly free, a spread the job's speed does not have;
 - **effective concurrency**: busy chunk-seconds over the wall-clock span
   of the same recent chunks (from the start of the oldest to the end of the
   newest), between 1 and the job's worker count.  This measures how many
   chunks really run side by side, driver overheads and gaps included,
   instead of assuming that every worker is always busy.
 
-``ETA = remaining candles x mean seconds per candle / concurrency``.  Its
+``ETA = remaining candles x mean seconds per candle / concurrency`` (with
+fewer chunks left than that concurrency, only they run side by side).  Its
 uncertainty has two parts: the standard error of the weighted mean (over the
 effective sample size of the weighting) scaled to all remaining candles, and
 the chunk-to-chunk spread of the remaining chunks, which adds up like a sum
-of independent draws.  The 90% interval uses Student's t over the effective
-sample size, so it is wide after a few chunks.  ``confidence`` turns the interval's relative width
+of independent draws (a last part-chunk is one draw of its own size).  The
+90% interval uses Student's t over the effective sample size, so it is wide
+after a few chunks.  ``confidence`` turns the interval's relative width
 and the number of chunks seen into one score in [0, 1].
 
 Pure functions: no Redis, no clock.
@@ -113,13 +118,16 @@ def estimate(samples: Sequence[Sample], remaining: int, workers: int,
     rate = conc / mean
     if remaining <= 0:
         return Estimate(rate, 0.0, 0.0, 0.0, 1.0, conc, len(samples))
-    eta = remaining * mean / conc
+    chunk = sum(n for _, _, n in samples[-WINDOW:]) / len(samples[-WINDOW:])
+    # Fewer chunks left than run side by side: only they can.
+    conc_left = min(conc, max(1.0, remaining / chunk))
+    eta = remaining * mean / conc_left
     if len(samples) < 2:
         return Estimate(rate, eta, None, None, 0.0, conc, 1)
-    chunk = sum(n for _, _, n in samples[-WINDOW:]) / len(samples[-WINDOW:])
-    left_chunks = max(1.0, remaining / chunk)
-    sd_mean = remaining * math.sqrt(var / n_eff) / conc           # we may have the speed wrong
-    sd_draws = math.sqrt(left_chunks) * chunk * math.sqrt(var) / conc  # chunks vary around it
+    sd_mean = remaining * math.sqrt(var / n_eff) / conc_left      # we may have the speed wrong
+    # Chunks vary around it: remaining / chunk draws of one chunk's spread,
+    # or, with less than a chunk left, one draw of what is left.
+    sd_draws = math.sqrt(remaining * min(chunk, remaining) * var) / conc_left
     sd = math.hypot(sd_mean, sd_draws)
     q = t_quantile(n_eff - 1.0)
     low, high = max(0.0, eta - q * sd), eta + q * sd

@@ -35,7 +35,8 @@ class SeriesStatus(BaseModel):
     """One (instrument, granularity) of a job."""
     instrument: str
     granularity: str
-    status: str   # pending, running, completed, completed_with_errors, failed
+    status: str   # pending, running, completed, completed_with_errors, failed; or, started
+                  # and its job stopped: paused, interrupted, cancelled, queued
     chunks_done: int
     chunks_total: int
     chunks_failed: int
@@ -109,7 +110,7 @@ class JobStatus(BaseModel):
     stages: dict[str, float]
 
 
-def _series(job: dict[str, Any]) -> list[SeriesStatus]:
+def _series(job: dict[str, Any], job_status: str) -> list[SeriesStatus]:
     names = job.get("series") or [[job.get("instrument", ""), job.get("granularity", "")]]
     out = []
     for i, (inst, gran) in enumerate(names):
@@ -118,7 +119,8 @@ def _series(job: dict[str, Any]) -> list[SeriesStatus]:
               "candles_done", "errors")}
         out.append(SeriesStatus(
             instrument=inst, granularity=gran,
-            status=series_status(c["chunks_total"], c["chunks_done"], c["chunks_failed"], c["leased"]),
+            status=series_status(c["chunks_total"], c["chunks_done"], c["chunks_failed"], c["leased"],
+                                 job_status),
             chunks_done=c["chunks_done"], chunks_total=c["chunks_total"],
             chunks_failed=c["chunks_failed"], candles_done=c["candles_done"],
             candles_total=c["candles_total"], errors=c["errors"]))
@@ -177,9 +179,16 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
     end = job.get("finished") or now_ms()
     elapsed = (end - job["started"]) / 1000 if job.get("started") else 0.0
     final = status in FINAL_JOB_STATES
+    # Only a job that runs has time left: a paused, interrupted or queued
+    # one waits for someone, and a finished one needs none.
+    if status == "running" and not driver.gone:
+        eta_s, eta_low, eta_high = est.eta_s, est.eta_low_s, est.eta_high_s
+    else:
+        eta_s = 0.0 if final and done >= total else None
+        eta_low = eta_high = eta_s
     return JobStatus(
         job_id=job_id, kind=job.get("kind", "backfill"), status=status,
-        instrument=job["instrument"], granularity=job["granularity"], series=_series(job),
+        instrument=job["instrument"], granularity=job["granularity"], series=_series(job, status),
         skipped=list(job.get("skipped") or []),
         start=iso(job["start_ms"]), end=iso(job["end_ms"]), labels=job["labels"],
         label_set=job["label_set"], priority=job.get("priority", "normal"),
@@ -193,9 +202,9 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
         candles_skipped=skipped, errors=int(job.get("errors") or 0), elapsed_s=round(elapsed, 3),
         throughput_per_min=((done - skipped) / elapsed * 60) if elapsed > 0 else 0.0,
         recent_rate_per_min=est.rate_per_s * 60,
-        eta_s=(None if driver.gone else est.eta_s if not final else (0.0 if done >= total else None)),
+        eta_s=eta_s,
         driver=driver,
-        eta=EtaInfo(low_s=est.eta_low_s, high_s=est.eta_high_s, confidence=est.confidence,
+        eta=EtaInfo(low_s=eta_low, high_s=eta_high, confidence=est.confidence,
                     concurrency=round(est.concurrency, 3), chunks_seen=est.samples),
         created=iso(job["created"]), started=iso(job.get("started")),
         finished=iso(job.get("finished")), cluster=job.get("cluster", ""),

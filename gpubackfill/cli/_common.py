@@ -109,13 +109,21 @@ def _last_day(end: str) -> str:
 
 
 def _eta_text(s: dict) -> str:
-    """``120s (90-150s, conf 0.82)``: the ETA, its 90% interval and confidence."""
+    """``120s (90-150s, conf 0.82)``: the ETA, its 90% interval and
+    confidence; ``paused`` for a paused job, ``-`` where none is known."""
+    if s["status"] == "paused":
+        return "paused"
     if s["eta_s"] is None:
         return "-"
     e = s.get("eta") or {}
     if s["status"] != "running" or e.get("low_s") is None:
         return f"{s['eta_s']:.0f}s"
     return f"{s['eta_s']:.0f}s ({e['low_s']:.0f}-{e['high_s']:.0f}s, conf {e['confidence']:.2f})"
+
+
+def _plural(n: int, word: str, many: str = "") -> str:
+    """``1 chunk``, ``0 chunks``, ``1,200 chunks``."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 def _say_skipped(s: dict) -> None:

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from ._common import _console, _service
+from ._common import _console, _plural, _service
 from .run import _run_foreground
 
 
@@ -74,7 +74,7 @@ def retry(ctx, entry_ids: tuple[str, ...], job_id: str | None, all_: bool, detac
         click.echo("nothing to retry")
         return
     for jid, n in jobs.items():
-        click.echo(f"job {jid}: {n} chunk(s) re-queued")
+        click.echo(f"job {jid}: {_plural(n, 'chunk')} re-queued")
     if detach:
         return
     for jid in jobs:

@@ -18,6 +18,7 @@ from ._common import (
     _labels,
     _last_day,
     _params,
+    _plural,
     _say_skipped,
     _service,
     _sharing,
@@ -98,9 +99,9 @@ def update(ctx, instrument, granularity, chunk_size, workers, detach, scheduler)
             click.echo("labels are up to date: nothing to compute")
             return
         for p in plans:
-            click.echo(f"job {p['job_id']}: label set {p['label_set']}, {p['series']} series, "
-                       f"{p['stale_chunks']} stale chunk(s) to recheck, {p['new_chunks']} new "
-                       f"({p['chunks']} chunks after packing)", err=True)
+            click.echo(f"job {p['job_id']}: label set {p['label_set']}, {p['series']:,} series, "
+                       f"{_plural(p['stale_chunks'], 'stale chunk')} to recheck, {p['new_chunks']:,} new "
+                       f"({_plural(p['chunks'], 'chunk')} after packing)", err=True)
             if detach:
                 click.echo(p["job_id"])
         if detach:
@@ -148,7 +149,7 @@ def series_cmd(ctx, instrument, granularity, fmt) -> None:
         for n, c in enumerate(r["sets"]):
             table.add_row(*(head if n == 0 else [""] * 4),
                           f"{c['set_id']} ({', '.join(c['labels'])})", f"{c['rows']:,}",
-                          f"{c['incomplete']:,}", str(c["chunks"]), str(c["stale_chunks"]),
+                          f"{c['incomplete']:,}", f"{c['chunks']:,}", f"{c['stale_chunks']:,}",
                           "yes" if c["behind"] else "no")
     _console().print(table)
 
@@ -171,12 +172,16 @@ def _job_row(s: dict) -> list[str]:
             else f"{s['instrument']} {s['granularity']}")
     return [s["job_id"], state, what,
             f"{s['start'][:10]}..{_last_day(s['end'])}", f"{s['progress'] * 100:.1f}%",
-            f"{s['chunks']['done']}/{s['chunks_total']}", f"{s['candles_done']:,}",
-            f"{rate_text(s['throughput_per_min'])}/min", eta, str(s["errors"])]
+            f"{s['chunks']['done']:,}/{s['chunks_total']:,}", f"{s['candles_done']:,}",
+            f"{rate_text(s['throughput_per_min'])}/min", eta, f"{s['errors']:,}"]
 
 
 _SERIES_COLOURS = {"pending": "dim", "running": "yellow", "completed": "green",
-                   "completed_with_errors": "magenta", "failed": "red"}
+                   "completed_with_errors": "magenta", "failed": "red", "paused": "cyan",
+                   "interrupted": "red", "cancelled": "dim", "queued": "dim"}
+# The order a long grid shows series in: those that need a look first.
+_SERIES_ORDER = ("running", "failed", "interrupted", "completed_with_errors", "paused", "queued",
+                 "cancelled", "pending", "completed")
 
 
 def _series_grid(s: dict, limit: int | None = None):
@@ -186,8 +191,7 @@ def _series_grid(s: dict, limit: int | None = None):
     grid = Table("series", "status", "progress", "chunks", "candles", "errors", box=None,
                  title=f"{len(s['series'])} series", title_justify="left")
     shown = s["series"] if limit is None else sorted(
-        s["series"], key=lambda x: ("running", "failed", "completed_with_errors", "pending",
-                                    "completed").index(x["status"]))[:limit]
+        s["series"], key=lambda x: _SERIES_ORDER.index(x["status"]))[:limit]
     for x in shown:
         frac = x["candles_done"] / x["candles_total"] if x["candles_total"] else 0.0
         width = 20
@@ -195,8 +199,8 @@ def _series_grid(s: dict, limit: int | None = None):
         colour = _SERIES_COLOURS.get(x["status"], "")
         grid.add_row(f"{x['instrument']} {x['granularity']}", f"[{colour}]{x['status']}[/]",
                      f"[{colour}]{bar}[/] {frac * 100:5.1f}%",
-                     f"{x['chunks_done']}/{x['chunks_total']}",
-                     f"{x['candles_done']:,}/{x['candles_total']:,}", str(x["errors"]))
+                     f"{x['chunks_done']:,}/{x['chunks_total']:,}",
+                     f"{x['candles_done']:,}/{x['candles_total']:,}", f"{x['errors']:,}")
     if limit is not None and len(s["series"]) > limit:
         counts: dict[str, int] = {}
         for x in s["series"]:
@@ -252,7 +256,7 @@ def status(ctx, job_id: str | None, fmt: str) -> None:
             steps = [(k, v) for k, v in s["stages"].items() if k != "total"]
             click.echo("chunk time by step: " + ", ".join(
                 f"{k} {v:.1f}s ({v / total:.0%})" for k, v in steps)
-                + f"; {total:.1f}s over {s['chunks']['done']} chunks")
+                + f"; {total:.1f}s over {_plural(s['chunks']['done'], 'chunk')}")
         if s["bars_resolved"] or s["bars_ambiguous"]:
             click.echo(f"ambiguous bars: {s['bars_resolved']:,} resolved from finer candles, "
                        f"{s['bars_ambiguous']:,} left to the tie rule")
@@ -280,11 +284,11 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
         t.add_row("status", s["status"])
         t.add_row("series", f"{s['instrument']} {s['granularity']} {s['start']} .. {s['end']}")
         t.add_row("progress", f"{s['progress'] * 100:.1f}% ({s['candles_done']:,}/{s['candles_total']:,} candles)")
-        t.add_row("chunks", ", ".join(f"{k} {v}" for k, v in s["chunks"].items()))
+        t.add_row("chunks", ", ".join(f"{k} {v:,}" for k, v in s["chunks"].items()))
         t.add_row("throughput", f"{rate_text(s['throughput_per_min'])} candles/min "
                                 f"(recent {rate_text(s['recent_rate_per_min'])})")
         t.add_row("eta", _eta_text(s) + (" (90% interval; confidence 0..1)" if "conf" in _eta_text(s) else ""))
-        t.add_row("errors", str(s["errors"]))
+        t.add_row("errors", f"{s['errors']:,}")
         for idx, err in s["last_errors"].items():
             t.add_row(f"chunk {idx}", err)
         if s["dashboard"]:
@@ -337,5 +341,5 @@ cancel = _transition_command("cancel", "Cancel a job.")
 def cleanup(ctx, older_than: float, status_: str | None) -> None:
     """Forget finished jobs (their labels stay in ClickHouse)."""
     removed = _service(ctx).cleanup(older_than, status_)
-    click.echo(f"removed {len(removed)} job(s)" + (f": {' '.join(removed)}" if removed else ""))
+    click.echo(f"removed {_plural(len(removed), 'job')}" + (f": {' '.join(removed)}" if removed else ""))
 

@@ -6,10 +6,11 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import click
 
-from ._common import _console, rate_text
+from ._common import _console, _plural, rate_text
 
 
 class _HardStop(BaseException):
@@ -19,7 +20,6 @@ class _HardStop(BaseException):
 def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
@@ -42,19 +42,21 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     console = _console()
     try:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                       TextColumn("ETA"), TimeRemainingColumn(), console=console,
                       transient=False, disable=not sys.stderr.isatty()) as bar:
-            task = bar.add_task(job_id, total=None, rate="")
+            task = bar.add_task(job_id, total=None, rate="", count="")
 
             def progress(s: dict) -> None:
                 bar.update(task, total=s["candles_total"], completed=s["candles_done"],
                            description=f"{job_id} {s['status']}",
+                           count=f"{s['candles_done']:,}/{s['candles_total']:,}",
                            rate=f"{rate_text(s['throughput_per_min'])} candles/min")
 
+            before, t0 = svc.status(job_id), time.monotonic()
             svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
-        _report(svc, job_id, received)
+        _report(svc, job_id, received, before, time.monotonic() - t0)
     except _HardStop:
         # The driver has handed its chunks back (see _Driver.abandon).  Leave
         # without unwinding the interpreter: chDB threads may still be inside
@@ -79,10 +81,14 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _report(svc, job_id: str, received: list[int]) -> None:
-    """The job's outcome in one line, and the exit status it calls for."""
+def _report(svc, job_id: str, received: list[int], before: dict | None = None,
+            seconds: float = 0.0) -> None:
+    """The job's outcome in one line (and, for a job run before, what this
+    run did apart from its totals), and the exit status it calls for."""
     s = svc.status(job_id)
     click.echo(f"{job_id} {s['status']}: {work_summary(s)}")
+    if before is not None and before["chunks"]["done"]:
+        click.echo(_this_run(before, s, seconds))
     if s["status"] == "interrupted":
         if not received:
             # No signal of ours: the driver stopped itself because every
@@ -111,11 +117,22 @@ def work_summary(s: dict) -> str:
     chunks = s["chunks"]["done"] - s["cache_hits"]
     text = f"{s['rows_written']:,} label rows written"
     if computed or not skipped:
-        text = (f"{computed:,} candles computed in {chunks} chunks, {text}, "
+        text = (f"{computed:,} candles computed in {_plural(chunks, 'chunk')}, {text}, "
                 f"{rate_text(s['throughput_per_min'])} candles/min")
     else:
         text = f"nothing to compute, {text}"
     if skipped:
-        whole = f" in {s['cache_hits']} chunks" if s["cache_hits"] else ""
+        whole = f" in {_plural(s['cache_hits'], 'chunk')}" if s["cache_hits"] else ""
         text += f"; {skipped:,} candles skipped{whole} (labels already computed from the same candles)"
     return text
+
+
+def _this_run(before: dict, after: dict, seconds: float) -> str:
+    """``this run: 12 chunks, 1,200,000 candles in 3.1 s; job total: 40/40
+    chunks``: a resumed job's counters hold every run's work."""
+    chunks = after["chunks"]["done"] - before["chunks"]["done"]
+    candles = after["candles_done"] - before["candles_done"]
+    rate = f" ({rate_text(candles / seconds * 60)} candles/min)" if seconds > 0 and candles else ""
+    return (f"this run: {_plural(chunks, 'chunk')}, {_plural(candles, 'candle')} in {seconds:.1f} s{rate}; "
+            f"job total: {after['chunks']['done']:,}/{_plural(after['chunks_total'], 'chunk')}, "
+            f"{after['candles_done']:,}/{_plural(after['candles_total'], 'candle')}")

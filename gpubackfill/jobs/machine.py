@@ -63,7 +63,11 @@ SETTLE_EVENTS = {"clean": "complete", "with_errors": "complete_with_errors"}
 
 JOB_STATES = tuple(JOB_TRANSITIONS)
 CHUNK_STATES = tuple(CHUNK_TRANSITIONS)
-SERIES_STATES = ("pending", "running", "completed", "completed_with_errors", "failed")
+# A started series of a job that stopped shows the job's status (paused,
+# interrupted, cancelled, failed, or queued again), not "running".
+SERIES_STATES = ("pending", "running", "completed", "completed_with_errors", "failed",
+                 "paused", "interrupted", "cancelled", "queued")
+STOPPED_JOB_STATES = frozenset({"queued", "paused", "interrupted", "cancelled", "failed"})
 
 # What the Redis scripts are given: the single definition of every move.
 TABLES = json.dumps({"job": JOB_TRANSITIONS, "chunk": CHUNK_TRANSITIONS, "settle": SETTLE_EVENTS})
@@ -94,15 +98,20 @@ def settle_event(chunks_total: int, chunks_done: int, chunks_failed: int) -> str
     return SETTLE_EVENTS["with_errors" if chunks_failed else "clean"]
 
 
-def series_status(chunks_total: int, chunks_done: int, chunks_failed: int, chunks_leased: int) -> str:
+def series_status(chunks_total: int, chunks_done: int, chunks_failed: int, chunks_leased: int,
+                  job_status: str = "running") -> str:
     """One series of a job: pending until one of its chunks is claimed,
-    then running until every chunk is settled."""
+    then running until every chunk is settled; once the job has stopped
+    (``STOPPED_JOB_STATES``), a started series that no chunk of its runs in
+    takes the job's status."""
     if chunks_total and chunks_done + chunks_failed >= chunks_total:
         if not chunks_failed:
             return "completed"
         return "completed_with_errors" if chunks_done else "failed"
-    if chunks_done or chunks_failed or chunks_leased:
+    if chunks_leased:
         return "running"
+    if chunks_done or chunks_failed:
+        return job_status if job_status in STOPPED_JOB_STATES else "running"
     return "pending"
 
 

@@ -99,6 +99,10 @@ class ChunkResult:
     # input hash, rows, incomplete rows, computed-at ms).  Kept with the
     # job in Redis and inserted into ClickHouse by the driver in batches.
     records: tuple[tuple[int, int, int, str, int, int, int], ...] = ()
+    # The ETA sample the record adds, (seconds, candles); None: the chunk's
+    # own duration and candles; (0.0, 0): none.  Chunks that share one read
+    # and one insert (chunk.SharedIO) are timed together as their task.
+    sample: tuple[float, int] | None = None
 
     @property
     def ok(self) -> bool:

@@ -15,7 +15,8 @@ Keys (prefix P, job id J)::
     P:job:J:errors       hash   chunk index -> last error
     P:job:J:events       list   history, newest last (capped)
     P:job:J:durations    list   recent chunk durations (s) for the ETA
-    P:job:J:samples      list   "finished_ms,duration_s,candles" per chunk (for the ETA)
+    P:job:J:samples      list   "finished_ms,duration_s,candles" per chunk, or per task of
+                                chunks sharing one read and insert (for the ETA)
     P:job:J:driver       string the process driving the job (expires)
     P:dlq                hash   "J:chunk" -> dead-letter entry (JSON)
     P:counters           hash   retries:<category>, errors:<category> -> count
@@ -197,15 +198,18 @@ redis.call('HINCRBY', KEYS[7], 'chunk_seconds_count', 1)
 -- Samples stay in finishing order with times that never go back: two
 -- workers finishing at once may run this in the other order than their
 -- clocks read (the later one then takes the earlier one's time).
-local finished = ARGV[3]
-local last = redis.call('LINDEX', KEYS[8], -1)
-if last then
-  local last_t = string.match(last, '^(%%d+),')
-  if last_t and tonumber(last_t) > tonumber(finished) then finished = last_t end
+local sample = r['sample']
+if sample[2] > 0 then
+  local finished = ARGV[3]
+  local last = redis.call('LINDEX', KEYS[8], -1)
+  if last then
+    local last_t = string.match(last, '^(%%d+),')
+    if last_t and tonumber(last_t) > tonumber(finished) then finished = last_t end
+  end
+  redis.call('RPUSH', KEYS[8], finished .. ',' .. sample[1] .. ',' .. string.format('%%d', sample[2]))
+  redis.call('LTRIM', KEYS[8], -%d, -1)
+  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[7]))
 end
-redis.call('RPUSH', KEYS[8], finished .. ',' .. ARGV[4] .. ',' .. candles)
-redis.call('LTRIM', KEYS[8], -%d, -1)
-redis.call('EXPIRE', KEYS[8], tonumber(ARGV[7]))
 for _, rec in ipairs(r['records']) do redis.call('RPUSH', KEYS[9], rec) end
 return {'ok', settle(job, KEYS[4], ARGV[3])}
 """ % (DURATIONS_KEPT, SAMPLES_KEPT)  # noqa: UP031 - Lua source
@@ -747,7 +751,10 @@ class RedisState:
             "stages": {"total": round(result.duration, 6),
                        **{k: round(v, 6) for k, v in result.stages.items()}},
             # strings, passed through as they are (Lua numbers are doubles)
-            "records": [json.dumps(r) for r in result.records]})
+            "records": [json.dumps(r) for r in result.records],
+            # seconds as text: a double through cjson would print as 1.2e-05
+            "sample": ([f"{result.duration:.6f}", result.candles] if result.sample is None
+                       else [f"{result.sample[0]:.6f}", result.sample[1]])})
         return tuple(self.call(self._complete,
                                 keys=[key(job_id), key(job_id, "state"), key(job_id, "lease"),
                                       key(job_id, "events"), key(job_id, "durations"), key(job_id, "plan"),

@@ -7,7 +7,8 @@ The counters therefore belong to the deployment, not to one process.
 Keys (prefix P, job id J)::
 
     P:stats              hash   monotonic totals (written with each chunk's result)
-    P:job:J:samples      list   "finished_ms,duration_s,candles" per chunk (for the ETA)
+    P:job:J:samples      list   "finished_ms,duration_s,candles" per chunk, or per task of
+                                chunks sharing one read and insert (for the ETA)
     P:alerts             hash   condition -> JSON of the firing alert (absent: clear)
     P:alert_history      list   JSON of every alert fired or cleared, newest last
 

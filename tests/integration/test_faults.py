@@ -142,7 +142,7 @@ def test_malformed_candles_dead_letter_their_chunk_and_dlq_retry_completes(setti
     _restore(svc, key, candles, rows, ts)
     retried = runner.invoke(main, ["dlq", "retry", "--job", job], catch_exceptions=False)
     assert retried.exit_code == 0, retried.output
-    assert f"job {job}: 1 chunk(s) re-queued" in retried.output
+    assert f"job {job}: 1 chunk re-queued" in retried.output
     assert svc.dead_letters(job) == []
     assert_survived(svc, job, candles)
     missing = runner.invoke(main, ["dlq", "show", "nope:1"])

@@ -72,3 +72,42 @@ def test_nothing_known_and_nothing_left():
     assert done.eta_s == 0.0 and done.confidence == 1.0
     one = estimate([(1000, 1.0, 100)], 1_000, 1)
     assert one.eta_s == pytest.approx(10.0) and one.eta_low_s is None and one.confidence == 0.0
+
+
+def shared_io_tasks(n_tasks: int, chunks: int, candles: int, read_s: float, chunk_s: float,
+                    insert_s: float, workers: int, seed: int = 0) -> list[tuple[int, float, int]]:
+    """What the driver records for tasks of ``chunks`` small chunks that share
+    one read and one insert (chunk.SharedIO): one sample per task, its time
+    and its candles, finishing when its insert is in."""
+    rng = np.random.default_rng(seed)
+    free = [0.0] * workers
+    out = []
+    for _ in range(n_tasks):
+        w = int(np.argmin(free))
+        d = (read_s + chunks * chunk_s + insert_s) * (1 + rng.uniform(-0.05, 0.05))
+        free[w] += d + 0.001  # Dask's dispatch between tasks
+        out.append((free[w], d, chunks * candles))
+    out.sort()
+    return [(int(1_000_000 + t * 1000), d, n) for t, d, n in out]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_a_steady_job_of_shared_io_tasks_gets_a_confident_eta(workers):
+    # 100-candle chunks, 8 to a task: the read is 10x a chunk's compute.
+    samples = shared_io_tasks(200, 8, 100, 0.05, 0.005, 0.01, workers, seed=workers)
+    half = samples[:100]
+    true_remaining = (samples[-1][0] - half[-1][0]) / 1000
+    est = estimate(half, remaining=100 * 800, workers=workers)
+    assert est.eta_s == pytest.approx(true_remaining, rel=0.1)
+    assert est.concurrency == pytest.approx(workers, rel=0.1)
+    assert est.confidence > 0.8
+
+
+def test_less_than_a_chunk_left_is_one_draw_of_its_own_size():
+    # The last part-chunk varies as much as a chunk of its size, not as a
+    # whole chunk: a steady job stays confident to its end.
+    samples = simulate(100, 10_000, 0.4, 2)
+    est = estimate(samples, remaining=1_000, workers=2)
+    assert est.eta_s == pytest.approx(0.04, rel=0.1)  # one worker runs it
+    assert (est.eta_high_s - est.eta_low_s) / est.eta_s < 0.2
+    assert est.confidence > 0.9

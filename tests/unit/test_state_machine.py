@@ -72,6 +72,17 @@ def test_series_status():
     assert series_status(2, 0, 2, 0) == "failed"
 
 
+def test_a_stopped_jobs_started_series_show_the_jobs_status():
+    from gpubackfill.jobs.machine import series_status
+
+    for stopped in ("paused", "interrupted", "cancelled", "failed", "queued"):
+        assert series_status(3, 1, 0, 0, stopped) == stopped
+        assert series_status(3, 0, 0, 0, stopped) == "pending"      # never started
+        assert series_status(3, 3, 0, 0, stopped) == "completed"    # all settled
+    assert series_status(3, 1, 0, 1, "paused") == "running"         # a chunk still finishing
+    assert series_status(3, 1, 0, 0, "running") == "running"        # between two chunks
+
+
 # -- the driver's decisions, without Redis or Dask ------------------------------
 
 from gpubackfill.jobs.machine import (  # noqa: E402
