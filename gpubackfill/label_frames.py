@@ -40,11 +40,17 @@ def choose(candles: Any, output: str | None) -> str:
     if output not in OUTPUTS:
         raise InvalidInput(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {output!r}")
     if output == "polars":
-        try:
-            import polars  # noqa: F401
-        except ImportError:
-            raise InvalidInput("output='polars' needs polars: pip install 'gpubackfill[polars]'") from None
+        _polars()
     return output
+
+
+def _polars() -> Any:
+    """polars, an optional dependency (the ``polars`` extra)."""
+    try:
+        import polars
+    except ImportError:
+        raise InvalidInput("output='polars' needs polars: pip install 'gpubackfill[polars]'") from None
+    return polars
 
 
 def shape(table: pa.Table, candles: Any, keep: np.ndarray | None, output: str) -> Any:
@@ -54,8 +60,7 @@ def shape(table: pa.Table, candles: Any, keep: np.ndarray | None, output: str) -
         return table
     if output == "pandas":
         return _to_pandas(table, candles, keep)
-    import polars as pl
-
+    pl = _polars()
     ts = _ts_as_arrow(candles)
     if ts is not None:
         table = table.set_column(0, "ts", ts if keep is None else ts.filter(pa.array(keep)))

@@ -104,8 +104,12 @@ def test_counts_read_right_and_have_thousands_separators(service, cli):
     r = cli("start", "--instrument", "EURUSD", "--granularity", "M5", "--start-date", "2024-01-01",
             "--end-date", "2024-01-02", "--labels", "mfe_mae", "--chunk-size", "100000")
     assert r.exit_code == 0, r.output
-    assert "in 1 chunk," in r.output and "0 chunks unchanged" in r.output and "1 chunks" not in r.output
+    assert "in 1 chunk," in r.output and "1 chunks" not in r.output
     job = json.loads(cli("status", "--format", "json").output)[0]["job_id"]
+    again = cli("start", "--instrument", "EURUSD", "--granularity", "M5", "--start-date", "2024-01-01",
+                "--end-date", "2024-01-02", "--labels", "mfe_mae", "--chunk-size", "100000")
+    assert "skipped in 1 chunk " in again.output and "1 chunks" not in again.output, again.output
+    rerun = again.output.split()[1]
     assert "over 1 chunk" in cli("status", job).output and "1 chunks" not in cli("status", job).output
     # Queued only: over a thousand chunks of 10 candles a series.
     r = cli("start", "--instrument", "EURUSD,GBPUSD", "--granularity", "M5", "--start-date", "2024-01-01",
@@ -118,7 +122,8 @@ def test_counts_read_right_and_have_thousands_separators(service, cli):
     for x in s["series"]:
         assert any(line.lstrip().startswith(f"{x['instrument']} M5") and f"0/{x['chunks_total']:,}" in line
                    and f"0/{x['candles_total']:,}" in line for line in lines), lines
-    assert f"removed 1 job: {job}" in cli("cleanup", "--older-than", "0").output
+    removed = cli("cleanup", "--older-than", "0").output
+    assert removed.startswith("removed 2 jobs: ") and set(removed.split(": ")[1].split()) == {job, rerun}
 
 
 def test_a_resumed_jobs_summary_separates_this_run_from_its_totals(service, cli):
