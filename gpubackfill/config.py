@@ -1,13 +1,14 @@
 """Settings: one typed object, read from the environment (and ``.env``).
 
-Names follow the original product spec (``REDIS_*``, ``CLICKHOUSE_*``,
-``BATCH_*`` ...) plus ``GPUBACKFILL_*`` for what it did not name.  Without
+The services and the batch have plain names (``REDIS_*``, ``CLICKHOUSE_*``,
+``BATCH_*`` ...), the ones deployment files set; the rest are
+``GPUBACKFILL_*``.  Without
 ``CLICKHOUSE_URL``/``CLICKHOUSE_HOST`` and ``REDIS_URL``/``REDIS_HOST`` the
 embedded defaults are used: chDB and a bundled redis-server, both keeping
 their data under ``GPUBACKFILL_HOME``.
 
 pydantic-settings reads the environment and ``.env`` (the environment wins)
-and pydantic validates; what they do not know is done here: the spec's
+and pydantic validates; what they do not know is done here: the
 ``*_HOST``/``*_PORT`` form of the server URLs, secrets read from the file
 named by ``NAME_FILE``, and one ``ConfigError`` line naming the variable in
 place of a pydantic report.
@@ -66,8 +67,8 @@ def _number(name: str, default: float, minimum: float = 0.0) -> Any:
     return Field(default, validation_alias=name, ge=minimum, allow_inf_nan=False)
 
 
-# The spec's names that are not fields: the parts of a server URL, and the
-# files holding secrets.
+# Names read that are not fields: the parts of a server URL, and the files
+# holding secrets.
 _URL_PARTS = ("CLICKHOUSE_HOST", "CLICKHOUSE_PORT", "CLICKHOUSE_SECURE",
               "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 _SECRET_FILES = ("CLICKHOUSE_PASSWORD_FILE", "REDIS_PASSWORD_FILE", "GPUBACKFILL_API_TOKEN_FILE")
@@ -96,9 +97,9 @@ class Settings(BaseSettings):
     max_workers: int = _env("BATCH_MAX_WORKERS", lambda: os.cpu_count() or 1, ge=1)
     chunk_size: int | None = _env("BATCH_CHUNK_SIZE", None, ge=1)  # None: chunk_size_for(workers)
     max_retries: int = _env("BATCH_MAX_RETRIES", 3, ge=0)
-    cache_ttl_seconds: int = _env("CACHE_TTL_SECONDS", 3600, ge=0)  # spec name, read and validated
+    cache_ttl_seconds: int = _env("CACHE_TTL_SECONDS", 3600, ge=0)  # validated, not used: nothing is cached
     metrics_enabled: Flag = _env("METRICS_ENABLED", True)
-    prometheus_port: int = _env("PROMETHEUS_PORT", 9090, ge=1)    # spec name, read and validated
+    prometheus_port: int = _env("PROMETHEUS_PORT", 9090, ge=1)    # validated, not used: /metrics is on the API port
     alert_webhooks: tuple[str, ...] = _env("ALERT_WEBHOOKS", ())  # comma-separated
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = _env("LOG_LEVEL", "INFO")
     dask_scheduler: str | None = _env("DASK_SCHEDULER_ADDRESS")
@@ -196,8 +197,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _spec_names(cls, data: Any) -> Any:
-        """Server URLs from the spec's host/port names and secrets from
+    def _url_parts_and_secrets(cls, data: Any) -> Any:
+        """Server URLs from their host/port names and secrets from
         ``NAME_FILE``, unless given directly."""
         if not isinstance(data, Mapping):
             return data
@@ -213,8 +214,8 @@ class Settings(BaseSettings):
         if "CLICKHOUSE_URL" not in data and data.get("CLICKHOUSE_HOST"):
             port = _part(data, "CLICKHOUSE_PORT", 8123, 1)
             if port == 9000:
-                # The native protocol port of the original spec; clickhouse-connect
-                # speaks HTTP, whose default port is 8123.
+                # ClickHouse's native-protocol port, the one most configurations
+                # name; clickhouse-connect speaks HTTP, whose default port is 8123.
                 port = 8123
             secure = _part(data, "CLICKHOUSE_SECURE", port in (443, 8443))
             out["CLICKHOUSE_URL"] = f"{'https' if secure else 'http'}://{data['CLICKHOUSE_HOST']}:{port}"
@@ -304,8 +305,8 @@ ENV_NAMES = frozenset({f.validation_alias for f in Settings.model_fields.values(
 
 class _Names(PydanticBaseSettingsSource):
     """The variables the settings read, as text, from pydantic-settings'
-    environment or ``.env`` source: the fields' own and the spec's names that
-    ``Settings._spec_names`` turns into fields."""
+    environment or ``.env`` source: the fields' own and the names that
+    ``Settings._url_parts_and_secrets`` turns into fields."""
 
     def __init__(self, source: PydanticBaseSettingsSource):
         super().__init__(source.settings_cls)
@@ -350,7 +351,7 @@ def _message(err: Any, name: str, annotation: Any, metadata: Any) -> str:
 
 
 def _part(data: Mapping[str, Any], name: str, default: Any, minimum: int | None = None) -> Any:
-    """One of the spec's URL parts, validated as its default's type."""
+    """One of a server URL's parts, validated as its default's type."""
     if data.get(name) in (None, ""):
         return default
     kind: Any = Flag if isinstance(default, bool) else Annotated[int, Field(ge=minimum)]

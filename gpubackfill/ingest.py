@@ -50,8 +50,7 @@ import pyarrow.csv as pcsv
 
 from kernels import core
 
-from . import cadence
-from .candles import frames
+from .candles import cadence, frames
 from .candles.files import BATCH_ROWS as READ_ROWS
 from .candles.files import CandleFile, Layout
 from .errors import DependencyError, InvalidCandles, InvalidInput

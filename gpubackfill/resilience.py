@@ -1,7 +1,8 @@
 """Error categories, retry policies and circuit breakers.
 
 ``classify`` maps any exception onto one of five categories; ``POLICIES``
-says what each category gets (the original spec's table); ``retrying``
+says what each category gets (attempts, backoff, whether a chunk may be
+retried later); ``retrying``
 runs a callable under that policy with tenacity; ``BreakerBoard`` keeps one
 pybreaker circuit breaker per dependency and target in this process and
 publishes their states to Redis so that ``metrics`` and ``/health`` of

@@ -548,12 +548,6 @@ class BackfillService:
                 reasons.append(f"breakers: {exc}")
         return checks, reasons
 
-    def alerter(self):
-        """An ``alerts.Alerter`` over this deployment's telemetry."""
-        from .alerts import Alerter
-
-        return Alerter(self.telemetry, self.settings)
-
     def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
         return [j.model_dump() for j in views.list_jobs(self.state, self.telemetry, status)]
 
@@ -604,7 +598,7 @@ class BackfillService:
         """A label set as it is exported: (Arrow tables in ts order, the
         provenance metadata, the ``LabelSet``).  The tables are produced
         lazily, one query per batch; ``export_file`` writes them, and the
-        store holder streams them to a CLI in another process (``holder.py``).
+        store holder streams them to a CLI in another process (``serve/holder.py``).
         Several instruments or granularities (lists, comma-separated, or
         ``*``) make a panel: one long table with ``instrument`` and
         ``granularity`` first (``export.choose_panel``)."""

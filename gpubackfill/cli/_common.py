@@ -34,10 +34,10 @@ def _store_service(ctx: click.Context):
     """The service for a command that needs ClickHouse: this process's own,
     or, while another live process holds the embedded store (a ``serve``, a
     running ``start``/``execute``), a stand-in that runs the same operations
-    there (``holder.py``)."""
+    there (``serve/holder.py``)."""
     if "store_service" not in ctx.obj:
-        from .. import holder
         from ..config import Settings
+        from ..serve import holder
 
         remote = holder.remote(Settings.from_env())
         if remote is not None:
@@ -49,7 +49,7 @@ def _store_service(ctx: click.Context):
 
 def _sharing(ctx: click.Context, command: str, required: bool = True):
     """While this command holds the embedded store, other processes reach it through us."""
-    from ..holder import sharing
+    from ..serve.holder import sharing
 
     return sharing(_service(ctx), command, required)
 

@@ -15,7 +15,7 @@ from ._common import _console, _iso, _store_service
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def labels(fmt: str) -> None:
     """The label registry: parameters (defaults, ranges) and output columns."""
-    from .. import catalog
+    from ..labels import catalog
 
     entries = catalog.describe()
     if fmt == "json":

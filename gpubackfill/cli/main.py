@@ -244,8 +244,8 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None, insecur
     import os
 
     from .. import logs
-    from ..api import listen, loopback
-    from ..api import serve as run
+    from ..serve.api import listen, loopback
+    from ..serve.api import serve as run
 
     if not ctx.obj.get("verbose") and not os.environ.get("LOG_LEVEL"):
         logs.log.setLevel("INFO")  # a service logs its job events unless told otherwise
@@ -264,7 +264,7 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None, insecur
                    f"reaches it can start, pause and cancel jobs", err=True)
     click.echo(f"serving on http://{host}:{port} (docs: /docs, metrics: /metrics, health: /health)",
                err=True)
-    # Not required: a store held elsewhere shows in /health and in the jobs, as before.
+    # Not required: a store held elsewhere shows in /health and in the jobs.
     with _sharing(ctx, "serve", required=False):
         run(svc, host, port, max_jobs, sock=sock)
 

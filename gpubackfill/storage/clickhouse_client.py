@@ -66,15 +66,14 @@ class EmbeddedClient:
     chDB runs statements of different handles side by side; one handle runs
     one statement at a time (a second one while a streaming statement is
     open gets an empty result). So every thread that calls gets its own
-    handle, and a chunk's load or write never waits for another chunk's.
-    Statements used to be serialised through one handle after a test session
-    in which every thread parked for good (no CPU) while some were inside
-    chDB; a hang with that signature was later traced to Dask's profiler
-    (CPython gh-106883, ``cluster.py``), which is off in the clusters we
-    start, and with a handle per thread the whole suite, its soak test
-    included, runs without one. Serialised, a 10M-candle job at 1M chunks
-    spent its time queued behind the other worker's statements: 4.9-5.0 s
-    against 3.9-4.0 s with a handle per thread.
+    handle, and a chunk's load or write never waits for another chunk's:
+    through one shared handle, a 10M-candle job at 1M chunks takes a quarter
+    longer (4.9-5.0 s against 3.9-4.0 s), each worker's statements queued
+    behind the other's.
+
+    Threads parked for good (no CPU) while some are inside chDB are Dask's
+    profiler (CPython gh-106883), not chDB: the clusters started here turn it
+    off (``cluster.py``).
     """
 
     def __init__(self, settings: Settings):
@@ -120,12 +119,12 @@ class EmbeddedClient:
         """This thread's handle on the engine, opened on first use.
 
         A handle is never closed by its thread's exit.  Closing one releases
-        the GIL inside chDB; a thread whose state was being cleared as the
-        interpreter began to finalize could not take it back, and CPython
-        ended the thread with a forced unwind through chDB's frames, which
-        crashed the process after a green test run (SIGSEGV, native stack in
-        ``_unwind`` from ``take_gil`` via ``Connection.__del__`` in
-        ``PyThreadState_Clear``).  The client keeps every handle; the next
+        the GIL inside chDB; a thread whose state is cleared as the
+        interpreter begins to finalize cannot take it back, and CPython ends
+        the thread with a forced unwind through chDB's frames, which crashes
+        the process (SIGSEGV in ``_unwind`` from ``take_gil`` via
+        ``Connection.__del__`` in ``PyThreadState_Clear``).  The client keeps
+        every handle; the next
         thread to open one closes those of threads that have ended, and the
         rest close with the client, on a live thread or the finalizing one."""
         conn = getattr(self._local, "conn", None)

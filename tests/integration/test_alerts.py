@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_settings
 
-from gpubackfill.alerts import Alerter, evaluate
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.serve.alerts import Alerter, evaluate
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
@@ -73,7 +73,7 @@ def test_one_webhook_per_crossing_to_every_url(chdb_home, redis_socket, receiver
     settings = make_settings(chdb_home, redis_socket, ALERT_MAX_QUEUE="3",
                              ALERT_WEBHOOKS=f"{receiver.url}/a,{receiver.url}/b,http://127.0.0.1:1/dead")
     service = BackfillService(settings)
-    monkeypatch.setattr("gpubackfill.alerts.WEBHOOK_BACKOFF_S", 0.01)
+    monkeypatch.setattr("gpubackfill.serve.alerts.WEBHOOK_BACKOFF_S", 0.01)
     alerter = Alerter(service.telemetry, settings)
     service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-10"))
     job = service.create_job("EURUSD", "M5", "2024-01-01", "2024-01-05", chunk_size=100)
@@ -140,7 +140,7 @@ def test_thresholds_come_from_the_environment():
 
 
 def test_the_scheduler_pass_evaluates_alerts(chdb_home, redis_socket):
-    from gpubackfill.scheduler import Scheduler
+    from gpubackfill.serve.scheduler import Scheduler
 
     settings = make_settings(chdb_home, redis_socket, ALERT_MAX_QUEUE="2")
     service = BackfillService(settings)

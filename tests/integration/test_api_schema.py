@@ -11,8 +11,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from gpubackfill.api import create_app
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.serve.api import create_app
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 

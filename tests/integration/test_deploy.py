@@ -103,7 +103,7 @@ def test_prometheus_config_and_rules_pass_promtool():
 
 
 def test_alert_rules_use_series_the_service_exposes():
-    from gpubackfill.metrics import families
+    from gpubackfill.serve.metrics import families
 
     rules = yaml.safe_load((DEPLOY / "alert-rules.yml").read_text())["groups"][0]["rules"]
     used = {n for r in rules for n in re.findall(r"gpubackfill_\w+", r["expr"])}

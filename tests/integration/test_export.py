@@ -203,8 +203,8 @@ def test_labels_lists_the_registry_with_defaults_ranges_and_outputs(cli):
 
 
 def test_every_column_the_registry_can_produce_has_a_meaning():
-    from gpubackfill.catalog import meaning
     from gpubackfill.labels import REGISTRY
+    from gpubackfill.labels.catalog import meaning
 
     for spec in REGISTRY.values():
         params = spec.resolve({"horizons": [2, 7, 300]} if spec.name == "vol_scaled_return" else {})

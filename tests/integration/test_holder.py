@@ -1,5 +1,5 @@
 """The process holding the embedded store serves ``ingest``, ``export``,
-``sets`` and ``start --detach`` to other processes (``gpubackfill/holder.py``)."""
+``sets`` and ``start --detach`` to other processes (``gpubackfill/serve/holder.py``)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from test_cli import env_for, proc_env, run_cli  # noqa: F401 - fixtures
 
 from gpubackfill import export as export_mod
-from gpubackfill import holder
 from gpubackfill.candles.synthetic import generate
 from gpubackfill.errors import DependencyError
+from gpubackfill.serve import holder
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 H12 = ["enhanced_triple_barrier", "mfe_mae"]

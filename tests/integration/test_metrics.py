@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpubackfill import logs
 from gpubackfill.candles.synthetic import generate
-from gpubackfill.metrics import exposition, registry
+from gpubackfill.serve.metrics import exposition, registry
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-01", "2024-01-10"

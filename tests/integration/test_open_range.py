@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from test_cli import cli  # noqa: F401 - the in-process CLI fixture
 
-from gpubackfill.api import create_app
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.serve.api import create_app
 from gpubackfill.storage.clickhouse_store import SeriesKey
 from gpubackfill.times import iso
 

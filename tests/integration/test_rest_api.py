@@ -12,9 +12,9 @@ from conftest import make_settings
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpubackfill.api import create_app
 from gpubackfill.candles.synthetic import generate
-from gpubackfill.scheduler import Scheduler
+from gpubackfill.serve.api import create_app
+from gpubackfill.serve.scheduler import Scheduler
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import SeriesKey
 from gpubackfill.storage.redis_server import ensure_server, stop_server

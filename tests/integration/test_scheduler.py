@@ -7,7 +7,7 @@ import time
 
 from gpubackfill.candles.synthetic import generate
 from gpubackfill.jobs.machine import FINAL_JOB_STATES
-from gpubackfill.scheduler import Candidate, Scheduler, pick
+from gpubackfill.serve.scheduler import Candidate, Scheduler, pick
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-01", "2024-01-04"

@@ -1,4 +1,4 @@
-"""The spacing check of ingest (gpubackfill.cadence): over a whole series, or
+"""The spacing check of ingest (gpubackfill.candles.cadence): over a whole series, or
 in pieces (StepCounts), with the same verdict and the same message."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpubackfill import InvalidInput
-from gpubackfill.cadence import StepCounts, check_step, check_step_counts, step_counts
+from gpubackfill.candles.cadence import StepCounts, check_step, check_step_counts, step_counts
 from gpubackfill.candles.synthetic import generate
 
 H1, M1 = 3_600_000, 60_000
@@ -27,7 +27,7 @@ def series(kind: str) -> np.ndarray:
 
 def whole_file_check(ts: np.ndarray, granularity: str) -> None:
     """check_step as it was written for a whole file in memory (the oracle)."""
-    from gpubackfill.cadence import _span
+    from gpubackfill.candles.cadence import _span
     from gpubackfill.granularity import GRANULARITIES
 
     steps = np.diff(ts)

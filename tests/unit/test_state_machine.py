@@ -225,7 +225,7 @@ def test_only_segments_clear_of_a_series_label_rows_are_fresh():
 
 
 def test_jobs_overlap_when_they_write_the_same_labels_of_a_series_over_meeting_ranges():
-    from gpubackfill.scheduler import overlaps
+    from gpubackfill.serve.scheduler import overlaps
 
     a = {"label_set": "x", "series": [["EURUSD", "M5"], ["GBPUSD", "M5"]], "start_ms": 0, "end_ms": 100}
     assert overlaps(a, {**a, "series": [["GBPUSD", "M5"]], "start_ms": 99, "end_ms": 200})

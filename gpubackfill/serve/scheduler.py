@@ -28,11 +28,11 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import GpubackfillError, InvalidTransition
+from ..errors import GpubackfillError, InvalidTransition
 
 if TYPE_CHECKING:
+    from ..service import BackfillService
     from .alerts import Alerter
-    from .service import BackfillService
 
 log = logging.getLogger("gpubackfill.scheduler")
 

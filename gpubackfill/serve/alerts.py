@@ -1,4 +1,4 @@
-"""Alerts: the original spec's thresholds over the Redis-wide metrics.
+"""Alerts: thresholds (the ``ALERT_*`` settings) over the Redis-wide metrics.
 
 ``evaluate`` is pure: the figures of ``BackfillService.metrics()`` and the
 thresholds in, one ``Condition`` per alert out.  ``Alerter.check`` records a
@@ -25,9 +25,9 @@ from typing import Any
 
 import tenacity
 
-from .config import Settings
-from .storage.redis_state import now_ms
-from .storage.telemetry import Telemetry
+from ..config import Settings
+from ..storage.redis_state import now_ms
+from ..storage.telemetry import Telemetry
 
 log = logging.getLogger("gpubackfill.alerts")
 

@@ -31,15 +31,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import views
+from ..errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
+from ..jobs.machine import JOB_STATES
+from ..jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
 from . import metrics as metrics_mod
-from . import views
-from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
-from .jobs.machine import JOB_STATES
-from .jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
 
 if TYPE_CHECKING:
+    from ..service import BackfillService
     from .scheduler import Scheduler
-    from .service import BackfillService
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{12}$", description="a job id, as returned by POST /jobs")
 ParamValue = str | int | float | bool | list[int | float | str]
@@ -132,8 +132,8 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
         if scheduler is not None:
             scheduler.shutdown()
 
-    # /docs with Swagger UI's files from the package (gpubackfill/static/swagger),
-    # not FastAPI's default CDN: a service on an offline host showed a blank page.
+    # /docs with Swagger UI's files from the package (gpubackfill/serve/static/swagger),
+    # not FastAPI's default CDN, whose page is blank on an offline host.
     # ReDoc has no offline copy here, so it is off rather than blank.
     app = FastAPI(title="gpubackfill", version=_version(), lifespan=lifespan,
                   docs_url=None, redoc_url=None,
@@ -241,7 +241,7 @@ def check_health(service: BackfillService, scheduler: Scheduler | None,
             dashboards = sorted({j.dashboard for j in service.job_views("running") if j.dashboard})
         except GpubackfillError as exc:
             reasons.append(f"jobs: {exc}")
-    from .cluster import cluster_summary
+    from ..cluster import cluster_summary
 
     clusters = cluster_summary()
     checks["workers"] = {"ok": True, "dask_clusters": clusters}
@@ -264,7 +264,7 @@ def check_health(service: BackfillService, scheduler: Scheduler | None,
 
 def _gpu_presence() -> dict[str, Any]:
     """Whether CUDA kernels can run here (asked once: it initialises the driver)."""
-    from .backends import cuda_unavailable_reason
+    from ..backends import cuda_unavailable_reason
 
     try:
         why = cuda_unavailable_reason()
@@ -328,10 +328,11 @@ def serve(service: BackfillService, host: str, port: int, max_jobs: int | None =
 
     import uvicorn
 
+    from .alerts import Alerter
     from .scheduler import Scheduler
 
     sock = sock or listen(host, port)
-    scheduler = Scheduler(service, max_jobs, alerter=service.alerter())
+    scheduler = Scheduler(service, max_jobs, alerter=Alerter(service.telemetry, service.settings))
     app = create_app(service, scheduler)
     config = uvicorn.Config(app, host=host, port=port, log_level=service.settings.log_level.lower(),
                             access_log=service.settings.log_level == "DEBUG")

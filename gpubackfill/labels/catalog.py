@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import labels as registry
+from .. import labels as registry
 
 MEANINGS = {
     "tb_label": "-1, 0 or +1: which barrier the price reached first (0: the time limit)",

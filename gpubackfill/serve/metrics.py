@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from ..errors import GpubackfillError
+from ..jobs.machine import ACTIVE_JOB_STATES, JOB_STATES
+from ..resilience import breaker_severity
+from ..storage.telemetry import CATEGORIES, CHUNK_BUCKETS
 from .alerts import ALERT_NAMES
-from .errors import GpubackfillError
-from .jobs.machine import ACTIVE_JOB_STATES, JOB_STATES
-from .resilience import breaker_severity
-from .storage.telemetry import CATEGORIES, CHUNK_BUCKETS
 
 if TYPE_CHECKING:
-    from .service import BackfillService
+    from ..service import BackfillService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 P = "gpubackfill_"

@@ -9,9 +9,10 @@ picks, and record it in ``<GPUBACKFILL_HOME>/clickhouse.holder.json`` (mode
 when they exit.  A CLI command that finds that file, naming a live process,
 sends its operation there instead of opening chDB: the holder runs the same
 ``BackfillService`` method, with the caller's settings (its database, Redis
-prefix, defaults), on the engine it already has open.  Its statements take
-turns with the running chunks' loads and writes (``clickhouse.EmbeddedClient``
-serialises them), so a busy holder still answers.
+prefix, defaults), on the engine it already has open.  Each operation runs on
+a thread of its own, with its own chDB handle
+(``storage.clickhouse_client.EmbeddedClient``), beside the running chunks'
+loads and writes, so a busy holder still answers.
 
 - ``ingest`` sends the file's path (same machine), not its bytes.
 - ``export`` streams: the holder sends the label set as an Arrow IPC stream,
@@ -20,7 +21,7 @@ serialises them), so a busy holder still answers.
   the whole set; the socket's flow control paces the holder.
 - A record whose pid is gone, or belongs to a process started after the
   record was written (a reused pid), is stale and ignored; a holder that does
-  not answer is skipped too, and the command opens chDB itself as before.
+  not answer is skipped too, and the command opens chDB itself.
 
 Wire format, one connection per operation: the holder greets with a JSON line
 (``{"gpubackfill": 1, "pid": N}``); the caller sends one JSON line (token,
@@ -47,12 +48,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import errors
-from .config import Settings
-from .errors import DependencyError, GpubackfillError
+from .. import errors
+from ..config import Settings
+from ..errors import DependencyError, GpubackfillError
 
 if TYPE_CHECKING:
-    from .service import BackfillService
+    from ..service import BackfillService
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Endpoint:
     def _service(self, fields: dict) -> BackfillService:
         """A service for the caller's settings (its database, Redis, defaults)
         on this process's engine: the engine is per folder, not per settings."""
-        from .service import BackfillService
+        from ..service import BackfillService
 
         settings = Settings.model_validate(fields)
         if settings.chdb_path != self.svc.settings.chdb_path or not settings.embedded_clickhouse:
@@ -274,7 +275,7 @@ def remote(settings: Settings) -> Remote | None:
     try:
         service._connect().close()
     except DependencyError:
-        return None  # exiting, or not a holder after all: open the store here as before
+        return None  # exiting, or not a holder after all: open the store here
     return service
 
 
@@ -293,7 +294,7 @@ class Remote:
         self._call("init")
 
     def ingest(self, path: str | Path, *args, **kwargs):
-        from .storage.clickhouse_store import IngestReport
+        from ..storage.clickhouse_store import IngestReport
 
         # The holder reads the file itself: an absolute path means the same file there.
         if kwargs.get("rejects") is not None:
@@ -312,7 +313,7 @@ class Remote:
         return self._call("series_overview", *args, **kwargs)
 
     def label_sets(self, *args, **kwargs) -> list:
-        from .export import LabelSet
+        from ..export import LabelSet
 
         return [LabelSet(**{**s, "series": tuple(s["series"]), "span": tuple(s["span"])})
                 for s in self._call("label_sets", *args, **kwargs)]
@@ -321,7 +322,7 @@ class Remote:
         """As ``BackfillService.export_file``: written here, batch by batch, as the holder sends them."""
         import pyarrow as pa
 
-        from . import export as export_mod
+        from .. import export as export_mod
 
         with self._connect() as conn:
             head = conn.request("export_parts", args, kwargs)
