@@ -36,7 +36,7 @@ from .labels import Series, halo, resolve
 from .logs import log
 from .resilience import BREAKERS, classify, is_outage, retrying
 from .storage.clickhouse_store import SeriesKey, Store, input_fingerprint
-from .storage.redis_state import RedisState
+from .storage.redis import RedisState
 from .times import iso
 from .watchdog import thread_stack
 

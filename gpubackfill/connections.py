@@ -11,8 +11,8 @@ import threading
 from .config import Settings
 from .resilience import BREAKERS
 from .storage.clickhouse_store import Store
+from .storage.redis import RedisState
 from .storage.redis_server import connect as redis_connect
-from .storage.redis_state import RedisState
 
 _shared: dict[tuple, tuple[Store, RedisState]] = {}
 _shared_lock = threading.Lock()

@@ -32,7 +32,7 @@ from .jobs.machine import FINAL_JOB_STATES
 from .jobs.plan import ALL, EVER, JobSpec, make_spec, mark_fresh, parse_names, parse_time, plan_job
 from .labels import halo, resolve
 from .storage.clickhouse_store import IngestReport, SeriesKey
-from .storage.redis_state import now_ms
+from .storage.redis import now_ms
 from .storage.telemetry import Telemetry
 from .times import iso
 

@@ -19,7 +19,7 @@ from .errors import CATEGORIES, InvalidInput
 from .jobs.lease import dead_local_owner
 from .jobs.machine import FINAL_JOB_STATES, series_status
 from .resilience import BREAKERS, breaker_severity
-from .storage.redis_state import RedisState, now_ms
+from .storage.redis import RedisState, now_ms
 from .storage.telemetry import Telemetry
 from .times import iso
 

@@ -19,7 +19,7 @@ from .. import logs
 from ..chunk import ChunkTask, run_chunks
 from ..config import Settings
 from ..errors import DependencyError, InvalidInput
-from ..storage.redis_state import RedisState
+from ..storage.redis import RedisState
 from ..watchdog import chunk_deadline
 from .machine import Abandon, Claim, Collect, DriverMachine, Finish, Instruction, ReturnExpired, Seen, Transition, Wait
 from .result import ChunkResult

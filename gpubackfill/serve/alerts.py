@@ -26,7 +26,7 @@ from typing import Any
 import tenacity
 
 from ..config import Settings
-from ..storage.redis_state import now_ms
+from ..storage.redis import now_ms
 from ..storage.telemetry import Telemetry
 
 log = logging.getLogger("gpubackfill.alerts")

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import CATEGORIES
 from ..resilience import BREAKER_STATES
-from .redis_state import CHUNK_BUCKETS, RedisState, now_ms  # noqa: F401 - CHUNK_BUCKETS for metrics
+from .redis import CHUNK_BUCKETS, RedisState, now_ms  # noqa: F401 - CHUNK_BUCKETS for metrics
 
 HISTORY_KEPT = 200
 

@@ -309,7 +309,7 @@ def test_redis_outage_opens_the_breaker_without_a_busy_loop(chdb_home, own_redis
         # Four seconds of outage: a spinning client would connect thousands of times.
         assert attempts < 60, attempts
         assert svc.state.breaker.current_state == "closed"
-        assert svc.state.breakers()["redis"]["state"] == "closed"
+        assert svc.telemetry.breakers()["redis"]["state"] == "closed"
         assert_survived(svc, job, candles)
 
 
@@ -450,7 +450,7 @@ def _spawn(env, *args):
 _CRASH_AFTER_WRITE = """
 import os, sys
 from gpubackfill.service import BackfillService
-from gpubackfill.storage.redis_state import RedisState
+from gpubackfill.storage.redis import RedisState
 RedisState.complete = lambda self, *a, **k: os._exit(3)   # dies between insert and record
 BackfillService().execute(sys.argv[1])
 """

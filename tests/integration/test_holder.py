@@ -82,7 +82,7 @@ def _wait(what, check, timeout=120):
 
 _GATED_EXECUTE = """
 import os, runpy, sys, time
-from gpubackfill.storage.redis_state import RedisState
+from gpubackfill.storage.redis import RedisState
 job, gate = sys.argv[1:]
 complete, seen = RedisState.complete, []
 def gated(self, *args, **kwargs):

@@ -6,8 +6,8 @@ import pytest
 
 from gpubackfill.errors import InvalidTransition, JobNotFound
 from gpubackfill.jobs.result import ChunkResult, SegmentOutcome
+from gpubackfill.storage.redis import RedisState
 from gpubackfill.storage.redis_server import connect
-from gpubackfill.storage.redis_state import RedisState
 
 
 def done(idx, candles, rows, cache_hit=False, duration=0.1):
@@ -154,7 +154,7 @@ def test_a_driver_whose_lock_ran_out_takes_it_again_or_stops(settings):
 def test_eta_samples_keep_finishing_order_when_clocks_read_the_other_way(state, monkeypatch):
     """Two workers finishing at once can record in the other order than
     their clocks read: the later record never goes back in time."""
-    import gpubackfill.storage.redis_state as rs
+    import gpubackfill.storage.redis.queue as rs  # where complete reads the clock
     from gpubackfill.storage.telemetry import Telemetry
 
     job = new_job(state, 3)

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from gpubackfill.jobs.machine import next_chunk_state, settle_event
 from gpubackfill.jobs.result import ChunkResult, Segment, SegmentOutcome
-from gpubackfill.storage.redis_state import RedisState
+from gpubackfill.storage.redis import RedisState
 
 
 def done(idx, candles, rows, cache_hit=False, duration=0.1):

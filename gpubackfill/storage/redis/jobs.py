@@ -1,0 +1,136 @@
+"""Jobs: the record, its status moves, its events and its lifetime.
+
+    P:jobs               zset   job ids by creation time
+    P:job:J              hash   spec, status, counters, timestamps; per series i of
+                                the job: s<i>:chunks_total, :chunks_done, :chunks_failed,
+                                :leased, :candles_total, :candles_done, :errors
+    P:job:J:events       list   history, newest last (capped)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import InvalidTransition, JobNotFound
+from ...jobs.machine import FINAL_JOB_STATES, JOB_TRANSITIONS, TABLES
+from ...jobs.result import Segment, encode_segments
+from .base import StateBase, now_ms
+from .scripts import EVENTS_KEPT
+
+# Every key of a job but its driver lock (its own expiry).
+PARTS = ("", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
+         "samples", "records", "writes")
+
+_INT_FIELDS = {"created", "updated", "started", "finished", "chunks_total", "chunks_done",
+               "chunks_failed", "chunks_leased", "candles_total", "candles_done", "rows_written", "cache_hits",
+               "errors", "lease_seq", "chunk_size", "workers", "start_ms", "end_ms",
+               "tb_resolved", "tb_ambiguous", "candles_skipped"}
+_JSON_FIELDS = ("labels", "params", "spec", "series", "skipped", "instruments", "granularities")
+
+
+class Jobs(StateBase):
+    def create_job(self, job_id: str, fields: dict[str, Any],
+                   chunks: Sequence[tuple[Segment, ...] | tuple[int, int, int]]) -> None:
+        """Store a planned job, queued.  ``chunks``: each chunk's segments, in
+        the order they are to be claimed (a bare (start, end, rows) is one
+        segment of series 0)."""
+        t = now_ms()
+        plans = [(Segment(0, *c),) if isinstance(c[0], int) else tuple(c) for c in chunks]
+        base: dict[str, Any] = {
+            "status": "queued", "created": t, "updated": t, "chunks_total": len(plans),
+            "chunks_done": 0, "chunks_failed": 0, "chunks_leased": 0,
+            "candles_total": sum(s.rows for p in plans for s in p),
+            "candles_done": 0, "candles_skipped": 0, "rows_written": 0, "cache_hits": 0, "errors": 0,
+            "tb_resolved": 0, "tb_ambiguous": 0}
+        for p in plans:
+            for seg in p:
+                base[f"s{seg.series}:chunks_total"] = base.get(f"s{seg.series}:chunks_total", 0) + 1
+                base[f"s{seg.series}:candles_total"] = base.get(f"s{seg.series}:candles_total", 0) + seg.rows
+        base.update(fields)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key(job_id), mapping={k: _enc(v) for k, v in base.items()})
+        if plans:
+            pipe.hset(self.key(job_id, "plan"), mapping={i: encode_segments(p) for i, p in enumerate(plans)})
+            pipe.hset(self.key(job_id, "state"), mapping={i: "pending" for i in range(len(plans))})
+            pipe.rpush(self.key(job_id, "pending"), *range(len(plans)))
+        pipe.rpush(self.key(job_id, "events"),
+                   json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
+        pipe.zadd(self.shared_key("jobs"), {job_id: t})
+        if fields.get("spec_key"):
+            pipe.persist(fields["spec_key"])
+        self.call(pipe.execute)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        h = self.call(self.client.hgetall, self.key(job_id))
+        if not h:
+            raise JobNotFound(f"no job {job_id!r}")
+        return {k: _dec(k, v) for k, v in h.items()}
+
+    def job_ids(self) -> list[str]:
+        return list(self.call(self.client.zrange, self.shared_key("jobs"), 0, -1))
+
+    def set_fields(self, job_id: str, **fields) -> None:
+        self.call(self.client.hset, self.key(job_id), mapping={k: _enc(v) for k, v in fields.items()})
+
+    def transition(self, job_id: str, event: str, note: str = "") -> str:
+        status, value = self.run("transition", [self.key(job_id), self.key(job_id, "events")],
+                                 [event, now_ms(), note, TABLES])
+        check_step(job_id, event, status, value)
+        if value in FINAL_JOB_STATES:
+            self.expire_job(job_id)
+        return value
+
+    def settle(self, job_id: str) -> str:
+        """End a running job whose chunks are all settled (the same rule the
+        last chunk's completion applies); the status either way."""
+        return str(self.run("settle", [self.key(job_id), self.key(job_id, "events")], [now_ms(), TABLES]))
+
+    def expire_job(self, job_id: str) -> None:
+        pipe = self.client.pipeline()
+        for part in PARTS:
+            pipe.expire(self.key(job_id, part), self.ttl)
+        self.call(pipe.execute)
+
+    def events(self, job_id: str, last: int = 50) -> list[dict]:
+        return [json.loads(e) for e in self.call(self.client.lrange, self.key(job_id, "events"), -last, -1)]
+
+    def note(self, job_id: str, event: str, note: str) -> None:
+        pipe = self.client.pipeline()
+        pipe.rpush(self.key(job_id, "events"),
+                   json.dumps({"t": now_ms(), "event": event, "from": "", "to": "", "note": note}))
+        pipe.ltrim(self.key(job_id, "events"), -EVENTS_KEPT, -1)
+        self.call(pipe.execute)
+
+
+def check_step(job_id: str, event: str, status: str, value: str) -> None:
+    """Raise for a status move the job script refused ('missing', 'refused')."""
+    if status == "missing":
+        raise JobNotFound(f"no job {job_id!r}")
+    if status == "refused":
+        allowed = ", ".join(JOB_TRANSITIONS[value]) or "nothing (it is final)"
+        raise InvalidTransition(f"cannot {event} job {job_id}: it is {value} (allowed: {allowed})")
+
+
+def _enc(v: Any) -> str:
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return str(v)
+
+
+def _dec(key: str, v: str) -> Any:
+    if key.startswith("stage:"):
+        return float(v)
+    if key in _INT_FIELDS or (key[:1] == "s" and ":" in key):
+        try:
+            return int(v)
+        except ValueError:
+            return v
+    if key in _JSON_FIELDS:
+        return json.loads(v)
+    if key == "force":
+        return v == "1"
+    return v

@@ -1,0 +1,51 @@
+"""Leases on claimed chunks, and the fence a chunk passes before it writes.
+
+    P:job:J:lease        hash   chunk index -> "owner|expires_ms|token"
+    P:job:J:writes       hash   chunk index -> token of the lease its last write was fenced under
+"""
+
+from __future__ import annotations
+
+from ...jobs.machine import TABLES
+from .base import StateBase, now_ms
+
+
+class Leases(StateBase):
+    def leases(self, job_id: str) -> dict[int, int]:
+        """Chunk index -> token of its current lease."""
+        return {int(i): int(v.rsplit("|", 1)[1])
+                for i, v in self.call(self.client.hgetall, self.key(job_id, "lease")).items()}
+
+    def renew_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> bool:
+        """Extend a lease that is still ours; False once it was taken back."""
+        return bool(self.run("renew", [self.key(job_id, "lease")], [idx, token, now_ms() + lease_ms]))
+
+    def fence_write(self, job_id: str, idx: int, token: int, lease_ms: int) -> int:
+        """Right before a chunk writes: renew its lease if still ours.  0: not
+        ours; 1: ours, and the lease's first write; 2: ours, but a run under
+        the same lease reached its write before (its rows may be there)."""
+        return int(self.run("fence_write", [self.key(job_id, "lease"), self.key(job_id, "writes")],
+                            [idx, token, now_ms() + lease_ms]))
+
+    def resume_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> str:
+        """Before a chunk that waited behind others in its batch starts: renew
+        its lease if it is still ours and the job still running.  'ok',
+        'lost', or the job's status (the lease then stays to be released)."""
+        return str(self.run("resume", [self.key(job_id, "lease"), self.key(job_id)],
+                            [idx, token, now_ms() + lease_ms]))
+
+    def release(self, job_id: str, idx: int, token: int | None = None) -> bool:
+        """A leased chunk back to pending (``token``: only under that lease)."""
+        return bool(self.run("release", self._lease_keys(job_id), [idx, "" if token is None else token, TABLES]))
+
+    def expire_leases(self, job_id: str) -> int:
+        """Chunks whose leases ran out back to pending; how many."""
+        return int(self.run("return_leases", self._lease_keys(job_id), ["expired", now_ms(), TABLES]))
+
+    def release_owner(self, job_id: str, owner: str) -> int:
+        """Return every chunk leased by ``owner`` (a driver that is gone) to pending."""
+        return int(self.run("return_leases", self._lease_keys(job_id), ["owner", owner, TABLES]))
+
+    def _lease_keys(self, job_id: str) -> list[str]:
+        key = self.key
+        return [key(job_id), key(job_id, "state"), key(job_id, "lease"), key(job_id, "pending"), key(job_id, "plan")]
