@@ -7,25 +7,10 @@ import json
 import threading
 
 import pyarrow.parquet as pq
-import pytest
-from click.testing import CliRunner
-from test_cli import env_for
+from test_cli import cli  # noqa: F401 - the in-process CLI fixture
 
 from gpubackfill.candles.synthetic import generate
-from gpubackfill.cli import main
 from gpubackfill.storage.clickhouse_store import SeriesKey
-
-
-@pytest.fixture
-def cli(settings, monkeypatch):
-    for k, v in env_for(settings).items():
-        monkeypatch.setenv(k, v)
-    runner = CliRunner()
-
-    def run(*args):
-        return runner.invoke(main, list(args), catch_exceptions=False)
-
-    return run
 
 
 def _stopped_two_series_job(service) -> str:
