@@ -70,7 +70,7 @@ class Param:
     def _coerce_list(self, where: str, value: Any) -> list:
         ints = self.kind == "int_list"
         what = "integers" if ints else "numbers"
-        items: Any = value.split(",") if isinstance(value, str) else value
+        items: Any = (value.split(",") if value.strip() else []) if isinstance(value, str) else value
         if isinstance(items, (int, float, np.integer, np.floating)) and not isinstance(items, bool):
             items = [items]
         try:
