@@ -32,8 +32,9 @@ PARAMS = (
     Param("horizon", "int", 24, "vertical barrier, in bars after t", minimum=1, maximum=1_000_000),
     Param("pt", "float", 1.0, "upper barrier distance, in sigmas (profit taking)", minimum=1e-12),
     Param("sl", "float", 1.0, "lower barrier distance, in sigmas (stop loss)", minimum=1e-12),
-    Param("tie", "choice", "sl", "bar touching both barriers: 'sl' lower wins, 'tp' upper wins, "
-          "'skip' exit at that bar's close with label 0", choices=tuple(_TIE)),
+    Param("tie", "choice", "sl", "bar touching both barriers: 'sl' the stop wins (lower; a "
+          "short's upper), 'tp' the profit target, 'skip' exit at that bar's close with label 0",
+          choices=tuple(_TIE)),
     Param("vertical", "choice", "zero", "label at the vertical barrier: 'zero', or 'sign' of the "
           "return when |return| >= min_ret", choices=tuple(_VERTICAL)),
     Param("min_ret", "float", 0.0, "smallest |return| labelled by vertical='sign'", minimum=0.0),

@@ -371,3 +371,26 @@ def test_jobs_refuse_what_they_cannot_store_yet(labels, params, what):
                                            r"store it yet$"):
         make_spec("EURUSD", "M1", "2024-01-01", "2024-01-02", labels, params, 1000, 1)
     make_spec("EURUSD", "M1", "2024-01-01", "2024-01-02", [TB], {TB: {"side": ""}}, 1000, 1)
+
+
+def test_the_labels_command_lists_the_grid_and_the_side_parameter():
+    import json
+
+    from click.testing import CliRunner
+
+    from gpubackfill.cli.main import main
+
+    res = CliRunner().invoke(main, ["labels", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    entries = {e["name"]: e for e in json.loads(res.output)}
+    side = next(p for p in entries[TB]["params"] if p["name"] == "side")
+    assert side["default"] == "" and side["choices"] == ["", "column"]
+    tb_outputs = {o["name"]: o for o in entries[TB]["outputs"]}
+    assert tb_outputs["tb_meta"]["type"] == "int8, nullable" and "32 NO_SIDE" in tb_outputs["tb_flags"]["meaning"]
+    assert [p["name"] for p in entries[GRID]["params"]][:3] == ["pts", "sls", "horizons"]
+    grid = {o["name"]: o for o in entries[GRID]["outputs"]}
+    assert list(grid) == list(GRID_COLUMNS)
+    assert grid["grid_exit_return"]["type"] == "list<double, nullable>"
+    assert grid["grid_flags"]["type"] == "list<uint8>" and all(o["meaning"] for o in grid.values())
+    table = CliRunner().invoke(main, ["labels"]).output
+    assert "barrier_grid.pts=" in table and "enhanced_triple_barrier.side=" in table
