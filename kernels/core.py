@@ -476,6 +476,10 @@ def meta_at(t, side, exit_ret, meta):
 
 # --------------------------------------------------------------------------
 # Barrier grid: every (pt, sl, horizon) of a row from one search.
+
+# Bars folded into a row's first touches at a time before looking whether
+# its widest levels are reached.
+GRID_FOLD_BARS = 8
 #
 # Upper levels rise with pt and lower ones fall with sl (rounding is
 # monotone), so one walk through a row's window, always looking for the
@@ -504,23 +508,63 @@ def grid_search(pos, last, high, low, upper, lower, search, direct, tab_hi, tab_
 
 
 @jitable
+def grid_fold(pos, end, high, low, up_lv, lo_lv, up_first, lo_first):
+    """Fold bars pos..end into the first touches, without a branch: a level
+    not touched yet (its first touch is past every bar) takes bar j when j
+    touches it."""
+    P = up_lv.shape[0]
+    S = lo_lv.shape[0]
+    for j in range(pos, end + 1):
+        hj = high[j]
+        lj = low[j]
+        for i in range(P):
+            f = up_first[i]
+            up_first[i] = j if (hj >= up_lv[i]) & (j < f) else f
+        for k in range(S):
+            f = lo_first[k]
+            lo_first[k] = j if (lj <= lo_lv[k]) & (j < f) else f
+
+
+@jitable
 def grid_first_touches(t, last, high, low, up_lv, lo_lv, up_ord, lo_ord, up_first, lo_first,
                        search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2):
-    """First bar in [t+1, last] touching each level (last + 1: none).
-    ``up_ord`` lists the upper levels from the lowest, ``lo_ord`` the lower
-    ones from the highest (the order of ``pts`` and ``sls``)."""
+    """First bar in [t+1, last] touching each level (last + 1: none), as far
+    as the combinations need: the walk stops once every upper or every lower
+    level is touched (the widest one is), since each (upper, lower) pair
+    then has its exit, and a level left untouched is past it.  ``up_ord``
+    lists the upper levels from the lowest, ``lo_ord`` the lower ones from
+    the highest.
+
+    The first ``direct`` bars are folded in a few at a time without
+    branches: most rows reach a widest level within them.  The rest is a
+    walk of searches, each for the next bar touching the lowest upper or the
+    highest lower level not touched yet: at most one search a level.
+    """
     P = up_lv.shape[0]
     S = lo_lv.shape[0]
     for i in range(P):
         up_first[i] = last + 1
     for k in range(S):
         lo_first[k] = last + 1
-    ru = 0
-    rl = 0
+    widest_up = up_ord[P - 1]
+    widest_lo = lo_ord[S - 1]
     pos = t + 1
-    while pos <= last and (ru < P or rl < S):
-        upper = up_lv[up_ord[ru]] if ru < P else math.inf
-        lower = lo_lv[lo_ord[rl]] if rl < S else -math.inf
+    near = min(t + direct, last)
+    while pos <= near:
+        end = min(pos + GRID_FOLD_BARS - 1, near)
+        grid_fold(pos, end, high, low, up_lv, lo_lv, up_first, lo_first)
+        pos = end + 1
+        if up_first[widest_up] <= last or lo_first[widest_lo] <= last:
+            return
+    ru = 0
+    while ru < P and up_first[up_ord[ru]] <= last:
+        ru += 1
+    rl = 0
+    while rl < S and lo_first[lo_ord[rl]] <= last:
+        rl += 1
+    while pos <= last and ru < P and rl < S:
+        upper = up_lv[up_ord[ru]]
+        lower = lo_lv[lo_ord[rl]]
         j = grid_search(pos, last, high, low, upper, lower, search, direct, tab_hi, tab_lo, base,
                         levels, hi1, lo1, hi2, lo2)
         if j > last:
@@ -538,12 +582,17 @@ def grid_first_touches(t, last, high, low, up_lv, lo_lv, up_ord, lo_ord, up_firs
 
 @jitable
 def grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
-             up_lv, lo_lv, up_first, lo_first, tie_label, vertical, min_ret,
+             up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, tie_label, vertical, min_ret,
              search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2,
              label, exit_bars, exit_ret, flags):
     """Every combination of row t, at flat positions t*G .. t*G + G - 1 of
     the outputs (pts outer, sls, horizons inner); each element what the
-    triple barrier with that (pt, sl, horizon) writes for row t."""
+    triple barrier with that (pt, sl, horizon) writes for row t.
+
+    The exit of a (pt, sl) pair is decided once for all horizons, and the
+    vertical exit of a horizon once for all pairs (``v_lab``, ``v_ret``:
+    scratch of one element per horizon, NaN return for an incomplete one),
+    with the single label's arithmetic, so each element is its value."""
     P = pts.shape[0]
     S = sls.shape[0]
     NH = horizons.shape[0]
@@ -559,7 +608,11 @@ def grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, l
     c0 = close[t]
     hmax = 0
     for m in range(NH):
-        hmax = max(hmax, horizons[m])
+        h = horizons[m]
+        hmax = max(hmax, h)
+        lab, ret, complete = tb_vertical_at(t, n, h, close, vertical, min_ret)
+        v_lab[m] = lab
+        v_ret[m] = ret
     for i in range(P):
         up_lv[i] = upper_level(c0, sig, pts[i])
     for k in range(S):
@@ -570,21 +623,24 @@ def grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, l
     for i in range(P):
         for k in range(S):
             j = min(up_first[i], lo_first[k])
-            for m in range(NH):
-                h = horizons[m]
-                if j <= min(t + h, n - 1):
-                    lab, price, flag = tb_exit_at(open_[j], high[j], low[j], close[j], up_lv[i],
+            e_lab = 0
+            e_ret = math.nan
+            e_flag = 0
+            if j <= last:
+                e_lab, price, e_flag = tb_exit_at(open_[j], high[j], low[j], close[j], up_lv[i],
                                                   lo_lv[k], tie_label)
-                    label[q] = lab
-                    exit_bars[q] = j - t
-                    exit_ret[q] = price / c0 - 1.0
-                    flags[q] = flag
-                else:
-                    lab, ret, complete = tb_vertical_at(t, n, h, close, vertical, min_ret)
-                    label[q] = lab
-                    exit_bars[q] = h if complete else 0
-                    exit_ret[q] = ret
-                    flags[q] = 0 if complete else FLAG_INCOMPLETE
+                e_ret = price / c0 - 1.0
+            bars = j - t
+            for m in range(NH):
+                # Selects: whether the exit lies within a horizon is data-dependent.
+                h = horizons[m]
+                exits = (j <= last) & (bars <= h)
+                vr = v_ret[m]
+                done = vr == vr
+                label[q] = e_lab if exits else v_lab[m]
+                exit_bars[q] = bars if exits else (h if done else 0)
+                exit_ret[q] = e_ret if exits else vr
+                flags[q] = e_flag if exits else (0 if done else FLAG_INCOMPLETE)
                 q += 1
 
 
