@@ -62,7 +62,7 @@ def triple_barrier_side(open, high, low, close, sig, side, horizon: int = 24, pt
             U, L = stop, target
             target_side = -1         # the target is the lower barrier
 
-        def exit_at(physical: int) -> int:
+        def exit_at(physical: int, target_side: int = target_side) -> int:
             """The label of an exit at barrier +1 upper / -1 lower."""
             return 1 if physical == target_side else -1
 

@@ -20,7 +20,8 @@ from kernels import flags as core
 
 from ..errors import InvalidLabelSpec
 from .base import Column, LabelSpec, Param, Series
-from .triple_barrier import _TIE, _VERTICAL, PARAMS as TB_PARAMS
+from .triple_barrier import _TIE, _VERTICAL
+from .triple_barrier import PARAMS as TB_PARAMS
 from .volatility import VOL_PARAMS, sigma_lookback
 
 _SHARED = {p.name: p for p in TB_PARAMS}

@@ -321,7 +321,8 @@ def test_side_and_grid_at_random_cuts_equal_the_whole_series(seed, ncuts, data):
 
 def test_a_side_column_of_text_is_refused():
     df = pd.DataFrame(random_walk(50)).assign(side=["buy", "sell"] * 25)
-    with pytest.raises(InvalidInput, match=r"^column side must be numeric \(\+1 long, -1 short, 0 or NULL no position\), got (object|str)$"):
+    words = r"\(\+1 long, -1 short, 0 or NULL no position\)"
+    with pytest.raises(InvalidInput, match=rf"^column side must be numeric {words}, got (object|str)$"):
         compute_labels(df, TB, {TB: {"side": "column"}})
     with pytest.raises(InvalidInput, match=r"^column side must be numeric .*, got (large_)?string$"):
         compute_labels(pa.Table.from_pandas(df), TB, {TB: {"side": "column"}})
