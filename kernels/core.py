@@ -453,18 +453,23 @@ def tb_bounds(c0, sig, pt, sl):
 @jitable
 def tb_side_bounds(c0, sig, pt, sl, side):
     """Upper and lower barrier of a position: a short's profit target is
-    below (``pt`` sigmas) and its stop above (``sl``)."""
-    if side < 0:
-        return upper_level(c0, sig, sl), lower_level(c0, sig, pt)
-    return upper_level(c0, sig, pt), lower_level(c0, sig, sl)
+    below (``pt`` sigmas) and its stop above (``sl``).
+
+    The widths are picked by arithmetic, exact since x * 1 + y * 0 == x for
+    finite widths: sides from a model alternate unpredictably, and the
+    compiler turned a select here into a branch that cost 25% of the
+    triple barrier on random sides."""
+    short = (side < 0) * 1.0
+    long_ = 1.0 - short
+    return (upper_level(c0, sig, pt * long_ + sl * short),
+            lower_level(c0, sig, sl * long_ + pt * short))
 
 
 @jitable
 def side_of(side, t):
-    """The position at row t as +1 / -1, or 0 for none (0, NaN; callers
-    have refused any other value)."""
-    s = side[t]
-    return 1 if s > 0.0 else (-1 if s < 0.0 else 0)
+    """The position at row t: +1, -1, or 0 for none (``side`` holds int8
+    positions, see ``kernels.cpu.positions``)."""
+    return int(side[t])
 
 
 @jitable

@@ -30,6 +30,12 @@ GRID_FOLD_MAX = 64
 
 _opts = dict(cache=True, nogil=True)
 
+# The side argument of launchers called without sides: int8 and read-only
+# like the positions ``compute_labels`` passes, so both calls run one
+# compiled specialisation.
+_NO_SIDE = np.zeros(0, np.int8)
+_NO_SIDE.flags.writeable = False
+
 # Launchers that take ``empty=`` (see the module docstring).
 ALLOCATING = frozenset({
     "log_returns", "ewm_sigma", "rolling_sigma", "triple_barrier", "vol_scaled_return",
@@ -84,6 +90,20 @@ def first_defect(ts, open_, high, low, close, volume, check_volume):
             first = firsts[bi]
             break
     return first if first < n else -1
+
+
+@njit(**_opts)
+def positions(side, out):
+    """Each row's position as int8 (+1, -1; 0 for 0 or NaN) into ``out``, and
+    whether every side was +1, -1, 0 or NaN.  One pass without a branch (it
+    vectorises); the kernels then read a position without deciding one (a
+    branch on random sides cost 25% of the triple barrier)."""
+    ok = True
+    for i in range(side.shape[0]):
+        v = side[i]
+        ok &= (v == 1.0) | (v == -1.0) | (v == 0.0) | (v != v)
+        out[i] = (v > 0.0) - (v < 0.0)
+    return ok
 
 
 @njit(**_opts)
@@ -189,7 +209,7 @@ def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, v
     n = close.shape[0]
     out = (empty(n, np.int8), empty(n, np.int8), empty(n, np.int32), empty(n, np.float64),
            empty(n, np.uint8))
-    _triple_barrier(open_, high, low, close, sigma, close if side is None else side,
+    _triple_barrier(open_, high, low, close, sigma, _NO_SIDE if side is None else side,
                     side is not None, horizon, pt, sl, tie_label, vertical, min_ret, *out)
     return out
 
@@ -436,7 +456,7 @@ def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, si
     candles (``f_start[r] .. f_end[r] - 1`` for ``rows[r]``), in place.
     Returns how many rows were decided."""
     return _tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma,
-                       close if side is None else side, side is not None, pt, sl,
+                       _NO_SIDE if side is None else side, side is not None, pt, sl,
                        label, barrier, exit_ret, flags)
 
 

@@ -333,7 +333,7 @@ def _block_tables(high, low):
 def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret,
                    side=None):
     open_, high, low, close, sigma = (as_device(a) for a in (open_, high, low, close, sigma))
-    side_arr = close if side is None else as_device(side)
+    side_arr = cuda.device_array(1, np.int8) if side is None else as_device(side)
     n = close.shape[0]
     label = cuda.device_array(n, np.int8)
     barrier = cuda.device_array(n, np.int8)
@@ -652,7 +652,7 @@ def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, si
     if m:
         args = [as_device(a) for a in (rows, exit_bars, f_start, f_end, f_open, f_high, f_low,
                                        close, sigma)]
-        side_arr = args[7] if side is None else as_device(side)
+        side_arr = cuda.device_array(1, np.int8) if side is None else as_device(side)
         _tb_resolve_kernel[_blocks(m), THREADS](*args, side_arr, side is not None, pt, sl, label,
                                                 barrier, exit_ret, flags, decided)
     return int(decided.copy_to_host()[:m].sum())

@@ -223,14 +223,16 @@ def _side_from_pandas(s: pd.Series) -> np.ndarray:
 
 
 def side_values(side: np.ndarray) -> np.ndarray:
-    """``side`` as given, or InvalidCandles naming the first row whose value
-    is not +1, -1, 0 or NULL/NaN."""
+    """Positions (int8: +1 long, -1 short, 0 none) from a float64 side
+    column, or InvalidCandles naming the first row whose value is not +1,
+    -1, 0 or NULL/NaN."""
+    out = np.empty(side.shape[0], np.int8)
+    if cpu.positions(side, out):
+        return out
     bad = ~(np.isnan(side) | (side == 1.0) | (side == -1.0) | (side == 0.0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidCandles(f"side at row {i} is {shown(side[i])}: a side must be {_SIDE_WORDS} "
-                             f"({int(bad.sum())} such row(s))", row=i)
-    return side
+    i = int(np.flatnonzero(bad)[0])
+    raise InvalidCandles(f"side at row {i} is {shown(side[i])}: a side must be {_SIDE_WORDS} "
+                         f"({int(bad.sum())} such row(s))", row=i)
 
 
 def _no_volume(series: Series) -> tuple[np.ndarray, bool]:

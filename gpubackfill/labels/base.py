@@ -140,8 +140,9 @@ class Series:
     # series' bar length (None: its most frequent ts step).
     finer: Any = None
     bar_ms: int | None = None
-    # Each row's position for labels that take sides (+1 long, -1 short,
-    # 0 or NaN none), float64; None where the frame had no side column.
+    # Each row's position for labels that take sides: int8, +1 long, -1
+    # short, 0 none (the frame's 0, NULL or NaN); None where the frame had
+    # no side column.
     side: np.ndarray | None = None
 
     def __len__(self) -> int:
