@@ -7,8 +7,9 @@ median of repeats after warm-up) and end to end through ``compute_labels``
 (host->device and back included); the device-to-device copy bandwidth
 measured in the same run and each kernel's essential bytes/s as a fraction of
 it; the 2-core CPU path on the same machine for the speed-up; a small job on
-a dask-cuda ``LocalCUDACluster`` when dask-cuda is importable.  A summary
-table comes last.
+a dask-cuda ``LocalCUDACluster`` when dask-cuda is importable; the second
+and third label sets (sides, meta-labels and ``barrier_grid``: against the
+CPU, then speed).  A summary table comes last.
 
     bash bench/gpu_check.sh                    # on the GPU machine
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --simulate   # logic check, no GPU
@@ -163,6 +164,99 @@ def second_set(n: int, sizes: list[int], repeats: int) -> None:
                 rows.append([f"{size:.0e}", what, backend, f"{t * 1e3:.1f}", f"{size / t * 60 / 1e6:,.0f}"])
     print_table("5. second label set through compute_labels (copies and Arrow included)",
                 ["candles", "label", "backend", "ms", "M candles/min"], rows)
+
+
+GRID_PARAMS = {"pts": [1.0, 1.5, 2.0], "sls": [1.0, 1.5, 2.0], "horizons": [12, 24, 48]}
+
+
+def _mismatches(a, b) -> int:
+    """NULLs in different places, integers unequal, floats beyond 1e-9 rel;
+    list columns element by element."""
+    import pyarrow as pa
+
+    bad = 0
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_list(x.type):
+            x, y = x.combine_chunks().flatten(), y.combine_chunks().flatten()
+        x = np.asarray(x.cast(pa.float64()).fill_null(np.nan))
+        y = np.asarray(y.cast(pa.float64()).fill_null(np.nan))
+        bad += int((np.isnan(x) != np.isnan(y)).sum())
+        both = ~np.isnan(x) & ~np.isnan(y)
+        bad += int((~np.isclose(x[both], y[both], rtol=1e-9, atol=0)).sum())
+    return bad
+
+
+def third_set(n: int, sizes: list[int], repeats: int) -> None:
+    """Sides and meta-labels, and barrier_grid: CUDA against CPU, then speed
+    (sides against the plain triple barrier; the grid against one triple
+    barrier per combination, kernels on device-resident data)."""
+    from numba import cuda
+
+    from kernels import cuda as gk
+
+    tb = "enhanced_triple_barrier"
+    df = walk(n, 13)
+    df["side"] = np.random.default_rng(13).choice(np.array([1.0, -1.0, 0.0]), n, p=[0.45, 0.45, 0.1])
+    finer = _finer(df.drop(columns=["side"]))
+    side_params = {tb: {"horizon": H, "side": "column", "weights": True, "resolve_with": "S15"}}
+    bad = _mismatches(compute_labels(df, tb, side_params, backend="cpu", finer=finer, output="arrow"),
+                      compute_labels(df, tb, side_params, backend="cuda", finer=finer, output="arrow"))
+    grid = {"barrier_grid": GRID_PARAMS}
+    bad_grid = _mismatches(compute_labels(df, "barrier_grid", grid, backend="cpu", output="arrow"),
+                           compute_labels(df, "barrier_grid", grid, backend="cuda", output="arrow"))
+    ROWS.append(("third set: side/meta mismatches vs CPU", "0", str(bad)))
+    ROWS.append(("third set: barrier_grid mismatches vs CPU", "0", str(bad_grid)))
+    rows = []
+    for size in sizes:
+        big = walk(size, 14)
+        big["side"] = np.random.default_rng(14).choice(np.array([1.0, -1.0]), size)
+        plain = big.drop(columns=["side"])
+        for what, frame, params in (("triple barrier", plain, {tb: {"horizon": 24}}),
+                                    ("triple barrier, side=column + meta", big,
+                                     {tb: {"horizon": 24, "side": "column"}})):
+            compute_labels(frame.iloc[:10_000], tb, params, backend="cuda", output="arrow")
+            times = []
+            for _ in range(max(1, repeats // 2)):
+                t0 = time.perf_counter()
+                compute_labels(frame, tb, params, backend="cuda", output="arrow")
+                times.append(time.perf_counter() - t0)
+            t = statistics.median(times)
+            rows.append([f"{size:.0e}", what, f"{t * 1e3:.1f}", f"{size / t * 60 / 1e6:,.0f}"])
+    # The grid's outputs are 14 bytes per combination and candle (38 GB at
+    # 1e8 candles and 27 combinations): timed on the smallest size.
+    size = min(sizes)
+    big = walk(size, 15)
+    cols = {k: gk.as_device(big[k].to_numpy()) for k in ("open", "high", "low", "close")}
+    sigma = gk.ewm_sigma(cols["close"], 100)
+    args = (cols["open"], cols["high"], cols["low"], cols["close"], sigma)
+    pts, sls = np.array(GRID_PARAMS["pts"]), np.array(GRID_PARAMS["sls"])
+    hs = np.array(GRID_PARAMS["horizons"], dtype=np.int64)
+
+    def one_grid():
+        gk.barrier_grid(*args, pts, sls, hs, -1, 0, 0.0)
+        cuda.synchronize()
+
+    def singles():
+        for pt in pts:
+            for sl in sls:
+                for h in hs:
+                    gk.triple_barrier(*args, int(h), float(pt), float(sl), -1, 0, 0.0)
+        cuda.synchronize()
+
+    for what, fn in (("barrier_grid 3x3x3 (kernel)", one_grid), ("27 x triple barrier (kernel)", singles)):
+        fn()
+        times = []
+        for _ in range(max(1, repeats // 2)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        t = statistics.median(times)
+        rows.append([f"{size:.0e}", what, f"{t * 1e3:.1f}", f"{size / t * 60 / 1e6:,.0f}"])
+    ratio = float(rows[-1][2]) / float(rows[-2][2])
+    ROWS.append((f"barrier_grid vs 27 triple barriers, GPU kernels ({size:.0e})", ">= 5x", f"{ratio:.1f}x"))
+    print_table("6. third set: sides and barrier_grid on the device",
+                ["candles", "label", "ms", "M candles/min"], rows)
 
 
 def device_bandwidth(n: int) -> float:
@@ -373,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{rates[big] / cpu_rate:.0f}x"))
     dask_cuda_job(min(sizes), 4)
     second_set(int(args.check_size), sizes, args.repeats)
+    third_set(int(args.check_size), sizes, args.repeats)
     print_table(f"SUMMARY (total {time.perf_counter() - t_start:.0f} s)", ["check", "target", "measured"],
                 [list(r) for r in ROWS])
     return 0

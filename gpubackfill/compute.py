@@ -47,6 +47,9 @@ def compute_labels(
     input's index, with nullable ``Int8``/``Int32`` labels (see
     ``label_frames``).
 
+    ``enhanced_triple_barrier`` with ``side="column"`` reads the frame's
+    ``side`` column (+1 long, -1 short; 0, NULL or NaN no position).
+
     ``finer``: candles of a finer granularity of the same instrument (same
     forms as ``candles``), which decide the triple barrier's ambiguous bars
     when it has ``resolve_with``; ``bar_ms`` is the length of one bar of
@@ -60,8 +63,13 @@ def compute_labels(
         raise InvalidInput(f"{r.name}.resolve_with={r.params['resolve_with']!r} needs the finer "
                            f"candles: pass them as finer=")
     chosen = backends.select(backend)
-    series = candles_mod.to_series(candles, optional=("open", "high", "low"))
+    sided = registry.wants_side(resolved)
+    series = candles_mod.to_series(candles, optional=("open", "high", "low"), side=bool(sided))
     _check_inputs(series, resolved, candles)
+    if sided and series.side is None:
+        raise InvalidCandles(f"{sided[0].name}.side='column' needs a side column beside the candles "
+                             f"(+1 long, -1 short, 0 or NULL no position); the input has "
+                             f"{', '.join(candles_mod.column_names(candles))}")
     series, keep = candles_mod.validate_rows(series, on_invalid)
     if finer is not None:
         finer = candles_mod.validate(candles_mod.to_series(finer), on_invalid)
@@ -98,13 +106,15 @@ def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any, 
     if not on_device:
         kernels = allocator.PooledKernels(kernels, empty)
     else:  # one copy to the device; every label reads from there
-        prices = {"open": series.open, "high": series.high, "low": series.low, "close": series.close}
+        prices = {"open": series.open, "high": series.high, "low": series.low, "close": series.close,
+                  "side": series.side}
         cols = kernels.columns_to_device({k: v for k, v in prices.items() if v is not None})
         series = Series(ts=series.ts, open=cols.get("open"), high=cols.get("high"), low=cols.get("low"),
-                        close=cols["close"], volume=None, finer=series.finer, bar_ms=series.bar_ms)
+                        close=cols["close"], volume=None, finer=series.finer, bar_ms=series.bar_ms,
+                        side=cols.get("side"))
     sigmas: dict[tuple[str, int], np.ndarray] = {}
     names = ["ts"]
-    arrays: list[pa.Array] = [pa.array(host_ts, type=pa.int64())]
+    arrays: list[pa.Array | pa.ChunkedArray] = [pa.array(host_ts, type=pa.int64())]
     for r in resolved:
         sigma = None
         if r.spec.uses_sigma:
@@ -122,13 +132,36 @@ def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any, 
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _to_arrow(column: Column, arrow_type: pa.DataType) -> pa.Array:
-    """Wrap kernel output without copying: Arrow buffers over the arrays."""
+# A list array's offsets are int32: a column of more elements is cut into
+# chunks of whole rows.
+_MAX_LIST_ELEMENTS = 2**31 - 1
+
+
+def _to_arrow(column: Column, arrow_type: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """Wrap kernel output without copying: Arrow buffers over the arrays.
+    A list column comes as an (n, G) array: row t's list is row t of it,
+    and the bitmap covers its elements in row-major order."""
     values, bitmap = column
     values = np.ascontiguousarray(values)
+    if pa.types.is_list(arrow_type):
+        return _to_arrow_lists(values, bitmap, arrow_type)
     n = values.shape[0]
     if bitmap is None:
         return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(values)], null_count=0)
     return pa.Array.from_buffers(
         arrow_type, n, [pa.py_buffer(bitmap), pa.py_buffer(values)], null_count=-1
     )
+
+
+def _to_arrow_lists(values: np.ndarray, bitmap: np.ndarray | None,
+                    arrow_type: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    n, g = values.shape
+    elements = _to_arrow((values.reshape(-1), bitmap), arrow_type.value_type)
+    per_chunk = max(1, _MAX_LIST_ELEMENTS // g)
+    chunks = []
+    for start in range(0, max(n, 1), per_chunk):
+        rows = min(per_chunk, n - start)
+        offsets = pa.array(np.arange(0, rows * g + 1, g, dtype=np.int32))
+        chunks.append(pa.ListArray.from_arrays(offsets, elements.slice(start * g, rows * g),
+                                               type=arrow_type))
+    return chunks[0] if len(chunks) == 1 else pa.chunked_array(chunks, type=arrow_type)

@@ -8,7 +8,9 @@ returns it as it is, or as a pandas or polars DataFrame:
   lines up; integer labels as pandas' nullable ``Int8``/``Int32``/``UInt8``
   (NULL stays ``<NA>``, not a float), floats as float64 with NaN for NULL.
   A ``ts`` column only when the input had one (as the input gave it); time
-  from a DatetimeIndex stays in the index.
+  from a DatetimeIndex stays in the index.  List columns (``barrier_grid``)
+  keep their Arrow type (``pd.ArrowDtype``): each cell a list, NULL
+  elements as None.
 - polars: the Arrow types as they are (NULL stays null); ``ts`` as the input
   gave it (from a DatetimeIndex: its values).
 """
@@ -68,7 +70,7 @@ def shape(table: pa.Table, candles: Any, keep: np.ndarray | None, output: str) -
 
 
 def _to_pandas(table: pa.Table, candles: Any, keep: np.ndarray | None) -> pd.DataFrame:
-    out = table.drop_columns(["ts"]).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    out = table.drop_columns(["ts"]).to_pandas(types_mapper=_pandas_type)
     if isinstance(candles, pd.DataFrame):
         index = candles.index
         name = _ts_name(candles)
@@ -80,6 +82,12 @@ def _to_pandas(table: pa.Table, candles: Any, keep: np.ndarray | None) -> pd.Dat
     if ts is not None:
         out.insert(0, "ts", ts if keep is None else ts[keep])
     return out
+
+
+def _pandas_type(t: pa.DataType) -> Any:
+    if pa.types.is_list(t):
+        return pd.ArrowDtype(t)
+    return _NULLABLE_INTS.get(t)
 
 
 def _ts_name(candles: Any) -> str | None:

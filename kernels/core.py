@@ -34,8 +34,12 @@ from .flags import (  # noqa: E402,F401
     FLAG_AMBIGUOUS,
     FLAG_GAP,
     FLAG_INCOMPLETE,
+    FLAG_NO_SIDE,
     FLAG_NO_VOL,
     FLAG_RESOLVED,
+    SEARCH_BLOCKS,
+    SEARCH_SCAN,
+    SEARCH_TABLE,
     TIE_SKIP,
     TIE_SL,
     TIE_TP,
@@ -334,44 +338,35 @@ def first_touch_blocks(a, b, high, low, upper, lower, hi1, lo1, hi2, lo2):
 
 
 @jitable
-def tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
-                  label, barrier, exit_bars, exit_ret, flags):
-    """Fill row t for an exit on bar j (a bar known to touch a barrier).
+def tb_exit_at(o, hi, lo, cj, upper, lower, tie_phys):
+    """(physical label, exit price, flags) of an exit on a bar known to
+    touch a barrier, from that bar's open, high, low and close.
 
     Written as selects rather than if/else: which barrier a random walk
     hits is a coin flip, and mispredicted branches would cost more than all
-    the arithmetic here.  ``tie_label`` is the label an ambiguous bar gets
-    (-1 for tie="sl", +1 for "tp", 0 for "skip").
+    the arithmetic here.  ``tie_phys`` is the barrier an ambiguous bar exits
+    at (-1 lower, +1 upper, 0 neither: tie="skip").
     """
-    o = open_[j]
     gap_up = o >= upper
     gap_dn = o <= lower
     gap = gap_up | gap_dn
-    up = high[j] >= upper
-    dn = low[j] <= lower
+    up = hi >= upper
+    dn = lo <= lower
     amb = up & dn
-    lab = tie_label if amb else (1 if up else -1)
-    price = upper if lab == 1 else (lower if lab == -1 else close[j])
+    lab = tie_phys if amb else (1 if up else -1)
+    price = upper if lab == 1 else (lower if lab == -1 else cj)
     lab = 1 if gap_up else (-1 if gap_dn else lab)
     price = o if gap else price
-    label[t] = lab
-    barrier[t] = lab
-    exit_bars[t] = j - t
-    exit_ret[t] = price / close[t] - 1.0
-    flags[t] = FLAG_GAP if gap else (FLAG_AMBIGUOUS if amb else 0)
+    flag = FLAG_GAP if gap else (FLAG_AMBIGUOUS if amb else 0)
+    return lab, price, flag
 
 
 @jitable
-def tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
-                     label, barrier, exit_bars, exit_ret, flags):
-    """Fill row t when no bar in its window touched a barrier."""
+def tb_vertical_at(t, n, horizon, close, vertical, min_ret):
+    """(physical label, return, complete) of a row whose window touched no
+    barrier: the vertical exit at close_{t+H}, or incomplete (False)."""
     if t + horizon > n - 1:
-        label[t] = 0
-        barrier[t] = 0
-        exit_bars[t] = 0
-        exit_ret[t] = math.nan
-        flags[t] = FLAG_INCOMPLETE
-        return
+        return 0, math.nan, False
     ret = close[t + horizon] / close[t] - 1.0
     lab = 0
     if vertical == VERTICAL_SIGN and abs(ret) >= min_ret:
@@ -379,38 +374,279 @@ def tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
             lab = 1
         elif ret < 0.0:
             lab = -1
-    label[t] = lab
+    return lab, ret, True
+
+
+@jitable
+def tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label, side,
+                  label, barrier, exit_bars, exit_ret, flags):
+    """Fill row t for an exit on bar j (a bar known to touch a barrier).
+
+    ``tie_label`` is the label an ambiguous bar gets (-1 for tie="sl", +1 for
+    "tp", 0 for "skip"); ``side`` the row's position (+1 without sides): the
+    barrier stays physical, the label is relative to the side, so the stop
+    of a short is the upper barrier.
+    """
+    lab, price, flag = tb_exit_at(open_[j], high[j], low[j], close[j], upper, lower,
+                                  tie_label * side)
+    label[t] = lab * side
+    barrier[t] = lab
+    exit_bars[t] = j - t
+    exit_ret[t] = price / close[t] - 1.0
+    flags[t] = flag
+
+
+@jitable
+def tb_write_no_exit(t, n, horizon, close, vertical, min_ret, side,
+                     label, barrier, exit_bars, exit_ret, flags):
+    """Fill row t when no bar in its window touched a barrier."""
+    lab, ret, complete = tb_vertical_at(t, n, horizon, close, vertical, min_ret)
+    label[t] = lab * side
     barrier[t] = 0
-    exit_bars[t] = horizon
+    exit_bars[t] = horizon if complete else 0
     exit_ret[t] = ret
-    flags[t] = 0
+    flags[t] = 0 if complete else FLAG_INCOMPLETE
 
 
 @jitable
 def tb_write_outcome(t, j, last, n, horizon, open_, high, low, close, upper, lower, tie_label,
-                     vertical, min_ret, label, barrier, exit_bars, exit_ret, flags):
+                     vertical, min_ret, side, label, barrier, exit_bars, exit_ret, flags):
     """Fill row t once its search is over: an exit on bar j when j <= last,
     else the vertical barrier (or incomplete)."""
     if j <= last:
-        tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label,
+        tb_write_exit(t, j, open_, high, low, close, upper, lower, tie_label, side,
                       label, barrier, exit_bars, exit_ret, flags)
     else:
-        tb_write_no_exit(t, n, horizon, close, vertical, min_ret,
+        tb_write_no_exit(t, n, horizon, close, vertical, min_ret, side,
                          label, barrier, exit_bars, exit_ret, flags)
 
 
 @jitable
 def tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags):
+    tb_write_null(t, FLAG_NO_VOL, label, barrier, exit_bars, exit_ret, flags)
+
+
+@jitable
+def tb_write_null(t, flag, label, barrier, exit_bars, exit_ret, flags):
     label[t] = 0
     barrier[t] = 0
     exit_bars[t] = 0
     exit_ret[t] = math.nan
-    flags[t] = FLAG_NO_VOL
+    flags[t] = flag
+
+
+@jitable
+def upper_level(c0, sig, width):
+    return c0 * (1.0 + width * sig)
+
+
+@jitable
+def lower_level(c0, sig, width):
+    return c0 * (1.0 - width * sig)
 
 
 @jitable
 def tb_bounds(c0, sig, pt, sl):
-    return c0 * (1.0 + pt * sig), c0 * (1.0 - sl * sig)
+    return upper_level(c0, sig, pt), lower_level(c0, sig, sl)
+
+
+@jitable
+def tb_side_bounds(c0, sig, pt, sl, side):
+    """Upper and lower barrier of a position: a short's profit target is
+    below (``pt`` sigmas) and its stop above (``sl``).
+
+    The widths are picked by arithmetic, exact since x * 1 + y * 0 == x for
+    finite widths: sides from a model alternate unpredictably, and the
+    compiler turned a select here into a branch that cost 25% of the
+    triple barrier on random sides."""
+    short = (side < 0) * 1.0
+    long_ = 1.0 - short
+    return (upper_level(c0, sig, pt * long_ + sl * short),
+            lower_level(c0, sig, sl * long_ + pt * short))
+
+
+@jitable
+def side_of(side, t):
+    """The position at row t: +1, -1, or 0 for none (``side`` holds int8
+    positions, see ``kernels.cpu.positions``)."""
+    return int(side[t])
+
+
+@jitable
+def meta_at(t, side, exit_ret, meta):
+    """tb_meta: 1 when the bet on side s_t made money (s_t * return > 0).
+    A NULL return (NaN) gives 0, masked by the caller."""
+    meta[t] = 1 if side[t] * exit_ret[t] > 0.0 else 0
+
+
+# --------------------------------------------------------------------------
+# Barrier grid: every (pt, sl, horizon) of a row from one search.
+
+# Bars folded into a row's first touches at a time before looking whether
+# its widest levels are reached.
+GRID_FOLD_BARS = 8
+#
+# Upper levels rise with pt and lower ones fall with sl (rounding is
+# monotone), so one walk through a row's window, always looking for the
+# next bar that touches the lowest upper or the highest lower level not yet
+# touched, finds the first touch of every level with at most one search per
+# level.  A combination (pt_i, sl_k, h) then exits at the earlier of the two
+# first touches when that lies within h bars: exactly the bar the single
+# triple barrier's walk stops at, and the same arithmetic decides the rest.
+
+
+@jitable
+def grid_search(pos, last, high, low, upper, lower, search, direct, tab_hi, tab_lo, base, levels,
+                hi1, lo1, hi2, lo2):
+    """First j in [pos, last] touching ``upper`` or ``lower``, or last + 1:
+    ``direct`` bars one by one, then by ``search`` (see kernels.flags)."""
+    near = min(pos + direct - 1, last)
+    j = first_touch_scan(pos, near, high, low, upper, lower)
+    if j <= near or near == last:
+        return j
+    if search == SEARCH_TABLE:
+        return first_touch_table(near + 1, last, high, low, upper, lower, tab_hi, tab_lo, base,
+                                 levels)
+    if search == SEARCH_BLOCKS:
+        return first_touch_blocks(near + 1, last, high, low, upper, lower, hi1, lo1, hi2, lo2)
+    return first_touch_scan(near + 1, last, high, low, upper, lower)
+
+
+@jitable
+def grid_fold(pos, end, high, low, up_lv, lo_lv, up_first, lo_first):
+    """Fold bars pos..end into the first touches, without a branch: a level
+    not touched yet (its first touch is past every bar) takes bar j when j
+    touches it."""
+    P = up_lv.shape[0]
+    S = lo_lv.shape[0]
+    for j in range(pos, end + 1):
+        hj = high[j]
+        lj = low[j]
+        for i in range(P):
+            f = up_first[i]
+            up_first[i] = j if (hj >= up_lv[i]) & (j < f) else f
+        for k in range(S):
+            f = lo_first[k]
+            lo_first[k] = j if (lj <= lo_lv[k]) & (j < f) else f
+
+
+@jitable
+def grid_first_touches(t, last, high, low, up_lv, lo_lv, up_ord, lo_ord, up_first, lo_first,
+                       search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2):
+    """First bar in [t+1, last] touching each level (last + 1: none), as far
+    as the combinations need: the walk stops once every upper or every lower
+    level is touched (the widest one is), since each (upper, lower) pair
+    then has its exit, and a level left untouched is past it.  ``up_ord``
+    lists the upper levels from the lowest, ``lo_ord`` the lower ones from
+    the highest.
+
+    The first ``direct`` bars are folded in a few at a time without
+    branches: most rows reach a widest level within them.  The rest is a
+    walk of searches, each for the next bar touching the lowest upper or the
+    highest lower level not touched yet: at most one search a level.
+    """
+    P = up_lv.shape[0]
+    S = lo_lv.shape[0]
+    for i in range(P):
+        up_first[i] = last + 1
+    for k in range(S):
+        lo_first[k] = last + 1
+    widest_up = up_ord[P - 1]
+    widest_lo = lo_ord[S - 1]
+    pos = t + 1
+    near = min(t + direct, last)
+    while pos <= near:
+        end = min(pos + GRID_FOLD_BARS - 1, near)
+        grid_fold(pos, end, high, low, up_lv, lo_lv, up_first, lo_first)
+        pos = end + 1
+        if up_first[widest_up] <= last or lo_first[widest_lo] <= last:
+            return
+    ru = 0
+    while ru < P and up_first[up_ord[ru]] <= last:
+        ru += 1
+    rl = 0
+    while rl < S and lo_first[lo_ord[rl]] <= last:
+        rl += 1
+    while pos <= last and ru < P and rl < S:
+        upper = up_lv[up_ord[ru]]
+        lower = lo_lv[lo_ord[rl]]
+        j = grid_search(pos, last, high, low, upper, lower, search, direct, tab_hi, tab_lo, base,
+                        levels, hi1, lo1, hi2, lo2)
+        if j > last:
+            break
+        hj = high[j]
+        while ru < P and hj >= up_lv[up_ord[ru]]:
+            up_first[up_ord[ru]] = j
+            ru += 1
+        lj = low[j]
+        while rl < S and lj <= lo_lv[lo_ord[rl]]:
+            lo_first[lo_ord[rl]] = j
+            rl += 1
+        pos = j + 1
+
+
+@jitable
+def grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
+             up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, tie_label, vertical, min_ret,
+             search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2,
+             label, exit_bars, exit_ret, flags):
+    """Every combination of row t, at flat positions t*G .. t*G + G - 1 of
+    the outputs (pts outer, sls, horizons inner); each element what the
+    triple barrier with that (pt, sl, horizon) writes for row t.
+
+    The exit of a (pt, sl) pair is decided once for all horizons, and the
+    vertical exit of a horizon once for all pairs (``v_lab``, ``v_ret``:
+    scratch of one element per horizon, NaN return for an incomplete one),
+    with the single label's arithmetic, so each element is its value."""
+    P = pts.shape[0]
+    S = sls.shape[0]
+    NH = horizons.shape[0]
+    q = t * (P * S * NH)
+    sig = sigma[t]
+    if not (sig > 0.0):
+        for g in range(q, q + P * S * NH):
+            label[g] = 0
+            exit_bars[g] = 0
+            exit_ret[g] = math.nan
+            flags[g] = FLAG_NO_VOL
+        return
+    c0 = close[t]
+    hmax = 0
+    for m in range(NH):
+        h = horizons[m]
+        hmax = max(hmax, h)
+        lab, ret, complete = tb_vertical_at(t, n, h, close, vertical, min_ret)
+        v_lab[m] = lab
+        v_ret[m] = ret
+    for i in range(P):
+        up_lv[i] = upper_level(c0, sig, pts[i])
+    for k in range(S):
+        lo_lv[k] = lower_level(c0, sig, sls[k])
+    last = min(t + hmax, n - 1)
+    grid_first_touches(t, last, high, low, up_lv, lo_lv, up_ord, lo_ord, up_first, lo_first,
+                       search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2)
+    for i in range(P):
+        for k in range(S):
+            j = min(up_first[i], lo_first[k])
+            e_lab = 0
+            e_ret = math.nan
+            e_flag = 0
+            if j <= last:
+                e_lab, price, e_flag = tb_exit_at(open_[j], high[j], low[j], close[j], up_lv[i],
+                                                  lo_lv[k], tie_label)
+                e_ret = price / c0 - 1.0
+            bars = j - t
+            for m in range(NH):
+                # Selects: whether the exit lies within a horizon is data-dependent.
+                h = horizons[m]
+                exits = (j <= last) & (bars <= h)
+                vr = v_ret[m]
+                done = vr == vr
+                label[q] = e_lab if exits else v_lab[m]
+                exit_bars[q] = bars if exits else (h if done else 0)
+                exit_ret[q] = e_ret if exits else vr
+                flags[q] = e_flag if exits else (0 if done else FLAG_INCOMPLETE)
+                q += 1
 
 
 # --------------------------------------------------------------------------
@@ -531,19 +767,21 @@ def window_min(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
 
 
 @jitable
-def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower,
+def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower, side,
                    label, barrier, exit_ret, flags):
     """Rewrite row t, whose exit bar j was ambiguous, from the finer candles
     ``fs .. fe - 1`` (those inside bar j, in time order).  The exit bar, and
     so ``exit_bars``, stays j; label, barrier, return and flags follow the
     first finer candle that reaches a barrier.  Returns 1 when the bar was
-    decided (RESOLVED), 0 when it stays ambiguous and the tie rule stands."""
+    decided (RESOLVED), 0 when it stays ambiguous and the tie rule stands.
+    ``side``: the row's position (+1 without sides); the label is relative
+    to it."""
     k = fs
     while k < fe:
         o = f_open[k]
         if o >= upper or o <= lower:
             lab = 1 if o >= upper else -1
-            label[t] = lab
+            label[t] = lab * side
             barrier[t] = lab
             exit_ret[t] = o / close[t] - 1.0
             flags[t] = FLAG_GAP | FLAG_RESOLVED
@@ -554,7 +792,7 @@ def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower,
             return 0  # still ambiguous at the finer level: the tie rule already written stands
         if up or dn:
             lab = 1 if up else -1
-            label[t] = lab
+            label[t] = lab * side
             barrier[t] = lab
             exit_ret[t] = (upper if up else lower) / close[t] - 1.0
             flags[t] = FLAG_RESOLVED
@@ -565,7 +803,8 @@ def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower,
 
 # --------------------------------------------------------------------------
 # Sample weights (AFML ch. 4): concurrency, uniqueness, return attribution.
-# An event is a row with a defined label; it is exposed to bars
+# An event is a row with a defined label (with sides: one with a position);
+# it is exposed to bars
 # i+1 .. i+e_i.  Counting events per bar directly (not with a running
 # cumulative sum) keeps every bar's count independent of where a series is
 # cut, and lets every target compute any bar on its own.
@@ -573,7 +812,7 @@ def tb_resolve_row(t, j, fs, fe, f_open, f_high, f_low, close, upper, lower,
 
 @jitable
 def is_event(flags_i):
-    return (flags_i & (FLAG_INCOMPLETE | FLAG_NO_VOL)) == 0
+    return (flags_i & (FLAG_INCOMPLETE | FLAG_NO_VOL | FLAG_NO_SIDE)) == 0
 
 
 @jitable

@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda
 
 from . import core, cpu
+from .flags import MAX_COMBINATIONS
 
 # compute_series moves a series to the device once and copies results back.
 ON_DEVICE = True
@@ -298,27 +299,41 @@ def _extremes(x, shift, is_max):
 
 
 @cuda.jit
-def _tb_kernel(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret,
-               direct, hi1, lo1, hi2, lo2, label, barrier, exit_bars, exit_ret, flags):
+def _tb_kernel(open_, high, low, close, sigma, side, sided, horizon, pt, sl, tie_label, vertical,
+               min_ret, direct, hi1, lo1, hi2, lo2, label, barrier, exit_bars, exit_ret, flags):
     n = close.shape[0]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for t in range(start, n, step):
+        sd = 1
+        if sided:
+            sd = core.side_of(side, t)
+            if sd == 0:
+                core.tb_write_null(t, core.FLAG_NO_SIDE, label, barrier, exit_bars, exit_ret, flags)
+                continue
         sig = sigma[t]
         if not (sig > 0.0):
             core.tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags)
             continue
-        upper, lower = core.tb_bounds(close[t], sig, pt, sl)
+        upper, lower = core.tb_side_bounds(close[t], sig, pt, sl, sd)
         last = min(t + horizon, n - 1)
         near = min(t + direct, last)
         j = core.first_touch_scan(t + 1, near, high, low, upper, lower)
         if j > near and near < last:
             j = core.first_touch_blocks(near + 1, last, high, low, upper, lower, hi1, lo1, hi2, lo2)
         core.tb_write_outcome(t, j, last, n, horizon, open_, high, low, close, upper, lower,
-                              tie_label, vertical, min_ret, label, barrier, exit_bars, exit_ret, flags)
+                              tie_label, vertical, min_ret, sd, label, barrier, exit_bars, exit_ret,
+                              flags)
 
 
-def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret):
+def _block_tables(high, low):
+    return (_extremes(high, core.L1_SHIFT, True), _extremes(low, core.L1_SHIFT, False),
+            _extremes(high, core.L2_SHIFT, True), _extremes(low, core.L2_SHIFT, False))
+
+
+def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, vertical, min_ret,
+                   side=None):
     open_, high, low, close, sigma = (as_device(a) for a in (open_, high, low, close, sigma))
+    side_arr = cuda.device_array(1, np.int8) if side is None else as_device(side)
     n = close.shape[0]
     label = cuda.device_array(n, np.int8)
     barrier = cuda.device_array(n, np.int8)
@@ -327,14 +342,80 @@ def triple_barrier(open_, high, low, close, sigma, horizon, pt, sl, tie_label, v
     flags = cuda.device_array(n, np.uint8)
     if n == 0:
         return label, barrier, exit_bars, exit_ret, flags
-    hi1 = _extremes(high, core.L1_SHIFT, True)
-    lo1 = _extremes(low, core.L1_SHIFT, False)
-    hi2 = _extremes(high, core.L2_SHIFT, True)
-    lo2 = _extremes(low, core.L2_SHIFT, False)
-    _tb_kernel[_blocks(n), THREADS](open_, high, low, close, sigma, horizon, pt, sl, tie_label,
-                                    vertical, min_ret, min(horizon, cpu.DIRECT_SCAN_BARS),
+    hi1, lo1, hi2, lo2 = _block_tables(high, low)
+    _tb_kernel[_blocks(n), THREADS](open_, high, low, close, sigma, side_arr, side is not None,
+                                    horizon, pt, sl, tie_label, vertical, min_ret,
+                                    min(horizon, cpu.DIRECT_SCAN_BARS),
                                     hi1, lo1, hi2, lo2, label, barrier, exit_bars, exit_ret, flags)
     return label, barrier, exit_bars, exit_ret, flags
+
+
+@cuda.jit
+def _meta_kernel(side, exit_ret, meta):
+    g, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(g, exit_ret.shape[0], step):
+        core.meta_at(t, side, exit_ret, meta)
+
+
+def tb_meta(side, exit_ret):
+    side, exit_ret = as_device(side), as_device(exit_ret)
+    n = exit_ret.shape[0]
+    meta = cuda.device_array(n, np.int8)
+    if n:
+        _meta_kernel[_blocks(n), THREADS](side, exit_ret, meta)
+    return meta
+
+
+# One thread a row keeps the row's levels and their first touches in local
+# memory, sized for the most levels a grid can have.
+GRID_LEVELS = MAX_COMBINATIONS
+
+
+@cuda.jit
+def _grid_kernel(open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord, tie_label,
+                 vertical, min_ret, direct, no_table, hi1, lo1, hi2, lo2, label, exit_bars, exit_ret,
+                 flags):
+    up_lv_buf = cuda.local.array(GRID_LEVELS, np.float64)
+    lo_lv_buf = cuda.local.array(GRID_LEVELS, np.float64)
+    up_first_buf = cuda.local.array(GRID_LEVELS, np.int64)
+    lo_first_buf = cuda.local.array(GRID_LEVELS, np.int64)
+    v_lab_buf = cuda.local.array(GRID_LEVELS, np.int64)
+    v_ret_buf = cuda.local.array(GRID_LEVELS, np.float64)
+    up_lv = up_lv_buf[:pts.shape[0]]
+    lo_lv = lo_lv_buf[:sls.shape[0]]
+    up_first = up_first_buf[:pts.shape[0]]
+    lo_first = lo_first_buf[:sls.shape[0]]
+    v_lab = v_lab_buf[:horizons.shape[0]]
+    v_ret = v_ret_buf[:horizons.shape[0]]
+    n = close.shape[0]
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for t in range(start, n, step):
+        core.grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
+                      up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, tie_label, vertical,
+                      min_ret, core.SEARCH_BLOCKS, direct, no_table, no_table, 0, 0, hi1, lo1, hi2, lo2,
+                      label, exit_bars, exit_ret, flags)
+
+
+def barrier_grid(open_, high, low, close, sigma, pts, sls, horizons, tie_label, vertical, min_ret):
+    open_, high, low, close, sigma = (as_device(a) for a in (open_, high, low, close, sigma))
+    pts, sls, horizons = (np.ascontiguousarray(a) for a in (pts, sls, horizons))
+    n = close.shape[0]
+    g = pts.shape[0] * sls.shape[0] * horizons.shape[0]
+    label = cuda.device_array((n, g), np.int8)
+    exit_bars = cuda.device_array((n, g), np.int32)
+    exit_ret = cuda.device_array((n, g), np.float64)
+    flags = cuda.device_array((n, g), np.uint8)
+    if n == 0:
+        return label, exit_bars, exit_ret, flags
+    up_ord = np.argsort(pts, kind="stable").astype(np.int64)
+    lo_ord = np.argsort(sls, kind="stable").astype(np.int64)
+    hmax = int(horizons.max())
+    _grid_kernel[_blocks(n), THREADS](open_, high, low, close, sigma, *(cuda.to_device(a) for a in (
+        pts, sls, horizons, up_ord, lo_ord)), tie_label, vertical, min_ret,
+        min(hmax, cpu.DIRECT_SCAN_BARS), cuda.device_array((1, 1), np.float64),
+        *_block_tables(high, low),
+        *(a.reshape(n * g) for a in (label, exit_bars, exit_ret, flags)))
+    return label, exit_bars, exit_ret, flags
 
 
 # --------------------------------------------------------------------------
@@ -553,25 +634,27 @@ def mfe_mae(high, low, close, horizon):
 
 @cuda.jit
 def _tb_resolve_kernel(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma,
-                       pt, sl, label, barrier, exit_ret, flags, decided):
+                       side, sided, pt, sl, label, barrier, exit_ret, flags, decided):
     g, step = cuda.grid(1), cuda.gridsize(1)
     for r in range(g, rows.shape[0], step):
         t = rows[r]
-        upper, lower = core.tb_bounds(close[t], sigma[t], pt, sl)
+        s = core.side_of(side, t) if sided else 1
+        upper, lower = core.tb_side_bounds(close[t], sigma[t], pt, sl, s)
         decided[r] = core.tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open,
-                                         f_high, f_low, close, upper, lower, label, barrier,
+                                         f_high, f_low, close, upper, lower, s, label, barrier,
                                          exit_ret, flags)
 
 
 def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma, pt, sl,
-               label, barrier, exit_ret, flags):
+               label, barrier, exit_ret, flags, side=None):
     m = rows.shape[0]
     decided = cuda.device_array(max(m, 1), np.int64)
     if m:
         args = [as_device(a) for a in (rows, exit_bars, f_start, f_end, f_open, f_high, f_low,
                                        close, sigma)]
-        _tb_resolve_kernel[_blocks(m), THREADS](*args, pt, sl, label, barrier, exit_ret, flags,
-                                                decided)
+        side_arr = cuda.device_array(1, np.int8) if side is None else as_device(side)
+        _tb_resolve_kernel[_blocks(m), THREADS](*args, side_arr, side is not None, pt, sl, label,
+                                                barrier, exit_ret, flags, decided)
     return int(decided.copy_to_host()[:m].sum())
 
 

@@ -26,3 +26,17 @@ BAD_VOLUME = 32
 
 # An ambiguous bar decided by replaying it on finer candles (resolve_with).
 FLAG_RESOLVED = 16
+
+# A row without a position (side 0, NULL or NaN, with side="column"): every
+# triple-barrier output NULL.
+FLAG_NO_SIDE = 32
+
+# How barrier_grid looks for the next bar touching a level: bar by bar, in
+# per-block tables of run extremes (CPU), or over aligned blocks' extremes (CUDA).
+SEARCH_SCAN = 0
+SEARCH_TABLE = 1
+SEARCH_BLOCKS = 2
+
+# barrier_grid: at most this many (pt, sl, horizon) combinations, so at most
+# this many distinct upper (or lower) levels a row.
+MAX_COMBINATIONS = 256

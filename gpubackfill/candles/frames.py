@@ -50,20 +50,29 @@ def kind(candles: Any) -> str | None:
     return None
 
 
-def to_series(candles: Any, optional: tuple[str, ...] = ()) -> Series:
+def to_series(candles: Any, optional: tuple[str, ...] = (), side: bool = False) -> Series:
     """Extract ts (int64 ms UTC) and float64 OHLC(V) arrays from a frame.
 
     ``optional``: price columns the frame may lack (None in the series);
-    every other one of open/high/low/close must be there."""
+    every other one of open/high/low/close must be there.  ``side``: also
+    read the frame's ``side`` column, where it has one (see ``side_values``)."""
     frame_kind = kind(candles)
     if frame_kind == "polars":
         candles = candles.to_arrow()
     if isinstance(candles, pa.RecordBatch):
         candles = pa.Table.from_batches([candles])
     if isinstance(candles, pa.Table):
-        return read_only(_from_arrow(candles, optional))
+        series = _from_arrow(candles, optional)
+        cols = _column_map(candles.column_names)
+        if side and "side" in cols:
+            series = replace(series, side=_side_from_arrow(candles.column(cols["side"])))
+        return read_only(series)
     if isinstance(candles, pd.DataFrame):
-        return read_only(_from_pandas(candles, optional))
+        series = _from_pandas(candles, optional)
+        cols = _column_map(list(candles.columns))
+        if side and "side" in cols:
+            series = replace(series, side=_side_from_pandas(candles[cols["side"]]))
+        return read_only(series)
     raise InvalidCandles(
         "candles must be a pandas or polars DataFrame or a pyarrow Table, got "
         f"{type(candles).__name__}"
@@ -93,7 +102,8 @@ def read_only(series: Series) -> Series:
         return view
 
     return replace(series, ts=frozen(series.ts), open=frozen(series.open), high=frozen(series.high),
-                   low=frozen(series.low), close=frozen(series.close), volume=frozen(series.volume))
+                   low=frozen(series.low), close=frozen(series.close), volume=frozen(series.volume),
+                   side=frozen(series.side))
 
 
 def _column_map(names: list[str]) -> dict[str, str]:
@@ -192,6 +202,39 @@ def _float_from_pandas(name: str, s: pd.Series) -> np.ndarray:
     return np.ascontiguousarray(s.to_numpy(dtype=np.float64, na_value=np.nan))
 
 
+_SIDE_WORDS = "+1 long, -1 short, 0 or NULL no position"
+
+
+def _side_from_arrow(col: pa.ChunkedArray) -> np.ndarray:
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)
+            or pa.types.is_decimal(col.type)):
+        raise InvalidCandles(f"column side must be numeric ({_SIDE_WORDS}), got {col.type}")
+    if col.type != pa.float64():
+        col = col.cast(pa.float64())
+    if col.null_count:
+        col = pc.fill_null(col, np.nan)
+    return side_values(_contiguous(col))
+
+
+def _side_from_pandas(s: pd.Series) -> np.ndarray:
+    if not (pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)):
+        raise InvalidCandles(f"column side must be numeric ({_SIDE_WORDS}), got {s.dtype}")
+    return side_values(np.ascontiguousarray(s.to_numpy(dtype=np.float64, na_value=np.nan)))
+
+
+def side_values(side: np.ndarray) -> np.ndarray:
+    """Positions (int8: +1 long, -1 short, 0 none) from a float64 side
+    column, or InvalidCandles naming the first row whose value is not +1,
+    -1, 0 or NULL/NaN."""
+    out = np.empty(side.shape[0], np.int8)
+    if cpu.positions(side, out):
+        return out
+    bad = ~(np.isnan(side) | (side == 1.0) | (side == -1.0) | (side == 0.0))
+    i = int(np.flatnonzero(bad)[0])
+    raise InvalidCandles(f"side at row {i} is {shown(side[i])}: a side must be {_SIDE_WORDS} "
+                         f"({int(bad.sum())} such row(s))", row=i)
+
+
 def _no_volume(series: Series) -> tuple[np.ndarray, bool]:
     if series.volume is None:
         return series.close, False  # any float64 array; not read
@@ -246,6 +289,7 @@ def validate_rows(series: Series, on_invalid: str = "raise") -> tuple[Series, np
     return read_only(Series(
         ts=series.ts[keep], open=kept(series.open), high=kept(series.high),
         low=kept(series.low), close=series.close[keep], volume=kept(series.volume),
+        side=kept(series.side),
     )), keep
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import InvalidLabelSpec
-from . import fixed_horizon, mfe_mae, trend_scanning, triple_barrier, vol_scaled_return
+from . import barrier_grid, fixed_horizon, mfe_mae, trend_scanning, triple_barrier, vol_scaled_return
 from .base import Column, LabelSpec, Param, Series
 
 REGISTRY: dict[str, LabelSpec] = {
     spec.name: spec for spec in (triple_barrier.SPEC, vol_scaled_return.SPEC, mfe_mae.SPEC,
-                                 fixed_horizon.SPEC, trend_scanning.SPEC)
+                                 fixed_horizon.SPEC, trend_scanning.SPEC, barrier_grid.SPEC)
 }
 
 
@@ -95,6 +95,26 @@ def resolve(labels: Iterable[str] | str, params: Mapping[str, Mapping[str, Any]]
     return resolved
 
 
+def wants_side(resolved: Iterable[ResolvedLabel]) -> list[ResolvedLabel]:
+    """The labels of a request that read the candles' side column."""
+    return [r for r in resolved if triple_barrier.uses_side(r.params)]
+
+
+def not_in_jobs(resolved: Iterable[ResolvedLabel]) -> str | None:
+    """Why a job cannot compute this request yet, or None: list outputs and
+    sides need storage (list columns, a side with the candles) that the
+    engine does not have; ``compute_labels`` computes them."""
+    for r in resolved:
+        what = None
+        if r.name == barrier_grid.SPEC.name:
+            what = "barrier_grid"
+        elif triple_barrier.uses_side(r.params):
+            what = f"{r.name}.side='column'"
+        if what:
+            return f"{what} is available in compute_labels; jobs do not store it yet"
+    return None
+
+
 def halo(resolved: Iterable[ResolvedLabel]) -> tuple[int, int]:
     """(look-back, look-ahead) in bars that covers every label of a request."""
     back, ahead = 0, 0
@@ -123,5 +143,5 @@ def _id_params(r: ResolvedLabel) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_LABELS", "REGISTRY", "Column", "LabelSpec", "Param", "ResolvedLabel", "Series",
-    "get", "halo", "label_set_id", "resolve",
+    "get", "halo", "label_set_id", "not_in_jobs", "resolve", "wants_side",
 ]

@@ -26,7 +26,7 @@ class Param:
     """
 
     name: str
-    kind: str  # "int" | "float" | "choice" | "int_list" | "bool"
+    kind: str  # "int" | "float" | "choice" | "int_list" | "float_list" | "bool"
     default: Any
     doc: str
     minimum: float | None = None
@@ -35,6 +35,8 @@ class Param:
     # Parameters added after label sets were stored leave a set's id
     # unchanged while they keep their default (see ``label_set_id``).
     added_later: bool = False
+    # Lists keep the order given (it orders outputs) instead of being sorted.
+    keep_order: bool = False
 
     def coerce(self, label: str, value: Any) -> Any:
         where = f"{label}.{self.name}"
@@ -61,23 +63,29 @@ class Param:
             if text in ("false", "0", "no", "off"):
                 return False
             raise InvalidLabelSpec(f"{where} must be true or false, got {shown(value)}")
-        if self.kind == "int_list":
-            items: Any = value.split(",") if isinstance(value, str) else value
-            if isinstance(items, (int, np.integer)) and not isinstance(items, bool):
-                items = [items]
-            try:
-                seq = list(items)
-            except TypeError:
-                raise InvalidLabelSpec(f"{where} must be a list of integers, got {shown(value)}") from None
-            if not seq:
-                raise InvalidLabelSpec(f"{where} must name at least one value")
-            ints = [_as_int(where, v.strip() if isinstance(v, str) else v) for v in seq]
-            for v in ints:
-                self._check_range(where, v)
-            if len(set(ints)) != len(ints):
-                raise InvalidLabelSpec(f"{where} has repeated values: {ints}")
-            return sorted(ints)
+        if self.kind in ("int_list", "float_list"):
+            return self._coerce_list(where, value)
         raise AssertionError(f"unknown parameter kind {self.kind}")
+
+    def _coerce_list(self, where: str, value: Any) -> list:
+        ints = self.kind == "int_list"
+        what = "integers" if ints else "numbers"
+        items: Any = (value.split(",") if value.strip() else []) if isinstance(value, str) else value
+        if isinstance(items, (int, float, np.integer, np.floating)) and not isinstance(items, bool):
+            items = [items]
+        try:
+            seq = list(items)
+        except TypeError:
+            raise InvalidLabelSpec(f"{where} must be a list of {what}, got {shown(value)}") from None
+        if not seq:
+            raise InvalidLabelSpec(f"{where} must name at least one value")
+        convert = _as_int if ints else _as_float
+        out = [convert(where, v.strip() if isinstance(v, str) else v) for v in seq]
+        for v in out:
+            self._check_range(where, v)
+        if len(set(out)) != len(out):
+            raise InvalidLabelSpec(f"{where} has repeated values: {out}")
+        return out if self.keep_order else sorted(out)
 
     def _check_range(self, where: str, v: float) -> None:
         if self.minimum is not None and v < self.minimum:
@@ -132,6 +140,10 @@ class Series:
     # series' bar length (None: its most frequent ts step).
     finer: Any = None
     bar_ms: int | None = None
+    # Each row's position for labels that take sides: int8, +1 long, -1
+    # short, 0 none (the frame's 0, NULL or NaN); None where the frame had
+    # no side column.
+    side: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.close.shape[0])
@@ -142,7 +154,7 @@ class Series:
             return None if a is None else a[start:stop]
 
         return Series(ts=self.ts[start:stop], open=cut(self.open), high=cut(self.high), low=cut(self.low),
-                      close=self.close[start:stop], volume=cut(self.volume))
+                      close=self.close[start:stop], volume=cut(self.volume), side=cut(self.side))
 
 
 @dataclass(frozen=True)

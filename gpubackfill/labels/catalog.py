@@ -22,7 +22,14 @@ MEANINGS = {
     "tb_barrier": "barrier hit: +1 upper, -1 lower, 0 vertical (time limit)",
     "tb_exit_bars": "bars from t to the exit",
     "tb_exit_return": "exit price / close_t - 1",
-    "tb_flags": "bits: 1 GAP, 2 AMBIGUOUS, 4 INCOMPLETE, 8 NO_VOL, 16 RESOLVED (by finer candles)",
+    "tb_flags": "bits: 1 GAP, 2 AMBIGUOUS, 4 INCOMPLETE, 8 NO_VOL, 16 RESOLVED (by finer candles), "
+                "32 NO_SIDE (side='column', no position)",
+    "tb_meta": "1 when the bet on the row's side made money (side * tb_exit_return > 0), else 0 "
+               "(side='column')",
+    "grid_label": "tb_label of each (pt, sl, horizon): pts outer, sls, horizons inner",
+    "grid_exit_bars": "tb_exit_bars of each combination",
+    "grid_exit_return": "tb_exit_return of each combination",
+    "grid_flags": "tb_flags of each combination",
     "tb_uniqueness": "mean of 1/concurrency over the bars of the event (weights=true)",
     "tb_attribution": "|sum of log return / concurrency| over the bars of the event (weights=true)",
     "fh_label": "+1 / -1 when the return h bars ahead is beyond +/- threshold * sigma_t * sqrt(h), else 0",
@@ -47,7 +54,10 @@ def meaning(column: str) -> str:
 
 
 def _type(t: pa.DataType, column: str) -> str:
-    # Every label column is nullable except the flags (see store.ensure_label_table).
+    # Every label column is nullable except the flags (see store.ensure_label_table);
+    # a list is never NULL, its elements are (except the flags').
+    if pa.types.is_list(t):
+        return f"list<{t.value_type}{'' if column == 'grid_flags' else ', nullable'}>"
     return str(t) + ("" if column == "tb_flags" else ", nullable")
 
 
@@ -67,11 +77,14 @@ def describe() -> list[dict[str, Any]]:
             if p.choices:
                 entry["choices"] = list(p.choices)
             params.append(entry)
-        # Columns that a switch adds (weights=true) are listed too.
+        # Columns that a switch adds (weights=true, side='column') are listed too.
         columns = dict(spec.outputs(defaults))
         for p in spec.params:
             if p.kind == "bool":
                 columns.update(spec.outputs({**defaults, p.name: not p.default}))
+            elif p.kind == "choice" and p.added_later:
+                for choice in p.choices:
+                    columns.update(spec.outputs({**defaults, p.name: choice}))
         outputs = [{"name": c, "type": _type(t, c), "meaning": meaning(c)}
                    for c, t in columns.items()]
         doc = spec.doc.replace("``", "").removeprefix(f"{spec.name}:").strip()

@@ -3,7 +3,11 @@
 For bar t the upper barrier is ``close_t * (1 + pt * sigma_t)``, the lower
 ``close_t * (1 - sl * sigma_t)``, the vertical one ``horizon`` bars later.
 Gaps through a barrier exit at the open; a bar touching both is resolved by
-``tie``; windows cut short by the end of the data are NULL (flag 4).
+``tie``; windows cut short by the end of the data are NULL (flag 4).  With
+``side="column"`` the candles' ``side`` column says which way each row bets:
+a short's profit target is the lower barrier, labels are relative to the
+side, ``tb_meta`` says whether the bet made money, and rows without a
+position are NULL (flag 32).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pyarrow as pa
 
 from kernels import flags as core
 
+from ..errors import InvalidInput
 from ..granularity import GRANULARITIES
 from .base import Column, LabelSpec, Param, Series
 from .volatility import VOL_PARAMS, sigma_lookback
@@ -27,8 +32,9 @@ PARAMS = (
     Param("horizon", "int", 24, "vertical barrier, in bars after t", minimum=1, maximum=1_000_000),
     Param("pt", "float", 1.0, "upper barrier distance, in sigmas (profit taking)", minimum=1e-12),
     Param("sl", "float", 1.0, "lower barrier distance, in sigmas (stop loss)", minimum=1e-12),
-    Param("tie", "choice", "sl", "bar touching both barriers: 'sl' lower wins, 'tp' upper wins, "
-          "'skip' exit at that bar's close with label 0", choices=tuple(_TIE)),
+    Param("tie", "choice", "sl", "bar touching both barriers: 'sl' the stop wins (lower; a "
+          "short's upper), 'tp' the profit target, 'skip' exit at that bar's close with label 0",
+          choices=tuple(_TIE)),
     Param("vertical", "choice", "zero", "label at the vertical barrier: 'zero', or 'sign' of the "
           "return when |return| >= min_ret", choices=tuple(_VERTICAL)),
     Param("min_ret", "float", 0.0, "smallest |return| labelled by vertical='sign'", minimum=0.0),
@@ -38,6 +44,9 @@ PARAMS = (
           choices=("",) + tuple(GRANULARITIES), added_later=True),
     Param("weights", "bool", False, "also output AFML sample weights: tb_uniqueness, "
           "tb_attribution", added_later=True),
+    Param("side", "choice", "", "'column': each row's position from the candles' side column "
+          "(+1 long, -1 short, 0/NULL none): side-relative barriers and labels, and tb_meta; "
+          "'' no sides", choices=("", "column"), added_later=True),
 )
 
 OUTPUTS = [
@@ -50,10 +59,19 @@ OUTPUTS = [
 
 
 WEIGHT_OUTPUTS = [("tb_uniqueness", pa.float64()), ("tb_attribution", pa.float64())]
+META_OUTPUTS = [("tb_meta", pa.int8())]
+
+# Rows whose label is NULL.
+NULL_FLAGS = core.FLAG_INCOMPLETE | core.FLAG_NO_VOL | core.FLAG_NO_SIDE
 
 
 def _outputs(p: Mapping[str, Any]) -> list[tuple[str, pa.DataType]]:
-    return list(OUTPUTS) + (list(WEIGHT_OUTPUTS) if p["weights"] else [])
+    return (list(OUTPUTS) + (list(META_OUTPUTS) if p["side"] else [])
+            + (list(WEIGHT_OUTPUTS) if p["weights"] else []))
+
+
+def uses_side(p: Mapping[str, Any]) -> bool:
+    return p.get("side") == "column"
 
 
 def _halo(p: Mapping[str, Any]) -> tuple[int, int]:
@@ -67,12 +85,16 @@ def _halo(p: Mapping[str, Any]) -> tuple[int, int]:
 
 def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, Column]:
     tie = _TIE[p["tie"]]
+    side = s.side if uses_side(p) else None
+    if uses_side(p) and side is None:
+        raise InvalidInput("enhanced_triple_barrier.side='column' needs a side column beside the "
+                           "candles")
     label, barrier, bars, ret, flags = kernels.triple_barrier(
         s.open, s.high, s.low, s.close, sigma, p["horizon"], p["pt"], p["sl"],
-        tie, _VERTICAL[p["vertical"]], p["min_ret"])
+        tie, _VERTICAL[p["vertical"]], p["min_ret"], side=side)
     if p["resolve_with"] and s.finer is not None:
         resolve_ambiguous(kernels, s, sigma, p, label, barrier, bars, ret, flags)
-    valid = kernels.bitmap_flags_clear(flags, core.FLAG_INCOMPLETE | core.FLAG_NO_VOL)
+    valid = kernels.bitmap_flags_clear(flags, NULL_FLAGS)
     out = {
         "tb_label": (label, valid),
         "tb_barrier": (barrier, valid),
@@ -80,6 +102,8 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
         "tb_exit_return": (ret, valid),
         "tb_flags": (flags, None),
     }
+    if side is not None:
+        out["tb_meta"] = (kernels.tb_meta(side, ret), valid)
     if p["weights"]:
         uniq, attr = kernels.sample_weights(s.close, flags, bars, p["horizon"])
         out["tb_uniqueness"] = (uniq, kernels.bitmap_not_nan(uniq))
@@ -115,7 +139,8 @@ def resolve_ambiguous(kernels: Any, s: Series, sigma, p: Mapping[str, Any],
     f_end = np.searchsorted(f_ts, starts + bar_ms, side="left").astype(np.int64)
     decided = int(kernels.tb_resolve(rows, bars, f_start, f_end, finer.open, finer.high,
                                      finer.low, s.close, sigma, p["pt"], p["sl"],
-                                     label, barrier, ret, flags))
+                                     label, barrier, ret, flags,
+                                     side=s.side if uses_side(p) else None))
     return decided, int(rows.size) - decided
 
 

@@ -31,14 +31,19 @@ SIGNATURES = {
     "_sigma_out": f"void({f8}, {i8}, float64, {f8})",
     "_rolling_kernel": f"void({f8}, {i8}, {f8})",
     "_block_extremes": f"void({f8}, {i8}, boolean, {f8})",
-    "_tb_kernel": (f"void({f8}, {f8}, {f8}, {f8}, {f8}, {i8}, float64, float64, {i8}, {i8}, "
-                   f"float64, {i8}, {f8}, {f8}, {f8}, {f8}, int8[:], int8[:], int32[:], {f8}, uint8[:])"),
+    "_tb_kernel": (f"void({f8}, {f8}, {f8}, {f8}, {f8}, int8[:], boolean, {i8}, float64, float64, "
+                   f"{i8}, {i8}, float64, {i8}, {f8}, {f8}, {f8}, {f8}, int8[:], int8[:], int32[:], "
+                   f"{f8}, uint8[:])"),
+    "_meta_kernel": f"void(int8[:], {f8}, int8[:])",
+    "_grid_kernel": (f"void({f8}, {f8}, {f8}, {f8}, {f8}, {f8}, {f8}, int64[:], int64[:], int64[:], "
+                     f"{i8}, {i8}, float64, {i8}, {f8_2d}, {f8}, {f8}, {f8}, {f8}, int8[:], int32[:], "
+                     f"{f8}, uint8[:])"),
     "_vsr_kernel": f"void({f8}, {f8}, int64[:], {f8_2d})",
     "_runs_kernel": (f"void({f8}, {f8}, {i8}, {i8}, {i8}, {f8}, int64[:], {f8}, int64[:], "
                      f"{f8}, int64[:], {f8}, int64[:])"),
     "_tb_resolve_kernel": (f"void(int64[:], int32[:], int64[:], int64[:], {f8}, {f8}, {f8}, {f8}, "
-                           f"{f8}, float64, float64, int8[:], int8[:], {f8}, uint8[:], "
-                           f"int64[:])"),
+                           f"{f8}, int8[:], boolean, float64, float64, int8[:], int8[:], {f8}, "
+                           f"uint8[:], int64[:])"),
     "_concurrency_kernel": f"void(uint8[:], int32[:], {i8}, int64[:])",
     "_weights_kernel": f"void({i8}, uint8[:], int32[:], int64[:], {f8}, {f8}, {f8})",
     "_fixed_horizon_kernel": f"void({f8}, {f8}, {i8}, float64, float64, int8[:], {f8})",

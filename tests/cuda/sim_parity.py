@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +32,13 @@ ALL = ["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"]
 def assert_same_tables(a, b):
     assert a.column_names == b.column_names
     for name in a.column_names:
+        if pa.types.is_list(a.column(name).type):  # every element, row-major
+            x, y = (t.column(name).combine_chunks() for t in (a, b))
+            np.testing.assert_array_equal(x.offsets, y.offsets, err_msg=name)
+            x, y = (v.flatten().cast(pa.float64()).fill_null(np.nan).to_numpy() for v in (x, y))
+            np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=name)
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=0, equal_nan=True, err_msg=name)
+            continue
         x = a.column(name).to_numpy(zero_copy_only=False).astype(float)
         y = b.column(name).to_numpy(zero_copy_only=False).astype(float)
         np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=name)
@@ -184,3 +192,52 @@ def test_close_only_frames_on_the_device():
     params = {"fixed_horizon": {"threshold": 0.5, "vol_span": 10}}
     assert_same_tables(compute_labels(df, labels, params, backend="cpu", output="arrow"),
                        compute_labels(df, labels, params, backend="cuda", output="arrow"))
+
+
+# -- third set: sides and meta-labels, the barrier grid ------------------------------
+
+
+@pytest.mark.parametrize("tie", ["sl", "tp", "skip"])
+def test_side_and_meta_match_cpu(tie):
+    from strategies import finer_candles
+
+    df = tricky_series(600, seed=13)
+    c = {k: df[k].to_numpy() for k in df.columns}
+    rng = np.random.default_rng(len(tie))
+    df["side"] = rng.choice(np.array([1.0, -1.0, 0.0, np.nan]), size=len(df), p=[0.4, 0.4, 0.1, 0.1])
+    finer = pd.DataFrame(finer_candles(c, 5, p_cover=0.8))
+    params = {"enhanced_triple_barrier": {"horizon": 40, "pt": 1.5, "sl": 0.7, "tie": tie,
+                                          "vertical": "sign", "vol": "rolling", "vol_span": 10,
+                                          "weights": True, "resolve_with": "M1", "side": "column"}}
+    a = compute_labels(df, "enhanced_triple_barrier", params, backend="cpu", finer=finer,
+                       output="arrow")
+    b = compute_labels(df, "enhanced_triple_barrier", params, backend="cuda", finer=finer,
+                       output="arrow")
+    flags = a.column("tb_flags").to_numpy()
+    assert (flags & 32).any() and (flags & 16).any() and (flags & 3).any()
+    assert set(a.column("tb_meta").drop_null().to_pylist()) == {0, 1}
+    assert_same_tables(a, b)
+
+
+@pytest.mark.parametrize("tie, vertical", [("sl", "zero"), ("tp", "sign"), ("skip", "sign")])
+def test_barrier_grid_matches_cpu(tie, vertical):
+    df = tricky_series(500, seed=17)
+    params = {"barrier_grid": {"pts": [2.0, 0.5, 1.0], "sls": [1.0, 3.0], "horizons": [60, 5, 33],
+                               "tie": tie, "vertical": vertical, "min_ret": 0.002,
+                               "vol": "rolling", "vol_span": 10}}
+    a = compute_labels(df, "barrier_grid", params, backend="cpu", output="arrow")
+    b = compute_labels(df, "barrier_grid", params, backend="cuda", output="arrow")
+    flags = np.asarray(a.column("grid_flags").combine_chunks().flatten())
+    assert (flags & 3).any() and (flags == 4).any() and (flags == 8).any()
+    assert_same_tables(a, b)
+
+
+def test_barrier_grid_far_levels_use_block_search_and_match():
+    df = tricky_series(2_600, seed=5)
+    params = {"barrier_grid": {"pts": [40.0, 30.0], "sls": [40.0], "horizons": [1_500, 100],
+                               "vol_span": 5}}
+    a = compute_labels(df, "barrier_grid", params, backend="cpu", output="arrow")
+    b = compute_labels(df, "barrier_grid", params, backend="cuda", output="arrow")
+    bars = a.column("grid_exit_bars").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    assert np.nanmax(bars.astype(float)) > 1_024
+    assert_same_tables(a, b)

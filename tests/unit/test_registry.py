@@ -16,7 +16,7 @@ from gpubackfill.labels.volatility import sigma_lookback
 
 def test_every_label_declares_params_outputs_and_halo():
     assert set(LABELS) == {"enhanced_triple_barrier", "vol_scaled_return", "mfe_mae",
-                           "fixed_horizon", "trend_scanning"}
+                           "fixed_horizon", "trend_scanning", "barrier_grid"}
     for spec in LABELS.values():
         params = spec.resolve({})
         assert all(p.doc for p in spec.params)
@@ -30,7 +30,11 @@ def test_defaults_are_those_of_the_contract():
     tb = LABELS["enhanced_triple_barrier"].resolve({})
     assert tb == {"horizon": 24, "pt": 1.0, "sl": 1.0, "tie": "sl", "vertical": "zero",
                   "min_ret": 0.0, "vol": "ewm", "vol_span": 100, "resolve_with": "",
-                  "weights": False}
+                  "weights": False, "side": ""}
+    assert LABELS["barrier_grid"].resolve({}) == {"pts": [1.0, 2.0], "sls": [1.0, 2.0],
+                                                  "horizons": [12, 24, 48], "tie": "sl",
+                                                  "vertical": "zero", "min_ret": 0.0, "vol": "ewm",
+                                                  "vol_span": 100}
     assert LABELS["fixed_horizon"].resolve({}) == {"horizon": 24, "threshold": 0.0, "vol": "ewm",
                                                    "vol_span": 100}
     assert LABELS["trend_scanning"].resolve({}) == {"min_window": 5, "max_window": 20}
