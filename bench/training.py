@@ -33,6 +33,7 @@ import argparse
 import statistics
 import sys
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,7 @@ def events(n: int, seed: int, pt: float) -> tuple[np.ndarray, np.ndarray, pd.Ser
 
 
 def median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 # -- peers ----------------------------------------------------------------------
