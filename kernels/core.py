@@ -466,6 +466,29 @@ def tb_side_bounds(c0, sig, pt, sl, side):
 
 
 @jitable
+def tb_row_start(t, n, close, sigma, side, sided, horizon, direct, pt, sl,
+                 label, barrier, exit_bars, exit_ret, flags):
+    """The start of row t's walk, shared by the CPU and CUDA targets:
+    ``(sd, upper, lower, last, near)``, with ``sd`` 0 when the row is
+    already written (no position, or no volatility) and has nothing to walk.
+    ``last`` is the window's last bar and ``near`` the last one scanned bar
+    by bar before the targets switch to their own search."""
+    sd = 1
+    if sided:
+        sd = side_of(side, t)
+        if sd == 0:
+            tb_write_null(t, FLAG_NO_SIDE, label, barrier, exit_bars, exit_ret, flags)
+            return 0, 0.0, 0.0, 0, 0
+    sig = sigma[t]
+    if not (sig > 0.0):
+        tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags)
+        return 0, 0.0, 0.0, 0, 0
+    upper, lower = tb_side_bounds(close[t], sig, pt, sl, sd)
+    last = min(t + horizon, n - 1)
+    return sd, upper, lower, last, min(t + direct, last)
+
+
+@jitable
 def side_of(side, t):
     """The position at row t: +1, -1, or 0 for none (``side`` holds int8
     positions, see ``kernels.cpu.positions``)."""

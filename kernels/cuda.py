@@ -304,19 +304,10 @@ def _tb_kernel(open_, high, low, close, sigma, side, sided, horizon, pt, sl, tie
     n = close.shape[0]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for t in range(start, n, step):
-        sd = 1
-        if sided:
-            sd = core.side_of(side, t)
-            if sd == 0:
-                core.tb_write_null(t, core.FLAG_NO_SIDE, label, barrier, exit_bars, exit_ret, flags)
-                continue
-        sig = sigma[t]
-        if not (sig > 0.0):
-            core.tb_write_no_vol(t, label, barrier, exit_bars, exit_ret, flags)
+        sd, upper, lower, last, near = core.tb_row_start(t, n, close, sigma, side, sided, horizon, direct,
+                                                         pt, sl, label, barrier, exit_bars, exit_ret, flags)
+        if sd == 0:
             continue
-        upper, lower = core.tb_side_bounds(close[t], sig, pt, sl, sd)
-        last = min(t + horizon, n - 1)
-        near = min(t + direct, last)
         j = core.first_touch_scan(t + 1, near, high, low, upper, lower)
         if j > near and near < last:
             j = core.first_touch_blocks(near + 1, last, high, low, upper, lower, hi1, lo1, hi2, lo2)
