@@ -186,6 +186,20 @@ def rolling_sigma(close, span, empty=np.empty):
 
 
 @njit(**_opts)
+def _window_tables(high, low, base, stop, levels, wanted):
+    """The run-extreme tables of high and low over bars [base, stop), or
+    1x1 placeholders when the caller scans bar by bar instead."""
+    if not wanted:
+        none = np.empty((1, 1), np.float64)
+        return none, none
+    tab_hi = np.empty((max(levels, 1), stop - base), np.float64)
+    tab_lo = np.empty((max(levels, 1), stop - base), np.float64)
+    _build_tables(high, base, stop, levels, True, tab_hi)
+    _build_tables(low, base, stop, levels, False, tab_lo)
+    return tab_hi, tab_lo
+
+
+@njit(**_opts)
 def _build_tables(x, start, stop, levels, is_max, tab):
     """tab[k-1, i-start] = extreme of x[i : i + 2**k] for i + 2**k <= stop."""
     if levels == 0:
@@ -260,14 +274,7 @@ def _triple_barrier(open_, high, low, close, sigma, side, sided, horizon, pt, sl
         base = pending[0] + direct + 1
         stop = min(pending[npend - 1] + horizon, n - 1) + 1
         use_tables = npend * deep > 2 * levels * (stop - base)
-        if use_tables:
-            tab_hi = np.empty((max(levels, 1), stop - base), np.float64)
-            tab_lo = np.empty((max(levels, 1), stop - base), np.float64)
-            _build_tables(high, base, stop, levels, True, tab_hi)
-            _build_tables(low, base, stop, levels, False, tab_lo)
-        else:
-            tab_hi = np.empty((1, 1), np.float64)
-            tab_lo = tab_hi
+        tab_hi, tab_lo = _window_tables(high, low, base, stop, levels, use_tables)
         for p in range(npend):
             t = pending[p]
             sd = core.side_of(side, t) if sided else 1
@@ -340,14 +347,8 @@ def _barrier_grid(open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo
         v_ret = np.empty(horizons.shape[0], np.float64)
         base = s + 1
         stop = min(e - 1 + hmax, n - 1) + 1
-        if search == core.SEARCH_TABLE and stop > base:
-            tab_hi = np.empty((max(levels, 1), stop - base), np.float64)
-            tab_lo = np.empty((max(levels, 1), stop - base), np.float64)
-            _build_tables(high, base, stop, levels, True, tab_hi)
-            _build_tables(low, base, stop, levels, False, tab_lo)
-        else:
-            tab_hi = np.empty((1, 1), np.float64)
-            tab_lo = tab_hi
+        tab_hi, tab_lo = _window_tables(high, low, base, stop, levels,
+                                        search == core.SEARCH_TABLE and stop > base)
         for t in range(s, e):
             core.grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
                           up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, tie_label, vertical,
