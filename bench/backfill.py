@@ -557,7 +557,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     # Small chunks go several to a Dask task, and the engine reads and
     # inserts a task's consecutive chunks at once (chunk.SharedIO): the
     # floor may group them the same way (the driver's rule).
-    from gpubackfill.jobs.driver import MAX_CHUNKS_PER_TASK
+    from gpubackfill.engine.driver import MAX_CHUNKS_PER_TASK
 
     groups: list[list[tuple[int, int, int, int]]] = []
     for c in chunks:

@@ -29,6 +29,7 @@ from .candles import frames as candles_mod
 from .compute import compute_series
 from .config import BYTES_PER_CANDLE, Settings
 from .connections import clickhouse_breaker, connections
+from .engine.watchdog import thread_stack
 from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
 from .granularity import GRANULARITIES
 from .jobs.result import ChunkResult, Segment, SegmentOutcome
@@ -38,7 +39,6 @@ from .resilience import BREAKERS, classify, is_outage, retrying
 from .storage.clickhouse_store import SeriesKey, Store, input_fingerprint
 from .storage.redis import RedisState
 from .times import iso
-from .watchdog import thread_stack
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ChunkTask:
     backend: str
     max_attempts: int
     numba_threads: int = 0
-    timeout_s: float = 0.0  # the chunk's deadline (watchdog.py); 0: none
+    timeout_s: float = 0.0  # the chunk's deadline (engine/watchdog.py); 0: none
 
     @property
     def rows(self) -> int:

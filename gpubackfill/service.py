@@ -3,7 +3,7 @@
 Operations: init, ingest, start (one or many series), update, execute,
 pause, resume, cancel, status, series, list_jobs, metrics, cleanup, export,
 dead letters.  A thin facade: the job's rules are in ``jobs/machine.py``,
-its loop in ``jobs/driver.py``, the read models in ``views.py``.  Job state
+its loop in ``engine/driver.py``, the read models in ``views.py``.  Job state
 lives in Redis; candles and labels in ClickHouse; chunks run on Dask.
 """
 
@@ -25,9 +25,9 @@ import pyarrow as pa
 from . import logs, views
 from .config import Settings
 from .connections import connections
+from .engine.lease import dead_local_owner, new_owner
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition
 from .granularity import GRANULARITIES, parse_granularity, parse_instrument
-from .jobs.lease import dead_local_owner, new_owner
 from .jobs.machine import FINAL_JOB_STATES
 from .jobs.plan import ALL, EVER, JobSpec, make_spec, mark_fresh, parse_names, parse_time, plan_job
 from .labels import halo, resolve
@@ -382,8 +382,8 @@ class BackfillService:
                stop: threading.Event | None) -> str:
         from .backends import select
         from .chunk import default_numba_threads
-        from .cluster import open_cluster
-        from .jobs.driver import Driver
+        from .engine.cluster import open_cluster
+        from .engine.driver import Driver
 
         workers = int(job["workers"])
         chosen = select(job["backend"])

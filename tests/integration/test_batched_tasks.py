@@ -9,7 +9,7 @@ from test_write_path import _start
 
 from gpubackfill import chunk as chunk_mod
 from gpubackfill.chunk import ChunkTask, run_chunks
-from gpubackfill.jobs import driver as driver_mod
+from gpubackfill.engine import driver as driver_mod
 from gpubackfill.jobs.result import ChunkResult
 from gpubackfill.service import BackfillService
 

@@ -19,10 +19,21 @@ from .. import logs
 from ..chunk import ChunkTask, run_chunks
 from ..config import Settings
 from ..errors import DependencyError, InvalidInput
+from ..jobs.machine import (
+    Abandon,
+    Claim,
+    Collect,
+    DriverMachine,
+    Finish,
+    Instruction,
+    ReturnExpired,
+    Seen,
+    Transition,
+    Wait,
+)
+from ..jobs.result import ChunkResult
 from ..storage.redis import RedisState
-from ..watchdog import chunk_deadline
-from .machine import Abandon, Claim, Collect, DriverMachine, Finish, Instruction, ReturnExpired, Seen, Transition, Wait
-from .result import ChunkResult
+from .watchdog import chunk_deadline
 
 
 class Driver:
