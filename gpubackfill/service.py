@@ -381,9 +381,9 @@ class BackfillService:
                progress: Progress | None, scheduler: str | None,
                stop: threading.Event | None) -> str:
         from .backends import select
-        from .chunk import default_numba_threads
         from .engine.cluster import open_cluster
         from .engine.driver import Driver
+        from .engine.task import default_numba_threads
 
         workers = int(job["workers"])
         chosen = select(job["backend"])
@@ -417,7 +417,7 @@ class BackfillService:
             resolved = resolve(job["labels"], job["params"])
         except InvalidInput:
             return  # each chunk reports a bad label spec as its error, with the job's other errors
-        from .chunk import finer_series
+        from .engine.task import finer_series
 
         series = job.get("series") or [[job["instrument"], job["granularity"]]]
         for inst, gran in series:

@@ -1,2 +1,3 @@
 """Everything that runs a job: the driver loop (``driver``), where chunks run
-(``cluster``), chunk deadlines (``watchdog``) and driver ownership (``lease``)."""
+(``cluster``), one chunk on a worker (``chunk``, over ``task``, ``lease``,
+``shared_io`` and ``failures``) and chunk deadlines (``watchdog``)."""

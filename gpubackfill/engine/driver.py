@@ -16,7 +16,6 @@ from typing import Any, cast
 import tenacity
 
 from .. import logs
-from ..chunk import ChunkTask, run_chunks
 from ..config import Settings
 from ..errors import DependencyError, InvalidInput
 from ..jobs.machine import (
@@ -33,6 +32,8 @@ from ..jobs.machine import (
 )
 from ..jobs.result import ChunkResult
 from ..storage.redis import RedisState
+from .chunk import run_chunks
+from .task import ChunkTask
 from .watchdog import chunk_deadline
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_settings, random_walk
 from test_faults import assert_survived, ingest, wait_for
 
-import gpubackfill.chunk as chunk_mod
+import gpubackfill.engine.chunk as chunk_mod
 from gpubackfill import compute_labels
 from gpubackfill.engine import cluster as executor
 from gpubackfill.engine.watchdog import chunk_deadline, thread_stack
