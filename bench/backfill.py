@@ -39,7 +39,7 @@ the end:
    threads, each on a connection of its own; the floor takes the fastest
    of all, and the "1-conn floor" (one connection, chunk by chunk, as
    measured before) is shown next to it.  The engine reads and inserts a
-   Dask task's small consecutive chunks at once (``chunk.SharedIO``);
+   Dask task's small consecutive chunks at once (``shared_io.SharedIO``);
    chDB doing the same is timed too and shown as the "grouped floor", but
    the floor stays a chunk a statement.  Bounds and label tables are
    prepared before the clock starts, so no engine code is timed.
@@ -159,7 +159,7 @@ def _redis_version() -> str:
 def print_header(args: argparse.Namespace) -> None:
     import psutil
 
-    from gpubackfill.chunk import default_numba_threads
+    from gpubackfill.engine.task import default_numba_threads
     from gpubackfill.labels import halo, resolve
 
     cores = os.cpu_count()
@@ -555,9 +555,9 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         j = min(i + cs, last)
         chunks.append((i, j, int(ts[max(i - back, 0)]), int(ts[min(j + ahead, len(ts)) - 1])))
     # Small chunks go several to a Dask task, and the engine reads and
-    # inserts a task's consecutive chunks at once (chunk.SharedIO): the
+    # inserts a task's consecutive chunks at once (shared_io.SharedIO): the
     # floor may group them the same way (the driver's rule).
-    from gpubackfill.jobs.driver import MAX_CHUNKS_PER_TASK
+    from gpubackfill.engine.driver import MAX_CHUNKS_PER_TASK
 
     groups: list[list[tuple[int, int, int, int]]] = []
     for c in chunks:

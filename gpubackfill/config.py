@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     # this many candles together): Dask's per-task cost is paid once for them.
     task_candles: int = _env("GPUBACKFILL_TASK_CANDLES", 50_000, ge=1)
     shutdown_timeout: float = _number("GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)  # grace after a signal
-    # A chunk past its deadline is taken back (watchdog.py).  0: automatic,
+    # A chunk past its deadline is taken back (engine/watchdog.py).  0: automatic,
     # 10x the job's median chunk time and never under chunk_timeout_floor.
     chunk_timeout: float = _number("GPUBACKFILL_CHUNK_TIMEOUT", 0.0)
     chunk_timeout_floor: float = _number("GPUBACKFILL_CHUNK_TIMEOUT_FLOOR", 300.0, 1.0)

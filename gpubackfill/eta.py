@@ -7,7 +7,7 @@ The estimate is built from two measured quantities:
   chunks, which compile kernels, clipped to 5 robust sigmas) over the chunks in the order
   they finished, so that the estimate follows a job whose speed changes
   (cache hits at the start, a busier machine later).  Small chunks that
-  share one read and one insert (``chunk.SharedIO``) are one sample, their
+  share one read and one insert (``shared_io.SharedIO``) are one sample, their
   task's: one by one, the first would carry the whole read and the others
   look nearly free, a spread the job's speed does not have;
 - **effective concurrency**: busy chunk-seconds over the wall-clock span

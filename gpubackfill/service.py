@@ -3,7 +3,7 @@
 Operations: init, ingest, start (one or many series), update, execute,
 pause, resume, cancel, status, series, list_jobs, metrics, cleanup, export,
 dead letters.  A thin facade: the job's rules are in ``jobs/machine.py``,
-its loop in ``jobs/driver.py``, the read models in ``views.py``.  Job state
+its loop in ``engine/driver.py``, the read models in ``views.py``.  Job state
 lives in Redis; candles and labels in ClickHouse; chunks run on Dask.
 """
 
@@ -25,9 +25,9 @@ import pyarrow as pa
 from . import logs, views
 from .config import Settings
 from .connections import connections
+from .engine.lease import dead_local_owner, new_owner
 from .errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition
 from .granularity import GRANULARITIES, parse_granularity, parse_instrument
-from .jobs.lease import dead_local_owner, new_owner
 from .jobs.machine import FINAL_JOB_STATES
 from .jobs.plan import ALL, EVER, JobSpec, make_spec, mark_fresh, parse_names, parse_time, plan_job
 from .labels import halo, resolve
@@ -381,9 +381,9 @@ class BackfillService:
                progress: Progress | None, scheduler: str | None,
                stop: threading.Event | None) -> str:
         from .backends import select
-        from .chunk import default_numba_threads
-        from .cluster import open_cluster
-        from .jobs.driver import Driver
+        from .engine.cluster import open_cluster
+        from .engine.driver import Driver
+        from .engine.task import default_numba_threads
 
         workers = int(job["workers"])
         chosen = select(job["backend"])
@@ -417,7 +417,7 @@ class BackfillService:
             resolved = resolve(job["labels"], job["params"])
         except InvalidInput:
             return  # each chunk reports a bad label spec as its error, with the job's other errors
-        from .chunk import finer_series
+        from .engine.task import finer_series
 
         series = job.get("series") or [[job["instrument"], job["granularity"]]]
         for inst, gran in series:

@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from . import eta as eta_mod
+from .engine.lease import dead_local_owner
 from .errors import CATEGORIES, InvalidInput
-from .jobs.lease import dead_local_owner
 from .jobs.machine import FINAL_JOB_STATES, series_status
 from .resilience import BREAKERS, breaker_severity
 from .storage.redis import RedisState, now_ms

@@ -8,7 +8,7 @@ Two layers:
   disagree;
 * ``DriverMachine``, the decisions of the loop that runs a job: it is told
   what happened (events) and answers what to do (instructions), in the
-  style of dask.distributed's ``worker_state_machine``.  ``driver.py``
+  style of dask.distributed's ``worker_state_machine``.  ``engine/driver.py``
   carries the instructions out against Redis and the cluster.
 
 Job::

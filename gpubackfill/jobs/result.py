@@ -101,7 +101,7 @@ class ChunkResult:
     records: tuple[tuple[int, int, int, str, int, int, int], ...] = ()
     # The ETA sample the record adds, (seconds, candles); None: the chunk's
     # own duration and candles; (0.0, 0): none.  Chunks that share one read
-    # and one insert (chunk.SharedIO) are timed together as their task.
+    # and one insert (shared_io.SharedIO) are timed together as their task.
     sample: tuple[float, int] | None = None
 
     @property

@@ -241,7 +241,7 @@ def check_health(service: BackfillService, scheduler: Scheduler | None,
             dashboards = sorted({j.dashboard for j in service.job_views("running") if j.dashboard})
         except GpubackfillError as exc:
             reasons.append(f"jobs: {exc}")
-    from ..cluster import cluster_summary
+    from ..engine.cluster import cluster_summary
 
     clusters = cluster_summary()
     checks["workers"] = {"ok": True, "dask_clusters": clusters}

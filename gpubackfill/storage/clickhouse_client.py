@@ -73,7 +73,7 @@ class EmbeddedClient:
 
     Threads parked for good (no CPU) while some are inside chDB are Dask's
     profiler (CPython gh-106883), not chDB: the clusters started here turn it
-    off (``cluster.py``).
+    off (``engine/cluster.py``).
     """
 
     def __init__(self, settings: Settings):

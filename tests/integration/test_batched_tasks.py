@@ -1,4 +1,4 @@
-"""Small chunks run several to a Dask task (``chunk.run_chunks``), each still
+"""Small chunks run several to a Dask task (``engine/chunk.py``'s ``run_chunks``), each still
 leased, fenced and recorded on its own; against real chDB and redis-server."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import pytest
 from test_engine import END, START, assert_matches_whole_series, series
 from test_write_path import _start
 
-from gpubackfill import chunk as chunk_mod
-from gpubackfill.chunk import ChunkTask, run_chunks
-from gpubackfill.jobs import driver as driver_mod
+from gpubackfill.engine import chunk as chunk_mod
+from gpubackfill.engine import driver as driver_mod
+from gpubackfill.engine.chunk import run_chunks
+from gpubackfill.engine.task import ChunkTask
 from gpubackfill.jobs.result import ChunkResult
 from gpubackfill.service import BackfillService
 

@@ -28,7 +28,7 @@ from faultproxy import FaultProxy
 from test_cli import env_for, exported_ts_are_unique, run_cli
 from test_engine import assert_matches_whole_series
 
-import gpubackfill.chunk as chunk_mod
+import gpubackfill.engine.chunk as chunk_mod
 from gpubackfill.candles.synthetic import generate
 from gpubackfill.cli import main
 from gpubackfill.errors import InvalidTransition

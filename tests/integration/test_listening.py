@@ -31,7 +31,7 @@ LOOPBACK = ("127.0.0.1", "::1")
 # listen on, and whether the dashboard answers at the link a user is shown.
 JOB = """
 import json, psutil, httpx
-from gpubackfill import cluster
+from gpubackfill.engine import cluster
 from gpubackfill.candles.synthetic import generate
 from gpubackfill.config import Settings
 from gpubackfill.service import BackfillService

@@ -130,7 +130,7 @@ def test_a_driver_whose_lock_ran_out_takes_it_again_or_stops(settings):
     import pytest
 
     from gpubackfill.connections import connections
-    from gpubackfill.jobs.driver import Driver, DriverLost
+    from gpubackfill.engine.driver import Driver, DriverLost
 
     _, state = connections(settings)
     state.create_job("jd", {"workers": 1}, [(0, 10, 5)])

@@ -1,14 +1,15 @@
 """Small consecutive chunks of a first backfill share one read and one
-insert (``chunk.SharedIO``), and stay exactly once when that insert fails."""
+insert (``engine/shared_io.py``), and stay exactly once when that insert fails."""
 
 from __future__ import annotations
 
 import pytest
 from test_faults import FAST, assert_survived, ingest
 
-import gpubackfill.chunk as chunk_mod
+import gpubackfill.engine.shared_io as shared_io_mod
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import Store
+from gpubackfill.storage.redis import RedisState
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def test_a_failed_shared_insert_runs_its_chunks_again_one_by_one(settings, monke
     again on their own, replacing those rows instead of adding to them."""
     svc = BackfillService(settings.model_copy(update={"retry_base_seconds": 0.01}))
     candles = ingest(svc)
-    real = chunk_mod.SharedIO.insert
+    real = shared_io_mod.SharedIO.insert
     failed = []
 
     def lands_then_fails(self, starts):
@@ -54,7 +55,7 @@ def test_a_failed_shared_insert_runs_its_chunks_again_one_by_one(settings, monke
             failed.append(list(starts))
             raise ConnectionError("connection reset after the insert")
 
-    monkeypatch.setattr(chunk_mod.SharedIO, "insert", lands_then_fails)
+    monkeypatch.setattr(shared_io_mod.SharedIO, "insert", lands_then_fails)
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=1)
     assert svc.execute(job).status == "completed"
     assert len(failed) == 1 and len(failed[0]) > 1
@@ -69,7 +70,7 @@ def test_a_chunk_whose_lease_was_lost_stays_out_of_the_shared_insert(chdb_home, 
 
     svc = BackfillService(make_settings(chdb_home, redis_socket, **FAST))
     candles = ingest(svc)
-    real = chunk_mod.RedisState.fence_write
+    real = RedisState.fence_write
     lost = []
 
     def fence_write(self, job_id, idx, token, lease_ms):
@@ -78,7 +79,7 @@ def test_a_chunk_whose_lease_was_lost_stays_out_of_the_shared_insert(chdb_home, 
             return 0
         return real(self, job_id, idx, token, lease_ms)
 
-    monkeypatch.setattr(chunk_mod.RedisState, "fence_write", fence_write)
+    monkeypatch.setattr(RedisState, "fence_write", fence_write)
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=1)
     assert svc.execute(job).status == "completed"
     assert lost == [2]

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 _SOAK = r"""
 import json, os, sys
-from gpubackfill import cluster as executor
+from gpubackfill.engine import cluster as executor
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import SeriesKey
 from gpubackfill.candles.synthetic import generate

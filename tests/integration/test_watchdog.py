@@ -15,12 +15,12 @@ import pytest
 from conftest import make_settings, random_walk
 from test_faults import assert_survived, ingest, wait_for
 
-import gpubackfill.chunk as chunk_mod
-from gpubackfill import cluster as executor
+import gpubackfill.engine.chunk as chunk_mod
 from gpubackfill import compute_labels
+from gpubackfill.engine import cluster as executor
+from gpubackfill.engine.watchdog import chunk_deadline, thread_stack
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import SeriesKey
-from gpubackfill.watchdog import chunk_deadline, thread_stack
 
 # Leases and deadlines of seconds, so that a take-back happens within a test.
 QUICK = {"GPUBACKFILL_RETRY_BASE_SECONDS": "0.02", "GPUBACKFILL_LEASE_SECONDS": "2",

@@ -193,7 +193,8 @@ def test_segments_keep_their_hints_through_redis(service):
 def test_manifest_rows_wait_in_redis_until_a_driver_inserts_them(service):
     """A chunk records its manifest row with its result; a driver that dies
     before inserting it leaves it in Redis, and the next execute inserts it."""
-    from gpubackfill.chunk import ChunkTask, run_chunk
+    from gpubackfill.engine.chunk import run_chunk
+    from gpubackfill.engine.task import ChunkTask
 
     candles = series(service)
     job = service.create_job("EURUSD", "M5", START, END, chunk_size=2_000, workers=1)
@@ -235,7 +236,9 @@ def test_a_task_run_again_under_the_same_lease_replaces_its_rows(service):
     if the first run reached its write, the second must not trust the
     plan's 'fresh' hint (the write fence tells it), or the rows are there
     twice."""
-    import gpubackfill.chunk as chunk_mod
+    import gpubackfill.engine.chunk as chunk_mod
+    from gpubackfill.engine.lease import Heartbeat
+    from gpubackfill.engine.task import ChunkTask
 
     series(service)
     job = service.create_job("EURUSD", "M5", START, END, chunk_size=2_000, workers=2)
@@ -243,11 +246,11 @@ def test_a_task_run_again_under_the_same_lease_replaces_its_rows(service):
     idx, token, segs = service.state.claim(job, "w", 60_000)
     assert segs[0].fresh
     s = service.state.job(job)
-    task = chunk_mod.ChunkTask(index=idx, token=token, segments=segs, names={0: ("EURUSD", "M5")},
-                               job_id=job, labels=s["labels"], params=s["params"],
-                               label_set=s["label_set"], force=False, backend="cpu", max_attempts=3)
+    task = ChunkTask(index=idx, token=token, segments=segs, names={0: ("EURUSD", "M5")},
+                     job_id=job, labels=s["labels"], params=s["params"],
+                     label_set=s["label_set"], force=False, backend="cpu", max_attempts=3)
     # The first run: fenced, wrote its rows, and died before its record.
-    assert chunk_mod.Heartbeat(service.state, task, 60_000).fence() is True
+    assert Heartbeat(service.state, task, 60_000).fence() is True
     chunk_mod._compute_and_write(service.store, task)
     # The same task again, under the same lease.
     result = chunk_mod.run_chunk(service.settings, task)

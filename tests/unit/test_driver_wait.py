@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from gpubackfill.jobs.driver import _wait_some
+from gpubackfill.engine.driver import _wait_some
 
 
 class _Future:

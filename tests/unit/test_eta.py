@@ -77,7 +77,7 @@ def test_nothing_known_and_nothing_left():
 def shared_io_tasks(n_tasks: int, chunks: int, candles: int, read_s: float, chunk_s: float,
                     insert_s: float, workers: int, seed: int = 0) -> list[tuple[int, float, int]]:
     """What the driver records for tasks of ``chunks`` small chunks that share
-    one read and one insert (chunk.SharedIO): one sample per task, its time
+    one read and one insert (shared_io.SharedIO): one sample per task, its time
     and its candles, finishing when its insert is in."""
     rng = np.random.default_rng(seed)
     free = [0.0] * workers

@@ -46,7 +46,7 @@ def test_importing_the_worker_code_changes_no_global_setting():
     out = subprocess.run([sys.executable, "-c",
                           "import numba, atexit\n"
                           "before = numba.config.THREADING_LAYER, atexit._ncallbacks()\n"
-                          "import gpubackfill.chunk, gpubackfill.cluster, gpubackfill.service\n"
+                          "import gpubackfill.engine.chunk, gpubackfill.engine.cluster, gpubackfill.service\n"
                           "print(before == (numba.config.THREADING_LAYER, atexit._ncallbacks()))"],
                          capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "True"

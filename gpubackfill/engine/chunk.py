@@ -1,211 +1,41 @@
-"""One chunk, start to finish: load -> validate -> compute -> write -> record.
+"""One chunk, start to finish: load -> validate -> compute -> write -> record,
+and the Dask task that runs several small ones in turn (``run_chunks``).
 
-This is the function Dask runs on a worker.  It receives a small
-descriptor (never arrays), opens its own connections (cached per process),
-and records the outcome in Redis itself under the lease it was given.
+This is what Dask runs on a worker.  It receives a small descriptor
+(``task.ChunkTask``, never arrays), opens its own connections (cached per
+process), and records the outcome in Redis itself under the lease it was given.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import time
-import traceback
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
 import numba
 import numpy as np
-import psutil
-import pyarrow as pa
 
 from kernels.core import FLAG_AMBIGUOUS, FLAG_RESOLVED
 
-from . import backends
-from .allocator import keep_freed_memory
-from .candles import frames as candles_mod
-from .compute import compute_series
-from .config import BYTES_PER_CANDLE, Settings
-from .connections import clickhouse_breaker, connections
-from .errors import BreakerOpen, DependencyError, GpubackfillError, InvalidCandles
-from .granularity import GRANULARITIES
-from .jobs.result import ChunkResult, Segment, SegmentOutcome
-from .labels import Series, halo, resolve
-from .logs import log
-from .resilience import BREAKERS, classify, is_outage, retrying
-from .storage.clickhouse_store import SeriesKey, Store, input_fingerprint
-from .storage.redis import RedisState
-from .times import iso
-from .watchdog import thread_stack
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    job_id: str
-    index: int
-    token: int
-    segments: tuple[Segment, ...]
-    names: dict[int, tuple[str, str]]  # series index -> (instrument, granularity)
-    labels: list[str]
-    params: dict[str, dict[str, Any]]
-    label_set: str
-    force: bool
-    backend: str
-    max_attempts: int
-    numba_threads: int = 0
-    timeout_s: float = 0.0  # the chunk's deadline (watchdog.py); 0: none
-
-    @property
-    def rows(self) -> int:
-        """Candles planned in the chunk."""
-        return sum(s.rows for s in self.segments)
-
-    def key(self, seg: Segment) -> SeriesKey:
-        return SeriesKey(*self.names[seg.series])
-
-
-class LeaseLost(GpubackfillError):
-    """Another worker holds this chunk now (our lease expired): do not write."""
-
-
-class _LeaseKeeper:
-    """One thread per process that renews the leases of the chunks running
-    in it (a thread per chunk would start and stop thousands of threads),
-    and takes back those past their deadline."""
-
-    def __init__(self) -> None:
-        self._held: dict[int, Heartbeat] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, beat: Heartbeat) -> None:
-        with self._lock:
-            self._held[id(beat)] = beat
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, daemon=True, name="lease-keeper")
-                self._thread.start()
-
-    def remove(self, beat: Heartbeat) -> None:
-        with self._lock:
-            self._held.pop(id(beat), None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                beats = list(self._held.values())
-            now = time.monotonic()
-            for beat in beats:
-                if beat.deadline is not None and now >= beat.deadline:
-                    beat.overdue(now)
-                    continue
-                if not beat.lost and now >= beat.due:
-                    try:
-                        beat.renew()
-                    except DependencyError:
-                        pass  # Redis away for a moment: the fence decides before writing
-            self._wake.wait(0.5)
-
-
-_KEEPER = _LeaseKeeper()
-
-
-class Heartbeat:
-    """Keeps the chunk's lease renewed while it runs; ``fence()`` before writing."""
-
-    def __init__(self, state: RedisState, task: ChunkTask, lease_ms: int):
-        self.state, self.task, self.lease_ms = state, task, lease_ms
-        self.lost = False
-        self.started = time.monotonic()
-        self.due = self.started + lease_ms / 3000
-        self.deadline = self.started + task.timeout_s if task.timeout_s > 0 else None
-        self.take_back_at: float | None = None
-        self.reason = ""
-        self.thread = threading.get_ident()
-
-    def __enter__(self) -> Heartbeat:
-        _KEEPER.add(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _KEEPER.remove(self)
-
-    def renew(self) -> bool:
-        ok = self.state.renew_lease(self.task.job_id, self.task.index, self.task.token, self.lease_ms)
-        self.lost = self.lost or not ok
-        self.due = time.monotonic() + self.lease_ms / 3000
-        return ok
-
-    def overdue(self, now: float) -> None:
-        """Past the deadline (runs on the keeper thread).
-
-        First the lease is renewed one last time and never again, and the
-        thread's stack is logged.  The attempt is failed (the chunk queued
-        again, or dead-lettered once its attempts are used up) only when
-        that last lease is about to run out: a run that passed its fence
-        just before the deadline keeps the whole lease period it was
-        promised to finish its write, as with any expired lease.
-        """
-        task = self.task
-        if self.take_back_at is None:
-            still_ours = False
-            if not self.lost:
-                try:
-                    still_ours = self.renew()
-                except DependencyError:
-                    pass
-            self.lost = True
-            if not still_ours:
-                self.deadline = None  # taken back already: nothing more to do
-                return
-            margin = min(2.0, self.lease_ms / 4000)
-            self.take_back_at = now + self.lease_ms / 1000 - margin
-            stack = thread_stack(self.thread)
-            self.reason = (f"timeout: chunk {task.index} ran {now - self.started:.0f}s, past its "
-                           f"deadline of {task.timeout_s:g}s; taken back\n{stack}")
-            log.error("%s", self.reason, extra={"job_id": task.job_id, "chunk": task.index})
-            try:
-                self.state.note(task.job_id, "chunk_timeout", self.reason[:4000])
-            except DependencyError:
-                pass
-            return
-        if now < self.take_back_at:
-            return
-        self.deadline = None
-        try:
-            self.state.fail(task.job_id, task.index, task.token, self.reason, task.max_attempts,
-                            retryable=True, category="transient",
-                            detail={"digest": "chunk-timeout", "retries": 0})
-        except DependencyError:
-            pass  # Redis away: the lease is no longer renewed, so it expires instead
-
-    def check(self) -> None:
-        """Raise LeaseLost unless the lease is still ours (and renew it)."""
-        if self.lost or not self.renew():
-            self._taken_back()
-
-    def _taken_back(self) -> None:
-        self.lost = True
-        raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")
-
-    def fence(self) -> bool:
-        """Before the chunk writes: raise LeaseLost unless the lease is still
-        ours (and renew it); False when a run under the same lease reached
-        its write before (``RedisState.fence_write``), so the write must
-        replace rows rather than trust the plan's 'fresh' hint.
-
-        A stale worker that passed this check has a whole lease period
-        before anyone else may claim the chunk, so its write cannot land
-        after the next owner's.
-        """
-        got = 0 if self.lost else self.state.fence_write(self.task.job_id, self.task.index, self.task.token,
-                                                         self.lease_ms)
-        self.due = time.monotonic() + self.lease_ms / 3000
-        if not got:
-            self._taken_back()
-        return got == 1
+from .. import backends
+from ..allocator import keep_freed_memory
+from ..candles import frames as candles_mod
+from ..compute import compute_series
+from ..config import Settings
+from ..connections import clickhouse_breaker, connections
+from ..errors import DependencyError, InvalidCandles
+from ..granularity import GRANULARITIES
+from ..jobs.result import ChunkResult, SegmentOutcome
+from ..labels import Series, halo, resolve
+from ..logs import log
+from ..resilience import BREAKERS, retrying
+from ..storage.clickhouse_store import SeriesKey, Store, input_fingerprint
+from ..storage.redis import RedisState
+from ..times import iso
+from .failures import log_retry, over_memory_budget, record_failure, split_chunk, splittable
+from .lease import Heartbeat, LeaseLost
+from .shared_io import SharedIO
+from .task import ChunkTask, finer_series
 
 
 def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -> ChunkResult:
@@ -228,8 +58,8 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -
     if task.numba_threads:
         numba.set_num_threads(min(task.numba_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     store, state = connections(settings)
-    if _over_memory_budget(settings, task):
-        split = _split(store, state, task, "memory budget")
+    if over_memory_budget(settings, task):
+        split = split_chunk(store, state, task, "memory budget")
         if split is not None:
             return split
     breaker = clickhouse_breaker(settings)
@@ -254,12 +84,12 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -
             result = retrying(
                 lambda: BREAKERS.call(breaker, attempt, lease.fence if io is None else lease.check),
                 settings.retry_base_seconds, on_retry,
-                give_up=lambda e: isinstance(e, LeaseLost) or _splittable(settings, task, e))
+                give_up=lambda e: isinstance(e, LeaseLost) or splittable(settings, task, e))
         except LeaseLost as exc:
             return ChunkResult(task.index, "stale", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
             try:
-                return _record_failure(store, state, settings, task, exc, len(retries))
+                return record_failure(store, state, settings, task, exc, len(retries))
             except DependencyError as lost:
                 # Redis is away too: the lease runs out and the chunk is re-run.
                 return ChunkResult(task.index, "outage", error=f"{exc}; not recorded: {lost}",
@@ -377,79 +207,6 @@ def _insert_and_record(settings: Settings, io: SharedIO,
     return out
 
 
-class SharedIO:
-    """One read and one insert for a run of consecutive chunks of a series.
-
-    Small chunks go several to a Dask task (``run_chunks``).  When they are
-    consecutive ranges of one series and a first backfill of them (the
-    plan's 'fresh' hint), each chunk's load is cut from one read of the
-    whole run (halo included), and their label rows go to ClickHouse in one
-    insert after the last chunk: one statement and one part instead of one
-    per chunk.  Everything else a chunk does (validation, fingerprint,
-    compute, its lease, its record) stays its own.  Any other call goes to
-    the store itself."""
-
-    def __init__(self, store: Store, tasks: tuple[ChunkTask, ...]):
-        self.store = store
-        self.key = tasks[0].key(tasks[0].segments[0])
-        self.first, self.last = tasks[0].segments[0], tasks[-1].segments[0]
-        self.label_set, self.job_id = tasks[0].label_set, tasks[0].job_id
-        self._read: tuple[Any, np.ndarray] | None = None
-        self._rows: dict[int, tuple[int, Any]] = {}  # a chunk's start_ms -> (its end_ms, its labels)
-
-    @staticmethod
-    def for_run(settings: Settings, tasks: tuple[ChunkTask, ...]) -> SharedIO | None:
-        if len(tasks) < 2 or any(len(t.segments) != 1 or not t.segments[0].fresh for t in tasks):
-            return None
-        segs = [t.segments[0] for t in tasks]
-        key = tasks[0].key(segs[0])
-        try:
-            resolved = resolve(tasks[0].labels, tasks[0].params)
-        except Exception:  # noqa: BLE001 - bad labels fail each chunk, recorded as it should be
-            return None
-        if (any(t.key(g) != key for t, g in zip(tasks, segs))
-                or any(b.start_ms != a.end_ms for a, b in zip(segs, segs[1:]))
-                or finer_series(resolved, key) is not None):
-            return None  # the finer candles' reads are each chunk's own
-        store, _ = connections(settings)
-        return SharedIO(store, tasks)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    def load_many(self, parts: list[tuple], back: int, ahead: int) -> list[tuple[Any, int, int]]:
-        key, a, b, *_ = parts[0]
-        if len(parts) != 1 or key != self.key or a < self.first.start_ms or b > self.last.end_ms:
-            return self.store.load_many(parts, back, ahead)
-        if self._read is None:
-            table, _, _ = self.store.load(self.key, self.first.start_ms, self.last.end_ms, back, ahead,
-                                          self.first.lo_ms, self.last.hi_ms)
-            self._read = table, table.column("ts").to_numpy()
-        table, ts = self._read
-        i0, i1 = int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b))
-        lo, hi = max(i0 - back, 0), min(i1 + ahead, len(ts))
-        return [(table.slice(lo, hi - lo), i0 - lo, i1 - i0)]
-
-    def write_labels_many(self, set_id: str, writes: list[tuple], job_id: str, fresh: bool = False,
-                          record: bool = True) -> None:
-        if not fresh or record or len(writes) != 1 or writes[0][0] != self.key:
-            self.store.write_labels_many(set_id, writes, job_id, fresh=fresh, record=record)
-            return
-        _, a, b, labels, _, _ = writes[0]
-        self._rows[a] = (b, labels)  # a retry replaces its first try
-
-    def insert(self, starts: list[int]) -> None:
-        """The label rows of the chunks starting at ``starts`` (done, and
-        still leased), in one insert."""
-        keep = set(starts)
-        rows = [(a, b, labels) for a, (b, labels) in sorted(self._rows.items()) if a in keep]
-        if not rows:
-            return
-        body = pa.concat_tables([labels for _, _, labels in rows])
-        self.store.write_labels(self.key, self.label_set, rows[0][0], rows[-1][1], body, "", 0,
-                                self.job_id, fresh=True, record=False)
-
-
 def _resume(settings: Settings, task: ChunkTask) -> str:
     """'' when the chunk may start; else why not."""
     _, state = connections(settings)
@@ -470,85 +227,6 @@ def _give_back(settings: Settings, tasks: tuple[ChunkTask, ...], why: str) -> li
             pass  # the lease runs out instead
         out.append(ChunkResult(task.index, "stale", error=f"not started: {why}"))
     return out
-
-
-def log_retry(state: RedisState, task: ChunkTask, category: str, exc: BaseException, attempt: int) -> None:
-    try:
-        state.count(f"retries:{category}")
-        state.note(task.job_id, "retry", f"chunk {task.index} attempt {attempt} ({category}): {exc}"[:500])
-    except DependencyError:
-        pass  # the retry itself matters more than its record
-
-
-def _record_failure(store: Store, state: RedisState, settings: Settings, task: ChunkTask,
-                    exc: BaseException, retries: int) -> ChunkResult:
-    category = classify(exc)
-    message = f"{category}: {type(exc).__name__}: {exc}"
-    if is_outage(exc):
-        # ClickHouse (or Redis) is down: not the chunk's fault.  It goes back
-        # to the queue untouched and the driver waits for the breaker.
-        state.count(f"errors:{category}")
-        state.release(task.job_id, task.index, task.token)
-        wait = exc.retry_after if isinstance(exc, BreakerOpen) else settings.retry_base_seconds
-        return ChunkResult(task.index, "outage", error=message, category=category, retry_after=wait)
-    if _splittable(settings, task, exc):
-        split = _split(store, state, task, "out of memory")
-        if split is not None:
-            return split
-    if len(task.segments) > 1 and category in ("data", "persistent"):
-        # One bad series must not take the series packed with it down: every
-        # series runs again as its own chunk, and only the bad one fails.
-        added = state.unpack(task.job_id, task.index, task.token)
-        if added:
-            state.note(task.job_id, "unpack", f"chunk {task.index} ({len(task.segments)} series) "
-                                              f"run again one series per chunk: {message}"[:500])
-            return ChunkResult(task.index, "split", error=message, category=category)
-    detail: dict[str, Any] = {"digest": _digest(exc), "retries": retries}
-    if isinstance(exc, InvalidCandles) and exc.rows:
-        detail["rows"] = exc.rows
-    if len(task.segments) > 1 and isinstance(exc, InvalidCandles):
-        detail["series_names"] = [list(task.names[s.series]) for s in task.segments]
-    status, _ = state.fail(task.job_id, task.index, task.token,
-                           message + "\n" + "".join(traceback.format_exception(exc, limit=8)),
-                           1, retryable=False, category=category, detail=detail)
-    return ChunkResult(task.index, "failed" if status == "failed" else "retry", error=message,
-                       category=category, fail_job=category == "persistent")
-
-
-def _digest(exc: BaseException) -> str:
-    """A short stable id of where the error came from (same bug, same digest)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = "|".join(f"{Path(f.filename).name}:{f.name}" for f in frames[-4:])
-    return hashlib.blake2b(f"{type(exc).__name__}|{where}".encode(), digest_size=6).hexdigest()
-
-
-def _over_memory_budget(settings: Settings, task: ChunkTask) -> bool:
-    if not settings.memory_limit_bytes or task.rows < 2 * settings.min_chunk_size:
-        return False
-    rss = psutil.Process().memory_info().rss
-    return rss + task.rows * BYTES_PER_CANDLE > settings.memory_limit_bytes
-
-
-def _splittable(settings: Settings, task: ChunkTask, exc: BaseException) -> bool:
-    return (classify(exc) == "resource" and len(task.segments) == 1
-            and task.rows >= 2 * settings.min_chunk_size)
-
-
-def _split(store: Store, state: RedisState, task: ChunkTask, why: str) -> ChunkResult | None:
-    """Halve a one-series chunk in the plan (at its middle candle); both
-    halves go back to the queue.  None when there is nothing to cut (a pack
-    of small series, or fewer candles than planned)."""
-    if len(task.segments) != 1:
-        return None
-    seg = task.segments[0]
-    runs = store.chunk_starts(task.key(seg), seg.start_ms, seg.end_ms, (seg.rows + 1) // 2)
-    if len(runs) < 2:
-        return None
-    (_, left), (mid, right) = runs[0], runs[1]
-    new = state.split(task.job_id, task.index, task.token, mid, left, right + sum(n for _, n in runs[2:]))
-    state.note(task.job_id, "split", f"chunk {task.index} ({seg.rows} candles, {why}) -> "
-                                     f"{task.index} + {new}")
-    return ChunkResult(task.index, "split", error=why, split_into=new)
 
 
 class _Stages:
@@ -663,14 +341,6 @@ def _bar_path(table) -> Series:
                                         low=cols["low"], close=cols["low"]))
 
 
-def finer_series(resolved, key: SeriesKey) -> SeriesKey | None:
-    """The finer series a request's triple barrier resolves ambiguous bars with."""
-    for r in resolved:
-        if r.params.get("resolve_with"):
-            return SeriesKey(key.instrument, r.params["resolve_with"])
-    return None
-
-
 def _ambiguity(labels, finer_key) -> dict[str, int]:
     """Bars decided by finer candles, and bars left to the tie rule."""
     if finer_key is None or "tb_flags" not in labels.column_names:
@@ -710,8 +380,3 @@ def _incomplete_rows(computed, resolved, first: int, own: int) -> int:
             if column.null_count:
                 tail[lo - first:] |= column.is_null().to_numpy(zero_copy_only=False)
     return 0 if tail is None else int(np.count_nonzero(tail))
-
-
-def default_numba_threads(workers: int) -> int:
-    """Kernel threads per chunk so that concurrent chunks do not oversubscribe."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))

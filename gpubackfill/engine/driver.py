@@ -16,13 +16,25 @@ from typing import Any, cast
 import tenacity
 
 from .. import logs
-from ..chunk import ChunkTask, run_chunks
 from ..config import Settings
 from ..errors import DependencyError, InvalidInput
+from ..jobs.machine import (
+    Abandon,
+    Claim,
+    Collect,
+    DriverMachine,
+    Finish,
+    Instruction,
+    ReturnExpired,
+    Seen,
+    Transition,
+    Wait,
+)
+from ..jobs.result import ChunkResult
 from ..storage.redis import RedisState
-from ..watchdog import chunk_deadline
-from .machine import Abandon, Claim, Collect, DriverMachine, Finish, Instruction, ReturnExpired, Seen, Transition, Wait
-from .result import ChunkResult
+from .chunk import run_chunks
+from .task import ChunkTask
+from .watchdog import chunk_deadline
 
 
 class Driver:

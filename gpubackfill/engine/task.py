@@ -1,0 +1,49 @@
+"""What Dask carries to a worker: a chunk's descriptor (never arrays), and
+what follows from it: the finer series its labels read, its kernel threads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..jobs.result import Segment
+from ..storage.clickhouse_store import SeriesKey
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    job_id: str
+    index: int
+    token: int
+    segments: tuple[Segment, ...]
+    names: dict[int, tuple[str, str]]  # series index -> (instrument, granularity)
+    labels: list[str]
+    params: dict[str, dict[str, Any]]
+    label_set: str
+    force: bool
+    backend: str
+    max_attempts: int
+    numba_threads: int = 0
+    timeout_s: float = 0.0  # the chunk's deadline (engine/watchdog.py); 0: none
+
+    @property
+    def rows(self) -> int:
+        """Candles planned in the chunk."""
+        return sum(s.rows for s in self.segments)
+
+    def key(self, seg: Segment) -> SeriesKey:
+        return SeriesKey(*self.names[seg.series])
+
+
+def finer_series(resolved, key: SeriesKey) -> SeriesKey | None:
+    """The finer series a request's triple barrier resolves ambiguous bars with."""
+    for r in resolved:
+        if r.params.get("resolve_with"):
+            return SeriesKey(key.instrument, r.params["resolve_with"])
+    return None
+
+
+def default_numba_threads(workers: int) -> int:
+    """Kernel threads per chunk so that concurrent chunks do not oversubscribe."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
