@@ -91,3 +91,20 @@ def assert_label_columns(got: pa.Table, want: pa.Table) -> None:
             assert_exact(name, g, w)
         else:
             assert_float_close(name, g, w)
+
+
+def assert_weights(out: pa.Table, tb: dict, c: dict, near: np.ndarray, horizon: int) -> None:
+    """Sample weights against the oracle's, from the oracle's triple barrier
+    ``tb``.  A row's weights depend on other rows' exits: every row whose
+    span meets a row sitting on a barrier (``near``) is skipped."""
+    import oracle
+
+    affected = near.copy()
+    for i in np.flatnonzero(near):
+        affected[max(0, i - horizon):i + 2 * horizon + 1] = True
+    want = oracle.sample_weights(tb, c["close"], horizon)
+    assert_float_close("tb_uniqueness", column(out, "tb_uniqueness"), want["tb_uniqueness"],
+                       skip=affected)
+    scale = np.nan_to_num(oracle.attribution_scale(tb, c["close"]))
+    assert_float_close("tb_attribution", column(out, "tb_attribution"), want["tb_attribution"],
+                       atol=1e-9 * scale, skip=affected)

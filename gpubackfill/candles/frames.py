@@ -149,10 +149,10 @@ def _ts_from_arrow(col: pa.ChunkedArray) -> np.ndarray:
     return _contiguous(col)
 
 
-def _float_from_arrow(name: str, col: pa.ChunkedArray) -> np.ndarray:
+def _float_from_arrow(name: str, col: pa.ChunkedArray, numeric: str = "numeric") -> np.ndarray:
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)
             or pa.types.is_decimal(col.type)):
-        raise InvalidCandles(f"column {name} must be numeric, got {col.type}")
+        raise InvalidCandles(f"column {name} must be {numeric}, got {col.type}")
     if col.type != pa.float64():
         col = col.cast(pa.float64())
     if col.null_count:
@@ -206,14 +206,7 @@ _SIDE_WORDS = "+1 long, -1 short, 0 or NULL no position"
 
 
 def _side_from_arrow(col: pa.ChunkedArray) -> np.ndarray:
-    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)
-            or pa.types.is_decimal(col.type)):
-        raise InvalidCandles(f"column side must be numeric ({_SIDE_WORDS}), got {col.type}")
-    if col.type != pa.float64():
-        col = col.cast(pa.float64())
-    if col.null_count:
-        col = pc.fill_null(col, np.nan)
-    return side_values(_contiguous(col))
+    return side_values(_float_from_arrow("side", col, f"numeric ({_SIDE_WORDS})"))
 
 
 def _side_from_pandas(s: pd.Series) -> np.ndarray:

@@ -10,7 +10,7 @@ import oracle
 import pandas as pd
 import pyarrow as pa
 import pytest
-from compare import BARRIER_RTOL, assert_exact, assert_float_close, assert_tb, column, near_barrier_rows
+from compare import BARRIER_RTOL, assert_exact, assert_float_close, assert_tb, assert_weights, column, near_barrier_rows
 from conftest import random_walk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -138,17 +138,7 @@ def test_sample_weights_against_the_oracle(c, p):
     out = compute_labels(pd.DataFrame(c), TB, {TB: {**p, "weights": True}}, output="arrow")
     plain, sig = oracle_tb(c, p)
     near = near_barrier_rows(c, sig, p["horizon"], p["pt"], p["sl"])
-    # Weights of a row depend on other rows' exits: skip every row whose span
-    # meets a row that sits on a barrier.
-    affected = near.copy()
-    for i in np.flatnonzero(near):
-        affected[max(0, i - p["horizon"]):i + 2 * p["horizon"] + 1] = True
-    want = oracle.sample_weights(plain, c["close"], p["horizon"])
-    assert_float_close("tb_uniqueness", column(out, "tb_uniqueness"), want["tb_uniqueness"],
-                       skip=affected)
-    scale = np.nan_to_num(oracle.attribution_scale(plain, c["close"]))
-    assert_float_close("tb_attribution", column(out, "tb_attribution"), want["tb_attribution"],
-                       atol=1e-9 * scale, skip=affected)
+    assert_weights(out, plain, c, near, p["horizon"])
 
 
 def test_weights_by_hand_with_vertical_exits():

@@ -11,7 +11,7 @@ import oracle_grid
 import pandas as pd
 import pyarrow as pa
 import pytest
-from compare import TB_COLUMNS, assert_exact, assert_float_close, assert_tb, column, near_barrier_rows
+from compare import TB_COLUMNS, assert_exact, assert_float_close, assert_tb, assert_weights, column, near_barrier_rows
 from conftest import random_walk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -172,15 +172,7 @@ def test_weights_count_only_rows_with_a_position(c, p, seed):
                                          p["min_ret"])
     near = (near_barrier_rows(c, sig, p["horizon"], p["pt"], p["sl"])
             | near_barrier_rows(c, sig, p["horizon"], p["sl"], p["pt"]))
-    affected = near.copy()
-    for i in np.flatnonzero(near):
-        affected[max(0, i - p["horizon"]):i + 2 * p["horizon"] + 1] = True
-    want = oracle.sample_weights(tb, c["close"], p["horizon"])
-    assert_float_close("tb_uniqueness", column(out, "tb_uniqueness"), want["tb_uniqueness"],
-                       skip=affected)
-    scale = np.nan_to_num(oracle.attribution_scale(tb, c["close"]))
-    assert_float_close("tb_attribution", column(out, "tb_attribution"), want["tb_attribution"],
-                       atol=1e-9 * scale, skip=affected)
+    assert_weights(out, tb, c, near, p["horizon"])
 
 
 def test_no_side_keeps_the_label_set_ids_stored_before_sides_existed():
