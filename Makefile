@@ -49,6 +49,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(PY) -m ruff check gpubackfill kernels tests bench tools
 	$(PY) -m mypy
+	$(PY) tools/check_imports.py
 
 # Unit tests only: no Redis, no chDB, seconds (tests/unit).
 test-fast: $(STAMP)
