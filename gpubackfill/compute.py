@@ -57,10 +57,10 @@ def compute_labels(
     """
     resolved = registry.resolve(registry.DEFAULT_LABELS if labels is None else labels, params)
     kind = label_frames.choose(candles, output)
-    wants_finer = [r for r in resolved if r.params.get("resolve_with")]
+    wants_finer = [(r, need) for r in resolved for need in r.extra_inputs()]
     if wants_finer and finer is None:
-        r = wants_finer[0]
-        raise InvalidInput(f"{r.name}.resolve_with={r.params['resolve_with']!r} needs the finer "
+        r, need = wants_finer[0]
+        raise InvalidInput(f"{r.name}.{need.param}={need.granularity!r} needs the finer "
                            f"candles: pass them as finer=")
     chosen = backends.select(backend)
     sided = registry.wants_side(resolved)

@@ -412,24 +412,23 @@ class BackfillService:
                     pass  # kept in Redis: the next execute inserts them
 
     def _check_finer_series(self, job_id: str, job: dict) -> None:
-        """Say once, at the start, when resolve_with names a series with no candles."""
+        """Say once, at the start, when the finer candles a label reads are missing."""
         try:
             resolved = resolve(job["labels"], job["params"])
         except InvalidInput:
             return  # each chunk reports a bad label spec as its error, with the job's other errors
-        from .engine.task import finer_series
+        from .labels import finer_candles
 
+        need = finer_candles(resolved)
+        if need is None:
+            return
         series = job.get("series") or [[job["instrument"], job["granularity"]]]
-        for inst, gran in series:
-            finer = finer_series(resolved, SeriesKey(inst, gran))
-            if finer is None:
-                return
-            if not self.store.has_series(finer):
-                why = (f"no {finer.granularity} candles for {finer.instrument}: ambiguous bars fall "
-                       f"back to the tie rule (after ingesting them, a new run recomputes the "
-                       f"chunks they change)")
+        for inst, _ in series:
+            if not self.store.has_series(SeriesKey(inst, need.granularity)):
+                why = (f"no {need.granularity} candles for {inst}: {need.without} (after "
+                       f"ingesting them, a new run recomputes the chunks they change)")
                 logs.log.warning(why, extra={"job_id": job_id})
-                self.state.note(job_id, "resolve_with", why)
+                self.state.note(job_id, need.param, why)
 
     def start(self, *args, detach: bool = False, progress: Progress | None = None,
               scheduler: str | None = None, stop: threading.Event | None = None, **kwargs) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from . import eta as eta_mod
 from .engine.lease import dead_local_owner
 from .errors import CATEGORIES, InvalidInput
 from .jobs.machine import FINAL_JOB_STATES, series_status
+from .labels import counters
 from .resilience import BREAKERS, breaker_severity
 from .storage.redis import RedisState, now_ms
 from .storage.telemetry import Telemetry
@@ -60,6 +61,11 @@ class EtaInfo(BaseModel):
 
 
 class JobStatus(BaseModel):
+    # The labels' counters (``LabelSpec.counters``) are fields of their own:
+    # those of the labels built in are declared below, for the API's
+    # schema; one a label added later declares comes as an extra field.
+    model_config = ConfigDict(extra="allow")
+
     job_id: str
     kind: str
     status: str
@@ -99,9 +105,9 @@ class JobStatus(BaseModel):
     cluster: str
     dashboard: str
     last_errors: dict[str, str]
-    # enhanced_triple_barrier with resolve_with: bars decided by the finer
-    # candles, and bars left to the tie rule (no finer data, or still
-    # ambiguous at the finer level).
+    # enhanced_triple_barrier's counters, with resolve_with: bars decided by
+    # the finer candles, and bars left to the tie rule (no finer data, or
+    # still ambiguous at the finer level).
     bars_resolved: int
     bars_ambiguous: int
     interrupted_because: str
@@ -211,11 +217,10 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
         # The dashboard is the driver's cluster's: gone once the job stops running.
         dashboard=job.get("dashboard", "") if status == "running" and not driver.gone else "",
         last_errors={str(k): v for k, v in state.chunk_error_heads(job_id, 5).items()},
-        bars_resolved=int(job.get("tb_resolved") or 0),
-        bars_ambiguous=int(job.get("tb_ambiguous") or 0),
         interrupted_because=_last_note(state, job_id, "interrupt") if status == "interrupted" else "",
         stages={k.split(":", 1)[1]: round(float(v), 6) for k, v in job.items()
                 if k.startswith("stage:")},
+        **{c.status: int(job.get(c.field) or 0) for c in counters()},
     )
 
 

@@ -15,8 +15,6 @@ from dataclasses import replace
 import numba
 import numpy as np
 
-from kernels.core import FLAG_AMBIGUOUS, FLAG_RESOLVED
-
 from .. import backends
 from ..allocator import keep_freed_memory
 from ..candles import frames as candles_mod
@@ -26,7 +24,7 @@ from ..connections import clickhouse_breaker, connections
 from ..errors import DependencyError, InvalidCandles
 from ..granularity import GRANULARITIES
 from ..jobs.result import ChunkResult, SegmentOutcome
-from ..labels import Series, halo, resolve
+from ..labels import Series, counts, halo, resolve
 from ..logs import log
 from ..resilience import BREAKERS, retrying
 from ..storage.clickhouse_store import SeriesKey, Store, input_fingerprint
@@ -273,7 +271,8 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
         stages.lap("cache check")
     kernels = backends.select(task.backend).kernels
     writes, outcomes, manifest = [], [], []
-    incomplete = resolved_bars = ambiguous = 0
+    incomplete = 0
+    counters: dict[str, int] = {}
     for i, (seg, key, (table, first, own)) in enumerate(zip(task.segments, keys, loaded)):
         if i in cached:
             outcomes.append(SegmentOutcome(seg.series, own, 0, seg.rows, cached=True))
@@ -288,7 +287,7 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
         stages.lap("validate")
         fk = finer_keys[i]
         if fk is not None:
-            # Only the finer candles of the bars that turn out ambiguous are read.
+            # Only the finer candles of the bars the labels ask for are read.
             series = replace(series, bar_ms=GRANULARITIES[key.granularity],
                              finer=lambda starts, bar, fk=fk: _bar_path(
                                  store.load_bars(fk, starts, bar, ("ts", "open", "high", "low"))))
@@ -296,9 +295,8 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
         labels = computed.slice(first, own)
         n_incomplete = _incomplete_rows(computed, resolved, first, own)
         incomplete += n_incomplete
-        amb = _ambiguity(labels, fk)
-        resolved_bars += amb.get("resolved", 0)
-        ambiguous += amb.get("ambiguous", 0)
+        for name, n in counts(resolved, labels).items():
+            counters[name] = counters.get(name, 0) + n
         writes.append((key, seg.start_ms, seg.end_ms, labels, prints[i], n_incomplete))
         manifest.append((seg.series, seg.start_ms, seg.end_ms, prints[i], labels.num_rows, n_incomplete,
                          computed_at))
@@ -315,13 +313,13 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
         stages.lap("write")
     return ChunkResult(task.index, "done", segments=tuple(outcomes),
                        cache_hit=len(cached) == len(task.segments), incomplete=incomplete,
-                       resolved=resolved_bars, ambiguous=ambiguous, stages=stages.seconds,
+                       counters=counters, stages=stages.seconds,
                        records=tuple(manifest))
 
 
 def _fingerprint(store: Store | SharedIO, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:
     """What a segment's labels were computed from: its candles (halo
-    included) and, with resolve_with, the changes to the finer series."""
+    included) and, where its labels read finer candles, the changes to them."""
     fingerprint = input_fingerprint(table)
     if finer_key is not None and table.num_rows:
         ts = table.column("ts")
@@ -339,15 +337,6 @@ def _bar_path(table) -> Series:
     # Read-only like every other input, so the replay kernel compiles once.
     return candles_mod.read_only(Series(ts=cols["ts"], open=cols["open"], high=cols["high"],
                                         low=cols["low"], close=cols["low"]))
-
-
-def _ambiguity(labels, finer_key) -> dict[str, int]:
-    """Bars decided by finer candles, and bars left to the tie rule."""
-    if finer_key is None or "tb_flags" not in labels.column_names:
-        return {}
-    flags = labels.column("tb_flags").to_numpy()
-    return {"resolved": int(np.count_nonzero(flags & FLAG_RESOLVED)),
-            "ambiguous": int(np.count_nonzero(flags & FLAG_AMBIGUOUS))}
 
 
 def _bad_rows(series, limit: int = 20) -> list[list]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..jobs.result import Segment
+from ..labels import ResolvedLabel, finer_candles
 from ..storage.clickhouse_store import SeriesKey
 
 
@@ -36,12 +37,10 @@ class ChunkTask:
         return SeriesKey(*self.names[seg.series])
 
 
-def finer_series(resolved, key: SeriesKey) -> SeriesKey | None:
-    """The finer series a request's triple barrier resolves ambiguous bars with."""
-    for r in resolved:
-        if r.params.get("resolve_with"):
-            return SeriesKey(key.instrument, r.params["resolve_with"])
-    return None
+def finer_series(resolved: list[ResolvedLabel], key: SeriesKey) -> SeriesKey | None:
+    """The finer series of ``key``'s instrument that a request's labels read, if any."""
+    need = finer_candles(resolved)
+    return None if need is None else SeriesKey(key.instrument, need.granularity)
 
 
 def default_numba_threads(workers: int) -> int:

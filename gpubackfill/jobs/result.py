@@ -86,8 +86,8 @@ class ChunkResult:
     segments: tuple[SegmentOutcome, ...] = ()
     cache_hit: bool = False
     incomplete: int = 0
-    resolved: int = 0      # triple-barrier bars decided by finer candles
-    ambiguous: int = 0     # ... and left to the tie rule
+    # The counters its labels declare (``LabelSpec.counters``), by field.
+    counters: dict[str, int] = field(default_factory=dict)
     error: str = ""
     category: str = ""
     retry_after: float = 0.0

@@ -2,7 +2,8 @@
 
 A request names labels and per-label parameters; ``resolve`` checks both and
 fills defaults, ``halo`` tells the engine how many bars of context a chunk
-needs, and ``label_set_id`` names a parameterisation stably so results of
+needs, ``finer_candles`` and ``counts`` what else a request reads and
+reports (the engine knows no label by name), and ``label_set_id`` names a parameterisation stably so results of
 different parameterisations can be stored side by side.
 """
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from ..errors import InvalidLabelSpec
 from . import barrier_grid, fixed_horizon, mfe_mae, trend_scanning, triple_barrier, vol_scaled_return
-from .base import Column, LabelSpec, Param, Series
+from .base import Column, Counter, FinerCandles, LabelSpec, Param, Series
 
 REGISTRY: dict[str, LabelSpec] = {
     spec.name: spec for spec in (triple_barrier.SPEC, vol_scaled_return.SPEC, mfe_mae.SPEC,
@@ -46,6 +47,9 @@ class ResolvedLabel:
 
     def halo(self) -> tuple[int, int]:
         return self.spec.halo(self.params)
+
+    def extra_inputs(self) -> tuple[FinerCandles, ...]:
+        return self.spec.extra_inputs(self.params)
 
 
 def get(name: str) -> LabelSpec:
@@ -124,6 +128,34 @@ def halo(resolved: Iterable[ResolvedLabel]) -> tuple[int, int]:
     return back, ahead
 
 
+def finer_candles(resolved: Iterable[ResolvedLabel]) -> FinerCandles | None:
+    """The finer candles a request reads beside its series, if any (one
+    finer series a request: the first label's that asks)."""
+    for r in resolved:
+        for need in r.extra_inputs():
+            return need
+    return None
+
+
+def counts(resolved: Iterable[ResolvedLabel], labels: pa.Table) -> dict[str, int]:
+    """Each counter of a request's labels over a chunk's own label rows,
+    by its field in the job's record."""
+    out: dict[str, int] = {}
+    for r in resolved:
+        for c in r.spec.counters:
+            out[c.field] = out.get(c.field, 0) + int(c.count(labels, r.params))
+    return out
+
+
+def counters() -> list[Counter]:
+    """Every counter a registered label reports, once each by field."""
+    seen: dict[str, Counter] = {}
+    for spec in REGISTRY.values():
+        for c in spec.counters:
+            seen.setdefault(c.field, c)
+    return list(seen.values())
+
+
 def label_set_id(resolved: Iterable[ResolvedLabel]) -> str:
     """Stable 16-hex-digit id of the labels and their full parameters
     (defaults included, order of labels irrelevant)."""
@@ -142,6 +174,7 @@ def _id_params(r: ResolvedLabel) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_LABELS", "REGISTRY", "Column", "LabelSpec", "Param", "ResolvedLabel", "Series",
-    "get", "halo", "label_set_id", "not_in_jobs", "resolve", "wants_side",
+    "DEFAULT_LABELS", "REGISTRY", "Column", "Counter", "FinerCandles", "LabelSpec", "Param",
+    "ResolvedLabel", "Series", "counters", "counts", "finer_candles", "get", "halo",
+    "label_set_id", "not_in_jobs", "resolve", "wants_side",
 ]

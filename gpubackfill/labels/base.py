@@ -158,6 +158,37 @@ class Series:
 
 
 @dataclass(frozen=True)
+class Counter:
+    """A figure a label adds up over a job: ``count(labels, params)`` of a
+    chunk's own label rows (an Arrow table holding the label's outputs).
+
+    ``field`` names it in the job's Redis hash, ``status`` in the job's
+    status; both are part of the public record, so they never change."""
+
+    field: str
+    status: str
+    count: Callable[[pa.Table, Mapping[str, Any]], int]
+
+
+@dataclass(frozen=True)
+class FinerCandles:
+    """Candles of a finer granularity of the same instrument, which a label
+    reads as ``Series.finer``.
+
+    ``param`` is the parameter that asked for them (it names them in
+    messages and in the job's event), ``without`` what the label does when
+    there are none."""
+
+    granularity: str
+    param: str
+    without: str
+
+
+def _no_extra_inputs(params: Mapping[str, Any]) -> tuple[FinerCandles, ...]:
+    return ()
+
+
+@dataclass(frozen=True)
 class LabelSpec:
     """A label as the engine sees it.
 
@@ -168,6 +199,12 @@ class LabelSpec:
     ``sigma`` is the shared volatility array when ``uses_sigma`` is set.
     ``inputs`` names the candle columns ``compute`` reads (sigma reads
     close), so a frame without the others can still be labelled.
+
+    What else the engine must know of a label it asks here, never by name:
+    ``extra_inputs(params)``, candles beyond the series that the label
+    reads (the engine loads them and checks they exist); ``counters``, the
+    figures it reports per job (the engine counts them on each chunk's rows
+    and adds them up in the job's record).
     """
 
     name: str
@@ -178,6 +215,8 @@ class LabelSpec:
     compute: Callable[..., dict[str, Column]]
     uses_sigma: bool = False
     inputs: tuple[str, ...] = ("close",)
+    extra_inputs: Callable[[Mapping[str, Any]], tuple[FinerCandles, ...]] = _no_extra_inputs
+    counters: tuple[Counter, ...] = ()
     param_index: dict[str, Param] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ from kernels import flags as core
 
 from ..errors import InvalidInput
 from ..granularity import GRANULARITIES
-from .base import Column, LabelSpec, Param, Series
+from .base import Column, Counter, FinerCandles, LabelSpec, Param, Series
 from .volatility import VOL_PARAMS, sigma_lookback
 
 _TIE = {"sl": core.TIE_SL, "tp": core.TIE_TP, "skip": core.TIE_SKIP}
@@ -144,6 +144,31 @@ def resolve_ambiguous(kernels: Any, s: Series, sigma, p: Mapping[str, Any],
     return decided, int(rows.size) - decided
 
 
+def _finer(p: Mapping[str, Any]) -> tuple[FinerCandles, ...]:
+    if not p["resolve_with"]:
+        return ()
+    return (FinerCandles(p["resolve_with"], "resolve_with",
+                         "ambiguous bars fall back to the tie rule"),)
+
+
+def _flag_count(bit: int):
+    """Rows with ``bit`` in tb_flags, counted only where finer candles were
+    asked for (without them every ambiguous bar is the tie rule's, by design)."""
+    def count(labels: pa.Table, p: Mapping[str, Any]) -> int:
+        if not p["resolve_with"]:
+            return 0
+        return int(np.count_nonzero(labels.column("tb_flags").to_numpy() & bit))
+    return count
+
+
+# Bars decided by the finer candles, and bars left to the tie rule (no
+# finer candles there, or still ambiguous at the finer level).
+COUNTERS = (
+    Counter("tb_resolved", "bars_resolved", _flag_count(core.FLAG_RESOLVED)),
+    Counter("tb_ambiguous", "bars_ambiguous", _flag_count(core.FLAG_AMBIGUOUS)),
+)
+
+
 SPEC = LabelSpec(
     name="enhanced_triple_barrier",
     doc=__doc__.strip().splitlines()[0],
@@ -153,4 +178,6 @@ SPEC = LabelSpec(
     compute=_compute,
     uses_sigma=True,
     inputs=("open", "high", "low", "close"),
+    extra_inputs=_finer,
+    counters=COUNTERS,
 )

@@ -100,3 +100,46 @@ def test_vsr_outputs_follow_the_horizons():
 @pytest.mark.parametrize("value", ["7", 7, 7.0])
 def test_int_params_accept_text_and_integral_numbers(value):
     assert LABELS["mfe_mae"].resolve({"horizon": value}) == {"horizon": 7}
+
+
+def test_the_triple_barrier_declares_its_finer_candles_and_counters():
+    from gpubackfill.labels import counts, finer_candles
+
+    tb = "enhanced_triple_barrier"
+    plain = resolve_labels([tb, "mfe_mae"])
+    asking = resolve_labels(["mfe_mae", tb], {tb: {"resolve_with": "M5"}})
+    assert finer_candles(plain) is None
+    need = finer_candles(asking)
+    assert need is not None and (need.granularity, need.param) == ("M5", "resolve_with")
+    # bits: 2 AMBIGUOUS (left to the tie rule), 16 RESOLVED, 17 = GAP | RESOLVED
+    rows = pa.table({"tb_flags": pa.array([0, 2, 16, 17, 2, 4], pa.uint8())})
+    assert counts(asking, rows) == {"tb_resolved": 2, "tb_ambiguous": 2}
+    # Without finer candles every ambiguous bar is the tie rule's by design: not counted.
+    assert counts(plain, rows) == {"tb_resolved": 0, "tb_ambiguous": 0}
+
+
+def test_the_status_schema_declares_the_built_in_labels_counters():
+    from gpubackfill.labels import counters
+    from gpubackfill.views import JobStatus
+
+    assert {c.status for c in counters()} == {"bars_resolved", "bars_ambiguous"}
+    assert {c.status for c in counters()} <= set(JobStatus.model_fields)
+
+
+def test_the_engine_and_the_job_state_name_no_label():
+    """What they must know of a label they ask the registry (the behaviour is
+    tests/integration/test_label_hooks.py's: a label they never heard of)."""
+    from pathlib import Path
+
+    import gpubackfill
+
+    root = Path(gpubackfill.__file__).parent
+    files = [*(root / "engine").glob("*.py"), *(root / "jobs").glob("*.py"),
+             *(root / "storage" / "redis").glob("*.py"), *(root / "storage" / "redis").glob("*/*.lua"),
+             root / "service.py"]
+    assert len(files) > 30
+    words = ("tb_flags", "resolve_with", "tb_resolved", "tb_ambiguous", "FLAG_RESOLVED",
+             "FLAG_AMBIGUOUS", "triple_barrier")
+    found = [f"{f.relative_to(root)}: {w}" for f in files for w in words
+             if w in f.read_text(encoding="utf-8")]
+    assert found == []

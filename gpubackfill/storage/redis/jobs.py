@@ -16,6 +16,7 @@ from typing import Any
 from ...errors import InvalidTransition, JobNotFound
 from ...jobs.machine import FINAL_JOB_STATES, JOB_TRANSITIONS, TABLES
 from ...jobs.result import Segment, encode_segments
+from ...labels import counters
 from .base import StateBase, now_ms
 from .scripts import EVENTS_KEPT
 
@@ -26,7 +27,7 @@ PARTS = ("", "plan", "state", "pending", "lease", "attempts", "errors", "events"
 _INT_FIELDS = {"created", "updated", "started", "finished", "chunks_total", "chunks_done",
                "chunks_failed", "chunks_leased", "candles_total", "candles_done", "rows_written", "cache_hits",
                "errors", "lease_seq", "chunk_size", "workers", "start_ms", "end_ms",
-               "tb_resolved", "tb_ambiguous", "candles_skipped"}
+               "candles_skipped"}
 _JSON_FIELDS = ("labels", "params", "spec", "series", "skipped", "instruments", "granularities")
 
 
@@ -43,7 +44,8 @@ class Jobs(StateBase):
             "chunks_done": 0, "chunks_failed": 0, "chunks_leased": 0,
             "candles_total": sum(s.rows for p in plans for s in p),
             "candles_done": 0, "candles_skipped": 0, "rows_written": 0, "cache_hits": 0, "errors": 0,
-            "tb_resolved": 0, "tb_ambiguous": 0}
+            # every label's counters, so a job's record has the same fields whatever its labels
+            **{c.field: 0 for c in counters()}}
         for p in plans:
             for seg in p:
                 base[f"s{seg.series}:chunks_total"] = base.get(f"s{seg.series}:chunks_total", 0) + 1
@@ -66,7 +68,8 @@ class Jobs(StateBase):
         h = self.call(self.client.hgetall, self.key(job_id))
         if not h:
             raise JobNotFound(f"no job {job_id!r}")
-        return {k: _dec(k, v) for k, v in h.items()}
+        ints = _INT_FIELDS | {c.field for c in counters()}
+        return {k: _dec(k, v, ints) for k, v in h.items()}
 
     def job_ids(self) -> list[str]:
         return list(self.call(self.client.zrange, self.shared_key("jobs"), 0, -1))
@@ -121,10 +124,10 @@ def _enc(v: Any) -> str:
     return str(v)
 
 
-def _dec(key: str, v: str) -> Any:
+def _dec(key: str, v: str, ints: set[str]) -> Any:
     if key.startswith("stage:"):
         return float(v)
-    if key in _INT_FIELDS or (key[:1] == "s" and ":" in key):
+    if key in ints or (key[:1] == "s" and ":" in key):
         try:
             return int(v)
         except ValueError:

@@ -147,9 +147,9 @@ def _result_json(result: ChunkResult) -> str:
     return json.dumps({
         "segments": [[s.series, s.candles, s.rows, s.planned if s.planned else -1]
                      for s in result.segments],
-        "cache_hit": int(result.cache_hit), "resolved": result.resolved,
+        "cache_hit": int(result.cache_hit),
         "skipped": sum(s.candles for s in result.segments if s.cached),
-        "ambiguous": result.ambiguous,
+        "counters": result.counters,
         # an empty Lua table would encode as a list: always one key
         "stages": {"total": round(result.duration, 6),
                    **{k: round(v, 6) for k, v in result.stages.items()}},

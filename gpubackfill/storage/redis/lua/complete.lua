@@ -27,8 +27,7 @@ redis.call('HINCRBY', job, 'candles_done', candles)
 redis.call('HINCRBY', job, 'rows_written', rows)
 redis.call('HINCRBY', job, 'cache_hits', r['cache_hit'])
 redis.call('HINCRBY', job, 'candles_skipped', r['skipped'])
-redis.call('HINCRBY', job, 'tb_resolved', r['resolved'])
-redis.call('HINCRBY', job, 'tb_ambiguous', r['ambiguous'])
+for name, n in pairs(r['counters']) do redis.call('HINCRBY', job, name, n) end
 for name, secs in pairs(r['stages']) do
   redis.call('HINCRBYFLOAT', job, 'stage:' .. name, secs)
 end
