@@ -100,8 +100,30 @@ class BackfillService:
                    params: dict | None = None, chunk_size: int | None = None,
                    workers: int | None = None, priority: str = "normal", force: bool = False,
                    backend: str | None = None, min_workers: int | None = None) -> str:
+        """Plan a job (``plan``) and queue it; returns its id."""
+        return self._queue(*self.plan(instrument, granularity, start, end, labels, params, chunk_size,
+                                      workers, priority, force, backend, min_workers))
+
+    def preview_job(self, *args, **kwargs) -> dict[str, Any]:
+        """What ``create_job`` with these arguments would queue, queueing
+        nothing (the console's dry run): series, skipped, chunks, candles,
+        the label set and whether it exists already."""
+        spec, chunks, skipped = self.plan(*args, **kwargs)
+        exists = self.store.rows(f"SELECT count() FROM {self.store.db}.label_sets "
+                                 "WHERE label_set = {s:String}", {"s": spec.label_set})[0][0] > 0
+        return {"series": [f"{i} {g}" for i, g in spec.series], "skipped": skipped, "chunks": len(chunks),
+                "candles": sum(seg.rows for chunk in chunks for seg in chunk), "label_set": spec.label_set,
+                "label_set_exists": exists, "start": iso(spec.start_ms), "end": iso(spec.end_ms),
+                "chunk_size": spec.chunk_size}
+
+    def plan(self, instrument: str | list[str], granularity: str | list[str],
+             start: Any = None, end: Any = None, labels: list[str] | None = None,
+             params: dict | None = None, chunk_size: int | None = None,
+             workers: int | None = None, priority: str = "normal", force: bool = False,
+             backend: str | None = None, min_workers: int | None = None
+             ) -> tuple[JobSpec, list, list[str]]:
         """Plan a job over every (instrument, granularity) pair asked for that
-        has candles in the range, and queue it; returns its id.  Pairs
+        has candles in the range: (spec, chunks, series skipped).  Pairs
         without candles there are skipped (``status`` lists them) unless no
         pair has any; an instrument without a single candle in the store is
         an error (a typo, most likely).  Without ``start`` (``end``) the job
@@ -153,7 +175,7 @@ class BackfillService:
         chosen = [k for k in keys if k in runs]
         spec = spec.with_series((k.instrument, k.granularity) for k in chosen)
         chunks = plan_job([runs[k] for k in chosen], spec.chunk_size)
-        return self._queue(spec, chunks, skipped)
+        return spec, chunks, skipped
 
     def _refuse_unknown(self, wanted: list[tuple[str, str]], present: dict) -> None:
         """An error naming the series asked for that have no candles at all:

@@ -103,6 +103,9 @@ def run_demo(svc, instruments: list[str], granularity: str, years: float,
     console.print(f"  {cmd} export --instrument {first} --granularity {granularity} "
                   f"--set {label_set} -o labels.parquet")
     console.print(f"  {cmd} metrics")
+    s = svc.settings
+    console.print(f"  {cmd} serve                        # then open http://{s.api_host}:{s.api_port}/ui/ "
+                  f"(the console: jobs, series, labels on a chart)")
 
 
 def _backfill_summary(summaries: list[dict], wall: float) -> str:

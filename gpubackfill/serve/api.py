@@ -158,6 +158,10 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
 
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
+    from .ui import mount as mount_console
+
+    mount_console(app, service, authorised)  # the web console (/ui/), actions behind the same token
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default echoes each bad input back (all of a large body),

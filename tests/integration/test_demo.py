@@ -57,6 +57,7 @@ def test_the_demo_runs_again_and_after_other_label_sets(cli):  # noqa: F811
     first = cli(*DEMO)
     assert first.exit_code == 0, first.output
     assert "backfilled 7,200 candles" in first.output
+    assert "serve" in first.output and ":8000/ui/" in first.output  # the console hint at the end
     again = cli(*DEMO)
     assert again.exit_code == 0, again.output
     # Nothing was computed: the skipped candles are no throughput.

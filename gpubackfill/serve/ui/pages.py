@@ -1,0 +1,248 @@
+"""The console's routes: HTML pages, the job page's live fragment, and the
+few actions the REST API has no route for (dry run, update, dead letters)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...errors import GpubackfillError, InvalidInput, JobNotFound
+from ...jobs.machine import FINAL_JOB_STATES, JOB_STATES
+from ..api import JobRequest, _params
+from . import chart
+
+if TYPE_CHECKING:
+    from ...service import BackfillService
+
+HERE = os.path.dirname(__file__)
+STATIC_DIR = os.path.join(os.path.dirname(HERE), "static", "ui")
+PAGE_SIZE = 20
+EVENTS_SHOWN = 20
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instrument: str = Field(min_length=1, max_length=64)
+    granularity: str = Field(min_length=1, max_length=16)
+
+
+class DeadLetterRequest(BaseModel):
+    """Entries by id, or every entry of a job (of one of its series)."""
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] | None = Field(default=None, max_length=1000)
+    job_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$")
+    series: int | None = Field(default=None, ge=0)
+
+
+def _utc(value: str | int | None) -> str:
+    """An ISO time or epoch ms as ``2024-01-31 00:00:00 UTC``."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, int | float):
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value / 1000))
+    return str(value).replace("T", " ").replace("Z", " UTC")
+
+
+def _num(value: float | int | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(os.path.join(HERE, "templates")),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters.update(utc=_utc, num=_num, duration=_duration)
+    env.globals.update(final_states=FINAL_JOB_STATES)
+    return env
+
+
+def bar_parts(done: int, running: int, failed: int, total: int) -> list[tuple[str, int, float]]:
+    """The shares of a progress bar: (state, count, percent), in drawing order."""
+    pending = max(total - done - running - failed, 0)
+    total = max(total, 1)
+    return [(name, n, 100.0 * n / total) for name, n in
+            (("done", done, ), ("running", running), ("failed", failed), ("pending", pending))]
+
+
+def _grid(job) -> dict[str, Any]:
+    insts = list(dict.fromkeys(s.instrument for s in job.series))
+    grans = list(dict.fromkeys(s.granularity for s in job.series))
+    cells = {(s.instrument, s.granularity): (i, s) for i, s in enumerate(job.series)}
+    return {"instruments": insts, "granularities": grans, "cells": cells}
+
+
+def _throughput_svg(samples: list[tuple[int, float, int]], width: int = 480, height: int = 120
+                    ) -> dict[str, Any] | None:
+    """Candles done over the job's life, from its chunks' finishing times."""
+    if len(samples) < 2:
+        return None
+    samples = sorted(samples)
+    t0, t1 = samples[0][0], samples[-1][0]
+    total, points, acc = sum(n for _, _, n in samples), [], 0
+    for t, _, n in samples:
+        acc += n
+        x = (t - t0) / max(t1 - t0, 1) * width
+        points.append(f"{x:.1f},{height - acc / max(total, 1) * height:.1f}")
+    rate = total / max((t1 - t0) / 60_000, 1e-9)
+    return {"points": " ".join(points), "width": width, "height": height, "candles": total,
+            "seconds": (t1 - t0) / 1000, "rate": rate}
+
+
+def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None]) -> None:
+    """Add the console's routes and static files to the API's app."""
+    env = environment()
+    router = APIRouter(include_in_schema=False)
+
+    def page(name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
+        ctx.setdefault("api_token_set", bool(service.settings.api_token))
+        return HTMLResponse(env.get_template(name).render(**ctx), status_code=http_status)
+
+    def failure(exc: GpubackfillError) -> HTMLResponse:
+        code = 404 if isinstance(exc, JobNotFound) else 422 if isinstance(exc, InvalidInput) else 503
+        return page("error.html", http_status=code, code=code, message=str(exc))
+
+    def job_context(job_id: str) -> dict[str, Any]:
+        job = service.job_view(job_id)
+        c = job.chunks
+        return {"job": job, "parts": bar_parts(c.done, c.leased, c.failed, job.chunks_total),
+                "grid": _grid(job), "final": job.status in FINAL_JOB_STATES,
+                "events": list(reversed(service.state.events(job_id, EVENTS_SHOWN))),
+                "throughput": _throughput_svg(service.telemetry.samples(job_id)),
+                "stage_total": sum(v for k, v in job.stages.items() if k != "total") or 1.0}
+
+    @router.get("/")
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    @router.get("/ui")
+    def ui_root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    @router.get("/ui/", response_class=HTMLResponse)
+    def jobs_page(status: str | None = Query(default=None), page_no: int = Query(default=1, alias="page", ge=1)
+                  ) -> HTMLResponse:
+        if status not in (None, "", *JOB_STATES):
+            return page("error.html", http_status=422, code=422,
+                        message=f"unknown status {status!r}: use one of {', '.join(JOB_STATES)}")
+        try:
+            jobs = service.job_views(status or None)
+        except GpubackfillError as exc:
+            return failure(exc)
+        jobs.sort(key=lambda j: j.created or "", reverse=True)
+        pages = max(1, -(-len(jobs) // PAGE_SIZE))
+        shown = jobs[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE]
+        rows = [(j, bar_parts(j.chunks.done, j.chunks.leased, j.chunks.failed, j.chunks_total)) for j in shown]
+        dashboards = sorted({j.dashboard for j in jobs if j.dashboard})
+        return page("jobs.html", rows=rows, status=status or "", states=JOB_STATES, page_no=page_no,
+                    pages=pages, total=len(jobs), dashboards=dashboards)
+
+    @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(job_id: str) -> HTMLResponse:
+        try:
+            return page("job.html", **job_context(job_id))
+        except GpubackfillError as exc:
+            return failure(exc)
+
+    @router.get("/ui/jobs/{job_id}/live", response_class=HTMLResponse)
+    def job_live(job_id: str) -> HTMLResponse:
+        try:
+            return page("job_live.html", **job_context(job_id))
+        except GpubackfillError as exc:
+            return failure(exc)
+
+    @router.get("/ui/new", response_class=HTMLResponse)
+    def new_job_page() -> HTMLResponse:
+        return page("new.html")
+
+    @router.get("/ui/series", response_class=HTMLResponse)
+    def series_page() -> HTMLResponse:
+        try:
+            series = service.series_overview()
+        except GpubackfillError as exc:
+            return failure(exc)
+        sets: dict[str, list[str]] = {}
+        for s in series:
+            for c in s.sets:
+                sets.setdefault(c.set_id, c.labels)
+        cells = {(s.instrument, s.granularity, c.set_id): c for s in series for c in s.sets}
+        return page("series.html", series=series, sets=sets, cells=cells)
+
+    @router.get("/ui/series/{instrument}/{granularity}", response_class=HTMLResponse)
+    def chart_page(instrument: str, granularity: str, set_id: str | None = Query(default=None, alias="set"),
+                   start: str | None = Query(default=None, alias="from"),
+                   end: str | None = Query(default=None, alias="to")) -> HTMLResponse:
+        try:
+            sets = service.label_sets(instrument, granularity)
+            data = chart.window(service, instrument, granularity, set_id, start, end)
+        except GpubackfillError as exc:
+            return failure(exc)
+        return page("chart.html", data=data, sets=sets, set_id=set_id or "", start=start or "", end=end or "")
+
+    @router.get("/ui/dlq", response_class=HTMLResponse)
+    def dlq_page(job_id: str | None = Query(default=None, alias="job", pattern=r"^[0-9a-f]{12}$")) -> HTMLResponse:
+        try:
+            entries = service.dead_letters(job_id)
+        except GpubackfillError as exc:
+            return failure(exc)
+        return page("dlq.html", entries=entries, job_id=job_id or "")
+
+    @router.get("/ui/api/chart/{instrument}/{granularity}")
+    def chart_data(instrument: str, granularity: str, set_id: str | None = Query(default=None, alias="set"),
+                   start: str | None = Query(default=None, alias="from"),
+                   end: str | None = Query(default=None, alias="to")) -> dict[str, Any]:
+        return chart.window(service, instrument, granularity, set_id, start, end)
+
+    @router.post("/ui/api/preview")
+    def preview(req: JobRequest) -> dict[str, Any]:
+        """What POST /jobs would queue (the same planning code), queueing nothing."""
+        return service.preview_job(req.instrument, req.granularity, req.start_date, req.end_date, req.labels,
+                                   _params(req.params), req.chunk_size, req.workers, req.priority, req.force,
+                                   req.backend, req.min_workers)
+
+    @router.post("/ui/api/update", dependencies=[Depends(authorised)])
+    def update(req: UpdateRequest) -> dict[str, Any]:
+        return {"jobs": service.plan_update(req.instrument, req.granularity)}
+
+    def dead_selection(req: DeadLetterRequest) -> list[str] | None:
+        if req.ids:
+            return req.ids
+        if req.job_id is None:
+            raise InvalidInput("name dead-letter entries, or a job")
+        if req.series is None:
+            return None
+        ids = [e["id"] for e in service.dead_letters(req.job_id) if req.series in (e.get("series") or [])]
+        if not ids:
+            raise InvalidInput(f"series {req.series} of job {req.job_id} has no dead-letter entries")
+        return ids
+
+    @router.post("/ui/api/dlq/retry", dependencies=[Depends(authorised)])
+    def dlq_retry(req: DeadLetterRequest) -> dict[str, Any]:
+        requeued = service.retry_dead_letters(dead_selection(req), req.job_id)
+        return {"requeued": requeued}
+
+    @router.post("/ui/api/dlq/purge", dependencies=[Depends(authorised)])
+    def dlq_purge(req: DeadLetterRequest) -> dict[str, Any]:
+        return {"purged": service.purge_dead_letters(dead_selection(req), req.job_id)}
+
+    app.include_router(router)
+    app.mount("/static/ui", StaticFiles(directory=STATIC_DIR), name="ui")

@@ -1,0 +1,238 @@
+"""The web console in headless chromium: a real multi-series job with one
+bad series, run by a real serve, watched and steered from the pages."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+from browser_fixtures import Serve, chromium, shots  # noqa: F401 (fixtures)
+from conftest import make_settings
+
+from gpubackfill.candles.synthetic import generate
+from gpubackfill.jobs.machine import FINAL_JOB_STATES
+from gpubackfill.service import BackfillService
+from gpubackfill.storage.clickhouse_store import SeriesKey
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+TOKEN = "console-test-token"
+GOOD, BAD = ("EURUSD", "GBPUSD"), "USDJPY"
+START, END = "2024-01-01", "2024-01-31"
+HOSTILE = "<script>alert(1)</script>\"'&amp;"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WAIT_MS = 120_000   # a job's run on a loaded two-core host; the test's own limit is the real bound
+
+
+@pytest.fixture(scope="module")
+def service(chdb_home, redis_socket):
+    svc = BackfillService(make_settings(chdb_home, redis_socket, GPUBACKFILL_API_TOKEN=TOKEN))
+    for inst in (*GOOD, BAD):
+        svc.ingest_table(SeriesKey(inst, "M5"), generate(inst, "M5", START, END))
+    # One candle of the bad series with high under low, written past
+    # ingest's validation as a broken feed would: its chunk dead-letters.
+    bad = generate(BAD, "M5", START, END)
+    mid = int(bad.column("ts")[bad.num_rows // 2].as_py())
+    svc.store.command(
+        f"ALTER TABLE {svc.store.db}.candles UPDATE high = low - 1 WHERE instrument = '{BAD}' "
+        f"AND toUnixTimestamp64Milli(ts) = {mid} SETTINGS mutations_sync = 1")
+    return svc
+
+
+@pytest.fixture(scope="module")
+def serve(service):
+    srv = Serve(service)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def page(chromium, serve):
+    ctx = chromium.new_context(base_url=serve.url, viewport={"width": 1280, "height": 800})
+    page = ctx.new_page()
+    page.dialogs = []
+
+    def on_dialog(d):
+        page.dialogs.append((d.type, d.message))
+        if d.type == "prompt" and getattr(page, "token", None):
+            d.accept(page.token)
+        elif d.type == "confirm":
+            d.accept()
+        else:
+            d.dismiss()
+
+    page.on("dialog", on_dialog)
+    yield page
+    ctx.close()
+
+
+def form_fill(page, **fields):
+    for name, value in fields.items():
+        page.fill(f"#new-job [name={name}]", str(value))
+
+
+JOB = {"instrument": f"{GOOD[0]},{GOOD[1]},{BAD}", "granularity": "M5", "start_date": START,
+       "end_date": END, "labels": "enhanced_triple_barrier,mfe_mae", "chunk_size": 150, "workers": 1}
+
+
+def wait_status(service, job_id, wanted, page):
+    page.wait_for_function(
+        "s => document.querySelector('#live .live').dataset.status === s", arg=wanted, timeout=WAIT_MS)
+    assert service.job_view(job_id).status == wanted
+
+
+def test_a_job_from_the_form_to_its_end(page, service, shots):
+    """Dry run, queue, watch, pause, resume: the preview is what start
+    plans, the counts move, the actions show in status, the grid ends with
+    each series' own state."""
+    page.token = TOKEN
+    page.goto("/ui/new")
+    form_fill(page, **JOB)
+    page.click("#preview")
+    page.wait_for_selector("#plan:not([hidden])")
+    shots(page, "console-new-job")
+    preview = {k: page.text_content(f"#plan-{k}") for k in ("series", "skipped", "chunks", "candles", "set")}
+    spec, chunks, skipped = service.plan(JOB["instrument"], "M5", START, END,
+                                         JOB["labels"].split(","), None, 150, 1)
+    assert preview["series"] == ", ".join(f"{i} {g}" for i, g in spec.series)
+    assert preview["skipped"] == "none" and skipped == []
+    assert preview["chunks"].startswith(f"{len(chunks):,} chunks")
+    assert preview["set"].startswith(spec.label_set)
+    assert service.job_views() == []  # a dry run queues nothing
+
+    page.click("#queue")
+    page.wait_for_url(re.compile(r"/ui/jobs/[0-9a-f]{12}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.click("button[data-post$='/pause']")
+    page.wait_for_selector("#msg:has-text('paused')")
+    assert page.dialogs[0][0] == "prompt"  # asked once for the token...
+    wait_status(service, job_id, "paused", page)
+    job = service.job_view(job_id)
+    # ...and the job is the one previewed.
+    assert [f"{s.instrument} {s.granularity}" for s in job.series] == preview["series"].split(", ")
+    assert job.chunks_total == len(chunks) and f"{job.candles_total:,} candles" == preview["candles"]
+    assert job.label_set == spec.label_set
+
+    before = page.text_content("#candles")
+    page.click("button[data-post$='/resume']")
+    page.wait_for_selector("#msg:has-text('running')")
+    assert len([d for d in page.dialogs if d[0] == "prompt"]) == 1  # kept for the tab
+    # The live part moves without a reload.
+    page.wait_for_function("b => document.querySelector('#candles').textContent !== b", arg=before,
+                           timeout=WAIT_MS)
+    shots(page, "console-job-running")
+    page.wait_for_selector("#live .live[data-final='1']", timeout=WAIT_MS)
+    job = service.job_view(job_id)
+    assert job.status == "completed_with_errors"
+    states = {c.get_attribute("data-series"): c.get_attribute("data-state")
+              for c in page.query_selector_all("td.cell[data-series]")}
+    assert states == {f"{s.instrument} {s.granularity}": s.status for s in job.series}
+    assert {states[f"{i} M5"] for i in GOOD} == {"completed"}
+    assert states[f"{BAD} M5"] in ("completed_with_errors", "failed")
+    bad_cell = page.query_selector(f"td.cell[data-series='{BAD} M5']")
+    assert "errors" in bad_cell.inner_text()  # the state in words, not colour alone
+    shots(page, "console-job")
+
+    page.goto("/ui/")
+    row = page.query_selector(f"tr[data-job='{job_id}']")
+    assert "completed with errors" in row.inner_text()
+    parts = {s.get_attribute("data-part"): int(s.get_attribute("data-count"))
+             for s in row.query_selector_all(".seg")}
+    assert parts == {k: v for k, v in {"done": job.chunks.done, "failed": job.chunks.failed}.items() if v}
+    shots(page, "console")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shots(page, "console-phone")
+
+    page.goto(f"/ui/dlq?job={job_id}")
+    assert page.query_selector_all("tr[data-entry]") and len(page.query_selector_all("tr[data-entry]")) == len(
+        service.dead_letters(job_id))
+    page.set_viewport_size({"width": 1280, "height": 800})
+    shots(page, "console-dlq")
+    page.goto("/ui/series")
+    cell = page.query_selector(f"tr[data-series='{GOOD[0]} M5'] td[data-set='{job.label_set}']")
+    assert cell.get_attribute("data-coverage") == "labelled"
+    shots(page, "console-series")
+
+
+def finished_job(service):
+    done = [j for j in service.job_views() if j.status in FINAL_JOB_STATES and j.kind == "backfill"
+            and j.candles_done]
+    if not done:
+        pytest.skip("needs the job of test_a_job_from_the_form_to_its_end")
+    return done[0]
+
+
+def test_cancel_from_the_page_shows_in_status(page, service, serve):
+    r = httpx.post(f"{serve.url}/jobs", headers=AUTH, json={
+        "instrument": GOOD[0], "granularity": "M5", "start_date": START, "end_date": END,
+        "labels": ["mfe_mae"], "chunk_size": 100, "workers": 1})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    page.token = TOKEN
+    page.goto(f"/ui/jobs/{job_id}")
+    page.click("button[data-post$='/cancel']")
+    page.wait_for_selector("#msg:has-text('cancelled')")
+    assert [d[0] for d in page.dialogs] == ["confirm", "prompt"]
+    wait_status(service, job_id, "cancelled", page)
+
+
+def test_an_action_without_the_token_gets_the_apis_401(page, service, serve):
+    job = finished_job(service)
+    page.goto(f"/ui/jobs/{job.job_id}")
+    page.click("button[data-post='/ui/api/dlq/retry']")   # the prompt is dismissed: no token
+    page.wait_for_selector("#msg.bad")
+    api = httpx.post(f"{serve.url}/jobs/{job.job_id}/pause")
+    assert api.status_code == 401
+    assert page.text_content("#msg") == f"401: {api.json()['detail']}"
+    console = httpx.post(f"{serve.url}/ui/api/dlq/retry", json={"job_id": job.job_id})
+    assert (console.status_code, console.json(), console.headers.get("www-authenticate")) == (
+        401, api.json(), api.headers.get("www-authenticate"))
+    assert service.job_view(job.job_id).status == job.status
+    assert service.dead_letters(job.job_id)  # nothing re-queued
+
+
+def test_the_chart_draws_the_stored_barrier_exits(page, service, shots):
+    job = finished_job(service)
+    inst, frm, to = GOOD[0], "2024-01-10", "2024-01-11"
+    page.goto(f"/ui/series/{inst}/M5?set={job.label_set}&from={frm}&to={to}")
+    page.wait_for_selector("#chart svg")
+    marks = page.evaluate("""[...document.querySelectorAll('#chart g.exit')].map(
+        g => [g.dataset.ts, g.dataset.label, g.dataset.exitBars, g.dataset.flags].map(Number))""")
+    drawn = {ts: (label, bars, flags) for ts, label, bars, flags in marks}
+    assert len(drawn) == len(marks)
+    stored = service.export(inst, "M5", set_id=job.label_set, start=frm, end=to).to_pydict()
+    expected = {t: (lab, bars, flags) for t, lab, bars, flags in
+                zip(stored["ts"], stored["tb_label"], stored["tb_exit_bars"], stored["tb_flags"])
+                if lab is not None}
+    assert expected and drawn == expected
+    assert page.locator("#chart rect.candle").count() == len(stored["ts"])
+    assert page.query_selector_all("#lines svg[data-name='mfe']")
+    shots(page, "console-chart")
+    # The whole month is more bars than are drawn: ClickHouse buckets them.
+    page.goto(f"/ui/series/{inst}/M5?set={job.label_set}")
+    page.wait_for_selector("#chart svg")
+    n = service.store.series_summary(SeriesKey(inst, "M5"))[0]
+    candles = page.locator("#chart rect.candle").count()
+    assert n > 2_000 >= candles > 0 and "buckets" in page.text_content("#chart-note")
+
+
+def test_hostile_text_is_shown_as_text(page, service):
+    job = finished_job(service)
+    # An error message quoting bad input, as the engine records notes.
+    service.state.note(job.job_id, "hostile", f"bad value {HOSTILE}")
+    page.goto(f"/ui/jobs/{job.job_id}")
+    assert f"bad value {HOSTILE}" in page.inner_text("table.events")
+    page.goto("/ui/new")
+    form_fill(page, instrument="EURUSD", granularity="M5", labels="enhanced_triple_barrier",
+              params=json.dumps({"enhanced_triple_barrier": {"tie": HOSTILE}}))
+    page.click("#preview")
+    page.wait_for_selector("#msg.bad")
+    assert repr(HOSTILE) in page.text_content("#msg")  # the message quotes it with repr
+    form_fill(page, instrument=HOSTILE, params="")
+    page.click("#preview")
+    page.wait_for_function("h => document.querySelector('#msg').textContent.includes('invalid instrument')")
+    assert repr(HOSTILE) in page.text_content("#msg")
+    assert page.dialogs == []                                   # no alert(1) ran
+    assert page.evaluate("document.querySelectorAll('main script').length") == 0
