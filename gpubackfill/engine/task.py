@@ -26,6 +26,7 @@ class ChunkTask:
     max_attempts: int
     numba_threads: int = 0
     timeout_s: float = 0.0  # the chunk's deadline (engine/watchdog.py); 0: none
+    source: str = ""  # the job's source ("": the built-in candles table)
 
     @property
     def rows(self) -> int:
@@ -33,14 +34,14 @@ class ChunkTask:
         return sum(s.rows for s in self.segments)
 
     def key(self, seg: Segment) -> SeriesKey:
-        return SeriesKey(*self.names[seg.series])
+        return SeriesKey(*self.names[seg.series], self.source)
 
 
 def finer_series(resolved, key: SeriesKey) -> SeriesKey | None:
     """The finer series a request's triple barrier resolves ambiguous bars with."""
     for r in resolved:
         if r.params.get("resolve_with"):
-            return SeriesKey(key.instrument, r.params["resolve_with"])
+            return SeriesKey(key.instrument, r.params["resolve_with"], key.source)
     return None
 
 
