@@ -111,6 +111,12 @@ def test_the_job_record_names_its_source(service):
     service.add_source("mkt", rel, MAPS, granularity="M1")
     job = service.create_job("EURUSD", "M1", source="mkt", chunk_size=500)
     assert service.state.job(job)["source"] == "mkt"
+    assert service.status(job)["source"] == "mkt"
+    chunk = service.store.rows(f"SELECT DISTINCT source FROM {service.store.db}.label_chunks")
+    assert chunk == []  # nothing ran yet
+    service.execute(job)
+    chunk = service.store.rows(f"SELECT DISTINCT source FROM {service.store.db}.label_chunks")
+    assert chunk == [("mkt",)]
     with pytest.raises(InvalidInput, match="no source named 'nope'"):
         service.create_job("EURUSD", "M1", source="nope")
     with pytest.raises(InvalidInput, match="no candles for GBPUSD M1 in source mkt"):
