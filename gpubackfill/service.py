@@ -93,16 +93,48 @@ class BackfillService:
         self._ready()
         return ingest_mod.ingest_table(self.store, key, table, max_rejects=max_rejects, rejects=rejects)
 
+    # -- sources -------------------------------------------------------------
+
+    def add_source(self, name: str, relation: str, maps: list[str], **options: Any):
+        """Check a source's definition against its relation and register it
+        (``sources.catalog.define``); nothing is registered when it fails."""
+        from .sources import catalog
+
+        self._ready()
+        src = catalog.define(self.store, name, relation, maps, **options)
+        self.store.add_source(src)
+        return src
+
+    def sources(self) -> list:
+        self._ready()
+        return self.store.sources()
+
+    def source(self, name: str):
+        self._ready()
+        return self.store.source(name)
+
+    def check_source(self, name: str) -> list[dict]:
+        """Each stored series of the source with its problems (``catalog.check``)."""
+        from .sources import catalog
+
+        return catalog.check(self.store, self.source(name))
+
+    def remove_source(self, name: str) -> None:
+        """Forget a source; the labels computed from it stay."""
+        self._ready()
+        self.store.remove_source(name)
+
     # -- jobs --------------------------------------------------------------
 
     def create_job(self, instrument: str | list[str], granularity: str | list[str],
                    start: Any = None, end: Any = None, labels: list[str] | None = None,
                    params: dict | None = None, chunk_size: int | None = None,
                    workers: int | None = None, priority: str = "normal", force: bool = False,
-                   backend: str | None = None, min_workers: int | None = None) -> str:
+                   backend: str | None = None, min_workers: int | None = None,
+                   source: str | None = None) -> str:
         """Plan a job (``plan``) and queue it; returns its id."""
         return self._queue(*self.plan(instrument, granularity, start, end, labels, params, chunk_size,
-                                      workers, priority, force, backend, min_workers))
+                                      workers, priority, force, backend, min_workers, source))
 
     def preview_job(self, *args, **kwargs) -> dict[str, Any]:
         """What ``create_job`` with these arguments would queue, queueing
@@ -120,14 +152,16 @@ class BackfillService:
              start: Any = None, end: Any = None, labels: list[str] | None = None,
              params: dict | None = None, chunk_size: int | None = None,
              workers: int | None = None, priority: str = "normal", force: bool = False,
-             backend: str | None = None, min_workers: int | None = None
-             ) -> tuple[JobSpec, list, list[str]]:
+             backend: str | None = None, min_workers: int | None = None,
+             source: str | None = None) -> tuple[JobSpec, list, list[str]]:
         """Plan a job over every (instrument, granularity) pair asked for that
         has candles in the range: (spec, chunks, series skipped).  Pairs
         without candles there are skipped (``status`` lists them) unless no
         pair has any; an instrument without a single candle in the store is
         an error (a typo, most likely).  Without ``start`` (``end``) the job
-        begins at the first (ends after the last) candle of its series."""
+        begins at the first (ends after the last) candle of its series.
+        ``source``: read the candles from that registered source (``sources/``),
+        not the built-in table."""
         workers = self.settings.max_workers if workers is None else workers
         spec = make_spec(instrument, granularity, start, end, labels, params,
                          self.settings.chunk_size_for(workers) if chunk_size is None else chunk_size,
@@ -137,10 +171,15 @@ class BackfillService:
 
         select(spec.backend)  # a backend that cannot run here fails now, not per chunk
         self._ready()
+        src = self.store.source(source).name if source else ""
+        spec = replace(spec, source=src)
+        if src:  # a granularity the source neither stores nor derives is refused by name
+            for g in spec.granularities:
+                self.store.source(src).relation_for(g)
         if spec.instruments == (ALL,):
-            present = {(i, g): n for i, g, n in self.store.instruments()}
+            present = {(i, g): n for i, g, n in self.store.instruments(src)}
         else:  # counted from the index: no scan of the whole candle table
-            counts = self.store.range_counts("candles", [SeriesKey(i, g) for i, g in spec.series],
+            counts = self.store.range_counts("candles", [SeriesKey(i, g, src) for i, g in spec.series],
                                              *EVER)
             present = {(k.instrument, k.granularity): n for k, n in counts.items() if n}
         if spec.instruments == (ALL,):
@@ -151,8 +190,8 @@ class BackfillService:
                                    f"(the store has {','.join(grans) or 'none yet'}: see `gpubackfill series`)")
         else:
             wanted = list(spec.series)
-            self._refuse_unknown(wanted, present)
-        keys = [SeriesKey(i, g) for i, g in wanted if (i, g) in present]
+            self._refuse_unknown(wanted, present, src)
+        keys = [SeriesKey(i, g, src) for i, g in wanted if (i, g) in present]
         if start is None or end is None:
             spec = self._narrow(spec, keys, start is None, end is None)
         in_range = self.store.range_counts("candles", keys, spec.start_ms, spec.end_ms)
@@ -164,20 +203,20 @@ class BackfillService:
         runs = {k: planned[k] for k in keys if planned.get(k)}
         if not runs:
             if len(wanted) == 1:
-                key = SeriesKey(*wanted[0])
+                key = SeriesKey(*wanted[0], src)
                 _, first, last = self.store.series_summary(key)
                 raise InvalidInput(f"no {key.instrument} {key.granularity} candles from "
                                    f"{_day(spec.start_ms)} to {_day(spec.end_ms - 1)}; the series has "
                                    f"{iso(first)} to {iso(last)}")
             raise InvalidInput(f"none of {', '.join(f'{i} {g}' for i, g in wanted)} has candles from "
                                f"{_day(spec.start_ms)} to {_day(spec.end_ms - 1)}")
-        skipped = [f"{i} {g}" for i, g in wanted if SeriesKey(i, g) not in runs]
+        skipped = [f"{i} {g}" for i, g in wanted if SeriesKey(i, g, src) not in runs]
         chosen = [k for k in keys if k in runs]
         spec = spec.with_series((k.instrument, k.granularity) for k in chosen)
         chunks = plan_job([runs[k] for k in chosen], spec.chunk_size)
         return spec, chunks, skipped
 
-    def _refuse_unknown(self, wanted: list[tuple[str, str]], present: dict) -> None:
+    def _refuse_unknown(self, wanted: list[tuple[str, str]], present: dict, source: str = "") -> None:
         """An error naming the series asked for that have no candles at all:
         a lone series without them, or an instrument without a candle at any
         granularity.  A pair whose instrument has candles at another
@@ -187,19 +226,22 @@ class BackfillService:
             return
         if len(wanted) > 1:
             insts = {i for i, _ in absent} - {i for i, _ in present}
+            grans = ([g for g in GRANULARITIES if self.store.source(source).serves(g)] if source
+                     else list(GRANULARITIES))
             anywhere = self.store.range_counts(
-                "candles", [SeriesKey(i, g) for i in sorted(insts) for g in GRANULARITIES], *EVER)
+                "candles", [SeriesKey(i, g, source) for i in sorted(insts) for g in grans], *EVER)
             insts -= {k.instrument for k, n in anywhere.items() if n}
             absent = [k for k in absent if k[0] in insts]
             if not absent:
                 return
-        stored = [f"{i} {g}" for i, g, _ in self.store.instruments()]
+        stored = [f"{i} {g}" for i, g, _ in self.store.instruments(source)]
         near = list(dict.fromkeys(m for i, g in absent
                                   for m in difflib.get_close_matches(f"{i} {g}", stored, n=5)))[:5]
         hint = (f"similar: {', '.join(near)}" if near
                 else f"the store has {len(stored)} series: see `gpubackfill series`" if stored
                 else "the store has no candles yet")
-        raise InvalidInput(f"no candles for {', '.join(f'{i} {g}' for i, g in absent)} in the store "
+        where = f"source {source}" if source else "the store"
+        raise InvalidInput(f"no candles for {', '.join(f'{i} {g}' for i, g in absent)} in {where} "
                            f"(ingest some first; {hint})")
 
     def _narrow(self, spec: JobSpec, keys: list[SeriesKey], from_first: bool, to_last: bool) -> JobSpec:
@@ -219,7 +261,8 @@ class BackfillService:
         # identical start (a double click, a retried deploy) must not do the
         # work twice.
         digest = hashlib.blake2b(json.dumps([sorted(spec.series), spec.start_ms, spec.end_ms,
-                                             spec.label_set, spec.kind]).encode(),
+                                             spec.label_set, spec.kind]
+                                            + ([spec.source] if spec.source else [])).encode(),
                                  digest_size=10).hexdigest()
         other = self.state.claim_spec(digest, job_id)
         if other is not None:
@@ -256,7 +299,7 @@ class BackfillService:
         chunk has no row there: a re-run recomputes it rather than finding
         it in the cache, which costs time, never correctness (freshness is
         decided from the label rows themselves)."""
-        series = [SeriesKey(i, g) for i, g in job["series"]]
+        series = _keys(job)
         done = 0
         while recs := self.state.records(job_id):
             self.store.write_records(job["label_set"], [(series[r[0]], *r[1:], job_id) for r in recs])
@@ -275,7 +318,7 @@ class BackfillService:
         if not pending:
             return
         plan = self.state.plan(job_id)
-        keys = [SeriesKey(i, g) for i, g in job["series"]]
+        keys = _keys(job)
         spans = self.store.label_spans(job["label_set"], keys, int(job["start_ms"]), int(job["end_ms"]))
         chunks = [plan[i] for i in sorted(pending)]
         marked = mark_fresh(chunks, {n: spans[k] for n, k in enumerate(keys) if k in spans})
@@ -415,7 +458,7 @@ class BackfillService:
         base = dict(job_id=job_id, labels=job["labels"], params=job["params"],
                     label_set=job["label_set"], force=job["force"], backend=chosen.name,
                     max_attempts=self.settings.max_retries + 1,
-                    numba_threads=default_numba_threads(workers))
+                    numba_threads=default_numba_threads(workers), source=job.get("source") or "")
         series = job.get("series") or [[job["instrument"], job["granularity"]]]
         with open_cluster(self.settings, workers, int(job.get("min_workers") or workers),
                           scheduler, gpu=chosen.name == "cuda") as cluster:
@@ -446,7 +489,7 @@ class BackfillService:
             return
         series = job.get("series") or [[job["instrument"], job["granularity"]]]
         for inst, _ in series:
-            if not self.store.has_series(SeriesKey(inst, need.granularity)):
+            if not self.store.has_series(SeriesKey(inst, need.granularity, job.get("source") or "")):
                 why = (f"no {need.granularity} candles for {inst}: {need.without} (after "
                        f"ingesting them, a new run recomputes the chunks they change)")
                 logs.log.warning(why, extra={"job_id": job_id})
@@ -683,3 +726,8 @@ def _day(ms: int) -> str:
     includes its day), else the full time."""
     whole = ms % 86_400_000 in (0, 86_399_999)
     return (iso(ms) or "")[:10] if whole else (iso(ms) or "")
+
+
+def _keys(job: dict) -> list[SeriesKey]:
+    """The job's series, of its source ("" where it reads the built-in table)."""
+    return [SeriesKey(i, g, job.get("source") or "") for i, g in job["series"]]

@@ -68,6 +68,7 @@ class JobStatus(BaseModel):
 
     job_id: str
     kind: str
+    source: str = ""  # the registered source read; "": the built-in candles table
     status: str
     instrument: str
     granularity: str
@@ -193,7 +194,7 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
         eta_s = 0.0 if final and done >= total else None
         eta_low = eta_high = eta_s
     return JobStatus(
-        job_id=job_id, kind=job.get("kind", "backfill"), status=status,
+        job_id=job_id, kind=job.get("kind", "backfill"), source=job.get("source") or "", status=status,
         instrument=job["instrument"], granularity=job["granularity"], series=_series(job, status),
         skipped=list(job.get("skipped") or []),
         start=iso(job["start_ms"]), end=iso(job["end_ms"]), labels=job["labels"],

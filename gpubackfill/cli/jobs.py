@@ -47,14 +47,15 @@ from .run import _run_foreground
 @click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal")
 @click.option("--backend", type=click.Choice(["cpu", "cuda", "auto"]), default=None)
 @click.option("--force", is_flag=True, help="Recompute chunks even if already computed.")
+@click.option("--source", default=None, help="Read candles from this source (`gpubackfill source list`).")
 @click.option("--detach", is_flag=True, help="Only queue the job; run it with `execute`.")
 @click.option("--scheduler", default=None, help="Dask scheduler address (DASK_SCHEDULER_ADDRESS).")
 @click.pass_context
 def start(ctx, instrument, granularity, start_date, end_date, labels, params, chunk_size,
-          workers, min_workers, priority, backend, force, detach, scheduler) -> None:
+          workers, min_workers, priority, backend, force, source, detach, scheduler) -> None:
     """Plan a backfill job over one or many series and run it (or queue it with --detach)."""
     args = (list(instrument), list(granularity), start_date, end_date, _labels(labels), _params(params),
-            chunk_size, workers, priority, force, backend, min_workers)
+            chunk_size, workers, priority, force, backend, min_workers, source)
     if detach:
         svc = _store_service(ctx)
         job_id = svc.create_job(*args)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import DependencyError, GpubackfillError, InvalidInput
-from . import catalog, dlq, jobs
+from . import catalog, dlq, jobs, sources
 from ._common import _console, _Greedy, _iso, _labels, _params, _service, _sharing, _store_service
 
 
@@ -319,5 +319,5 @@ def demo(ctx, instruments: str, granularity: str, years: float, workers: int | N
 
 for command in (jobs.start, jobs.update, jobs.series_cmd, jobs.execute, jobs.status, jobs.monitor,
                 jobs.pause, jobs.resume, jobs.cancel, jobs.cleanup, dlq.dlq, catalog.labels,
-                catalog.sets):
+                catalog.sets, sources.source):
     main.add_command(command)

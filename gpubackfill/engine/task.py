@@ -27,6 +27,7 @@ class ChunkTask:
     max_attempts: int
     numba_threads: int = 0
     timeout_s: float = 0.0  # the chunk's deadline (engine/watchdog.py); 0: none
+    source: str = ""  # the job's source ("": the built-in candles table)
 
     @property
     def rows(self) -> int:
@@ -34,13 +35,13 @@ class ChunkTask:
         return sum(s.rows for s in self.segments)
 
     def key(self, seg: Segment) -> SeriesKey:
-        return SeriesKey(*self.names[seg.series])
+        return SeriesKey(*self.names[seg.series], self.source)
 
 
 def finer_series(resolved: list[ResolvedLabel], key: SeriesKey) -> SeriesKey | None:
-    """The finer series of ``key``'s instrument that a request's labels read, if any."""
+    """The finer series of ``key``'s instrument (same source) that a request's labels read, if any."""
     need = finer_candles(resolved)
-    return None if need is None else SeriesKey(key.instrument, need.granularity)
+    return None if need is None else SeriesKey(key.instrument, need.granularity, key.source)
 
 
 def default_numba_threads(workers: int) -> int:

@@ -58,6 +58,7 @@ class JobSpec:
     label_set: str = field(default="")
     series: tuple[tuple[str, str], ...] = ()  # the (instrument, granularity) pairs run
     kind: str = "backfill"                    # or "update"
+    source: str = ""                          # a registered source; "": the built-in candles
 
     @property
     def instrument(self) -> str:

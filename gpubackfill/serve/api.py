@@ -70,6 +70,9 @@ class JobRequest(BaseModel):
     priority: Literal["low", "normal", "high"] = "normal"
     force: bool = False
     backend: Literal["cpu", "cuda", "auto"] | None = None
+    source: str | None = Field(default=None, min_length=1, max_length=64,
+                               description="a registered source (`gpubackfill source list`); "
+                                           "default: the built-in candles table")
 
 
 class Created(BaseModel):
@@ -190,7 +193,8 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
         """Plan a job and queue it; the scheduler runs it by priority."""
         job_id = service.create_job(req.instrument, req.granularity, req.start_date, req.end_date,
                                     req.labels, _params(req.params), req.chunk_size, req.workers,
-                                    req.priority, req.force, req.backend, req.min_workers)
+                                    req.priority, req.force, req.backend, req.min_workers,
+                                    source=req.source)
         return Created(job_id=job_id, status=service.job_view(job_id).status)
 
     @app.get("/jobs", responses={503: {}})

@@ -31,6 +31,7 @@ from ..config import Settings, redact_url
 from ..errors import DependencyError, InvalidInput
 from ..granularity import GRANULARITIES
 from ..labels import ResolvedLabel, label_set_id
+from ..sources.source import Source
 from . import clickhouse_client as clickhouse
 
 _IDENT = re.compile(r"^[A-Za-z0-9_]+$")
@@ -44,6 +45,7 @@ _ARROW_TO_CH = {
 class SeriesKey:
     instrument: str
     granularity: str
+    source: str = ""  # a registered source's name; "": the built-in candles table
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,29 @@ class IngestReport:
     unchanged: int
     rejected: list[tuple[int, int, str]]  # (file row, ts, reason)
     sorted: bool = False  # the rows were not in time order and were sorted
+
+
+class _Reader:
+    """Reads candles: through the store's client, or a source's own server.
+    Only SELECT-like statements pass: a source is never written."""
+
+    def __init__(self, store: Store, client):
+        self._store, self._client = store, client
+
+    def _check(self, sql: str) -> str:
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH", "DESCRIBE", "EXPLAIN", "(")):
+            raise ValueError(f"a source is only read: {sql[:40]!r}")
+        return sql
+
+    def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
+        if self._client is None:
+            return self._store.rows(self._check(sql), parameters)
+        return self._store._run(self._client.rows, self._check(sql), parameters)
+
+    def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
+        if self._client is None:
+            return self._store.arrow(self._check(sql), parameters)
+        return self._store._run(self._client.arrow, self._check(sql), parameters)
 
 
 def _check_ident(kind: str, value: str) -> str:
@@ -69,6 +94,7 @@ class Store:
         self.settings = settings
         self.db = _check_ident("database name", settings.clickhouse_database)
         self._lock = threading.Lock()  # ingest: read-compare-write of one series
+        self._sources: dict[str, Source] = {}
 
     @property
     def client(self):
@@ -99,6 +125,61 @@ class Store:
 
     def insert_arrow(self, table: str, data: pa.Table, constants: dict[str, str] | None = None) -> None:
         self._run(self.client.insert_arrow, f"{self.db}.{table}", data, constants)
+
+    # -- sources -----------------------------------------------------------
+
+    def add_source(self, src: Source) -> None:
+        if self.rows(f"SELECT count() FROM {self.db}.sources WHERE name = {{n:String}}",
+                     {"n": src.name})[0][0]:
+            raise InvalidInput(f"source {src.name} exists already (`gpubackfill source remove "
+                               f"{src.name}` first)")
+        self.insert_arrow("sources", pa.table({"name": [src.name], "definition": [src.to_json()]}))
+        self._sources.pop(src.name, None)
+
+    def sources(self) -> list[Source]:
+        return [Source.from_json(d) for _, d in self.rows(
+            f"SELECT name, definition FROM {self.db}.sources ORDER BY name")]
+
+    def source(self, name: str) -> Source:
+        """A registered source (cached: a definition never changes in place)."""
+        if name not in self._sources:
+            found = self.rows(f"SELECT definition FROM {self.db}.sources WHERE name = {{n:String}}",
+                              {"n": name})
+            if not found:
+                known = [s.name for s in self.sources()]
+                raise InvalidInput(f"no source named {name!r} (known: {', '.join(known) or 'none'}; "
+                                   f"add one with `gpubackfill source add`)")
+            self._sources[name] = Source.from_json(found[0][0])
+        return self._sources[name]
+
+    def remove_source(self, name: str) -> None:
+        self.source(name)
+        self.command(f"DELETE FROM {self.db}.sources WHERE name = {{n:String}}", {"n": name})
+        self._sources.pop(name, None)
+
+    def source_reader(self, src: Source) -> _Reader:
+        """What reads a source: this store's ClickHouse, or the source's own."""
+        if not src.clickhouse_url:
+            return _Reader(self, None)
+        return _Reader(self, clickhouse.client(self.settings.model_copy(
+            update={"clickhouse_url": src.clickhouse_url})))
+
+    def _rel(self, keys: SeriesKey | list[SeriesKey]) -> str:
+        """The relation that holds the candles of ``keys``: the built-in
+        table, or a source's subquery (one arm per granularity asked for)."""
+        keys = [keys] if isinstance(keys, SeriesKey) else keys
+        names = {k.source for k in keys}
+        if names == {""} or not names:
+            return f"{self.db}.candles"
+        if len(names) > 1:
+            raise InvalidInput(f"one source at a time, got {', '.join(sorted(n or '(built-in)' for n in names))}")
+        src = self.source(names.pop())
+        arms = list(dict.fromkeys(src.relation_for(g) for g in dict.fromkeys(k.granularity for k in keys)))
+        return arms[0] if len(arms) == 1 else "(" + " UNION ALL ".join(f"SELECT * FROM {a}" for a in arms) + ")"
+
+    def _reader(self, keys: SeriesKey | list[SeriesKey]) -> _Reader:
+        key = keys if isinstance(keys, SeriesKey) else (keys[0] if keys else SeriesKey("", ""))
+        return self.source_reader(self.source(key.source)) if key.source else _Reader(self, None)
 
     # -- schema ------------------------------------------------------------
 
@@ -135,6 +216,26 @@ class Store:
                 computed_at DateTime64(3, 'UTC') DEFAULT now64(3)
             ) ENGINE = ReplacingMergeTree(computed_at)
             ORDER BY (instrument, granularity, label_set, start_ts, end_ts)""")
+        # Labels of a source's series are kept apart from the built-in
+        # table's by a source column ('' for the built-in table), added to
+        # tables made before it at the end of their key.
+        self._add_source_column("label_chunks", key=True)
+        self.command(f"""
+            CREATE TABLE IF NOT EXISTS {self.db}.sources (
+                name String, definition String, created DateTime64(3, 'UTC') DEFAULT now64(3)
+            ) ENGINE = MergeTree ORDER BY name""")
+
+    def _add_source_column(self, table: str, key: bool = False) -> None:
+        has = self.rows("SELECT count() FROM system.columns WHERE database = {d:String} "
+                        "AND table = {t:String} AND name = 'source'", {"d": self.db, "t": table})[0][0]
+        if has:
+            return
+        sorting = self.rows("SELECT sorting_key FROM system.tables WHERE database = {d:String} "
+                            "AND name = {t:String}", {"d": self.db, "t": table})[0][0]
+        more = f", MODIFY ORDER BY ({sorting}, source)" if key else ""
+        # No DEFAULT: a column with one cannot join the sorting key; a
+        # String's own default ('') is the built-in table's name.
+        self.command(f"ALTER TABLE {self.db}.{table} ADD COLUMN source LowCardinality(String){more}")
 
     def ensure_label_table(self, resolved: list[ResolvedLabel]) -> str:
         """Create the label set's table (and registry row); returns its id."""
@@ -147,6 +248,7 @@ class Store:
                 label_set LowCardinality(String), ts DateTime64(3, 'UTC'),
                 {col_sql}
             ) ENGINE = MergeTree ORDER BY (instrument, granularity, label_set, ts)""")
+        self._add_source_column(f"labels_{set_id}")
         known = self.rows(f"SELECT count() FROM {self.db}.label_sets WHERE label_set = {{s:String}}",
                           {"s": set_id})[0][0]
         if not known:
@@ -163,15 +265,19 @@ class Store:
     def _series_where(self) -> str:
         return "instrument = {i:String} AND granularity = {g:String}"
 
+    def _label_where(self) -> str:
+        """A series' rows of a label table or the manifest (its source's own)."""
+        return "instrument = {i:String} AND granularity = {g:String} AND source = {src:String}"
+
     @staticmethod
     def _series_params(key: SeriesKey, **more) -> dict:
-        return {"i": key.instrument, "g": key.granularity, **more}
+        return {"i": key.instrument, "g": key.granularity, "src": key.source, **more}
 
     def series_summary(self, key: SeriesKey) -> tuple[int, int | None, int | None]:
         """(rows, first ts ms, last ts ms) of a series."""
-        n, lo, hi = self.rows(
+        n, lo, hi = self._reader(key).rows(
             f"SELECT count(), min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts)) "
-            f"FROM {self.db}.candles WHERE {self._series_where()}", self._series_params(key))[0]
+            f"FROM {self._rel(key)} WHERE {self._series_where()}", self._series_params(key))[0]
         return int(n), (int(lo) if n else None), (int(hi) if n else None)
 
     def series_table(self) -> list[tuple[str, str, int, int, int]]:
@@ -181,13 +287,15 @@ class Store:
             f"max(toUnixTimestamp64Milli(ts)) FROM {self.db}.candles "
             f"GROUP BY instrument, granularity ORDER BY instrument, granularity")]
 
-    def manifest(self) -> list[tuple[str, str, str, int, int, int, int, int]]:
-        """Every computed chunk range: (instrument, granularity, label set,
-        start ms, end ms, rows, incomplete rows, computed at ms)."""
+    def manifest(self, source: str = "") -> list[tuple[str, str, str, int, int, int, int, int]]:
+        """Every computed chunk range of a source's series (default: the
+        built-in table's): (instrument, granularity, label set, start ms,
+        end ms, rows, incomplete rows, computed at ms)."""
         return [(i, g, s, int(a), int(b), int(n), int(inc), int(at)) for i, g, s, a, b, n, inc, at
                 in self.rows(f"SELECT instrument, granularity, label_set, start_ts, end_ts, rows, "
                              f"incomplete, toUnixTimestamp64Milli(computed_at) "
-                             f"FROM {self.db}.label_chunks FINAL")]
+                             f"FROM {self.db}.label_chunks FINAL WHERE source = {{src:String}}",
+                             {"src": source})]
 
     def halo_windows(self, items: list[tuple[SeriesKey, int, int, int, int]]
                      ) -> list[tuple[int, int]]:
@@ -199,22 +307,23 @@ class Store:
         if not items:
             return []
         selects, params = [], {}
+        rel = self._rel([it[0] for it in items])
         for n, (key, first, last, back, ahead) in enumerate(items):
             where = f"instrument = {{i{n}:String}} AND granularity = {{g{n}:String}}"
             params.update({f"i{n}": key.instrument, f"g{n}": key.granularity, f"f{n}": first,
                            f"l{n}": last, f"b{n}": max(back, 1), f"a{n}": max(ahead, 1)})
             selects.append(
                 f"SELECT {n} AS n, "
-                f"ifNull((SELECT minOrNull(t) FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {self.db}.candles "
+                f"ifNull((SELECT minOrNull(t) FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {rel} "
                 f"WHERE {where} AND ts < fromUnixTimestamp64Milli({{f{n}:Int64}}, 'UTC') "
                 f"ORDER BY ts DESC LIMIT {{a{n}:UInt64}})), {{f{n}:Int64}}) AS lo, "
-                f"ifNull((SELECT maxOrNull(t) FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {self.db}.candles "
+                f"ifNull((SELECT maxOrNull(t) FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {rel} "
                 f"WHERE {where} AND ts > fromUnixTimestamp64Milli({{l{n}:Int64}}, 'UTC') "
                 f"ORDER BY ts LIMIT {{b{n}:UInt64}})), {{l{n}:Int64}}) AS hi")
         out: dict[int, tuple[int, int]] = {}
         for start in range(0, len(selects), 200):  # bounded statements
             part = selects[start:start + 200]
-            for n, lo, hi in self.rows(" UNION ALL ".join(part), params):
+            for n, lo, hi in self._reader(items[0][0]).rows(" UNION ALL ".join(part), params):
                 out[int(n)] = (int(lo), int(hi))
         return [out[n] for n in range(len(items))]
 
@@ -226,20 +335,28 @@ class Store:
 
     def has_series(self, key: SeriesKey) -> bool:
         """Whether the series has any candle (reads one row, not a count)."""
-        return bool(self.rows(f"SELECT 1 FROM {self.db}.candles WHERE {self._series_where()} LIMIT 1",
-                              self._series_params(key)))
+        return bool(self._reader(key).rows(
+            f"SELECT 1 FROM {self._rel(key)} WHERE {self._series_where()} LIMIT 1", self._series_params(key)))
 
-    def instruments(self) -> list[tuple[str, str, int]]:
-        return [(i, g, int(n)) for i, g, n in self.rows(
-            f"SELECT instrument, granularity, count() FROM {self.db}.candles "
+    def instruments(self, source: str = "") -> list[tuple[str, str, int]]:
+        """(instrument, granularity, candles) of every series (of a source:
+        its stored granularities and those it derives)."""
+        if source:
+            src = self.source(source)
+            keys = [SeriesKey("", g, source) for g in (*src.stored, *src.derived())]
+            rel = self._rel(keys)
+        else:
+            keys, rel = [SeriesKey("", "")], f"{self.db}.candles"
+        return [(i, g, int(n)) for i, g, n in self._reader(keys).rows(
+            f"SELECT instrument, granularity, count() FROM {rel} "
             f"GROUP BY instrument, granularity ORDER BY instrument, granularity")]
 
     def chunk_starts(self, key: SeriesKey, start_ms: int, end_ms: int, chunk_size: int) -> list[tuple[int, int]]:
         """(first ts, rows) of each run of ``chunk_size`` candles in [start, end)."""
-        rows = self.rows(f"""
+        rows = self._reader(key).rows(f"""
             SELECT intDiv(rn - 1, {{cs:UInt64}}) AS k, min(t), count()
             FROM (SELECT toUnixTimestamp64Milli(ts) AS t, row_number() OVER (ORDER BY ts) AS rn
-                  FROM {self.db}.candles
+                  FROM {self._rel(key)}
                   WHERE {self._series_where()}
                     AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
                     AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))
@@ -269,8 +386,8 @@ class Store:
         total = {k: counts[k] for k in keys if counts[k] > chunk_size}
         if small:
             # Only the small series' rows are read here (the key prunes the rest).
-            first_ts = {(i, g): int(t) for i, g, t in self.rows(
-                f"SELECT instrument, granularity, min(toUnixTimestamp64Milli(ts)) FROM {self.db}.candles "
+            first_ts = {(i, g): int(t) for i, g, t in self._reader(small).rows(
+                f"SELECT instrument, granularity, min(toUnixTimestamp64Milli(ts)) FROM {self._rel(small)} "
                 f"WHERE instrument IN {{insts:Array(String)}} AND granularity IN {{grans:Array(String)}} "
                 f"AND (instrument, granularity) IN {{keys:Array(Tuple(String, String))}} "
                 f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
@@ -287,10 +404,10 @@ class Store:
             # Rows numbered in key order by one thread (rowNumberInAllBlocks
             # counts rows as they stream by, so the stream must be one):
             # several times faster than row_number() over a window.
-            for rn, t in self.rows(f"""
+            for rn, t in self._reader(key).rows(f"""
                     SELECT rn, t FROM (
                         SELECT t, toInt64(rowNumberInAllBlocks()) + 1 AS rn
-                        FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {self.db}.candles
+                        FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {self._rel(key)}
                               WHERE {self._series_where()}
                                 AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
                                 AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')
@@ -331,10 +448,15 @@ class Store:
             p: dict[str, Any] = {"a": start_ms, "b": end_ms, "s": label_set}
             arms = []
             for n, k in enumerate(part):
-                arms.append(f"SELECT {n} AS k, count() AS n FROM {self.db}.{table} "
-                            f"WHERE instrument = {{i{n}:String}} AND granularity = {{g{n}:String}} AND {cond}")
+                rel = self._rel(k) if table == "candles" else f"{self.db}.{table}"
+                own = f" AND source = {{src{n}:String}}" if label_set is not None else ""
+                arms.append(f"SELECT {n} AS k, count() AS n FROM {rel} "
+                            f"WHERE instrument = {{i{n}:String}} AND granularity = {{g{n}:String}} AND {cond}{own}")
                 p.update({f"i{n}": k.instrument, f"g{n}": k.granularity})
-            for n, c in self.rows(" UNION ALL ".join(arms), p):
+                if label_set is not None:
+                    p[f"src{n}"] = k.source
+            run = self._reader(part) if table == "candles" else self
+            for n, c in run.rows(" UNION ALL ".join(arms), p):
                 out[part[int(n)]] = int(c)
         return out
 
@@ -349,13 +471,14 @@ class Store:
             arms = []
             for n, k in enumerate(part):
                 where = f"instrument = {{i{n}:String}} AND granularity = {{g{n}:String}}"
+                rel = self._rel(k)
                 arms.append(f"SELECT {n} AS k, "
-                            f"(SELECT toUnixTimestamp64Milli(ts) FROM {self.db}.candles WHERE {where} "
+                            f"(SELECT toUnixTimestamp64Milli(ts) FROM {rel} WHERE {where} "
                             f"ORDER BY ts LIMIT 1) AS lo, "
-                            f"(SELECT toUnixTimestamp64Milli(ts) FROM {self.db}.candles WHERE {where} "
+                            f"(SELECT toUnixTimestamp64Milli(ts) FROM {rel} WHERE {where} "
                             f"ORDER BY ts DESC LIMIT 1) AS hi")
                 p.update({f"i{n}": k.instrument, f"g{n}": k.granularity})
-            for n, lo, hi in self.rows(" UNION ALL ".join(arms), p):
+            for n, lo, hi in self._reader(part).rows(" UNION ALL ".join(arms), p):
                 if lo is not None and hi is not None:
                     out[part[int(n)]] = (int(lo), int(hi))
         return out
@@ -370,26 +493,26 @@ class Store:
         Rows found there since the plan are cut off; rows missing since then
         send the load back to finding its bounds itself.
         """
-        where = self._series_where()
+        where, rel = self._series_where(), self._rel(key)
         # One range read in the table's key order (no sort).  Bounds the plan
         # does not know are the ts of the farthest halo rows, found by two
         # small scalar subqueries; without halo rows a bound falls back to
         # the chunk's own.
         lower = ("fromUnixTimestamp64Milli({lo:Int64}, 'UTC')" if lo_ms else f"""
-            ifNull((SELECT minOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
+            ifNull((SELECT minOrNull(ts) FROM (SELECT ts FROM {rel}
                     WHERE {where} AND ts < fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
                     ORDER BY ts DESC LIMIT {{back:UInt64}})),
                   fromUnixTimestamp64Milli({{a:Int64}}, 'UTC'))""")
         upper = ("fromUnixTimestamp64Milli({hi:Int64}, 'UTC')" if hi_ms else f"""
-            ifNull((SELECT maxOrNull(ts) FROM (SELECT ts FROM {self.db}.candles
+            ifNull((SELECT maxOrNull(ts) FROM (SELECT ts FROM {rel}
                     WHERE {where} AND ts >= fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')
                     ORDER BY ts LIMIT {{ahead:UInt64}})),
                   fromUnixTimestamp64Milli({{b:Int64}} - 1, 'UTC'))""")
         sql = f"""
-            SELECT ts, open, high, low, close, volume FROM {self.db}.candles
+            SELECT ts, open, high, low, close, volume FROM {rel}
             WHERE {where} AND ts >= {lower} AND ts <= {upper}
             ORDER BY instrument, granularity, ts"""
-        table = _ts_to_ms(self.arrow(sql, self._series_params(key, a=start_ms, b=end_ms, back=back,
+        table = _ts_to_ms(self._reader(key).arrow(sql, self._series_params(key, a=start_ms, b=end_ms, back=back,
                                                               ahead=ahead, lo=lo_ms, hi=hi_ms)))
         ts = table.column("ts").to_numpy()
         first, last = int(np.searchsorted(ts, start_ms)), int(np.searchsorted(ts, end_ms))
@@ -431,9 +554,10 @@ class Store:
             "AND ts < fromUnixTimestamp64Milli({b%d:Int64}, 'UTC')")
         keys = list(dict.fromkeys((k.instrument, k.granularity) for k, _, _ in parts))
         params["keys"] = keys
-        table = _ts_to_ms(self.arrow(
+        pkeys = [k for k, _, _ in parts]
+        table = _ts_to_ms(self._reader(pkeys).arrow(
             f"SELECT indexOf({{keys:Array(Tuple(String, String))}}, (instrument, granularity)) AS k, "
-            f"ts, open, high, low, close, volume FROM {self.db}.candles WHERE {where} "
+            f"ts, open, high, low, close, volume FROM {self._rel(pkeys)} WHERE {where} "
             f"ORDER BY instrument, granularity, ts", params))
         k = table.column("k").to_numpy()
         table = table.select(list(_CANDLE_COLS))
@@ -464,9 +588,9 @@ class Store:
                 terms.append(f"(instrument = {{i{m}:String}} AND granularity = {{g{m}:String}} "
                              f"AND ts {op} fromUnixTimestamp64Milli({{t{m}:Int64}}, 'UTC'))")
                 p.update({f"i{m}": parts[n][0].instrument, f"g{m}": parts[n][0].granularity, f"t{m}": t})
-            past = {(i, g): (int(lo), int(hi)) for i, g, lo, hi in self.rows(
+            past = {(i, g): (int(lo), int(hi)) for i, g, lo, hi in self._reader(pkeys).rows(
                 f"SELECT instrument, granularity, min(toUnixTimestamp64Milli(ts)), "
-                f"max(toUnixTimestamp64Milli(ts)) FROM {self.db}.candles WHERE {' OR '.join(terms)} "
+                f"max(toUnixTimestamp64Milli(ts)) FROM {self._rel(pkeys)} WHERE {' OR '.join(terms)} "
                 f"GROUP BY instrument, granularity", p)}
             for n, side in unsure:
                 key, a, b = parts[n]
@@ -503,8 +627,8 @@ class Store:
             # Bar numbers count from the group's first bar: ts - a >= 0 on the
             # rows kept, where intDiv (which truncates toward zero) is the
             # floor even before 1970.
-            parts.append(self.arrow(
-                f"SELECT {cols} FROM {self.db}.candles "
+            parts.append(self._reader(key).arrow(
+                f"SELECT {cols} FROM {self._rel(key)} "
                 f"WHERE {self._series_where()} "
                 f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
                 f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') "
@@ -513,7 +637,7 @@ class Store:
                 self._series_params(key, a=int(group[0]), b=int(group[-1]) + bar_ms, w=int(bar_ms),
                                     bars=[int(x) for x in (group - group[0]) // bar_ms])))
         if not parts:
-            parts.append(self.arrow(f"SELECT {cols} FROM {self.db}.candles WHERE 0"))
+            parts.append(self._reader(key).arrow(f"SELECT {cols} FROM {self._rel(key)} WHERE 0"))
         table = _ts_to_ms(pa.concat_tables(parts))
         if len(parts) > 1:
             # Bars of two phases can overlap (a daylight-saving shift): their
@@ -584,7 +708,17 @@ class Store:
         """Changes to the candles of ``key`` that touched [start, end), as a
         short stamp: it differs after any ingest that inserted or updated a
         candle there.  Read from the ingest log, not the candles, so a
-        coarse chunk that depends on a finer series checks it for free."""
+        coarse chunk that depends on a finer series checks it for free.
+        A source has no ingest log: its stamp is the count and an
+        order-independent hash of the candles there, computed in ClickHouse."""
+        if key.source:
+            n, h = self._reader(key).rows(
+                f"SELECT count(), groupBitXor(cityHash64(toUnixTimestamp64Milli(ts), open, high, low, close)) "
+                f"FROM {self._rel(key)} WHERE {self._series_where()} "
+                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')",
+                self._series_params(key, a=start_ms, b=end_ms))[0]
+            return f"{int(n)}:{int(h):x}"
         n, last = self.rows(
             f"SELECT count(), max(changed_at) FROM {self.db}.candle_changes "
             f"WHERE {self._series_where()} AND first_ts < {{b:Int64}} AND last_ts >= {{a:Int64}}",
@@ -597,7 +731,7 @@ class Store:
         """(input hash, incomplete rows) recorded for a written chunk, if any."""
         rows = self.rows(
             f"SELECT input_hash, incomplete FROM {self.db}.label_chunks FINAL "
-            f"WHERE {self._series_where()} AND label_set = {{s:String}} "
+            f"WHERE {self._label_where()} AND label_set = {{s:String}} "
             f"AND start_ts = {{a:Int64}} AND end_ts = {{b:Int64}}",
             self._series_params(key, s=set_id, a=start_ms, b=end_ms))
         return (rows[0][0], int(rows[0][1])) if rows else None
@@ -607,21 +741,26 @@ class Store:
         """``chunk_record`` of several ranges in one query, in order."""
         if len(parts) == 1:
             return [self.chunk_record(parts[0][0], set_id, parts[0][1], parts[0][2])]
-        where, params = self._ranges_where(parts, "start_ts = {a%d:Int64} AND end_ts = {b%d:Int64}")
+        where, params = self._ranges_where(parts, "start_ts = {a%d:Int64} AND end_ts = {b%d:Int64}", True)
         params["s"] = set_id
-        found = {(i, g, int(a), int(b)): (h, int(n)) for i, g, a, b, h, n in self.rows(
-            f"SELECT instrument, granularity, start_ts, end_ts, input_hash, incomplete "
+        found = {(i, g, src, int(a), int(b)): (h, int(n)) for i, g, src, a, b, h, n in self.rows(
+            f"SELECT instrument, granularity, source, start_ts, end_ts, input_hash, incomplete "
             f"FROM {self.db}.label_chunks FINAL WHERE label_set = {{s:String}} AND ({where})", params)}
-        return [found.get((k.instrument, k.granularity, a, b)) for k, a, b in parts]
+        return [found.get((k.instrument, k.granularity, k.source, a, b)) for k, a, b in parts]
 
     @staticmethod
-    def _ranges_where(parts: list[tuple[SeriesKey, int, int]], cond: str) -> tuple[str, dict]:
-        """An OR of (series and ``cond``) per part, with its parameters."""
+    def _ranges_where(parts: list[tuple[SeriesKey, int, int]], cond: str,
+                      labels: bool = False) -> tuple[str, dict]:
+        """An OR of (series and ``cond``) per part, with its parameters;
+        ``labels``: of a label table or the manifest, which has the source."""
         terms, params = [], {}
         for n, (key, a, b) in enumerate(parts):
-            terms.append(f"(instrument = {{i{n}:String}} AND granularity = {{g{n}:String}} AND "
+            own = f"source = {{src{n}:String}} AND " if labels else ""
+            terms.append(f"(instrument = {{i{n}:String}} AND granularity = {{g{n}:String}} AND {own}"
                          + cond.replace("%d", str(n)) + ")")
             params.update({f"i{n}": key.instrument, f"g{n}": key.granularity, f"a{n}": a, f"b{n}": b})
+            if labels:
+                params[f"src{n}"] = key.source
         return " OR ".join(terms), params
 
     def write_labels_many(self, set_id: str, writes: list[tuple], job_id: str, fresh: bool = False,
@@ -636,7 +775,7 @@ class Store:
         table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
         parts = [(w[0], w[1], w[2]) for w in writes]
         where, p = self._ranges_where(parts, "ts >= fromUnixTimestamp64Milli({a%d:Int64}, 'UTC') "
-                                             "AND ts < fromUnixTimestamp64Milli({b%d:Int64}, 'UTC')")
+                                             "AND ts < fromUnixTimestamp64Milli({b%d:Int64}, 'UTC')", True)
         rng = f"label_set = {{s:String}} AND ({where})"
         p["s"] = set_id
         present = not fresh and self.rows(f"SELECT count() FROM {table} WHERE {rng}", p)[0][0]
@@ -660,6 +799,7 @@ class Store:
         self.insert_arrow("label_chunks", pa.table({
             "instrument": [r[0].instrument for r in records],
             "granularity": [r[0].granularity for r in records],
+            "source": [r[0].source for r in records],
             "label_set": [set_id] * len(records),
             "start_ts": pa.array([r[1] for r in records], pa.int64()),
             "end_ts": pa.array([r[2] for r in records], pa.int64()),
@@ -684,7 +824,7 @@ class Store:
         inserts them in batches: ``write_records``).
         """
         table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
-        rng = (f"{self._series_where()} AND label_set = {{s:String}} "
+        rng = (f"{self._label_where()} AND label_set = {{s:String}} "
                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')")
         p = self._series_params(key, s=set_id, a=start_ms, b=end_ms)
@@ -695,7 +835,8 @@ class Store:
             self.command(f"DELETE FROM {table} WHERE {rng}", p)
         if labels.num_rows:
             self.insert_arrow(f"labels_{set_id}", _with_ts(labels),
-                              {"instrument": key.instrument, "granularity": key.granularity, "label_set": set_id})
+                              {"instrument": key.instrument, "granularity": key.granularity,
+                               "label_set": set_id, "source": key.source})
         if record:
             self.write_records(set_id, [(key, start_ms, end_ms, input_hash, labels.num_rows, incomplete,
                                          time.time_ns() // 1_000_000, job_id)])
@@ -715,7 +856,7 @@ class Store:
             ends = []
             for order in ("", " DESC"):
                 ends.append(int(self.rows(
-                    f"SELECT toUnixTimestamp64Milli(ts) FROM {self.db}.{name} WHERE {self._series_where()} "
+                    f"SELECT toUnixTimestamp64Milli(ts) FROM {self.db}.{name} WHERE {self._label_where()} "
                     f"AND label_set = {{s:String}} AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
                     f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') "
                     f"ORDER BY instrument, granularity, label_set, ts{order} LIMIT 1", p)[0][0]))
@@ -725,7 +866,7 @@ class Store:
     def label_counts(self, key: SeriesKey, set_id: str) -> tuple[int, int]:
         """(count(), uniqExact(ts)) of a series' label rows, without FINAL."""
         table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
-        n, u = self.rows(f"SELECT count(), uniqExact(ts) FROM {table} WHERE {self._series_where()} "
+        n, u = self.rows(f"SELECT count(), uniqExact(ts) FROM {table} WHERE {self._label_where()} "
                          f"AND label_set = {{s:String}}", self._series_params(key, s=set_id))[0]
         return int(n), int(u)
 
@@ -737,7 +878,7 @@ class Store:
         if not exists:
             return pa.table({"ts": pa.array([], pa.int64())})
         cond, p = self._label_range(key, set_id, start_ms, end_ms)
-        return _ts_to_ms(self.arrow(f"SELECT * EXCEPT (instrument, granularity, label_set) "
+        return _ts_to_ms(self.arrow(f"SELECT * EXCEPT (instrument, granularity, label_set, source) "
                                     f"FROM {table} WHERE {cond} ORDER BY ts", p))
 
     # -- label sets, for export and listing --------------------------------
@@ -754,18 +895,19 @@ class Store:
                 out.append((set_id, json.loads(params), json.loads(columns)))
         return out
 
-    def label_rows_by_series(self, set_id: str, key: SeriesKey | None = None
+    def label_rows_by_series(self, set_id: str, key: SeriesKey | None = None, source: str = ""
                              ) -> dict[tuple[str, str], tuple[int, int, int]]:
-        """(rows, first ts, last ts) of each series in a label set's table."""
+        """(rows, first ts, last ts) of each series in a label set's table
+        (of ``key``, or of every series of ``source``)."""
         table = f"{self.db}.labels_{_check_ident('label set', set_id)}"
-        where, p = "label_set = {s:String}", {"s": set_id}
+        where, p = "label_set = {s:String}", {"s": set_id, "src": source}
         if key is not None:
-            n, lo, hi = self._count_first_last(table, f"{self._series_where()} AND {where}",
+            n, lo, hi = self._count_first_last(table, f"{self._label_where()} AND {where}",
                                                self._series_params(key, s=set_id))
             return {(key.instrument, key.granularity): (n, lo, hi)} if n else {}
         return {(i, g): (int(n), int(lo), int(hi)) for i, g, n, lo, hi in self.rows(
             f"SELECT instrument, granularity, count(), min(toUnixTimestamp64Milli(ts)), "
-            f"max(toUnixTimestamp64Milli(ts)) FROM {table} WHERE {where} "
+            f"max(toUnixTimestamp64Milli(ts)) FROM {table} WHERE {where} AND source = {{src:String}} "
             f"GROUP BY instrument, granularity", p) if n}
 
     def _count_first_last(self, table: str, cond: str, p: dict) -> tuple[int, int, int]:
@@ -782,7 +924,7 @@ class Store:
 
     def _label_range(self, key: SeriesKey, set_id: str, start_ms: int | None,
                      end_ms: int | None, **more) -> tuple[str, dict]:
-        cond = f"{self._series_where()} AND label_set = {{s:String}}"
+        cond = f"{self._label_where()} AND label_set = {{s:String}}"
         p = self._series_params(key, s=set_id, **more)
         if start_ms is not None:
             cond += " AND ts >= fromUnixTimestamp64Milli({a:Int64}, 'UTC')"
@@ -849,12 +991,16 @@ class Store:
             # back as ~8 Arrow record batches instead of ~60, which saves
             # about a sixth of the read's CPU time.
             return self.arrow(f"{labels_sql} ORDER BY ts SETTINGS preferred_block_size_bytes = 100000000", p)
-        candles_cond = cond.replace(" AND label_set = {s:String}", "")
+        candles_cond = cond.replace(" AND label_set = {s:String}", "").replace(
+            " AND source = {src:String}", "")
+        if key.source and self.source(key.source).clickhouse_url:
+            raise InvalidInput(f"source {key.source} is on another ClickHouse: export its labels "
+                               f"without --with-candles")
         return self.arrow(f"""
             SELECT l.ts AS ts, {', '.join(f'c.{c} AS {c}' for c in _CANDLE_COLS[1:])},
                    {', '.join(f'l.{c} AS {c}' for c in cols)}
             FROM ({labels_sql}) AS l
-            LEFT JOIN (SELECT ts, open, high, low, close, volume FROM {self.db}.candles
+            LEFT JOIN (SELECT ts, open, high, low, close, volume FROM {self._rel(key)}
                        WHERE {candles_cond}) AS c ON l.ts = c.ts
             ORDER BY ts SETTINGS join_use_nulls = 1""", p)
 
@@ -910,6 +1056,7 @@ def _with_many_series(keys: list[SeriesKey], tables: list[pa.Table], set_id: str
     cols: dict[str, Any] = {
         "instrument": keyed([k.instrument for k in keys]),
         "granularity": keyed([k.granularity for k in keys]),
+        "source": keyed([k.source for k in keys]),
         "label_set": pa.DictionaryArray.from_arrays(pa.array(np.zeros(body.num_rows, np.int32)),
                                                     pa.array([set_id], pa.string())),
         "ts": body.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC")),

@@ -1,0 +1,172 @@
+"""Sources: a job over candles where they already live (a foreign-schema
+table, an epoch table, Parquet files through ``file()``) equals the same job
+over the same candles ingested into the built-in table, and never writes to
+the source."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpubackfill.candles.synthetic import generate
+from gpubackfill.errors import InvalidInput
+from gpubackfill.storage.clickhouse_store import SeriesKey
+
+START, END = "2024-01-02", "2024-01-09"
+MAPS = ["instrument=symbol", "ts=time", "open=o", "high=h", "low=l", "close=c"]
+
+
+def candles(instrument="EURUSD", granularity="M1", start=START, end=END) -> pa.Table:
+    """Synthetic candles with Float32-exact prices (as a Float32 table holds them)."""
+    t = generate(instrument, granularity, start, end)
+    for name in ("open", "high", "low", "close", "volume"):
+        t = t.set_column(t.column_names.index(name), name,
+                         t.column(name).cast(pa.float32()).cast(pa.float64()))
+    return t
+
+
+def shuffled(t: pa.Table, seed: int = 1) -> pa.Table:
+    return t.take(pa.array(np.random.default_rng(seed).permutation(t.num_rows)))
+
+
+def foreign_table(service, t: pa.Table, instrument="EURUSD", name="ohlc_m1") -> str:
+    """``market.ohlc_m1(symbol, time, o, h, l, c, v)``: Float32 prices, time
+    in New York, a Nullable volume with some NULLs, rows in random order."""
+    db = service.store.db
+    service.store.command(f"""
+        CREATE TABLE {db}.{name} (symbol LowCardinality(String), time DateTime('America/New_York'),
+            o Float32, h Float32, l Float32, c Float32, v Nullable(Float32), note String)
+        ENGINE = MergeTree ORDER BY symbol""")
+    volume = t.column("volume").to_numpy().copy()
+    nulls = np.zeros(len(volume), bool)
+    nulls[::7] = True
+    rows = shuffled(pa.table({
+        "symbol": [instrument] * t.num_rows,
+        "time": t.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.timestamp("s", tz="UTC")),
+        **{k: t.column(c).cast(pa.float32()) for k, c in
+           (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"))},
+        "v": pa.array(volume.astype(np.float32), mask=nulls),
+        "note": ["x"] * t.num_rows}))
+    for at in range(0, rows.num_rows, 3000):  # several parts
+        service.store.client.insert_arrow(f"{db}.{name}", rows.slice(at, 3000))
+    return f"{db}.{name}"
+
+
+def ingest_like_source(service, t: pa.Table, instrument="EURUSD", null_volume_every=7) -> None:
+    """The same candles into the built-in table (a NULL volume read as 0)."""
+    volume = t.column("volume").to_numpy().copy()
+    if null_volume_every:
+        volume[::null_volume_every] = 0
+    t = t.set_column(t.column_names.index("volume"), "volume", pa.array(volume))
+    service.ingest_table(SeriesKey(instrument, "M1"), t)
+
+
+def labels_of(service, job_id: str, source: str = "") -> pa.Table:
+    s = service.status(job_id)
+    key = SeriesKey(s["instrument"], s["granularity"], source)
+    return service.store.read_labels(key, s["label_set"])
+
+
+def source_content(service, relation: str) -> tuple:
+    return tuple(service.store.rows(
+        f"SELECT count(), groupBitXor(cityHash64(*)) FROM {relation}")[0])
+
+
+def assert_same_labels(a: pa.Table, b: pa.Table) -> None:
+    assert a.num_rows == b.num_rows > 0
+    assert a.column_names == b.column_names
+    for name in a.column_names:
+        assert a.column(name).equals(b.column(name)), name
+
+
+def test_foreign_schema_table_equals_the_ingested_candles(service):
+    service.init()
+    t = candles()
+    rel = foreign_table(service, t)
+    before = source_content(service, rel)
+    service.add_source("mkt", rel, MAPS + ["volume=v"], granularity="M1")
+    ingest_like_source(service, t)
+    built_in = service.start("EURUSD", "M1", chunk_size=1500, workers=2)
+    from_source = service.start("EURUSD", "M1", chunk_size=1500, workers=2, source="mkt")
+    s = service.status(from_source)
+    assert s["status"] == "completed" and s["chunks_total"] > 3
+    assert s["candles_total"] == t.num_rows
+    assert_same_labels(labels_of(service, from_source, "mkt"), labels_of(service, built_in))
+    # Two series, one per source: the built-in rows did not change or double.
+    n, u = service.store.label_counts(SeriesKey("EURUSD", "M1"), s["label_set"])
+    assert n == u == t.num_rows
+    n, u = service.store.label_counts(SeriesKey("EURUSD", "M1", "mkt"), s["label_set"])
+    assert n == u == t.num_rows
+    # Read only: the source holds what it held, and nothing was mutated.
+    assert source_content(service, rel) == before
+    assert not service.store.rows("SELECT count() FROM system.mutations WHERE database = {d:String} "
+                                  "AND table = 'ohlc_m1'", {"d": service.store.db})[0][0]
+
+
+def test_the_job_record_names_its_source(service):
+    service.init()
+    rel = foreign_table(service, candles(end="2024-01-03"))
+    service.add_source("mkt", rel, MAPS, granularity="M1")
+    job = service.create_job("EURUSD", "M1", source="mkt", chunk_size=500)
+    assert service.state.job(job)["source"] == "mkt"
+    assert service.status(job)["source"] == "mkt"
+    chunk = service.store.rows(f"SELECT DISTINCT source FROM {service.store.db}.label_chunks")
+    assert chunk == []  # nothing ran yet
+    service.execute(job)
+    chunk = service.store.rows(f"SELECT DISTINCT source FROM {service.store.db}.label_chunks")
+    assert chunk == [("mkt",)]
+    with pytest.raises(InvalidInput, match="no source named 'nope'"):
+        service.create_job("EURUSD", "M1", source="nope")
+    with pytest.raises(InvalidInput, match="no candles for GBPUSD M1 in source mkt"):
+        service.create_job("GBPUSD", "M1", source="mkt")
+
+
+def test_int64_epoch_table_equals_the_ingested_candles(service):
+    service.init()
+    t = candles("GBPUSD")
+    db = service.store.db
+    service.store.command(f"CREATE TABLE {db}.epochs (sym String, t Int64, open Float64, high Float64, "
+                          f"low Float64, close Float64) ENGINE = MergeTree ORDER BY t")
+    service.store.client.insert_arrow(f"{db}.epochs", shuffled(pa.table({
+        "sym": ["GBPUSD"] * t.num_rows, "t": pa.array(t.column("ts").to_numpy() // 1000),
+        **{c: t.column(c) for c in ("open", "high", "low", "close")}})))
+    service.add_source("ep", f"{db}.epochs", ["instrument=sym", "ts=t", "open=open", "high=high",
+                                              "low=low", "close=close"],
+                       granularity="M1", ts_unit="s")
+    t0 = t.set_column(t.column_names.index("volume"), "volume", pa.array(np.zeros(t.num_rows)))
+    service.ingest_table(SeriesKey("GBPUSD", "M1"), t0)
+    built_in = service.start("GBPUSD", "M1", chunk_size=2000, workers=2)
+    from_source = service.start("GBPUSD", "M1", chunk_size=2000, workers=2, source="ep")
+    assert_same_labels(labels_of(service, from_source, "ep"), labels_of(service, built_in))
+
+
+def test_parquet_folder_through_file_equals_the_ingested_candles(service, tmp_path):
+    service.init()
+    t = candles("USDJPY")
+    folder = tmp_path / "usdjpy"
+    folder.mkdir()
+    rows = shuffled(t.append_column("instrument", pa.array(["USDJPY"] * t.num_rows)))
+    for n, at in enumerate(range(0, rows.num_rows, 4000)):
+        part = rows.slice(at, 4000)
+        pq.write_table(part.set_column(0, "ts", part.column("ts").cast(pa.timestamp("ms", tz="UTC"))),
+                       folder / f"part-{n}.parquet")
+    service.add_source("files", f"file('{folder}/*.parquet', 'Parquet')",
+                       ["instrument=instrument", "ts=ts", "open=open", "high=high", "low=low",
+                        "close=close", "volume=volume"], granularity="M1")
+    service.ingest_table(SeriesKey("USDJPY", "M1"), t)
+    built_in = service.start("USDJPY", "M1", chunk_size=2500, workers=2)
+    from_source = service.start("USDJPY", "M1", chunk_size=2500, workers=2, source="files")
+    assert_same_labels(labels_of(service, from_source, "files"), labels_of(service, built_in))
+
+
+def test_removing_a_source_keeps_its_labels(service):
+    service.init()
+    rel = foreign_table(service, candles(end="2024-01-03"))
+    service.add_source("mkt", rel, MAPS, granularity="M1")
+    job = service.start("EURUSD", "M1", chunk_size=1000, source="mkt")
+    rows = labels_of(service, job, "mkt").num_rows
+    service.remove_source("mkt")
+    assert [s.name for s in service.sources()] == []
+    assert labels_of(service, job, "mkt").num_rows == rows > 0

@@ -1,0 +1,80 @@
+"""Coarser bars derived in ClickHouse from a source's M1 equal pandas'
+``resample`` of the same M1 (empty buckets dropped), D1 with a 17:00 New
+York day; a job over them equals ``compute_labels`` on that resample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from compare import assert_label_columns
+from test_sources import MAPS, candles, foreign_table
+
+from gpubackfill import compute_labels
+from gpubackfill.jobs.plan import EVER
+from gpubackfill.storage.clickhouse_store import SeriesKey
+
+START, END = "2024-01-02", "2024-01-24"  # no daylight-saving change in New York
+
+
+def resample(m1: pa.Table, rule: str, tz: str = "UTC", offset: str | None = None) -> pd.DataFrame:
+    df = m1.to_pandas()
+    # Wall-clock time of ``tz`` (pandas applies a day's offset only to a naive index).
+    df.index = pd.DatetimeIndex(pd.to_datetime(df.pop("ts"), unit="ms", utc=True)
+                                .dt.tz_convert(tz).dt.tz_localize(None))
+    out = df.resample(rule, offset=offset, origin="start_day" if offset else "epoch").agg(
+        {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"})
+    out = out.dropna(subset=["open"])
+    out.index = out.index.tz_localize(tz).tz_convert("UTC").as_unit("ms").asi8
+    return out
+
+
+@pytest.fixture
+def m1(service):
+    service.init()
+    t = candles(start=START, end=END)
+    rel = foreign_table(service, t)
+    service.add_source("mkt", rel, MAPS + ["volume=v"], granularity="M1",
+                       day_start="17:00", day_tz="America/New_York")
+    volume = t.column("volume").to_numpy().copy()
+    volume[::7] = 0  # NULL in the source, 0 once read
+    return t.set_column(t.column_names.index("volume"), "volume", pa.array(volume))
+
+
+@pytest.mark.parametrize("granularity,rule,tz,offset", [
+    ("M5", "5min", "UTC", None), ("H1", "1h", "UTC", None), ("H4", "4h", "UTC", None),
+    ("D1", "1D", "America/New_York", "17h"),
+])
+def test_derived_bars_equal_pandas_resample(service, m1, granularity, rule, tz, offset):
+    want = resample(m1, rule, tz, offset)
+    key = SeriesKey("EURUSD", granularity, "mkt")
+    got, first, own = service.store.load(key, *EVER, 0, 0)
+    assert own == got.num_rows == len(want) and first == 0
+    np.testing.assert_array_equal(got.column("ts").to_numpy(), want.index.to_numpy())
+    for c in ("open", "high", "low", "close"):
+        np.testing.assert_array_equal(got.column(c).to_numpy(), want[c].to_numpy(), err_msg=c)
+    np.testing.assert_allclose(got.column("volume").to_numpy(), want["volume"].to_numpy(), rtol=1e-12)
+    # Planning counts derived bars exactly.
+    assert service.store.range_counts("candles", [key], *EVER)[key] == len(want)
+
+
+def test_a_job_over_derived_h1_equals_compute_labels_on_the_resample(service, m1):
+    want_bars = resample(m1, "1h")
+    bars = pa.table({"ts": pa.array(want_bars.index.to_numpy()),
+                     **{c: pa.array(want_bars[c].to_numpy()) for c in
+                        ("open", "high", "low", "close", "volume")}})
+    job = service.start("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")
+    s = service.status(job)
+    assert s["status"] == "completed" and s["candles_total"] == bars.num_rows and s["chunks_total"] > 3
+    stored = service.store.read_labels(SeriesKey("EURUSD", "H1", "mkt"), s["label_set"])
+    whole = compute_labels(bars, s["labels"])
+    np.testing.assert_array_equal(stored.column("ts").to_numpy(), whole.column("ts").to_numpy())
+    assert_label_columns(stored, whole)
+
+
+def test_a_granularity_the_source_cannot_serve_is_refused(service, m1):
+    from gpubackfill.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="source mkt has no S5 candles"):
+        service.create_job("EURUSD", "S5", source="mkt")
