@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gpubackfill.candles", "gpubackfill.compute", "gpubackfill.allocator",
      "gpubackfill.backends", "gpubackfill.label_frames"),
     ("gpubackfill.jobs",),
-    ("gpubackfill.storage", "gpubackfill.connections", "gpubackfill.readahead",
+    ("gpubackfill.storage", "gpubackfill.sources", "gpubackfill.connections", "gpubackfill.readahead",
      "gpubackfill.coverage", "gpubackfill.export", "gpubackfill.ingest"),
     ("gpubackfill.engine", "gpubackfill.eta", "gpubackfill.views"),
     ("gpubackfill.service",),

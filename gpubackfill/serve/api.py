@@ -29,50 +29,21 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from .. import views
 from ..errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
 from ..jobs.machine import JOB_STATES
-from ..jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
 from . import metrics as metrics_mod
+from .requests import JobRequest
 
 if TYPE_CHECKING:
     from ..service import BackfillService
     from .scheduler import Scheduler
 
 JOB_ID = Path(pattern=r"^[0-9a-f]{12}$", description="a job id, as returned by POST /jobs")
-ParamValue = str | int | float | bool | list[int | float | str]
 MAX_BODY_BYTES = 64 * 1024  # a job request is a few hundred bytes
 SWAGGER_DIR = os.path.join(os.path.dirname(__file__), "static", "swagger")
-
-
-class JobRequest(BaseModel):
-    """The fields of ``gpubackfill start``."""
-    model_config = ConfigDict(extra="forbid")
-
-    instrument: str | list[str] = Field(
-        min_length=1, max_length=4096, examples=["EURUSD", ["EURUSD", "GBPUSD"], "*"],
-        description="one instrument, a list, a comma-separated list, or '*' (every instrument "
-                    "in the store at the given granularities)")
-    granularity: str | list[str] = Field(min_length=1, max_length=64, examples=["H1", ["M5", "H1"]])
-    start_date: str | None = Field(default=None, min_length=1, max_length=64, examples=["2024-01-01"],
-                                   description="default: the first candle of the job's series")
-    end_date: str | None = Field(default=None, min_length=1, max_length=64, examples=["2024-12-31"],
-                                 description="inclusive; default: the last candle of the job's series")
-    labels: list[str] | None = Field(default=None, max_length=16,
-                                     examples=[["enhanced_triple_barrier", "mfe_mae"]])
-    params: dict[str, dict[str, ParamValue]] | None = Field(
-        default=None, examples=[{"enhanced_triple_barrier": {"horizon": 48}}])
-    chunk_size: int | None = Field(default=None, ge=1, le=MAX_CHUNK_SIZE)
-    workers: int | None = Field(default=None, ge=1, le=MAX_WORKERS)
-    min_workers: int | None = Field(default=None, ge=1, le=MAX_WORKERS)
-    priority: Literal["low", "normal", "high"] = "normal"
-    force: bool = False
-    backend: Literal["cpu", "cuda", "auto"] | None = None
-    source: str | None = Field(default=None, min_length=1, max_length=64,
-                               description="a registered source (`gpubackfill source list`); "
-                                           "default: the built-in candles table")
 
 
 class Created(BaseModel):
@@ -83,13 +54,6 @@ class Created(BaseModel):
 class Transitioned(BaseModel):
     job_id: str
     status: str
-
-
-def _params(p: dict[str, dict[str, Any]] | None) -> dict | None:
-    if p is None:
-        return None
-    return {label: {k: (",".join(str(x) for x in v) if isinstance(v, list) else v)
-                    for k, v in values.items()} for label, values in p.items()}
 
 
 class _BodyLimit:
@@ -191,10 +155,7 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
               responses={401: {}, 422: {}, 503: {}})
     def create_job(req: JobRequest) -> Created:
         """Plan a job and queue it; the scheduler runs it by priority."""
-        job_id = service.create_job(req.instrument, req.granularity, req.start_date, req.end_date,
-                                    req.labels, _params(req.params), req.chunk_size, req.workers,
-                                    req.priority, req.force, req.backend, req.min_workers,
-                                    source=req.source)
+        job_id = service.create_job(**req.job_args())
         return Created(job_id=job_id, status=service.job_view(job_id).status)
 
     @app.get("/jobs", responses={503: {}})

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import GpubackfillError, InvalidInput, JobNotFound
 from ...jobs.machine import FINAL_JOB_STATES, JOB_STATES
-from ..api import JobRequest, _params
+from ..requests import JobRequest
 from . import chart
 
 if TYPE_CHECKING:
@@ -215,9 +215,7 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
     @router.post("/ui/api/preview")
     def preview(req: JobRequest) -> dict[str, Any]:
         """What POST /jobs would queue (the same planning code), queueing nothing."""
-        return service.preview_job(req.instrument, req.granularity, req.start_date, req.end_date, req.labels,
-                                   _params(req.params), req.chunk_size, req.workers, req.priority, req.force,
-                                   req.backend, req.min_workers)
+        return service.preview_job(**req.job_args())
 
     @router.post("/ui/api/update", dependencies=[Depends(authorised)])
     def update(req: UpdateRequest) -> dict[str, Any]:
