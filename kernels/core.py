@@ -581,7 +581,7 @@ def grid_rows(s, e, n, open_, high, low, close, sigma, pts, sls, horizons, up_or
         q = uint64(t * G)
         sig = sigma[t]
         if not (sig > 0.0):
-            for g in range(G):
+            for _ in range(G):
                 label[q] = 0
                 exit_bars[q] = 0
                 exit_ret[q] = math.nan
