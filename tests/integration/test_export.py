@@ -406,6 +406,29 @@ def test_several_series_export_as_one_long_panel(cli, panel, service, tmp_path):
     assert not out.exists()
 
 
+def test_a_panel_with_t1_ends_each_row_within_its_own_series(cli, service, tmp_path):
+    from gpubackfill import event_end
+
+    candles = {}
+    for inst in ("EURUSD", "GBPUSD"):
+        candles[inst] = generate(inst, "M15", START, "2024-01-06")
+        service.ingest_table(SeriesKey(inst, "M15"), candles[inst])
+    service.start(["EURUSD", "GBPUSD"], "M15", START, "2024-01-06", ["enhanced_triple_barrier"],
+                  {"enhanced_triple_barrier": {"horizon": 12, "vol_span": 20}}, chunk_size=200,
+                  workers=1)
+    out = tmp_path / "panel.parquet"
+    r = cli("export", "--instrument", "EURUSD,GBPUSD", "--granularity", "M15", "--with-t1",
+            "-o", str(out))
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(out)
+    assert t.column_names[:4] == ["instrument", "granularity", "ts", "t1"]
+    for inst, c in candles.items():
+        mine = t.filter(pa.compute.equal(t.column("instrument"), inst))
+        assert mine.column("ts").cast(pa.int64()).to_pylist() == c.column("ts").to_pylist()
+        want = event_end(c.column("ts"), mine.column("tb_exit_bars"))
+        assert mine.column("t1").cast(pa.int64()).equals(want)
+
+
 def test_a_panel_streams_batch_by_batch_and_never_mixes_label_sets(panel, service, tmp_path):
     from gpubackfill import export as export_mod
 
