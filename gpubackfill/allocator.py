@@ -15,7 +15,12 @@ on virtual machines that costs more than the label arithmetic itself
 - ``keep_freed_memory``, opt-in and process-wide: glibc keeps freed memory
   in its heap (RSS stays at its high-water mark).  Long-running processes
   (the engine, the CLI, the benchmarks) call it; it also covers the numpy
-  and Arrow temporaries outside the kernels.
+  and Arrow temporaries outside the kernels.  Once it is applied, ``empty``
+  also keeps its own freed blocks of ``REUSE_MIN_BYTES`` or more (a
+  barrier_grid's outputs: 378 MB a million rows) and hands them out again:
+  mimalloc gives such blocks back to the system soon after they are freed,
+  so the next call faulted them in afresh, and glibc unmaps whatever lies
+  above its 2 GiB trim threshold (bench/RESULTS.md, "barrier_grid").
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import mmap
 import sys
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +71,62 @@ def keep_freed_memory() -> bool:
     return ok
 
 
+# Blocks at least this large are kept for reuse once keep_freed_memory()
+# is applied (smaller ones come and go through the pool at no cost).
+REUSE_MIN_BYTES = 64 << 20
+# A kept block serves a request of at least this fraction of its size.
+_REUSE_FIT = 0.75
+
+
+class _Blocks:
+    """Anonymous mappings handed out as arrays and, once every array and
+    Arrow buffer over one is gone, kept to be handed out again.  The blocks
+    kept total no more than the most ever in use at once, so RSS stays at
+    about its high-water mark, as glibc's heap does under keep_freed_memory."""
+
+    def __init__(self) -> None:
+        # Reentrant: a finalizer may give a block back from a collection
+        # that runs while this thread holds the lock.
+        self._lock = threading.RLock()
+        self._free: list[mmap.mmap] = []
+        self._free_bytes = 0
+        self._live = 0
+        self._peak = 0
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 array of at least ``nbytes`` over a kept or a new block."""
+        with self._lock:
+            fits = [m for m in self._free if _REUSE_FIT * len(m) <= nbytes <= len(m)]
+            block = min(fits, key=len) if fits else None
+            if block is not None:
+                self._free.remove(block)
+                self._free_bytes -= len(block)
+        if block is None:
+            block = mmap.mmap(-1, nbytes)
+        with self._lock:
+            self._live += len(block)
+            self._peak = max(self._peak, self._live)
+        holder = np.frombuffer(block, np.uint8)
+        weakref.finalize(holder, self._give_back, block)
+        return holder
+
+    def _give_back(self, block: mmap.mmap) -> None:
+        with self._lock:
+            self._live -= len(block)
+            self._free.append(block)
+            self._free_bytes += len(block)
+            while self._free_bytes > self._peak - self._live:
+                dropped = self._free.pop(0)  # the longest kept
+                self._free_bytes -= len(dropped)
+
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return self._free_bytes
+
+
+_blocks = _Blocks()
+
+
 @functools.cache
 def output_pool() -> pa.MemoryPool | None:
     """Arrow's mimalloc pool, or None where pyarrow was built without it.
@@ -80,7 +144,12 @@ def empty(shape: int | tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
     """Like ``np.empty`` (writable, C-contiguous, 64-byte aligned), with the
     memory from ``output_pool()`` (``np.empty`` itself where there is none).
     The array holds its Arrow buffer, and whatever wraps the array
-    (``pa.py_buffer``) holds the array."""
+    (``pa.py_buffer``) holds the array.  Blocks of ``REUSE_MIN_BYTES`` or
+    more come from the kept blocks once ``keep_freed_memory`` is applied."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod((shape,) if isinstance(shape, (int, np.integer)) else shape) * dtype.itemsize
+    if _applied and nbytes >= REUSE_MIN_BYTES:
+        return _blocks.take(nbytes)[:nbytes].view(dtype).reshape(shape)
     return _empty_from(output_pool(), shape, dtype)
 
 

@@ -11,7 +11,8 @@ panel with ``instrument`` and ``granularity`` columns (``choose_panel``,
 
 Parquet keeps ``ts`` as a timestamp (ms, UTC) and records in its key-value
 metadata what the labels are (``provenance``); CSV writes ``ts`` as ISO 8601
-text with a ``Z``.
+text with a ``Z``.  ``with_t1`` adds each row's event end ``t1`` after
+``ts`` (``event_end`` over the series' own candles, ``with_t1``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .readahead import read_ahead
 from .storage.clickhouse_store import SeriesKey, Store
 from .times import iso
 
+T1_FROM = "tb_exit_bars"
 BATCH_ROWS = 500_000  # ~50 MB of label columns per batch; bench: 10M rows under 1 GB RSS
 CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
 TS_TYPE = pa.timestamp("ms", tz="UTC")
@@ -209,8 +211,15 @@ def choose_panel(store: Store, instruments: list[str], granularities: list[str],
     return [(key, replace(s, columns=first.columns)) for key, s in chosen]
 
 
+def check_t1(chosen: LabelSet) -> None:
+    """``t1`` comes from ``tb_exit_bars``: a set without it has no event ends."""
+    if T1_FROM not in chosen.columns:
+        raise InvalidInput(f"--with-t1 needs {T1_FROM} (enhanced_triple_barrier) among the exported "
+                           f"labels; label set {chosen.set_id} holds {', '.join(chosen.labels)}")
+
+
 def provenance(keys: list[SeriesKey], chosen: list[LabelSet], start_ms: int | None,
-               end_ms: int | None, with_candles: bool) -> dict[bytes, bytes]:
+               end_ms: int | None, with_candles: bool, with_t1: bool = False) -> dict[bytes, bytes]:
     """Parquet key-value metadata: what the file's labels are, so a training
     set carries where it came from (a panel: its series, comma-separated)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -226,6 +235,7 @@ def provenance(keys: list[SeriesKey], chosen: list[LabelSet], start_ms: int | No
     info: dict[str, Any] = {
         "instrument": insts, "granularity": grans, "label_set": set_ids,
         "labels": one.params, "columns": one.columns, "with_candles": with_candles,
+        "with_t1": with_t1,
         "start": iso(start_ms, millis=True), "end_exclusive": iso(end_ms, millis=True),
         "gpubackfill_version": ver,
     }
@@ -238,8 +248,8 @@ def provenance(keys: list[SeriesKey], chosen: list[LabelSet], start_ms: int | No
 
 
 def batches(store: Store, key: SeriesKey, chosen: LabelSet, start_ms: int | None,
-            end_ms: int | None, with_candles: bool, batch_rows: int | None = None
-            ) -> Iterator[pa.Table]:
+            end_ms: int | None, with_candles: bool, batch_rows: int | None = None, *,
+            with_t1: bool = False) -> Iterator[pa.Table]:
     """The rows in ts order, at most ``batch_rows`` (``BATCH_ROWS``) at a time,
     one query per batch."""
     bounds = store.label_batch_starts(key, chosen.set_id, start_ms, end_ms, batch_rows or BATCH_ROWS)
@@ -249,12 +259,12 @@ def batches(store: Store, key: SeriesKey, chosen: LabelSet, start_ms: int | None
                            f"from {iso(start_ms, millis=True) or 'the start'} "
                            f"up to {iso(end_ms, millis=True) or 'the end'}; "
                            f"they cover {iso(first, millis=True)} to {iso(last, millis=True)}")
-    return _read(store, key, chosen, bounds, end_ms, with_candles)
+    return _read(store, key, chosen, bounds, end_ms, with_candles, with_t1)
 
 
 def panel_batches(store: Store, chosen: list[tuple[SeriesKey, LabelSet]], start_ms: int | None,
-                  end_ms: int | None, with_candles: bool, batch_rows: int | None = None
-                  ) -> Iterator[pa.Table]:
+                  end_ms: int | None, with_candles: bool, batch_rows: int | None = None, *,
+                  with_t1: bool = False) -> Iterator[pa.Table]:
     """Several series' rows in one long table, ``instrument`` and
     ``granularity`` first: series after series, each in ts order and read
     as ``batches`` reads one, so memory holds a batch, never the panel.  A
@@ -262,7 +272,7 @@ def panel_batches(store: Store, chosen: list[tuple[SeriesKey, LabelSet]], start_
     schema = None
     for key, s in chosen:
         bounds = store.label_batch_starts(key, s.set_id, start_ms, end_ms, batch_rows or BATCH_ROWS)
-        for part in _read(store, key, s, bounds, end_ms, with_candles):
+        for part in _read(store, key, s, bounds, end_ms, with_candles, with_t1):
             part = part.add_column(0, "granularity", _repeat(key.granularity, part.num_rows))
             part = part.add_column(0, "instrument", _repeat(key.instrument, part.num_rows))
             if schema is None:
@@ -275,12 +285,43 @@ def panel_batches(store: Store, chosen: list[tuple[SeriesKey, LabelSet]], start_
 
 
 def _read(store: Store, key: SeriesKey, chosen: LabelSet, bounds: list[int], end_ms: int | None,
-          with_candles: bool) -> Iterator[pa.Table]:
+          with_candles: bool, with_t1: bool = False) -> Iterator[pa.Table]:
     for i, lo in enumerate(bounds):
         hi = bounds[i + 1] if i + 1 < len(bounds) else end_ms
         table = store.read_label_range(key, chosen.set_id, chosen.columns, lo, hi, with_candles)
         i_ts = table.column_names.index("ts")
-        yield table.set_column(i_ts, "ts", table.column("ts").cast(TS_TYPE))
+        table = table.set_column(i_ts, "ts", table.column("ts").cast(TS_TYPE))
+        if with_t1:
+            table = table.add_column(i_ts + 1, "t1", _event_ends(store, key, table))
+        yield table
+
+
+def _event_ends(store: Store, key: SeriesKey, table: pa.Table) -> pa.Array:
+    """``event_end`` of a batch's rows over the series' own candles: the
+    batch's candles and as many after them as its longest exit reaches, so
+    an exit past the batch (or past the exported range) finds its bar."""
+    from .labels.training import event_end
+
+    ts = table.column("ts").cast(pa.int64()).to_numpy()
+    bars = table.column(T1_FROM).combine_chunks()
+    if not len(ts):
+        return pa.array([], TS_TYPE)
+    ahead = pc.max(bars).as_py() or 0
+    candles, _, _ = store.load(key, int(ts[0]), int(ts[-1]) + 1, 0, ahead)
+    candle_ts = candles.column("ts").cast(pa.int64()).to_numpy()
+    at = np.minimum(np.searchsorted(candle_ts, ts), len(candle_ts) - 1)
+    missing = np.flatnonzero(candle_ts[at] != ts)
+    if missing.size:
+        raise InvalidInput(f"{key.instrument} {key.granularity} has no candle at {iso(int(ts[missing[0]]))} "
+                           f"where its labels have a row: the candles changed since the labels were "
+                           f"computed (`gpubackfill update` recomputes them)")
+    # Each label row's exit bars at its candle; candles without a row here have none.
+    on_candles = np.zeros(len(candle_ts), np.int64)
+    valid = np.zeros(len(candle_ts), bool)
+    on_candles[at] = bars.fill_null(0).to_numpy()
+    valid[at] = bars.is_valid().to_numpy(zero_copy_only=False)
+    ends = event_end(pa.array(candle_ts), pa.array(on_candles, mask=~valid))
+    return ends.take(pa.array(at)).cast(TS_TYPE)
 
 
 def _repeat(value: str, n: int) -> pa.Array:
@@ -302,9 +343,11 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
         # The next batch is queried while this one is written: 10M rows, 4.1-4.4 s -> 3.0-3.5 s.
         for part in read_ahead(parts, "export-read"):
             if csv:
-                i = part.column_names.index("ts")
-                part = part.set_column(i, "ts", pc.strftime(part.column("ts"),
-                                                            format="%Y-%m-%dT%H:%M:%SZ"))
+                for name in ("ts", "t1"):
+                    if name in part.column_names:
+                        i = part.column_names.index(name)
+                        part = part.set_column(i, name, pc.strftime(part.column(name),
+                                                                    format="%Y-%m-%dT%H:%M:%SZ"))
             with _writing(path):
                 if writer is None:
                     # Created here first: a folder we may not write to fails

@@ -658,14 +658,15 @@ class BackfillService:
     def export_parts(self, instrument: str | list[str], granularity: str | list[str],
                      labels: list[str] | None = None, params: dict | None = None,
                      start: Any = None, end: Any = None, set_id: str | None = None,
-                     with_candles: bool = False):
+                     with_candles: bool = False, with_t1: bool = False):
         """A label set as it is exported: (Arrow tables in ts order, the
         provenance metadata, the ``LabelSet``).  The tables are produced
         lazily, one query per batch; ``export_file`` writes them, and the
         store holder streams them to a CLI in another process (``serve/holder.py``).
         Several instruments or granularities (lists, comma-separated, or
         ``*``) make a panel: one long table with ``instrument`` and
-        ``granularity`` first (``export.choose_panel``)."""
+        ``granularity`` first (``export.choose_panel``).  ``with_t1``: each
+        row's event end ``t1`` after ``ts`` (``export.check_t1``)."""
         from . import export as export_mod
 
         insts = parse_names(instrument, "instrument")
@@ -678,12 +679,19 @@ class BackfillService:
         if len(insts) == 1 and insts[0] != ALL and len(grans) == 1:
             key = SeriesKey(parse_instrument(insts[0]), grans[0])
             chosen = export_mod.choose(export_mod.sets_of(self.store, key), key, labels, params, set_id)
-            parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles)
-            return parts, export_mod.provenance([key], [chosen], start_ms, end_ms, with_candles), chosen
+            if with_t1:
+                export_mod.check_t1(chosen)
+            parts = export_mod.batches(self.store, key, chosen, start_ms, end_ms, with_candles,
+                                       with_t1=with_t1)
+            return parts, export_mod.provenance([key], [chosen], start_ms, end_ms, with_candles,
+                                                with_t1), chosen
         panel = export_mod.choose_panel(self.store, insts, grans, labels, params, set_id)
         keys, sets = [k for k, _ in panel], [s for _, s in panel]
-        meta = export_mod.provenance(keys, sets, start_ms, end_ms, with_candles)
-        parts = export_mod.panel_batches(self.store, panel, start_ms, end_ms, with_candles)
+        if with_t1:
+            export_mod.check_t1(sets[0])
+        meta = export_mod.provenance(keys, sets, start_ms, end_ms, with_candles, with_t1)
+        parts = export_mod.panel_batches(self.store, panel, start_ms, end_ms, with_candles,
+                                         with_t1=with_t1)
         return parts, meta, replace(sets[0], set_id=meta[b"label_set"].decode())
 
     def export(self, instrument: str | list[str], granularity: str | list[str],
@@ -703,12 +711,12 @@ class BackfillService:
     def export_file(self, path: str | Path, instrument: str | list[str], granularity: str | list[str],
                     labels: list[str] | None = None, params: dict | None = None,
                     start: Any = None, end: Any = None, set_id: str | None = None,
-                    with_candles: bool = False) -> tuple[int, int, str]:
+                    with_candles: bool = False, with_t1: bool = False) -> tuple[int, int, str]:
         """Stream a label set to ``path`` (.parquet or .csv); (rows, columns, set id)."""
         from . import export as export_mod
 
         parts, meta, chosen = self.export_parts(instrument, granularity, labels, params, start,
-                                                 end, set_id, with_candles)
+                                                 end, set_id, with_candles, with_t1)
         rows, cols = export_mod.write(path, parts, meta)
         return rows, cols, chosen.set_id
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from numba.extending import register_jitable
+from numpy import uint64
 
 # Left to LLVM to inline: forcing numba-level inlining (inline="always")
 # measured 1.5x slower on the triple barrier.
@@ -503,19 +504,15 @@ def meta_at(t, side, exit_ret, meta):
 
 
 # --------------------------------------------------------------------------
-# Barrier grid: every (pt, sl, horizon) of a row from one search.
-
-# Bars folded into a row's first touches at a time before looking whether
-# its widest levels are reached.
-GRID_FOLD_BARS = 8
+# Barrier grid: every (pt, sl, horizon) of a row from one walk.
 #
 # Upper levels rise with pt and lower ones fall with sl (rounding is
 # monotone), so one walk through a row's window, always looking for the
 # next bar that touches the lowest upper or the highest lower level not yet
-# touched, finds the first touch of every level with at most one search per
-# level.  A combination (pt_i, sl_k, h) then exits at the earlier of the two
-# first touches when that lies within h bars: exactly the bar the single
-# triple barrier's walk stops at, and the same arithmetic decides the rest.
+# touched, finds the first touch of every distinct level once.  A
+# combination (pt_i, sl_k, h) then exits at the earlier of the two first
+# touches when that lies within h bars: exactly the bar the single triple
+# barrier's walk stops at, and the same arithmetic decides the rest.
 
 
 @jitable
@@ -536,140 +533,136 @@ def grid_search(pos, last, high, low, upper, lower, search, direct, tab_hi, tab_
 
 
 @jitable
-def grid_fold(pos, end, high, low, up_lv, lo_lv, up_first, lo_first):
-    """Fold bars pos..end into the first touches, without a branch: a level
-    not touched yet (its first touch is past every bar) takes bar j when j
-    touches it."""
-    P = up_lv.shape[0]
-    S = lo_lv.shape[0]
-    for j in range(pos, end + 1):
-        hj = high[j]
-        lj = low[j]
-        for i in range(P):
-            f = up_first[i]
-            up_first[i] = j if (hj >= up_lv[i]) & (j < f) else f
-        for k in range(S):
-            f = lo_first[k]
-            lo_first[k] = j if (lj <= lo_lv[k]) & (j < f) else f
+def grid_vertical(c0, c_h, complete, vertical, min_ret):
+    """``tb_vertical_at`` from the prices themselves: (physical label,
+    return) of the vertical exit at ``c_h``, (0, NaN) when incomplete."""
+    if not complete:
+        return 0, math.nan
+    ret = c_h / c0 - 1.0
+    lab = 0
+    if vertical == VERTICAL_SIGN and abs(ret) >= min_ret:
+        if ret > 0.0:
+            lab = 1
+        elif ret < 0.0:
+            lab = -1
+    return lab, ret
 
 
 @jitable
-def grid_first_touches(t, last, high, low, up_lv, lo_lv, up_ord, lo_ord, up_first, lo_first,
-                       search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2):
-    """First bar in [t+1, last] touching each level (last + 1: none), as far
-    as the combinations need: the walk stops once every upper or every lower
-    level is touched (the widest one is), since each (upper, lower) pair
-    then has its exit, and a level left untouched is past it.  ``up_ord``
-    lists the upper levels from the lowest, ``lo_ord`` the lower ones from
-    the highest.
+def grid_rows(s, e, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
+              up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, v_bars, v_flag, tie_label, vertical,
+              min_ret, search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2,
+              label, exit_bars, exit_ret, flags):
+    """Every combination of rows s .. e-1, row t at flat positions
+    t*G .. t*G + G - 1 of the outputs (pts outer, sls, horizons inner); each
+    element what the triple barrier with that (pt, sl, horizon) writes.
 
-    The first ``direct`` bars are folded in a few at a time without
-    branches: most rows reach a widest level within them.  The rest is a
-    walk of searches, each for the next bar touching the lowest upper or the
-    highest lower level not touched yet: at most one search a level.
-    """
-    P = up_lv.shape[0]
-    S = lo_lv.shape[0]
-    for i in range(P):
-        up_first[i] = last + 1
-    for k in range(S):
-        lo_first[k] = last + 1
-    widest_up = up_ord[P - 1]
-    widest_lo = lo_ord[S - 1]
-    pos = t + 1
-    near = min(t + direct, last)
-    while pos <= near:
-        end = min(pos + GRID_FOLD_BARS - 1, near)
-        grid_fold(pos, end, high, low, up_lv, lo_lv, up_first, lo_first)
-        pos = end + 1
-        if up_first[widest_up] <= last or lo_first[widest_lo] <= last:
-            return
-    ru = 0
-    while ru < P and up_first[up_ord[ru]] <= last:
-        ru += 1
-    rl = 0
-    while rl < S and lo_first[lo_ord[rl]] <= last:
-        rl += 1
-    while pos <= last and ru < P and rl < S:
-        upper = up_lv[up_ord[ru]]
-        lower = lo_lv[lo_ord[rl]]
-        j = grid_search(pos, last, high, low, upper, lower, search, direct, tab_hi, tab_lo, base,
-                        levels, hi1, lo1, hi2, lo2)
-        if j > last:
-            break
-        hj = high[j]
-        while ru < P and hj >= up_lv[up_ord[ru]]:
-            up_first[up_ord[ru]] = j
-            ru += 1
-        lj = low[j]
-        while rl < S and lj <= lo_lv[lo_ord[rl]]:
-            lo_first[lo_ord[rl]] = j
-            rl += 1
-        pos = j + 1
+    Per row: the vertical exit of each horizon (scratch ``v_*``, one element
+    a horizon), the levels, then the first touch of every level
+    (``up_first``, ``lo_first``; past the window: ``t + hmax + 1``) from one
+    walk, and every (pt, sl) pair read off them.  The walk goes bar by bar
+    for ``direct`` bars, then by ``grid_search``; it stops once every upper
+    or every lower level is touched (the widest one is), since each pair
+    then has its exit.  ``up_ord`` lists the upper levels from the lowest,
+    ``lo_ord`` the lower ones from the highest.
 
-
-@jitable
-def grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
-             up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, tie_label, vertical, min_ret,
-             search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2,
-             label, exit_bars, exit_ret, flags):
-    """Every combination of row t, at flat positions t*G .. t*G + G - 1 of
-    the outputs (pts outer, sls, horizons inner); each element what the
-    triple barrier with that (pt, sl, horizon) writes for row t.
-
-    The exit of a (pt, sl) pair is decided once for all horizons, and the
-    vertical exit of a horizon once for all pairs (``v_lab``, ``v_ret``:
-    scratch of one element per horizon, NaN return for an incomplete one),
-    with the single label's arithmetic, so each element is its value."""
+    A block of rows a call, and indices as unsigned integers, because on the
+    CPU each call with arrays and each signed index costs: a call a row
+    (reference counts of ~30 arrays) took 3/4 of the kernel's time, and the
+    sign checks a quarter of the rest."""
     P = pts.shape[0]
     S = sls.shape[0]
     NH = horizons.shape[0]
-    q = t * (P * S * NH)
-    sig = sigma[t]
-    if not (sig > 0.0):
-        for g in range(q, q + P * S * NH):
-            label[g] = 0
-            exit_bars[g] = 0
-            exit_ret[g] = math.nan
-            flags[g] = FLAG_NO_VOL
-        return
-    c0 = close[t]
+    G = P * S * NH
     hmax = 0
     for m in range(NH):
-        h = horizons[m]
-        hmax = max(hmax, h)
-        lab, ret, complete = tb_vertical_at(t, n, h, close, vertical, min_ret)
-        v_lab[m] = lab
-        v_ret[m] = ret
-    for i in range(P):
-        up_lv[i] = upper_level(c0, sig, pts[i])
-    for k in range(S):
-        lo_lv[k] = lower_level(c0, sig, sls[k])
-    last = min(t + hmax, n - 1)
-    grid_first_touches(t, last, high, low, up_lv, lo_lv, up_ord, lo_ord, up_first, lo_first,
-                       search, direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2)
-    for i in range(P):
+        hmax = max(hmax, horizons[m])
+    for t in range(s, e):
+        q = uint64(t * G)
+        sig = sigma[t]
+        if not (sig > 0.0):
+            for _ in range(G):
+                label[q] = 0
+                exit_bars[q] = 0
+                exit_ret[q] = math.nan
+                flags[q] = FLAG_NO_VOL
+                q += uint64(1)
+            continue
+        c0 = close[t]
+        for m in range(NH):
+            h = horizons[m]
+            complete = t + h <= n - 1
+            lab, ret = grid_vertical(c0, close[uint64(min(t + h, n - 1))], complete, vertical,
+                                     min_ret)
+            v_lab[m] = lab
+            v_ret[m] = ret
+            v_bars[m] = h if complete else 0
+            v_flag[m] = 0 if complete else FLAG_INCOMPLETE
+        never = t + hmax + 1
+        for i in range(P):
+            up_lv[i] = upper_level(c0, sig, pts[i])
+            up_first[i] = never
         for k in range(S):
-            j = min(up_first[i], lo_first[k])
-            e_lab = 0
-            e_ret = math.nan
-            e_flag = 0
-            if j <= last:
-                e_lab, price, e_flag = tb_exit_at(open_[j], high[j], low[j], close[j], up_lv[i],
-                                                  lo_lv[k], tie_label)
-                e_ret = price / c0 - 1.0
-            bars = j - t
-            for m in range(NH):
-                # Selects: whether the exit lies within a horizon is data-dependent.
-                h = horizons[m]
-                exits = (j <= last) & (bars <= h)
-                vr = v_ret[m]
-                done = vr == vr
-                label[q] = e_lab if exits else v_lab[m]
-                exit_bars[q] = bars if exits else (h if done else 0)
-                exit_ret[q] = e_ret if exits else vr
-                flags[q] = e_flag if exits else (0 if done else FLAG_INCOMPLETE)
-                q += 1
+            lo_lv[k] = lower_level(c0, sig, sls[k])
+            lo_first[k] = never
+        last = min(t + hmax, n - 1)
+        # The walk: ru / rl count the upper / lower levels touched so far.
+        ru = 0
+        rl = 0
+        next_up = up_lv[up_ord[0]]
+        next_lo = lo_lv[lo_ord[0]]
+        near = min(t + direct, last)
+        j = t + 1
+        while j <= near:
+            hj = high[uint64(j)]
+            lj = low[uint64(j)]
+            if hj >= next_up or lj <= next_lo:
+                while ru < P and hj >= up_lv[up_ord[ru]]:
+                    up_first[up_ord[ru]] = j
+                    ru += 1
+                while rl < S and lj <= lo_lv[lo_ord[rl]]:
+                    lo_first[lo_ord[rl]] = j
+                    rl += 1
+                if ru == P or rl == S:
+                    break
+                next_up = up_lv[up_ord[ru]]
+                next_lo = lo_lv[lo_ord[rl]]
+            j += 1
+        if j > near:
+            while j <= last and ru < P and rl < S:
+                j = grid_search(j, last, high, low, up_lv[up_ord[ru]], lo_lv[lo_ord[rl]], search,
+                                direct, tab_hi, tab_lo, base, levels, hi1, lo1, hi2, lo2)
+                if j > last:
+                    break
+                hj = high[uint64(j)]
+                while ru < P and hj >= up_lv[up_ord[ru]]:
+                    up_first[up_ord[ru]] = j
+                    ru += 1
+                lj = low[uint64(j)]
+                while rl < S and lj <= lo_lv[lo_ord[rl]]:
+                    lo_first[lo_ord[rl]] = j
+                    rl += 1
+                j += 1
+        for i in range(P):
+            for k in range(S):
+                j = min(up_first[i], lo_first[k])
+                e_lab = 0
+                e_ret = math.nan
+                e_flag = 0
+                bars = j - t  # > every horizon when neither level was touched
+                if j <= last:
+                    ju = uint64(j)
+                    e_lab, price, e_flag = tb_exit_at(open_[ju], high[ju], low[ju], close[ju],
+                                                      up_lv[i], lo_lv[k], tie_label)
+                    e_ret = price / c0 - 1.0
+                for m in range(NH):
+                    # Selects: whether the exit lies within a horizon is data-dependent.
+                    exits = bars <= horizons[m]
+                    label[q] = e_lab if exits else v_lab[m]
+                    exit_bars[q] = bars if exits else v_bars[m]
+                    exit_ret[q] = e_ret if exits else v_ret[m]
+                    flags[q] = e_flag if exits else v_flag[m]
+                    q += uint64(1)
 
 
 # --------------------------------------------------------------------------

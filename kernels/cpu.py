@@ -23,10 +23,10 @@ ROW_BLOCK = 4096
 # Barriers near the price (the usual 1-2 sigma) are nearly always touched
 # within these; far ones go on to a scan or the O(log H) table search.
 DIRECT_SCAN_BARS = 8
-# barrier_grid folds up to this many bars of a row's window into its first
-# touches without branches before it searches (measured: 0.72 -> 0.51 s a
-# million rows of a 3x3x3 grid, one thread, against searching after 8).
-GRID_FOLD_MAX = 64
+# barrier_grid walks up to this many bars of a row's window one by one
+# before it searches (a 3x3x3 grid's widest levels, 2 sigmas, are nearly
+# always touched within them).
+GRID_WALK_BARS = 64
 
 _opts = dict(cache=True, nogil=True)
 
@@ -325,7 +325,7 @@ def _barrier_grid(open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo
                   vertical, min_ret, label, exit_bars, exit_ret, flags):
     n = close.shape[0]
     hmax = horizons.max()
-    direct = min(hmax, GRID_FOLD_MAX)
+    direct = min(hmax, GRID_WALK_BARS)
     deep = hmax - direct
     levels = 0
     while (2 << levels) <= deep:
@@ -339,22 +339,18 @@ def _barrier_grid(open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo
     for bi in prange(nblocks):
         s = bi * ROW_BLOCK
         e = min(n, s + ROW_BLOCK)
-        up_lv = np.empty(pts.shape[0], np.float64)
-        lo_lv = np.empty(sls.shape[0], np.float64)
-        up_first = np.empty(pts.shape[0], np.int64)
-        lo_first = np.empty(sls.shape[0], np.int64)
-        v_lab = np.empty(horizons.shape[0], np.int64)
-        v_ret = np.empty(horizons.shape[0], np.float64)
+        nh = horizons.shape[0]
         base = s + 1
         stop = min(e - 1 + hmax, n - 1) + 1
         tab_hi, tab_lo = _window_tables(high, low, base, stop, levels,
                                         search == core.SEARCH_TABLE and stop > base)
-        for t in range(s, e):
-            core.grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
-                          up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, tie_label, vertical,
-                          min_ret, search, direct, tab_hi, tab_lo, base, levels, none, none, none,
-                          none,
-                          label, exit_bars, exit_ret, flags)
+        core.grid_rows(s, e, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
+                       np.empty(pts.shape[0], np.float64), np.empty(sls.shape[0], np.float64),
+                       np.empty(pts.shape[0], np.int64), np.empty(sls.shape[0], np.int64),
+                       np.empty(nh, np.int8), np.empty(nh, np.float64), np.empty(nh, np.int32),
+                       np.empty(nh, np.uint8), tie_label, vertical, min_ret, search, direct,
+                       tab_hi, tab_lo, base, levels, none, none, none, none,
+                       label, exit_bars, exit_ret, flags)
 
 
 def vol_scaled_return(close, sigma, horizons, empty=np.empty):

@@ -370,21 +370,20 @@ def _grid_kernel(open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_
     lo_lv_buf = cuda.local.array(GRID_LEVELS, np.float64)
     up_first_buf = cuda.local.array(GRID_LEVELS, np.int64)
     lo_first_buf = cuda.local.array(GRID_LEVELS, np.int64)
-    v_lab_buf = cuda.local.array(GRID_LEVELS, np.int64)
+    v_lab_buf = cuda.local.array(GRID_LEVELS, np.int8)
     v_ret_buf = cuda.local.array(GRID_LEVELS, np.float64)
-    up_lv = up_lv_buf[:pts.shape[0]]
-    lo_lv = lo_lv_buf[:sls.shape[0]]
-    up_first = up_first_buf[:pts.shape[0]]
-    lo_first = lo_first_buf[:sls.shape[0]]
-    v_lab = v_lab_buf[:horizons.shape[0]]
-    v_ret = v_ret_buf[:horizons.shape[0]]
+    v_bars_buf = cuda.local.array(GRID_LEVELS, np.int32)
+    v_flag_buf = cuda.local.array(GRID_LEVELS, np.uint8)
+    nh = horizons.shape[0]
     n = close.shape[0]
     start, step = cuda.grid(1), cuda.gridsize(1)
     for t in range(start, n, step):
-        core.grid_row(t, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord, lo_ord,
-                      up_lv, lo_lv, up_first, lo_first, v_lab, v_ret, tie_label, vertical,
-                      min_ret, core.SEARCH_BLOCKS, direct, no_table, no_table, 0, 0, hi1, lo1, hi2, lo2,
-                      label, exit_bars, exit_ret, flags)
+        core.grid_rows(t, t + 1, n, open_, high, low, close, sigma, pts, sls, horizons, up_ord,
+                       lo_ord, up_lv_buf[:pts.shape[0]], lo_lv_buf[:sls.shape[0]],
+                       up_first_buf[:pts.shape[0]], lo_first_buf[:sls.shape[0]], v_lab_buf[:nh],
+                       v_ret_buf[:nh], v_bars_buf[:nh], v_flag_buf[:nh], tie_label, vertical,
+                       min_ret, core.SEARCH_BLOCKS, direct, no_table, no_table, 0, 0, hi1, lo1,
+                       hi2, lo2, label, exit_bars, exit_ret, flags)
 
 
 def barrier_grid(open_, high, low, close, sigma, pts, sls, horizons, tie_label, vertical, min_ret):

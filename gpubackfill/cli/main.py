@@ -163,12 +163,15 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
               help="A parameter the job used, e.g. enhanced_triple_barrier.horizon=48.")
 @click.option("--set", "set_id", default=None, help="A label set id (see `gpubackfill sets`).")
 @click.option("--with-candles", is_flag=True, help="Add open, high, low, close, volume after ts.")
+@click.option("--with-t1", is_flag=True,
+              help="Add t1 after ts: each row's event end, the time of its exit bar "
+                   "(needs enhanced_triple_barrier; NULL where tb_exit_bars is).")
 @click.option("--start-date", default=None)
 @click.option("--end-date", default=None)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .parquet or .csv")
 @click.pass_context
-def export(ctx, instrument, granularity, labels, params, set_id, with_candles, start_date,
+def export(ctx, instrument, granularity, labels, params, set_id, with_candles, with_t1, start_date,
            end_date, output) -> None:
     """Write a computed label set (ts first) to Parquet or CSV for training.
 
@@ -186,7 +189,7 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, s
         raise InvalidInput(f"{output} is a folder")
     rows, cols, chosen = _store_service(ctx).export_file(
         output, list(instrument), list(granularity), _labels(labels), _params(params), start_date, end_date,
-        set_id, with_candles)
+        set_id, with_candles, with_t1=with_t1)
     click.echo(f"wrote {rows:,} rows x {cols} columns of label set {chosen} to {output}")
 
 

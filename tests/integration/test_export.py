@@ -108,6 +108,56 @@ def test_with_candles_puts_ohlcv_after_ts(cli, computed, tmp_path):
         np.testing.assert_array_equal(t.column(c).to_numpy(), candles.column(c).to_numpy()[idx])
 
 
+def test_with_t1_each_row_ends_at_its_exit_bar_as_event_end_says(cli, computed, tmp_path,
+                                                                 monkeypatch):
+    """t1 is ``event_end`` over the series' own candles: exits reach past
+    their batch (97 rows) and past the exported range, across weekends."""
+    from gpubackfill import event_end
+    from gpubackfill import export as export_mod
+
+    candles, _ = computed
+    monkeypatch.setattr(export_mod, "BATCH_ROWS", 97)
+    r, whole = export(cli, tmp_path, *H48, name="whole.parquet")
+    assert r.exit_code == 0, r.output
+    labels = pq.read_table(whole)
+    assert labels.column("ts").cast(pa.int64()).to_numpy().tolist() == candles.column("ts").to_pylist()
+    want = event_end(candles.column("ts"), labels.column("tb_exit_bars"))  # the whole series
+    r, out = export(cli, tmp_path, *H48, "--with-t1", name="whole_t1.parquet")
+    assert r.exit_code == 0, r.output
+    got = pq.read_table(out).column("t1").cast(pa.int64())
+    assert got.equals(want) and 0 < got.null_count < len(got)  # NULL where tb_exit_bars is
+    r, out = export(cli, tmp_path, *H48, "--with-t1", "--start-date", "2024-01-05",
+                    "--end-date", "2024-01-12")
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(out)
+    assert t.column_names[:3] == ["ts", "t1", "tb_label"]
+    assert t.schema.field("t1").type == pa.timestamp("ms", tz="UTC")
+    ts = t.column("ts").cast(pa.int64()).to_numpy()
+    rows = np.searchsorted(candles.column("ts").to_numpy(), ts)
+    got = t.column("t1").cast(pa.int64())
+    assert got.equals(want.take(pa.array(rows)))
+    end_ms = pd.Timestamp("2024-01-13", tz="UTC").value // 10**6
+    assert pa.compute.max(got).as_py() >= end_ms  # an exit after the range
+    gaps = got.to_numpy(zero_copy_only=False) - ts
+    assert np.nanmax(gaps) > 48 * 15 * 60_000  # an exit across a weekend
+    assert json.loads(pq.read_schema(out).metadata[b"gpubackfill"])["with_t1"] is True
+    r, out = export(cli, tmp_path, *H48, "--with-t1", "--start-date", "2024-01-05",
+                    "--end-date", "2024-01-12", name="labels.csv")
+    assert r.exit_code == 0, r.output
+    csv = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(csv.columns[:2]) == ["ts", "t1"]
+    text = pd.to_datetime(t.column("t1").to_pandas()).dt.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert csv["t1"].tolist() == text.fillna("").tolist()
+
+
+def test_with_t1_needs_the_triple_barrier_in_the_exported_labels(cli, computed, tmp_path):
+    _, s = computed
+    r, out = export(cli, tmp_path, "--set", s["label_set"], "--labels", "mfe_mae", "--with-t1")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith("error: ")
+    assert "--with-t1 needs tb_exit_bars (enhanced_triple_barrier)" in r.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_range_names_the_range_there_is(cli, computed, tmp_path):
     r, out = export(cli, tmp_path, "--start-date", "2023-01-01", "--end-date", "2023-02-01")
     assert r.exit_code == 2 and "they cover 2024-01-01T00:00:00.000Z to 2024-01-19T21:45:00.000Z" in r.output
@@ -354,6 +404,29 @@ def test_several_series_export_as_one_long_panel(cli, panel, service, tmp_path):
     r = cli("export", "--instrument", "EURUSD,USDJPY", "--granularity", "M15", "-o", str(out))
     assert r.exit_code == 2 and "EURUSD M15 and USDJPY M15 hold different labels" in r.output
     assert not out.exists()
+
+
+def test_a_panel_with_t1_ends_each_row_within_its_own_series(cli, service, tmp_path):
+    from gpubackfill import event_end
+
+    candles = {}
+    for inst in ("EURUSD", "GBPUSD"):
+        candles[inst] = generate(inst, "M15", START, "2024-01-06")
+        service.ingest_table(SeriesKey(inst, "M15"), candles[inst])
+    service.start(["EURUSD", "GBPUSD"], "M15", START, "2024-01-06", ["enhanced_triple_barrier"],
+                  {"enhanced_triple_barrier": {"horizon": 12, "vol_span": 20}}, chunk_size=200,
+                  workers=1)
+    out = tmp_path / "panel.parquet"
+    r = cli("export", "--instrument", "EURUSD,GBPUSD", "--granularity", "M15", "--with-t1",
+            "-o", str(out))
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(out)
+    assert t.column_names[:4] == ["instrument", "granularity", "ts", "t1"]
+    for inst, c in candles.items():
+        mine = t.filter(pa.compute.equal(t.column("instrument"), inst))
+        assert mine.column("ts").cast(pa.int64()).to_pylist() == c.column("ts").to_pylist()
+        want = event_end(c.column("ts"), mine.column("tb_exit_bars"))
+        assert mine.column("t1").cast(pa.int64()).equals(want)
 
 
 def test_a_panel_streams_batch_by_batch_and_never_mixes_label_sets(panel, service, tmp_path):

@@ -123,3 +123,50 @@ def test_pooled_arrays_are_what_numba_already_compiled_for():
     assert out.shape == (3, 5) and out.dtype == np.int32
     assert out.flags.writeable and out.flags.c_contiguous and out.ctypes.data % 64 == 0
     assert allocator.empty(0, np.float64).shape == (0,)
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_large_blocks_are_handed_out_again_without_faulting_them_in():
+    """Under keep_freed_memory(), a freed block of REUSE_MIN_BYTES or more
+    serves the next request of its size from pages already in place, even
+    after smaller blocks were taken meanwhile (Arrow's pool carves those out
+    of the freed block, so the next large one came from fresh pages)."""
+    assert allocator.keep_freed_memory()
+    count = 2 * allocator.REUSE_MIN_BYTES // 8
+    first = allocator.empty(count, np.float64)
+    first.fill(1.0)
+    address = first.ctypes.data
+    del first
+    gc.collect()
+    smaller = [allocator.empty((8 << 20) // 8, np.float64) for _ in range(12)]
+    for s in smaller:
+        s.fill(3.0)
+    before = _minor_faults()
+    again = allocator.empty(count, np.float64)
+    again.fill(2.0)
+    assert _minor_faults() - before == 0
+    assert again.ctypes.data == address
+
+
+def test_a_large_block_in_use_is_never_handed_out_twice():
+    assert allocator.keep_freed_memory()
+    count = allocator.REUSE_MIN_BYTES // 8
+    held = allocator.empty(count, np.float64)
+    held.fill(1.0)
+    column = pa.Array.from_buffers(pa.float64(), count, [None, pa.py_buffer(held)])
+    del held
+    gc.collect()  # the Arrow array alone keeps the block
+    other = allocator.empty(count, np.float64)
+    other.fill(2.0)
+    assert column.to_numpy()[[0, -1]].tolist() == [1.0, 1.0]
+    assert other.flags.writeable and other.flags.c_contiguous and other.ctypes.data % 64 == 0
+    kept_before = allocator._blocks.kept_bytes()
+    del column, other
+    gc.collect()
+    # Both blocks were in use at once, so both may be kept, and no more.
+    assert allocator._blocks.kept_bytes() - kept_before <= 2 * count * 8

@@ -236,6 +236,24 @@ def test_barrier_grid_against_the_oracle(c, p):
                 assert_exact(f"{name}[{k}]", gv, wv, skip=near)
 
 
+@pytest.mark.parametrize("horizons", [[66, 3], [70, 400, 12]])
+def test_grid_windows_past_the_walk_equal_the_single_runs(horizons):
+    """Windows longer than the bars walked one by one (kernels.cpu.GRID_WALK_BARS)
+    go on by a search: a scan when the rest is short ([66, 3]), the tables
+    of run extremes when it is long; far levels keep rows searching."""
+    c = random_walk(3_000, seed=11, vol=2e-3)
+    p = {"pts": [6.0, 1.0, 12.0], "sls": [9.0, 0.5], "horizons": horizons, "vol_span": 10}
+    g = len(p["pts"]) * len(p["sls"]) * len(horizons)
+    out = compute_labels(pd.DataFrame(c), GRID, {GRID: p}, output="arrow")
+    got = {name: grid_column(out, name, g) for name in GRID_COLUMNS}
+    assert np.nanmax(got["grid_exit_bars"]) > 64
+    for k, (pt, sl, hz) in enumerate(oracle_grid.combinations(p["pts"], p["sls"], horizons)):
+        tb = compute_labels(pd.DataFrame(c), TB, {TB: {"pt": pt, "sl": sl, "horizon": hz,
+                                                       "vol_span": 10}}, output="arrow")
+        for name, single in GRID_COLUMNS.items():
+            assert_exact(f"{name}[{k}]", got[name][:, k], column(tb, single).astype(float))
+
+
 def test_grid_order_is_pts_then_sls_then_horizons_as_given():
     c = random_walk(400, seed=2, vol=2e-3)
     p = {"pts": [2.0, 0.5], "sls": [1.0, 3.0, 0.5], "horizons": [30, 5], "vol_span": 10}
