@@ -7,6 +7,7 @@ import json
 import re
 
 import httpx
+import oracle
 import pytest
 from browser_fixtures import Serve, chromium, shots  # noqa: F401 (fixtures)
 from conftest import make_settings
@@ -236,3 +237,50 @@ def test_hostile_text_is_shown_as_text(page, service):
     assert repr(HOSTILE) in page.text_content("#msg")
     assert page.dialogs == []                                   # no alert(1) ran
     assert page.evaluate("document.querySelectorAll('main script').length") == 0
+
+
+def test_the_chart_draws_the_barrier_levels_of_a_bar(page, service, shots):
+    """Click a bar: its upper and lower barrier and its vertical one, as
+    close * (1 +- pt * sigma) with sigma from the candles (the oracle over
+    the whole series), and every bar's with the box ticked; the exits stay
+    the stored ones."""
+    job = finished_job(service)
+    inst, frm, to = GOOD[0], "2024-01-10", "2024-01-11"
+    full = generate(inst, "M5", START, END)   # what the service fixture ingested
+    ts, close = full.column("ts").to_numpy(), full.column("close").to_numpy()
+    sig = oracle.sigma(close)                 # the defaults of the job's set: ewm, span 100
+    at = {int(t): k for k, t in enumerate(ts)}
+
+    def expected(t):
+        k = at[t]
+        return close[k] * (1 + sig[k]), close[k] * (1 - sig[k]), int(ts[k + 24])   # pt = sl = 1, horizon 24
+
+    page.goto(f"/ui/series/{inst}/M5?set={job.label_set}&from={frm}&to={to}")
+    page.wait_for_selector("#chart svg")
+    assert page.locator("#chart g.levels").count() == 0      # none until a bar is chosen
+    stored = service.export(inst, "M5", set_id=job.label_set, start=frm, end=to).to_pydict()
+    chosen = stored["ts"][100]
+    box = page.locator(f"#chart rect.candle[data-ts='{chosen}']").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#chart g.levels.picked")
+    drawn = page.evaluate("""[...document.querySelectorAll('#chart g.levels')].map(
+        g => [g.dataset.ts, g.dataset.upper, g.dataset.lower, g.dataset.vertical].map(Number))""")
+    assert len(drawn) == 1 and drawn[0][0] == chosen
+    up, down, vertical = expected(chosen)
+    assert drawn[0][1:3] == pytest.approx([up, down], rel=1e-12) and drawn[0][3] == vertical
+    assert float(page.get_attribute("#chart g.levels", "data-sigma")) == pytest.approx(sig[at[chosen]], rel=1e-9)
+    assert "vertical barrier" in page.text_content("#picked")
+    shots(page, "console-chart-levels")
+
+    page.check("#all-levels")
+    page.wait_for_function("n => document.querySelectorAll('#chart g.levels').length === n",
+                           arg=len(stored["ts"]))
+    drawn = page.evaluate("""[...document.querySelectorAll('#chart g.levels')].map(
+        g => [g.dataset.ts, g.dataset.upper, g.dataset.lower, g.dataset.vertical].map(Number))""")
+    for t, u, lw, v in drawn:
+        eu, el, ev = expected(int(t))
+        assert (u, lw, v) == (pytest.approx(eu, rel=1e-12), pytest.approx(el, rel=1e-12), ev)
+    marks = page.evaluate("""[...document.querySelectorAll('#chart g.exit')].map(
+        g => [g.dataset.ts, g.dataset.label, g.dataset.exitBars].map(Number))""")
+    assert sorted(marks) == sorted([t, lab, bars] for t, lab, bars in
+                                   zip(stored["ts"], stored["tb_label"], stored["tb_exit_bars"]) if lab is not None)
