@@ -117,6 +117,14 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
     assert job.label_set == spec.label_set
 
     before = page.text_content("#candles")
+    # Every re-render of the live part, as the page saw it: the charts'
+    # last values and whether the job was final then.
+    page.evaluate("""() => { window.seen = [];
+        const snap = () => { const live = document.querySelector('#live .live');
+            const tp = document.querySelector('#throughput-chart'), eta = document.querySelector('#eta-chart');
+            if (live) window.seen.push([live.dataset.final, tp && tp.dataset.samples, tp && tp.dataset.last,
+                                        eta && eta.dataset.last]); };
+        new MutationObserver(snap).observe(document.getElementById('live'), {childList: true}); }""")
     page.click("button[data-post$='/resume']")
     page.wait_for_selector("#msg:has-text('running')")
     assert len([d for d in page.dialogs if d[0] == "prompt"]) == 1  # kept for the tab
@@ -127,6 +135,15 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
     page.wait_for_selector("#live .live[data-final='1']", timeout=WAIT_MS)
     job = service.job_view(job_id)
     assert job.status == "completed_with_errors"
+    # The throughput and ETA charts moved while the job ran, and stopped
+    # with it: the last ETA is none left.
+    running = {tuple(s[1:]) for s in page.evaluate("window.seen") if s[0] == "0" and s[1]}
+    assert len(running) >= 2, running
+    assert float(page.get_attribute("#eta-chart", "data-last")) == 0.0
+    assert int(page.get_attribute("#throughput-chart", "data-candles")) == job.candles_done
+    polls = len(page.evaluate("window.seen"))
+    page.wait_for_timeout(2_000)   # more than a poll's 1.5 s: a final job is not polled
+    assert len(page.evaluate("window.seen")) == polls
     states = {c.get_attribute("data-series"): c.get_attribute("data-state")
               for c in page.query_selector_all("td.cell[data-series]")}
     assert states == {f"{s.instrument} {s.granularity}": s.status for s in job.series}

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...errors import GpubackfillError, InvalidInput, JobNotFound
 from ...jobs.machine import FINAL_JOB_STATES, JOB_STATES
 from ..requests import JobRequest
-from . import chart
+from . import chart, history
 
 if TYPE_CHECKING:
     from ...service import BackfillService
@@ -91,23 +91,6 @@ def _grid(job) -> dict[str, Any]:
     return {"instruments": insts, "granularities": grans, "cells": cells}
 
 
-def _throughput_svg(samples: list[tuple[int, float, int]], width: int = 480, height: int = 120
-                    ) -> dict[str, Any] | None:
-    """Candles done over the job's life, from its chunks' finishing times."""
-    if len(samples) < 2:
-        return None
-    samples = sorted(samples)
-    t0, t1 = samples[0][0], samples[-1][0]
-    total, points, acc = sum(n for _, _, n in samples), [], 0
-    for t, _, n in samples:
-        acc += n
-        x = (t - t0) / max(t1 - t0, 1) * width
-        points.append(f"{x:.1f},{height - acc / max(total, 1) * height:.1f}")
-    rate = total / max((t1 - t0) / 60_000, 1e-9)
-    return {"points": " ".join(points), "width": width, "height": height, "candles": total,
-            "seconds": (t1 - t0) / 1000, "rate": rate}
-
-
 def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None]) -> None:
     """Add the console's routes and static files to the API's app."""
     env = environment()
@@ -122,12 +105,15 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
         return page("error.html", http_status=code, code=code, message=str(exc))
 
     def job_context(job_id: str) -> dict[str, Any]:
+        samples = service.telemetry.samples(job_id)   # before the counters, as job_status reads them
         job = service.job_view(job_id)
-        c = job.chunks
+        c, final = job.chunks, job.status in FINAL_JOB_STATES
         return {"job": job, "parts": bar_parts(c.done, c.leased, c.failed, job.chunks_total),
-                "grid": _grid(job), "final": job.status in FINAL_JOB_STATES,
+                "grid": _grid(job), "final": final,
                 "events": list(reversed(service.state.events(job_id, EVENTS_SHOWN))),
-                "throughput": _throughput_svg(service.telemetry.samples(job_id)),
+                # A final job has nothing left: the failed chunks' candles will not run.
+                "history": history.charts(samples, 0 if final else job.candles_total - job.candles_done,
+                                          job.workers, None if final else int(time.time() * 1000)),
                 "stage_total": sum(v for k, v in job.stages.items() if k != "total") or 1.0}
 
     @router.get("/")
