@@ -301,3 +301,56 @@ def test_the_chart_draws_the_barrier_levels_of_a_bar(page, service, shots):
         g => [g.dataset.ts, g.dataset.label, g.dataset.exitBars].map(Number))""")
     assert sorted(marks) == sorted([t, lab, bars] for t, lab, bars in
                                    zip(stored["ts"], stored["tb_label"], stored["tb_exit_bars"]) if lab is not None)
+
+
+def test_dead_letters_purged_and_retried_from_the_page(page, service):
+    """The DLQ page's buttons: refused without the token (the API's 401,
+    nothing changed), then purge forgets an entry and retry re-queues its
+    chunk."""
+    job = finished_job(service)
+    entries = service.dead_letters(job.job_id)
+    assert len(entries) >= 2
+    purged, retried = entries[0], entries[1]
+    page.goto(f"/ui/dlq?job={job.job_id}")
+    for action in ("purge", "retry"):   # the prompt is dismissed: no token
+        page.click(f"tr[data-entry='{purged['id']}'] button[data-post='/ui/api/dlq/{action}']")
+        page.wait_for_selector("#msg.bad")
+        assert page.text_content("#msg") == "401: a valid bearer token is required"
+        page.evaluate("document.getElementById('msg').className = ''")
+    assert service.dead_letters(job.job_id) == entries
+
+    page.token = TOKEN
+    page.click(f"tr[data-entry='{purged['id']}'] button[data-post='/ui/api/dlq/purge']")
+    page.wait_for_selector("#msg:has-text('1 entry purged')")
+    left = service.dead_letters(job.job_id)
+    assert [e["id"] for e in left] == [e["id"] for e in entries[1:]]
+    assert service.state.chunk_states(job.job_id)[purged["chunk"]] == "failed"   # purged, not retried
+
+    page.click(f"tr[data-entry='{retried['id']}'] button[data-post='/ui/api/dlq/retry']")
+    page.wait_for_selector("#msg:has-text('re-queued')")
+    assert retried["id"] not in [e["id"] for e in service.dead_letters(job.job_id)]
+    assert service.state.chunk_states(job.job_id)[retried["chunk"]] == "pending"
+
+
+def test_update_from_the_series_page(page, service):
+    """The series page's update button queues an update job over the
+    candles a computed series gained; the job shows in the jobs list."""
+    inst = GOOD[1]
+    service.ingest_table(SeriesKey(inst, "M5"), generate(inst, "M5", END, "2024-02-02"))
+    button = f"tr[data-series='{inst} M5'] button[data-post='/ui/api/update']"
+    page.goto("/ui/series")
+    page.click(button)   # the prompt is dismissed: no token
+    page.wait_for_selector("#msg.bad")
+    assert page.text_content("#msg") == "401: a valid bearer token is required"
+    assert [j for j in service.job_views() if j.kind == "update"] == []
+
+    page.token = TOKEN
+    page.click(button)
+    page.wait_for_selector("#msg:has-text('queued')")
+    (update,) = [j for j in service.job_views() if j.kind == "update"]
+    assert page.text_content("#msg").startswith(f"job {update.job_id} queued")
+    assert update.series[0].instrument == inst and update.chunks_total > 0
+    page.goto(f"/ui/jobs/{update.job_id}")
+    wait_status(service, update.job_id, "completed", page)   # the scheduler ran it
+    page.goto("/ui/")
+    assert "update" in page.inner_text(f"tr[data-job='{update.job_id}']")
