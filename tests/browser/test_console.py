@@ -24,6 +24,7 @@ GOOD, BAD = ("EURUSD", "GBPUSD"), "USDJPY"
 START, END = "2024-01-01", "2024-01-31"
 HOSTILE = "<script>alert(1)</script>\"'&amp;"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BAD_ROW: dict = {}   # the candle the service fixture breaks: its ts and true high
 WAIT_MS = 120_000   # a job's run on a loaded two-core host; the test's own limit is the real bound
 
 
@@ -36,6 +37,7 @@ def service(chdb_home, redis_socket):
     # ingest's validation as a broken feed would: its chunk dead-letters.
     bad = generate(BAD, "M5", START, END)
     mid = int(bad.column("ts")[bad.num_rows // 2].as_py())
+    BAD_ROW.update(ts=mid, high=float(bad.column("high")[bad.num_rows // 2].as_py()))
     svc.store.command(
         f"ALTER TABLE {svc.store.db}.candles UPDATE high = low - 1 WHERE instrument = '{BAD}' "
         f"AND toUnixTimestamp64Milli(ts) = {mid} SETTINGS mutations_sync = 1")
@@ -305,8 +307,8 @@ def test_the_chart_draws_the_barrier_levels_of_a_bar(page, service, shots):
 
 def test_dead_letters_purged_and_retried_from_the_page(page, service):
     """The DLQ page's buttons: refused without the token (the API's 401,
-    nothing changed), then purge forgets an entry and retry re-queues its
-    chunk."""
+    nothing changed); purge forgets an entry; after a fix, retry re-queues
+    its chunk and serve runs the job again, to its end."""
     job = finished_job(service)
     entries = service.dead_letters(job.job_id)
     assert len(entries) >= 2
@@ -325,11 +327,21 @@ def test_dead_letters_purged_and_retried_from_the_page(page, service):
     left = service.dead_letters(job.job_id)
     assert [e["id"] for e in left] == [e["id"] for e in entries[1:]]
     assert service.state.chunk_states(job.job_id)[purged["chunk"]] == "failed"   # purged, not retried
+    assert service.job_view(job.job_id).status == "completed_with_errors"
 
+    # The fix: the bad candle's high back to what the feed sent.
+    t = int(BAD_ROW["ts"])
+    service.store.command(
+        f"ALTER TABLE {service.store.db}.candles UPDATE high = {BAD_ROW['high']!r} WHERE instrument = '{BAD}' "
+        f"AND toUnixTimestamp64Milli(ts) = {t} SETTINGS mutations_sync = 1")
     page.click(f"tr[data-entry='{retried['id']}'] button[data-post='/ui/api/dlq/retry']")
-    page.wait_for_selector("#msg:has-text('re-queued')")
+    page.wait_for_selector(f"#msg:has-text('job {job.job_id}: 1 chunk(s) re-queued; serve runs the job again')")
     assert retried["id"] not in [e["id"] for e in service.dead_letters(job.job_id)]
-    assert service.state.chunk_states(job.job_id)[retried["chunk"]] == "pending"
+    page.goto(f"/ui/jobs/{job.job_id}")
+    wait_status(service, job.job_id, "completed", page)   # every failed chunk ran again, as execute does
+    assert service.dead_letters(job.job_id) == []
+    assert set(service.state.chunk_states(job.job_id).values()) == {"done"}
+    assert [e["event"] for e in service.state.events(job.job_id)].count("execute") == 2
 
 
 def test_update_from_the_series_page(page, service):

@@ -21,6 +21,7 @@ from . import chart, history
 
 if TYPE_CHECKING:
     from ...service import BackfillService
+    from ..scheduler import Scheduler
 
 HERE = os.path.dirname(__file__)
 STATIC_DIR = os.path.join(os.path.dirname(HERE), "static", "ui")
@@ -91,7 +92,8 @@ def _grid(job) -> dict[str, Any]:
     return {"instruments": insts, "granularities": grans, "cells": cells}
 
 
-def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None]) -> None:
+def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None],
+          scheduler: Scheduler | None = None) -> None:
     """Add the console's routes and static files to the API's app."""
     env = environment()
     router = APIRouter(include_in_schema=False)
@@ -107,7 +109,9 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
     def job_context(job_id: str) -> dict[str, Any]:
         samples = service.telemetry.samples(job_id)   # before the counters, as job_status reads them
         job = service.job_view(job_id)
-        c, final = job.chunks, job.status in FINAL_JOB_STATES
+        c = job.chunks
+        # Chunks re-queued (dead letters retried) wait for the job to run again: keep watching.
+        final = job.status in FINAL_JOB_STATES and not c.pending
         return {"job": job, "parts": bar_parts(c.done, c.leased, c.failed, job.chunks_total),
                 "grid": _grid(job), "final": final,
                 "events": list(reversed(service.state.events(job_id, EVENTS_SHOWN))),
@@ -221,8 +225,11 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
 
     @router.post("/ui/api/dlq/retry", dependencies=[Depends(authorised)])
     def dlq_retry(req: DeadLetterRequest) -> dict[str, Any]:
+        """Re-queue the chunks; a finished job is then run again by the
+        scheduler (``gpubackfill dlq retry`` runs it in the foreground)."""
         requeued = service.retry_dead_letters(dead_selection(req), req.job_id)
-        return {"requeued": requeued}
+        again = [j for j in requeued if scheduler is not None and scheduler.run_again(j)]
+        return {"requeued": requeued, "run_again": again}
 
     @router.post("/ui/api/dlq/purge", dependencies=[Depends(authorised)])
     def dlq_purge(req: DeadLetterRequest) -> dict[str, Any]:
