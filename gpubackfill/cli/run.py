@@ -47,8 +47,12 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
                       TextColumn("ETA"), TimeRemainingColumn(), console=console,
                       transient=False, disable=not sys.stderr.isatty()) as bar:
             task = bar.add_task(job_id, total=None, rate="", count="")
+            dashboards: set[str] = set()
 
             def progress(s: dict) -> None:
+                if s["dashboard"] and s["dashboard"] not in dashboards:
+                    dashboards.add(s["dashboard"])
+                    click.echo(f"dask dashboard: {s['dashboard']}")
                 bar.update(task, total=s["candles_total"], completed=s["candles_done"],
                            description=f"{job_id} {s['status']}",
                            count=f"{s['candles_done']:,}/{s['candles_total']:,}",

@@ -23,7 +23,7 @@ from kernels import flags as core
 from ..errors import InvalidInput
 from ..granularity import GRANULARITIES
 from .base import Column, Counter, FinerCandles, LabelSpec, Param, Series
-from .volatility import VOL_PARAMS, sigma_lookback
+from .volatility import VOL_PARAMS, compute_sigma, sigma_key, sigma_lookback
 
 _TIE = {"sl": core.TIE_SL, "tp": core.TIE_TP, "skip": core.TIE_SKIP}
 _VERTICAL = {"zero": core.VERTICAL_ZERO, "sign": core.VERTICAL_SIGN}
@@ -109,6 +109,22 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
         out["tb_uniqueness"] = (uniq, kernels.bitmap_not_nan(uniq))
         out["tb_attribution"] = (attr, kernels.bitmap_not_nan(attr))
     return out
+
+
+def levels(kernels: Any, close: np.ndarray, p: Mapping[str, Any]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each bar's sigma, and its upper and lower barrier price for a long position (no
+    sides), from the sigma and the bounds the kernel uses; NaN where sigma
+    is missing or 0 (the label is NULL there).  ``close`` starts
+    ``sigma_lookback(p)`` bars before the first bar wanted (or at the
+    series' start) for the same sigma as a chunk's."""
+    from kernels import core as kernel_core  # numba: only where levels are drawn
+
+    close = np.ascontiguousarray(close, dtype=np.float64)
+    sigma = np.asarray(kernels.to_host(compute_sigma(kernels, close, *sigma_key(p))), dtype=np.float64)
+    upper, lower = kernel_core.tb_side_bounds(close, sigma, p["pt"], p["sl"], 1)
+    missing = ~(sigma > 0.0)
+    return sigma, np.where(missing, np.nan, upper), np.where(missing, np.nan, lower)
 
 
 def bar_length(ts: np.ndarray) -> int:

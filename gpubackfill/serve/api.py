@@ -127,7 +127,7 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
 
     from .ui import mount as mount_console
 
-    mount_console(app, service, authorised)  # the web console (/ui/), actions behind the same token
+    mount_console(app, service, authorised, scheduler)  # the web console (/ui/), actions behind the same token
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

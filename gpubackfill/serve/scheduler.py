@@ -9,7 +9,8 @@ restarted service finds them again.  Each pass (every
    normal before low, oldest first within a priority, up to
    ``GPUBACKFILL_MAX_CONCURRENT_JOBS`` at once.  Jobs this scheduler (or a
    previous incarnation of it) started and that were left ``interrupted``
-   or ``running`` without a live driver are picked up again the same way;
+   or ``running`` without a live driver are picked up again the same way,
+   and so are finished jobs whose dead letters were retried (``run_again``);
 3. runs each picked job with ``BackfillService.execute`` in a thread of
    this process (the embedded chDB allows one process per data folder).
    ``execute`` takes the job's driver lock in Redis, so two service
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpubackfill.scheduler")
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+# Finished jobs that ``execute`` runs again (their failed chunks re-queued).
+RUN_AGAIN_STATES = ("completed_with_errors", "failed")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Scheduler:
         self._loop: threading.Thread | None = None
         self.last_error: str | None = None
         self.started_order: list[str] = []   # job ids in the order this scheduler started them
+        self._again: set[str] = set()        # finished jobs asked to run again (``run_again``)
 
     # -- one pass ------------------------------------------------------------
 
@@ -90,7 +94,10 @@ class Scheduler:
             status = job["status"]
             ours = job.get("scheduled") == "1"
             orphan = status in ("running", "interrupted") and ours and not self._driven(job_id)
-            if status == "queued" or orphan:
+            again = job_id in self._again and status in RUN_AGAIN_STATES
+            if job_id in self._again and not again:
+                self._again.discard(job_id)   # run meanwhile by someone else
+            if status == "queued" or orphan or again:
                 out.append(Candidate(job_id, job.get("priority", "normal"), int(job["created"])))
         return out
 
@@ -132,7 +139,18 @@ class Scheduler:
             self.alerter.check(self.service.metrics())
         return started
 
+    def run_again(self, job_id: str) -> bool:
+        """Run a finished job again, picked like a queued one at the next
+        pass: its dead letters were retried, and ``execute`` takes it from
+        completed_with_errors or failed back to running (as ``dlq retry``
+        does from the CLI).  False for a job in another state."""
+        if self.service.job_record(job_id)["status"] not in RUN_AGAIN_STATES:
+            return False
+        self._again.add(job_id)
+        return True
+
     def _launch(self, job_id: str) -> None:
+        self._again.discard(job_id)
         self.service.mark_scheduled(job_id)
         t = threading.Thread(target=self._run, args=(job_id,), name=f"job-{job_id}", daemon=True)
         self._threads[job_id] = t

@@ -7,6 +7,7 @@ import json
 import re
 
 import httpx
+import oracle
 import pytest
 from browser_fixtures import Serve, chromium, shots  # noqa: F401 (fixtures)
 from conftest import make_settings
@@ -23,6 +24,7 @@ GOOD, BAD = ("EURUSD", "GBPUSD"), "USDJPY"
 START, END = "2024-01-01", "2024-01-31"
 HOSTILE = "<script>alert(1)</script>\"'&amp;"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BAD_ROW: dict = {}   # the candle the service fixture breaks: its ts and true high
 WAIT_MS = 120_000   # a job's run on a loaded two-core host; the test's own limit is the real bound
 
 
@@ -35,6 +37,7 @@ def service(chdb_home, redis_socket):
     # ingest's validation as a broken feed would: its chunk dead-letters.
     bad = generate(BAD, "M5", START, END)
     mid = int(bad.column("ts")[bad.num_rows // 2].as_py())
+    BAD_ROW.update(ts=mid, high=float(bad.column("high")[bad.num_rows // 2].as_py()))
     svc.store.command(
         f"ALTER TABLE {svc.store.db}.candles UPDATE high = low - 1 WHERE instrument = '{BAD}' "
         f"AND toUnixTimestamp64Milli(ts) = {mid} SETTINGS mutations_sync = 1")
@@ -116,6 +119,14 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
     assert job.label_set == spec.label_set
 
     before = page.text_content("#candles")
+    # Every re-render of the live part, as the page saw it: the charts'
+    # last values and whether the job was final then.
+    page.evaluate("""() => { window.seen = [];
+        const snap = () => { const live = document.querySelector('#live .live');
+            const tp = document.querySelector('#throughput-chart'), eta = document.querySelector('#eta-chart');
+            if (live) window.seen.push([live.dataset.final, tp && tp.dataset.samples, tp && tp.dataset.last,
+                                        eta && eta.dataset.last]); };
+        new MutationObserver(snap).observe(document.getElementById('live'), {childList: true}); }""")
     page.click("button[data-post$='/resume']")
     page.wait_for_selector("#msg:has-text('running')")
     assert len([d for d in page.dialogs if d[0] == "prompt"]) == 1  # kept for the tab
@@ -126,6 +137,15 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
     page.wait_for_selector("#live .live[data-final='1']", timeout=WAIT_MS)
     job = service.job_view(job_id)
     assert job.status == "completed_with_errors"
+    # The throughput and ETA charts moved while the job ran, and stopped
+    # with it: the last ETA is none left.
+    running = {tuple(s[1:]) for s in page.evaluate("window.seen") if s[0] == "0" and s[1]}
+    assert len(running) >= 2, running
+    assert float(page.get_attribute("#eta-chart", "data-last")) == 0.0
+    assert int(page.get_attribute("#throughput-chart", "data-candles")) == job.candles_done
+    polls = len(page.evaluate("window.seen"))
+    page.wait_for_timeout(2_000)   # more than a poll's 1.5 s: a final job is not polled
+    assert len(page.evaluate("window.seen")) == polls
     states = {c.get_attribute("data-series"): c.get_attribute("data-state")
               for c in page.query_selector_all("td.cell[data-series]")}
     assert states == {f"{s.instrument} {s.granularity}": s.status for s in job.series}
@@ -236,3 +256,113 @@ def test_hostile_text_is_shown_as_text(page, service):
     assert repr(HOSTILE) in page.text_content("#msg")
     assert page.dialogs == []                                   # no alert(1) ran
     assert page.evaluate("document.querySelectorAll('main script').length") == 0
+
+
+def test_the_chart_draws_the_barrier_levels_of_a_bar(page, service, shots):
+    """Click a bar: its upper and lower barrier and its vertical one, as
+    close * (1 +- pt * sigma) with sigma from the candles (the oracle over
+    the whole series), and every bar's with the box ticked; the exits stay
+    the stored ones."""
+    job = finished_job(service)
+    inst, frm, to = GOOD[0], "2024-01-10", "2024-01-11"
+    full = generate(inst, "M5", START, END)   # what the service fixture ingested
+    ts, close = full.column("ts").to_numpy(), full.column("close").to_numpy()
+    sig = oracle.sigma(close)                 # the defaults of the job's set: ewm, span 100
+    at = {int(t): k for k, t in enumerate(ts)}
+
+    def expected(t):
+        k = at[t]
+        return close[k] * (1 + sig[k]), close[k] * (1 - sig[k]), int(ts[k + 24])   # pt = sl = 1, horizon 24
+
+    page.goto(f"/ui/series/{inst}/M5?set={job.label_set}&from={frm}&to={to}")
+    page.wait_for_selector("#chart svg")
+    assert page.locator("#chart g.levels").count() == 0      # none until a bar is chosen
+    stored = service.export(inst, "M5", set_id=job.label_set, start=frm, end=to).to_pydict()
+    chosen = stored["ts"][100]
+    box = page.locator(f"#chart rect.candle[data-ts='{chosen}']").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#chart g.levels.picked")
+    drawn = page.evaluate("""[...document.querySelectorAll('#chart g.levels')].map(
+        g => [g.dataset.ts, g.dataset.upper, g.dataset.lower, g.dataset.vertical].map(Number))""")
+    assert len(drawn) == 1 and drawn[0][0] == chosen
+    up, down, vertical = expected(chosen)
+    assert drawn[0][1:3] == pytest.approx([up, down], rel=1e-12) and drawn[0][3] == vertical
+    assert float(page.get_attribute("#chart g.levels", "data-sigma")) == pytest.approx(sig[at[chosen]], rel=1e-9)
+    assert "vertical barrier" in page.text_content("#picked")
+    shots(page, "console-chart-levels")
+
+    page.check("#all-levels")
+    page.wait_for_function("n => document.querySelectorAll('#chart g.levels').length === n",
+                           arg=len(stored["ts"]))
+    drawn = page.evaluate("""[...document.querySelectorAll('#chart g.levels')].map(
+        g => [g.dataset.ts, g.dataset.upper, g.dataset.lower, g.dataset.vertical].map(Number))""")
+    for t, u, lw, v in drawn:
+        eu, el, ev = expected(int(t))
+        assert (u, lw, v) == (pytest.approx(eu, rel=1e-12), pytest.approx(el, rel=1e-12), ev)
+    marks = page.evaluate("""[...document.querySelectorAll('#chart g.exit')].map(
+        g => [g.dataset.ts, g.dataset.label, g.dataset.exitBars].map(Number))""")
+    assert sorted(marks) == sorted([t, lab, bars] for t, lab, bars in
+                                   zip(stored["ts"], stored["tb_label"], stored["tb_exit_bars"]) if lab is not None)
+
+
+def test_dead_letters_purged_and_retried_from_the_page(page, service):
+    """The DLQ page's buttons: refused without the token (the API's 401,
+    nothing changed); purge forgets an entry; after a fix, retry re-queues
+    its chunk and serve runs the job again, to its end."""
+    job = finished_job(service)
+    entries = service.dead_letters(job.job_id)
+    assert len(entries) >= 2
+    purged, retried = entries[0], entries[1]
+    page.goto(f"/ui/dlq?job={job.job_id}")
+    for action in ("purge", "retry"):   # the prompt is dismissed: no token
+        page.click(f"tr[data-entry='{purged['id']}'] button[data-post='/ui/api/dlq/{action}']")
+        page.wait_for_selector("#msg.bad")
+        assert page.text_content("#msg") == "401: a valid bearer token is required"
+        page.evaluate("document.getElementById('msg').className = ''")
+    assert service.dead_letters(job.job_id) == entries
+
+    page.token = TOKEN
+    page.click(f"tr[data-entry='{purged['id']}'] button[data-post='/ui/api/dlq/purge']")
+    page.wait_for_selector("#msg:has-text('1 entry purged')")
+    left = service.dead_letters(job.job_id)
+    assert [e["id"] for e in left] == [e["id"] for e in entries[1:]]
+    assert service.state.chunk_states(job.job_id)[purged["chunk"]] == "failed"   # purged, not retried
+    assert service.job_view(job.job_id).status == "completed_with_errors"
+
+    # The fix: the bad candle's high back to what the feed sent.
+    t = int(BAD_ROW["ts"])
+    service.store.command(
+        f"ALTER TABLE {service.store.db}.candles UPDATE high = {BAD_ROW['high']!r} WHERE instrument = '{BAD}' "
+        f"AND toUnixTimestamp64Milli(ts) = {t} SETTINGS mutations_sync = 1")
+    page.click(f"tr[data-entry='{retried['id']}'] button[data-post='/ui/api/dlq/retry']")
+    page.wait_for_selector(f"#msg:has-text('job {job.job_id}: 1 chunk(s) re-queued; serve runs the job again')")
+    assert retried["id"] not in [e["id"] for e in service.dead_letters(job.job_id)]
+    page.goto(f"/ui/jobs/{job.job_id}")
+    wait_status(service, job.job_id, "completed", page)   # every failed chunk ran again, as execute does
+    assert service.dead_letters(job.job_id) == []
+    assert set(service.state.chunk_states(job.job_id).values()) == {"done"}
+    assert [e["event"] for e in service.state.events(job.job_id)].count("execute") == 2
+
+
+def test_update_from_the_series_page(page, service):
+    """The series page's update button queues an update job over the
+    candles a computed series gained; the job shows in the jobs list."""
+    inst = GOOD[1]
+    service.ingest_table(SeriesKey(inst, "M5"), generate(inst, "M5", END, "2024-02-02"))
+    button = f"tr[data-series='{inst} M5'] button[data-post='/ui/api/update']"
+    page.goto("/ui/series")
+    page.click(button)   # the prompt is dismissed: no token
+    page.wait_for_selector("#msg.bad")
+    assert page.text_content("#msg") == "401: a valid bearer token is required"
+    assert [j for j in service.job_views() if j.kind == "update"] == []
+
+    page.token = TOKEN
+    page.click(button)
+    page.wait_for_selector("#msg:has-text('queued')")
+    (update,) = [j for j in service.job_views() if j.kind == "update"]
+    assert page.text_content("#msg").startswith(f"job {update.job_id} queued")
+    assert update.series[0].instrument == inst and update.chunks_total > 0
+    page.goto(f"/ui/jobs/{update.job_id}")
+    wait_status(service, update.job_id, "completed", page)   # the scheduler ran it
+    page.goto("/ui/")
+    assert "update" in page.inner_text(f"tr[data-job='{update.job_id}']")

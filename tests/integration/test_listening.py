@@ -104,6 +104,41 @@ def test_a_job_shows_its_dashboard_while_it_runs_and_not_after(service):
     assert "dashboard" not in run_cli(env_for(service.settings), "status", job).stdout
 
 
+def test_start_prints_the_dashboard_link_which_answers_while_the_job_runs(tmp_path, redis_socket):
+    import pyarrow.parquet as pq
+
+    env = {**env_for(make_settings(tmp_path / "home", redis_socket)), "GPUBACKFILL_TASK_CANDLES": "1"}
+    path = tmp_path / "c.parquet"
+    pq.write_table(generate("EURUSD", "M1", "2024-01-01", "2024-02-01"), path)
+    run_cli(env, "ingest", str(path), "--instrument", "EURUSD", "--granularity", "M1")
+    # A chunk a task, a hundred-odd chunks: paused from another process as
+    # soon as the link is out, so the cluster is up however fast the machine.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpubackfill", "start", "--instrument", "EURUSD", "--granularity", "M1",
+         "--start-date", "2024-01-01", "--end-date", "2024-01-31", "--chunk-size", "300", "--workers", "1"],
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("dask dashboard: "):
+                break
+        job = next(x.split()[1] for x in lines if x.startswith("job "))
+        link = lines[-1].split(": ", 1)[1].strip()
+        assert link.startswith("http://127.0.0.1:") and link.endswith("/status"), lines
+        assert "paused" in run_cli(env, "pause", job).stdout
+        assert httpx.get(link, timeout=30).status_code == 200
+        assert "cancelled" in run_cli(env, "cancel", job).stdout
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1 and f"{job} cancelled" in rest, rest
+    assert sum(x.startswith("dask dashboard: ") for x in [*lines, *rest.splitlines()]) == 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

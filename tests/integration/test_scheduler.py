@@ -97,3 +97,33 @@ def test_a_restarted_service_takes_over_a_job_whose_driver_died_at_once(service)
     run_until_settled(new, [job], seconds=120)
     s = service.status(job)
     assert s["status"] == "completed" and s["candles_done"] == s["candles_total"]
+
+
+def test_a_finished_job_whose_dead_letters_are_retried_runs_again(service):
+    """``run_again`` (the console's and the API's retry): the scheduler
+    picks the job up like a queued one and ``execute`` runs its re-queued
+    chunks; a retry without it (``dlq retry --detach``) is left alone."""
+    candles = generate("EURUSD", "M5", START, "2024-01-08")
+    service.ingest_table(SeriesKey("EURUSD", "M5"), candles)
+    row = candles.num_rows // 4
+    ts, high = int(candles.column("ts")[row].as_py()), float(candles.column("high")[row].as_py())
+
+    def set_high(value: float) -> None:
+        service.store.command(
+            f"ALTER TABLE {service.store.db}.candles UPDATE high = {value!r} WHERE instrument = 'EURUSD' "
+            f"AND toUnixTimestamp64Milli(ts) = {ts} SETTINGS mutations_sync = 1")
+
+    set_high(0.5)   # below low: the chunks reading it dead-letter
+    job = service.create_job("EURUSD", "M5", START, END, chunk_size=300, workers=1)
+    sched = Scheduler(service, max_jobs=1, interval=0.05)
+    run_until_settled(sched, [job])
+    assert service.status(job)["status"] == "completed_with_errors" and service.dead_letters(job)
+    set_high(high)  # the fix
+    assert service.retry_dead_letters(job_id=job)
+    assert sched.tick() == []   # re-queued only: not the scheduler's to run
+    assert sched.run_again(job)
+    run_until_settled(sched, [job])
+    s = service.status(job)
+    assert s["status"] == "completed" and s["candles_done"] == s["candles_total"]
+    assert service.dead_letters(job) == [] and sched.started_order == [job, job]
+    assert not sched.run_again(job)   # nothing failed: nothing to run again

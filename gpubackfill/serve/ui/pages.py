@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...errors import GpubackfillError, InvalidInput, JobNotFound
 from ...jobs.machine import FINAL_JOB_STATES, JOB_STATES
 from ..requests import JobRequest
-from . import chart
+from . import chart, history
 
 if TYPE_CHECKING:
     from ...service import BackfillService
+    from ..scheduler import Scheduler
 
 HERE = os.path.dirname(__file__)
 STATIC_DIR = os.path.join(os.path.dirname(HERE), "static", "ui")
@@ -91,24 +92,8 @@ def _grid(job) -> dict[str, Any]:
     return {"instruments": insts, "granularities": grans, "cells": cells}
 
 
-def _throughput_svg(samples: list[tuple[int, float, int]], width: int = 480, height: int = 120
-                    ) -> dict[str, Any] | None:
-    """Candles done over the job's life, from its chunks' finishing times."""
-    if len(samples) < 2:
-        return None
-    samples = sorted(samples)
-    t0, t1 = samples[0][0], samples[-1][0]
-    total, points, acc = sum(n for _, _, n in samples), [], 0
-    for t, _, n in samples:
-        acc += n
-        x = (t - t0) / max(t1 - t0, 1) * width
-        points.append(f"{x:.1f},{height - acc / max(total, 1) * height:.1f}")
-    rate = total / max((t1 - t0) / 60_000, 1e-9)
-    return {"points": " ".join(points), "width": width, "height": height, "candles": total,
-            "seconds": (t1 - t0) / 1000, "rate": rate}
-
-
-def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None]) -> None:
+def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None],
+          scheduler: Scheduler | None = None) -> None:
     """Add the console's routes and static files to the API's app."""
     env = environment()
     router = APIRouter(include_in_schema=False)
@@ -122,12 +107,17 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
         return page("error.html", http_status=code, code=code, message=str(exc))
 
     def job_context(job_id: str) -> dict[str, Any]:
+        samples = service.telemetry.samples(job_id)   # before the counters, as job_status reads them
         job = service.job_view(job_id)
         c = job.chunks
+        # Chunks re-queued (dead letters retried) wait for the job to run again: keep watching.
+        final = job.status in FINAL_JOB_STATES and not c.pending
         return {"job": job, "parts": bar_parts(c.done, c.leased, c.failed, job.chunks_total),
-                "grid": _grid(job), "final": job.status in FINAL_JOB_STATES,
+                "grid": _grid(job), "final": final,
                 "events": list(reversed(service.state.events(job_id, EVENTS_SHOWN))),
-                "throughput": _throughput_svg(service.telemetry.samples(job_id)),
+                # A final job has nothing left: the failed chunks' candles will not run.
+                "history": history.charts(samples, 0 if final else job.candles_total - job.candles_done,
+                                          job.workers, None if final else int(time.time() * 1000)),
                 "stage_total": sum(v for k, v in job.stages.items() if k != "total") or 1.0}
 
     @router.get("/")
@@ -235,8 +225,11 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
 
     @router.post("/ui/api/dlq/retry", dependencies=[Depends(authorised)])
     def dlq_retry(req: DeadLetterRequest) -> dict[str, Any]:
+        """Re-queue the chunks; a finished job is then run again by the
+        scheduler (``gpubackfill dlq retry`` runs it in the foreground)."""
         requeued = service.retry_dead_letters(dead_selection(req), req.job_id)
-        return {"requeued": requeued}
+        again = [j for j in requeued if scheduler is not None and scheduler.run_again(j)]
+        return {"requeued": requeued, "run_again": again}
 
     @router.post("/ui/api/dlq/purge", dependencies=[Depends(authorised)])
     def dlq_purge(req: DeadLetterRequest) -> dict[str, Any]:

@@ -1,13 +1,18 @@
-// Candlesticks and triple-barrier exits in plain SVG.  The server sends at
-// most a few thousand points (bucketed by ClickHouse); zoom and pan fetch a
-// new window.
+// Candlesticks, triple-barrier levels and exits in plain SVG.  The server
+// sends at most a few thousand points (bucketed by ClickHouse) and each bar's
+// barrier levels (computed there by the label's code); zoom and pan fetch a
+// new window.  A click on a bar draws its levels; "every bar" draws them all.
 "use strict";
 (function () {
   const NS = "http://www.w3.org/2000/svg";
   const box = document.getElementById("chart");
   const linesBox = document.getElementById("lines");
   const note = document.getElementById("chart-note");
+  const every = document.getElementById("all-levels");
+  const picked = document.getElementById("picked");
   let data = JSON.parse(document.getElementById("chart-data").textContent);
+  const hint = picked ? picked.textContent : "";
+  let selected = null;   // ts of the bar whose levels are drawn
 
   function el(name, attrs, parent) {
     const e = document.createElementNS(NS, name);
@@ -37,6 +42,9 @@
       exits.push({ts, i, j: i + bars, label, barrier, bars, flags, price});
       lo = Math.min(lo, price); hi = Math.max(hi, price);
     }
+    const lv = data.levels ? data.levels.rows : [];
+    const shown = lv.filter(r => r[1] !== null && ((every && every.checked) || r[0] === selected) && index.has(r[0]));
+    for (const [, up, down] of shown) { lo = Math.min(lo, down); hi = Math.max(hi, up); }
     const span = (hi - lo) || 1;
     const step = (W - pad - 10) / c.length;
     const x = i => pad + (i + 0.5) * step;
@@ -56,11 +64,41 @@
       el("rect", {x: x(i) - bw / 2, y: y(Math.max(o, cl)), width: bw, height: Math.max(Math.abs(y(o) - y(cl)), 1),
                   fill: up ? "#fff" : col, stroke: col, class: "candle", "data-ts": t}, svg);
     });
+    const xAt = j => j < c.length ? x(j) : x(c.length - 1) + (j - c.length + 1) * step;
+    for (const [ts, up, down, vts, sg] of shown) {
+      const i = index.get(ts), j = i + data.levels.horizon, one = ts === selected;
+      const g = el("g", {class: one ? "levels picked" : "levels", "data-ts": ts, "data-upper": up,
+                         "data-lower": down, "data-vertical": vts === null ? "" : vts,
+                         "data-sigma": sg}, svg);
+      const x2 = one ? xAt(j) : x(i) + step / 2, x1 = one ? x(i) : x(i) - step / 2;
+      el("line", {x1, x2, y1: y(up), y2: y(up), stroke: "#2e7d32", "stroke-dasharray": one ? "4 3" : ""}, g);
+      el("line", {x1, x2, y1: y(down), y2: y(down), stroke: "#c62828", "stroke-dasharray": one ? "4 3" : ""}, g);
+      if (one) el("line", {x1: x2, x2, y1: y(up), y2: y(down), stroke: "#5f6b76", "stroke-dasharray": "4 3"}, g);
+      el("title", {}, g).textContent = `${utc(ts)}: upper ${up.toPrecision(6)}, lower ${down.toPrecision(6)}, ` +
+        (vts === null ? "vertical barrier past the data" : `vertical barrier ${utc(vts)}`);
+    }
+    if (picked) {
+      const r = lv.find(r => r[0] === selected);
+      picked.textContent = !data.levels ? "" : selected === null ? hint :
+        !r || r[1] === null ? `${utc(selected)}: no sigma yet, no barriers.` :
+        `${utc(r[0])}: upper ${r[1].toPrecision(6)}, lower ${r[2].toPrecision(6)} ` +
+        `(close × (1 + ${data.levels.pt} σ) and × (1 − ${data.levels.sl} σ), σ ${r[4] === null ? "?" : r[4].toPrecision(4)}), ` +
+        (r[3] === null ? "vertical barrier past the data" : `vertical barrier ${utc(r[3])} (${data.levels.horizon} bars)`) +
+        (data.levels.sided ? "; drawn for a long position" : "") + ".";
+    }
+    svg.addEventListener("click", ev => {
+      if (!data.levels) return;
+      const r = svg.getBoundingClientRect();
+      const i = Math.round(((ev.clientX - r.left) * W / r.width - pad) / step - 0.5);
+      if (i < 0 || i >= c.length) return;
+      selected = c[i][0] === selected ? null : c[i][0];
+      draw();
+    });
     const colour = {1: "#2e7d32", "-1": "#c62828", 0: "#5f6b76"};
     for (const e of exits) {
       const g = el("g", {class: "exit", "data-ts": e.ts, "data-label": e.label, "data-barrier": e.barrier,
                          "data-exit-bars": e.bars, "data-flags": e.flags}, svg);
-      const xe = e.j < c.length ? x(e.j) : x(c.length - 1) + (e.j - c.length + 1) * step;
+      const xe = xAt(e.j);
       const col = colour[e.label];
       el("line", {x1: x(e.i), y1: y(c[e.i][4]), x2: xe, y2: y(e.price), stroke: col, "stroke-opacity": 0.35}, g);
       const s = Math.max(Math.min(step, 6), 3);
@@ -112,6 +150,7 @@
     const from = Math.min(Math.max(data.from_ms + d, data.first_ms), Math.max(data.last_ms - w, data.first_ms));
     load(from, from + w);
   }));
+  if (every) every.addEventListener("change", draw);
   window.addEventListener("resize", draw);
   draw();
 })();

@@ -42,7 +42,9 @@ function describe(url, body) {
   if (body.requeued !== undefined) {
     const jobs = Object.entries(body.requeued);
     if (!jobs.length) return "nothing to retry";
-    return jobs.map(([j, n]) => `job ${j}: ${n} chunk(s) re-queued; run it with \`gpubackfill execute ${j}\``).join("\n");
+    const again = body.run_again || [];
+    return jobs.map(([j, n]) => `job ${j}: ${n} chunk(s) re-queued; ` +
+      (again.includes(j) ? "serve runs the job again" : `its driver picks them up, or run it with \`gpubackfill execute ${j}\``)).join("\n");
   }
   if (body.purged !== undefined) return `${body.purged} entr${body.purged === 1 ? "y" : "ies"} purged`;
   if (body.jobs !== undefined) {
