@@ -270,17 +270,10 @@ class Settings(BaseSettings):
 
     def chunk_size_for(self, workers: int, candles: int | None = None) -> int:
         """The chunk size of a job with ``workers`` (over ``candles``, when
-        known): BATCH_CHUNK_SIZE, or the largest of ``AUTO_CHUNK_SIZES``
-        within the memory budget that still gives every worker two chunks
-        (one 1M chunk of a 1M-candle job would leave a worker idle)."""
-        if self.chunk_size:
-            return self.chunk_size
-        budget = self.memory_limit_bytes or AUTO_MEMORY_BUDGET
-        share = candles // (2 * workers) if candles else None
-        for size in AUTO_CHUNK_SIZES:
-            if workers * size * BYTES_PER_CANDLE <= budget and (share is None or size <= share):
-                return size
-        return AUTO_CHUNK_SIZES[-1]
+        known) that asks for none: ``jobs.plan.chunk_size``."""
+        from .jobs.plan import chunk_size
+
+        return chunk_size(None, workers, candles, fixed=self.chunk_size, memory_limit=self.memory_limit_bytes)
 
     @field_validator("memory_limit_bytes", mode="before")
     @classmethod

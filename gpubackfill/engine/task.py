@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from ..jobs.result import Segment
+from ..labels import ResolvedLabel
 from ..storage.clickhouse_store import SeriesKey
 
 
@@ -18,8 +18,7 @@ class ChunkTask:
     token: int
     segments: tuple[Segment, ...]
     names: dict[int, tuple[str, str]]  # series index -> (instrument, granularity)
-    labels: list[str]
-    params: dict[str, dict[str, Any]]
+    resolved: tuple[ResolvedLabel, ...]  # the job's labels, resolved when it was made
     label_set: str
     force: bool
     backend: str

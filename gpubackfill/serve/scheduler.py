@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import GpubackfillError, InvalidTransition
+from ..jobs.spec import JobSpec
 
 if TYPE_CHECKING:
     from ..service import BackfillService
@@ -54,14 +55,6 @@ def pick(candidates: list[Candidate], running: int, limit: int) -> list[str]:
     return [c.job_id for c in order[:free]]
 
 
-def overlaps(a: dict, b: dict) -> bool:
-    """Whether two jobs write the same labels somewhere: the same label
-    set, a series in common, and ranges that meet."""
-    return (a["label_set"] == b["label_set"]
-            and bool({tuple(x) for x in a["series"]} & {tuple(x) for x in b["series"]})
-            and int(a["start_ms"]) < int(b["end_ms"]) and int(b["start_ms"]) < int(a["end_ms"]))
-
-
 class Scheduler:
     def __init__(self, service: BackfillService, max_jobs: int | None = None,
                  interval: float | None = None, alerter: Alerter | None = None):
@@ -70,7 +63,7 @@ class Scheduler:
         self.interval = interval or service.settings.scheduler_interval
         self.alerter = alerter
         self._threads: dict[str, threading.Thread] = {}
-        self._records: dict[str, dict] = {}  # the jobs of the live threads, for overlaps
+        self._specs: dict[str, JobSpec] = {}  # the jobs of the live threads, for overlaps
         self._stop = threading.Event()       # handed to execute: interrupts jobs
         self._loop: threading.Thread | None = None
         self.last_error: str | None = None
@@ -84,7 +77,7 @@ class Scheduler:
             if job_id in self._threads:
                 continue
             try:
-                job = self.service.job_record(job_id)
+                job = self.service.state.job(job_id)
             except GpubackfillError:
                 continue
             status = job["status"]
@@ -105,11 +98,11 @@ class Scheduler:
         for job_id, t in list(self._threads.items()):
             if not t.is_alive():
                 del self._threads[job_id]
-                self._records.pop(job_id, None)
+                self._specs.pop(job_id, None)
         started = []
         if not self._stop.is_set():
             free = self.max_jobs - len(self._threads)
-            ours = [self._records[j] for j in self._threads if j in self._records]
+            ours = [self._specs[j] for j in self._threads if j in self._specs]
             candidates = self.candidates()
             for job_id in pick(candidates, 0, len(candidates)):
                 if free <= 0:
@@ -118,13 +111,13 @@ class Scheduler:
                 # a later pass: one running elsewhere (Redis says), or one
                 # of ours, launched but perhaps not running yet.
                 try:
-                    job = self.service.job_record(job_id)
-                    if any(overlaps(job, other) for other in ours) or self.service.writer_conflict(job_id, job):
+                    spec = JobSpec.from_record(self.service.state.job(job_id))
+                    if any(spec.overlaps(other) for other in ours) or self.service.writer_conflict(job_id, spec):
                         continue
                 except GpubackfillError:
                     continue
-                self._records[job_id] = job
-                ours.append(job)
+                self._specs[job_id] = spec
+                ours.append(spec)
                 self._launch(job_id)
                 started.append(job_id)
                 free -= 1
