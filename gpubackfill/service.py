@@ -23,7 +23,7 @@ from .connections import connections
 from .engine import launch, submit
 from .engine.launch import RunResult
 from .engine.lease import dead_local_owner
-from .errors import DependencyError, InvalidInput
+from .errors import InvalidInput
 from .granularity import parse_granularity, parse_instrument
 from .jobs.machine import FINAL_JOB_STATES
 from .jobs.spec import ALL, JobSpec, make_spec, parse_names
@@ -172,8 +172,6 @@ class BackfillService:
         entry = self.state.dead_letter(entry_id)
         try:
             entry["error"] = self.state.chunk_errors(entry["job_id"]).get(entry["chunk"], "")
-        except DependencyError:
-            raise
         except InvalidInput:
             entry["error"] = ""
         return entry
@@ -233,19 +231,14 @@ class BackfillService:
         removed = []
         for job_id in self.state.job_ids():
             try:
-                job = self.state.job(job_id)
+                job: dict[str, Any] | None = self.state.job(job_id)
             except InvalidInput:
+                job = None  # its record is gone: the rest of it goes too
+            if job is None or (job["status"] in FINAL_JOB_STATES and status in (None, job["status"])
+                               and (job.get("finished") or job["updated"]) <= cutoff):
                 self.state.delete_job(job_id)
                 self.telemetry.forget_job(job_id)
-                continue
-            if job["status"] not in FINAL_JOB_STATES:
-                continue
-            if status is not None and job["status"] != status:
-                continue
-            if (job.get("finished") or job["updated"]) <= cutoff:
-                self.state.delete_job(job_id)
-                self.telemetry.forget_job(job_id)
-                removed.append(job_id)
+                removed += [job_id] if job is not None else []
         return removed
 
     def label_sets(self, instrument: str | None = None, granularity: str | None = None) -> list:
@@ -253,12 +246,10 @@ class BackfillService:
         from . import export as export_mod
 
         self._ready()
-        sets = export_mod.sets_of(self.store)
-        if instrument:
-            sets = [s for s in sets if s.series[0] == parse_instrument(instrument)]
-        if granularity:
-            sets = [s for s in sets if s.series[1] == parse_granularity(granularity)]
-        return sets
+        inst = parse_instrument(instrument) if instrument else None
+        gran = parse_granularity(granularity) if granularity else None
+        return [s for s in export_mod.sets_of(self.store)
+                if inst in (None, s.series[0]) and gran in (None, s.series[1])]
 
     def export_parts(self, instrument: str | list[str], granularity: str | list[str],
                      labels: list[str] | None = None, params: dict | None = None,

@@ -23,7 +23,7 @@ from ..candles import frames as candles_mod
 from ..compute import compute_series
 from ..config import Settings
 from ..connections import clickhouse_breaker, connections
-from ..errors import DependencyError, InvalidCandles
+from ..errors import DependencyError, InvalidCandles, InvalidLabelSpec
 from ..granularity import GRANULARITIES
 from ..jobs.result import ChunkResult, SegmentOutcome
 from ..labels import Series, halo
@@ -251,6 +251,8 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
     # Changes to the candles after this moment may be missing from the labels:
     # the record's computed-at, which `update` compares with the ingest log.
     computed_at = time.time_ns() // 1_000_000
+    if task.invalid:
+        raise InvalidLabelSpec(task.invalid)
     resolved = list(task.resolved)
     back, ahead = halo(resolved)
     keys = [task.key(seg) for seg in task.segments]

@@ -152,8 +152,8 @@ def drive(store: Store, state: RedisState, settings: Settings, job_id: str, spec
     state.set_fields(job_id, backend_used=chosen.name, backend_reason=chosen.reason)
     check_finer_series(store, state, job_id, spec)
     state.note(job_id, "backend", f"{chosen.name}: {chosen.reason}")
-    base = dict(job_id=job_id, resolved=spec.resolved, label_set=spec.label_set, force=spec.force,
-                backend=chosen.name, max_attempts=settings.max_retries + 1,
+    base = dict(job_id=job_id, resolved=spec.resolved, invalid=spec.invalid, label_set=spec.label_set,
+                force=spec.force, backend=chosen.name, max_attempts=settings.max_retries + 1,
                 numba_threads=default_numba_threads(workers))
     with open_cluster(settings, workers, spec.min_workers, scheduler, gpu=chosen.name == "cuda") as cluster:
         state.set_fields(job_id, cluster=cluster.kind, dashboard=cluster.dashboard or "")
@@ -173,6 +173,8 @@ def drive(store: Store, state: RedisState, settings: Settings, job_id: str, spec
 
 def check_finer_series(store: Store, state: RedisState, job_id: str, spec: JobSpec) -> None:
     """Say once, at the start, when resolve_with names a series with no candles."""
+    if spec.invalid:
+        return  # each chunk reports a bad label spec as its error, with the job's other errors
     resolved = spec.resolved
     from .task import finer_series
 

@@ -25,6 +25,7 @@ class ChunkTask:
     max_attempts: int
     numba_threads: int = 0
     timeout_s: float = 0.0  # the chunk's deadline (engine/watchdog.py); 0: none
+    invalid: str = ""       # why the job's stored labels do not resolve (JobSpec.invalid)
 
     @property
     def rows(self) -> int:

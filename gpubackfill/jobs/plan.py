@@ -216,7 +216,7 @@ class UpdatePlan:
     new: int                  # chunks of candles never computed
 
 
-def stale_flags(records: Sequence[Computed], changes: Sequence[tuple[int, int]]) -> list[bool]:
+def stale_flags(records: Sequence[Computed], changes: Sequence[tuple[int, tuple[int, int]]]) -> list[bool]:
     """Per record: stale or not.  ``changes``: each ingest's change to the
     series as (when, (lo, hi)): the ts window it reaches with the label
     set's halo.  A record computed before a change that reaches it is stale."""

@@ -55,6 +55,9 @@ class JobSpec:
     label_set: str = field(default="")
     series: Series = ()              # the (instrument, granularity) pairs run
     kind: str = "backfill"           # or "update"
+    # Why a stored record's labels do not resolve (its params edited, or a
+    # label changed since): every chunk fails with it, as bad data.  Not stored.
+    invalid: str = field(default="", compare=False, metadata={"stored": False})
 
     @property
     def labels(self) -> list[str]:
@@ -91,6 +94,8 @@ class JobSpec:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("stored") is False:
+                continue
             if f.name == "resolved":
                 out["labels"], out["params"] = self.labels, self.params
             elif f.name == "series":
@@ -106,20 +111,27 @@ class JobSpec:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> JobSpec:
         """The spec of a stored job (``to_record``'s fields, as the state
-        decodes them).  Its labels were resolved when it was made: they are
-        looked up, not resolved again."""
+        decodes them).  Its labels' stored parameters are checked, and those
+        a label gained since filled with their defaults, once per read of
+        the record; the chunks get them resolved."""
         series: Series = tuple((s[0], s[1]) for s in record.get("series") or ()) or (
             ((record["instrument"], record["granularity"]),) if "instrument" in record else ())
         params = record.get("params") or {}
+        names = list(record.get("labels") or ())
+        invalid = ""
+        try:
+            resolved = tuple(registry.resolve(names, params))
+        except InvalidInput as exc:
+            invalid = str(exc)
+            resolved = tuple(registry.ResolvedLabel(registry.get(n), dict(params.get(n) or {}))
+                             for n in names)
         values: dict[str, Any] = {
-            "series": series,
-            "resolved": tuple(registry.ResolvedLabel(registry.get(n), dict(params.get(n) or {}))
-                              for n in record.get("labels") or ()),
+            "series": series, "resolved": resolved, "invalid": invalid,
             "instruments": tuple(record.get("instruments") or dict.fromkeys(i for i, _ in series)),
             "granularities": tuple(record.get("granularities") or dict.fromkeys(g for _, g in series)),
         }
         for f in fields(cls):
-            if f.name in values or f.name not in record or record[f.name] in ("", None):
+            if f.name in values or record.get(f.name) in ("", None):
                 continue
             raw, default = record[f.name], f.default
             if isinstance(default, bool) or f.type == "bool":

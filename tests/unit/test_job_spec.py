@@ -43,13 +43,16 @@ def test_a_record_from_before_a_field_existed_reads_as_its_default():
     assert old == spec
 
 
-def test_a_stored_spec_is_not_resolved_again(monkeypatch):
+def test_a_stored_spec_is_checked_once_per_read_and_a_bad_one_keeps_why(monkeypatch):
     spec = make_spec("EURUSD", "M5", "2024-01-01", "2024-01-02", [TB], {TB: {"horizon": 7}}, 100, 1)
     calls = []
     real = registry.LabelSpec.resolve
     monkeypatch.setattr(registry.LabelSpec, "resolve", lambda self, given: calls.append(1) or real(self, given))
-    JobSpec.from_record(_through_redis(spec.to_record()))
-    assert calls == []
+    record = _through_redis(spec.to_record())
+    assert JobSpec.from_record(record) == spec and calls == [1]
+    record["params"][TB] = {"horizon": "0"}  # edited in Redis: every chunk fails with why
+    bad = JobSpec.from_record(record)
+    assert "horizon" in bad.invalid and "invalid" not in bad.to_record()
 
 
 def test_typed_parameters_and_their_text_make_the_same_spec():
