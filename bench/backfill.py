@@ -102,6 +102,7 @@ import report as _report  # bench/report.py: a script's own folder is first on s
 
 import gpubackfill
 from gpubackfill.config import Settings
+from gpubackfill.engine import submit
 from gpubackfill.labels import DEFAULT_LABELS
 
 cpu_model, human, load_average, mib = _report.cpu_model, _report.human, _report.load_average, _report.mib
@@ -403,7 +404,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     wres = svc.execute(warm)
     res["warmup_s"] = time.perf_counter() - t0
     if wres.status != "completed":
-        raise RuntimeError(f"warm-up job {warm} ended {wres.status}: {svc.status(warm)['last_errors']}")
+        raise RuntimeError(f"warm-up job {warm} ended {wres.status}: {svc.job(warm).model_dump()['last_errors']}")
     _truncate(store, set_id)
 
     timers = install_timers(store, state)
@@ -431,14 +432,14 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     res["vmhwm"] = _status_kb("VmHWM") * 1024 if hwm else None
     if res["vmhwm"]:
         res["rss_peak"] = max(res["rss_peak"], res["vmhwm"])
-    status = svc.status(job)
+    status = svc.job(job).model_dump()
     # The chunk's steps from the job's own record; the store's calls (count,
     # delete, inserts) from the wrapped store.
     res["stages"] = {**timers.snapshot(), **_job_stages(status, status["chunks"]["done"])}
     res["stages_total_s"] = status["stages"].get("total", 0.0)
     res["status"], res["candles_done"] = run.status, run.candles
     if run.status != "completed" or run.candles != n:
-        res["errors"] = svc.status(job)["last_errors"]
+        res["errors"] = svc.job(job).model_dump()["last_errors"]
     # Redis keeps the most recent chunk durations only (for the ETA); the
     # job's stage record sums every chunk.
     secs = [d for d, _ in state.durations(job)]
@@ -753,22 +754,21 @@ def child_universe_setup(args: argparse.Namespace) -> dict[str, Any]:
 def child_universe_job(args: argparse.Namespace) -> dict[str, Any]:
     import functools
 
-    from gpubackfill import service as service_mod
     from gpubackfill.jobs import plan as plan_mod
     from gpubackfill.service import BackfillService
 
     gpubackfill.keep_freed_memory()
     if args.mode == "unpacked":
         # The comparison row only: every series in its own chunk.
-        service_mod.plan_job = functools.partial(plan_mod.plan_job, max_segments=1)
+        plan_mod.plan_job = functools.partial(plan_mod.plan_job, max_segments=1)
     svc = BackfillService(_settings(args.home))
-    cs, workers = svc.settings.chunk_size_for(args.workers), args.workers
+    cs, workers = submit.chunk_size(svc.settings, None, args.workers), args.workers
     res: dict[str, Any] = {"mode": args.mode, "chunk_size": cs, "workers": workers}
     warm = svc.create_job(INSTRUMENT, GRANULARITY, _dt(START_MS),
                           _dt(START_MS + WARMUP_CANDLES * STEP_MS), LABELS,
                           chunk_size=WARMUP_CHUNK, workers=workers, force=True)
     if svc.execute(warm).status != "completed":
-        raise RuntimeError(f"warm-up job {warm} failed: {svc.status(warm)['last_errors']}")
+        raise RuntimeError(f"warm-up job {warm} failed: {svc.job(warm).model_dump()['last_errors']}")
     # Each job writes into empty label tables, as a first backfill does (a
     # forced job over rows already there deletes them first).
     from gpubackfill.labels import label_set_id, resolve
@@ -789,7 +789,7 @@ def child_universe_job(args: argparse.Namespace) -> dict[str, Any]:
     run = svc.execute(job)
     res["execute_s"] = time.perf_counter() - t0
     res["execute_cpu_s"] = _cpu_s() - cpu0
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     res.update(status=run.status, n=run.candles, chunks=s["chunks_total"],
                series=len(s["series"]), rows=s["rows_written"],
                series_done=sum(x["status"] == "completed" for x in s["series"]))
@@ -1111,7 +1111,7 @@ def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]],
     else:
         rows.append(["end-to-end candles/min", f">= {human(TARGET_PER_MIN)}", "no job completed",
                      verdict(False, q)])
-    default = _settings(args.home).chunk_size_for(args.workers, args.candles)
+    default = submit.chunk_size(_settings(args.home), None, args.workers, args.candles)
     for cs, goal, stretch, label in ((default, TARGET_DEFAULT_SHARE, STRETCH_DEFAULT_SHARE,
                                       f"share of the floor at the default chunk size ({size_name(default)})"),
                                      (SMALL_CHUNK, TARGET_SMALL_SHARE, None,

@@ -273,7 +273,7 @@ def resolve_end_to_end(years: int, seed: int, rounds: int = 5) -> dict[str, floa
             cpu[name].append(time.process_time() - c0)
             if extra:
                 finer_s.append(sum(s for _, s in read[before:]))
-            s = svc.status(job)
+            s = svc.job(job).model_dump()
             counts[name] = (s["bars_resolved"], s["bars_ambiguous"])
             assert s["status"] == "completed", s["status"]
     Store.load_bars = real

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # client (a laptop should not collect daemons); 0: it runs until `stop`.
     redis_idle_stop_s: float = _number("GPUBACKFILL_REDIS_IDLE_STOP_S", 1800.0)
     max_workers: int = _env("BATCH_MAX_WORKERS", lambda: os.cpu_count() or 1, ge=1)
-    chunk_size: int | None = _env("BATCH_CHUNK_SIZE", None, ge=1)  # None: chunk_size_for(workers)
+    chunk_size: int | None = _env("BATCH_CHUNK_SIZE", None, ge=1)  # None: jobs.plan.chunk_size decides
     max_retries: int = _env("BATCH_MAX_RETRIES", 3, ge=0)
     cache_ttl_seconds: int = _env("CACHE_TTL_SECONDS", 3600, ge=0)  # validated, not used: nothing is cached
     metrics_enabled: Flag = _env("METRICS_ENABLED", True)
@@ -267,20 +267,6 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, fmt: Any) -> Any:
         return fmt.lower() if isinstance(fmt, str) else fmt
-
-    def chunk_size_for(self, workers: int, candles: int | None = None) -> int:
-        """The chunk size of a job with ``workers`` (over ``candles``, when
-        known): BATCH_CHUNK_SIZE, or the largest of ``AUTO_CHUNK_SIZES``
-        within the memory budget that still gives every worker two chunks
-        (one 1M chunk of a 1M-candle job would leave a worker idle)."""
-        if self.chunk_size:
-            return self.chunk_size
-        budget = self.memory_limit_bytes or AUTO_MEMORY_BUDGET
-        share = candles // (2 * workers) if candles else None
-        for size in AUTO_CHUNK_SIZES:
-            if workers * size * BYTES_PER_CANDLE <= budget and (share is None or size <= share):
-                return size
-        return AUTO_CHUNK_SIZES[-1]
 
     @field_validator("memory_limit_bytes", mode="before")
     @classmethod

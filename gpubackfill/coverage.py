@@ -21,20 +21,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .jobs.plan import plan_chunks, plan_job
-from .jobs.result import Segment
+from .jobs import plan
+from .jobs.plan import Computed as Record
+from .jobs.plan import UpdatePlan
 from .labels import halo, resolve
 from .storage.clickhouse_store import SeriesKey, Store
-
-
-@dataclass(frozen=True)
-class Record:
-    """One computed chunk range of a series in a label set."""
-    start_ms: int
-    end_ms: int
-    rows: int
-    incomplete: int
-    computed_ms: int
 
 
 @dataclass
@@ -60,26 +51,14 @@ class SeriesCoverage:
     sets: list[SetCoverage] = field(default_factory=list)
 
 
-@dataclass
-class UpdatePlan:
-    """One update job: a label set over the series that need work."""
-    set_id: str
-    labels: list[str]
-    params: dict
-    series: list[tuple[str, str]]
-    chunks: list[tuple[Segment, ...]]
-    start_ms: int
-    end_ms: int
-    stale: int                # computed chunks planned again
-    new: int                  # chunks of candles never computed
-
-
 def _selected(key: tuple[str, str], insts: set[str] | None, grans: set[str] | None) -> bool:
     return (insts is None or key[0] in insts) and (grans is None or key[1] in grans)
 
 
 def _stale_flags(store: Store, sets: dict, records: dict, changes: dict) -> dict:
-    """(set id, series) -> one flag per record (in ``records`` order): stale or not."""
+    """(set id, series) -> one flag per record (in ``records`` order): stale
+    or not (``plan.stale_flags``), with each later change's reach read from
+    the store (``Store.halo_windows``)."""
     asks, where = [], []
     for (set_id, key), recs in records.items():
         if set_id not in sets:
@@ -90,12 +69,10 @@ def _stale_flags(store: Store, sets: dict, records: dict, changes: dict) -> dict
             if at > oldest:
                 asks.append((SeriesKey(*key), first, last, back, ahead))
                 where.append(((set_id, key), at))
-    flags = {k: [False] * len(v) for k, v in records.items()}
-    for (k, at), (lo, hi) in zip(where, store.halo_windows(asks)):
-        for j, r in enumerate(records[k]):
-            if at > r.computed_ms and r.start_ms <= hi and r.end_ms > lo:
-                flags[k][j] = True
-    return flags
+    reach: dict = defaultdict(list)
+    for (k, at), window in zip(where, store.halo_windows(asks)):
+        reach[k].append((at, window))
+    return {k: plan.stale_flags(v, reach.get(k, [])) for k, v in records.items()}
 
 
 def _state(store: Store):
@@ -138,32 +115,11 @@ def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
     chosen = {k: v for k, v in records.items()
               if k[0] in sets and k[1] in series and _selected(k[1], insts, grans)}
     flags = _stale_flags(store, sets, chosen, changes)
-    by_set: dict[str, list[tuple[tuple[str, str], list[Record]]]] = defaultdict(list)
+    by_set: dict[str, list] = defaultdict(list)
     for (set_id, key), recs in sorted(chosen.items()):
-        by_set[set_id].append((key, recs))
-    plans = []
-    for set_id, members in by_set.items():
-        picked: list[tuple[str, str]] = []
-        runs, stale_n, new_n = [], 0, 0
-        for key, recs in members:
-            mine = sorted((r.start_ms, r.end_ms, r.rows)
-                          for r, stale in zip(recs, flags[(set_id, key)]) if stale)
-            last_end = max(r.end_ms for r in recs)
-            last_ts = series[key][2]
-            fresh = []
-            if last_ts >= last_end:
-                starts = store.chunk_starts(SeriesKey(*key), last_end, last_ts + 1, chunk_size)
-                fresh = plan_chunks(starts, last_ts + 1)
-            if mine or fresh:
-                picked.append(key)
-                runs.append(mine + fresh)
-                stale_n += len(mine)
-                new_n += len(fresh)
-        if not picked:
-            continue
-        chunks = plan_job(runs, chunk_size)
-        lo = min(s.start_ms for c in chunks for s in c)
-        hi = max(s.end_ms for c in chunks for s in c)
-        params = sets[set_id]
-        plans.append(UpdatePlan(set_id, list(params), params, picked, chunks, lo, hi, stale_n, new_n))
-    return plans
+        tail = plan.update_tail(recs, series[key][2])
+        fresh = (plan.plan_chunks(store.chunk_starts(SeriesKey(*key), *tail, chunk_size), tail[1])
+                 if tail else [])
+        by_set[set_id].append((key, recs, flags[(set_id, key)], fresh))
+    planned = (plan.update(set_id, sets[set_id], members, chunk_size) for set_id, members in by_set.items())
+    return [p for p in planned if p is not None]

@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 
 from . import labels as registry
 from .errors import InvalidInput
-from .granularity import parse_instrument
-from .jobs.plan import ALL
+from .granularity import parse_granularity, parse_instrument
+from .jobs.spec import ALL, parse_names, parse_time
 from .readahead import read_ahead
 from .storage.clickhouse_store import SeriesKey, Store
 from .times import iso
@@ -401,3 +401,38 @@ def _open(tmp: str, schema: pa.Schema, metadata: dict[bytes, bytes], csv: bool):
     return pq.ParquetWriter(tmp, schema.with_metadata(metadata), use_dictionary=repeating,
                             compression={name: "none" if name in plain else "snappy" for name in schema.names},
                             column_encoding={"ts": "DELTA_BINARY_PACKED"} if "ts" in schema.names else None)
+
+
+def parts(store: Store, instrument: str | list[str], granularity: str | list[str],
+          labels: list[str] | None = None, params: dict | None = None, start: Any = None,
+          end: Any = None, set_id: str | None = None, with_candles: bool = False,
+          with_t1: bool = False, ready: Callable[[], None] = lambda: None
+          ) -> tuple[Iterator[pa.Table], dict[bytes, bytes], LabelSet]:
+    """A label set as it is exported: (Arrow tables in ts order, the
+    provenance metadata, the ``LabelSet``).  The tables are produced
+    lazily, one query per batch.  Several instruments or granularities
+    (lists, comma-separated, or ``*``) make a panel: one long table with
+    ``instrument`` and ``granularity`` first (``choose_panel``).  ``with_t1``:
+    each row's event end ``t1`` after ``ts`` (``check_t1``).  ``ready``
+    runs once the request is checked, before the store is read."""
+    insts = parse_names(instrument, "instrument")
+    grans = [parse_granularity(g) for g in parse_names(granularity, "granularity")]
+    if not insts or not grans:
+        raise InvalidInput("no instrument or no granularity given")
+    start_ms = parse_time(start, "start date", False) if start else None
+    end_ms = parse_time(end, "end date", True) if end else None
+    ready()
+    if len(insts) == 1 and insts[0] != ALL and len(grans) == 1:
+        key = SeriesKey(parse_instrument(insts[0]), grans[0])
+        chosen = choose(sets_of(store, key), key, labels, params, set_id)
+        if with_t1:
+            check_t1(chosen)
+        return (batches(store, key, chosen, start_ms, end_ms, with_candles, with_t1=with_t1),
+                provenance([key], [chosen], start_ms, end_ms, with_candles, with_t1), chosen)
+    panel = choose_panel(store, insts, grans, labels, params, set_id)
+    keys, sets = [k for k, _ in panel], [s for _, s in panel]
+    if with_t1:
+        check_t1(sets[0])
+    meta = provenance(keys, sets, start_ms, end_ms, with_candles, with_t1)
+    return (panel_batches(store, panel, start_ms, end_ms, with_candles, with_t1=with_t1), meta,
+            replace(sets[0], set_id=meta[b"label_set"].decode()))

@@ -79,7 +79,7 @@ def run_demo(svc, instruments: list[str], granularity: str, years: float,
         from .run import _run_foreground
 
         _run_foreground(svc, job_id, None)
-        summaries.append(svc.status(job_id))
+        summaries.append(svc.job(job_id).model_dump())
     wall = time.perf_counter() - t_all
     console.print()
     console.print(f"[bold]{_backfill_summary(summaries, wall)}[/bold]")

@@ -78,7 +78,7 @@ def retry(ctx, entry_ids: tuple[str, ...], job_id: str | None, all_: bool, detac
     if detach:
         return
     for jid in jobs:
-        status = svc.status(jid)["status"]
+        status = svc.job(jid).model_dump()["status"]
         if status in ("completed_with_errors", "failed", "interrupted", "queued"):
             _run_foreground(svc, jid, None)
         else:

@@ -60,7 +60,7 @@ def start(ctx, instrument, granularity, start_date, end_date, labels, params, ch
         svc = _store_service(ctx)
         job_id = svc.create_job(*args)
         click.echo(job_id)
-        _say_skipped(_service(ctx).status(job_id))
+        _say_skipped(_service(ctx).job(job_id).model_dump())
         holder = getattr(svc, "holder", None)
         if holder is not None and holder.command == "serve":
             click.echo(f"queued; the scheduler of {svc.describe()} runs it", err=True)
@@ -73,7 +73,7 @@ def start(ctx, instrument, granularity, start_date, end_date, labels, params, ch
     svc = _service(ctx)
     with _sharing(ctx, "start"):
         job_id = svc.create_job(*args)
-        s = svc.status(job_id)
+        s = svc.job(job_id).model_dump()
         many = f" over {len(s['series'])} series" if len(s["series"]) > 1 else ""
         click.echo(f"job {job_id}{many}", err=True)
         _say_skipped(s)
@@ -114,7 +114,7 @@ def update(ctx, instrument, granularity, chunk_size, workers, detach, scheduler)
             except SystemExit as exc:
                 if exc.code not in (0, None):
                     failed = exc.code
-                    if exc.code in (130, 1) and svc.status(p["job_id"])["status"] == "interrupted":
+                    if exc.code in (130, 1) and svc.job(p["job_id"]).model_dump()["status"] == "interrupted":
                         raise
         if failed:
             raise SystemExit(failed)
@@ -222,7 +222,7 @@ _HEADERS = ["job", "status", "series", "range", "progress", "chunks", "candles",
 def status(ctx, job_id: str | None, fmt: str) -> None:
     """Show one job, or all jobs."""
     svc = _service(ctx)
-    rows = [svc.status(job_id)] if job_id else svc.list_jobs()
+    rows = [svc.job(job_id).model_dump()] if job_id else [j.model_dump() for j in svc.jobs()]
     if fmt == "json":
         click.echo(json.dumps(rows[0] if job_id else rows, indent=2, default=str))
         return
@@ -280,7 +280,7 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
         raise InvalidInput(f"--refresh must be > 0, got {refresh}")
 
     def render():
-        s = svc.status(job_id)
+        s = svc.job(job_id).model_dump()
         t = Table(title=f"job {job_id}", show_header=False)
         t.add_row("status", s["status"])
         t.add_row("series", f"{s['instrument']} {s['granularity']} {s['start']} .. {s['end']}")
@@ -310,7 +310,7 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
         while True:
             time.sleep(refresh)
             live.update(render())
-            if svc.status(job_id)["status"] in FINAL_JOB_STATES:
+            if svc.job(job_id).model_dump()["status"] in FINAL_JOB_STATES:
                 break
 
 

@@ -58,7 +58,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
                            count=f"{s['candles_done']:,}/{s['candles_total']:,}",
                            rate=f"{rate_text(s['throughput_per_min'])} candles/min")
 
-            before, t0 = svc.status(job_id), time.monotonic()
+            before, t0 = svc.job(job_id).model_dump(), time.monotonic()
             svc.execute(job_id, progress=progress, scheduler=scheduler, stop=stop)
         _report(svc, job_id, received, before, time.monotonic() - t0)
     except _HardStop:
@@ -89,7 +89,7 @@ def _report(svc, job_id: str, received: list[int], before: dict | None = None,
             seconds: float = 0.0) -> None:
     """The job's outcome in one line (and, for a job run before, what this
     run did apart from its totals), and the exit status it calls for."""
-    s = svc.status(job_id)
+    s = svc.job(job_id).model_dump()
     click.echo(f"{job_id} {s['status']}: {work_summary(s)}")
     if before is not None and before["chunks"]["done"]:
         click.echo(_this_run(before, s, seconds))

@@ -33,7 +33,7 @@ def source() -> None:
 def add(ctx, name, relation, maps, granularity, ts_unit, tz, where, clickhouse_url, day_start,
         day_tz) -> None:
     """Register a source after checking its columns, types and --where."""
-    src = _service(ctx).add_source(name, relation, list(maps), granularity=granularity, ts_unit=ts_unit,
+    src = _service(ctx).sources.add(name, relation, list(maps), granularity=granularity, ts_unit=ts_unit,
                                    tz=tz, where=where, clickhouse_url=clickhouse_url,
                                    day_start=day_start, day_tz=day_tz)
     click.echo(f"source {src.name}: {src.relation}; stores {','.join(src.stored)}"
@@ -45,7 +45,7 @@ def add(ctx, name, relation, maps, granularity, ts_unit, tz, where, clickhouse_u
 @click.pass_context
 def list_(ctx, fmt: str) -> None:
     """Every registered source."""
-    found = _service(ctx).sources()
+    found = _service(ctx).sources.all()
     if fmt == "json":
         click.echo(json.dumps([json.loads(s.to_json()) for s in found], indent=2))
         return
@@ -65,7 +65,7 @@ def list_(ctx, fmt: str) -> None:
 @click.pass_context
 def show(ctx, name: str) -> None:
     """A source's definition, as JSON."""
-    s = _service(ctx).source(name)
+    s = _service(ctx).sources.get(name)
     click.echo(json.dumps({**json.loads(s.to_json()), "derived": list(s.derived())}, indent=2))
 
 
@@ -75,7 +75,7 @@ def show(ctx, name: str) -> None:
 @click.pass_context
 def check(ctx, name: str, fmt: str) -> None:
     """Per-series counts and the problems found: duplicates, malformed candles."""
-    rows = _service(ctx).check_source(name)
+    rows = _service(ctx).sources.check(name)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -95,5 +95,5 @@ def check(ctx, name: str, fmt: str) -> None:
 @click.pass_context
 def remove(ctx, name: str) -> None:
     """Forget a source (labels computed from it stay)."""
-    _service(ctx).remove_source(name)
+    _service(ctx).sources.remove(name)
     click.echo(f"source {name} removed")

@@ -21,10 +21,10 @@ from ..candles import frames as candles_mod
 from ..compute import compute_series
 from ..config import Settings
 from ..connections import clickhouse_breaker, connections
-from ..errors import DependencyError, InvalidCandles
+from ..errors import DependencyError, InvalidCandles, InvalidLabelSpec
 from ..granularity import GRANULARITIES
 from ..jobs.result import ChunkResult, SegmentOutcome
-from ..labels import Series, counts, halo, resolve
+from ..labels import Series, counts, halo
 from ..logs import log
 from ..resilience import BREAKERS, retrying
 from ..storage.clickhouse_store import SeriesKey, Store, input_fingerprint
@@ -249,7 +249,9 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
     # Changes to the candles after this moment may be missing from the labels:
     # the record's computed-at, which `update` compares with the ingest log.
     computed_at = time.time_ns() // 1_000_000
-    resolved = resolve(task.labels, task.params)
+    if task.invalid:
+        raise InvalidLabelSpec(task.invalid)
+    resolved = list(task.resolved)
     back, ahead = halo(resolved)
     keys = [task.key(seg) for seg in task.segments]
     loaded = store.load_many([(k, s.start_ms, s.end_ms, s.lo_ms, s.hi_ms)

@@ -9,7 +9,6 @@ import pyarrow as pa
 
 from ..config import Settings
 from ..connections import connections
-from ..labels import resolve
 from ..storage.clickhouse_store import Store
 from .task import ChunkTask, finer_series
 
@@ -40,10 +39,7 @@ class SharedIO:
             return None
         segs = [t.segments[0] for t in tasks]
         key = tasks[0].key(segs[0])
-        try:
-            resolved = resolve(tasks[0].labels, tasks[0].params)
-        except Exception:  # noqa: BLE001 - bad labels fail each chunk, recorded as it should be
-            return None
+        resolved = tasks[0].resolved
         if (any(t.key(g) != key for t, g in zip(tasks, segs))
                 or any(b.start_ms != a.end_ms for a, b in zip(segs, segs[1:]))
                 or finer_series(resolved, key) is not None):

@@ -4,8 +4,8 @@ what follows from it: the finer series its labels read, its kernel threads."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..jobs.result import Segment
 from ..labels import ResolvedLabel, finer_candles
@@ -19,8 +19,7 @@ class ChunkTask:
     token: int
     segments: tuple[Segment, ...]
     names: dict[int, tuple[str, str]]  # series index -> (instrument, granularity)
-    labels: list[str]
-    params: dict[str, dict[str, Any]]
+    resolved: tuple[ResolvedLabel, ...]  # the job's labels, resolved when it was made
     label_set: str
     force: bool
     backend: str
@@ -28,6 +27,7 @@ class ChunkTask:
     numba_threads: int = 0
     timeout_s: float = 0.0  # the chunk's deadline (engine/watchdog.py); 0: none
     source: str = ""  # the job's source ("": the built-in candles table)
+    invalid: str = ""       # why the job's stored labels do not resolve (JobSpec.invalid)
 
     @property
     def rows(self) -> int:
@@ -38,7 +38,7 @@ class ChunkTask:
         return SeriesKey(*self.names[seg.series], self.source)
 
 
-def finer_series(resolved: list[ResolvedLabel], key: SeriesKey) -> SeriesKey | None:
+def finer_series(resolved: Sequence[ResolvedLabel], key: SeriesKey) -> SeriesKey | None:
     """The finer series of ``key``'s instrument (same source) that a request's labels read, if any."""
     need = finer_candles(resolved)
     return None if need is None else SeriesKey(key.instrument, need.granularity, key.source)

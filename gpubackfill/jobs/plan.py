@@ -1,4 +1,8 @@
-"""What a job is, and how it splits into chunks.  Pure: no I/O.
+"""How a job splits into chunks: every planning decision.  Pure: no I/O.
+
+The store answers counts and bounds (``engine/submit.py`` asks it); the
+chunk size, the series a job runs, its range, its runs and chunks, and an
+update's stale and missing chunks are decided here.
 
 A job covers one or many series (instrument x granularity) over one date
 range.  Its chunks share one queue:
@@ -17,161 +21,17 @@ range.  Its chunks share one queue:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
-from .. import labels as registry
+from ..config import AUTO_CHUNK_SIZES, AUTO_MEMORY_BUDGET, BYTES_PER_CANDLE
 from ..errors import InvalidInput
-from ..granularity import parse_granularity, parse_instrument
+from ..granularity import GRANULARITIES
+from ..times import iso
 from .result import Segment
+from .spec import ALL, JobSpec, make_spec
 
-PRIORITIES = ("low", "normal", "high")
-# The same bounds for the CLI, the API and Python callers.  A chunk size past
-# UInt64 reached ClickHouse's intDiv as 0 (a division by zero).
-MAX_CHUNK_SIZE = 100_000_000
-MAX_WORKERS = 1024
 MAX_SEGMENTS = 64  # series packed into one chunk (bounds one query's size)
-ALL = "*"
-# ClickHouse's DateTime64 covers 1900..2299; a date outside cannot name candles.
-_FIRST = datetime(1900, 1, 1, tzinfo=UTC)
-_LAST = datetime(2300, 1, 1, tzinfo=UTC)
-EVER = (int(_FIRST.timestamp() * 1000), int(_LAST.timestamp() * 1000))  # every time a candle can have
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    instruments: tuple[str, ...]     # ("*",): every instrument in the store
-    granularities: tuple[str, ...]
-    start_ms: int
-    end_ms: int                      # exclusive
-    labels: list[str]
-    params: dict[str, dict[str, Any]]  # resolved: every parameter filled in
-    chunk_size: int
-    workers: int
-    priority: str = "normal"
-    force: bool = False
-    backend: str = "cpu"
-    min_workers: int = 1
-    label_set: str = field(default="")
-    series: tuple[tuple[str, str], ...] = ()  # the (instrument, granularity) pairs run
-    kind: str = "backfill"                    # or "update"
-    source: str = ""                          # a registered source; "": the built-in candles
-
-    @property
-    def instrument(self) -> str:
-        """The job's instruments, for display and metrics labels."""
-        return ",".join(dict.fromkeys(i for i, _ in self.series)) or ",".join(self.instruments)
-
-    @property
-    def granularity(self) -> str:
-        return ",".join(dict.fromkeys(g for _, g in self.series)) or ",".join(self.granularities)
-
-    def resolved(self) -> list[registry.ResolvedLabel]:
-        return registry.resolve(self.labels, self.params)
-
-    def with_series(self, series: Iterable[tuple[str, str]]) -> JobSpec:
-        return replace(self, series=tuple((s[0], s[1]) for s in series))
-
-    def as_fields(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["series"] = [list(s) for s in self.series]
-        out["instruments"] = list(self.instruments)
-        out["granularities"] = list(self.granularities)
-        out["instrument"], out["granularity"] = self.instrument, self.granularity
-        return out
-
-
-def parse_names(value: str | Iterable[str] | None, what: str) -> list[str]:
-    """Comma-separated and/or repeated names, in order, each once."""
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    out: list[str] = []
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if part and part not in out:
-                out.append(part)
-    return out
-
-
-def make_spec(instrument: str | Iterable[str], granularity: str | Iterable[str],
-              start: str | datetime | date | None, end: str | datetime | date | None,
-              labels: list[str] | None, params: dict[str, dict[str, Any]] | None,
-              chunk_size: int, workers: int, priority: str = "normal", force: bool = False,
-              backend: str = "cpu", min_workers: int | None = None) -> JobSpec:
-    """Validate a request and fill in defaults; raises InvalidInput naming the problem.
-
-    ``instrument`` and ``granularity``: one name, a comma-separated list or a
-    list; ``"*"`` as the instrument means every instrument in the store (the
-    service finds them).  Without ``start`` or ``end`` the range is open on
-    that side (``EVER``); the service narrows it to the series' candles."""
-    names = parse_names(instrument, "instrument")
-    if not names:
-        raise InvalidInput("no instrument given (a name, a comma-separated list, or '*')")
-    insts = (ALL,) if ALL in names else tuple(parse_instrument(i) for i in names)
-    if ALL in names and len(names) > 1:
-        raise InvalidInput("'*' means every instrument: give it alone")
-    grans = tuple(parse_granularity(g) for g in parse_names(granularity, "granularity"))
-    if not grans:
-        raise InvalidInput("no granularity given (e.g. M5, or M5,H1)")
-    start_ms = EVER[0] if start is None else parse_time(start, "start date", end_of_day=False)
-    end_ms = EVER[1] if end is None else parse_time(end, "end date", end_of_day=True)
-    if end_ms <= start_ms:
-        raise InvalidInput(f"end date {end} is not after start date {start}")
-    chosen = list(labels) if labels else list(registry.DEFAULT_LABELS)
-    resolved = registry.resolve(chosen, params)
-    refused = registry.not_in_jobs(resolved)
-    if refused:
-        raise InvalidInput(refused)
-    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-        raise InvalidInput(f"chunk size must be 1..{MAX_CHUNK_SIZE:,}, got {chunk_size}")
-    if not 1 <= workers <= MAX_WORKERS:
-        raise InvalidInput(f"workers must be 1..{MAX_WORKERS}, got {workers}")
-    if priority not in PRIORITIES:
-        raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
-    lo = workers if min_workers is None else min_workers
-    if not 1 <= lo <= workers:
-        raise InvalidInput(f"min workers must be between 1 and workers ({workers}), got {lo}")
-    series = () if insts == (ALL,) else tuple((i, g) for i in insts for g in grans)
-    return JobSpec(insts, grans, start_ms, end_ms, [r.name for r in resolved],
-                   {r.name: r.params for r in resolved}, chunk_size, workers, priority, force,
-                   backend, lo, registry.label_set_id(resolved), series)
-
-
-def parse_time(value: str | datetime | date, what: str, end_of_day: bool) -> int:
-    """Milliseconds since the epoch (UTC) of a date or datetime.
-
-    A bare date as an end means the end of that day (the range includes it);
-    datetimes are taken as given, naive ones as UTC.
-    """
-    text = str(value).strip()
-    try:
-        if isinstance(value, datetime):
-            dt = value
-        elif isinstance(value, date):
-            dt = datetime.combine(value, dtime(0), UTC)
-            if end_of_day:
-                dt += timedelta(days=1)
-        elif len(text) == 10:
-            dt = datetime.combine(date.fromisoformat(text), dtime(0), UTC)
-            if end_of_day:
-                dt += timedelta(days=1)  # 9999-12-31 overflows here
-        else:
-            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        inside = _FIRST <= dt <= _LAST
-    except OverflowError:
-        inside = False
-    except ValueError:
-        raise InvalidInput(f"bad {what} {text!r}: use YYYY-MM-DD or an ISO 8601 time") from None
-    if not inside:
-        raise InvalidInput(f"{what} {text!r} is outside 1900-01-01..2299-12-31")
-    return int(dt.timestamp() * 1000)
 
 
 def plan_chunks(starts: list[tuple[int, int]], end_ms: int) -> list[tuple[int, int, int]]:
@@ -223,3 +83,182 @@ def mark_fresh(chunks: list[tuple[Segment, ...]], spans: dict[int, tuple[int, in
         span = spans.get(seg.series)
         return span is None or seg.end_ms <= span[0] or seg.start_ms > span[1]
     return [tuple(replace(seg, fresh=fresh(seg)) for seg in chunk) for chunk in chunks]
+
+
+# -- the chunk size --------------------------------------------------------------
+
+def chunk_size(asked: int | None, workers: int, candles: int | None = None, *,
+               fixed: int | None = None, memory_limit: int | None = None) -> int:
+    """The one chunk-size rule: the size asked for, else BATCH_CHUNK_SIZE
+    (``fixed``), else the largest of ``AUTO_CHUNK_SIZES`` within the memory
+    budget that still gives every worker two chunks of ``candles`` (one 1M
+    chunk of a 1M-candle job would leave a worker idle; unknown: no such
+    bound)."""
+    if asked:
+        return asked
+    if fixed:
+        return fixed
+    budget = memory_limit or AUTO_MEMORY_BUDGET
+    share = candles // (2 * workers) if candles else None
+    for size in AUTO_CHUNK_SIZES:
+        if workers * size * BYTES_PER_CANDLE <= budget and (share is None or size <= share):
+            return size
+    return AUTO_CHUNK_SIZES[-1]
+
+
+# -- a backfill -------------------------------------------------------------------
+
+def wanted_series(spec: JobSpec, present: Mapping[tuple[str, str], int]) -> list[tuple[str, str]]:
+    """The series a request asks for: its own pairs, or with ``*`` every
+    series of its granularities that the store has (``present``)."""
+    if spec.instruments != (ALL,):
+        return list(spec.series)
+    wanted = [k for k in sorted(present) if k[1] in spec.granularities]
+    if not wanted:
+        grans = sorted({g for _, g in present}, key=list(GRANULARITIES).index)
+        raise InvalidInput(f"no instrument has {','.join(spec.granularities)} candles "
+                           f"(the store has {','.join(grans) or 'none yet'}: see `gpubackfill series`)")
+    return wanted
+
+
+def narrow(spec: JobSpec, spans: Sequence[tuple[int, int]], from_first: bool, to_last: bool) -> JobSpec:
+    """A range left open: from the first candle of the job's series
+    (``spans``: each one's first and last ts), up to and including the last."""
+    if not spans:
+        return spec
+    start_ms = min(lo for lo, _ in spans) if from_first else spec.start_ms
+    end_ms = max(hi for _, hi in spans) + 1 if to_last else spec.end_ms
+    return replace(spec, start_ms=start_ms, end_ms=max(end_ms, start_ms + 1))
+
+
+def series_runs(n: int, ts_at: Mapping[int, int], chunk_size: int, back: int, ahead: int,
+                end_ms: int) -> list[tuple[int, int, int, int, int]]:
+    """A series' runs of ``chunk_size`` of its ``n`` candles in a range
+    ending at ``end_ms``, as (start ms, end ms exclusive, rows, lo ms, hi
+    ms): ``lo``/``hi`` are the ts of the first and last row a chunk reads
+    with a halo of ``back``/``ahead`` rows, or 0 where that row lies
+    outside the range (the first and last chunk): ``load`` then finds it
+    itself.  ``ts_at``: the ts of the candles (1-based row numbers in the
+    range) that start a run or bound a halo (``Store.chunk_marks``)."""
+    firsts = list(range(0, n, chunk_size))
+    runs = []
+    for c, i0 in enumerate(firsts):
+        rows = min(chunk_size, n - i0)
+        end = ts_at[firsts[c + 1] + 1] if c + 1 < len(firsts) else end_ms
+        lo = ts_at.get(i0 - back + 1, 0) if c > 0 and i0 >= back else 0
+        j = i0 + rows - 1 + ahead
+        hi = ts_at.get(j + 1, 0) if c + 1 < len(firsts) and j < n else 0
+        runs.append((ts_at[i0 + 1], end, rows, lo, hi))
+    return runs
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A job ready to queue: its spec (series and chunk size settled), its
+    chunks in queue order, and the series asked for that it skips."""
+    spec: JobSpec
+    chunks: list[tuple[Segment, ...]]
+    skipped: list[str]
+
+
+def backfill(spec: JobSpec, wanted: Sequence[tuple[str, str]],
+             runs: Mapping[tuple[str, str], Sequence[tuple[int, ...]]]) -> Planned | None:
+    """The job over the wanted series that have runs (None: none has);
+    ``spec.chunk_size`` is the one the runs were cut with."""
+    chosen = [k for k in wanted if runs.get(k)]
+    if not chosen:
+        return None
+    skipped = [f"{i} {g}" for i, g in wanted if not runs.get((i, g))]
+    return Planned(spec.with_series(chosen), plan_job([runs[k] for k in chosen], spec.chunk_size),
+                   skipped)
+
+
+def _day(ms: int) -> str:
+    """A date for a range bound on a day boundary (the end given as a date
+    includes its day), else the full time."""
+    whole = ms % 86_400_000 in (0, 86_399_999)
+    return (iso(ms) or "")[:10] if whole else (iso(ms) or "")
+
+
+def no_candles(spec: JobSpec, wanted: Sequence[tuple[str, str]]) -> str:
+    """Why a job over ``wanted`` has nothing to run (a lone series' own
+    bounds are added by the caller, who reads them)."""
+    if len(wanted) == 1:
+        inst, gran = wanted[0]
+        return f"no {inst} {gran} candles from {_day(spec.start_ms)} to {_day(spec.end_ms - 1)}"
+    return (f"none of {', '.join(f'{i} {g}' for i, g in wanted)} has candles from "
+            f"{_day(spec.start_ms)} to {_day(spec.end_ms - 1)}")
+
+
+# -- an update --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Computed:
+    """One computed chunk range of a series in a label set (the manifest)."""
+    start_ms: int
+    end_ms: int
+    rows: int
+    incomplete: int
+    computed_ms: int
+
+
+@dataclass
+class UpdatePlan:
+    """One update job: a label set over the series that need work."""
+    set_id: str
+    labels: list[str]
+    params: dict
+    series: list[tuple[str, str]]
+    chunks: list[tuple[Segment, ...]]
+    start_ms: int
+    end_ms: int
+    stale: int                # computed chunks planned again
+    new: int                  # chunks of candles never computed
+
+
+def stale_flags(records: Sequence[Computed], changes: Sequence[tuple[int, tuple[int, int]]]) -> list[bool]:
+    """Per record: stale or not.  ``changes``: each ingest's change to the
+    series as (when, (lo, hi)): the ts window it reaches with the label
+    set's halo.  A record computed before a change that reaches it is stale."""
+    return [any(at > r.computed_ms and r.start_ms <= hi and r.end_ms > lo for at, (lo, hi) in changes)
+            for r in records]
+
+
+def update_tail(records: Sequence[Computed], last_ts: int) -> tuple[int, int] | None:
+    """The range of a series' candles after its last computed chunk, or None."""
+    last_end = max(r.end_ms for r in records)
+    return (last_end, last_ts + 1) if last_ts >= last_end else None
+
+
+def update(set_id: str, params: dict, members: Sequence[tuple[tuple[str, str], Sequence[Computed],
+                                                                Sequence[bool], Sequence[tuple[int, int, int]]]],
+           chunk_size: int) -> UpdatePlan | None:
+    """The update job of one label set: per series (``members``: its key,
+    computed records, their stale flags, and its missing tail's runs as
+    ``plan_chunks`` gives them) the stale chunks again, with their own
+    boundaries, and the tail; None when all is current."""
+    picked: list[tuple[str, str]] = []
+    runs, stale_n, new_n = [], 0, 0
+    for key, recs, flags, fresh in members:
+        mine = sorted((r.start_ms, r.end_ms, r.rows) for r, stale in zip(recs, flags) if stale)
+        if mine or fresh:
+            picked.append(key)
+            runs.append(mine + list(fresh))
+            stale_n += len(mine)
+            new_n += len(fresh)
+    if not picked:
+        return None
+    chunks = plan_job(runs, chunk_size)
+    lo = min(s.start_ms for c in chunks for s in c)
+    hi = max(s.end_ms for c in chunks for s in c)
+    return UpdatePlan(set_id, list(params), params, picked, chunks, lo, hi, stale_n, new_n)
+
+
+def update_spec(plan: UpdatePlan, chunk_size: int, workers: int, priority: str, backend: str) -> JobSpec:
+    """The spec of an update job: the label set's labels over the plan's
+    series and range (its stored parameters are checked as a request's are)."""
+    spec = make_spec(list(dict.fromkeys(i for i, _ in plan.series)),
+                     list(dict.fromkeys(g for _, g in plan.series)), None, None, plan.labels,
+                     plan.params, chunk_size, workers, priority, False, backend)
+    return replace(spec.with_series(plan.series), start_ms=plan.start_ms, end_ms=plan.end_ms,
+                   kind="update")

@@ -51,6 +51,15 @@ class ResolvedLabel:
     def extra_inputs(self) -> tuple[FinerCandles, ...]:
         return self.spec.extra_inputs(self.params)
 
+    def __reduce__(self):
+        # Pickled by name (a chunk's task carries its labels to the workers):
+        # a spec holds functions, the registry has them.
+        return _by_name, (self.name, self.params)
+
+
+def _by_name(name: str, params: dict[str, Any]) -> ResolvedLabel:
+    return ResolvedLabel(get(name), params)
+
 
 def get(name: str) -> LabelSpec:
     try:

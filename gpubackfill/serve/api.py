@@ -156,17 +156,17 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
     def create_job(req: JobRequest) -> Created:
         """Plan a job and queue it; the scheduler runs it by priority."""
         job_id = service.create_job(**req.job_args())
-        return Created(job_id=job_id, status=service.job_view(job_id).status)
+        return Created(job_id=job_id, status=service.job(job_id).status)
 
     @app.get("/jobs", responses={503: {}})
     def list_jobs(status: Literal[JOB_STATES] | None = Query(default=None)) -> list[views.JobStatus]:  # type: ignore[valid-type]
         """Every job in Redis (optionally of one status), oldest first."""
-        return service.job_views(status)
+        return service.jobs(status)
 
     @app.get("/jobs/{job_id}", responses={404: {}, 503: {}})
     def get_job(job_id: str = JOB_ID) -> views.JobStatus:
         """One job: status, progress per series, throughput, ETA with its interval and confidence."""
-        return service.job_view(job_id)
+        return service.job(job_id)
 
     def transition(name: str):
         def handler(job_id: str = JOB_ID) -> Transitioned:
@@ -200,14 +200,43 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
     return app
 
 
+def check_dependencies(service: BackfillService) -> tuple[dict[str, Any], list[str]]:
+    """Redis, ClickHouse and the circuit breakers: (checks, reasons it is not ready)."""
+    checks: dict[str, Any] = {}
+    reasons: list[str] = []
+    try:
+        service.state.ping()
+        checks["redis"] = {"ok": True, "where": service.state.where}
+    except DependencyError as exc:
+        checks["redis"] = {"ok": False, "error": str(exc)}
+        reasons.append(f"redis: {exc}")
+    try:
+        service.store.rows("SELECT 1")
+        checks["clickhouse"] = {"ok": True}
+    except GpubackfillError as exc:
+        checks["clickhouse"] = {"ok": False, "error": str(exc)}
+        reasons.append(f"clickhouse: {exc}")
+    if checks["redis"]["ok"]:
+        try:
+            breakers = service.telemetry.breakers()
+            open_ = sorted(n for n, b in breakers.items() if b["state"] == "open")
+            checks["breakers"] = {"ok": not open_, "states": {n: b["state"] for n, b in breakers.items()}}
+            if open_:
+                reasons.append(f"circuit breaker open: {', '.join(open_)}")
+        except GpubackfillError as exc:
+            checks["breakers"] = {"ok": False, "error": str(exc)}
+            reasons.append(f"breakers: {exc}")
+    return checks, reasons
+
+
 def check_health(service: BackfillService, scheduler: Scheduler | None,
                  gpu: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    checks, reasons = service.check_dependencies()
+    checks, reasons = check_dependencies(service)
     dashboards: list[str] = []
     if checks["redis"]["ok"]:
         try:
-            dashboards = sorted({j.dashboard for j in service.job_views("running") if j.dashboard})
+            dashboards = sorted({j.dashboard for j in service.jobs("running") if j.dashboard})
         except GpubackfillError as exc:
             reasons.append(f"jobs: {exc}")
     from ..engine.cluster import cluster_summary

@@ -139,7 +139,7 @@ class RedisCollector:
     def collect(self) -> Iterator:
         t0 = time.perf_counter()
         try:
-            jobs = self.service.list_jobs()
+            jobs = [j.model_dump() for j in self.service.jobs()]
             m = self.service.metrics()
             ok = 1
         except GpubackfillError:

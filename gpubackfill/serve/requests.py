@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..jobs.plan import MAX_CHUNK_SIZE, MAX_WORKERS
+from ..jobs.spec import MAX_CHUNK_SIZE, MAX_WORKERS
 
 ParamValue = str | int | float | bool | list[int | float | str]
 
@@ -42,13 +42,7 @@ class JobRequest(BaseModel):
         """The keyword arguments of ``BackfillService.create_job`` (and ``plan``)."""
         return {"instrument": self.instrument, "granularity": self.granularity,
                 "start": self.start_date, "end": self.end_date, "labels": self.labels,
-                "params": _params(self.params), "chunk_size": self.chunk_size,
+                "params": self.params, "chunk_size": self.chunk_size,
                 "workers": self.workers, "priority": self.priority, "force": self.force,
                 "backend": self.backend, "min_workers": self.min_workers, "source": self.source}
 
-
-def _params(p: dict[str, dict[str, Any]] | None) -> dict | None:
-    if p is None:
-        return None
-    return {label: {k: (",".join(str(x) for x in v) if isinstance(v, list) else v)
-                    for k, v in values.items()} for label, values in p.items()}

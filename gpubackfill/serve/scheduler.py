@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import GpubackfillError, InvalidTransition
+from ..jobs.spec import JobSpec
 
 if TYPE_CHECKING:
     from ..service import BackfillService
@@ -57,14 +58,6 @@ def pick(candidates: list[Candidate], running: int, limit: int) -> list[str]:
     return [c.job_id for c in order[:free]]
 
 
-def overlaps(a: dict, b: dict) -> bool:
-    """Whether two jobs write the same labels somewhere: the same label
-    set, a series in common, and ranges that meet."""
-    return (a["label_set"] == b["label_set"]
-            and bool({tuple(x) for x in a["series"]} & {tuple(x) for x in b["series"]})
-            and int(a["start_ms"]) < int(b["end_ms"]) and int(b["start_ms"]) < int(a["end_ms"]))
-
-
 class Scheduler:
     def __init__(self, service: BackfillService, max_jobs: int | None = None,
                  interval: float | None = None, alerter: Alerter | None = None):
@@ -73,7 +66,7 @@ class Scheduler:
         self.interval = interval or service.settings.scheduler_interval
         self.alerter = alerter
         self._threads: dict[str, threading.Thread] = {}
-        self._records: dict[str, dict] = {}  # the jobs of the live threads, for overlaps
+        self._specs: dict[str, JobSpec] = {}  # the jobs of the live threads, for overlaps
         self._stop = threading.Event()       # handed to execute: interrupts jobs
         self._loop: threading.Thread | None = None
         self.last_error: str | None = None
@@ -88,7 +81,7 @@ class Scheduler:
             if job_id in self._threads:
                 continue
             try:
-                job = self.service.job_record(job_id)
+                job = self.service.state.job(job_id)
             except GpubackfillError:
                 continue
             status = job["status"]
@@ -112,11 +105,11 @@ class Scheduler:
         for job_id, t in list(self._threads.items()):
             if not t.is_alive():
                 del self._threads[job_id]
-                self._records.pop(job_id, None)
+                self._specs.pop(job_id, None)
         started = []
         if not self._stop.is_set():
             free = self.max_jobs - len(self._threads)
-            ours = [self._records[j] for j in self._threads if j in self._records]
+            ours = [self._specs[j] for j in self._threads if j in self._specs]
             candidates = self.candidates()
             for job_id in pick(candidates, 0, len(candidates)):
                 if free <= 0:
@@ -125,13 +118,13 @@ class Scheduler:
                 # a later pass: one running elsewhere (Redis says), or one
                 # of ours, launched but perhaps not running yet.
                 try:
-                    job = self.service.job_record(job_id)
-                    if any(overlaps(job, other) for other in ours) or self.service.writer_conflict(job_id, job):
+                    spec = JobSpec.from_record(self.service.state.job(job_id))
+                    if any(spec.overlaps(other) for other in ours) or self.service.writer_conflict(job_id, spec):
                         continue
                 except GpubackfillError:
                     continue
-                self._records[job_id] = job
-                ours.append(job)
+                self._specs[job_id] = spec
+                ours.append(spec)
                 self._launch(job_id)
                 started.append(job_id)
                 free -= 1
@@ -144,7 +137,7 @@ class Scheduler:
         pass: its dead letters were retried, and ``execute`` takes it from
         completed_with_errors or failed back to running (as ``dlq retry``
         does from the CLI).  False for a job in another state."""
-        if self.service.job_record(job_id)["status"] not in RUN_AGAIN_STATES:
+        if self.service.state.job(job_id)["status"] not in RUN_AGAIN_STATES:
             return False
         self._again.add(job_id)
         return True

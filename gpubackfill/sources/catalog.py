@@ -8,6 +8,7 @@ column.  Only ``SELECT``, ``DESCRIBE`` and ``EXPLAIN`` reach the relation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -167,3 +168,36 @@ def check(store: Store, src: Source) -> list[dict]:
 
 
 __all__ = ["check", "define", "parse_maps", "relation_sql"]
+
+
+class Sources:
+    """The registered sources, as the CLI and the service drive them: each
+    operation checks the store's schema first (``ready``)."""
+
+    def __init__(self, store: Store, ready: Callable[[], None]):
+        self.store, self.ready = store, ready
+
+    def add(self, name: str, relation: str, maps: list[str], **options) -> Source:
+        """Check a definition against its relation (``define``) and register
+        it; nothing is registered when it fails."""
+        self.ready()
+        src = define(self.store, name, relation, maps, **options)
+        self.store.add_source(src)
+        return src
+
+    def all(self) -> list[Source]:
+        self.ready()
+        return self.store.sources()
+
+    def get(self, name: str) -> Source:
+        self.ready()
+        return self.store.source(name)
+
+    def check(self, name: str) -> list[dict]:
+        """Each series of the source with its problems (``check``)."""
+        return check(self.store, self.get(name))
+
+    def remove(self, name: str) -> None:
+        """Forget a source; the labels computed from it stay."""
+        self.ready()
+        self.store.remove_source(name)

@@ -363,27 +363,20 @@ class Store:
             GROUP BY k ORDER BY k""", self._series_params(key, a=start_ms, b=end_ms, cs=chunk_size))
         return [(int(t), int(n)) for _, t, n in rows]
 
-    def chunk_plan(self, keys: list[SeriesKey], start_ms: int, end_ms: int, chunk_size: int,
-                   back: int, ahead: int, counts: dict[SeriesKey, int] | None = None
-                   ) -> dict[SeriesKey, list[tuple[int, int, int, int, int]]]:
-        """Each series' runs of ``chunk_size`` candles in [start, end), as
-        (start ms, end ms exclusive, rows, lo ms, hi ms): ``lo``/``hi`` are
-        the ts of the first and last row a chunk reads with a halo of
-        ``back``/``ahead`` rows, or 0 where that row lies outside the range
-        (the first and last chunk): ``load`` then finds it itself.
+    def chunk_marks(self, keys: list[SeriesKey], start_ms: int, end_ms: int, chunk_size: int,
+                    back: int, ahead: int, counts: dict[SeriesKey, int]) -> dict[SeriesKey, dict[int, int]]:
+        """The ts of the candles that start a run of ``chunk_size`` or bound
+        a halo of ``back``/``ahead`` rows, by 1-based row number in [start,
+        end), per series with candles there (``counts``: ``range_counts``
+        over the same range); ``jobs.plan.series_runs`` cuts the runs.
 
-        Counts come from the primary key (``range_counts``); a numbered
-        read of each series with more than one chunk keeps only the rows
-        that start a chunk or bound a halo; the series that fit one chunk
-        are read once together for their first ts."""
-        out: dict[SeriesKey, list[tuple[int, int, int, int, int]]] = {k: [] for k in keys}
-        if not keys:
-            return out
+        A numbered read of each series with more than one chunk keeps only
+        those rows; the series that fit one chunk are read once together
+        for their first ts."""
+        out: dict[SeriesKey, dict[int, int]] = {}
         p: dict[str, Any] = {"a": start_ms, "b": end_ms, "cs": chunk_size, "back": back, "ahead": ahead}
-        if counts is None:  # the caller may have them: range_counts over the same range
-            counts = self.range_counts("candles", keys, start_ms, end_ms)
         small = [k for k in keys if 0 < counts[k] <= chunk_size]
-        total = {k: counts[k] for k in keys if counts[k] > chunk_size}
+        total = [k for k in keys if counts[k] > chunk_size]
         if small:
             # Only the small series' rows are read here (the key prunes the rest).
             first_ts = {(i, g): int(t) for i, g, t in self._reader(small).rows(
@@ -396,15 +389,12 @@ class Store:
                  "grans": sorted({k.granularity for k in small}),
                  "keys": [(k.instrument, k.granularity) for k in small]})}
             for k in small:
-                out[k] = [(first_ts[(k.instrument, k.granularity)], end_ms, counts[k], 0, 0)]
-        if not total:
-            return out
-        marks: dict[SeriesKey, dict[int, int]] = {k: {} for k in total}
+                out[k] = {1: first_ts[(k.instrument, k.granularity)]}
         for key in total:
             # Rows numbered in key order by one thread (rowNumberInAllBlocks
             # counts rows as they stream by, so the stream must be one):
             # several times faster than row_number() over a window.
-            for rn, t in self._reader(key).rows(f"""
+            out[key] = {int(rn): int(t) for rn, t in self._reader(key).rows(f"""
                     SELECT rn, t FROM (
                         SELECT t, toInt64(rowNumberInAllBlocks()) + 1 AS rn
                         FROM (SELECT toUnixTimestamp64Milli(ts) AS t FROM {self._rel(key)}
@@ -415,20 +405,7 @@ class Store:
                     WHERE (rn - 1) % {{cs:Int64}} = 0 OR (rn - 1 + {{back:Int64}}) % {{cs:Int64}} = 0
                        OR (rn - {{ahead:Int64}}) % {{cs:Int64}} = 0
                     SETTINGS max_threads = 1""", self._series_params(key, **{k: p[k] for k in
-                                                                            ("a", "b", "cs", "back", "ahead")})):
-                marks[key][int(rn)] = int(t)
-        for key, n in total.items():
-            ts_at = marks[key]  # 1-based row number -> ts
-            firsts = list(range(0, n, chunk_size))
-            runs = []
-            for c, i0 in enumerate(firsts):
-                rows = min(chunk_size, n - i0)
-                end = ts_at[firsts[c + 1] + 1] if c + 1 < len(firsts) else end_ms
-                lo = ts_at.get(i0 - back + 1, 0) if c > 0 and i0 >= back else 0
-                j = i0 + rows - 1 + ahead
-                hi = ts_at.get(j + 1, 0) if c + 1 < len(firsts) and j < n else 0
-                runs.append((ts_at[i0 + 1], end, rows, lo, hi))
-            out[key] = runs
+                                                                            ("a", "b", "cs", "back", "ahead")}))}
         return out
 
     def range_counts(self, table: str, keys: list[SeriesKey], start_ms: int, end_ms: int,

@@ -13,7 +13,9 @@ from browser_fixtures import Serve, chromium, shots  # noqa: F401 (fixtures)
 from conftest import make_settings
 
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.engine import submit
 from gpubackfill.jobs.machine import FINAL_JOB_STATES
+from gpubackfill.jobs.spec import make_spec
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
@@ -83,7 +85,7 @@ JOB = {"instrument": f"{GOOD[0]},{GOOD[1]},{BAD}", "granularity": "M5", "start_d
 def wait_status(service, job_id, wanted, page):
     page.wait_for_function(
         "s => document.querySelector('#live .live').dataset.status === s", arg=wanted, timeout=WAIT_MS)
-    assert service.job_view(job_id).status == wanted
+    assert service.job(job_id).status == wanted
 
 
 def test_a_job_from_the_form_to_its_end(page, service, shots):
@@ -97,13 +99,15 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
     page.wait_for_selector("#plan:not([hidden])")
     shots(page, "console-new-job")
     preview = {k: page.text_content(f"#plan-{k}") for k in ("series", "skipped", "chunks", "candles", "set")}
-    spec, chunks, skipped = service.plan(JOB["instrument"], "M5", START, END,
-                                         JOB["labels"].split(","), None, 150, 1)
+    planned = submit.plan_backfill(service.store, service.settings,
+                                   make_spec(JOB["instrument"], "M5", START, END, JOB["labels"].split(","),
+                                             None, 150, 1), False, False)
+    spec, chunks, skipped = planned.spec, planned.chunks, planned.skipped
     assert preview["series"] == ", ".join(f"{i} {g}" for i, g in spec.series)
     assert preview["skipped"] == "none" and skipped == []
     assert preview["chunks"].startswith(f"{len(chunks):,} chunks")
     assert preview["set"].startswith(spec.label_set)
-    assert service.job_views() == []  # a dry run queues nothing
+    assert service.jobs() == []  # a dry run queues nothing
 
     page.click("#queue")
     page.wait_for_url(re.compile(r"/ui/jobs/[0-9a-f]{12}$"))
@@ -112,7 +116,7 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
     page.wait_for_selector("#msg:has-text('paused')")
     assert page.dialogs[0][0] == "prompt"  # asked once for the token...
     wait_status(service, job_id, "paused", page)
-    job = service.job_view(job_id)
+    job = service.job(job_id)
     # ...and the job is the one previewed.
     assert [f"{s.instrument} {s.granularity}" for s in job.series] == preview["series"].split(", ")
     assert job.chunks_total == len(chunks) and f"{job.candles_total:,} candles" == preview["candles"]
@@ -135,7 +139,7 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
                            timeout=WAIT_MS)
     shots(page, "console-job-running")
     page.wait_for_selector("#live .live[data-final='1']", timeout=WAIT_MS)
-    job = service.job_view(job_id)
+    job = service.job(job_id)
     assert job.status == "completed_with_errors"
     # The throughput and ETA charts moved while the job ran, and stopped
     # with it: the last ETA is none left.
@@ -177,7 +181,7 @@ def test_a_job_from_the_form_to_its_end(page, service, shots):
 
 
 def finished_job(service):
-    done = [j for j in service.job_views() if j.status in FINAL_JOB_STATES and j.kind == "backfill"
+    done = [j for j in service.jobs() if j.status in FINAL_JOB_STATES and j.kind == "backfill"
             and j.candles_done]
     if not done:
         pytest.skip("needs the job of test_a_job_from_the_form_to_its_end")
@@ -209,7 +213,7 @@ def test_an_action_without_the_token_gets_the_apis_401(page, service, serve):
     console = httpx.post(f"{serve.url}/ui/api/dlq/retry", json={"job_id": job.job_id})
     assert (console.status_code, console.json(), console.headers.get("www-authenticate")) == (
         401, api.json(), api.headers.get("www-authenticate"))
-    assert service.job_view(job.job_id).status == job.status
+    assert service.job(job.job_id).status == job.status
     assert service.dead_letters(job.job_id)  # nothing re-queued
 
 
@@ -327,7 +331,7 @@ def test_dead_letters_purged_and_retried_from_the_page(page, service):
     left = service.dead_letters(job.job_id)
     assert [e["id"] for e in left] == [e["id"] for e in entries[1:]]
     assert service.state.chunk_states(job.job_id)[purged["chunk"]] == "failed"   # purged, not retried
-    assert service.job_view(job.job_id).status == "completed_with_errors"
+    assert service.job(job.job_id).status == "completed_with_errors"
 
     # The fix: the bad candle's high back to what the feed sent.
     t = int(BAD_ROW["ts"])
@@ -354,12 +358,12 @@ def test_update_from_the_series_page(page, service):
     page.click(button)   # the prompt is dismissed: no token
     page.wait_for_selector("#msg.bad")
     assert page.text_content("#msg") == "401: a valid bearer token is required"
-    assert [j for j in service.job_views() if j.kind == "update"] == []
+    assert [j for j in service.jobs() if j.kind == "update"] == []
 
     page.token = TOKEN
     page.click(button)
     page.wait_for_selector("#msg:has-text('queued')")
-    (update,) = [j for j in service.job_views() if j.kind == "update"]
+    (update,) = [j for j in service.jobs() if j.kind == "update"]
     assert page.text_content("#msg").startswith(f"job {update.job_id} queued")
     assert update.series[0].instrument == inst and update.chunks_total > 0
     page.goto(f"/ui/jobs/{update.job_id}")

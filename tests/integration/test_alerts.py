@@ -150,7 +150,7 @@ def test_the_scheduler_pass_evaluates_alerts(chdb_home, redis_socket):
     sched = Scheduler(service, max_jobs=1, alerter=Alerter(service.telemetry, settings))
     assert sched.tick() == []
     alert = service.telemetry.alerts()["queue_backlog"]
-    assert alert["value"] == service.status(job)["chunks_total"] > 2
+    assert alert["value"] == service.job(job).model_dump()["chunks_total"] > 2
     service.cancel(job)
     sched.tick()
     assert "queue_backlog" not in service.telemetry.alerts()

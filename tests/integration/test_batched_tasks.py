@@ -12,6 +12,7 @@ from gpubackfill.engine import driver as driver_mod
 from gpubackfill.engine.chunk import run_chunks
 from gpubackfill.engine.task import ChunkTask
 from gpubackfill.jobs.result import ChunkResult
+from gpubackfill.jobs.spec import JobSpec
 from gpubackfill.service import BackfillService
 
 SIZES: list[int] = []  # chunks per Dask task, as the driver submitted them
@@ -43,10 +44,10 @@ def test_small_chunks_share_a_task_and_every_chunk_is_written_once(service, monk
     candles = series(service)
     svc = BackfillService(service.settings.model_copy(update={"task_candles": task_candles}))
     job = svc.create_job("EURUSD", "M5", START, END, chunk_size=500, workers=2)
-    total = svc.status(job)["chunks_total"]
+    total = svc.job(job).model_dump()["chunks_total"]
     _counting_submit(monkeypatch)
     assert svc.execute(job).status == "completed"
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     # Each chunk ran in exactly one task: none failed, none was given back.
     assert sum(SIZES) == total and s["chunks"]["done"] == total
     assert max(SIZES) == most and len(SIZES) == -(-total // most) and total > 8
@@ -60,7 +61,7 @@ def _claimed(service, job, n):
     for _ in range(n):
         idx, token, segs = service.state.claim(job, "w", 60_000)
         out.append(ChunkTask(job_id=job, index=idx, token=token, segments=segs,
-                             names={0: ("EURUSD", "M5")}, labels=rec["labels"], params=rec["params"],
+                             names={0: ("EURUSD", "M5")}, resolved=JobSpec.from_record(rec).resolved,
                              label_set=rec["label_set"], force=False, backend="cpu", max_attempts=3))
     return tuple(out)
 
@@ -85,13 +86,13 @@ def test_a_chunk_whose_lease_was_taken_back_while_it_waited_is_not_run(service):
     assert "lease was taken back" in results[1].error and "not started" in results[2].error
     assert _rows_in(service, job, tasks[0]) == tasks[0].rows
     assert _rows_in(service, job, tasks[1]) == _rows_in(service, job, tasks[2]) == 0
-    s = service.status(job)
+    s = service.job(job).model_dump()
     # The third was given back with the second (no lease left over to run out).
     assert s["chunks"]["done"] == 1 and s["chunks"]["leased"] == 0
     assert s["chunks"]["pending"] == s["chunks_total"] - 1
     service.state.transition(job, "interrupt")
     assert service.execute(job).status == "completed"
-    assert service.status(job)["rows_written"] == service.status(job)["candles_total"]
+    assert service.job(job).model_dump()["rows_written"] == service.job(job).model_dump()["candles_total"]
     assert_matches_whole_series(service, job, candles)
 
 
@@ -105,7 +106,7 @@ def test_a_pause_gives_back_the_chunks_waiting_in_a_task(service):
     # The chunk that had started finishes; the two behind it do not start.
     assert [r.kind for r in results] == ["done", "stale", "stale"]
     assert "the job is paused" in results[1].error
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["status"] == "paused" and s["chunks"]["leased"] == 0 and s["chunks"]["done"] == 1
     service.resume(job)
     service.state.transition(job, "interrupt")
@@ -130,7 +131,7 @@ def test_a_chunk_that_fails_sends_the_rest_of_its_task_back(service, monkeypatch
     results = run_chunks(service.settings, tasks)
     assert [r.kind for r in results] == ["retry", "stale", "stale"]
     assert f"chunk {tasks[0].index} ended retry" in results[1].error
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["chunks"]["leased"] == 0 and s["chunks"]["done"] == 0
     assert s["chunks"]["pending"] == s["chunks_total"]
     monkeypatch.undo()

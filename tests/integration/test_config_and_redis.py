@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from gpubackfill.config import ConfigError, Settings
+from gpubackfill.engine.submit import chunk_size
 from gpubackfill.storage.redis_server import server_pid, stop_server
 
 
@@ -17,13 +18,13 @@ def test_embedded_defaults(tmp_path):
     assert s.chdb_path == tmp_path / "clickhouse" and s.redis_dir == tmp_path / "redis"
     assert s.chunk_size is None and s.redis_ttl == 7 * 24 * 3600
     # Unset, the chunk size follows the workers: chunks in flight within 2 GB.
-    assert [s.chunk_size_for(w) for w in (1, 2, 3, 8, 20, 64)] == [
+    assert [chunk_size(s, None, w) for w in (1, 2, 3, 8, 20, 64)] == [
         1_000_000, 1_000_000, 250_000, 250_000, 100_000, 100_000]
     # ... and gives every worker two chunks of the job, down to 100k.
-    assert [s.chunk_size_for(2, n) for n in (10**7, 4 * 10**6, 10**6, 10**5)] == [
+    assert [chunk_size(s, None, 2, n) for n in (10**7, 4 * 10**6, 10**6, 10**5)] == [
         1_000_000, 1_000_000, 250_000, 100_000]
     limited = s.model_copy(update={"memory_limit_bytes": 500_000_000})
-    assert limited.chunk_size_for(2) == 250_000
+    assert chunk_size(limited, None, 2) == 250_000
 
 
 def test_original_spec_names_build_server_urls(tmp_path):

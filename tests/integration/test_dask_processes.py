@@ -37,7 +37,7 @@ def test_job_on_worker_processes_through_the_http_interface(server, tmp_path, re
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=1_500,
                          workers=2, min_workers=1)
     result = svc.execute(job)
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     assert result.status == "completed", s["last_errors"]
     assert s["cluster"].startswith("local processes")
     assert_matches_whole_series(svc, job, candles)
@@ -54,7 +54,7 @@ def test_job_on_an_existing_dask_cluster_by_scheduler_address(server, tmp_path, 
                       dashboard_address=":0") as cluster:
         job = svc.create_job("GBPUSD", "H1", "2023-01-01", "2023-12-31", chunk_size=700, workers=2)
         result = svc.execute(job, scheduler=cluster.scheduler_address)
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     assert result.status == "completed", s["last_errors"]
     assert s["cluster"] == f"scheduler {cluster.scheduler_address}"
     assert_matches_whole_series(svc, job, candles)

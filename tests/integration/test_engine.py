@@ -26,7 +26,7 @@ def series(service, instrument="EURUSD", granularity="M5", start=START, end="202
 
 def assert_matches_whole_series(service, job_id, candles: pa.Table):
     """The stored labels equal compute_labels over everything ingested."""
-    s = service.status(job_id)
+    s = service.job(job_id).model_dump()
     stored = service.export(s["instrument"], s["granularity"], s["labels"], None)
     whole = compute_labels(candles, s["labels"])
     ts = whole.column("ts").to_numpy()
@@ -45,7 +45,7 @@ def test_job_equals_whole_series_with_chunks_that_do_not_divide(service):
     job = service.create_job("EURUSD", "M5", START, END, chunk_size=997, workers=2)
     result = service.execute(job)
     assert result.status == "completed"
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["chunks_total"] > 5 and s["chunks"]["done"] == s["chunks_total"]
     assert s["candles_done"] == s["candles_total"] == s["rows_written"]
     assert_matches_whole_series(service, job, candles)
@@ -54,12 +54,12 @@ def test_job_equals_whole_series_with_chunks_that_do_not_divide(service):
 def test_rerun_skips_unchanged_chunks_and_force_recomputes_without_duplicates(service):
     candles = series(service)
     first = service.start("EURUSD", "M5", START, END, chunk_size=2_000, workers=2)
-    chunks = service.status(first)["chunks_total"]
+    chunks = service.job(first).model_dump()["chunks_total"]
     again = service.start("EURUSD", "M5", START, END, chunk_size=2_000, workers=2)
-    s = service.status(again)
+    s = service.job(again).model_dump()
     assert s["status"] == "completed" and s["cache_hits"] == chunks and s["rows_written"] == 0
     forced = service.start("EURUSD", "M5", START, END, chunk_size=2_000, workers=2, force=True)
-    s = service.status(forced)
+    s = service.job(forced).model_dump()
     assert s["cache_hits"] == 0 and s["rows_written"] == s["candles_total"]
     assert_matches_whole_series(service, forced, candles)
 
@@ -86,7 +86,7 @@ def test_incomplete_rows_are_recomputed_when_newer_candles_arrive(service):
     assert recorded == int(nulls.sum()) > int(np.count_nonzero(flags & 4))
     service.ingest_table(key, full)
     again = service.start("GBPUSD", "M5", START, END, chunk_size=2_000, workers=2)
-    s = service.status(again)
+    s = service.job(again).model_dump()
     assert 0 < s["rows_written"] < s["candles_total"]  # only chunks that saw new candles
     assert_matches_whole_series(service, again, full)
     assert job != again
@@ -103,7 +103,7 @@ def test_two_jobs_at_once(service):
     for t in threads:
         t.join(timeout=300)
     for job, candles in zip(jobs, (a, b)):
-        assert service.status(job)["status"] == "completed"
+        assert service.job(job).model_dump()["status"] == "completed"
         assert_matches_whole_series(service, job, candles)
 
 
@@ -133,7 +133,7 @@ def test_bad_requests_are_refused_before_anything_runs(service):
         service.create_job("EURUSD", "M7", START, END)
     with pytest.raises(JobNotFound):
         service.pause("0123456789ab")
-    assert service.list_jobs() == []
+    assert service.jobs() == []
 
 
 def test_a_range_without_candles_is_refused_naming_the_series_range(service):
@@ -141,7 +141,7 @@ def test_a_range_without_candles_is_refused_naming_the_series_range(service):
     with pytest.raises(InvalidInput, match=r"no EURUSD M5 candles from 2023-01-01 to 2023-01-31; "
                                            r"the series has 2024-01-01T00:00:00Z to 2024-02-1"):
         service.start("EURUSD", "M5", "2023-01-01", "2023-01-31")
-    assert service.list_jobs() == []
+    assert service.jobs() == []
 
 
 def test_cleanup_forgets_old_finished_jobs_only(service):
@@ -151,13 +151,13 @@ def test_cleanup_forgets_old_finished_jobs_only(service):
     assert service.cleanup(1) == []              # finished less than a day ago
     assert service.cleanup(0, status="cancelled") == []
     assert service.cleanup(0) == [done]
-    assert [j["job_id"] for j in service.list_jobs()] == [queued]
+    assert [j.job_id for j in service.jobs()] == [queued]
 
 
 def test_status_says_which_backend_ran_and_why(service):
     candles = series(service)
     job = service.start("EURUSD", "M5", START, "2024-01-10", chunk_size=3_000, backend="auto")
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["backend"] == "auto" and s["backend_used"] == "cpu"
     assert s["backend_reason"].startswith("auto chose cpu: ")
     assert any(e["event"] == "backend" for e in service.state.events(job))
@@ -176,15 +176,33 @@ def test_finished_jobs_expire_after_the_redis_ttl(service):
 def test_status_shows_where_the_time_of_the_chunks_went(service):
     series(service)
     job = service.start("EURUSD", "M5", START, END, chunk_size=1_500, workers=1)
-    s = service.status(job)
+    s = service.job(job).model_dump()
     stages = s["stages"]
     assert {"load", "fingerprint", "validate", "compute", "write", "total"} <= set(stages)
     # A first backfill's chunks are fresh: no rows, so nothing to look up.
     assert "cache check" not in stages
-    again = service.status(service.start("EURUSD", "M5", START, END, chunk_size=1_500, workers=1))
+    again = service.job(service.start("EURUSD", "M5", START, END, chunk_size=1_500, workers=1)).model_dump()
     assert "cache check" in again["stages"] and again["cache_hits"] == again["chunks_total"]
     steps = sum(v for k, v in stages.items() if k != "total")
     assert 0 < steps <= stages["total"] * 1.001
     # The recorded total is the sum of the chunks' durations the ETA uses.
     recorded = sum(d for d, _ in service.state.durations(job))
     assert stages["total"] == pytest.approx(recorded, rel=1e-3, abs=1e-3)
+
+
+def test_a_jobs_labels_are_resolved_once_from_request_to_settled(service, monkeypatch):
+    """The request's labels are resolved when the job is made, and checked
+    once more when its driver reads the record; planning, queueing and
+    every chunk use them as they are (the count does not grow with the
+    chunks: 7 here)."""
+    from gpubackfill.labels import DEFAULT_LABELS, LabelSpec
+
+    candles = series(service)
+    calls: list[str] = []
+    real = LabelSpec.resolve
+    monkeypatch.setattr(LabelSpec, "resolve", lambda self, given: calls.append(self.name) or real(self, given))
+    job = service.create_job("EURUSD", "M5", START, END, chunk_size=1_000, workers=1)
+    assert service.execute(job).status == "completed"
+    assert service.job(job).chunks_total >= 6
+    assert sorted(calls) == sorted(2 * DEFAULT_LABELS)
+    assert_matches_whole_series(service, job, candles)

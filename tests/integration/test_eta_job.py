@@ -33,7 +33,7 @@ def test_a_real_job_reports_its_eta_from_recorded_samples(service):
 
     service.execute(job, progress=progress)
     samples = service.telemetry.samples(job)
-    final = service.status(job)
+    final = service.job(job).model_dump()
     # Chunks of 100 candles, 8 to a Dask task sharing one read and one
     # insert: one sample per task, its time and its candles.
     sizes = [n for _, _, n in samples]
@@ -69,4 +69,4 @@ def test_chunks_that_read_and_write_on_their_own_are_one_sample_each(service):
     service.execute(again)
     samples = service.telemetry.samples(again)
     assert sorted(n for _, _, n in samples) == [28] + [100] * 17
-    assert service.status(again)["status"] == "completed"
+    assert service.job(again).model_dump()["status"] == "completed"

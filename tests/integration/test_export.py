@@ -27,7 +27,7 @@ def computed(service):
     service.ingest_table(SeriesKey("EURUSD", "M15"), candles)
     job = service.start("EURUSD", "M15", START, END, ["enhanced_triple_barrier", "mfe_mae"],
                         {"enhanced_triple_barrier": {"horizon": 48}}, chunk_size=500, workers=1)
-    return candles, service.status(job)
+    return candles, service.job(job).model_dump()
 
 
 def export(cli, tmp_path, *args, name="labels.parquet"):
@@ -65,7 +65,7 @@ def test_with_several_sets_no_labels_lists_them_and_set_picks_one(cli, computed,
     _, first = computed
     other = service.start("EURUSD", "M15", START, END, ["vol_scaled_return"], None,
                           chunk_size=500, workers=1)
-    second = service.status(other)["label_set"]
+    second = service.job(other).model_dump()["label_set"]
     out = tmp_path / "x.parquet"
     out.write_bytes(b"old")
     r = cli("export", "--instrument", "EURUSD", "--granularity", "M15", "-o", str(out))
@@ -358,7 +358,7 @@ def test_some_labels_of_a_stored_set_export_just_their_columns(cli, computed, se
                           chunk_size=500, workers=1)
     r, _ = export(cli, tmp_path, "--labels", "mfe_mae")
     assert r.exit_code == 2 and "2 label sets of EURUSD M15 hold those labels" in r.output
-    assert service.status(other)["label_set"] in r.output and s["label_set"] in r.output
+    assert service.job(other).model_dump()["label_set"] in r.output and s["label_set"] in r.output
 
 
 @pytest.fixture
@@ -368,7 +368,7 @@ def panel(service):
         service.ingest_table(SeriesKey(inst, "M15"), generate(inst, "M15", START, "2024-01-06"))
     job = service.start(["EURUSD", "GBPUSD"], "M15", START, "2024-01-06", ["mfe_mae"], None,
                         chunk_size=200, workers=1)
-    return service.status(job)
+    return service.job(job).model_dump()
 
 
 def test_several_series_export_as_one_long_panel(cli, panel, service, tmp_path):
@@ -442,7 +442,7 @@ def test_a_panel_streams_batch_by_batch_and_never_mixes_label_sets(panel, servic
     # leaves out the series that lack them.
     job = service.start("GBPUSD", "M15", START, "2024-01-06", ["mfe_mae", "fixed_horizon"], None,
                         chunk_size=500, workers=1)
-    second = service.status(job)["label_set"]
+    second = service.job(job).model_dump()["label_set"]
     out = tmp_path / "x.parquet"
     with pytest.raises(InvalidInput, match="GBPUSD M15 has 2 label sets; choose one"):
         service.export_file(out, "*", "M15")

@@ -48,7 +48,7 @@ def ingest(svc, instrument="EURUSD", granularity="M5", start="2024-01-01", end="
 
 
 def assert_survived(svc, job, candles):
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     assert s["status"] == "completed", (s["status"], s["last_errors"])
     assert_matches_whole_series(svc, job, candles)
     assert svc.state.leases(job) == {}
@@ -72,7 +72,7 @@ def wait_for(pred, timeout=120, what="condition"):
 
 
 def done_chunks(svc, job) -> int:
-    return svc.status(job)["chunks"]["done"]
+    return svc.job(job).model_dump()["chunks"]["done"]
 
 
 # -- data errors and poison chunks (7, 8) ----------------------------------------
@@ -121,7 +121,7 @@ def test_malformed_candles_dead_letter_their_chunk_and_dlq_retry_completes(setti
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-01-31", labels=["mfe_mae"],
                          chunk_size=1000, workers=2)
     result = svc.execute(job)
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     assert result.status == "completed_with_errors"
     assert s["chunks"]["failed"] == 1 and s["chunks"]["done"] == s["chunks_total"] - 1
     [entry] = svc.dead_letters(job)
@@ -169,7 +169,7 @@ def test_poison_chunk_is_dead_lettered_after_its_attempts(settings, monkeypatch)
     assert "kernel blew up" in entry["message"]
     counters = svc.state.counters()
     assert counters["retries:transient"] == 4 and counters["errors:transient"] == 1
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     assert s["chunks"]["done"] == s["chunks_total"] - 1
     n, uniq = svc.store.label_counts(SeriesKey("EURUSD", "M5"), s["label_set"])
     assert n == uniq == s["candles_total"] - 1000  # every other chunk written, once
@@ -229,7 +229,7 @@ def test_memory_budget_splits_chunks_before_loading(settings):
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=4000, workers=2)
     assert svc.execute(job).status == "completed"
     rows = [g.rows for segs in svc.state.plan(job).values() for g in segs]
-    assert max(rows) < 1000 and sum(rows) == svc.status(job)["candles_total"]
+    assert max(rows) < 1000 and sum(rows) == svc.job(job).model_dump()["candles_total"]
     assert_survived(svc, job, candles)
 
 
@@ -338,10 +338,10 @@ def test_clickhouse_outage_during_writes_waits_and_recovers(ch_behind_proxy, tmp
     wait_for(lambda: done_chunks(svc, job) >= 2, timeout=180, what="2 chunks")
     proxy.set("refuse")
     time.sleep(3)
-    during = svc.status(job)
+    during = svc.job(job).model_dump()
     proxy.set("pass")
     t.join(timeout=240)
-    assert not t.is_alive() and out["result"].status == "completed", svc.status(job)["last_errors"]
+    assert not t.is_alive() and out["result"].status == "completed", svc.job(job).model_dump()["last_errors"]
     assert during["status"] == "running" and during["chunks"]["failed"] == 0
     assert svc.dead_letters(job) == []
     counters = svc.state.counters()
@@ -369,7 +369,7 @@ def test_sigkill_of_a_worker_process_mid_chunk(ch_behind_proxy, tmp_path, redis_
     assert victims, "no worker processes found"
     victims[0].kill()
     t.join(timeout=240)
-    assert not t.is_alive() and out["result"].status == "completed", svc.status(job)["last_errors"]
+    assert not t.is_alive() and out["result"].status == "completed", svc.job(job).model_dump()["last_errors"]
     assert not victims[0].is_running()
     assert_survived(svc, job, candles)
 
@@ -395,7 +395,7 @@ def test_a_wedged_driver_is_taken_over_once_its_lock_runs_out(ch_behind_proxy, t
             svc.execute(job)
         wait_for(lambda: svc.state.driver_ttl_ms(job) < 0, timeout=30, what="the lock to run out")
         result = svc.execute(job)
-        assert result.status == "completed", svc.status(job)["last_errors"]
+        assert result.status == "completed", svc.job(job).model_dump()["last_errors"]
     finally:
         for p in family:  # a wedged process is ended, not woken: it could write stale rows
             with contextlib.suppress(psutil.NoSuchProcess):

@@ -71,11 +71,11 @@ def test_a_label_the_engine_does_not_know_gets_its_finer_candles_and_its_counter
 
     job = service.create_job("EURUSD", "H1", start, end, labels=[TOY], chunk_size=10, workers=2)
     assert service.execute(job).status == "completed"
-    assert service.status(job)["chunks_total"] > 1
+    assert service.job(job).model_dump()["chunks_total"] > 1
     stored = service.export("EURUSD", "H1", [TOY])
     assert stored.column("toy_finer").to_pylist() == per_bar.tolist()
-    assert service.status(job)["toy_full_bars"] == full
-    record = service.job_record(job)
+    assert service.job(job).model_dump()["toy_full_bars"] == full
+    record = service.state.job(job)
     assert record["toy_full_bars"] == full
     # The built-in labels' counters are in every job's record, as before.
     assert record["tb_resolved"] == record["tb_ambiguous"] == 0
@@ -95,4 +95,4 @@ def test_a_missing_finer_series_a_label_asks_for_is_said_once(service, toy, capl
     notes = [e for e in service.state.events(job) if e.get("event") == "finer"]
     assert len(notes) == 1 and notes[0]["note"] == said[0]
     assert set(service.export("GBPUSD", "H1", [TOY], params).column("toy_finer").to_pylist()) == {0}
-    assert service.status(job)["toy_full_bars"] == 0
+    assert service.job(job).model_dump()["toy_full_bars"] == 0

@@ -100,7 +100,7 @@ def test_a_job_shows_its_dashboard_while_it_runs_and_not_after(service):
 
     assert service.execute(job, progress=progress).status == "completed"
     assert while_running and all(link.startswith("http://127.0.0.1:") for link in while_running)
-    assert service.status(job)["dashboard"] == ""
+    assert service.job(job).model_dump()["dashboard"] == ""
     assert "dashboard" not in run_cli(env_for(service.settings), "status", job).stdout
 
 

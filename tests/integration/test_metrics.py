@@ -43,7 +43,7 @@ def finished_job(service):
 
 
 def test_exposition_after_a_job_has_the_expected_series(service, finished_job):
-    s = service.status(finished_job)
+    s = service.job(finished_job).model_dump()
     queued = service.create_job("EURUSD", "M5", START, END, chunk_size=1_000, priority="high")
     text = exposition(registry(service)).decode()
     m = samples_by_name(text)
@@ -61,7 +61,7 @@ def test_exposition_after_a_job_has_the_expected_series(service, finished_job):
     assert value(m, "gpubackfill_chunk_duration_seconds_sum") > 0
     assert value(m, "gpubackfill_jobs", status="completed") == 1
     assert value(m, "gpubackfill_jobs", status="queued") == 1
-    assert value(m, "gpubackfill_queue_pending_chunks") == service.status(queued)["chunks_total"]
+    assert value(m, "gpubackfill_queue_pending_chunks") == service.job(queued).model_dump()["chunks_total"]
     for cat in ("transient", "resource", "dependency", "data", "persistent"):
         assert value(m, "gpubackfill_retries_total", category=cat) == 0
         assert value(m, "gpubackfill_errors_total", category=cat) == 0
@@ -146,8 +146,8 @@ def test_json_logs_one_line_per_state_change_and_chunk_failure(service):
     assert any(e[0] == job and e[1] == "settled" for e in events)
     assert any(e[1] == "cancel" and e[2] == "cancelled" for e in events)
     failures = [x for x in lines if x.get("event") == "chunk_failed"]
-    chunks = service.status(job)["chunks_total"]
+    chunks = service.job(job).model_dump()["chunks_total"]
     assert sorted(x["chunk"] for x in failures) == list(range(chunks))
     assert all(x["job_id"] == job and "horizon" in x["message"] for x in failures)
-    assert service.status(job)["status"] == "completed_with_errors"
+    assert service.job(job).model_dump()["status"] == "completed_with_errors"
     assert all({"time", "level", "message"} <= set(x) for x in lines)

@@ -44,10 +44,10 @@ def test_one_date_left_out_opens_that_side_only(service, two_series):
     job = service.create_job("EURUSD", "H1", start="2024-01-05", labels=["mfe_mae"])
     eur = two_series["EURUSD"]
     since = pc.sum(pc.greater_equal(pc.cast(eur.column("ts"), "int64"), 1704412800000)).as_py()
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["candles_total"] == since and s["end"] == iso(_ms(eur, -1) + 1)
     job = service.create_job("GBPUSD", "H1", end="2024-01-09", labels=["mfe_mae"])
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["start"] == iso(_ms(two_series["GBPUSD"], 0)) and s["end"] == "2024-01-10T00:00:00Z"
 
 

@@ -58,11 +58,11 @@ def test_a_new_scheduler_resumes_interrupted_and_queued_jobs(service):
     old = Scheduler(service, max_jobs=1, interval=0.05)
     assert old.tick() == [first]
     deadline = time.monotonic() + 120
-    while service.status(first)["chunks"]["done"] < 2:
+    while service.job(first).model_dump()["chunks"]["done"] < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     old.shutdown()  # the service stops: its job is interrupted between chunks
-    s = service.status(first)
+    s = service.job(first).model_dump()
     assert s["status"] == "interrupted" and s["chunks"]["done"] < s["chunks_total"]
     second = service.create_job("EURUSD", "M5", START, "2024-01-05", chunk_size=600, workers=1)
     manual = service.create_job("EURUSD", "M5", START, "2024-01-06", chunk_size=600, workers=1)
@@ -70,9 +70,9 @@ def test_a_new_scheduler_resumes_interrupted_and_queued_jobs(service):
     new = Scheduler(service, max_jobs=2, interval=0.05)
     run_until_settled(new, [first, second])
     assert sorted(new.started_order) == sorted([first, second])
-    s = service.status(first)
+    s = service.job(first).model_dump()
     assert s["status"] == "completed" and s["candles_done"] == s["candles_total"]
-    assert service.status(manual)["status"] == "paused"
+    assert service.job(manual).model_dump()["status"] == "paused"
 
 
 def test_a_restarted_service_takes_over_a_job_whose_driver_died_at_once(service):
@@ -91,11 +91,11 @@ def test_a_restarted_service_takes_over_a_job_whose_driver_died_at_once(service)
     service.state.set_fields(job, scheduled="1")
     service.state.transition(job, "execute")
     assert service.state.acquire_driver(job, owner, 600_000) is None  # a 10-minute lease
-    assert service.status(job)["driver"]["gone"]
+    assert service.job(job).model_dump()["driver"]["gone"]
     new = Scheduler(service, max_jobs=1, interval=0.05)
     assert new.tick() == [job]
     run_until_settled(new, [job], seconds=120)
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["status"] == "completed" and s["candles_done"] == s["candles_total"]
 
 
@@ -117,13 +117,13 @@ def test_a_finished_job_whose_dead_letters_are_retried_runs_again(service):
     job = service.create_job("EURUSD", "M5", START, END, chunk_size=300, workers=1)
     sched = Scheduler(service, max_jobs=1, interval=0.05)
     run_until_settled(sched, [job])
-    assert service.status(job)["status"] == "completed_with_errors" and service.dead_letters(job)
+    assert service.job(job).model_dump()["status"] == "completed_with_errors" and service.dead_letters(job)
     set_high(high)  # the fix
     assert service.retry_dead_letters(job_id=job)
     assert sched.tick() == []   # re-queued only: not the scheduler's to run
     assert sched.run_again(job)
     run_until_settled(sched, [job])
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["status"] == "completed" and s["candles_done"] == s["candles_total"]
     assert service.dead_letters(job) == [] and sched.started_order == [job, job]
     assert not sched.run_again(job)   # nothing failed: nothing to run again

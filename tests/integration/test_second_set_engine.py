@@ -50,7 +50,7 @@ def test_an_h1_job_resolves_from_m1_loading_only_ambiguous_bars(service, monkeyp
     job = service.create_job("EURUSD", "H1", "2024-01-01", "2024-02-01", labels=[TB],
                              params=params, chunk_size=97, workers=2)
     assert service.execute(job).status == "completed"
-    s = service.status(job)
+    s = service.job(job).model_dump()
     stored = service.export("EURUSD", "H1", [TB], params)
     whole = compute_labels(h1, TB, params, finer=m1, output="arrow")
     ts = whole.column("ts").to_numpy()
@@ -106,7 +106,7 @@ def test_a_d1_job_resolves_across_a_daylight_saving_shift(service, monkeypatch):
     for name in ("tb_label", "tb_barrier", "tb_exit_bars", "tb_flags"):
         assert_exact(name, column(stored, name), column(want, name))
     assert_float_close("tb_exit_return", column(stored, "tb_exit_return"), column(want, "tb_exit_return"))
-    s = service.status(job)
+    s = service.job(job).model_dump()
     flags = column(stored, "tb_flags")
     assert s["bars_resolved"] == np.count_nonzero(flags & 16) > 0
     assert s["bars_ambiguous"] == np.count_nonzero(flags & 2)
@@ -127,7 +127,7 @@ def test_a_missing_finer_series_is_said_once_and_the_tie_rule_runs(service, capl
     plain = compute_labels(h1, TB, {TB: {"vol_span": 20}}, output="arrow")
     at = np.searchsorted(plain.column("ts").to_numpy(), stored.column("ts").to_numpy())
     assert_exact("tb_flags", column(stored, "tb_flags"), column(plain.take(pa.array(at)), "tb_flags"))
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["bars_resolved"] == 0 and s["bars_ambiguous"] == np.count_nonzero(column(stored, "tb_flags") & 2) > 0
 
 
@@ -144,7 +144,7 @@ def test_new_labels_through_a_job_equal_the_whole_series(service):
     whole = compute_labels(m1, labels, params, output="arrow")
     at = np.searchsorted(whole.column("ts").to_numpy(), stored.column("ts").to_numpy())
     want = whole.take(pa.array(at))
-    assert stored.num_rows == service.status(job)["candles_total"] > 0
+    assert stored.num_rows == service.job(job).model_dump()["candles_total"] > 0
     for name in ("fh_label", "trend_label", "trend_window"):
         assert_exact(name, column(stored, name), column(want, name))
     for name in ("fh_return", "trend_tvalue"):

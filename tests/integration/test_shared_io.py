@@ -33,7 +33,7 @@ def test_a_task_of_small_chunks_reads_once_and_inserts_once(settings, monkeypatc
     inserts = _count_calls(monkeypatch, Store, "write_labels")
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=2)
     assert svc.execute(job).status == "completed"
-    chunks = svc.status(job)["chunks_total"]
+    chunks = svc.job(job).model_dump()["chunks_total"]
     assert chunks > 2
     # Tasks of up to 8 chunks: each task one read and one insert of all its rows.
     assert len(inserts) == len(loads) < chunks
@@ -96,7 +96,9 @@ def test_execute_waits_out_a_redis_outage_that_starts_as_the_job_settles(setting
     svc = BackfillService(settings.model_copy(update={"retry_base_seconds": 0.01}))
     candles = ingest(svc)
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=2000, workers=1)
-    real_drive, real_job = svc._drive, svc.state.job
+    from gpubackfill.engine import launch
+
+    real_drive, real_job = launch.drive, svc.state.job
     down = {"reads": 0}
 
     def drive(*args, **kwargs):
@@ -110,7 +112,7 @@ def test_execute_waits_out_a_redis_outage_that_starts_as_the_job_settles(setting
             raise DependencyError("cannot reach Redis", "redis")
         return real_job(job_id)
 
-    monkeypatch.setattr(svc, "_drive", drive)
+    monkeypatch.setattr(launch, "drive", drive)
     monkeypatch.setattr(svc.state, "job", job_record)
     assert svc.execute(job).status == "completed"
     assert down["reads"] == 0

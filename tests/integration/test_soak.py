@@ -38,7 +38,7 @@ key = SeriesKey("EURUSD", "M1")
 svc.ingest_table(key, generate("EURUSD", "M1", "2024-01-01", "2024-02-01"))
 job = svc.create_job("EURUSD", "M1", "2024-01-01", "2024-02-01", chunk_size=100, workers=8)
 result = svc.execute(job)
-s = svc.status(job)
+s = svc.job(job).model_dump()
 n, uniq = svc.store.label_counts(key, s["label_set"])
 print(json.dumps({"status": result.status, "chunks": s["chunks"]["done"], "total": s["candles_total"],
                   "done": s["candles_done"], "rows": n, "unique": uniq,

@@ -64,7 +64,7 @@ def ingest_like_source(service, t: pa.Table, instrument="EURUSD", null_volume_ev
 
 
 def labels_of(service, job_id: str, source: str = "") -> pa.Table:
-    s = service.status(job_id)
+    s = service.job(job_id).model_dump()
     key = SeriesKey(s["instrument"], s["granularity"], source)
     return service.store.read_labels(key, s["label_set"])
 
@@ -86,11 +86,11 @@ def test_foreign_schema_table_equals_the_ingested_candles(service):
     t = candles()
     rel = foreign_table(service, t)
     before = source_content(service, rel)
-    service.add_source("mkt", rel, MAPS + ["volume=v"], granularity="M1")
+    service.sources.add("mkt", rel, MAPS + ["volume=v"], granularity="M1")
     ingest_like_source(service, t)
     built_in = service.start("EURUSD", "M1", chunk_size=1500, workers=2)
     from_source = service.start("EURUSD", "M1", chunk_size=1500, workers=2, source="mkt")
-    s = service.status(from_source)
+    s = service.job(from_source).model_dump()
     assert s["status"] == "completed" and s["chunks_total"] > 3
     assert s["candles_total"] == t.num_rows
     assert_same_labels(labels_of(service, from_source, "mkt"), labels_of(service, built_in))
@@ -108,10 +108,10 @@ def test_foreign_schema_table_equals_the_ingested_candles(service):
 def test_the_job_record_names_its_source(service):
     service.init()
     rel = foreign_table(service, candles(end="2024-01-03"))
-    service.add_source("mkt", rel, MAPS, granularity="M1")
+    service.sources.add("mkt", rel, MAPS, granularity="M1")
     job = service.create_job("EURUSD", "M1", source="mkt", chunk_size=500)
     assert service.state.job(job)["source"] == "mkt"
-    assert service.status(job)["source"] == "mkt"
+    assert service.job(job).model_dump()["source"] == "mkt"
     chunk = service.store.rows(f"SELECT DISTINCT source FROM {service.store.db}.label_chunks")
     assert chunk == []  # nothing ran yet
     service.execute(job)
@@ -132,7 +132,7 @@ def test_int64_epoch_table_equals_the_ingested_candles(service):
     service.store.client.insert_arrow(f"{db}.epochs", shuffled(pa.table({
         "sym": ["GBPUSD"] * t.num_rows, "t": pa.array(t.column("ts").to_numpy() // 1000),
         **{c: t.column(c) for c in ("open", "high", "low", "close")}})))
-    service.add_source("ep", f"{db}.epochs", ["instrument=sym", "ts=t", "open=open", "high=high",
+    service.sources.add("ep", f"{db}.epochs", ["instrument=sym", "ts=t", "open=open", "high=high",
                                               "low=low", "close=close"],
                        granularity="M1", ts_unit="s")
     t0 = t.set_column(t.column_names.index("volume"), "volume", pa.array(np.zeros(t.num_rows)))
@@ -152,7 +152,7 @@ def test_parquet_folder_through_file_equals_the_ingested_candles(service, tmp_pa
         part = rows.slice(at, 4000)
         pq.write_table(part.set_column(0, "ts", part.column("ts").cast(pa.timestamp("ms", tz="UTC"))),
                        folder / f"part-{n}.parquet")
-    service.add_source("files", f"file('{folder}/*.parquet', 'Parquet')",
+    service.sources.add("files", f"file('{folder}/*.parquet', 'Parquet')",
                        ["instrument=instrument", "ts=ts", "open=open", "high=high", "low=low",
                         "close=close", "volume=volume"], granularity="M1")
     service.ingest_table(SeriesKey("USDJPY", "M1"), t)
@@ -164,9 +164,9 @@ def test_parquet_folder_through_file_equals_the_ingested_candles(service, tmp_pa
 def test_removing_a_source_keeps_its_labels(service):
     service.init()
     rel = foreign_table(service, candles(end="2024-01-03"))
-    service.add_source("mkt", rel, MAPS, granularity="M1")
+    service.sources.add("mkt", rel, MAPS, granularity="M1")
     job = service.start("EURUSD", "M1", chunk_size=1000, source="mkt")
     rows = labels_of(service, job, "mkt").num_rows
-    service.remove_source("mkt")
-    assert [s.name for s in service.sources()] == []
+    service.sources.remove("mkt")
+    assert [s.name for s in service.sources.all()] == []
     assert labels_of(service, job, "mkt").num_rows == rows > 0

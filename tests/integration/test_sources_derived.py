@@ -35,7 +35,7 @@ def m1(service):
     service.init()
     t = candles(start=START, end=END)
     rel = foreign_table(service, t)
-    service.add_source("mkt", rel, MAPS + ["volume=v"], granularity="M1",
+    service.sources.add("mkt", rel, MAPS + ["volume=v"], granularity="M1",
                        day_start="17:00", day_tz="America/New_York")
     volume = t.column("volume").to_numpy().copy()
     volume[::7] = 0  # NULL in the source, 0 once read
@@ -65,7 +65,7 @@ def test_a_job_over_derived_h1_equals_compute_labels_on_the_resample(service, m1
                      **{c: pa.array(want_bars[c].to_numpy()) for c in
                         ("open", "high", "low", "close", "volume")}})
     job = service.start("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["status"] == "completed" and s["candles_total"] == bars.num_rows and s["chunks_total"] > 3
     stored = service.store.read_labels(SeriesKey("EURUSD", "H1", "mkt"), s["label_set"])
     whole = compute_labels(bars, s["labels"])

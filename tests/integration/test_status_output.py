@@ -113,10 +113,10 @@ def test_counts_read_right_and_have_thousands_separators(service, cli):
 
 def test_a_resumed_jobs_summary_separates_this_run_from_its_totals(service, cli):
     job = _stopped_two_series_job(service)
-    before = service.status(job)
+    before = service.job(job).model_dump()
     r = cli("execute", job)
     assert r.exit_code == 0, r.output
-    after = service.status(job)
+    after = service.job(job).model_dump()
     chunks = after["chunks"]["done"] - before["chunks"]["done"]
     candles = after["candles_done"] - before["candles_done"]
     assert 0 < chunks < after["chunks_total"]

@@ -55,7 +55,7 @@ def test_six_series_in_one_job_equal_each_series_alone(service):
     # 997 divides none of the series; the H1 series (~430 candles) are packed together.
     job = service.create_job(",".join(INSTRUMENTS), ["M15", "H1"], START, END, chunk_size=997,
                              workers=2)
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert [(x["instrument"], x["granularity"]) for x in s["series"]] == sorted(
         candles, key=lambda k: (INSTRUMENTS.index(k[0]), ("M15", "H1").index(k[1])))
     assert all(x["status"] == "pending" for x in s["series"]) and s["skipped"] == []
@@ -72,7 +72,7 @@ def test_six_series_in_one_job_equal_each_series_alone(service):
     assert len(plan) < runs
     assert {g.series for g in plan[0]} <= h1
     assert service.execute(job).status == "completed"
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["candles_done"] == s["candles_total"] == s["rows_written"]
     for x in s["series"]:
         assert x["status"] == "completed" and x["chunks_done"] == x["chunks_total"] > 0
@@ -90,13 +90,13 @@ def test_star_means_every_instrument_at_the_granularities_and_missing_pairs_are_
         ingest(service, inst, "H1")
     ingest(service, "EURCHF", "H4")
     job = service.create_job("*", "H1", START, END, chunk_size=5000)
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert [(x["instrument"], x["granularity"]) for x in s["series"]] == [
         ("AUDUSD", "H1"), ("NZDUSD", "H1")]
     # A pair whose instrument has candles at another granularity only is
     # reported and skipped; an instrument without a candle is an error.
     other = service.create_job("AUDUSD,EURCHF", "H1", START, END, labels=["mfe_mae"], chunk_size=5000)
-    s = service.status(other)
+    s = service.job(other).model_dump()
     assert [x["instrument"] for x in s["series"]] == ["AUDUSD"] and s["skipped"] == ["EURCHF H1"]
     with pytest.raises(InvalidInput, match="none of EURCHF H1, NZDUSD H1 has candles from 2023"):
         service.create_job("EURCHF,NZDUSD", "H1", "2023-01-01", "2023-02-01")
@@ -121,7 +121,7 @@ def test_a_malformed_series_dead_letters_its_chunks_and_the_rest_complete(servic
     job = service.create_job(["EURUSD", "GBPUSD", "USDJPY"], "M15", START, END, chunk_size=400,
                              workers=2)
     assert service.execute(job).status == "completed_with_errors"
-    s = service.status(job)
+    s = service.job(job).model_dump()
     by = {x["instrument"]: x for x in s["series"]}
     assert by["EURUSD"]["status"] == by["GBPUSD"]["status"] == "completed"
     assert by["USDJPY"]["status"] == "completed_with_errors"
@@ -134,7 +134,7 @@ def test_a_malformed_series_dead_letters_its_chunks_and_the_rest_complete(servic
     service.ingest_table(key, bad)
     done_before = s["chunks"]["done"]
     assert service.execute(job).status == "completed"
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["chunks"]["done"] == s["chunks_total"] == done_before + len(dead)
     assert all(x["status"] == "completed" for x in s["series"])
     assert_series_equals_compute_labels(service, "USDJPY", "M15", bad, s["label_set"])
@@ -157,7 +157,7 @@ def test_update_recomputes_only_the_tail_and_the_changed_chunks(service):
     for inst, table in full.items():
         service.ingest_table(SeriesKey(inst, "M15"), table.slice(0, cut))
     job = service.start("EURUSD,GBPUSD", "M15", START, "2024-03-14", chunk_size=500, workers=2)
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert s["status"] == "completed"
     records = sorted((g.start_ms, g.end_ms) for segs in service.state.plan(job).values()
                      for g in segs if g.series == 0)
@@ -194,9 +194,9 @@ def test_update_recomputes_only_the_tail_and_the_changed_chunks(service):
     new_candles = full["EURUSD"].num_rows - cut
     assert plans[0]["new_chunks"] == 2 * -(-new_candles // 500)
     update = plans[0]["job_id"]
-    assert service.status(update)["kind"] == "update"
+    assert service.job(update).model_dump()["kind"] == "update"
     assert service.execute(update).status == "completed"
-    s = service.status(update)
+    s = service.job(update).model_dump()
     assert s["chunks_total"] <= plans[0]["chunks"] + 0 and s["chunks_total"] < 2 * len(records)
     # The unchanged part of the tail chunks was re-read, their labels rewritten;
     # every stored label equals a fresh computation over the new candles.
@@ -224,7 +224,7 @@ def test_pause_resume_and_cancel_a_many_series_job(service):
 
     assert service.execute(job, progress=progress).status == "completed"
     assert any(s["status"] == "paused" for s in seen)
-    s = service.status(job)
+    s = service.job(job).model_dump()
     assert all(x["status"] == "completed" for x in s["series"])
     # A job over the same series and another range, cancelled midway.
     other = service.create_job(list(INSTRUMENTS), "M15", "2024-01-02", END, chunk_size=200,
@@ -235,7 +235,7 @@ def test_pause_resume_and_cancel_a_many_series_job(service):
             service.cancel(other)
 
     assert service.execute(other, progress=cancel).status == "cancelled"
-    s = service.status(other)
+    s = service.job(other).model_dump()
     assert s["chunks"]["done"] < s["chunks_total"]
     assert any(x["status"] in ("pending", "running") for x in s["series"])
 
@@ -318,7 +318,7 @@ def test_a_bad_series_packed_with_good_ones_fails_alone(service):
     plan = service.state.plan(job)
     assert len(plan) == 1 and len(plan[0]) == 4  # all four in one pack
     assert service.execute(job).status == "completed_with_errors"
-    s = service.status(job)
+    s = service.job(job).model_dump()
     by = {x["instrument"]: x for x in s["series"]}
     assert by["USDCHF"]["status"] == "failed" and by["USDCHF"]["chunks_failed"] == 1
     for inst, table in good.items():

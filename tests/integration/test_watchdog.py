@@ -127,7 +127,7 @@ def _blocking(monkeypatch, release: threading.Event, block) -> list[int]:
 
 
 def _label_counts(svc, job):
-    s = svc.status(job)
+    s = svc.job(job).model_dump()
     return svc.store.label_counts(SeriesKey(s["instrument"], s["granularity"]), s["label_set"])
 
 
@@ -148,7 +148,7 @@ def test_a_stuck_chunk_is_taken_back_and_the_job_completes(chdb_home, redis_sock
         # faulthandler's stack of the blocked thread: our wrapper, waiting.
         assert "in compute_and_write" in events[0]["note"] and "in wait" in events[0]["note"]
         assert svc.state.chunk_errors(job)[1].startswith("timeout: chunk 1")  # one attempt counted
-        assert svc.status(job)["errors"] == 1 and svc.dead_letters(job) == []
+        assert svc.job(job).model_dump()["errors"] == 1 and svc.dead_letters(job) == []
         assert_survived(svc, job, candles)
     finally:
         release.set()
@@ -156,7 +156,7 @@ def test_a_stuck_chunk_is_taken_back_and_the_job_completes(chdb_home, redis_sock
     wait_for(lambda: svc.state.counters().get("errors:transient", 0) >= 1, what="the record")
     time.sleep(1.0)
     n, uniq = _label_counts(svc, job)
-    assert n == uniq == svc.status(job)["candles_total"]
+    assert n == uniq == svc.job(job).model_dump()["candles_total"]
 
 
 @pytest.mark.integration
@@ -174,7 +174,7 @@ def test_a_chunk_stuck_on_every_attempt_is_dead_lettered(chdb_home, redis_socket
         [entry] = svc.dead_letters(job)
         assert entry["chunk"] == 2 and entry["digest"] == "chunk-timeout"
         assert entry["attempts"] == 2 and entry["message"].startswith("timeout: chunk 2")
-        s = svc.status(job)
+        s = svc.job(job).model_dump()
         assert s["chunks"]["done"] == s["chunks_total"] - 1
     finally:
         release.set()
@@ -194,7 +194,7 @@ def test_a_cluster_whose_every_slot_is_stuck_interrupts_and_execute_finishes(
         assert result.status == "interrupted"
         notes = [e["note"] for e in svc.state.events(job) if e["event"] == "interrupt"]
         assert any("worker slots are stuck (chunks 0" in n for n in notes)
-        assert svc.status(job)["interrupted_because"].startswith("all 1 worker slots are stuck")
+        assert svc.job(job).model_dump()["interrupted_because"].startswith("all 1 worker slots are stuck")
     finally:
         release.set()
     assert svc.execute(job).status == "completed"

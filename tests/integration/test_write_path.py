@@ -14,7 +14,9 @@ import pytest
 from test_engine import ALL, END, START, assert_matches_whole_series, series
 
 from gpubackfill.errors import InvalidTransition
+from gpubackfill.jobs.plan import series_runs
 from gpubackfill.jobs.result import Segment
+from gpubackfill.jobs.spec import JobSpec
 from gpubackfill.labels import halo, resolve
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
@@ -35,7 +37,9 @@ def test_chunk_plan_bounds_are_the_rows_a_halo_needs(service, chunk_size, back, 
     a, b = int(ts[100]), int(ts[-50])  # a range inside the series: halos on both sides exist
     inside = ts[(ts >= a) & (ts < b)]
     first_row = int(np.searchsorted(ts, a))
-    runs = service.store.chunk_plan([KEY], a, b, chunk_size, back, ahead)[KEY]
+    counts = service.store.range_counts("candles", [KEY], a, b)
+    marks = service.store.chunk_marks([KEY], a, b, chunk_size, back, ahead, counts)[KEY]
+    runs = series_runs(counts[KEY], marks, chunk_size, back, ahead, b)
     firsts = list(range(0, len(inside), chunk_size))
     assert [r[0] for r in runs] == [int(inside[i]) for i in firsts]
     assert [r[2] for r in runs] == [min(chunk_size, len(inside) - i) for i in firsts]
@@ -86,20 +90,23 @@ def test_a_load_by_plan_bounds_equals_the_exact_load_even_after_the_data_changed
 
 
 def _start(service, job):
-    """What `execute` does before its first claim: run, and mark fresh chunks."""
-    record = service.state.job(job)
-    service._start_running(job, record)
-    service._mark_fresh(job, record)
+    """What `execute` does before its first claim: run, and mark fresh
+    chunks; then its driver stalls (its lock given up: a later execute
+    takes the job over)."""
+    from gpubackfill.engine import launch
+
+    launch.begin(service.store, service.state, job, "host:1:stalled", 60_000)
+    service.state.release_driver(job, "host:1:stalled")
 
 
 def test_a_start_marks_fresh_only_the_ranges_without_label_rows(service):
     candles = series(service)
     first = service.start("EURUSD", "M5", "2024-01-10", "2024-01-20", chunk_size=500, workers=2)
-    assert service.status(first)["status"] == "completed"
+    assert service.job(first).model_dump()["status"] == "completed"
     job = service.create_job("EURUSD", "M5", START, END, chunk_size=500, workers=2, force=True)
     assert not any(s.fresh for segs in service.state.plan(job).values() for s in segs)
     _start(service, job)
-    labelled = service.store.label_spans(service.status(job)["label_set"], [KEY], 0, 2**62)[KEY]
+    labelled = service.store.label_spans(service.job(job).model_dump()["label_set"], [KEY], 0, 2**62)[KEY]
     for segs in service.state.plan(job).values():
         for seg in segs:
             overlaps = seg.start_ms <= labelled[1] and seg.end_ms > labelled[0]
@@ -133,7 +140,7 @@ def test_a_run_that_wrote_then_died_is_replaced_not_duplicated(service):
     idx, token, segs = service.state.claim(job, "w", 60_000)
     seg = segs[0]
     assert seg.fresh
-    s = service.status(job)
+    s = service.job(job).model_dump()
     back, ahead = halo(resolve(s["labels"]))
     table, first, own = service.store.load(KEY, seg.start_ms, seg.end_ms, back, ahead, seg.lo_ms, seg.hi_ms)
     from gpubackfill import compute_labels
@@ -152,7 +159,7 @@ def test_a_job_waits_while_another_writes_an_overlapping_range(service):
     b = service.create_job("EURUSD", "M5", "2024-01-15", END, chunk_size=2_000)
     other = service.create_job("EURUSD", "M5", START, END, labels=["mfe_mae"], chunk_size=2_000)
     later = service.create_job("EURUSD", "M5", "2024-01-21", END, chunk_size=2_000)
-    service._start_running(a, service.state.job(a))  # as its driver does, then stalls
+    _start(service, a)  # as its driver does, then stalls
     assert service.state.job(a)["status"] == "running"
     with pytest.raises(InvalidTransition, match=rf"job {a} \(running\) is writing these labels for EURUSD M5 "
                                                 rf"over an overlapping range; job {b} stays queued"):
@@ -166,7 +173,7 @@ def test_a_job_waits_while_another_writes_an_overlapping_range(service):
     assert service.execute(a).status == "completed"  # its driver, taking over
     assert service.writer_conflict(b) is None
     assert service.execute(b).status == "completed"
-    n, uniq = service.store.label_counts(KEY, service.status(b)["label_set"])
+    n, uniq = service.store.label_counts(KEY, service.job(b).model_dump()["label_set"])
     assert n == uniq > 0
 
 
@@ -202,7 +209,7 @@ def test_manifest_rows_wait_in_redis_until_a_driver_inserts_them(service):
     idx, token, segs = service.state.claim(job, "w", 60_000)
     rec = service.state.job(job)
     task = ChunkTask(job_id=job, index=idx, token=token, segments=segs, names={0: ("EURUSD", "M5")},
-                     labels=rec["labels"], params=rec["params"], label_set=rec["label_set"],
+                     resolved=JobSpec.from_record(rec).resolved, label_set=rec["label_set"],
                      force=False, backend="cpu", max_attempts=3)
     result = run_chunk(service.settings, task)
     assert result.ok and len(result.records) == 1
@@ -215,7 +222,7 @@ def test_manifest_rows_wait_in_redis_until_a_driver_inserts_them(service):
     assert service.state.records(job) == []
     assert service.store.chunk_record(KEY, rec["label_set"], a, b) == (digest, 0)
     manifest = [r for r in service.store.manifest() if r[:3] == ("EURUSD", "M5", rec["label_set"])]
-    assert len(manifest) == service.status(job)["chunks_total"]
+    assert len(manifest) == service.job(job).model_dump()["chunks_total"]
     assert [r for r in manifest if r[3] == a][0][7] == computed_at  # when its candles were read
     assert_matches_whole_series(service, job, candles)
 
@@ -247,7 +254,7 @@ def test_a_task_run_again_under_the_same_lease_replaces_its_rows(service):
     assert segs[0].fresh
     s = service.state.job(job)
     task = ChunkTask(index=idx, token=token, segments=segs, names={0: ("EURUSD", "M5")},
-                     job_id=job, labels=s["labels"], params=s["params"],
+                     job_id=job, resolved=JobSpec.from_record(s).resolved,
                      label_set=s["label_set"], force=False, backend="cpu", max_attempts=3)
     # The first run: fenced, wrote its rows, and died before its record.
     assert Heartbeat(service.state, task, 60_000).fence() is True

@@ -19,7 +19,7 @@ from strategies import candles
 
 from gpubackfill import compute_labels, resolve_labels
 from gpubackfill.errors import InvalidInput
-from gpubackfill.jobs.plan import make_spec
+from gpubackfill.jobs.spec import make_spec
 from gpubackfill.labels import halo, label_set_id
 
 PROPERTY = settings(max_examples=60, deadline=None,

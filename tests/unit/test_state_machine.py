@@ -153,7 +153,8 @@ def test_a_wedged_cluster_is_abandoned():
 # -- planning many series ------------------------------------------------------
 
 from gpubackfill.errors import InvalidInput  # noqa: E402
-from gpubackfill.jobs.plan import make_spec, plan_job  # noqa: E402
+from gpubackfill.jobs.plan import plan_job  # noqa: E402
+from gpubackfill.jobs.spec import make_spec  # noqa: E402
 
 
 def test_plan_packs_short_runs_and_queues_the_smallest_series_first():
@@ -225,10 +226,11 @@ def test_only_segments_clear_of_a_series_label_rows_are_fresh():
 
 
 def test_jobs_overlap_when_they_write_the_same_labels_of_a_series_over_meeting_ranges():
-    from gpubackfill.serve.scheduler import overlaps
+    from dataclasses import replace
 
-    a = {"label_set": "x", "series": [["EURUSD", "M5"], ["GBPUSD", "M5"]], "start_ms": 0, "end_ms": 100}
-    assert overlaps(a, {**a, "series": [["GBPUSD", "M5"]], "start_ms": 99, "end_ms": 200})
-    assert not overlaps(a, {**a, "start_ms": 100, "end_ms": 200})        # [0, 100) and [100, 200)
-    assert not overlaps(a, {**a, "label_set": "y"})
-    assert not overlaps(a, {**a, "series": [["EURUSD", "H1"]]})
+    a = replace(make_spec("EURUSD,GBPUSD", "M5", None, None, None, None, None, 1),
+                label_set="x", start_ms=0, end_ms=100)
+    assert a.overlaps(replace(a.with_series([("GBPUSD", "M5")]), start_ms=99, end_ms=200))
+    assert not a.overlaps(replace(a, start_ms=100, end_ms=200))        # [0, 100) and [100, 200)
+    assert not a.overlaps(replace(a, label_set="y"))
+    assert not a.overlaps(a.with_series([("EURUSD", "H1")]))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ...backends import select
 from ...errors import InvalidInput
 from ...granularity import parse_granularity, parse_instrument
-from ...jobs.plan import parse_time
+from ...jobs.spec import parse_time
 from ...labels import triple_barrier
 from ...labels.volatility import sigma_lookback
 from ...storage.clickhouse_store import SeriesKey

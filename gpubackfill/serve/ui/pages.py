@@ -108,7 +108,7 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
 
     def job_context(job_id: str) -> dict[str, Any]:
         samples = service.telemetry.samples(job_id)   # before the counters, as job_status reads them
-        job = service.job_view(job_id)
+        job = service.job(job_id)
         c = job.chunks
         # Chunks re-queued (dead letters retried) wait for the job to run again: keep watching.
         final = job.status in FINAL_JOB_STATES and not c.pending
@@ -135,7 +135,7 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
             return page("error.html", http_status=422, code=422,
                         message=f"unknown status {status!r}: use one of {', '.join(JOB_STATES)}")
         try:
-            jobs = service.job_views(status or None)
+            jobs = service.jobs(status or None)
         except GpubackfillError as exc:
             return failure(exc)
         jobs.sort(key=lambda j: j.created or "", reverse=True)

@@ -5,7 +5,28 @@
 
 from __future__ import annotations
 
-from .base import StateBase
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import JobNotFound
+from ...jobs.machine import TABLES
+from ...jobs.result import Segment
+from .base import StateBase, now_ms
+from .jobs import decode_fields
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What ``begin_run`` did.  ``outcome``: 'ok'; or, with nothing changed,
+    'driver' (``other``: the lock's holder, its ms left), 'refused' (the job's
+    status cannot run), 'writer' (``other``: the job writing an overlapping
+    range, its status, its series)."""
+    outcome: str
+    before: str = ""                     # the job's status before
+    status: str = ""                     # and after (a run whose chunks were all settled has ended)
+    job: dict[str, Any] = field(default_factory=dict)
+    pending: dict[int, tuple[Segment, ...]] = field(default_factory=dict)  # pending chunks' plan entries
+    other: tuple[str, ...] = ()
 
 
 class Driver(StateBase):
@@ -41,3 +62,25 @@ class Driver(StateBase):
 
     def take_over_driver(self, job_id: str, dead: str, owner: str, ttl_ms: int) -> bool:
         return bool(self.run("take_over_driver", [self.key(job_id, "driver")], [dead, owner, ttl_ms]))
+
+    def begin_run(self, job_id: str, owner: str, ttl_ms: int) -> Begun:
+        """The start of a run in one step (``lua/begin.lua``): the driver lock,
+        the job running with its writes claimed (failed chunks queued again),
+        expired leases back, and the job ended if nothing is left to run."""
+        key = self.key
+        out = self.run("begin", [key(job_id), key(job_id, "events"), key(job_id, "driver"),
+                                 key(job_id, "state"), key(job_id, "lease"), key(job_id, "pending"),
+                                 key(job_id, "plan"), key(job_id, "attempts"), self.shared_key("dlq")],
+                       [job_id, key(""), self.shared_key("writers:"), owner, ttl_ms, now_ms(), TABLES])
+        kind = out[0]
+        if kind == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        if kind == "driver":
+            return Begun(kind, other=(out[1], out[2]))
+        if kind == "refused":
+            return Begun(kind, before=out[1])
+        if kind == "writer":
+            return Begun(kind, before=out[4], other=(out[1], out[2], out[3]))
+        flat, pending = out[3], out[4]
+        return Begun(kind, out[1], out[2], decode_fields(dict(zip(flat[::2], flat[1::2]))),
+                     {int(i): Segment.decode_all(p) for i, p in zip(pending[::2], pending[1::2])})

@@ -68,8 +68,7 @@ class Jobs(StateBase):
         h = self.call(self.client.hgetall, self.key(job_id))
         if not h:
             raise JobNotFound(f"no job {job_id!r}")
-        ints = _INT_FIELDS | {c.field for c in counters()}
-        return {k: _dec(k, v, ints) for k, v in h.items()}
+        return decode_fields(h)
 
     def job_ids(self) -> list[str]:
         return list(self.call(self.client.zrange, self.shared_key("jobs"), 0, -1))
@@ -114,6 +113,12 @@ def check_step(job_id: str, event: str, status: str, value: str) -> None:
     if status == "refused":
         allowed = ", ".join(JOB_TRANSITIONS[value]) or "nothing (it is final)"
         raise InvalidTransition(f"cannot {event} job {job_id}: it is {value} (allowed: {allowed})")
+
+
+def decode_fields(h: dict[str, str]) -> dict[str, Any]:
+    """A job hash's fields, typed (``JobSpec.from_record`` reads its spec)."""
+    ints = _INT_FIELDS | {c.field for c in counters()}
+    return {k: _dec(k, v, ints) for k, v in h.items()}
 
 
 def _enc(v: Any) -> str:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 
-from ...jobs.machine import ACTIVE_JOB_STATES, TABLES
-from .base import StateBase, now_ms
-from .jobs import check_step
+from ...jobs.machine import ACTIVE_JOB_STATES
+from .base import StateBase
 
 # (instrument, granularity, start_ms, end_ms) a job writes
 Ranges = list[tuple[str, str, int, int]]
@@ -40,18 +39,6 @@ class Writers(StateBase):
             "claim_writer", [self._writers_key(set_id)],
             [job_id, self._job_prefix(), _wanted(ranges), "check" if check else ""])
         return (other, status, series) if other else None
-
-    def start_writing(self, job_id: str, set_id: str, ranges: Ranges
-                      ) -> tuple[str, tuple[str, str, str] | None]:
-        """Move a job to running ('execute') and claim its writes in one
-        atomic step: (new status, None), or (its status, the job that writes
-        an overlapping range) when the claim is refused and nothing changed."""
-        out = self.run("start", [self.key(job_id), self.key(job_id, "events"), self._writers_key(set_id)],
-                       [job_id, self._job_prefix(), _wanted(ranges), now_ms(), TABLES])
-        check_step(job_id, "execute", out[0], out[1])
-        if out[0] == "writer":
-            return "", (out[1], out[2], out[3])
-        return out[1], None
 
     def _job_prefix(self) -> str:
         """What the scripts put before another job's id to read its status."""
