@@ -18,6 +18,7 @@ from ..jobs.machine import FINAL_JOB_STATES
 from ..jobs.plan import mark_fresh
 from ..jobs.result import Segment
 from ..jobs.spec import JobSpec
+from ..labels import finer_candles
 from ..storage.clickhouse_store import SeriesKey, Store
 from ..storage.redis import RedisState
 from .lease import dead_local_owner, new_owner
@@ -113,7 +114,7 @@ def flush_records(store: Store, state: RedisState, job_id: str, spec: JobSpec) -
     chunk has no row there: a re-run recomputes it rather than finding
     it in the cache, which costs time, never correctness (freshness is
     decided from the label rows themselves)."""
-    series = [SeriesKey(i, g) for i, g in spec.series]
+    series = keys_of(spec)
     done = 0
     while recs := state.records(job_id):
         store.write_records(spec.label_set, [(series[r[0]], *r[1:], job_id) for r in recs])
@@ -131,7 +132,7 @@ def fresh(store: Store, state: RedisState, job_id: str, spec: JobSpec,
     that a dead run wrote in part is never taken for fresh."""
     if not pending:
         return
-    keys = [SeriesKey(i, g) for i, g in spec.series]
+    keys = keys_of(spec)
     spans = store.label_spans(spec.label_set, keys, spec.start_ms, spec.end_ms)
     order = sorted(pending)
     chunks = [pending[i] for i in order]
@@ -154,7 +155,7 @@ def drive(store: Store, state: RedisState, settings: Settings, job_id: str, spec
     state.note(job_id, "backend", f"{chosen.name}: {chosen.reason}")
     base = dict(job_id=job_id, resolved=spec.resolved, invalid=spec.invalid, label_set=spec.label_set,
                 force=spec.force, backend=chosen.name, max_attempts=settings.max_retries + 1,
-                numba_threads=default_numba_threads(workers))
+                numba_threads=default_numba_threads(workers), source=spec.source)
     with open_cluster(settings, workers, spec.min_workers, scheduler, gpu=chosen.name == "cuda") as cluster:
         state.set_fields(job_id, cluster=cluster.kind, dashboard=cluster.dashboard or "")
         driver = Driver(state, settings, job_id, owner, lease_ms, base, list(spec.series),
@@ -172,23 +173,23 @@ def drive(store: Store, state: RedisState, settings: Settings, job_id: str, spec
 
 
 def check_finer_series(store: Store, state: RedisState, job_id: str, spec: JobSpec) -> None:
-    """Say once, at the start, when resolve_with names a series with no candles."""
+    """Say once, at the start, when the finer candles a label reads are missing."""
     if spec.invalid:
         return  # each chunk reports a bad label spec as its error, with the job's other errors
-    resolved = spec.resolved
-    from .task import finer_series
-
-    series = spec.series
-    for inst, gran in series:
-        finer = finer_series(resolved, SeriesKey(inst, gran))
-        if finer is None:
-            return
-        if not store.has_series(finer):
-            why = (f"no {finer.granularity} candles for {finer.instrument}: ambiguous bars fall "
-                   f"back to the tie rule (after ingesting them, a new run recomputes the "
-                   f"chunks they change)")
+    need = finer_candles(spec.resolved)
+    if need is None:
+        return
+    for inst, _ in spec.series:
+        if not store.has_series(SeriesKey(inst, need.granularity, spec.source)):
+            why = (f"no {need.granularity} candles for {inst}: {need.without} (after "
+                   f"ingesting them, a new run recomputes the chunks they change)")
             logs.log.warning(why, extra={"job_id": job_id})
-            state.note(job_id, "resolve_with", why)
+            state.note(job_id, need.param, why)
+
+
+def keys_of(spec: JobSpec) -> list[SeriesKey]:
+    """The job's series, of its source ("" where it reads the built-in table)."""
+    return [SeriesKey(i, g, spec.source) for i, g in spec.series]
 
 
 def after_outage(settings: Settings, fn: Callable[[], Any], stop: threading.Event | None) -> Any:

@@ -12,7 +12,7 @@ from compare import assert_label_columns
 from test_sources import MAPS, candles, foreign_table
 
 from gpubackfill import compute_labels
-from gpubackfill.jobs.plan import EVER
+from gpubackfill.jobs.spec import EVER
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-02", "2024-01-24"  # no daylight-saving change in New York
