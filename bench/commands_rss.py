@@ -91,8 +91,8 @@ FLOORS = {
 def _floor(kind: str, out: str) -> None:
     """Child: one statement over the series' label rows in ts order, what
     ``export`` reads, done by chDB alone; prints its wall and CPU seconds."""
-    from gpubackfill import export
     from gpubackfill.service import BackfillService
+    from gpubackfill.storage import export
     from gpubackfill.storage.clickhouse_store import SeriesKey
 
     svc = BackfillService()

@@ -41,7 +41,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 sys.path.insert(0, str(BENCH_DIR.parent))
 
 import gpubackfill  # noqa: E402
-from gpubackfill import allocator, compute_labels  # noqa: E402
+from gpubackfill import compute_labels  # noqa: E402
+from gpubackfill.compute import allocator  # noqa: E402
 from kernels import cpu  # noqa: E402
 from kernels.flags import TIE_SL, VERTICAL_ZERO  # noqa: E402
 

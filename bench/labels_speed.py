@@ -17,7 +17,7 @@ is excluded):
 1b. Allocation, per size: the all-three call under glibc's default and
    after ``keep_freed_memory()``, with the label columns allocated as
    before (numba's ``np.empty`` in the kernels), as now (Arrow's mimalloc
-   pool, ``gpubackfill.allocator``) and from Arrow's jemalloc pool, each
+   pool, ``gpubackfill.compute.allocator``) and from Arrow's jemalloc pool, each
    combination in a fresh subprocess of its own; median time, CPU seconds
    (which other load disturbs less) and minor page faults per call.  On the
    largest size, without keep_freed_memory(), also the pooled call after
@@ -69,10 +69,13 @@ print_table, size_name, _status_kb = _report.print_table, _report.size_name, _re
 RssSampler, _reset_peak_rss, verdict = _report.RssSampler, _report.reset_peak_rss, _report.verdict
 
 import gpubackfill  # noqa: E402
-from gpubackfill import allocator, backends  # noqa: E402
 from gpubackfill import labels as registry  # noqa: E402
 from gpubackfill.candles.frames import to_series, validate  # noqa: E402
-from gpubackfill.compute import compute_series  # noqa: E402
+from gpubackfill.compute import (  # noqa: E402
+    allocator,
+    backends,
+    compute_series,  # noqa: E402
+)
 from gpubackfill.labels.volatility import compute_sigma  # noqa: E402
 
 sigma_pandas, triple_barrier_pandas = _ref.sigma_pandas, _ref.triple_barrier_pandas

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute)
 _LAZY = {
-    "keep_freed_memory": (".allocator", "keep_freed_memory"),
+    "keep_freed_memory": (".compute.allocator", "keep_freed_memory"),
     "compute_labels": (".compute", "compute_labels"),
     "BackendUnavailable": (".errors", "BackendUnavailable"),
     "GpubackfillError": (".errors", "GpubackfillError"),
@@ -36,8 +36,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .allocator import keep_freed_memory
     from .compute import compute_labels
+    from .compute.allocator import keep_freed_memory
     from .errors import BackendUnavailable, GpubackfillError, InvalidCandles, InvalidInput, InvalidLabelSpec
     from .labels import REGISTRY as LABELS
     from .labels import label_set_id

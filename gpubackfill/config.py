@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     # (ClickHouse's os_threads_nice_value_merge_mutate), below the job's own
     # loads, inserts and kernels; 0: the same priority.
     chdb_merge_nice: int = _env("GPUBACKFILL_CHDB_MERGE_NICE", 10, ge=0, le=19)
-    # Reliability (see resilience.py): retry pacing, breakers, memory, shutdown.
+    # Reliability (see storage/resilience.py): retry pacing, breakers, memory, shutdown.
     retry_base_seconds: float = _number("GPUBACKFILL_RETRY_BASE_SECONDS", 1.0)
     breaker_clickhouse_failures: int = _env("GPUBACKFILL_BREAKER_CLICKHOUSE_FAILURES", 5, ge=1)
     breaker_clickhouse_reset_seconds: float = _number("GPUBACKFILL_BREAKER_CLICKHOUSE_RESET_SECONDS",

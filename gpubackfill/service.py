@@ -4,7 +4,7 @@ Operations: init, ingest, start (one or many series), update, execute,
 pause, resume, cancel, job(s), series, metrics, cleanup, export, dead
 letters.  A thin facade: a job's spec and plan are in ``jobs/``, queueing
 and running it in ``engine/submit.py`` and ``engine/launch.py``, the read
-models in ``views.py``.  Job state lives in Redis; candles and labels in
+models in ``engine/views.py``.  Job state lives in Redis; candles and labels in
 ClickHouse; chunks run on Dask.
 """
 
@@ -18,18 +18,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import logs, views
+from .common import logs
+from .common.granularity import parse_granularity, parse_instrument
 from .config import Settings
-from .connections import connections
-from .engine import launch, submit
+from .engine import launch, submit, views
 from .engine.launch import RunResult
 from .engine.lease import dead_local_owner
 from .errors import InvalidInput
-from .granularity import parse_granularity, parse_instrument
 from .jobs.machine import FINAL_JOB_STATES
 from .jobs.spec import ALL, JobSpec, make_spec, parse_names
 from .sources.catalog import Sources
 from .storage.clickhouse_store import IngestReport, SeriesKey
+from .storage.connections import connections
 from .storage.redis import now_ms
 from .storage.telemetry import Telemetry
 
@@ -61,13 +61,13 @@ class BackfillService:
                tz: str | None = None, *, columns: str | None = None, date_format: str | None = None,
                sep: str | None = None, decimal: str | None = None, max_rejects: str | int = 0,
                rejects: str | Path | None = None) -> IngestReport:
-        """Ingest a CSV or Parquet file, in batches (``gpubackfill.ingest``).
+        """Ingest a CSV or Parquet file, in batches (``gpubackfill.storage.ingest``).
         ``columns``, ``date_format``, ``sep``, ``decimal``: how to read it
         (``candles.files.Layout``); more rejected rows than ``max_rejects``
         (a count or ``"P%"``) and nothing is written; ``rejects``: a CSV file
         for every rejected row."""
-        from . import ingest as ingest_mod
         from .candles.files import CandleFile, Layout
+        from .storage import ingest as ingest_mod
 
         key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
         layout = Layout.parse(columns, date_format, sep, decimal)
@@ -81,7 +81,7 @@ class BackfillService:
 
     def ingest_table(self, key: SeriesKey, table: pa.Table, *, max_rejects: str | int = 0,
                      rejects: str | Path | None = None) -> IngestReport:
-        from . import ingest as ingest_mod
+        from .storage import ingest as ingest_mod
 
         self._ready()
         return ingest_mod.ingest_table(self.store, key, table, max_rejects=max_rejects, rejects=rejects)
@@ -117,7 +117,7 @@ class BackfillService:
     def _spec(self, instrument, granularity, start, end, labels=None, params=None, chunk_size=None,
               workers=None, priority="normal", force=False, backend=None, min_workers=None,
               source=None) -> JobSpec:
-        from .backends import select
+        from .compute.backends import select
 
         spec = make_spec(instrument, granularity, start, end, labels, params, chunk_size,
                          self.settings.max_workers if workers is None else workers, priority, force,
@@ -144,7 +144,7 @@ class BackfillService:
     def series_overview(self, instrument: str | None = None, granularity: str | None = None) -> list:
         """The store's series with their candles and label-set coverage
         (``coverage.SeriesCoverage``)."""
-        from . import coverage
+        from .storage import coverage
 
         self._ready()
         return coverage.overview(self.store, *_selection(instrument, granularity))
@@ -200,7 +200,7 @@ class BackfillService:
         """Forget entries; their chunks stay failed (the job stays completed_with_errors)."""
         return self.state.purge_dead_letters([e["id"] for e in self.state.dead_letters_of(ids, job_id)])
 
-    # -- reading jobs (views.py) --------------------------------------------
+    # -- reading jobs (engine/views.py) ----------------------------------------
 
     def job(self, job_id: str) -> views.JobStatus:
         """One job as ``status`` and ``GET /jobs/{id}`` show it."""
@@ -241,7 +241,7 @@ class BackfillService:
 
     def label_sets(self, instrument: str | None = None, granularity: str | None = None) -> list:
         """Computed label sets (``export.LabelSet``) with rows, per series."""
-        from . import export as export_mod
+        from .storage import export as export_mod
 
         self._ready()
         inst = parse_instrument(instrument) if instrument else None
@@ -257,7 +257,7 @@ class BackfillService:
         writes it, and the store holder streams it to a CLI in another
         process (``serve/holder.py``).  ``with_t1``: each row's event end
         ``t1`` after ``ts``."""
-        from . import export as export_mod
+        from .storage import export as export_mod
 
         return export_mod.parts(self.store, instrument, granularity, labels, params, start, end,
                                 set_id, with_candles, with_t1, ready=self._ready)
@@ -281,7 +281,7 @@ class BackfillService:
                     start: Any = None, end: Any = None, set_id: str | None = None,
                     with_candles: bool = False, with_t1: bool = False) -> tuple[int, int, str]:
         """Stream a label set to ``path`` (.parquet or .csv); (rows, columns, set id)."""
-        from . import export as export_mod
+        from .storage import export as export_mod
 
         parts, meta, chosen = self.export_parts(instrument, granularity, labels, params, start,
                                                  end, set_id, with_candles, with_t1)

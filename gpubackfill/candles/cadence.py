@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ..common.granularity import GRANULARITIES
 from ..errors import InvalidInput
-from ..granularity import GRANULARITIES
 
 
 def sort_by_time(table: pa.Table) -> tuple[pa.Table, np.ndarray | None]:

@@ -54,8 +54,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import InvalidInput, shown
-from ..granularity import (
+from ..common.granularity import (
     DAY_MS,
     GRANULARITIES,
     HOUR_MS,
@@ -64,6 +63,7 @@ from ..granularity import (
     parse_granularity,
     parse_instrument,
 )
+from ..errors import InvalidInput, shown
 
 SCHEMA = pa.schema([
     ("ts", pa.int64()),

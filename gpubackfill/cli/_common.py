@@ -7,9 +7,9 @@ import sys
 
 import click
 
+from ..common.times import iso
 from ..errors import InvalidInput
-from ..eta import rate_text  # noqa: F401 - re-exported for the commands
-from ..times import iso
+from ..jobs.eta import rate_text  # noqa: F401 - re-exported for the commands
 
 
 def _console():

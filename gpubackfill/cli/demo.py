@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow.compute as pc
 
 from ..candles.synthetic import generate
+from ..common.granularity import parse_granularity, parse_instrument
 from ..compute import compute_labels
 from ..errors import InvalidInput
-from ..eta import rate_text
-from ..granularity import parse_granularity, parse_instrument
+from ..jobs.eta import rate_text
 from ..storage.clickhouse_store import SeriesKey
 
 PREFIX = "DEMO."

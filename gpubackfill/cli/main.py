@@ -77,7 +77,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     import logging
     import os
 
-    from .. import logs
+    from ..common import logs
 
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -246,7 +246,7 @@ def serve(ctx, host: str | None, port: int | None, max_jobs: int | None, insecur
         raise InvalidInput(f"--port must be 1..65535, got {port}")
     import os
 
-    from .. import logs
+    from ..common import logs
     from ..serve.api import listen, loopback
     from ..serve.api import serve as run
 

@@ -15,21 +15,20 @@ from dataclasses import replace
 import numba
 import numpy as np
 
-from .. import backends
-from ..allocator import keep_freed_memory
 from ..candles import frames as candles_mod
-from ..compute import compute_series
+from ..common.granularity import GRANULARITIES
+from ..common.logs import log
+from ..common.times import iso
+from ..compute import backends, compute_series
+from ..compute.allocator import keep_freed_memory
 from ..config import Settings
-from ..connections import clickhouse_breaker, connections
 from ..errors import DependencyError, InvalidCandles, InvalidLabelSpec
-from ..granularity import GRANULARITIES
 from ..jobs.result import ChunkResult, SegmentOutcome
 from ..labels import Series, counts, halo
-from ..logs import log
-from ..resilience import BREAKERS, retrying
 from ..storage.clickhouse_store import SeriesKey, Store, input_fingerprint
+from ..storage.connections import clickhouse_breaker, connections
 from ..storage.redis import RedisState
-from ..times import iso
+from ..storage.resilience import BREAKERS, retrying
 from .failures import log_retry, over_memory_budget, record_failure, split_chunk, splittable
 from .lease import Heartbeat, LeaseLost
 from .shared_io import SharedIO

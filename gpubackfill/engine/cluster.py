@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..common.logs import log
 from ..config import Settings
 from ..errors import DependencyError
-from ..logs import log
 
 PROFILER_SETTING = "distributed.worker.profile.enabled"
 

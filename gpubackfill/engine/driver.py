@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import tenacity
 
-from .. import logs
+from ..common import logs
 from ..config import Settings
 from ..errors import DependencyError, InvalidInput
 from ..jobs.machine import (

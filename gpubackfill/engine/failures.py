@@ -14,9 +14,9 @@ import psutil
 from ..config import BYTES_PER_CANDLE, Settings
 from ..errors import BreakerOpen, DependencyError, InvalidCandles
 from ..jobs.result import ChunkResult
-from ..resilience import classify, is_outage
 from ..storage.clickhouse_store import Store
 from ..storage.redis import RedisState
+from ..storage.resilience import classify, is_outage
 from .task import ChunkTask
 
 

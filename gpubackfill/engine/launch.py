@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import logs
+from ..common import logs
 from ..config import Settings
 from ..errors import DependencyError, InvalidTransition
 from ..jobs.machine import FINAL_JOB_STATES
@@ -143,7 +143,7 @@ def fresh(store: Store, state: RedisState, job_id: str, spec: JobSpec,
 def drive(store: Store, state: RedisState, settings: Settings, job_id: str, spec: JobSpec,
           owner: str, lease_ms: int, progress: Callable[[], None] | None, scheduler: str | None,
           stop: threading.Event | None) -> str:
-    from ..backends import select
+    from ..compute.backends import select
     from .cluster import open_cluster
     from .driver import Driver
     from .task import default_numba_threads

@@ -11,8 +11,8 @@ import uuid
 
 import psutil
 
+from ..common.logs import log
 from ..errors import DependencyError, GpubackfillError
-from ..logs import log
 from ..storage.redis import RedisState
 from .task import ChunkTask
 from .watchdog import thread_stack

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import Settings
-from ..connections import connections
 from ..storage.clickhouse_store import Store
+from ..storage.connections import connections
 from .task import ChunkTask, finer_series
 
 

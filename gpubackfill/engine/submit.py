@@ -10,16 +10,16 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from .. import logs
+from ..common import logs
+from ..common.granularity import GRANULARITIES
+from ..common.times import iso
 from ..config import Settings
 from ..errors import InvalidInput, InvalidTransition
-from ..granularity import GRANULARITIES
 from ..jobs import plan
 from ..jobs.spec import EVER, JobSpec
 from ..labels import halo
 from ..storage.clickhouse_store import SeriesKey, Store
 from ..storage.redis import RedisState
-from ..times import iso
 
 
 def chunk_size(settings: Settings, asked: int | None, workers: int, candles: int | None = None) -> int:
@@ -124,7 +124,7 @@ def update(store: Store, state: RedisState, settings: Settings, insts: set[str] 
            backend: str) -> list[dict[str, Any]]:
     """Queue the daily update (``coverage.update_plans``): one job per label
     set with stale or missing chunks on the series selected."""
-    from .. import coverage
+    from ..storage import coverage
 
     size = chunk_size(settings, asked, workers)
     out = []

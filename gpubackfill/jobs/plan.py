@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from ..common.granularity import GRANULARITIES
+from ..common.times import iso
 from ..config import AUTO_CHUNK_SIZES, AUTO_MEMORY_BUDGET, BYTES_PER_CANDLE
 from ..errors import InvalidInput
-from ..granularity import GRANULARITIES
-from ..times import iso
 from .result import Segment
 from .spec import ALL, JobSpec, make_spec
 

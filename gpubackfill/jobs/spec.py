@@ -22,8 +22,8 @@ from datetime import time as dtime
 from typing import Any
 
 from .. import labels as registry
+from ..common.granularity import parse_granularity, parse_instrument
 from ..errors import InvalidInput
-from ..granularity import parse_granularity, parse_instrument
 
 PRIORITIES = ("low", "normal", "high")
 # The same bounds for the CLI, the API and Python callers.  A chunk size past

@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from kernels import flags as core
 
+from ..common.granularity import GRANULARITIES
 from ..errors import InvalidInput
-from ..granularity import GRANULARITIES
 from .base import Column, Counter, FinerCandles, LabelSpec, Param, Series
 from .volatility import VOL_PARAMS, compute_sigma, sigma_key, sigma_lookback
 

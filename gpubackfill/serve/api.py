@@ -31,7 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from .. import views
+from ..engine import views
 from ..errors import DependencyError, GpubackfillError, InvalidInput, InvalidTransition, JobNotFound
 from ..jobs.machine import JOB_STATES
 from . import metrics as metrics_mod
@@ -262,7 +262,7 @@ def check_health(service: BackfillService, scheduler: Scheduler | None,
 
 def _gpu_presence() -> dict[str, Any]:
     """Whether CUDA kernels can run here (asked once: it initialises the driver)."""
-    from ..backends import cuda_unavailable_reason
+    from ..compute.backends import cuda_unavailable_reason
 
     try:
         why = cuda_unavailable_reason()

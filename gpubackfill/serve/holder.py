@@ -313,7 +313,7 @@ class Remote:
         return self._call("series_overview", *args, **kwargs)
 
     def label_sets(self, *args, **kwargs) -> list:
-        from ..export import LabelSet
+        from ..storage.export import LabelSet
 
         return [LabelSet(**{**s, "series": tuple(s["series"]), "span": tuple(s["span"])})
                 for s in self._call("label_sets", *args, **kwargs)]
@@ -322,7 +322,7 @@ class Remote:
         """As ``BackfillService.export_file``: written here, batch by batch, as the holder sends them."""
         import pyarrow as pa
 
-        from .. import export as export_mod
+        from ..storage import export as export_mod
 
         with self._connect() as conn:
             head = conn.request("export_parts", args, kwargs)

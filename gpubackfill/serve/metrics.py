@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..errors import GpubackfillError
 from ..jobs.machine import ACTIVE_JOB_STATES, JOB_STATES
-from ..resilience import breaker_severity
+from ..storage.resilience import breaker_severity
 from ..storage.telemetry import CATEGORIES, CHUNK_BUCKETS
 from .alerts import ALERT_NAMES
 

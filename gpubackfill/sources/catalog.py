@@ -13,8 +13,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..common.granularity import GRANULARITIES, parse_granularity
 from ..errors import DependencyError, InvalidInput
-from ..granularity import GRANULARITIES, parse_granularity
 from .source import OURS, REQUIRED, TS_UNITS, Source, base_type, parse_day_start, parse_name
 from .sql import check_where, filtered, ident, relation_sql, where_probe
 

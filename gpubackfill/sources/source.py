@@ -15,8 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..common.granularity import DAY_MS, GRANULARITIES
 from ..errors import InvalidInput
-from ..granularity import DAY_MS, GRANULARITIES
 from .sql import filtered, ident, literal, relation_sql
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")

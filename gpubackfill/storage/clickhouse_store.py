@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from ..common.granularity import GRANULARITIES
 from ..config import Settings, redact_url
 from ..errors import DependencyError, InvalidInput
-from ..granularity import GRANULARITIES
 from ..labels import ResolvedLabel, label_set_id
 from ..sources.source import Source
 from . import clickhouse_client as clickhouse

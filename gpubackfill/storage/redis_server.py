@@ -33,9 +33,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..common.logs import log
 from ..config import Settings, redact_url
 from ..errors import DependencyError
-from ..logs import log
 from .redis_idle import USE_LOCK
 
 SOCKET = "redis.sock"

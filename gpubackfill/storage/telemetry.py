@@ -26,8 +26,8 @@ import json
 from typing import Any
 
 from ..errors import CATEGORIES
-from ..resilience import BREAKER_STATES
 from .redis import CHUNK_BUCKETS, RedisState, now_ms  # noqa: F401 - CHUNK_BUCKETS for metrics
+from .resilience import BREAKER_STATES
 
 HISTORY_KEPT = 200
 

@@ -341,7 +341,7 @@ def test_a_range_without_candles_is_an_error_naming_the_series_range(cli, csv_fi
 
 def test_small_rates_inclusive_end_dates_and_help_read_right(cli, csv_file, monkeypatch):
     from gpubackfill.cli.demo import command_name
-    from gpubackfill.eta import rate_text
+    from gpubackfill.jobs.eta import rate_text
 
     assert [rate_text(x) for x in (12_345_678, 850_400, 420.4, 0)] == ["12.3M", "850k", "420", "0"]
     path, _ = csv_file

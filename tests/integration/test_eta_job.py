@@ -19,7 +19,7 @@ def test_a_real_job_reports_its_eta_from_recorded_samples(service):
     the second task's collection always has tasks left that were not even
     submitted."""
     from gpubackfill.candles.synthetic import generate
-    from gpubackfill.eta import estimate as est_fn
+    from gpubackfill.jobs.eta import estimate as est_fn
     from gpubackfill.storage.clickhouse_store import SeriesKey
 
     service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-31"))

@@ -113,7 +113,7 @@ def test_with_t1_each_row_ends_at_its_exit_bar_as_event_end_says(cli, computed, 
     """t1 is ``event_end`` over the series' own candles: exits reach past
     their batch (97 rows) and past the exported range, across weekends."""
     from gpubackfill import event_end
-    from gpubackfill import export as export_mod
+    from gpubackfill.storage import export as export_mod
 
     candles, _ = computed
     monkeypatch.setattr(export_mod, "BATCH_ROWS", 97)
@@ -165,7 +165,7 @@ def test_an_empty_range_names_the_range_there_is(cli, computed, tmp_path):
 
 
 def test_export_streams_in_batches_in_ts_order(computed, service, tmp_path):
-    from gpubackfill import export as export_mod
+    from gpubackfill.storage import export as export_mod
 
     key = SeriesKey("EURUSD", "M15")
     chosen = export_mod.sets_of(service.store, key)[0]
@@ -204,7 +204,7 @@ def test_batch_starts_bound_every_batch_where_rows_are_uneven(service):
 
 
 def test_a_file_written_in_small_batches_holds_every_row_in_order(service, computed, tmp_path, monkeypatch):
-    from gpubackfill import export as export_mod
+    from gpubackfill.storage import export as export_mod
 
     monkeypatch.setattr(export_mod, "BATCH_ROWS", 97)
     whole = service.export("EURUSD", "M15", set_id=None)
@@ -221,7 +221,7 @@ def test_a_file_written_in_small_batches_holds_every_row_in_order(service, compu
 
 
 def test_an_export_that_fails_midway_leaves_no_file(tmp_path):
-    from gpubackfill import export as export_mod
+    from gpubackfill.storage import export as export_mod
 
     def parts():
         for i in range(3):
@@ -430,7 +430,7 @@ def test_a_panel_with_t1_ends_each_row_within_its_own_series(cli, service, tmp_p
 
 
 def test_a_panel_streams_batch_by_batch_and_never_mixes_label_sets(panel, service, tmp_path):
-    from gpubackfill import export as export_mod
+    from gpubackfill.storage import export as export_mod
 
     chosen = export_mod.choose_panel(service.store, ["*"], ["M15"], None, None, None)
     parts = list(export_mod.panel_batches(service.store, chosen, None, None, False, batch_rows=97))

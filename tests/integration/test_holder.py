@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import env_for, proc_env, run_cli  # noqa: F401 - fixtures
 
-from gpubackfill import export as export_mod
 from gpubackfill.candles.synthetic import generate
 from gpubackfill.errors import DependencyError
 from gpubackfill.serve import holder
+from gpubackfill.storage import export as export_mod
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 H12 = ["enhanced_triple_barrier", "mfe_mae"]

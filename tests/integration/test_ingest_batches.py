@@ -1,4 +1,4 @@
-"""Ingest in batches (gpubackfill.ingest): a file read, checked and written a
+"""Ingest in batches (gpubackfill.storage.ingest): a file read, checked and written a
 batch at a time gives what one batch over the whole file gives -- the same
 rows kept, the same rows rejected (named by file row), nothing written for a
 refused file, nothing changed by a second ingest, and a change log that
@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpubackfill import InvalidCandles, InvalidInput
-from gpubackfill import ingest as ingest_mod
 from gpubackfill.candles.synthetic import SCHEMA, generate
+from gpubackfill.storage import ingest as ingest_mod
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 M1 = 60_000

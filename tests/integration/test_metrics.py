@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpubackfill import logs
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.common import logs
 from gpubackfill.serve.metrics import exposition, registry
 from gpubackfill.storage.clickhouse_store import SeriesKey
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from test_cli import cli  # noqa: F401 - the in-process CLI fixture
 
 from gpubackfill.candles.synthetic import generate
+from gpubackfill.common.times import iso
 from gpubackfill.serve.api import create_app
 from gpubackfill.storage.clickhouse_store import SeriesKey
-from gpubackfill.times import iso
 
 
 @pytest.fixture

@@ -129,8 +129,8 @@ def test_a_driver_whose_lock_ran_out_takes_it_again_or_stops(settings):
 
     import pytest
 
-    from gpubackfill.connections import connections
     from gpubackfill.engine.driver import Driver, DriverLost
+    from gpubackfill.storage.connections import connections
 
     _, state = connections(settings)
     state.create_job("jd", {"workers": 1}, [(0, 10, 5)])
@@ -172,7 +172,7 @@ def test_a_status_never_shows_more_eta_samples_than_chunks_done(state, monkeypat
     """A chunk that finishes while a status is being read: its sample and
     its count are written together, and the status reads the samples first,
     so it never estimates from a chunk it does not count as done."""
-    from gpubackfill import views
+    from gpubackfill.engine import views
     from gpubackfill.storage.telemetry import Telemetry
 
     state.create_job("j2", {"instrument": "EURUSD", "granularity": "M1", "start_ms": 0, "end_ms": 30,

@@ -18,10 +18,9 @@ import pytest
 from conftest import random_walk
 from strategies import finer_candles
 
-from gpubackfill import allocator
 from gpubackfill import labels as registry
 from gpubackfill.candles.frames import to_series, validate
-from gpubackfill.compute import compute_series
+from gpubackfill.compute import allocator, compute_series
 from kernels import cpu
 
 TB = "enhanced_triple_barrier"

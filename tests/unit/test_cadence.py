@@ -28,7 +28,7 @@ def series(kind: str) -> np.ndarray:
 def whole_file_check(ts: np.ndarray, granularity: str) -> None:
     """check_step as it was written for a whole file in memory (the oracle)."""
     from gpubackfill.candles.cadence import _span
-    from gpubackfill.granularity import GRANULARITIES
+    from gpubackfill.common.granularity import GRANULARITIES
 
     steps = np.diff(ts)
     steps = steps[steps > 0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpubackfill import eta
+from gpubackfill.jobs import eta
 from gpubackfill.serve.ui import history
 
 # (finished at ms, seconds, candles): ten chunks of 1,000 candles, 2 s each, one at a time.

@@ -58,7 +58,7 @@ def test_importing_and_cpu_work_never_touch_cuda():
 
 
 def test_asking_for_cuda_without_a_device_names_what_is_missing():
-    from gpubackfill.backends import cuda_unavailable_reason, select
+    from gpubackfill.compute.backends import cuda_unavailable_reason, select
 
     why = cuda_unavailable_reason()
     if why is None:
@@ -72,7 +72,7 @@ def test_asking_for_cuda_without_a_device_names_what_is_missing():
 
 
 def _no_gpu_reason() -> str | None:
-    from gpubackfill.backends import cuda_unavailable_reason
+    from gpubackfill.compute.backends import cuda_unavailable_reason
 
     return cuda_unavailable_reason()
 

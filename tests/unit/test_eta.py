@@ -1,11 +1,11 @@
-"""The ETA with confidence (gpubackfill.eta): convergence and behaviour."""
+"""The ETA with confidence (gpubackfill.jobs.eta): convergence and behaviour."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gpubackfill.eta import estimate
+from gpubackfill.jobs.eta import estimate
 
 
 def simulate(n_chunks: int, candles: int, seconds: float, workers: int, jitter: float = 0.05,

@@ -119,8 +119,8 @@ def test_the_triple_barrier_declares_its_finer_candles_and_counters():
 
 
 def test_the_status_schema_declares_the_built_in_labels_counters():
+    from gpubackfill.engine.views import JobStatus
     from gpubackfill.labels import counters
-    from gpubackfill.views import JobStatus
 
     assert {c.status for c in counters()} == {"bars_resolved", "bars_ambiguous"}
     assert {c.status for c in counters()} <= set(JobStatus.model_fields)

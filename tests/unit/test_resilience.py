@@ -10,7 +10,7 @@ import pytest
 
 from gpubackfill.config import ConfigError, Settings
 from gpubackfill.errors import BreakerOpen, DependencyError, InvalidCandles, PersistentError, ResourceError
-from gpubackfill.resilience import POLICIES, BreakerBoard, classify, is_outage, retrying
+from gpubackfill.storage.resilience import POLICIES, BreakerBoard, classify, is_outage, retrying
 
 
 @pytest.mark.parametrize("exc, category", [

@@ -1,4 +1,4 @@
-"""Synthetic candles (gpubackfill.candles.synthetic) and name parsing (gpubackfill.granularity)."""
+"""Synthetic candles (gpubackfill.candles.synthetic) and name parsing (gpubackfill.common.granularity)."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -17,7 +17,7 @@ from gpubackfill.candles.synthetic import (
     generate_many,
     instrument_spec,
 )
-from gpubackfill.granularity import (
+from gpubackfill.common.granularity import (
     GRANULARITIES,
     INSTRUMENT_RE,
     parse_granularity,

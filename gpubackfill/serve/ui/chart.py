@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ...backends import select
+from ...common.granularity import parse_granularity, parse_instrument
+from ...compute.backends import select
 from ...errors import InvalidInput
-from ...granularity import parse_granularity, parse_instrument
 from ...jobs.spec import parse_time
 from ...labels import triple_barrier
 from ...labels.volatility import sigma_lookback

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ... import eta as eta_mod
+from ...jobs import eta as eta_mod
 
 SLICES = 60        # throughput bars over the job's life
 POINTS = 80        # ETA points, at evenly spaced samples

@@ -11,7 +11,7 @@ import redis
 from redis.commands.core import Script
 
 from ...errors import DependencyError
-from ...resilience import BREAKERS
+from ..resilience import BREAKERS
 from .scripts import source
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 
-from .config import Settings
+from ..config import Settings
+from .clickhouse_store import Store
+from .redis import RedisState
+from .redis_server import connect as redis_connect
 from .resilience import BREAKERS
-from .storage.clickhouse_store import Store
-from .storage.redis import RedisState
-from .storage.redis_server import connect as redis_connect
 
 _shared: dict[tuple, tuple[Store, RedisState]] = {}
 _shared_lock = threading.Lock()

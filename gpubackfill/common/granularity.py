@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 SECOND_MS = 1_000
 MINUTE_MS = 60 * SECOND_MS

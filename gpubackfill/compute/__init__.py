@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import allocator, backends, label_frames
-from . import labels as registry
-from .candles import frames as candles_mod
-from .errors import InvalidCandles, InvalidInput, shown
-from .labels import Column, ResolvedLabel, Series
-from .labels.volatility import compute_sigma, sigma_key
+from .. import labels as registry
+from ..candles import frames as candles_mod
+from ..errors import InvalidCandles, InvalidInput, shown
+from ..labels import Column, ResolvedLabel, Series
+from ..labels.volatility import compute_sigma, sigma_key
+from . import allocator, backends, frames
 
 
 def compute_labels(
@@ -45,7 +45,7 @@ def compute_labels(
     "polars"): an Arrow table has ``ts`` (int64 ms UTC) and each label's
     columns, NULL where a value is undefined; a pandas DataFrame keeps the
     input's index, with nullable ``Int8``/``Int32`` labels (see
-    ``label_frames``).
+    ``frames``).
 
     ``enhanced_triple_barrier`` with ``side="column"`` reads the frame's
     ``side`` column (+1 long, -1 short; 0, NULL or NaN no position).
@@ -56,7 +56,7 @@ def compute_labels(
     ``candles`` (default: its most frequent ts step).
     """
     resolved = registry.resolve(registry.DEFAULT_LABELS if labels is None else labels, params)
-    kind = label_frames.choose(candles, output)
+    kind = frames.choose(candles, output)
     wants_finer = [(r, need) for r in resolved for need in r.extra_inputs()]
     if wants_finer and finer is None:
         r, need = wants_finer[0]
@@ -78,7 +78,7 @@ def compute_labels(
         raise InvalidInput(f"bar_ms must be a positive integer (milliseconds), got {shown(bar_ms)}")
     if finer is not None or bar_ms is not None:
         series = replace(series, finer=finer, bar_ms=None if bar_ms is None else int(bar_ms))
-    return label_frames.shape(compute_series(series, resolved, chosen.kernels), candles, keep, kind)
+    return frames.shape(compute_series(series, resolved, chosen.kernels), candles, keep, kind)
 
 
 def _check_inputs(series: Series, resolved: list[ResolvedLabel], candles: Any) -> None:

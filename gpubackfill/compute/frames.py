@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .candles import frames
-from .errors import InvalidInput
+from ..candles import frames
+from ..errors import InvalidInput
 
 OUTPUTS = ("arrow", "pandas", "polars")
 

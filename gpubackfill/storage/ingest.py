@@ -50,14 +50,14 @@ import pyarrow.csv as pcsv
 
 from kernels import core
 
-from .candles import cadence, frames
-from .candles.files import BATCH_ROWS as READ_ROWS
-from .candles.files import CandleFile, Layout
-from .errors import DependencyError, InvalidCandles, InvalidInput
-from .labels import Series
+from ..candles import cadence, frames
+from ..candles.files import BATCH_ROWS as READ_ROWS
+from ..candles.files import CandleFile, Layout
+from ..common.times import iso
+from ..errors import DependencyError, InvalidCandles, InvalidInput
+from ..labels import Series
+from .clickhouse_store import IngestReport, SeriesKey, Store
 from .readahead import read_ahead
-from .storage.clickhouse_store import IngestReport, SeriesKey, Store
-from .times import iso
 
 BATCH_ROWS = 1 << 20    # rows validated and written at a time
 BLOCK_ROWS = 1 << 16    # rows per block of the spill file; a merge holds one block per run

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from . import eta as eta_mod
-from .engine.lease import dead_local_owner
-from .errors import CATEGORIES, InvalidInput
-from .jobs.machine import FINAL_JOB_STATES, series_status
-from .labels import counters
-from .resilience import BREAKERS, breaker_severity
-from .storage.redis import RedisState, now_ms
-from .storage.telemetry import Telemetry
-from .times import iso
+from ..common.times import iso
+from ..errors import CATEGORIES, InvalidInput
+from ..jobs import eta as eta_mod
+from ..jobs.machine import FINAL_JOB_STATES, series_status
+from ..labels import counters
+from ..storage.redis import RedisState, now_ms
+from ..storage.resilience import BREAKERS, breaker_severity
+from ..storage.telemetry import Telemetry
+from .lease import dead_local_owner
 
 
 class ChunkCounts(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from .errors import BackendUnavailable
+from ..errors import BackendUnavailable
 
 BACKENDS = ("cpu", "cuda", "auto")
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .jobs import plan
-from .jobs.plan import Computed as Record
-from .jobs.plan import UpdatePlan
-from .labels import halo, resolve
-from .storage.clickhouse_store import SeriesKey, Store
+from ..jobs import plan
+from ..jobs.plan import Computed as Record
+from ..jobs.plan import UpdatePlan
+from ..labels import halo, resolve
+from .clickhouse_store import SeriesKey, Store
 
 
 @dataclass

@@ -30,13 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import labels as registry
-from .errors import InvalidInput
-from .granularity import parse_granularity, parse_instrument
-from .jobs.spec import ALL, parse_names, parse_time
+from .. import labels as registry
+from ..common.granularity import parse_granularity, parse_instrument
+from ..common.times import iso
+from ..errors import InvalidInput
+from ..jobs.spec import ALL, parse_names, parse_time
+from .clickhouse_store import SeriesKey, Store
 from .readahead import read_ahead
-from .storage.clickhouse_store import SeriesKey, Store
-from .times import iso
 
 T1_FROM = "tb_exit_bars"
 BATCH_ROWS = 500_000  # ~50 MB of label columns per batch; bench: 10M rows under 1 GB RSS
@@ -300,7 +300,7 @@ def _event_ends(store: Store, key: SeriesKey, table: pa.Table) -> pa.Array:
     """``event_end`` of a batch's rows over the series' own candles: the
     batch's candles and as many after them as its longest exit reaches, so
     an exit past the batch (or past the exported range) finds its bar."""
-    from .labels.training import event_end
+    from ..labels.training import event_end
 
     ts = table.column("ts").cast(pa.int64()).to_numpy()
     bars = table.column(T1_FROM).combine_chunks()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pybreaker
 import tenacity
 
-from .errors import BreakerOpen, DependencyError, GpubackfillError
+from ..errors import BreakerOpen, DependencyError, GpubackfillError
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""What every layer uses: times, bar sizes and instrument names, structured logs."""
