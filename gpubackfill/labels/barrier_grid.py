@@ -77,13 +77,5 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
     }
 
 
-SPEC = LabelSpec(
-    name="barrier_grid",
-    doc=__doc__.strip().splitlines()[0],
-    params=PARAMS,
-    outputs=_outputs,
-    halo=_halo,
-    compute=_compute,
-    uses_sigma=True,
-    inputs=("open", "high", "low", "close"),
-)
+SPEC = LabelSpec.of(__doc__, "barrier_grid", PARAMS, _outputs, _halo, _compute,
+                    uses_sigma=True, inputs=("open", "high", "low", "close"))

@@ -222,6 +222,15 @@ class LabelSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "param_index", {p.name: p for p in self.params})
 
+    @classmethod
+    def of(cls, module_doc: str | None, name: str, params: tuple[Param, ...],
+           outputs: Callable[[Mapping[str, Any]], list[tuple[str, pa.DataType]]],
+           halo: Callable[[Mapping[str, Any]], tuple[int, int]],
+           compute: Callable[..., dict[str, Column]], **options: Any) -> LabelSpec:
+        """A label module's spec, its doc the first line of the module's docstring."""
+        return cls(name, (module_doc or name).strip().splitlines()[0], params, outputs, halo, compute,
+                   **options)
+
     def resolve(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults filled in, every value checked and normalised."""
         given = dict(given or {})

@@ -35,12 +35,5 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
     return {"fh_label": (label, valid), "fh_return": (ret, valid)}
 
 
-SPEC = LabelSpec(
-    name="fixed_horizon",
-    doc=__doc__.strip().splitlines()[0],
-    params=PARAMS,
-    outputs=lambda p: list(OUTPUTS),
-    halo=_halo,
-    compute=_compute,
-    uses_sigma=True,
-)
+SPEC = LabelSpec.of(__doc__, "fixed_horizon", PARAMS, lambda p: list(OUTPUTS), _halo, _compute,
+                    uses_sigma=True)

@@ -38,12 +38,5 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
     }
 
 
-SPEC = LabelSpec(
-    name="mfe_mae",
-    doc=__doc__.strip().splitlines()[0],
-    params=PARAMS,
-    outputs=lambda p: list(OUTPUTS),
-    halo=lambda p: (0, p["horizon"]),
-    compute=_compute,
-    inputs=("high", "low", "close"),
-)
+SPEC = LabelSpec.of(__doc__, "mfe_mae", PARAMS, lambda p: list(OUTPUTS), lambda p: (0, p["horizon"]),
+                    _compute, inputs=("high", "low", "close"))

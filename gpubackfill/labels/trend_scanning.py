@@ -40,11 +40,5 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
             "trend_window": (window, valid)}
 
 
-SPEC = LabelSpec(
-    name="trend_scanning",
-    doc=__doc__.strip().splitlines()[0],
-    params=PARAMS,
-    outputs=_outputs,
-    halo=lambda p: (0, p["max_window"] - 1),
-    compute=_compute,
-)
+SPEC = LabelSpec.of(__doc__, "trend_scanning", PARAMS, _outputs, lambda p: (0, p["max_window"] - 1),
+                    _compute)

@@ -185,15 +185,6 @@ COUNTERS = (
 )
 
 
-SPEC = LabelSpec(
-    name="enhanced_triple_barrier",
-    doc=__doc__.strip().splitlines()[0],
-    params=PARAMS,
-    outputs=_outputs,
-    halo=_halo,
-    compute=_compute,
-    uses_sigma=True,
-    inputs=("open", "high", "low", "close"),
-    extra_inputs=_finer,
-    counters=COUNTERS,
-)
+SPEC = LabelSpec.of(__doc__, "enhanced_triple_barrier", PARAMS, _outputs, _halo, _compute,
+                    uses_sigma=True, inputs=("open", "high", "low", "close"), extra_inputs=_finer,
+                    counters=COUNTERS)

@@ -41,12 +41,4 @@ def _compute(kernels: Any, s: Series, sigma, p: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-SPEC = LabelSpec(
-    name="vol_scaled_return",
-    doc=__doc__.strip().splitlines()[0],
-    params=PARAMS,
-    outputs=_outputs,
-    halo=_halo,
-    compute=_compute,
-    uses_sigma=True,
-)
+SPEC = LabelSpec.of(__doc__, "vol_scaled_return", PARAMS, _outputs, _halo, _compute, uses_sigma=True)
