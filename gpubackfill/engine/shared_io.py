@@ -35,8 +35,9 @@ class SharedIO:
 
     @staticmethod
     def for_run(settings: Settings, tasks: tuple[ChunkTask, ...]) -> SharedIO | None:
-        if len(tasks) < 2 or any(len(t.segments) != 1 or not t.segments[0].fresh for t in tasks):
-            return None
+        if (len(tasks) < 2 or tasks[0].invalid
+                or any(len(t.segments) != 1 or not t.segments[0].fresh for t in tasks)):
+            return None  # a job whose labels do not resolve fails each chunk on its own
         segs = [t.segments[0] for t in tasks]
         key = tasks[0].key(segs[0])
         resolved = tasks[0].resolved

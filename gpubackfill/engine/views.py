@@ -106,9 +106,8 @@ class JobStatus(BaseModel):
     cluster: str
     dashboard: str
     last_errors: dict[str, str]
-    # enhanced_triple_barrier's counters, with resolve_with: bars decided by
-    # the finer candles, and bars left to the tie rule (no finer data, or
-    # still ambiguous at the finer level).
+    # The built-in labels' counters (LabelSpec.counters), declared so that the
+    # API's schema names them; a label added later shows its own as extra fields.
     bars_resolved: int
     bars_ambiguous: int
     interrupted_because: str
