@@ -619,7 +619,8 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
             del globals()[var]
 
     def python_keyed(t: pa.Table) -> None:
-        conn.query(f"INSERT INTO {table} SELECT * FROM Python(t)")
+        # By name: the table has a source column ('' here) that t lacks.
+        conn.query(f"INSERT INTO {table} ({', '.join(t.column_names)}) SELECT * FROM Python(t)")
 
     writes = {
         "send_insert ArrowStream, one message": (lambda t: stream(t, "ArrowStream", 1 << 40), keyed),

@@ -12,22 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# name -> (module, attribute)
-_LAZY = {
-    "keep_freed_memory": (".compute.allocator", "keep_freed_memory"),
-    "compute_labels": (".compute", "compute_labels"),
-    "BackendUnavailable": (".errors", "BackendUnavailable"),
-    "GpubackfillError": (".errors", "GpubackfillError"),
-    "InvalidCandles": (".errors", "InvalidCandles"),
-    "InvalidInput": (".errors", "InvalidInput"),
-    "InvalidLabelSpec": (".errors", "InvalidLabelSpec"),
-    "LABELS": (".labels", "REGISTRY"),
-    "label_set_id": (".labels", "label_set_id"),
-    "resolve_labels": (".labels", "resolve"),
-    "event_end": (".labels.training", "event_end"),
-    "PurgedKFold": (".labels.training", "PurgedKFold"),
-    "sequential_bootstrap": (".labels.training", "sequential_bootstrap"),
-}
+# public name -> (module, attribute)
+_LAZY = {name: (module, name) for module, names in {
+    ".compute": ("compute_labels",),
+    ".compute.allocator": ("keep_freed_memory",),
+    ".errors": ("BackendUnavailable", "GpubackfillError", "InvalidCandles", "InvalidInput", "InvalidLabelSpec"),
+    ".labels": ("label_set_id",),
+    ".labels.training": ("event_end", "PurgedKFold", "sequential_bootstrap"),
+}.items() for name in names}
+_LAZY.update(LABELS=(".labels", "REGISTRY"), resolve_labels=(".labels", "resolve"))
 
 __all__ = [
     "LABELS", "BackendUnavailable", "GpubackfillError", "InvalidCandles", "InvalidInput",

@@ -750,28 +750,17 @@ def run_minima(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx):
 
 
 @jitable
-def window_max(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
-    """(value, first index) of max x[a : a + width]; ``aligned``: a starts a run."""
+def window_ext(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx, is_max):
+    """(value, first index) of max (``is_max``) or min of x[a : a + width];
+    ``aligned``: a starts a run.  The prefix lies later: it wins only when
+    strictly better, so ties go to the first bar."""
     sv = suf_val[a - start]
     si = suf_idx[a - start]
     if aligned:
         return sv, si
     pv = pre_val[a + width - 1 - start]
     pi = pre_idx[a + width - 1 - start]
-    take = pv > sv  # the prefix lies later: it wins only if strictly larger
-    return (pv if take else sv), (pi if take else si)
-
-
-@jitable
-def window_min(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
-    """(value, first index) of min x[a : a + width]."""
-    sv = suf_val[a - start]
-    si = suf_idx[a - start]
-    if aligned:
-        return sv, si
-    pv = pre_val[a + width - 1 - start]
-    pi = pre_idx[a + width - 1 - start]
-    take = pv < sv
+    take = pv > sv if is_max else pv < sv
     return (pv if take else sv), (pi if take else si)
 
 
@@ -780,6 +769,18 @@ def window_min(a, width, start, aligned, suf_val, suf_idx, pre_val, pre_idx):
 # resolve_with).  A bar j that touched both barriers is replayed on the finer
 # candles inside it, with the same barriers.
 
+
+
+@jitable
+def tb_resolve_at(r, rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma, side,
+                  sided, pt, sl, label, barrier, exit_ret, flags):
+    """``tb_resolve_row`` for the r-th ambiguous row: its side, its barriers
+    and its finer candles; the same call on every target."""
+    t = rows[r]
+    s = side_of(side, t) if sided else 1
+    upper, lower = tb_side_bounds(close[t], sigma[t], pt, sl, s)
+    return tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open, f_high, f_low, close,
+                          upper, lower, s, label, barrier, exit_ret, flags)
 
 
 @jitable

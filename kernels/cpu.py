@@ -422,8 +422,8 @@ def _mfe_mae(high, low, close, horizon, mfe, mae, mfe_bars, mae_bars):
         for t in range(s, e):
             aligned = phase == 0
             c0 = close[t]
-            hv, hi = core.window_max(t + 1, horizon, start, aligned, hs_v, hs_i, hp_v, hp_i)
-            lv, li = core.window_min(t + 1, horizon, start, aligned, ls_v, ls_i, lp_v, lp_i)
+            hv, hi = core.window_ext(t + 1, horizon, start, aligned, hs_v, hs_i, hp_v, hp_i, True)
+            lv, li = core.window_ext(t + 1, horizon, start, aligned, ls_v, ls_i, lp_v, lp_i, False)
             mfe[t] = hv / c0 - 1.0
             mae[t] = lv / c0 - 1.0
             mfe_bars[t] = hi - t
@@ -454,12 +454,9 @@ def _tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, s
     m = rows.shape[0]
     decided = np.zeros(m, np.int64)
     for r in prange(m):
-        t = rows[r]
-        s = core.side_of(side, t) if sided else 1
-        upper, lower = core.tb_side_bounds(close[t], sigma[t], pt, sl, s)
-        decided[r] = core.tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open,
-                                         f_high, f_low, close, upper, lower, s, label, barrier,
-                                         exit_ret, flags)
+        decided[r] = core.tb_resolve_at(r, rows, exit_bars, f_start, f_end, f_open, f_high, f_low,
+                                        close, sigma, side, sided, pt, sl, label, barrier, exit_ret,
+                                        flags)
     return decided.sum()
 
 

@@ -452,8 +452,8 @@ def _mfe_kernel(close, horizon, complete, start, hs_v, hs_i, hp_v, hp_i, ls_v, l
             mae_bars[t] = 0
             continue
         aligned = (t + 1 - start) % horizon == 0
-        hv, hi = core.window_max(t + 1, horizon, start, aligned, hs_v, hs_i, hp_v, hp_i)
-        lv, li = core.window_min(t + 1, horizon, start, aligned, ls_v, ls_i, lp_v, lp_i)
+        hv, hi = core.window_ext(t + 1, horizon, start, aligned, hs_v, hs_i, hp_v, hp_i, True)
+        lv, li = core.window_ext(t + 1, horizon, start, aligned, ls_v, ls_i, lp_v, lp_i, False)
         c0 = close[t]
         mfe[t] = hv / c0 - 1.0
         mae[t] = lv / c0 - 1.0
@@ -627,12 +627,9 @@ def _tb_resolve_kernel(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, c
                        side, sided, pt, sl, label, barrier, exit_ret, flags, decided):
     g, step = cuda.grid(1), cuda.gridsize(1)
     for r in range(g, rows.shape[0], step):
-        t = rows[r]
-        s = core.side_of(side, t) if sided else 1
-        upper, lower = core.tb_side_bounds(close[t], sigma[t], pt, sl, s)
-        decided[r] = core.tb_resolve_row(t, t + exit_bars[t], f_start[r], f_end[r], f_open,
-                                         f_high, f_low, close, upper, lower, s, label, barrier,
-                                         exit_ret, flags)
+        decided[r] = core.tb_resolve_at(r, rows, exit_bars, f_start, f_end, f_open, f_high, f_low,
+                                        close, sigma, side, sided, pt, sl, label, barrier, exit_ret,
+                                        flags)
 
 
 def tb_resolve(rows, exit_bars, f_start, f_end, f_open, f_high, f_low, close, sigma, pt, sl,

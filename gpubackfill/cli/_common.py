@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -130,3 +132,15 @@ def _say_skipped(s: dict) -> None:
     if s.get("skipped"):
         click.echo(f"skipped (no candles in the range): {', '.join(s['skipped'])}", err=True)
 
+
+
+def _listed(rows: Any, fmt: str, empty: str) -> bool:
+    """Print ``rows`` as JSON (``--format json``), or ``empty`` when there
+    are none; True when that was all there was to print (no table)."""
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return True
+    if not rows:
+        click.echo(empty)
+        return True
+    return False

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from ._common import _console, _plural, _service
+from ._common import _console, _listed, _plural, _service
 from .run import _run_foreground
 
 
@@ -29,11 +29,7 @@ def list_(ctx, job_id: str | None, fmt: str) -> None:
     """List dead-letter entries, oldest first."""
 
     entries = _service(ctx).dead_letters(job_id)
-    if fmt == "json":
-        click.echo(json.dumps(entries, indent=2))
-        return
-    if not entries:
-        click.echo("no dead-lettered chunks")
+    if _listed(entries, fmt, "no dead-lettered chunks"):
         return
     from rich.table import Table
 

@@ -17,6 +17,7 @@ from ._common import (
     _iso,
     _labels,
     _last_day,
+    _listed,
     _params,
     _plural,
     _say_skipped,
@@ -132,11 +133,7 @@ def series_cmd(ctx, instrument, granularity, fmt) -> None:
     svc = _store_service(ctx)
     rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) and not isinstance(r, type) else r
             for r in svc.series_overview(list(instrument) or None, list(granularity) or None)]
-    if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no series in the store (see `gpubackfill ingest`)")
+    if _listed(rows, fmt, "no series in the store (see `gpubackfill ingest`)"):
         return
     from rich.table import Table
 

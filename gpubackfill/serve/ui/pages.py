@@ -146,19 +146,20 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
         return page("jobs.html", rows=rows, status=status or "", states=JOB_STATES, page_no=page_no,
                     pages=pages, total=len(jobs), dashboards=dashboards)
 
-    @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
-    def job_page(job_id: str) -> HTMLResponse:
+    def job_html(template: str, job_id: str) -> HTMLResponse:
         try:
-            return page("job.html", **job_context(job_id))
+            return page(template, **job_context(job_id))
         except GpubackfillError as exc:
             return failure(exc)
 
+    @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(job_id: str) -> HTMLResponse:
+        return job_html("job.html", job_id)
+
     @router.get("/ui/jobs/{job_id}/live", response_class=HTMLResponse)
     def job_live(job_id: str) -> HTMLResponse:
-        try:
-            return page("job_live.html", **job_context(job_id))
-        except GpubackfillError as exc:
-            return failure(exc)
+        """The part of the job page that polling replaces."""
+        return job_html("job_live.html", job_id)
 
     @router.get("/ui/new", response_class=HTMLResponse)
     def new_job_page() -> HTMLResponse:
