@@ -129,25 +129,31 @@ class BackfillService:
     def plan_update(self, instrument: str | list[str] | None = None,
                     granularity: str | list[str] | None = None, chunk_size: int | None = None,
                     workers: int | None = None, priority: str = "normal",
-                    backend: str | None = None) -> list[dict[str, Any]]:
+                    backend: str | None = None, source: str | None = None) -> list[dict[str, Any]]:
         """Queue the daily update: for every label set already computed on
-        the series asked for (default: all), one job over what is missing
-        or stale (``coverage``).  Returns one entry per job queued ([] when
-        everything is current): job id, label set, series, stale and new
-        chunk counts."""
+        the series asked for (default: all; of ``source``: that source's),
+        one job over what is missing or stale (``coverage``).  Returns one
+        entry per job queued ([] when everything is current): job id, label
+        set, series, stale and new chunk counts."""
         self._ready()
         insts, grans = _selection(instrument, granularity)
         return submit.update(self.store, self.state, self.settings, insts, grans, chunk_size,
                              self.settings.max_workers if workers is None else workers, priority,
-                             backend or self.settings.backend)
+                             backend or self.settings.backend, self._source(source))
 
-    def series_overview(self, instrument: str | None = None, granularity: str | None = None) -> list:
-        """The store's series with their candles and label-set coverage
-        (``coverage.SeriesCoverage``)."""
+    def series_overview(self, instrument: str | None = None, granularity: str | None = None,
+                        source: str | None = None) -> list:
+        """The store's series (or a source's) with their candles and
+        label-set coverage (``coverage.SeriesCoverage``)."""
         from . import coverage
 
         self._ready()
-        return coverage.overview(self.store, *_selection(instrument, granularity))
+        return coverage.overview(self.store, *_selection(instrument, granularity), self._source(source))
+
+    def _source(self, name: str | None) -> str:
+        """A registered source's name ('' for the built-in table); an
+        unknown one is refused by name."""
+        return self.store.source(name).name if name else ""
 
     def writer_conflict(self, job_id: str, spec: JobSpec | None = None) -> tuple[str, str, str] | None:
         """The running job (id, status, series) that writes the same labels
