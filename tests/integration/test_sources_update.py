@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_cli import cli  # noqa: F401 - the in-process CLI fixture
 from test_sources import MAPS, candles, foreign_table, insert_foreign
 
 from gpubackfill.labels import DEFAULT_LABELS, halo, resolve
@@ -114,3 +115,47 @@ def test_a_window_print_in_clickhouse_equals_the_one_made_in_python(service):
              for c in fingerprint.COLUMNS})))]
     assert len(ts_next) == 881
     assert pa.types.is_int64(loaded.column("ts").type)
+
+
+def test_sets_series_export_and_update_take_the_source(cli, service, tmp_path):  # noqa: F811
+    """The same instrument from the built-in table and from a source (other
+    candles): each command shows, exports or updates the one it is given."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    service.init()
+    mine = candles(end="2024-01-03")
+    rel = foreign_table(service, mine)
+    service.sources.add("mkt", rel, MAPS, granularity="M1")
+    service.ingest_table(SeriesKey("EURUSD", "M1"), candles(start="2024-01-04", end="2024-01-06"))
+    assert cli("start", "--instrument", "EURUSD", "--granularity", "M1", "--source", "mkt",
+               "--chunk-size", "1000").exit_code == 0
+    assert cli("start", "--instrument", "EURUSD", "--granularity", "M1", "--chunk-size", "1000").exit_code == 0
+    built_in = service.store.series_summary(SeriesKey("EURUSD", "M1"))[0]
+
+    rows = {s: json.loads(cli("sets", "--format", "json", *args).output)
+            for s, args in (("mkt", ["--source", "mkt"]), ("", []))}
+    assert [r["rows"] for r in rows["mkt"]] == [mine.num_rows]
+    assert [r["rows"] for r in rows[""]] == [built_in] != [mine.num_rows]
+
+    shown = json.loads(cli("series", "--source", "mkt", "--format", "json").output)
+    m1 = next(r for r in shown if r["granularity"] == "M1")
+    assert m1["candles"] == mine.num_rows and [s["rows"] for s in m1["sets"]] == [mine.num_rows]
+    assert {r["granularity"] for r in shown} >= {"M1", "M5", "H1"}  # stored and derived
+
+    for source, args, n in (("mkt", ["--source", "mkt"], mine.num_rows), ("", [], built_in)):
+        out = tmp_path / f"x{source}.parquet"
+        r = cli("export", "--instrument", "EURUSD", "--granularity", "M1", "-o", str(out), *args)
+        assert r.exit_code == 0, r.output
+        meta = pq.read_schema(out).metadata
+        assert meta[b"source"] == source.encode()
+        assert json.loads(meta[b"gpubackfill"])["source"] == source
+        assert pq.read_metadata(out).num_rows == n
+
+    assert "up to date" in cli("update", "--source", "mkt").output
+    for cmd in (["update"], ["series"], ["sets"], ["export", "--instrument", "EURUSD", "--granularity",
+                                                  "M1", "-o", str(tmp_path / "y.parquet")]):
+        r = cli(*cmd, "--source", "nope")
+        assert r.exit_code == 2 and r.output.strip().splitlines() == [
+            "error: no source named 'nope' (known: mkt; add one with `gpubackfill source add`)"], r.output
