@@ -97,7 +97,7 @@ def _print_flags(store: Store, sets: dict, records: dict, source: str) -> dict:
             p = fingerprint.parse(recorded.get((set_id, *key, r.start_ms, r.end_ms), ""))
             found[(set_id, key, r.start_ms, r.end_ms)] = (p, finer)
             if p is not None:
-                wanted[SeriesKey(*key, source)].add(p[0])
+                wanted[SeriesKey(key[0], key[1], source)].add(p[0])
                 if p[2] is not None and finer is not None:
                     wanted[finer].add(p[2][:2])
     now = {}
@@ -107,7 +107,7 @@ def _print_flags(store: Store, sets: dict, records: dict, source: str) -> dict:
 
     def stale(set_id: str, key: tuple[str, str], r: Record) -> bool:
         p, finer = found[(set_id, key, r.start_ms, r.end_ms)]
-        if p is None or now[(SeriesKey(*key, source), p[0])] != p[1]:
+        if p is None or now[(SeriesKey(key[0], key[1], source), p[0])] != p[1]:
             return True
         if (p[2] is None) != (finer is None):
             return True
@@ -171,7 +171,7 @@ def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
     by_set: dict[str, list] = defaultdict(list)
     for (set_id, key), recs in sorted(chosen.items()):
         tail = plan.update_tail(recs, series[key][2])
-        fresh = (plan.plan_chunks(store.chunk_starts(SeriesKey(*key, source), *tail, chunk_size), tail[1])
+        fresh = (plan.plan_chunks(store.chunk_starts(SeriesKey(key[0], key[1], source), *tail, chunk_size), tail[1])
                  if tail else [])
         by_set[set_id].append((key, recs, flags[(set_id, key)], fresh))
     planned = (plan.update(set_id, sets[set_id], members, chunk_size) for set_id, members in by_set.items())

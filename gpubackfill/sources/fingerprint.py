@@ -98,13 +98,14 @@ def parse(text: str) -> tuple[tuple[int, int], str, tuple[int, int, str] | None]
     own, _, finer = text[len(PREFIX):].partition("|f:")
     try:
         lo, hi, n, s = own.split(":")
-        out = ((int(lo), int(hi)), f"{n}:{s}", None)
+        bounds = (int(lo), int(hi))
+        more: tuple[int, int, str] | None = None
         if finer:
             a, b, fn, fs = finer.split(":")
-            out = (out[0], out[1], (int(a), int(b), f"{fn}:{fs}"))
+            more = (int(a), int(b), f"{fn}:{fs}")
     except ValueError:
         return None
-    return out
+    return bounds, f"{n}:{s}", more
 
 
 def with_finer(own: str, a: int, b: int, finer_stamp: str) -> str:
