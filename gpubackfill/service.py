@@ -129,25 +129,31 @@ class BackfillService:
     def plan_update(self, instrument: str | list[str] | None = None,
                     granularity: str | list[str] | None = None, chunk_size: int | None = None,
                     workers: int | None = None, priority: str = "normal",
-                    backend: str | None = None) -> list[dict[str, Any]]:
+                    backend: str | None = None, source: str | None = None) -> list[dict[str, Any]]:
         """Queue the daily update: for every label set already computed on
-        the series asked for (default: all), one job over what is missing
-        or stale (``coverage``).  Returns one entry per job queued ([] when
-        everything is current): job id, label set, series, stale and new
-        chunk counts."""
+        the series asked for (default: all; of ``source``: that source's),
+        one job over what is missing or stale (``coverage``).  Returns one
+        entry per job queued ([] when everything is current): job id, label
+        set, series, stale and new chunk counts."""
         self._ready()
         insts, grans = _selection(instrument, granularity)
         return submit.update(self.store, self.state, self.settings, insts, grans, chunk_size,
                              self.settings.max_workers if workers is None else workers, priority,
-                             backend or self.settings.backend)
+                             backend or self.settings.backend, self._source(source))
 
-    def series_overview(self, instrument: str | None = None, granularity: str | None = None) -> list:
-        """The store's series with their candles and label-set coverage
-        (``coverage.SeriesCoverage``)."""
+    def series_overview(self, instrument: str | None = None, granularity: str | None = None,
+                        source: str | None = None) -> list:
+        """The store's series (or a source's) with their candles and
+        label-set coverage (``coverage.SeriesCoverage``)."""
         from .storage import coverage
 
         self._ready()
-        return coverage.overview(self.store, *_selection(instrument, granularity))
+        return coverage.overview(self.store, *_selection(instrument, granularity), self._source(source))
+
+    def _source(self, name: str | None) -> str:
+        """A registered source's name ('' for the built-in table); an
+        unknown one is refused by name."""
+        return self.store.source(name).name if name else ""
 
     def writer_conflict(self, job_id: str, spec: JobSpec | None = None) -> tuple[str, str, str] | None:
         """The running job (id, status, series) that writes the same labels
@@ -239,39 +245,44 @@ class BackfillService:
             removed += [job_id] if known else []
         return removed
 
-    def label_sets(self, instrument: str | None = None, granularity: str | None = None) -> list:
-        """Computed label sets (``export.LabelSet``) with rows, per series."""
+    def label_sets(self, instrument: str | None = None, granularity: str | None = None,
+                   source: str | None = None) -> list:
+        """Computed label sets (``export.LabelSet``) with rows, per series (of ``source``)."""
         from .storage import export as export_mod
 
         self._ready()
         inst = parse_instrument(instrument) if instrument else None
         gran = parse_granularity(granularity) if granularity else None
-        return [s for s in export_mod.sets_of(self.store)
+        return [s for s in export_mod.sets_of(self.store, source=self._source(source))
                 if inst in (None, s.series[0]) and gran in (None, s.series[1])]
 
     def export_parts(self, instrument: str | list[str], granularity: str | list[str],
                      labels: list[str] | None = None, params: dict | None = None,
                      start: Any = None, end: Any = None, set_id: str | None = None,
-                     with_candles: bool = False, with_t1: bool = False):
+                     with_candles: bool = False, with_t1: bool = False, source: str | None = None):
         """A label set as it is exported (``export.parts``): ``export_file``
         writes it, and the store holder streams it to a CLI in another
         process (``serve/holder.py``).  ``with_t1``: each row's event end
-        ``t1`` after ``ts``."""
+        ``t1`` after ``ts``; ``source``: the labels computed from that source."""
         from .storage import export as export_mod
 
+        if source:
+            self._ready()  # the source is looked up before the request is checked
         return export_mod.parts(self.store, instrument, granularity, labels, params, start, end,
-                                set_id, with_candles, with_t1, ready=self._ready)
+                                set_id, with_candles, with_t1, ready=self._ready,
+                                source=self._source(source))
 
     def export(self, instrument: str | list[str], granularity: str | list[str],
                labels: list[str] | None = None,
                params: dict | None = None, start: Any = None, end: Any = None,
-               set_id: str | None = None, with_candles: bool = False) -> pa.Table:
+               set_id: str | None = None, with_candles: bool = False,
+               source: str | None = None) -> pa.Table:
         """A computed label set as one Arrow table, ``ts`` in int64 ms as
         ``compute_labels`` returns it (files get a UTC timestamp); the
         provenance is in the schema metadata.  ``export_file`` streams large
         sets to disk instead."""
         parts, meta, _ = self.export_parts(instrument, granularity, labels, params, start, end,
-                                            set_id, with_candles)
+                                            set_id, with_candles, source=source)
         table = pa.concat_tables(list(parts))
         table = table.set_column(table.column_names.index("ts"), "ts", table.column("ts").cast(pa.int64()))
         return table.replace_schema_metadata(meta)
@@ -279,12 +290,13 @@ class BackfillService:
     def export_file(self, path: str | Path, instrument: str | list[str], granularity: str | list[str],
                     labels: list[str] | None = None, params: dict | None = None,
                     start: Any = None, end: Any = None, set_id: str | None = None,
-                    with_candles: bool = False, with_t1: bool = False) -> tuple[int, int, str]:
+                    with_candles: bool = False, with_t1: bool = False,
+                    source: str | None = None) -> tuple[int, int, str]:
         """Stream a label set to ``path`` (.parquet or .csv); (rows, columns, set id)."""
         from .storage import export as export_mod
 
         parts, meta, chosen = self.export_parts(instrument, granularity, labels, params, start,
-                                                 end, set_id, with_candles, with_t1)
+                                                 end, set_id, with_candles, with_t1, source=source)
         rows, cols = export_mod.write(path, parts, meta)
         return rows, cols, chosen.set_id
 

@@ -48,6 +48,8 @@ without ``compress``):
   next request overrides it (there are no per-client HTTP sessions).
 * Errors answer HTTP 500 with ``Code: N. DB::Exception: ... (NAME) (version V)`` and the
   header ``X-ClickHouse-Exception-Code: N``; clickhouse-connect raises ``DatabaseError``.
+* ``CHHTTP_QUERY_LOG=FILE`` in the environment appends each request's statement to FILE
+  (a JSON string a line; an insert without its data).
 * Response headers: ``X-ClickHouse-Summary`` (read/written rows and bytes),
   ``X-ClickHouse-Format`` (for result-producing statements), ``X-ClickHouse-Timezone``,
   ``X-ClickHouse-Query-Id``, ``X-ClickHouse-Server-Display-Name``.  Results are buffered and
@@ -76,6 +78,9 @@ from urllib.parse import parse_qsl, urlsplit
 __all__ = ["ClickHouseHTTPServer", "ServerError", "serve", "start_server"]
 
 DISPLAY_NAME = "chdb-http"
+# Where each request's statement is appended (a JSON string a line), when set:
+# a test's proof of what a client sent.
+_QUERY_LOG = os.environ.get("CHHTTP_QUERY_LOG")
 
 # URL parameters that belong to the HTTP interface or the client, never applied as settings.
 _HTTP_ONLY_PARAMS = frozenset({
@@ -350,6 +355,9 @@ class Engine:
                 settings: dict[str, str], default_format: str) -> tuple[bytes, dict]:
         """Run one request.  Returns (body, headers)."""
         split = _split_insert(text)
+        if _QUERY_LOG:
+            with open(_QUERY_LOG, "a") as log:
+                log.write(json.dumps(text[:split[2] if split else None].decode("utf-8", "replace")) + "\n")
         with self.lock:
             try:
                 self._prepare(database, settings)

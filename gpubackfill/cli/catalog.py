@@ -42,11 +42,12 @@ def labels(fmt: str) -> None:
 @click.option("--instrument", default=None)
 @click.option("--granularity", default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--source", default=None, help="Label sets computed from this source (default: the built-in table).")
 @click.pass_context
-def sets(ctx, instrument: str | None, granularity: str | None, fmt: str) -> None:
+def sets(ctx, instrument: str | None, granularity: str | None, fmt: str, source: str | None) -> None:
     """Computed label sets per series: labels, parameters, rows (for export --set)."""
 
-    found = _store_service(ctx).label_sets(instrument, granularity)
+    found = _store_service(ctx).label_sets(instrument, granularity, source=source)
     if fmt == "json":
         click.echo(json.dumps([{"instrument": s.series[0], "granularity": s.series[1],
                                 "label_set": s.set_id, "labels": s.params,

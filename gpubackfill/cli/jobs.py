@@ -88,12 +88,13 @@ def start(ctx, instrument, granularity, start_date, end_date, labels, params, ch
 @click.option("--workers", type=int, default=None, help="Parallel chunks (BATCH_MAX_WORKERS).")
 @click.option("--detach", is_flag=True, help="Only queue the job(s); run them with `execute`.")
 @click.option("--scheduler", default=None, help="Dask scheduler address (DASK_SCHEDULER_ADDRESS).")
+@click.option("--source", default=None, help="The labels computed from this source (default: the built-in table).")
 @click.pass_context
-def update(ctx, instrument, granularity, chunk_size, workers, detach, scheduler) -> None:
+def update(ctx, instrument, granularity, chunk_size, workers, detach, scheduler, source) -> None:
     """Bring computed labels up to date: new candles, the incomplete tail,
     chunks whose candles changed.  One job per label set; nothing to do is exit 0."""
     args = dict(instrument=list(instrument) or None, granularity=list(granularity) or None,
-                chunk_size=chunk_size, workers=workers)
+                chunk_size=chunk_size, workers=workers, source=source)
     svc = _store_service(ctx) if detach else _service(ctx)
     with contextlib.nullcontext() if detach else _sharing(ctx, "update"):
         plans = svc.plan_update(**args)
@@ -125,14 +126,16 @@ def update(ctx, instrument, granularity, chunk_size, workers, detach, scheduler)
 @click.option("--instrument", multiple=True, help="Only these instruments.")
 @click.option("--granularity", multiple=True, help="Only these granularities.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--source", default=None, help="A source's series (default: the built-in table's).")
 @click.pass_context
-def series_cmd(ctx, instrument, granularity, fmt) -> None:
+def series_cmd(ctx, instrument, granularity, fmt, source) -> None:
     """The series in the store: candles, first/last, and each label set's coverage."""
     import dataclasses
 
     svc = _store_service(ctx)
     rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) and not isinstance(r, type) else r
-            for r in svc.series_overview(list(instrument) or None, list(granularity) or None)]
+            for r in svc.series_overview(list(instrument) or None, list(granularity) or None,
+                                         source=source)]
     if _listed(rows, fmt, "no series in the store (see `gpubackfill ingest`)"):
         return
     from rich.table import Table

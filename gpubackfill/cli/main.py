@@ -170,9 +170,10 @@ def ingest(ctx: click.Context, path: str, instrument: str, granularity: str, tz:
 @click.option("--end-date", default=None)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .parquet or .csv")
+@click.option("--source", default=None, help="Labels computed from this source (default: the built-in table).")
 @click.pass_context
 def export(ctx, instrument, granularity, labels, params, set_id, with_candles, with_t1, start_date,
-           end_date, output) -> None:
+           end_date, output, source) -> None:
     """Write a computed label set (ts first) to Parquet or CSV for training.
 
     Parquet keeps ts as a UTC timestamp and records the instrument, the
@@ -189,7 +190,7 @@ def export(ctx, instrument, granularity, labels, params, set_id, with_candles, w
         raise InvalidInput(f"{output} is a folder")
     rows, cols, chosen = _store_service(ctx).export_file(
         output, list(instrument), list(granularity), _labels(labels), _params(params), start_date, end_date,
-        set_id, with_candles, with_t1=with_t1)
+        set_id, with_candles, with_t1=with_t1, source=source)
     click.echo(f"wrote {rows:,} rows x {cols} columns of label set {chosen} to {output}")
 
 

@@ -25,6 +25,7 @@ from ..config import Settings
 from ..errors import DependencyError, InvalidCandles, InvalidLabelSpec
 from ..jobs.result import ChunkResult, SegmentOutcome
 from ..labels import Series, counts, halo
+from ..sources import fingerprint as source_print
 from ..storage.clickhouse_store import SeriesKey, Store, input_fingerprint
 from ..storage.connections import clickhouse_breaker, connections
 from ..storage.redis import RedisState
@@ -257,7 +258,8 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
                               for k, s in zip(keys, task.segments)], back, ahead)
     stages.lap("load")
     finer_keys = [finer_series(resolved, k) for k in keys]
-    prints = [_fingerprint(store, table, k, fk) for (table, _, _), k, fk in zip(loaded, keys, finer_keys)]
+    prints = [_fingerprint(store, table, k, fk, (seg.start_ms, seg.end_ms, first, own, back, ahead))
+              for (table, first, own), k, fk, seg in zip(loaded, keys, finer_keys, task.segments)]
     stages.lap("fingerprint")
     # Fresh: no label rows were there when planned, and the job's writer
     # claim kept it so; hence nothing to find in the cache or to replace.
@@ -318,9 +320,19 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
                        records=tuple(manifest))
 
 
-def _fingerprint(store: Store | SharedIO, table, key: SeriesKey, finer_key: SeriesKey | None) -> str:
+def _fingerprint(store: Store | SharedIO, table, key: SeriesKey, finer_key: SeriesKey | None,
+                 where: tuple[int, int, int, int, int, int]) -> str:
     """What a segment's labels were computed from: its candles (halo
-    included) and, where its labels read finer candles, the changes to them."""
+    included) and, where its labels read finer candles, the changes to them.
+    Over a source, a print ClickHouse can recompute (``sources.fingerprint``;
+    ``where``: the segment's start, end, first own row, own rows and halo)."""
+    if key.source:
+        own = source_print.chunk_print(table, where[2], where[3], where[4], where[5], where[0], where[1])
+        if finer_key is None or not table.num_rows:
+            return own
+        ts = table.column("ts")
+        a, b = int(ts[0].as_py()), int(ts[-1].as_py()) + GRANULARITIES[key.granularity]
+        return source_print.with_finer(own, a, b, store.change_stamp(finer_key, a, b))
     fingerprint = input_fingerprint(table)
     if finer_key is not None and table.num_rows:
         ts = table.column("ts")

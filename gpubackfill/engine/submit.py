@@ -121,15 +121,15 @@ def preview(store: Store, settings: Settings, spec: JobSpec, from_first: bool, t
 
 def update(store: Store, state: RedisState, settings: Settings, insts: set[str] | None,
            grans: set[str] | None, asked: int | None, workers: int, priority: str,
-           backend: str) -> list[dict[str, Any]]:
+           backend: str, source: str = "") -> list[dict[str, Any]]:
     """Queue the daily update (``coverage.update_plans``): one job per label
-    set with stale or missing chunks on the series selected."""
+    set with stale or missing chunks on the series selected (of ``source``)."""
     from ..storage import coverage
 
     size = chunk_size(settings, asked, workers)
     out = []
-    for p in coverage.update_plans(store, size, insts, grans):
-        spec = plan.update_spec(p, size, workers, priority, backend)
+    for p in coverage.update_plans(store, size, insts, grans, source):
+        spec = replace(plan.update_spec(p, size, workers, priority, backend), source=source)
         out.append({"job_id": queue(store, state, plan.Planned(spec, p.chunks, [])),
                     "label_set": p.set_id, "series": len(p.series), "stale_chunks": p.stale,
                     "new_chunks": p.new, "chunks": len(p.chunks)})

@@ -30,7 +30,9 @@ import xxhash
 from ..common.granularity import GRANULARITIES
 from ..config import Settings, redact_url
 from ..errors import DependencyError, InvalidInput
+from ..jobs.spec import EVER
 from ..labels import ResolvedLabel, label_set_id
+from ..sources import fingerprint
 from ..sources.source import Source
 from . import clickhouse_client as clickhouse
 
@@ -689,18 +691,42 @@ class Store:
         A source has no ingest log: its stamp is the count and an
         order-independent hash of the candles there, computed in ClickHouse."""
         if key.source:
-            n, h = self._reader(key).rows(
-                f"SELECT count(), groupBitXor(cityHash64(toUnixTimestamp64Milli(ts), open, high, low, close)) "
-                f"FROM {self._rel(key)} WHERE {self._series_where()} "
-                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
-                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')",
-                self._series_params(key, a=start_ms, b=end_ms))[0]
-            return f"{int(n)}:{int(h):x}"
+            return self.window_prints(key, [(start_ms, end_ms)])[0]
         n, last = self.rows(
             f"SELECT count(), max(changed_at) FROM {self.db}.candle_changes "
             f"WHERE {self._series_where()} AND first_ts < {{b:Int64}} AND last_ts >= {{a:Int64}}",
             self._series_params(key, a=start_ms, b=end_ms))[0]
         return f"{int(n)}:{int(last or 0)}"
+
+    def window_prints(self, key: SeriesKey, windows: list[tuple[int, int]]) -> list[str]:
+        """The count and row-hash sum (``sources.fingerprint``) of the
+        candles of ``key`` in each [lo, hi) of ``windows``, in one grouped
+        read: each candle is joined (ASOF) to the elementary interval
+        between window bounds that holds it, those intervals are counted
+        and summed in ClickHouse, and each window adds up its own."""
+        if not windows:
+            return []
+        bounds = sorted({b for w in windows for b in w})
+        upper = (" AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
+                 if bounds[-1] < EVER[1] else "")
+        rows = self._reader(key).rows(f"""
+            SELECT j, count(), sumWithOverflow(h) FROM (
+                SELECT bs.j AS j, r.h AS h
+                FROM (SELECT toUnixTimestamp64Milli(ts) AS t, {fingerprint.ROW_HASH_SQL} AS h, 0 AS z
+                      FROM {self._rel(key)} WHERE {self._series_where()}
+                        AND ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC'){upper}) AS r
+                ASOF JOIN (SELECT arrayJoin(arrayEnumerate({{bs:Array(Int64)}})) AS k, k - 1 AS j,
+                                  {{bs:Array(Int64)}}[k] AS b, 0 AS z) AS bs
+                ON r.z = bs.z AND r.t >= bs.b)
+            GROUP BY j""", self._series_params(key, lo=max(bounds[0], EVER[0]), hi=bounds[-1], bs=bounds))
+        return fingerprint.combine(windows, bounds, {int(j): (int(n), int(s)) for j, n, s in rows})
+
+    def chunk_prints(self, source: str) -> dict[tuple[str, str, str, int, int], str]:
+        """The input fingerprint of every computed chunk of a source's
+        series: (label set, instrument, granularity, start ms, end ms) -> print."""
+        return {(s, i, g, int(a), int(b)): h for s, i, g, a, b, h in self.rows(
+            f"SELECT label_set, instrument, granularity, start_ts, end_ts, input_hash "
+            f"FROM {self.db}.label_chunks FINAL WHERE source = {{src:String}}", {"src": source})}
 
     # -- labels ------------------------------------------------------------
 

@@ -114,11 +114,12 @@ def _text(v: Any) -> str:
     return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
-def sets_of(store: Store, key: SeriesKey | None = None) -> list[LabelSet]:
-    """The label sets with rows (of ``key``, or of every series), by series then id."""
+def sets_of(store: Store, key: SeriesKey | None = None, source: str = "") -> list[LabelSet]:
+    """The label sets with rows (of ``key``, or of every series of
+    ``source``: '' the built-in table), by series then id."""
     out = []
     for set_id, params, columns in store.label_set_registry():
-        for (inst, gran), (n, lo, hi) in store.label_rows_by_series(set_id, key).items():
+        for (inst, gran), (n, lo, hi) in store.label_rows_by_series(set_id, key, source).items():
             out.append(LabelSet(set_id, params, columns, n, (inst, gran), (lo, hi)))
     return sorted(out, key=lambda s: (s.series, s.labels, s.set_id))
 
@@ -172,14 +173,14 @@ def find(sets: list[LabelSet], series: str, labels: list[str] | None, params: di
 
 
 def choose_panel(store: Store, instruments: list[str], granularities: list[str],
-                 labels: list[str] | None, params: dict | None, set_id: str | None
-                 ) -> list[tuple[SeriesKey, LabelSet]]:
+                 labels: list[str] | None, params: dict | None, set_id: str | None,
+                 source: str = "") -> list[tuple[SeriesKey, LabelSet]]:
     """The series of a panel export and the labels of each: one set's
     labels and parameters for all of them, so that a column means the same
     in every row.  ``*`` takes every series of the granularities that has
     such labels; named series must each have them."""
     by_series: dict[tuple[str, str], list[LabelSet]] = {}
-    for s in sets_of(store):
+    for s in sets_of(store, source=source):
         by_series.setdefault(s.series, []).append(s)
     chosen: list[tuple[SeriesKey, LabelSet]] = []
     if ALL in instruments:
@@ -190,14 +191,14 @@ def choose_panel(store: Store, instruments: list[str], granularities: list[str],
         for inst, gran in present:
             found = find(by_series[(inst, gran)], f"{inst} {gran}", labels, params, set_id)
             if found is not None:
-                chosen.append((SeriesKey(inst, gran), found))
+                chosen.append((SeriesKey(inst, gran, source), found))
         if not chosen:
             raise InvalidInput(f"no {','.join(granularities)} series has those labels computed "
                                f"(see `gpubackfill sets`)")
     else:
         for inst in instruments:
             for gran in granularities:
-                key = SeriesKey(parse_instrument(inst), gran)
+                key = SeriesKey(parse_instrument(inst), gran, source)
                 chosen.append((key, choose(by_series.get((key.instrument, gran), []), key, labels,
                                            params, set_id)))
     first = chosen[0][1]
@@ -237,13 +238,14 @@ def provenance(keys: list[SeriesKey], chosen: list[LabelSet], start_ms: int | No
         "labels": one.params, "columns": one.columns, "with_candles": with_candles,
         "with_t1": with_t1,
         "start": iso(start_ms, millis=True), "end_exclusive": iso(end_ms, millis=True),
-        "gpubackfill_version": ver,
+        "gpubackfill_version": ver, "source": keys[0].source,
     }
     if len(keys) > 1:
         info["series"] = [[k.instrument, k.granularity] for k in keys]
     meta = {"gpubackfill": json.dumps(info, sort_keys=True),
             "instrument": insts, "granularity": grans,
-            "label_set": set_ids, "labels": json.dumps(one.params, sort_keys=True)}
+            "label_set": set_ids, "labels": json.dumps(one.params, sort_keys=True),
+            "source": keys[0].source}
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 
@@ -406,7 +408,7 @@ def _open(tmp: str, schema: pa.Schema, metadata: dict[bytes, bytes], csv: bool):
 def parts(store: Store, instrument: str | list[str], granularity: str | list[str],
           labels: list[str] | None = None, params: dict | None = None, start: Any = None,
           end: Any = None, set_id: str | None = None, with_candles: bool = False,
-          with_t1: bool = False, ready: Callable[[], None] = lambda: None
+          with_t1: bool = False, ready: Callable[[], None] = lambda: None, source: str = ""
           ) -> tuple[Iterator[pa.Table], dict[bytes, bytes], LabelSet]:
     """A label set as it is exported: (Arrow tables in ts order, the
     provenance metadata, the ``LabelSet``).  The tables are produced
@@ -414,7 +416,8 @@ def parts(store: Store, instrument: str | list[str], granularity: str | list[str
     (lists, comma-separated, or ``*``) make a panel: one long table with
     ``instrument`` and ``granularity`` first (``choose_panel``).  ``with_t1``:
     each row's event end ``t1`` after ``ts`` (``check_t1``).  ``ready``
-    runs once the request is checked, before the store is read."""
+    runs once the request is checked, before the store is read.
+    ``source``: the labels computed from that source ('' the built-in table)."""
     insts = parse_names(instrument, "instrument")
     grans = [parse_granularity(g) for g in parse_names(granularity, "granularity")]
     if not insts or not grans:
@@ -423,13 +426,13 @@ def parts(store: Store, instrument: str | list[str], granularity: str | list[str
     end_ms = parse_time(end, "end date", True) if end else None
     ready()
     if len(insts) == 1 and insts[0] != ALL and len(grans) == 1:
-        key = SeriesKey(parse_instrument(insts[0]), grans[0])
+        key = SeriesKey(parse_instrument(insts[0]), grans[0], source)
         chosen = choose(sets_of(store, key), key, labels, params, set_id)
         if with_t1:
             check_t1(chosen)
         return (batches(store, key, chosen, start_ms, end_ms, with_candles, with_t1=with_t1),
                 provenance([key], [chosen], start_ms, end_ms, with_candles, with_t1), chosen)
-    panel = choose_panel(store, insts, grans, labels, params, set_id)
+    panel = choose_panel(store, insts, grans, labels, params, set_id, source)
     keys, sets = [k for k, _ in panel], [s for _, s in panel]
     if with_t1:
         check_t1(sets[0])

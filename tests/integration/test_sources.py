@@ -39,6 +39,12 @@ def foreign_table(service, t: pa.Table, instrument="EURUSD", name="ohlc_m1") -> 
         CREATE TABLE {db}.{name} (symbol LowCardinality(String), time DateTime('America/New_York'),
             o Float32, h Float32, l Float32, c Float32, v Nullable(Float32), note String)
         ENGINE = MergeTree ORDER BY symbol""")
+    insert_foreign(service, f"{db}.{name}", t, instrument)
+    return f"{db}.{name}"
+
+
+def insert_foreign(service, rel: str, t: pa.Table, instrument="EURUSD") -> None:
+    """``t`` into a ``foreign_table``, as its owner would write it."""
     volume = t.column("volume").to_numpy().copy()
     nulls = np.zeros(len(volume), bool)
     nulls[::7] = True
@@ -50,8 +56,7 @@ def foreign_table(service, t: pa.Table, instrument="EURUSD", name="ohlc_m1") -> 
         "v": pa.array(volume.astype(np.float32), mask=nulls),
         "note": ["x"] * t.num_rows}))
     for at in range(0, rows.num_rows, 3000):  # several parts
-        service.store.client.insert_arrow(f"{db}.{name}", rows.slice(at, 3000))
-    return f"{db}.{name}"
+        service.store.client.insert_arrow(rel, rows.slice(at, 3000))
 
 
 def ingest_like_source(service, t: pa.Table, instrument="EURUSD", null_volume_every=7) -> None:
