@@ -269,3 +269,42 @@ def test_a_store_made_before_sides_gains_the_column(settings):
     store.command(f"INSERT INTO {store.db}.candles VALUES ('EURUSD', 'H1', 0, 1, 1, 1, 1, 0)")
     store.init_schema()
     assert store.rows(f"SELECT side FROM {store.db}.candles") == [(None,)]
+
+
+# ---------------------------------------------------------------------------
+# a source's side
+
+
+def test_a_source_maps_a_side_column_for_stored_and_derived_bars(service):
+    service.init()
+    m1 = with_sides(generate("EURUSD", "M1", "2024-01-02", "2024-01-05"), seed=5)
+    db = service.store.db
+    service.store.command(f"""
+        CREATE TABLE {db}.bets (symbol String, time DateTime64(3, 'UTC'), o Float64, h Float64,
+            l Float64, c Float64, pos Nullable(Int8)) ENGINE = MergeTree ORDER BY time""")
+    side = m1.column("side").to_numpy(zero_copy_only=False)
+    service.store.client.insert_arrow(f"{db}.bets", pa.table({
+        "symbol": ["EURUSD"] * m1.num_rows,
+        "time": m1.column("ts").cast(pa.timestamp("ms", tz="UTC")),
+        **{k: m1.column(c) for k, c in (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"))},
+        "pos": pa.array(np.nan_to_num(side).astype(np.int8), mask=np.isnan(side))}))
+    service.sources.add("bets", f"{db}.bets", ["instrument=symbol", "ts=time", "open=o", "high=h",
+                                               "low=l", "close=c", "side=pos"], granularity="M1")
+    # M5 bars made from the M1 rows, each with the side of its last minute.
+    df = m1.to_pandas()
+    df["bar"] = df["ts"] // 300_000 * 300_000
+    m5 = df.groupby("bar").agg(open=("open", "first"), high=("high", "max"), low=("low", "min"),
+                               close=("close", "last")).reset_index()
+    last = df.groupby("bar")["side"].apply(lambda s: s.iloc[-1]).to_numpy()  # a NULL too
+    m5 = pa.table({"ts": m5["bar"].to_numpy(), **{c: m5[c].to_numpy() for c in ("open", "high", "low",
+                                                                                 "close")},
+                   "side": pa.array(last, from_pandas=True)})
+    for gran, table in (("M1", m1), ("M5", m5)):
+        job = service.start("EURUSD", gran, labels=[TB], params=SIDE_PARAMS, chunk_size=300,
+                            workers=2, source="bets")
+        s = service.job(job).model_dump()
+        assert s["status"] == "completed" and s["chunks_total"] > 1
+        stored = service.store.read_labels(SeriesKey("EURUSD", gran, "bets"), s["label_set"])
+        want = compute_labels(table, [TB], SIDE_PARAMS, output="arrow")
+        assert stored.num_rows == want.num_rows
+        assert_columns_equal(stored.select(want.column_names), want)
