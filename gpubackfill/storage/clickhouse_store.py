@@ -567,9 +567,9 @@ class Store:
         if unsure:
             # One grouped read of the rows past the margins (none, usually).
             terms, p = [], {}
-            for m, (n, side) in enumerate(unsure):
-                op = "<" if side == "before" else ">="
-                t = bounds[n][0] if side == "before" else bounds[n][1]
+            for m, (n, edge) in enumerate(unsure):
+                op = "<" if edge == "before" else ">="
+                t = bounds[n][0] if edge == "before" else bounds[n][1]
                 terms.append(f"(instrument = {{i{m}:String}} AND granularity = {{g{m}:String}} "
                              f"AND ts {op} fromUnixTimestamp64Milli({{t{m}:Int64}}, 'UTC'))")
                 p.update({f"i{m}": parts[n][0].instrument, f"g{m}": parts[n][0].granularity, f"t{m}": t})
@@ -577,10 +577,10 @@ class Store:
                 f"SELECT instrument, granularity, min(toUnixTimestamp64Milli(ts)), "
                 f"max(toUnixTimestamp64Milli(ts)) FROM {self._rel(pkeys)} WHERE {' OR '.join(terms)} "
                 f"GROUP BY instrument, granularity", p)}
-            for n, side in unsure:
+            for n, edge in unsure:
                 key, a, b = parts[n]
                 seen = past.get((key.instrument, key.granularity))
-                if seen and (seen[0] < bounds[n][0] if side == "before" else seen[1] >= bounds[n][1]):
+                if seen and (seen[0] < bounds[n][0] if edge == "before" else seen[1] >= bounds[n][1]):
                     out[n] = self.load(key, a, b, back, ahead, side=side)  # more rows past the margin
         return out
 

@@ -308,3 +308,20 @@ def test_a_source_maps_a_side_column_for_stored_and_derived_bars(service):
         want = compute_labels(table, [TB], SIDE_PARAMS, output="arrow")
         assert stored.num_rows == want.num_rows
         assert_columns_equal(stored.select(want.column_names), want)
+
+
+def test_sides_of_several_series_packed_in_one_chunk(service):
+    """Series' tails packed together are read in one query, sides included."""
+    tables = {}
+    for n, inst in enumerate(("EURUSD", "GBPUSD", "USDJPY")):
+        tables[inst] = with_sides(generate(inst, "H1", "2024-01-01", "2024-01-05"), seed=n)
+        service.ingest_table(SeriesKey(inst, "H1"), tables[inst])
+    job = service.start("EURUSD,GBPUSD,USDJPY", "H1", labels=[TB], params=SIDE_PARAMS,
+                        chunk_size=40, workers=2)
+    s = service.job(job).model_dump()
+    assert s["status"] == "completed"
+    assert any(len(segs) > 1 for segs in service.state.plan(job).values())  # a pack
+    for inst, table in tables.items():
+        stored = service.store.read_labels(SeriesKey(inst, "H1"), s["label_set"])
+        want = compute_labels(table, [TB], SIDE_PARAMS, output="arrow")
+        assert_columns_equal(stored.select(want.column_names), want)
