@@ -3,7 +3,7 @@
 ``read_candles(path, tz=None, layout=None)`` reads CSV (``.csv``, ``.csv.gz``) and Parquet
 (``.parquet``, ``.pq``) files and returns a pyarrow Table with ``ts`` (int64
 milliseconds UTC), ``open``, ``high``, ``low``, ``close`` and, when the file
-has one, ``volume`` (all float64), one row per file row in file order.
+has one, ``volume`` and ``side`` (all float64), one row per file row in file order.
 ``iter_candles(path, tz=None)`` yields the same rows as tables of
 ``BATCH_ROWS`` rows, holding one batch (and a Parquet row group) at a time:
 ``gpubackfill ingest`` reads files of any size that way.
@@ -26,7 +26,10 @@ brackets (``<CLOSE>``):
   unnamed DatetimeIndex has its index used when no column matches.
 - ``open``, ``high``, ``low``, ``close``;
 - volume (optional): the first of ``volume``, ``vol``, ``tick_volume``,
-  ``tickvol``.
+  ``tickvol``;
+- ``side`` (optional): each row's position for labels that take sides
+  (+1 long, -1 short, 0 or empty none; NaN in the table where empty); any
+  other value is refused, naming its row.
 
 Time values may be:
 
@@ -136,8 +139,8 @@ class CandleFile:
 
     Opening checks the extension, the time zone, that the file exists and that
     it has the columns; iterating yields tables of about ``batch_rows`` rows
-    (``ts``, ``open``, ``high``, ``low``, ``close`` and ``volume`` when
-    ``has_volume``), each parsed as the module docstring says.  Rows named in
+    (``ts``, ``open``, ``high``, ``low``, ``close``, and ``volume`` and
+    ``side`` where the file has them), each parsed as the module docstring says.  Rows named in
     errors are rows of the file.  What the whole column decides is taken from
     the first batch and kept: the unit of epoch numbers (the median magnitude
     of the first ``batch_rows`` rows).  A run of repeated local times (clocks
@@ -161,7 +164,7 @@ class CandleFile:
         else:
             layout.for_parquet(path)
             self.cols = _parquet_columns(path, dict(layout.mapping or ()))
-        self.names = ["ts", *(f for f in (*PRICE_COLUMNS, "volume") if f in self.cols)]
+        self.names = ["ts", *(f for f in (*PRICE_COLUMNS, "volume", "side") if f in self.cols)]
 
     @property
     def first_line(self) -> int | None:
@@ -212,7 +215,20 @@ class CandleFile:
                                      row=offset + bad.row) from None
             except _BadType as bad:
                 raise InvalidInput(f"{path}: column {cols[field]!r} {bad}") from None
+        if "side" in cols:
+            bad_side = _bad_side(arrays[-1])
+            if bad_side is not None:
+                raise InvalidCandles(f"{where(cols['side'], bad_side)}: a side must be +1, -1, 0 or "
+                                     f"empty: {arrays[-1][bad_side].as_py()!r}",
+                                     row=offset + bad_side)
         return pa.Table.from_arrays(arrays, names=self.names)
+
+
+def _bad_side(side: pa.Array) -> int | None:
+    """The first row whose side is not +1, -1, 0 or NaN (empty), if any."""
+    values = side.to_numpy(zero_copy_only=False)
+    ok = np.isnan(values) | (values == 1.0) | (values == -1.0) | (values == 0.0)
+    return None if ok.all() else int(np.flatnonzero(~ok)[0])
 
 
 def _file_kind(path: Path) -> str:
@@ -251,7 +267,7 @@ def _key(name: str) -> str:
 
 
 def _choose_columns(names: list[str], path: Path, mapping: dict[str, str] | None = None) -> dict[str, str]:
-    """Map time/open/high/low/close[/volume][/date] to the file's column names;
+    """Map time/open/high/low/close[/volume][/side][/date] to the file's column names;
     ``mapping`` (field -> column, ``--columns time=Gmt time``) first."""
     mapping = dict(mapping or {})
     if "date" in mapping and "time" not in mapping:
@@ -288,6 +304,8 @@ def _choose_columns(names: list[str], path: Path, mapping: dict[str, str] | None
     volume_key = next((k for k in VOLUME_NAMES if k in by_key), None)
     if volume_key is not None and "volume" not in cols:
         cols["volume"] = by_key[volume_key]
+    if "side" in by_key and "side" not in cols:
+        cols["side"] = by_key["side"]
     missing = [f for f in ("time", *PRICE_COLUMNS) if f not in cols]
     if missing:
         found = ", ".join(repr(n) for n in names) or "none"

@@ -215,6 +215,16 @@ def _side_from_pandas(s: pd.Series) -> np.ndarray:
     return side_values(np.ascontiguousarray(s.to_numpy(dtype=np.float64, na_value=np.nan)))
 
 
+def side_floats(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A side column as float64 (NaN where NULL), checked as ``side_values``
+    checks it: what ``ingest`` stores beside the candles."""
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col])
+    values = _float_from_arrow("side", col, f"numeric ({_SIDE_WORDS})")
+    side_values(values)
+    return values
+
+
 def side_values(side: np.ndarray) -> np.ndarray:
     """Positions (int8: +1 long, -1 short, 0 none) from a float64 side
     column, or InvalidCandles naming the first row whose value is not +1,

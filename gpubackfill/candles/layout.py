@@ -15,7 +15,7 @@ from .frames import PRICE_COLUMNS
 # a time of day alone (03:04, 03:04:05.250), as in a separate time column
 TIME_OF_DAY_RE = re.compile(r"\d{1,2}:\d{2}(:\d{2}([.,]\d+)?)?")
 
-_FIELDS = ("time", "date", *PRICE_COLUMNS, "volume")
+_FIELDS = ("time", "date", *PRICE_COLUMNS, "volume", "side")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import replace
 
 import numba
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..candles import frames as candles_mod
 from ..common.granularity import GRANULARITIES
@@ -24,7 +26,7 @@ from ..compute.allocator import keep_freed_memory
 from ..config import Settings
 from ..errors import DependencyError, InvalidCandles, InvalidLabelSpec
 from ..jobs.result import ChunkResult, SegmentOutcome
-from ..labels import Series, counts, halo
+from ..labels import Series, counts, halo, wants_side
 from ..sources import fingerprint as source_print
 from ..storage.clickhouse_store import SeriesKey, Store, input_fingerprint
 from ..storage.connections import clickhouse_breaker, connections
@@ -253,9 +255,10 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
         raise InvalidLabelSpec(task.invalid)
     resolved = list(task.resolved)
     back, ahead = halo(resolved)
+    sided = bool(wants_side(resolved))
     keys = [task.key(seg) for seg in task.segments]
     loaded = store.load_many([(k, s.start_ms, s.end_ms, s.lo_ms, s.hi_ms)
-                              for k, s in zip(keys, task.segments)], back, ahead)
+                              for k, s in zip(keys, task.segments)], back, ahead, side=sided)
     stages.lap("load")
     finer_keys = [finer_series(resolved, k) for k in keys]
     prints = [_fingerprint(store, table, k, fk, (seg.start_ms, seg.end_ms, first, own, back, ahead))
@@ -281,7 +284,7 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
             outcomes.append(SegmentOutcome(seg.series, own, 0, seg.rows, cached=True))
             incomplete += cached[i]
             continue
-        series = candles_mod.to_series(table)
+        series = candles_mod.to_series(table, side=sided)
         try:
             series = candles_mod.validate(series)
         except InvalidCandles as exc:
@@ -379,6 +382,20 @@ def _incomplete_rows(computed, resolved, first: int, own: int) -> int:
             tail = np.zeros(own, dtype=bool)
         for name, _ in r.outputs():
             column = computed.column(name).slice(lo, first + own - lo)
-            if column.null_count:
-                tail[lo - first:] |= column.is_null().to_numpy(zero_copy_only=False)
+            tail[lo - first:] |= _null_rows(column)
     return 0 if tail is None else int(np.count_nonzero(tail))
+
+
+def _null_rows(column) -> np.ndarray:
+    """Rows where the value is NULL; for a list column (never NULL itself),
+    rows with a NULL element."""
+    if not pa.types.is_list(column.type):
+        return column.is_null().to_numpy(zero_copy_only=False)
+    out = np.zeros(len(column), dtype=bool)
+    at = 0
+    for chunk in column.chunks:
+        nulls = pc.list_flatten(chunk).is_null().to_numpy(zero_copy_only=False)
+        rows = pc.list_parent_indices(chunk).to_numpy()
+        out[at + rows[nulls]] = True
+        at += len(chunk)
+    return out

@@ -51,13 +51,14 @@ class SharedIO:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def load_many(self, parts: list[tuple], back: int, ahead: int) -> list[tuple[Any, int, int]]:
+    def load_many(self, parts: list[tuple], back: int, ahead: int, *, side: bool = False
+                  ) -> list[tuple[Any, int, int]]:
         key, a, b, *_ = parts[0]
         if len(parts) != 1 or key != self.key or a < self.first.start_ms or b > self.last.end_ms:
-            return self.store.load_many(parts, back, ahead)
+            return self.store.load_many(parts, back, ahead, side=side)
         if self._read is None:
             table, _, _ = self.store.load(self.key, self.first.start_ms, self.last.end_ms, back, ahead,
-                                          self.first.lo_ms, self.last.hi_ms)
+                                          self.first.lo_ms, self.last.hi_ms, side=side)
             self._read = table, table.column("ts").to_numpy()
         table, ts = self._read
         i0, i1 = int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b))

@@ -190,9 +190,6 @@ def make_spec(instrument: str | Iterable[str], granularity: str | Iterable[str],
         raise InvalidInput(f"end date {end} is not after start date {start}")
     chosen = list(labels) if labels else list(registry.DEFAULT_LABELS)
     resolved = registry.resolve(chosen, params)
-    refused = registry.not_in_jobs(resolved)
-    if refused:
-        raise InvalidInput(refused)
     if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise InvalidInput(f"chunk size must be 1..{MAX_CHUNK_SIZE:,}, got {chunk_size}")
     if not 1 <= workers <= MAX_WORKERS:

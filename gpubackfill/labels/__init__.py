@@ -185,5 +185,5 @@ def _id_params(r: ResolvedLabel) -> dict[str, Any]:
 __all__ = [
     "DEFAULT_LABELS", "REGISTRY", "Column", "Counter", "FinerCandles", "LabelSpec", "Param",
     "ResolvedLabel", "Series", "counters", "counts", "finer_candles", "get", "halo",
-    "label_set_id", "not_in_jobs", "resolve", "wants_side",
+    "label_set_id", "resolve", "wants_side",
 ]

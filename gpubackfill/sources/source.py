@@ -2,10 +2,12 @@
 
 The relation is read through one subquery that has the built-in
 ``candles`` table's columns (instrument, granularity, ts as
-``DateTime64(3, 'UTC')``, open..volume as Float64), so every candle query
-of the store runs unchanged over it; the conversions happen in ClickHouse.
+``DateTime64(3, 'UTC')``, open..volume as Float64, side as a nullable
+number), so every candle query of the store runs unchanged over it; the
+conversions happen in ClickHouse.
 A source with one fixed granularity serves every coarser granularity whose
-bar is a whole number of its bars, aggregated at read time (``derived``).
+bar is a whole number of its bars, aggregated at read time (``derived``);
+a derived bar's side is its last stored bar's (the position held at its close).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..errors import InvalidInput
 from .sql import filtered, ident, literal, relation_sql
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-OURS = ("instrument", "ts", "open", "high", "low", "close", "volume", "granularity")
+OURS = ("instrument", "ts", "open", "high", "low", "close", "volume", "granularity", "side")
 REQUIRED = ("instrument", "ts", "open", "high", "low", "close")
 TS_UNITS = {"s": "toInt64({c}) * 1000", "ms": "toInt64({c})",
             "us": "intDiv(toInt64({c}), 1000)", "ns": "intDiv(toInt64({c}), 1000000)"}
@@ -106,8 +108,9 @@ class Source:
                 else literal(self.granularity or ""))
         prices = [f"ifNull(toFloat64({c[p]}), nan) AS {p}" for p in ("open", "high", "low", "close")]
         volume = f"ifNull(toFloat64({c['volume']}), 0)" if "volume" in c else "toFloat64(0)"
+        side = f"toNullable(toFloat64({c['side']}))" if "side" in c else "CAST(NULL, 'Nullable(Float64)')"
         return (f"(SELECT toString({c['instrument']}) AS instrument, {gran} AS granularity, "
-                f"{self.ts_sql(c['ts'])} AS ts, {', '.join(prices)}, {volume} AS volume "
+                f"{self.ts_sql(c['ts'])} AS ts, {', '.join(prices)}, {volume} AS volume, {side} AS side "
                 f"FROM {filtered(relation_sql(self.relation), self.where)} AS src)")
 
     def ts_sql(self, col: str) -> str:
@@ -153,10 +156,12 @@ class Source:
             start = f"toDateTime64(concat(toString(b_key), ' {h:02d}:{m:02d}:00'), 3, {tz})"
         return (f"(SELECT instrument, {literal(granularity)} AS granularity, "
                 f"toDateTime64({start}, 3, 'UTC') AS ts, "
-                f"b_open AS open, b_high AS high, b_low AS low, b_close AS close, b_volume AS volume "
+                f"b_open AS open, b_high AS high, b_low AS low, b_close AS close, b_volume AS volume, "
+                f"b_side.1 AS side "
                 f"FROM (SELECT instrument, {key} AS b_key, argMin(open, ts) AS b_open, "
                 f"max(high) AS b_high, min(low) AS b_low, argMax(close, ts) AS b_close, "
-                f"sum(volume) AS b_volume FROM {self.base_sql()} "
+                # In a tuple: argMax would skip a NULL side, not take it.
+                f"sum(volume) AS b_volume, argMax(tuple(side), ts) AS b_side FROM {self.base_sql()} "
                 f"WHERE granularity = {literal(self.granularity)} GROUP BY instrument, b_key))")
 
 

@@ -6,7 +6,8 @@ reaches the engine as a query parameter; identifiers (database, instrument,
 granularity, label set) are validated before they are used.
 
 Tables (database from settings):
-- ``candles``: one row per (instrument, granularity, ts).
+- ``candles``: one row per (instrument, granularity, ts); ``side`` (NULL:
+  none) is each row's position for labels that take sides.
 - ``labels_<label_set_id>``: one table per label set (its columns depend on
   the parameters), keyed by (instrument, granularity, label_set, ts).
 - ``label_sets``: what each label set id means (labels, parameters).
@@ -38,6 +39,8 @@ from . import clickhouse_client as clickhouse
 
 _IDENT = re.compile(r"^[A-Za-z0-9_]+$")
 _CANDLE_COLS = ("ts", "open", "high", "low", "close", "volume")
+# Read with the candles only for labels that take sides (``load(side=True)``).
+SIDE = "side"
 
 _ARROW_TO_CH = {
     pa.int8(): "Int8", pa.int32(): "Int32", pa.uint8(): "UInt8", pa.float64(): "Float64",
@@ -196,9 +199,12 @@ class Store:
             CREATE TABLE IF NOT EXISTS {self.db}.candles (
                 instrument LowCardinality(String), granularity LowCardinality(String),
                 ts DateTime64(3, 'UTC') CODEC(Delta, LZ4),
-                open Float64, high Float64, low Float64, close Float64, volume Float64
+                open Float64, high Float64, low Float64, close Float64, volume Float64,
+                side Nullable(Int8)
             ) ENGINE = MergeTree ORDER BY (instrument, granularity, ts)
             SETTINGS index_granularity = 1024, min_compress_block_size = 8192""")
+        # Stores made before sides: a column of NULLs (no position), in metadata only.
+        self.command(f"ALTER TABLE {self.db}.candles ADD COLUMN IF NOT EXISTS side Nullable(Int8)")
         # Which time ranges of a series each ingest changed (change_stamp).
         self.command(f"""
             CREATE TABLE IF NOT EXISTS {self.db}.candle_changes (
@@ -463,8 +469,9 @@ class Store:
         return out
 
     def load(self, key: SeriesKey, start_ms: int, end_ms: int, back: int, ahead: int,
-             lo_ms: int = 0, hi_ms: int = 0) -> tuple[pa.Table, int, int]:
-        """Candles of [start, end) plus ``back`` rows before and ``ahead`` after.
+             lo_ms: int = 0, hi_ms: int = 0, *, side: bool = False) -> tuple[pa.Table, int, int]:
+        """Candles of [start, end) plus ``back`` rows before and ``ahead`` after
+        (and their ``side`` column with ``side``).
 
         Returns (table sorted by ts, index of the first own row, own rows).
         ``lo_ms``/``hi_ms``: the ts of the farthest halo rows when the plan
@@ -488,7 +495,7 @@ class Store:
                     ORDER BY ts LIMIT {{ahead:UInt64}})),
                   fromUnixTimestamp64Milli({{b:Int64}} - 1, 'UTC'))""")
         sql = f"""
-            SELECT ts, open, high, low, close, volume FROM {rel}
+            SELECT {_candle_select(side)} FROM {rel}
             WHERE {where} AND ts >= {lower} AND ts <= {upper}
             ORDER BY instrument, granularity, ts"""
         table = _ts_to_ms(self._reader(key).arrow(sql, self._series_params(key, a=start_ms, b=end_ms, back=back,
@@ -496,7 +503,7 @@ class Store:
         ts = table.column("ts").to_numpy()
         first, last = int(np.searchsorted(ts, start_ms)), int(np.searchsorted(ts, end_ms))
         if (lo_ms and first < back) or (hi_ms and len(ts) - last < ahead):
-            return self.load(key, start_ms, end_ms, back, ahead)  # rows gone since the plan
+            return self.load(key, start_ms, end_ms, back, ahead, side=side)  # rows gone since the plan
         if lo_ms or hi_ms:
             keep_from, keep_to = max(first - back, 0), min(last + ahead, len(ts))
             if keep_from or keep_to < len(ts):
@@ -504,7 +511,8 @@ class Store:
                 first, last = first - keep_from, last - keep_from
         return table, first, last - first
 
-    def load_many(self, parts: list[tuple], back: int, ahead: int) -> list[tuple[pa.Table, int, int]]:
+    def load_many(self, parts: list[tuple], back: int, ahead: int, *, side: bool = False
+                  ) -> list[tuple[pa.Table, int, int]]:
         """``load`` for several series ranges (a pack of small series): one
         result per part, in order, in one or two queries.
 
@@ -520,7 +528,7 @@ class Store:
         hi) with the plan's halo bounds, which a lone part reads by."""
         if len(parts) == 1:
             key, a, b, *bounds = parts[0]
-            return [self.load(key, a, b, back, ahead, *bounds)]
+            return [self.load(key, a, b, back, ahead, *bounds, side=side)]
         parts = [(p[0], p[1], p[2]) for p in parts]  # a pack's rows are bounded by its margins
         week = 7 * 86_400_000
         bounds = []
@@ -536,10 +544,10 @@ class Store:
         pkeys = [k for k, _, _ in parts]
         table = _ts_to_ms(self._reader(pkeys).arrow(
             f"SELECT indexOf({{keys:Array(Tuple(String, String))}}, (instrument, granularity)) AS k, "
-            f"ts, open, high, low, close, volume FROM {self._rel(pkeys)} WHERE {where} "
+            f"{_candle_select(side)} FROM {self._rel(pkeys)} WHERE {where} "
             f"ORDER BY instrument, granularity, ts", params))
         k = table.column("k").to_numpy()
-        table = table.select(list(_CANDLE_COLS))
+        table = table.select([*_CANDLE_COLS, *([SIDE] if side else [])])
         # Rows are ordered by series: each series is one contiguous run.
         edges = np.flatnonzero(k[1:] != k[:-1]) + 1
         starts = np.concatenate([[0], edges]).astype(np.int64)
@@ -561,9 +569,9 @@ class Store:
         if unsure:
             # One grouped read of the rows past the margins (none, usually).
             terms, p = [], {}
-            for m, (n, side) in enumerate(unsure):
-                op = "<" if side == "before" else ">="
-                t = bounds[n][0] if side == "before" else bounds[n][1]
+            for m, (n, edge) in enumerate(unsure):
+                op = "<" if edge == "before" else ">="
+                t = bounds[n][0] if edge == "before" else bounds[n][1]
                 terms.append(f"(instrument = {{i{m}:String}} AND granularity = {{g{m}:String}} "
                              f"AND ts {op} fromUnixTimestamp64Milli({{t{m}:Int64}}, 'UTC'))")
                 p.update({f"i{m}": parts[n][0].instrument, f"g{m}": parts[n][0].granularity, f"t{m}": t})
@@ -571,11 +579,11 @@ class Store:
                 f"SELECT instrument, granularity, min(toUnixTimestamp64Milli(ts)), "
                 f"max(toUnixTimestamp64Milli(ts)) FROM {self._rel(pkeys)} WHERE {' OR '.join(terms)} "
                 f"GROUP BY instrument, granularity", p)}
-            for n, side in unsure:
+            for n, edge in unsure:
                 key, a, b = parts[n]
                 seen = past.get((key.instrument, key.granularity))
-                if seen and (seen[0] < bounds[n][0] if side == "before" else seen[1] >= bounds[n][1]):
-                    out[n] = self.load(key, a, b, back, ahead)  # more rows past the margin
+                if seen and (seen[0] < bounds[n][0] if edge == "before" else seen[1] >= bounds[n][1]):
+                    out[n] = self.load(key, a, b, back, ahead, side=side)  # more rows past the margin
         return out
 
     def load_bars(self, key: SeriesKey, starts: np.ndarray, bar_ms: int,
@@ -631,18 +639,21 @@ class Store:
 
     def ingest(self, key: SeriesKey, candles: pa.Table, codes: np.ndarray, reasons) -> IngestReport:
         """Insert valid rows; rows whose ts already exists are replaced when
-        their values differ and skipped when identical, so ingesting a file
-        twice changes nothing.  ``codes`` are per-row defect codes (0 = ok)."""
+        their values (side included) differ and skipped when identical, so
+        ingesting a file twice changes nothing.  ``codes`` are per-row defect
+        codes (0 = ok); ``candles`` may have a float64 ``side`` column (NaN:
+        no position, stored as NULL)."""
         n = candles.num_rows
         rejected = [(int(i), int(candles.column("ts")[int(i)].as_py()), reasons(int(codes[i])))
                     for i in np.flatnonzero(codes)]
         good = candles.filter(pa.array(codes == 0)) if len(rejected) else candles  # (a copy)
         if good.num_rows == 0:
             return IngestReport(n, 0, 0, 0, rejected)
+        good = _stored_side(good)
         ts = good.column("ts").to_numpy()
         with self._lock:
             existing = _ts_to_ms(self.arrow(
-                f"SELECT ts, open, high, low, close, volume "
+                f"SELECT ts, open, high, low, close, volume, side "
                 f"FROM {self.db}.candles WHERE {self._series_where()} "
                 f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
                 f"AND ts <= fromUnixTimestamp64Milli({{b:Int64}}, 'UTC')",
@@ -659,6 +670,8 @@ class Store:
                 same = hit.copy()
                 for c in _CANDLE_COLS[1:]:
                     same &= good.column(c).to_numpy()[pos] == old[c]
+                new_side, old_side = (_side_floats(t.column(SIDE)) for t in (good, existing))
+                same &= (new_side[pos] == old_side) | (np.isnan(new_side[pos]) & np.isnan(old_side))
                 unchanged = int(same.sum())
                 changed_ts = old["ts"][hit & ~same]
                 updated = len(changed_ts)
@@ -1019,15 +1032,42 @@ def input_fingerprint(candles: pa.Table) -> str:
     Not a security boundary: it only tells whether the candles changed since
     the chunk was written.  xxh3-128 hashes at memory speed (blake2b took
     ~8% of a chunk's time).  The columns' buffers are hashed as they are,
-    without a copy when a column is one contiguous array."""
+    without a copy when a column is one contiguous array.  A ``side``
+    column (loaded for labels that take sides) counts too, NULLs as such."""
     h = xxhash.xxh3_128()
     for name in ("ts", "open", "high", "low", "close"):
         for chunk in candles.column(name).chunks:
             h.update(chunk.to_numpy(zero_copy_only=False))
+    if SIDE in candles.column_names:
+        h.update(np.nan_to_num(_side_floats(candles.column(SIDE)), nan=2.0))
     return h.hexdigest()
 
 
+def _candle_select(side: bool) -> str:
+    return ", ".join((*_CANDLE_COLS, *([SIDE] if side else [])))
+
+
+def _side_floats(col: pa.ChunkedArray) -> np.ndarray:
+    """A side column as float64, NaN where NULL."""
+    return col.cast(pa.float64()).fill_null(np.nan).to_numpy()
+
+
+def _stored_side(candles: pa.Table) -> pa.Table:
+    """``candles`` with side as the store keeps it: Int8, NULL where NaN
+    (or a column of NULLs where the input has none)."""
+    if SIDE not in candles.column_names:
+        return candles.append_column(SIDE, pa.nulls(candles.num_rows, pa.int8()))
+    values = _side_floats(candles.column(SIDE))
+    missing = np.isnan(values)
+    side = pa.array(np.where(missing, 0, values).astype(np.int8), mask=missing)
+    return candles.set_column(candles.column_names.index(SIDE), SIDE, side)
+
+
 def _ch_type(t: pa.DataType, nullable: bool) -> str:
+    """A label column's ClickHouse type; a list output is an Array (never
+    NULL itself) of nullable elements, read back as Arrow's list<T>."""
+    if pa.types.is_list(t):
+        return f"Array({_ch_type(t.value_type, True)})"
     base = _ARROW_TO_CH[t]
     return f"Nullable({base})" if nullable else base
 

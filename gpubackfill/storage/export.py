@@ -11,7 +11,8 @@ panel with ``instrument`` and ``granularity`` columns (``choose_panel``,
 
 Parquet keeps ``ts`` as a timestamp (ms, UTC) and records in its key-value
 metadata what the labels are (``provenance``); CSV writes ``ts`` as ISO 8601
-text with a ``Z``.  ``with_t1`` adds each row's event end ``t1`` after
+text with a ``Z``.  List columns (``barrier_grid``) are Parquet lists, and
+JSON arrays in a CSV cell (``[1,-1,null]``).  ``with_t1`` adds each row's event end ``t1`` after
 ``ts`` (``event_end`` over the series' own candles, ``with_t1``).
 """
 
@@ -350,6 +351,7 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
                         i = part.column_names.index(name)
                         part = part.set_column(i, name, pc.strftime(part.column(name),
                                                                     format="%Y-%m-%dT%H:%M:%SZ"))
+                part = _lists_as_json(part)
             with _writing(path):
                 if writer is None:
                     # Created here first: a folder we may not write to fails
@@ -372,6 +374,23 @@ def write(path: str | Path, parts: Iterator[pa.Table], metadata: dict[bytes, byt
         if os.path.exists(tmp):
             os.unlink(tmp)
     return rows, cols
+
+
+def _lists_as_json(table: pa.Table) -> pa.Table:
+    """List columns (``barrier_grid``) as JSON arrays in a CSV cell:
+    ``[1,-1,null]``, NULL elements as ``null``."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type):
+            table = table.set_column(i, f.name, pa.chunked_array(
+                [_json_array(chunk) for chunk in table.column(i).chunks], pa.string()))
+    return table
+
+
+def _json_array(lists: pa.ListArray) -> pa.Array:
+    # The offsets index the whole child array, sliced or not.
+    items = pc.fill_null(lists.values.cast(pa.string()), "null")
+    joined = pc.binary_join(pa.ListArray.from_arrays(lists.offsets, items), ",")
+    return pc.binary_join_element_wise("[", joined, "]", "")
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ What holds for the whole input, not for a batch:
   or a spacing that is not the granularity's (``cadence.check_step``, over all
   the rows in time order).  So a file is read in full before anything is
   written: its rows, parsed, go to a temporary Arrow IPC file (``_Spill``,
-  about 56 bytes a row, in the system's temporary folder, ``TMPDIR``), which
+  about 64 bytes a row, in the system's temporary folder, ``TMPDIR``), which
   the writing pass then reads back.
 - Rows are validated and written in time order, stably (of two rows with one
   ts the one earlier in the file comes first, and the other is rejected as a
@@ -62,8 +62,11 @@ from .readahead import read_ahead
 BATCH_ROWS = 1 << 20    # rows validated and written at a time
 BLOCK_ROWS = 1 << 16    # rows per block of the spill file; a merge holds one block per run
 CANDLE_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
+# Stored with the candles: each row's position for labels that take sides
+# (NaN where the input has none, NULL in the store).
+STORED_COLUMNS = [*CANDLE_COLUMNS, "side"]
 SPILL_SCHEMA = pa.schema([("row", pa.int64()), ("ts", pa.int64())]
-                         + [(c, pa.float64()) for c in CANDLE_COLUMNS[1:]])
+                         + [(c, pa.float64()) for c in STORED_COLUMNS[1:]])
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def ingest_file(store: Store, key: SeriesKey, path: str | Path, tz: str | None =
 def ingest_table(store: Store, key: SeriesKey, table: pa.Table, *,
                  max_rejects: str | int | RejectLimit = 0, rejects: str | Path | None = None,
                  batch_rows: int = BATCH_ROWS) -> IngestReport:
-    """Ingest candles already in memory (``ts`` int64 ms, OHLC, optional volume)."""
+    """Ingest candles already in memory (``ts`` int64 ms, OHLC, optional volume and side)."""
     limit = RejectLimit.parse(max_rejects)
     out = check_rejects_path(rejects)
     table = _candles(table)
@@ -161,10 +164,17 @@ def ingest_table(store: Store, key: SeriesKey, table: pa.Table, *,
 
 
 def _candles(table: pa.Table) -> pa.Table:
-    """ts and the five price columns, volume 0 where the input has none."""
+    """ts, the five price columns and side: volume 0 where the input has
+    none, side NaN (no position); a side other than +1, -1, 0 or NULL is
+    refused, naming its row."""
     if "volume" not in table.column_names:
         table = table.append_column("volume", pa.array(np.zeros(table.num_rows)))
-    return table.select(CANDLE_COLUMNS)
+    if "side" in table.column_names:
+        table = table.set_column(table.column_names.index("side"), "side",
+                                 pa.array(frames.side_floats(table.column("side"))))
+    else:
+        table = table.append_column("side", pa.array(np.full(table.num_rows, np.nan)))
+    return table.select(STORED_COLUMNS)
 
 
 # --------------------------------------------------------------------------
@@ -263,7 +273,7 @@ def _validated(parts: Iterator[pa.Table]) -> Iterator[tuple[np.ndarray, pa.Table
     against the last row kept before it, in this batch or an earlier one."""
     last_kept: int | None = None
     for part in parts:
-        candles = part.select(CANDLE_COLUMNS)
+        candles = part.select(STORED_COLUMNS)
         series = frames.to_series(candles)
         codes = _defect_codes(series, last_kept)
         kept = np.flatnonzero(codes == 0)
@@ -349,7 +359,7 @@ class _Spill:
         except OSError as exc:
             raise DependencyError(f"cannot write the ingest's temporary file in "
                                   f"{tempfile.gettempdir()} (set TMPDIR to a folder with room "
-                                  f"for about 56 bytes a candle): {exc}") from None
+                                  f"for about 64 bytes a candle): {exc}") from None
 
     def add(self, candles: pa.Table) -> None:
         n = candles.num_rows
