@@ -23,7 +23,6 @@ from .common.granularity import parse_granularity, parse_instrument
 from .config import Settings
 from .engine import launch, submit, views
 from .engine.launch import RunResult
-from .engine.lease import dead_local_owner
 from .errors import InvalidInput
 from .jobs.machine import FINAL_JOB_STATES
 from .jobs.spec import ALL, JobSpec, make_spec, parse_names
@@ -124,7 +123,7 @@ class BackfillService:
                          backend or self.settings.backend, min_workers)
         select(spec.backend)  # a backend that cannot run here fails now, not per chunk
         self._ready()
-        return replace(spec, source=self.store.source(source).name) if source else spec
+        return replace(spec, source=self._source(source))
 
     def plan_update(self, instrument: str | list[str] | None = None,
                     granularity: str | list[str] | None = None, chunk_size: int | None = None,
@@ -151,8 +150,7 @@ class BackfillService:
         return coverage.overview(self.store, *_selection(instrument, granularity), self._source(source))
 
     def _source(self, name: str | None) -> str:
-        """A registered source's name ('' for the built-in table); an
-        unknown one is refused by name."""
+        """A registered source's name ('' for the built-in table; unknown: refused)."""
         return self.store.source(name).name if name else ""
 
     def writer_conflict(self, job_id: str, spec: JobSpec | None = None) -> tuple[str, str, str] | None:
@@ -215,19 +213,6 @@ class BackfillService:
     def jobs(self, status: str | None = None) -> list[views.JobStatus]:
         """Every job (optionally of one status), oldest first."""
         return views.list_jobs(self.state, self.telemetry, status)
-
-    def job_ids(self) -> list[str]:
-        return self.state.job_ids()
-
-    def driver_alive(self, job_id: str) -> bool:
-        """A live process holds the job's driver lock.  A lock whose owner is a
-        process of this host that has died does not count: ``execute`` takes
-        such a job over at once."""
-        owner = self.state.driver_owner(job_id)
-        return owner is not None and not dead_local_owner(owner)
-
-    def mark_scheduled(self, job_id: str) -> None:
-        self.state.set_fields(job_id, scheduled="1")
 
     def metrics(self) -> dict[str, Any]:
         return views.metrics(self.state, self.telemetry)

@@ -695,9 +695,9 @@ def vsr_near_values(ahead, now, sig, sqrt_h):
 
 
 @jitable
-def run_maxima(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx):
+def run_extremes(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx, is_max):
     """For runs of ``width`` from ``start`` to ``stop``: suffix and prefix
-    maxima of x within each run (value, first index), stored at i - base."""
+    maxima (``is_max``, else minima) of x within each run (value, first index), stored at i - base."""
     r0 = start
     while r0 < stop:
         r1 = min(r0 + width, stop)
@@ -705,7 +705,7 @@ def run_maxima(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx):
         at = r0
         for i in range(r0, r1):
             xi = x[i]
-            take = xi > best
+            take = xi > best if is_max else xi < best
             best = xi if take else best
             at = i if take else at
             pre_val[i - base] = best
@@ -714,34 +714,7 @@ def run_maxima(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx):
         at = r1 - 1
         for i in range(r1 - 1, r0 - 1, -1):
             xi = x[i]
-            take = xi >= best  # moving left: an equal value is earlier
-            best = xi if take else best
-            at = i if take else at
-            suf_val[i - base] = best
-            suf_idx[i - base] = at
-        r0 = r1
-
-
-@jitable
-def run_minima(x, start, stop, width, base, suf_val, suf_idx, pre_val, pre_idx):
-    """``run_maxima`` for minima."""
-    r0 = start
-    while r0 < stop:
-        r1 = min(r0 + width, stop)
-        best = x[r0]
-        at = r0
-        for i in range(r0, r1):
-            xi = x[i]
-            take = xi < best
-            best = xi if take else best
-            at = i if take else at
-            pre_val[i - base] = best
-            pre_idx[i - base] = at
-        best = x[r1 - 1]
-        at = r1 - 1
-        for i in range(r1 - 1, r0 - 1, -1):
-            xi = x[i]
-            take = xi <= best
+            take = xi >= best if is_max else xi <= best  # moving left: an equal value is earlier
             best = xi if take else best
             at = i if take else at
             suf_val[i - base] = best

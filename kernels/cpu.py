@@ -416,8 +416,8 @@ def _mfe_mae(high, low, close, horizon, mfe, mae, mfe_bars, mae_bars):
         ls_i = np.empty(size, np.int64)
         lp_v = np.empty(size)
         lp_i = np.empty(size, np.int64)
-        core.run_maxima(high, start, stop, horizon, start, hs_v, hs_i, hp_v, hp_i)
-        core.run_minima(low, start, stop, horizon, start, ls_v, ls_i, lp_v, lp_i)
+        core.run_extremes(high, start, stop, horizon, start, hs_v, hs_i, hp_v, hp_i, True)
+        core.run_extremes(low, start, stop, horizon, start, ls_v, ls_i, lp_v, lp_i, False)
         phase = 0
         for t in range(s, e):
             aligned = phase == 0

@@ -436,8 +436,8 @@ def _runs_kernel(high, low, start, stop, width, hs_v, hs_i, hp_v, hp_i, ls_v, ls
     for r in range(g, nruns, step):
         r0 = start + r * width
         r1 = min(r0 + width, stop)
-        core.run_maxima(high, r0, r1, width, start, hs_v, hs_i, hp_v, hp_i)
-        core.run_minima(low, r0, r1, width, start, ls_v, ls_i, lp_v, lp_i)
+        core.run_extremes(high, r0, r1, width, start, hs_v, hs_i, hp_v, hp_i, True)
+        core.run_extremes(low, r0, r1, width, start, ls_v, ls_i, lp_v, lp_i, False)
 
 
 @cuda.jit
@@ -470,7 +470,7 @@ def _mfe_tile_kernel(high, low, close, horizon, complete, mfe, mae, mfe_bars, ma
     Those windows overlap in all but their ends: the common core is scanned
     once, the left ends are added going left and the right ends going right,
     so MFE_ROWS rows cost horizon + 2 * (MFE_ROWS - 1) steps instead of
-    MFE_ROWS * horizon.  Ties go to the first bar, as in ``run_maxima``: a
+    MFE_ROWS * horizon.  Ties go to the first bar, as in ``run_extremes``: a
     later part replaces an earlier one only when strictly better.  Results
     go back through shared memory too, so that stores are coalesced."""
     hs = cuda.shared.array(MFE_TILE, np.float64)

@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..engine.lease import dead_local_owner
 from ..errors import GpubackfillError, InvalidTransition
 from ..jobs.spec import JobSpec
 
@@ -77,7 +78,7 @@ class Scheduler:
 
     def candidates(self) -> list[Candidate]:
         out = []
-        for job_id in self.service.job_ids():
+        for job_id in self.service.state.job_ids():
             if job_id in self._threads:
                 continue
             try:
@@ -98,7 +99,8 @@ class Scheduler:
         """A live driver holds the job.  A lock whose owner is a process of
         this host that has died does not count: ``execute`` takes such a job
         over at once, and a restarted service should not wait out the lease."""
-        return self.service.driver_alive(job_id)
+        owner = self.service.state.driver_owner(job_id)
+        return owner is not None and not dead_local_owner(owner)
 
     def tick(self) -> list[str]:
         """One scheduling pass; returns the jobs started."""
@@ -144,7 +146,7 @@ class Scheduler:
 
     def _launch(self, job_id: str) -> None:
         self._again.discard(job_id)
-        self.service.mark_scheduled(job_id)
+        self.service.state.set_fields(job_id, scheduled="1")
         t = threading.Thread(target=self._run, args=(job_id,), name=f"job-{job_id}", daemon=True)
         self._threads[job_id] = t
         self.started_order.append(job_id)
