@@ -351,12 +351,17 @@ class Store:
         return bool(self._reader(key).rows(
             f"SELECT 1 FROM {self._rel(key)} WHERE {self._series_where()} LIMIT 1", self._series_params(key)))
 
-    def instruments(self, source: str = "") -> list[tuple[str, str, int]]:
+    def instruments(self, source: str = "", granularities: set[str] | None = None
+                    ) -> list[tuple[str, str, int]]:
         """(instrument, granularity, candles) of every series (of a source:
-        its stored granularities and those it derives)."""
+        its stored granularities and those it derives, or those of them in
+        ``granularities``: each derived one is an aggregation of the base)."""
         if source:
             src = self.source(source)
-            keys = [SeriesKey("", g, source) for g in (*src.stored, *src.derived())]
+            keys = [SeriesKey("", g, source) for g in (*src.stored, *src.derived())
+                    if granularities is None or g in granularities]
+            if not keys:
+                return []
             rel = self._rel(keys)
         else:
             keys, rel = [SeriesKey("", "")], f"{self.db}.candles"

@@ -239,3 +239,19 @@ def test_a_side_changed_in_a_source_makes_exactly_the_chunks_the_halo_reaches_st
     assert mine.num_rows == again.num_rows == t.num_rows
     assert mine.equals(again)
     assert service.plan_update(source="bets", chunk_size=CHUNK, workers=2) == []
+
+
+def test_update_over_a_source_aggregates_no_granularity_it_has_no_labels_for(service):
+    """A source of M1 derives M5 … W1 by aggregating it: ``update`` asks for
+    the series it has labels for (M1 here), not every derived one."""
+    from test_sources import rows_read
+
+    service.init()
+    rel = foreign_table(service, candles(end="2024-01-04"))
+    service.sources.add("mkt", rel, MAPS, granularity="M1")
+    service.start("EURUSD", "M1", chunk_size=CHUNK, workers=2, source="mkt")
+    plans: list = []
+    seen = rows_read(service, lambda: plans.append(service.plan_update(source="mkt")))
+    assert plans == [[]]
+    assert [sql for sql, _ in seen if "argMin(open, ts)" in sql] == []   # no derived bars built
+    assert any("sumWithOverflow" in sql for sql, _ in seen)            # the prints were asked
