@@ -257,12 +257,16 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
     back, ahead = halo(resolved)
     sided = bool(wants_side(resolved))
     keys = [task.key(seg) for seg in task.segments]
+    # A source's side is in its prints (``sources.fingerprint``), so read where it maps one.
+    printed_side = [store.source_sided(k) for k in keys]
     loaded = store.load_many([(k, s.start_ms, s.end_ms, s.lo_ms, s.hi_ms)
-                              for k, s in zip(keys, task.segments)], back, ahead, side=sided)
+                              for k, s in zip(keys, task.segments)], back, ahead,
+                             side=sided or any(printed_side))
     stages.lap("load")
     finer_keys = [finer_series(resolved, k) for k in keys]
-    prints = [_fingerprint(store, table, k, fk, (seg.start_ms, seg.end_ms, first, own, back, ahead))
-              for (table, first, own), k, fk, seg in zip(loaded, keys, finer_keys, task.segments)]
+    prints = [_fingerprint(store, table, k, fk, (seg.start_ms, seg.end_ms, first, own, back, ahead), ps)
+              for (table, first, own), k, fk, seg, ps in zip(loaded, keys, finer_keys, task.segments,
+                                                             printed_side)]
     stages.lap("fingerprint")
     # Fresh: no label rows were there when planned, and the job's writer
     # claim kept it so; hence nothing to find in the cache or to replace.
@@ -324,13 +328,15 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
 
 
 def _fingerprint(store: Store | SharedIO, table, key: SeriesKey, finer_key: SeriesKey | None,
-                 where: tuple[int, int, int, int, int, int]) -> str:
+                 where: tuple[int, int, int, int, int, int], sided: bool = False) -> str:
     """What a segment's labels were computed from: its candles (halo
     included) and, where its labels read finer candles, the changes to them.
     Over a source, a print ClickHouse can recompute (``sources.fingerprint``;
-    ``where``: the segment's start, end, first own row, own rows and halo)."""
+    ``where``: the segment's start, end, first own row, own rows and halo;
+    ``sided``: the source maps a side, which is in the print)."""
     if key.source:
-        own = source_print.chunk_print(table, where[2], where[3], where[4], where[5], where[0], where[1])
+        own = source_print.chunk_print(table, where[2], where[3], where[4], where[5], where[0], where[1],
+                                       sided)
         if finer_key is None or not table.num_rows:
             return own
         ts = table.column("ts")

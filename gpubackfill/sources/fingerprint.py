@@ -13,16 +13,20 @@ candle inserted, deleted or corrected inside it changes the print, and
 one outside it does not change the chunk's input.
 
 The row hash is defined twice, here in numpy (at chunk time, over the
-candles just loaded: no second read) and as SQL (``ROW_HASH_SQL``), and
+candles just loaded: no second read) and as SQL (``row_hash_sql``), and
 the two agree bit for bit: ClickHouse's ``intHash64`` is MurmurHash3's
 64-bit finaliser of ``x ^ 0x4CF2D2BAAE6DA887``, chained over ts and the
-OHLCV values' IEEE bits; the window's hash is their sum modulo 2**64 (a
-sum, not a XOR, so two equal candles do not cancel).
+OHLCV values' IEEE bits, and the side's where the source maps one (a NULL
+side hashed as 2.0, which no side is); the window's hash is their sum
+modulo 2**64 (a sum, not a XOR, so two equal candles do not cancel).
+A source's side is in the print whether or not a job's labels take sides:
+the prints of a series are one set, recomputed for every label set at once.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from ..jobs.spec import EVER
 
@@ -31,6 +35,7 @@ _M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 _S = np.uint64(33)
 COLUMNS = ("open", "high", "low", "close", "volume")
 PREFIX = "w1:"
+NO_SIDE = 2.0  # a NULL side, in the hash
 
 
 def _int_hash64(x: np.ndarray) -> np.ndarray:
@@ -41,23 +46,36 @@ def _int_hash64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _S)
 
 
-def row_hashes(ts: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray:
-    """Each candle's hash (uint64): ``ROW_HASH_SQL`` in numpy."""
+def row_hashes(ts: np.ndarray, values: dict[str, np.ndarray], side: np.ndarray | None = None
+               ) -> np.ndarray:
+    """Each candle's hash (uint64): ``row_hash_sql`` in numpy; ``side``
+    (float64, NaN where none) for a source that maps one."""
     with np.errstate(over="ignore"):
         h = _int_hash64(np.ascontiguousarray(ts, dtype=np.int64).view(np.uint64))
         for c in COLUMNS:
             h = _int_hash64(h ^ np.ascontiguousarray(values[c], dtype=np.float64).view(np.uint64))
+        if side is not None:
+            s = np.where(np.isnan(side), NO_SIDE, np.asarray(side, dtype=np.float64))
+            h = _int_hash64(h ^ s.view(np.uint64))
     return h
 
 
-def _sql_hash() -> str:
+def side_floats(column) -> np.ndarray:
+    """A loaded side column as float64, NaN where NULL."""
+    return column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def row_hash_sql(sided: bool = False) -> str:
+    """``row_hashes`` as SQL over a relation with our candle columns
+    (Float64 prices, a Nullable(Float64) side)."""
     h = "intHash64(reinterpretAsUInt64(toUnixTimestamp64Milli(ts)))"
     for c in COLUMNS:
         h = f"intHash64(bitXor({h}, reinterpretAsUInt64({c})))"
+    if sided:
+        s = "ifNull(toFloat64(side), nan)"
+        h = f"intHash64(bitXor({h}, reinterpretAsUInt64(if(isNaN({s}), {NO_SIDE}, {s}))))"
     return h
 
-
-ROW_HASH_SQL = _sql_hash()  # over a relation with our candle columns (Float64 prices)
 
 
 def total(hashes: np.ndarray) -> int:
@@ -81,12 +99,14 @@ def window(ts: np.ndarray, first: int, own: int, back: int, ahead: int, start_ms
 
 
 def chunk_print(table, first: int, own: int, back: int, ahead: int, start_ms: int,
-                end_ms: int) -> str:
-    """``w1:LO:HI:N:SUM`` of a chunk's loaded candles (Arrow, ts in ms)."""
+                end_ms: int, sided: bool = False) -> str:
+    """``w1:LO:HI:N:SUM`` of a chunk's loaded candles (Arrow, ts in ms;
+    ``sided``: the source maps a side, loaded as the ``side`` column)."""
     ts = table.column("ts").to_numpy()
     values = {c: table.column(c).to_numpy() for c in COLUMNS}
+    side = side_floats(table.column("side")) if sided else None
     lo, hi = window(ts, first, own, back, ahead, start_ms, end_ms)
-    return f"{PREFIX}{lo}:{hi}:{stamp(len(ts), total(row_hashes(ts, values)))}"
+    return f"{PREFIX}{lo}:{hi}:{stamp(len(ts), total(row_hashes(ts, values, side)))}"
 
 
 def parse(text: str) -> tuple[tuple[int, int], str, tuple[int, int, str] | None] | None:

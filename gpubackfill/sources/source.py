@@ -126,7 +126,11 @@ class Source:
             scale = re.match(r"DateTime64\((\d+)", t)
             p = scale.group(1) if scale else "0"
             return f"toDateTime64(toDateTime64(toString({col}), {p}, {literal(self.tz)}), 3, 'UTC')"
-        return f"toDateTime64({col}, 3, 'UTC')"
+        # A CAST, not toDateTime64(col, 3, 'UTC'): ClickHouse reads a CAST's
+        # ranges and order from the table's sort key (a chunk's range read
+        # and its halo's ORDER BY ts LIMIT n read their granules, not the
+        # whole series), and it does not see through toDateTime64 with a zone.
+        return f"CAST({col}, 'DateTime64(3, \\'UTC\\')')"
 
     def relation_for(self, granularity: str) -> str:
         """The subquery that holds this source's ``granularity`` bars."""

@@ -169,6 +169,11 @@ class Store:
         return _Reader(self, clickhouse.client(self.settings.model_copy(
             update={"clickhouse_url": src.clickhouse_url})))
 
+    def source_sided(self, key: SeriesKey) -> bool:
+        """Whether ``key`` is a source's series whose source maps a side
+        (then the side is part of its window prints)."""
+        return bool(key.source) and "side" in self.source(key.source).columns
+
     def _rel(self, keys: SeriesKey | list[SeriesKey]) -> str:
         """The relation that holds the candles of ``keys``: the built-in
         table, or a source's subquery (one arm per granularity asked for)."""
@@ -346,12 +351,17 @@ class Store:
         return bool(self._reader(key).rows(
             f"SELECT 1 FROM {self._rel(key)} WHERE {self._series_where()} LIMIT 1", self._series_params(key)))
 
-    def instruments(self, source: str = "") -> list[tuple[str, str, int]]:
+    def instruments(self, source: str = "", granularities: set[str] | None = None
+                    ) -> list[tuple[str, str, int]]:
         """(instrument, granularity, candles) of every series (of a source:
-        its stored granularities and those it derives)."""
+        its stored granularities and those it derives, or those of them in
+        ``granularities``: each derived one is an aggregation of the base)."""
         if source:
             src = self.source(source)
-            keys = [SeriesKey("", g, source) for g in (*src.stored, *src.derived())]
+            keys = [SeriesKey("", g, source) for g in (*src.stored, *src.derived())
+                    if granularities is None or g in granularities]
+            if not keys:
+                return []
             rel = self._rel(keys)
         else:
             keys, rel = [SeriesKey("", "")], f"{self.db}.candles"
@@ -722,10 +732,11 @@ class Store:
         bounds = sorted({b for w in windows for b in w})
         upper = (" AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
                  if bounds[-1] < EVER[1] else "")
+        row_hash = fingerprint.row_hash_sql(self.source_sided(key))
         rows = self._reader(key).rows(f"""
             SELECT j, count(), sumWithOverflow(h) FROM (
                 SELECT bs.j AS j, r.h AS h
-                FROM (SELECT toUnixTimestamp64Milli(ts) AS t, {fingerprint.ROW_HASH_SQL} AS h, 0 AS z
+                FROM (SELECT toUnixTimestamp64Milli(ts) AS t, {row_hash} AS h, 0 AS z
                       FROM {self._rel(key)} WHERE {self._series_where()}
                         AND ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC'){upper}) AS r
                 ASOF JOIN (SELECT arrayJoin(arrayEnumerate({{bs:Array(Int64)}})) AS k, k - 1 AS j,

@@ -120,17 +120,24 @@ def _flags(store: Store, sets: dict, records: dict, changes: dict, source: str) 
     return _print_flags(store, sets, records, source) if source else _stale_flags(store, sets, records, changes)
 
 
-def _state(store: Store, source: str = ""):
+def _state(store: Store, source: str = "", labelled_only: bool = False):
+    """(series: key -> (candles, first, last), the manifest's records, the
+    ingest log).  Of a source, every series it stores or derives is counted
+    (a derived one by aggregating the base), unless ``labelled_only``: then
+    only those with computed chunks."""
+    records: dict[tuple[str, tuple[str, str]], list[Record]] = defaultdict(list)
+    for i, g, s, a, b, rows, inc, at in store.manifest(source):
+        records[(s, (i, g))].append(Record(a, b, rows, inc, at))
     if source:
-        counts = {(i, g): n for i, g, n in store.instruments(source)}
+        wanted = {key for _, key in records} if labelled_only else None
+        counts = {(i, g): n for i, g, n in store.instruments(
+                      source, None if wanted is None else {g for _, g in wanted})
+                  if wanted is None or (i, g) in wanted}
         spans = store.series_spans([SeriesKey(i, g, source) for i, g in counts])
         series = {(k.instrument, k.granularity): (counts[(k.instrument, k.granularity)], lo, hi)
                   for k, (lo, hi) in spans.items()}
     else:
         series = {(i, g): (n, lo, hi) for i, g, n, lo, hi in store.series_table()}
-    records: dict[tuple[str, tuple[str, str]], list[Record]] = defaultdict(list)
-    for i, g, s, a, b, rows, inc, at in store.manifest(source):
-        records[(s, (i, g))].append(Record(a, b, rows, inc, at))
     changes: dict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)
     for i, g, first, last, at in ([] if source else store.changes()):
         changes[(i, g)].append((first, last, at))
@@ -163,7 +170,7 @@ def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
     """Per label set computed on the selected series (of ``source``): the
     stale chunks and the missing tail, planned as one job's chunks ([] when
     all is current)."""
-    series, records, changes = _state(store, source)
+    series, records, changes = _state(store, source, labelled_only=True)
     sets = {set_id: params for set_id, params, _ in store.label_set_registry()}
     chosen = {k: v for k, v in records.items()
               if k[0] in sets and k[1] in series and _selected(k[1], insts, grans)}

@@ -8,6 +8,7 @@ import re
 
 import httpx
 import oracle
+import pyarrow
 import pytest
 from browser_fixtures import Serve, chromium, shots  # noqa: F401 (fixtures)
 from conftest import make_settings
@@ -370,3 +371,42 @@ def test_update_from_the_series_page(page, service):
     wait_status(service, update.job_id, "completed", page)   # the scheduler ran it
     page.goto("/ui/")
     assert "update" in page.inner_text(f"tr[data-job='{update.job_id}']")
+
+
+def test_a_source_series_listed_and_updated_from_the_series_page(page, service):
+    """A source's series are on the series page, marked with the source; its
+    update button updates that source's series (not the built-in table's)."""
+    inst = "AUDUSD"
+    m5 = generate(inst, "M5", START, END)
+    rel = f"{service.store.db}.feed_m5"
+    service.store.command(f"CREATE TABLE {rel} (sym String, t DateTime64(3, 'UTC'), o Float64, h Float64, "
+                          f"l Float64, c Float64) ENGINE = MergeTree ORDER BY t")
+
+    def feed(t):
+        service.store.client.insert_arrow(rel, pyarrow.table({
+            "sym": [inst] * t.num_rows, "t": t.column("ts").cast(pyarrow.timestamp("ms", tz="UTC")),
+            **{k: t.column(c) for k, c in (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"))}}))
+
+    feed(m5.slice(0, m5.num_rows - 300))
+    service.sources.add("feed", rel, ["instrument=sym", "ts=t", "open=o", "high=h", "low=l", "close=c"],
+                        granularity="M5")
+    first = service.start(inst, "M5", chunk_size=500, workers=1, source="feed")
+    feed(m5.slice(m5.num_rows - 300))
+
+    row = f"tr[data-source='feed'][data-series='{inst} M5']"
+    cell = f"{row} td[data-set='{service.job(first).label_set}']"
+    page.token = TOKEN
+    page.goto("/ui/series")
+    assert "source feed" in page.inner_text(row)
+    # Its tail chunk's input changed (the halo reaches the new candles), and candles follow it.
+    assert page.get_attribute(cell, "data-coverage") == "stale"
+    assert "missing after" in page.inner_text(cell)
+    assert page.locator(f"tr[data-source=''][data-series='{inst} M5']").count() == 0
+    page.click(f"{row} button[data-post='/ui/api/update']")
+    page.wait_for_selector("#msg:has-text('queued')")
+    (update,) = [j for j in service.jobs() if j.kind == "update" and j.source == "feed"]
+    assert update.series[0].instrument == inst and update.chunks_total > 0
+    page.goto(f"/ui/jobs/{update.job_id}")
+    wait_status(service, update.job_id, "completed", page)
+    page.goto("/ui/series")
+    assert page.get_attribute(cell, "data-coverage") == "labelled"

@@ -175,3 +175,49 @@ def test_removing_a_source_keeps_its_labels(service):
     service.sources.remove("mkt")
     assert [s.name for s in service.sources.all()] == []
     assert labels_of(service, job, "mkt").num_rows == rows > 0
+
+
+def rows_read(service, action) -> list[tuple[str, int]]:
+    """(statement, rows chDB read from storage) of each statement ``action`` runs."""
+    client, seen = service.store.client, []
+    run = client._query
+
+    def recorded(sql, fmt, parameters):
+        res = run(sql, fmt, parameters)
+        seen.append((sql, res.storage_rows_read()))
+        return res
+
+    client._query = recorded
+    try:
+        action()
+    finally:
+        del client._query
+    return seen
+
+
+def test_a_chunk_read_from_a_source_reads_its_granules_not_the_whole_series(service):
+    """A team's table kept in (symbol, time) order: a chunk's range and its
+    halo's bounds are read from the sort key, as from the built-in table."""
+    service.init()
+    t = candles(start="2024-01-01", end="2024-09-01")   # ~250k candles
+    db = service.store.db
+    service.store.command(f"""
+        CREATE TABLE {db}.kept (symbol LowCardinality(String), time DateTime('America/New_York'),
+            o Float32, h Float32, l Float32, c Float32) ENGINE = MergeTree ORDER BY (symbol, time)""")
+    service.store.client.insert_arrow(f"{db}.kept", shuffled(pa.table({
+        "symbol": ["EURUSD"] * t.num_rows,
+        "time": t.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.timestamp("s", tz="UTC")),
+        **{k: t.column(c).cast(pa.float32()) for k, c in
+           (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"))}})))
+    service.store.command(f"OPTIMIZE TABLE {db}.kept FINAL")
+    service.sources.add("kept", f"{db}.kept", MAPS, granularity="M1")
+    ts = t.column("ts").to_numpy()
+    a, b = int(ts[80_000]), int(ts[90_000])
+    got = []
+    seen = rows_read(service, lambda: got.append(
+        service.store.load(SeriesKey("EURUSD", "M1", "kept"), a, b, 500, 500)))
+    loaded, first, own = got[0]
+    assert (first, own, loaded.num_rows) == (500, 10_000, 11_000)
+    # Granules of 8,192 rows around the range and the halo's bound lookups
+    # (~76k rows), not the series (~250k) once or more.
+    assert sum(n for _, n in seen) < t.num_rows // 2, seen

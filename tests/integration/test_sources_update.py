@@ -159,3 +159,99 @@ def test_sets_series_export_and_update_take_the_source(cli, service, tmp_path): 
         r = cli(*cmd, "--source", "nope")
         assert r.exit_code == 2 and r.output.strip().splitlines() == [
             "error: no source named 'nope' (known: mkt; add one with `gpubackfill source add`)"], r.output
+
+
+# ---------------------------------------------------------------------------
+# a source's side
+
+SIDE_PARAMS = {"enhanced_triple_barrier": {"side": "column", "horizon": 30, "vol_span": 20}}
+SIDED = SeriesKey("EURUSD", "M1", "bets")
+
+
+def sided_table(service, t: pa.Table) -> str:
+    """``bets(symbol, time, o, h, l, c, pos)``: a Nullable(Int8) side with
+    +1, -1, 0 and NULL, rows in random order."""
+    from test_sources import shuffled
+
+    rng = np.random.default_rng(5)
+    side = rng.choice([1.0, -1.0, 0.0, np.nan], size=t.num_rows, p=[0.4, 0.3, 0.1, 0.2])
+    rel = f"{service.store.db}.bets"
+    service.store.command(f"""
+        CREATE TABLE {rel} (symbol String, time DateTime64(3, 'UTC'), o Float64, h Float64,
+            l Float64, c Float64, pos Nullable(Int8)) ENGINE = MergeTree ORDER BY time""")
+    service.store.client.insert_arrow(rel, shuffled(pa.table({
+        "symbol": ["EURUSD"] * t.num_rows, "time": t.column("ts").cast(pa.timestamp("ms", tz="UTC")),
+        **{k: t.column(c) for k, c in (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"))},
+        "pos": pa.array(np.nan_to_num(side).astype(np.int8), mask=np.isnan(side))})))
+    return rel
+
+
+BET_MAPS = MAPS[:1] + ["ts=time", "open=o", "high=h", "low=l", "close=c", "side=pos"]
+
+
+def test_a_window_print_with_sides_in_clickhouse_equals_the_one_made_in_python(service):
+    service.init()
+    t = candles(end="2024-01-03")
+    service.sources.add("bets", sided_table(service, t), BET_MAPS, granularity="M1")
+    loaded, first, own = service.store.load(SIDED, int(t.column("ts")[100].as_py()),
+                                            int(t.column("ts")[900].as_py()), 50, 30, side=True)
+    ts = loaded.column("ts").to_numpy()
+    assert loaded.column("side").null_count > 0
+    py = fingerprint.chunk_print(loaded, first, own, 50, 30, int(ts[first]), int(ts[first + own]), True)
+    window, stamp, _ = fingerprint.parse(py)
+    assert service.store.window_prints(SIDED, [window]) == [stamp]
+    unsided = fingerprint.chunk_print(loaded, first, own, 50, 30, int(ts[first]), int(ts[first + own]))
+    assert fingerprint.parse(unsided)[1] != stamp  # the sides are in it
+
+
+def test_a_side_changed_in_a_source_makes_exactly_the_chunks_the_halo_reaches_stale(service):
+    service.init()
+    t = candles(end="2024-01-06")
+    rel = sided_table(service, t)
+    service.sources.add("bets", rel, BET_MAPS, granularity="M1")
+    tb = ["enhanced_triple_barrier"]
+    job = service.start("EURUSD", "M1", labels=tb, params=SIDE_PARAMS, chunk_size=CHUNK, workers=2,
+                        source="bets")
+    set_id = service.job(job).model_dump()["label_set"]
+    before = {(a, b): at for i, g, s, a, b, rows, inc, at in service.store.manifest("bets")}
+    assert len(before) >= 5 and service.plan_update(source="bets", chunk_size=CHUNK, workers=2) == []
+    ts = t.column("ts").to_numpy()
+    m = int(np.searchsorted(ts, sorted(a for a, _ in before)[3])) + 3
+    service.store.command(f"ALTER TABLE {rel} UPDATE pos = if(ifNull(pos, 0) = 1, -1, 1) "
+                          f"WHERE toUnixTimestamp64Milli(time) = {int(ts[m])} SETTINGS mutations_sync = 2")
+    back, ahead = halo(resolve(tb, SIDE_PARAMS))
+    expected = halo_reaches(ts, before, back, ahead, lambda lo, hi: lo <= m < hi)
+    assert 2 <= len(expected) < len(before)
+
+    plans = service.plan_update(source="bets", chunk_size=CHUNK, workers=2)
+    assert [p["stale_chunks"] for p in plans] == [len(expected)]
+    for p in plans:
+        service.execute(p["job_id"])
+    after = {(a, b): at for i, g, s, a, b, rows, inc, at in service.store.manifest("bets")}
+    assert {r for r, at in before.items() if after[r] != at} == expected
+
+    service.sources.add("fresh", rel, BET_MAPS, granularity="M1")
+    fresh = service.start("EURUSD", "M1", labels=tb, params=SIDE_PARAMS, chunk_size=CHUNK, workers=2,
+                          source="fresh")
+    assert service.job(fresh).model_dump()["label_set"] == set_id
+    mine = service.store.read_labels(SIDED, set_id)
+    again = service.store.read_labels(SeriesKey("EURUSD", "M1", "fresh"), set_id)
+    assert mine.num_rows == again.num_rows == t.num_rows
+    assert mine.equals(again)
+    assert service.plan_update(source="bets", chunk_size=CHUNK, workers=2) == []
+
+
+def test_update_over_a_source_aggregates_no_granularity_it_has_no_labels_for(service):
+    """A source of M1 derives M5 … W1 by aggregating it: ``update`` asks for
+    the series it has labels for (M1 here), not every derived one."""
+    from test_sources import rows_read
+
+    service.init()
+    rel = foreign_table(service, candles(end="2024-01-04"))
+    service.sources.add("mkt", rel, MAPS, granularity="M1")
+    service.start("EURUSD", "M1", chunk_size=CHUNK, workers=2, source="mkt")
+    plans: list = []
+    seen = rows_read(service, lambda: plans.append(service.plan_update(source="mkt")))
+    assert plans == [[]]
+    assert [sql for sql, _ in seen if "argMin(open, ts)" in sql] == []   # no derived bars built
+    assert any("sumWithOverflow" in sql for sql, _ in seen)            # the prints were asked

@@ -33,6 +33,7 @@ class UpdateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instrument: str = Field(min_length=1, max_length=64)
     granularity: str = Field(min_length=1, max_length=16)
+    source: str | None = Field(default=None, max_length=64)  # None: the built-in table
 
 
 class DeadLetterRequest(BaseModel):
@@ -168,14 +169,17 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
     @router.get("/ui/series", response_class=HTMLResponse)
     def series_page() -> HTMLResponse:
         try:
-            series = service.series_overview()
+            # (source, coverage): the built-in table's series, then each source's.
+            series = [("", s) for s in service.series_overview()]
+            for src in service.sources.all():
+                series += [(src.name, s) for s in service.series_overview(source=src.name)]
         except GpubackfillError as exc:
             return failure(exc)
         sets: dict[str, list[str]] = {}
-        for s in series:
+        for _, s in series:
             for c in s.sets:
                 sets.setdefault(c.set_id, c.labels)
-        cells = {(s.instrument, s.granularity, c.set_id): c for s in series for c in s.sets}
+        cells = {(src, s.instrument, s.granularity, c.set_id): c for src, s in series for c in s.sets}
         return page("series.html", series=series, sets=sets, cells=cells)
 
     @router.get("/ui/series/{instrument}/{granularity}", response_class=HTMLResponse)
@@ -210,7 +214,7 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
 
     @router.post("/ui/api/update", dependencies=[Depends(authorised)])
     def update(req: UpdateRequest) -> dict[str, Any]:
-        return {"jobs": service.plan_update(req.instrument, req.granularity)}
+        return {"jobs": service.plan_update(req.instrument, req.granularity, source=req.source)}
 
     def dead_selection(req: DeadLetterRequest) -> list[str] | None:
         if req.ids:
