@@ -70,6 +70,13 @@ class Jobs(StateBase):
             raise JobNotFound(f"no job {job_id!r}")
         return decode_fields(h)
 
+    def status(self, job_id: str) -> str:
+        """The job's status alone (the whole record grows with its series)."""
+        status = self.call(self.client.hget, self.key(job_id), "status")
+        if status is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return status
+
     def job_ids(self) -> list[str]:
         return list(self.call(self.client.zrange, self.shared_key("jobs"), 0, -1))
 
