@@ -1022,14 +1022,16 @@ class Store:
 # kind (planning), in statements of at most BATCH_ROWS candles.
 SMALL_SERIES = 200_000
 BATCH_ROWS = 2_000_000
+BATCH_SERIES = 2_000  # a longer IN list costs more to parse than the batch saves
 
 
 def _batches(keys: list[SeriesKey], sizes: Mapping[SeriesKey, int], rows: int) -> list[list[SeriesKey]]:
-    """``keys`` in consecutive batches of at most ``rows`` candles (``sizes``) each."""
+    """``keys`` in consecutive batches of at most ``rows`` candles (``sizes``) and
+    ``BATCH_SERIES`` series each."""
     out: list[list[SeriesKey]] = []
     n = 0
     for k in keys:
-        if not out or n + sizes[k] > rows:
+        if not out or n + sizes[k] > rows or len(out[-1]) >= BATCH_SERIES:
             out.append([])
             n = 0
         out[-1].append(k)

@@ -107,3 +107,17 @@ def test_planning_many_small_series_takes_a_few_statements_not_one_per_series(se
     assert len(got.series) == 120 and got.chunks_total > 120
     # Before: a count, a span and a numbered read per series (~4 statements each).
     assert len(statements) < 30, len(statements)
+
+
+def test_a_job_of_many_chunks_is_written_a_page_a_command(state):
+    from gpubackfill.storage.redis.jobs import PAGE
+
+    client = state.client
+    client.config_resetstat()
+    job = many_series_job(state, 3 * PAGE + 1, 10)
+    # No command carries the whole plan: a million entries in one held
+    # Redis for seconds and broke the client's connection.
+    assert calls(client, "hset") >= 2 * 4 and calls(client, "rpush") >= 4
+    assert client.hlen(state.key(job, "plan")) == client.llen(state.key(job, "pending")) == 3 * PAGE + 1
+    assert state.plan_entry(job, 3 * PAGE) == (Segment(PAGE % 10, 3 * PAGE * 10, 3 * PAGE * 10 + 10, 5),)
+    assert client.lrange(state.key(job, "pending"), 0, 2) == ["0", "1", "2"]
