@@ -36,10 +36,14 @@ class Queue(StateBase):
             raise JobNotFound(f"job {job_id} has no chunk {idx}")
         return Segment.decode_all(raw)
 
-    def set_plan_entries(self, job_id: str, entries: dict[int, tuple[Segment, ...]]) -> None:
-        if entries:
+    def set_plan_entries(self, job_id: str, entries: dict[int, tuple[Segment, ...]],
+                         page: int = 5_000) -> None:
+        """Replace chunks' plan entries, a page a command (a job's start
+        marks up to every chunk fresh: a million in one HSET held Redis for seconds)."""
+        items = list(entries.items())
+        for at in range(0, len(items), page):
             self.call(self.client.hset, self.key(job_id, "plan"),
-                      mapping={i: encode_segments(segs) for i, segs in entries.items()})
+                      mapping={i: encode_segments(segs) for i, segs in items[at:at + page]})
 
     def chunk_states(self, job_id: str) -> dict[int, str]:
         return {int(i): s for i, s in self.call(self.client.hgetall, self.key(job_id, "state")).items()}
