@@ -104,7 +104,8 @@ def _record(settings: Settings, state: RedisState, task: ChunkTask, result: Chun
             on_retry) -> ChunkResult:
     """Settle a chunk whose rows are written: its result goes to Redis."""
     try:
-        status = retrying(lambda: state.complete(task.job_id, task.index, task.token, result),
+        instruments = {s: name[0] for s, name in task.names.items()}
+        status = retrying(lambda: state.complete(task.job_id, task.index, task.token, result, instruments),
                           settings.retry_base_seconds, on_retry)
     except DependencyError as exc:
         # Written but not recorded: when the lease runs out the chunk runs

@@ -77,7 +77,7 @@ class Driver:
                 # record themselves; the new driver sees them settle.
                 logs.log.warning("%s", exc, extra={"job_id": self.job_id})
                 self.in_flight.clear()
-                return self.state.job(self.job_id)["status"]
+                return self.state.status(self.job_id)
             except DependencyError as exc:
                 # Running chunks keep going and retry their own records.
                 outage += 1
@@ -92,7 +92,7 @@ class Driver:
                 progress()
 
     def _turn(self) -> str | None:
-        seen = Seen(now=time.monotonic(), status=self.state.job(self.job_id)["status"],
+        seen = Seen(now=time.monotonic(), status=self.state.status(self.job_id),
                     in_flight=len(self.in_flight), stop=self.stop.is_set(),
                     wedged=tuple(self.wedged()) if self.stuck else ())
         pending: list[Instruction] = self.machine.step(seen)
@@ -118,7 +118,7 @@ class Driver:
             self.stop.wait(ins.seconds)  # a signal cuts the wait short
             return []
         if isinstance(ins, Transition):
-            status = self.state.job(self.job_id)["status"]
+            status = self.state.status(self.job_id)
             if ins.event == "fail" and status not in ("running", "paused"):
                 return []
             if ins.event == "interrupt" and status != "running":
@@ -131,7 +131,7 @@ class Driver:
             return self.machine.returned(n, self.state.settle(self.job_id))
         if isinstance(ins, Abandon):
             self.abandon(ins.why)
-            return self.state.job(self.job_id)["status"]
+            return self.state.status(self.job_id)
         if isinstance(ins, Finish):
             return ins.status
         raise TypeError(f"unknown instruction {ins!r}")
@@ -268,7 +268,7 @@ class Driver:
                     pass  # the lease expires instead
         self.in_flight.clear()
         try:
-            if self.state.job(self.job_id)["status"] == "running":
+            if self.state.status(self.job_id) == "running":
                 self.state.transition(self.job_id, "interrupt", why)
         except (DependencyError, InvalidInput):
             pass

@@ -18,7 +18,7 @@ from ..errors import InvalidInput, InvalidTransition
 from ..jobs import plan
 from ..jobs.spec import EVER, JobSpec
 from ..labels import halo
-from ..storage.clickhouse_store import SeriesKey, Store
+from ..storage.clickhouse_store import SMALL_SERIES, SeriesKey, Store
 from ..storage.redis import RedisState
 
 
@@ -56,9 +56,17 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
     if spec.instruments != (plan.ALL,):
         _refuse_unknown(store, wanted, present, src)
     keys = [SeriesKey(i, g, src) for i, g in wanted if (i, g) in present]
+    # Small series are counted and bounded in batches; the others, one by one from the index.
+    sizes = {k: present[(k.instrument, k.granularity)] for k in keys}
+    small = {k for k in keys if 0 < sizes[k] <= SMALL_SERIES}
+    large = [k for k in keys if k not in small]
     if from_first or to_last:
-        spec = plan.narrow(spec, list(store.series_spans(keys).values()), from_first, to_last)
-    in_range = store.range_counts("candles", keys, spec.start_ms, spec.end_ms)
+        spans = [(lo, hi) for _, lo, hi in store.small_series_counts(keys, *EVER, sizes).values()]
+        spec = plan.narrow(spec, spans + list(store.series_spans(large).values()), from_first, to_last)
+    got = store.small_series_counts(keys, spec.start_ms, spec.end_ms, sizes)
+    in_range = {**{k: got[k][0] if k in got else 0 for k in small},
+                **store.range_counts("candles", large, spec.start_ms, spec.end_ms)}
+    in_range = {k: in_range[k] for k in keys}
     spec = replace(spec, chunk_size=chunk_size(settings, spec.chunk_size or None, spec.workers,
                                                sum(in_range.values())))
     back, ahead = halo(spec.resolved)

@@ -81,6 +81,29 @@ class Driver(StateBase):
             return Begun(kind, before=out[1])
         if kind == "writer":
             return Begun(kind, before=out[4], other=(out[1], out[2], out[3]))
-        flat, pending = out[3], out[4]
-        return Begun(kind, out[1], out[2], decode_fields(dict(zip(flat[::2], flat[1::2]))),
-                     {int(i): Segment.decode_all(p) for i, p in zip(pending[::2], pending[1::2])})
+        flat = out[3]
+        pending = self.pending_plans(job_id) if out[2] == "running" else {}
+        return Begun(kind, out[1], out[2], decode_fields(dict(zip(flat[::2], flat[1::2]))), pending)
+
+    def pending_plans(self, job_id: str, page: int = 2_000) -> dict[int, tuple[Segment, ...]]:
+        """The plan entries of the job's pending chunks, read a page at a
+        time (HSCAN of the states, HMGET of their entries): no call holds
+        Redis for longer than a page takes, whatever the size of the job.
+        A chunk that changes state meanwhile is the driver's own to claim,
+        as after any start."""
+        out: dict[int, tuple[Segment, ...]] = {}
+        batch: list[str] = []
+
+        def flush() -> None:
+            plans = self.call(self.client.hmget, self.key(job_id, "plan"), batch)
+            out.update({int(i): Segment.decode_all(p) for i, p in zip(batch, plans) if p is not None})
+            batch.clear()
+
+        for idx, st in self.call(self.client.hscan_iter, self.key(job_id, "state"), count=page):
+            if st == "pending":
+                batch.append(idx)
+                if len(batch) >= page:
+                    flush()
+        if batch:
+            flush()
+        return out

@@ -24,6 +24,8 @@ from .scripts import EVENTS_KEPT
 PARTS = ("", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
          "samples", "records", "writes")
 
+PAGE = 5_000  # chunks written per command when a job is created
+
 _INT_FIELDS = {"created", "updated", "started", "finished", "chunks_total", "chunks_done",
                "chunks_failed", "chunks_leased", "candles_total", "candles_done", "rows_written", "cache_hits",
                "errors", "lease_seq", "chunk_size", "workers", "start_ms", "end_ms",
@@ -51,12 +53,18 @@ class Jobs(StateBase):
                 base[f"s{seg.series}:chunks_total"] = base.get(f"s{seg.series}:chunks_total", 0) + 1
                 base[f"s{seg.series}:candles_total"] = base.get(f"s{seg.series}:candles_total", 0) + seg.rows
         base.update(fields)
+        # The chunks first, a page a command: one command of a million
+        # entries held Redis for seconds (and broke the connection at 1M
+        # chunks).  Nothing reads them before the job's hash exists.
+        for at in range(0, len(plans), PAGE):
+            page = range(at, min(at + PAGE, len(plans)))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(self.key(job_id, "plan"), mapping={i: encode_segments(plans[i]) for i in page})
+            pipe.hset(self.key(job_id, "state"), mapping=dict.fromkeys(page, "pending"))
+            pipe.rpush(self.key(job_id, "pending"), *page)
+            self.call(pipe.execute)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.key(job_id), mapping={k: _enc(v) for k, v in base.items()})
-        if plans:
-            pipe.hset(self.key(job_id, "plan"), mapping={i: encode_segments(p) for i, p in enumerate(plans)})
-            pipe.hset(self.key(job_id, "state"), mapping={i: "pending" for i in range(len(plans))})
-            pipe.rpush(self.key(job_id, "pending"), *range(len(plans)))
         pipe.rpush(self.key(job_id, "events"),
                    json.dumps({"t": t, "event": "create", "from": "", "to": "queued", "note": ""}))
         pipe.zadd(self.shared_key("jobs"), {job_id: t})
@@ -69,6 +77,13 @@ class Jobs(StateBase):
         if not h:
             raise JobNotFound(f"no job {job_id!r}")
         return decode_fields(h)
+
+    def status(self, job_id: str) -> str:
+        """The job's status alone (the whole record grows with its series)."""
+        status = self.call(self.client.hget, self.key(job_id), "status")
+        if status is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return status
 
     def job_ids(self) -> list[str]:
         return list(self.call(self.client.zrange, self.shared_key("jobs"), 0, -1))

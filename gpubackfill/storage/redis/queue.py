@@ -15,6 +15,7 @@ A chunk's completion records its whole ``ChunkResult`` in the same script
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ...errors import JobNotFound
@@ -35,10 +36,14 @@ class Queue(StateBase):
             raise JobNotFound(f"job {job_id} has no chunk {idx}")
         return Segment.decode_all(raw)
 
-    def set_plan_entries(self, job_id: str, entries: dict[int, tuple[Segment, ...]]) -> None:
-        if entries:
+    def set_plan_entries(self, job_id: str, entries: dict[int, tuple[Segment, ...]],
+                         page: int = 5_000) -> None:
+        """Replace chunks' plan entries, a page a command (a job's start
+        marks up to every chunk fresh: a million in one HSET held Redis for seconds)."""
+        items = list(entries.items())
+        for at in range(0, len(items), page):
             self.call(self.client.hset, self.key(job_id, "plan"),
-                      mapping={i: encode_segments(segs) for i, segs in entries.items()})
+                      mapping={i: encode_segments(segs) for i, segs in items[at:at + page]})
 
     def chunk_states(self, job_id: str) -> dict[int, str]:
         return {int(i): s for i, s in self.call(self.client.hgetall, self.key(job_id, "state")).items()}
@@ -70,9 +75,13 @@ class Queue(StateBase):
             return out[1]
         return int(out[0]), int(out[1]), Segment.decode_all(out[2])
 
-    def complete(self, job_id: str, idx: int, token: int, result: ChunkResult) -> tuple[str, str]:
+    def complete(self, job_id: str, idx: int, token: int, result: ChunkResult,
+                 instruments: Mapping[int, str] | None = None) -> tuple[str, str]:
         """Record a chunk's result and settle it, atomically (its job's and
         series' counters, the deployment's totals, the ETA sample).
+        ``instruments``: each segment's series index -> its instrument
+        (without it the script looks them up in the job's series list, a
+        read as long as the job has series).
         ('stale', '') when the lease is no longer ours."""
         key = self.key
         return tuple(self.run("complete",
@@ -80,7 +89,8 @@ class Queue(StateBase):
                                key(job_id, "events"), key(job_id, "durations"), key(job_id, "plan"),
                                self.shared_key("stats"), key(job_id, "samples"), key(job_id, "records")],
                               [idx, token, now_ms(), f"{result.duration:.6f}",
-                               bucket_field(result.duration), _result_json(result), self.ttl, TABLES]))
+                               bucket_field(result.duration), _result_json(result, instruments),
+                               self.ttl, TABLES]))
 
     def records(self, job_id: str, limit: int = 10_000) -> list[tuple]:
         """The oldest manifest rows that chunks of the job recorded and no one
@@ -142,10 +152,11 @@ class Queue(StateBase):
                              [idx, f"{job_id}:{idx}", TABLES]))
 
 
-def _result_json(result: ChunkResult) -> str:
+def _result_json(result: ChunkResult, instruments: Mapping[int, str] | None = None) -> str:
     """A chunk's result as the completion script reads it."""
     return json.dumps({
         "segments": [[s.series, s.candles, s.rows, s.planned if s.planned else -1]
+                     + ([instruments[s.series]] if instruments and s.series in instruments else [])
                      for s in result.segments],
         "cache_hit": int(result.cache_hit),
         "skipped": sum(s.candles for s in result.segments if s.cached),

@@ -8,8 +8,9 @@
 -- the job's status cannot run, 'writer': another job writes there).
 -- KEYS: job, events, driver, state, lease, pending, plan, attempts, dlq
 -- ARGV: job id, key prefix of jobs, writers key prefix, owner, ttl_ms, now_ms, tables
--- Reply: {'ok', status before, status after, the job's fields (flat), the
--- pending chunks' plan entries (flat: index, entry)}.
+-- Reply: {'ok', status before, status after, the job's fields (flat)}.  The
+-- pending chunks' plan entries are read after, in pages (``pending_plans``):
+-- read here, a job of 100k chunks held Redis for seconds.
 local job = KEYS[1]
 local status = redis.call('HGET', job, 'status')
 if not status then return {'missing'} end
@@ -49,12 +50,4 @@ else
 end
 leases_back(job, KEYS[4], KEYS[5], KEYS[6], KEYS[7], 'expired', ARGV[6])
 local after = settle(job, KEYS[2], ARGV[6])
-local pending = {}
-local states = redis.call('HGETALL', KEYS[4])
-for i = 1, #states, 2 do
-  if states[i + 1] == 'pending' then
-    table.insert(pending, states[i])
-    table.insert(pending, redis.call('HGET', KEYS[7], states[i]))
-  end
-end
-return {'ok', status, after, redis.call('HGETALL', job), pending}
+return {'ok', status, after, redis.call('HGETALL', job)}

@@ -1,0 +1,138 @@
+"""The control plane's cost does not grow with the size of a job where it
+need not (bench/scale.py measures it at 1M chunks): counted in Redis's own
+command statistics (scripts' calls included) and in chDB statements."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from gpubackfill.jobs.result import ChunkResult, Segment, SegmentOutcome
+from gpubackfill.storage.clickhouse_store import Store
+from gpubackfill.storage.redis import RedisState
+from gpubackfill.storage.redis_server import connect
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def state(settings):
+    client, where = connect(settings)
+    return RedisState(client, settings.redis_prefix, settings.redis_ttl, where)
+
+
+def calls(client, command: str) -> int:
+    """Calls of ``command`` since the last CONFIG RESETSTAT (from scripts too)."""
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def many_series_job(state, chunks: int, series: int) -> str:
+    names = [[f"I{i:05d}", "M1"] for i in range(series)]
+    plans = [(Segment(i % series, i * 10, i * 10 + 10, 5),) for i in range(chunks)]
+    state.create_job("big", {"instrument": "I00000", "series": names, "label_set": "ls",
+                             "start_ms": 0, "end_ms": chunks * 10}, plans)
+    return "big"
+
+
+def small_universe(service, series: int, candles: int = 400) -> None:
+    """``series`` H1 series of ``candles`` flat candles from 2024-01-01, in one statement."""
+    service.init()
+    store = service.store
+    store.command(f"""
+        INSERT INTO {store.db}.candles
+        SELECT concat('U', leftPad(toString(intDiv(number, {candles})), 4, '0')), 'H1',
+               fromUnixTimestamp64Milli(toInt64(1704067200000 + (number % {candles}) * 3600000), 'UTC'),
+               1.0, 1.0, 1.0, 1.0, 1.0
+        FROM numbers({series * candles})""")
+
+
+def test_starting_a_run_reads_the_pending_chunks_in_pages_not_in_one_script(state):
+    job = many_series_job(state, 3_000, 10)
+    client = state.client
+    client.config_resetstat()
+    begun = state.begin_run(job, "me", 60_000)
+    assert begun.status == "running" and len(begun.pending) == 3_000
+    assert begun.pending[7] == state.plan_entry(job, 7)
+    # One HGET per pending chunk inside the start script held Redis for
+    # seconds at 100k chunks; now a page of entries is one HMGET.
+    assert calls(client, "hget") < 50
+    assert 0 < calls(client, "hmget") <= 5
+
+
+def test_a_completion_does_not_read_the_jobs_series_list(state):
+    job = many_series_job(state, 4, 2)
+    state.begin_run(job, "me", 60_000)
+    idx, token, segs = state.claim(job, "me", 60_000)
+    # Were the script to decode the series list, this instrument would be
+    # counted under its name there (I00000 or I00001), not the one given.
+    result = ChunkResult(idx, "done", 0.1, (SegmentOutcome(segs[0].series, 5, 5),))
+    assert state.complete(job, idx, token, result, {segs[0].series: "GIVEN"})[0] == "ok"
+    stats = state.client.hgetall(state.shared_key("stats"))
+    assert stats.get("instrument:GIVEN") == "5"
+    assert not any(k.startswith("instrument:I0000") for k in stats)
+    # Without the names, the series list still names it.
+    idx, token, segs = state.claim(job, "me", 60_000)
+    state.complete(job, idx, token, ChunkResult(idx, "done", 0.1, (SegmentOutcome(segs[0].series, 5, 5),)))
+    name = json.loads(state.client.hget(state.key(job), "series"))[segs[0].series][0]
+    assert state.client.hget(state.shared_key("stats"), f"instrument:{name}") == "5"
+
+
+def test_the_driver_reads_the_jobs_status_not_its_whole_record(service, monkeypatch):
+    from gpubackfill.storage.redis.jobs import Jobs
+
+    small_universe(service, 3)
+    job = service.create_job("*", "H1", "2024-01-01", "2024-01-20", chunk_size=10, workers=1)
+    reads = []
+    real = Jobs.job
+    monkeypatch.setattr(Jobs, "job", lambda self, job_id: reads.append(job_id) or real(self, job_id))
+    assert service.execute(job).status == "completed"
+    monkeypatch.undo()
+    assert service.job(job).chunks_total >= 100
+    # A turn of the driver read the job's whole hash (as long as its series
+    # list and per-series counters); the end of the run reads it once.
+    assert len(reads) <= 2, len(reads)
+
+
+def test_planning_many_small_series_takes_a_few_statements_not_one_per_series(service, monkeypatch):
+    small_universe(service, 120)
+    statements = []
+    real = Store.rows
+
+    def counted(self, sql, parameters=None):
+        statements.append(sql)
+        return real(self, sql, parameters)
+
+    monkeypatch.setattr(Store, "rows", counted)
+    job = service.create_job("*", "H1", None, None, chunk_size=100, workers=1)
+    monkeypatch.undo()
+    got = service.job(job)
+    assert len(got.series) == 120 and got.chunks_total > 120
+    # Before: a count, a span and a numbered read per series (~4 statements each).
+    assert len(statements) < 30, len(statements)
+
+
+def test_a_job_of_many_chunks_is_written_a_page_a_command(state):
+    from gpubackfill.storage.redis.jobs import PAGE
+
+    client = state.client
+    client.config_resetstat()
+    job = many_series_job(state, 3 * PAGE + 1, 10)
+    # No command carries the whole plan: a million entries in one held
+    # Redis for seconds and broke the client's connection.
+    assert calls(client, "hset") >= 2 * 4 and calls(client, "rpush") >= 4
+    assert client.hlen(state.key(job, "plan")) == client.llen(state.key(job, "pending")) == 3 * PAGE + 1
+    assert state.plan_entry(job, 3 * PAGE) == (Segment(PAGE % 10, 3 * PAGE * 10, 3 * PAGE * 10 + 10, 5),)
+    assert client.lrange(state.key(job, "pending"), 0, 2) == ["0", "1", "2"]
+
+
+def test_a_start_marks_its_chunks_fresh_a_page_a_command(state):
+    job = many_series_job(state, 12_001, 10)
+    plans = state.plan(job)
+    fresh = {i: tuple(replace(s, fresh=True) for s in segs) for i, segs in plans.items()}
+    client = state.client
+    client.config_resetstat()
+    state.set_plan_entries(job, fresh)
+    assert calls(client, "hset") >= 3
+    assert state.plan(job) == fresh
