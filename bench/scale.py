@@ -67,7 +67,7 @@ def fill_candles(service, series: int, per_series: int) -> float:
     store = service.store
     t0 = time.perf_counter()
     store.command(f"""
-        INSERT INTO {store.db}.candles
+        INSERT INTO {store.db}.candles (instrument, granularity, ts, open, high, low, close, volume)
         SELECT concat('S', leftPad(toString(intDiv(number, {per_series})), 6, '0')), 'M1',
                fromUnixTimestamp64Milli(toInt64({BASE_MS} + (number % {per_series}) * {STEP_MS}), 'UTC'),
                1.0, 1.0, 1.0, 1.0, 1.0

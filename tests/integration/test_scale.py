@@ -41,7 +41,7 @@ def small_universe(service, series: int, candles: int = 400) -> None:
     service.init()
     store = service.store
     store.command(f"""
-        INSERT INTO {store.db}.candles
+        INSERT INTO {store.db}.candles (instrument, granularity, ts, open, high, low, close, volume)
         SELECT concat('U', leftPad(toString(intDiv(number, {candles})), 4, '0')), 'H1',
                fromUnixTimestamp64Milli(toInt64(1704067200000 + (number % {candles}) * 3600000), 'UTC'),
                1.0, 1.0, 1.0, 1.0, 1.0
