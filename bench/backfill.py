@@ -1001,7 +1001,9 @@ def headline_line(r: dict[str, Any]) -> str:
             f"sequential floor (plan + execute {r['plan_s'] + r['execute_s']:.2f} s against read "
             f"{r['seq_read_s']:.2f} s + insert {r['seq_write_s']:.2f} s = {r['seq_floor_s']:.2f} s); "
             f"{100 * share(r):.0f}% of the per-chunk floor, {100 * share_grouped(r):.0f}% of the "
-            f"grouped floor")
+            f"grouped floor; CPU: execute {r['execute_cpu_s']:.1f} s against the sequential floor's "
+            f"{r['seq_reads'][r['seq_read']][1] + r['seq_writes'][r['seq_write']][1]:.1f} s "
+            f"(steadier than wall time on a shared machine)")
 
 
 def print_headline(runs: list[dict[str, Any]]) -> None:
