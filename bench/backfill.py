@@ -43,6 +43,15 @@ the end:
    chDB doing the same is timed too and shown as the "grouped floor", but
    the floor stays a chunk a statement.  Bounds and label tables are
    prepared before the clock starts, so no engine code is timed.
+   The headline is the job against chDB's *sequential* floor (issue 29):
+   one statement reading every candle of the series (uncompressed Arrow
+   over chDB's buffer) plus one statement inserting every label row, each
+   timed alone; the insert is the fastest of ``INSERT ... SELECT`` from a
+   Memory table holding the rows (with and without ``max_insert_threads``)
+   and ``INSERT ... SELECT FROM Python(t)`` over an Arrow table prepared
+   before the clock starts (table 3c).  Next to it, the job's time budget
+   in worker-seconds from its own stage record (read, compute, insert, the
+   rest of the chunk, record, idle: table 2a).
 4. Correctness, once (after the 100k run, or the last chunk size when 100k
    is not run): the rows ``service.export_file`` streams to Parquet (first
    and last ts, strictly increasing), and ``store.label_counts``
@@ -123,6 +132,9 @@ TARGET_PER_MIN = 100e6
 TARGET_DEFAULT_SHARE = 0.75   # of the floor, at the default chunk size (issue 13)
 STRETCH_DEFAULT_SHARE = 0.90
 TARGET_SMALL_SHARE = 0.60     # of the floor, at SMALL_CHUNK
+TARGET_SEQ_SHARE = 0.80       # of the sequential floor, at the default chunk size (issue 29)
+STRETCH_SEQ_SHARE = 1.00
+TARGET_SEQ_SMALL_SHARE = 0.60  # of the sequential floor, at SMALL_CHUNK
 RSS_SAMPLE_S = 0.1            # with VmHWM: a cross-check only
 RSS_SAMPLE_FALLBACK_S = 0.005
 TARGET_RSS = 2e9               # bytes: 2 GB
@@ -437,6 +449,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     # delete, inserts) from the wrapped store.
     res["stages"] = {**timers.snapshot(), **_job_stages(status, status["chunks"]["done"])}
     res["stages_total_s"] = status["stages"].get("total", 0.0)
+    res["budget"] = job_budget(status["stages"], workers, res["execute_s"])
     res["status"], res["candles_done"] = run.status, run.candles
     if run.status != "completed" or run.candles != n:
         res["errors"] = svc.job(job).model_dump()["last_errors"]
@@ -698,6 +711,8 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         if n != last - first:
             raise RuntimeError(f"floor insert {name} wrote {n} rows, not {last - first}")
         out["floor_writes"][name] = [spent, _cpu_s() - cpu0]
+    out.update(sequential_floor(conn, store, table, select.format(
+        db=store.db, w=where, lo=int(ts[first]), hi=int(ts[last - 1])), last - first))
     store.command(f"TRUNCATE TABLE {table}")
     # The floor is per chunk, as the issue defines it: each chunk's candles
     # read and its label rows inserted.  The engine reads and inserts a
@@ -714,6 +729,77 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     out["floor_1conn_s"] = (
         min(v[0] for k, v in out["floor_reads"].items() if not threaded(k))
         + min(v[0] for k, v in out["floor_writes"].items() if not threaded(k)))
+    return out
+
+
+SEQ_READS = {
+    "query Arrow, read in place": "SELECT ... ORDER BY ts as uncompressed Arrow over chDB's buffer",
+}
+SEQ_WRITES = {
+    "INSERT SELECT from a Memory table": "INSERT INTO labels_x SELECT * FROM a Memory table "
+                                         "holding the label rows",
+    "INSERT SELECT from a Memory table, max_insert_threads = N":
+        "the same, the insert's pipeline on --workers threads",
+    "Python() table function over an Arrow table": "INSERT ... SELECT * FROM Python(t), t prepared",
+}
+
+
+def sequential_floor(conn: Any, store: Any, table: str, sql: str, n: int) -> dict[str, Any]:
+    """chDB's sequential floor: one statement reading all the series'
+    candles and one inserting all its label rows, each timed alone.
+
+    Called with ``table`` holding every label row (the last per-chunk insert
+    left them there): they are copied, untimed, into a Memory table and into
+    an Arrow table, and each insert method writes them from there into the
+    emptied label table.  The floor is the fastest read plus the fastest
+    insert."""
+    from gpubackfill.storage.clickhouse_client import arrow_result
+
+    out: dict[str, Any] = {"seq_reads": {}, "seq_writes": {}}
+    _settle()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    got = arrow_result(conn.query(sql, "Arrow"))
+    out["seq_reads"]["query Arrow, read in place"] = [time.perf_counter() - t0, _cpu_s() - cpu0]
+    if got.num_rows != n:
+        raise RuntimeError(f"sequential floor read {got.num_rows} rows, not {n}")
+    del got
+    staging = f"{table}_seqfloor"
+    store.command(f"DROP TABLE IF EXISTS {staging}")
+    store.command(f"CREATE TABLE {staging} ENGINE = Memory AS SELECT * FROM {table}")
+    # By name: the label table's own column order, whatever the insert.
+    rows = arrow_result(conn.query(f"SELECT * FROM {table}", "Arrow")) if n <= IN_MEMORY_MAX else None
+    cols = ", ".join(r[0] for r in store.rows(
+        f"SELECT name FROM system.columns WHERE database = '{store.db}' "
+        f"AND table = '{table.split('.', 1)[1]}' ORDER BY position"))
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    inserts = {
+        "INSERT SELECT from a Memory table":
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging}",
+        "INSERT SELECT from a Memory table, max_insert_threads = N":
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} "
+            f"SETTINGS max_insert_threads = {workers}",
+    }
+    if rows is not None:
+        globals()["_seq_floor_rows"] = rows
+        inserts["Python() table function over an Arrow table"] = (
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(_seq_floor_rows)")
+    try:
+        for name, stmt in inserts.items():
+            store.command(f"TRUNCATE TABLE {table}")
+            _settle()
+            cpu0, t0 = _cpu_s(), time.perf_counter()
+            conn.query(stmt)
+            out["seq_writes"][name] = [time.perf_counter() - t0, _cpu_s() - cpu0]
+            got_n = store.rows(f"SELECT count() FROM {table}")[0][0]
+            if got_n != n:
+                raise RuntimeError(f"sequential floor insert {name} wrote {got_n} rows, not {n}")
+    finally:
+        globals().pop("_seq_floor_rows", None)
+        store.command(f"DROP TABLE IF EXISTS {staging}")
+    read = min(out["seq_reads"].items(), key=lambda kv: kv[1][0])
+    write = min(out["seq_writes"].items(), key=lambda kv: kv[1][0])
+    out.update(seq_read=read[0], seq_read_s=read[1][0], seq_write=write[0], seq_write_s=write[1][0],
+               seq_floor_s=read[1][0] + write[1][0])
     return out
 
 
@@ -876,6 +962,85 @@ def share(r: dict[str, Any]) -> float:
     return e2e_rate(r) / floor_rate(r)
 
 
+def seq_share(r: dict[str, Any]) -> float:
+    """The headline: the job's candles/min against chDB's sequential floor
+    (one statement reading every candle + one inserting every label row)."""
+    return e2e_rate(r) / _per_min(r["floor_candles"], r["seq_floor_s"])
+
+
+# The job's stage record (status()["stages"]) -> the budget's parts.
+_BUDGET = {"read": ("load",), "compute": ("fingerprint", "cache check", "validate", "compute"),
+           "insert": ("write",)}
+
+
+def job_budget(stages: dict[str, float], workers: int, wall: float) -> dict[str, float]:
+    """Worker-seconds of a job by what they went to, from its own stage
+    record: read, compute, insert, the rest of the chunk (lease, slicing),
+    record (Redis completions), and idle (workers x wall, less all of that:
+    Dask, the driver, pipeline fill and drain)."""
+    out = {k: sum(stages.get(n, 0.0) for n in names) for k, names in _BUDGET.items()}
+    total = stages.get("total", 0.0)
+    out["chunk rest"] = max(total - sum(out.values()), 0.0)
+    out["record"] = stages.get("record", 0.0)
+    out["idle"] = max(workers * wall - total - out["record"], 0.0)
+    out["capacity"] = workers * wall
+    return out
+
+
+def budget_line(r: dict[str, Any]) -> str:
+    b = r["budget"]
+    cap = b["capacity"] or float("nan")
+    parts = ", ".join(f"{k} {b[k]:.3f} s ({100 * b[k] / cap:.0f}%)"
+                      for k in ("read", "compute", "insert", "chunk rest", "record", "idle"))
+    return (f"budget at {size_name(r['chunk_size'])}: {parts} of {r['workers']} workers x "
+            f"{r['execute_s']:.2f} s = {b['capacity']:.2f} worker-s")
+
+
+def headline_line(r: dict[str, Any]) -> str:
+    return (f"headline at {size_name(r['chunk_size'])}: the job at {100 * seq_share(r):.0f}% of chDB's "
+            f"sequential floor (plan + execute {r['plan_s'] + r['execute_s']:.2f} s against read "
+            f"{r['seq_read_s']:.2f} s + insert {r['seq_write_s']:.2f} s = {r['seq_floor_s']:.2f} s); "
+            f"{100 * share(r):.0f}% of the per-chunk floor, {100 * share_grouped(r):.0f}% of the "
+            f"grouped floor; CPU: execute {r['execute_cpu_s']:.1f} s against the sequential floor's "
+            f"{r['seq_reads'][r['seq_read']][1] + r['seq_writes'][r['seq_write']][1]:.1f} s "
+            f"(steadier than wall time on a shared machine)")
+
+
+def print_headline(runs: list[dict[str, Any]]) -> None:
+    print("\n2a. Headline and budget (sequential floor: chDB alone, one statement reading every "
+          "candle and one inserting every label row, each timed alone, table 3c; budget: the "
+          "job's own stage record, in worker-seconds)")
+    for r in runs:
+        print("   " + headline_line(r))
+        print("   " + budget_line(r))
+
+
+def print_seq_floor(runs: list[dict[str, Any]]) -> None:
+    headers = ["chDB alone, one statement for the whole series"]
+    for r in runs:
+        headers += [f"{size_name(r['chunk_size'])} s", "CPU s", "candles/min"]
+    rows = []
+    for kind, names in (("seq_reads", SEQ_READS), ("seq_writes", SEQ_WRITES)):
+        for name in names:
+            row = [("read: " if kind == "seq_reads" else "insert: ") + name]
+            for r in runs:
+                if name not in r[kind]:
+                    row += ["n/a", "", ""]
+                    continue
+                sec, cpu = r[kind][name]
+                chosen = name in (r["seq_read"], r["seq_write"])
+                row += [f"{sec:.2f}{' *' if chosen else ''}", f"{cpu:.1f}",
+                        human(_per_min(r["floor_candles"], sec))]
+            rows.append(row)
+    row = ["sequential floor = fastest read + fastest insert"]
+    for r in runs:
+        row += [f"{r['seq_floor_s']:.2f}", "", human(_per_min(r["floor_candles"], r["seq_floor_s"]))]
+    rows.append(row)
+    print_table(headers, rows, title="3c. The sequential floor: every candle read in one statement, "
+                                     "every label row inserted in one (from rows prepared before "
+                                     "the clock starts), each timed alone (* = fastest)")
+
+
 def share_1conn(r: dict[str, Any]) -> float:
     """The same against the floor on one connection (chunk by chunk)."""
     return e2e_rate(r) / _per_min(r["floor_candles"], r["floor_1conn_s"])
@@ -889,7 +1054,7 @@ def share_grouped(r: dict[str, Any]) -> float:
 def median_round(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round whose share of the floor is the median (the lower of the
     two middle ones for an even count): the one the detail tables show."""
-    return sorted(rs, key=share)[(len(rs) - 1) // 2]
+    return sorted(rs, key=seq_share)[(len(rs) - 1) // 2]
 
 
 def print_rounds(rounds: dict[int, list[dict[str, Any]]]) -> None:
@@ -1113,6 +1278,23 @@ def print_summary(args: argparse.Namespace, runs: list[dict[str, Any]],
         rows.append(["end-to-end candles/min", f">= {human(TARGET_PER_MIN)}", "no job completed",
                      verdict(False, q)])
     default = submit.chunk_size(_settings(args.home), None, args.workers, args.candles)
+    for cs, goal, stretch in ((default, TARGET_SEQ_SHARE, STRETCH_SEQ_SHARE),
+                              (SMALL_CHUNK, TARGET_SEQ_SMALL_SHARE, None)):
+        label = f"headline: share of the sequential floor at {size_name(cs)}" + (
+            " (the default)" if cs == default else "")
+        want = f">= {100 * goal:.0f}%" + (f" (stretch {100 * stretch:.0f}%)" if stretch else "")
+        rs = [r for r in rounds.get(cs, []) if ok_run(r)]
+        if not rs:
+            rows.append([label, want, "not run", verdict(None, q, f"{size_name(cs)} not run")])
+            continue
+        shares = [seq_share(r) for r in rs]
+        mid = statistics.median(shares)
+        got = f"{100 * mid:.0f}%" + (f" (median of {len(rs)}; min {100 * min(shares):.0f}%)"
+                                     if len(rs) > 1 else "")
+        result = verdict(mid >= goal, q)
+        if stretch and mid >= stretch and not q:
+            result += ", stretch met"
+        rows.append([label, want, got, result])
     for cs, goal, stretch, label in ((default, TARGET_DEFAULT_SHARE, STRETCH_DEFAULT_SHARE,
                                       f"share of the floor at the default chunk size ({size_name(default)})"),
                                      (SMALL_CHUNK, TARGET_SMALL_SHARE, None,
@@ -1230,14 +1412,17 @@ def main(argv: list[str] | None = None) -> int:
                     _log(f"chunk size {cs:,}: job + I/O floor{tag}")
                     r = run_child("job", args, home, chunk_size=cs, verify=cs == verify_size and rnd == 1)
                     _log(f"chunk size {cs:,}: execute {r['execute_s']:.1f} s, floor {r['floor_s']:.1f} s, "
-                         f"{100 * share(r):.0f}% of the floor")
+                         f"{100 * share(r):.0f}% of the floor, {100 * seq_share(r):.0f}% of the "
+                         f"sequential floor ({r['seq_floor_s']:.1f} s)")
                     rounds[cs].append(r)
             runs = [median_round(rs) for rs in rounds.values()]
             print_runs(runs, args.rounds)
             if args.rounds > 1:
                 print_rounds(rounds)
+            print_headline(runs)
             print_stages(runs)
             print_floor(runs)
+            print_seq_floor(runs)
             verified = print_verify(next((r for rs in rounds.values() for r in rs if "verify" in r), None))
             print_summary(args, runs, rounds, verified)
     finally:

@@ -9,6 +9,7 @@ process), and records the outcome in Redis itself under the lease it was given.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import replace
 
@@ -100,13 +101,27 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -
     return _record(settings, state, task, result, on_retry)
 
 
+# Seconds this process spent recording a job's chunks, not yet in a
+# result: a record cannot carry its own time, so the next one carries it
+# (a job's last records per process are left out of its "record" stage).
+_record_seconds: dict[str, float] = {}
+_record_lock = threading.Lock()
+
+
 def _record(settings: Settings, state: RedisState, task: ChunkTask, result: ChunkResult,
             on_retry) -> ChunkResult:
     """Settle a chunk whose rows are written: its result goes to Redis."""
+    with _record_lock:
+        carried = _record_seconds.pop(task.job_id, 0.0)
+    if carried:
+        result = replace(result, stages={**result.stages, "record": carried})
+    t0 = time.perf_counter()
     try:
         instruments = {s: name[0] for s, name in task.names.items()}
         status = retrying(lambda: state.complete(task.job_id, task.index, task.token, result, instruments),
                           settings.retry_base_seconds, on_retry)
+        with _record_lock:
+            _record_seconds[task.job_id] = _record_seconds.get(task.job_id, 0.0) + time.perf_counter() - t0
     except DependencyError as exc:
         # Written but not recorded: when the lease runs out the chunk runs
         # again and finds its rows by their input fingerprint (a cache hit).

@@ -1,6 +1,7 @@
 """The benchmark script keeps working (its numbers are not asserted: timed
 assertions do not belong in tests)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,22 @@ def test_backfill_benchmark_quick_run_passes_its_own_correctness_check():
                     "3b. The floor", "4. Correctness", "5. Targets"):
         assert section in out
     assert "N threads" in out.split("3b. The floor")[1].split("4. Correctness")[0]
+    # The headline is the job against chDB's sequential floor, and the
+    # job's budget comes from its own stage record: one line of each per
+    # chunk size, with numbers.
+    headline = out.split("2a. Headline and budget")[1].split("3. Where the time goes")[0]
+    for size in ("10k", "100k"):
+        assert re.search(rf"headline at {size}: the job at \d+% of chDB's sequential floor "
+                         rf"\(plan \+ execute [\d.]+ s against read [\d.]+ s \+ insert [\d.]+ s", headline)
+        budget = re.search(rf"budget at {size}: read ([\d.]+) s .*compute ([\d.]+) s .*insert ([\d.]+) s "
+                           rf".*record ([\d.]+) s .*idle ([\d.]+) s", headline)
+        assert budget, headline
+        read, compute, insert, record, idle = map(float, budget.groups())
+        # Each is what the job recorded: every chunk read, computed, wrote
+        # and was recorded.
+        assert read > 0 and compute > 0 and insert > 0 and record > 0
+    assert "3c. The sequential floor" in out
+    assert "headline: share of the sequential floor" in out.split("5. Targets")[1]
     correctness = out.split("4. Correctness")[1].split("5. Targets")[0]
     assert "300,000" in correctness
     assert [ln.split()[-1] for ln in correctness.splitlines() if ln.startswith("result")] == ["PASS"]

@@ -183,11 +183,22 @@ def test_status_shows_where_the_time_of_the_chunks_went(service):
     assert "cache check" not in stages
     again = service.job(service.start("EURUSD", "M5", START, END, chunk_size=1_500, workers=1)).model_dump()
     assert "cache check" in again["stages"] and again["cache_hits"] == again["chunks_total"]
-    steps = sum(v for k, v in stages.items() if k != "total")
+    # The chunk's own steps; its record in Redis comes after its total.
+    steps = sum(v for k, v in stages.items() if k not in ("total", "record"))
     assert 0 < steps <= stages["total"] * 1.001
     # The recorded total is the sum of the chunks' durations the ETA uses.
     recorded = sum(d for d, _ in service.state.durations(job))
     assert stages["total"] == pytest.approx(recorded, rel=1e-3, abs=1e-3)
+
+
+def test_status_shows_the_time_spent_recording_chunks_in_redis(service):
+    """A job's time budget has its records too: each chunk's Redis
+    completion is timed and carried by the next chunk's result."""
+    series(service)
+    job = service.start("EURUSD", "M5", START, END, chunk_size=1_500, workers=1)
+    s = service.job(job).model_dump()
+    assert s["chunks_total"] > 2
+    assert 0 < s["stages"]["record"] < s["stages"]["total"]
 
 
 def test_a_jobs_labels_are_resolved_once_from_request_to_settled(service, monkeypatch):

@@ -65,6 +65,15 @@ def test_deadlock_prone_versions(version, prone):
 
 
 @pytest.mark.integration
+def test_clusters_started_here_time_their_event_loops_once_a_second(settings):
+    """Dask's servers tick every 20 ms by default: CPU a job does not get."""
+    with executor.open_cluster(settings, 1) as cluster:
+        local = cluster.local
+        servers = [local.scheduler, *local.workers.values()]
+        assert [s.periodic_callbacks["tick"].callback_time for s in servers] == [1000] * len(servers)
+
+
+@pytest.mark.integration
 def test_an_existing_cluster_with_the_profiler_on_gets_one_warning(settings, caplog):
     import dask
     from distributed import LocalCluster
