@@ -368,13 +368,7 @@ def tb_vertical_at(t, n, horizon, close, vertical, min_ret):
     barrier: the vertical exit at close_{t+H}, or incomplete (False)."""
     if t + horizon > n - 1:
         return 0, math.nan, False
-    ret = close[t + horizon] / close[t] - 1.0
-    lab = 0
-    if vertical == VERTICAL_SIGN and abs(ret) >= min_ret:
-        if ret > 0.0:
-            lab = 1
-        elif ret < 0.0:
-            lab = -1
+    lab, ret = grid_vertical(close[t], close[t + horizon], True, vertical, min_ret)
     return lab, ret, True
 
 
