@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from loopback import Uvicorn
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOCS_SHOTS = {"console", "console-job", "console-chart"}   # the ones docs/ and the README show
@@ -61,30 +60,18 @@ def shots(tmp_path_factory):
     print(f"\nconsole screenshots: {folder}")
 
 
-class Serve:
+class Serve(Uvicorn):
     """The API and the console (create_app with a Scheduler) on a free
     loopback port, served by uvicorn from a thread, as ``gpubackfill serve``
     runs them."""
 
     def __init__(self, service):
-        import uvicorn
-
         from gpubackfill.serve.api import create_app
         from gpubackfill.serve.scheduler import Scheduler
 
         self.scheduler = Scheduler(service, max_jobs=1, interval=0.1)
-        app = create_app(service, self.scheduler)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive()
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(create_app(service, self.scheduler))
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
+        super().stop()
         self.scheduler.shutdown()

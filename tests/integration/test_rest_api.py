@@ -3,13 +3,13 @@ loopback port with the scheduler running jobs."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
 from conftest import make_settings
 from fastapi.testclient import TestClient
+from loopback import Uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpubackfill.candles.synthetic import generate
@@ -136,27 +136,6 @@ def test_bearer_token_guards_mutating_routes(chdb_home, redis_socket):
         assert c.get("/jobs").status_code == 200                                   # reads stay open
         assert c.get("/health").status_code == 200
     assert "s3cret-token" not in repr(settings) and settings.public()["api_token"] == "***"
-
-
-class Uvicorn:
-    """The app on 127.0.0.1 (a free port), served from a thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive()
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(60)
 
 
 def test_real_http_job_metrics_and_health(ingested):
