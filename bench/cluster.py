@@ -34,6 +34,8 @@ seconds by process: the job's own process (driver, Dask scheduler, and in
 the default the chunks and chDB too), the worker processes, the ClickHouse
 HTTP server, redis-server; and candles per CPU-minute over all of them.
 Every run is checked: label rows == candles == distinct keys (no FINAL).
+In the HTTP modes, the statements each chunk sent (the server's query
+log); at the end, the bytes a label row and a candle take on disk.
 
     python bench/cluster.py                         # 2M candles, 2 workers, 2 repeats
     python bench/cluster.py --candles 4e6 --chunk-size 100000
@@ -75,6 +77,14 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
+def _lines(path: Path | None) -> int:
+    """Statements the ClickHouse HTTP server has run (its query log, a line each)."""
+    if path is None or not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
 def _dt(ms: int):
     from datetime import UTC, datetime
 
@@ -96,13 +106,16 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(args.home)
     env = {"GPUBACKFILL_HOME": str(home)}
     extra_pids: dict[str, list[int]] = {}
+    query_log: Path | None = None
     server = cluster = client = None
     if args.mode.endswith("/HTTP"):
         sys.path.insert(0, str(ROOT / "tests"))
         from chhttp import ClickHouseHTTPServer
         from distributed import Client, LocalCluster
 
-        server = ClickHouseHTTPServer(str(home / "ch-server"), tmp_dir=str(home))
+        query_log = home / "statements.log"
+        server = ClickHouseHTTPServer(str(home / "ch-server"), tmp_dir=str(home),
+                                      env={"CHHTTP_QUERY_LOG": str(query_log)})
         server.start()
         with dask.config.set({PROFILER_SETTING: False, TICK_SETTING: TICK}):
             if args.mode == "processes/HTTP":
@@ -169,6 +182,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             empty()
             pids = {"job process": [os.getpid()], "workers": workers(), **extra_pids}
             before = {k: _cpu(v) for k, v in pids.items()}
+            statements = _lines(query_log)
             t0 = time.perf_counter()
             if scenario == "1 job":
                 ids = [job(SERIES[0], per)]
@@ -187,13 +201,24 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             candles = check(ids)
             chunks = sum(svc.job(j).model_dump()["chunks_total"] for j in ids)
             runs.append({"scenario": scenario, "repeat": rep, "wall_s": wall, "candles": candles,
-                         "chunks": chunks, "cpu": cpu})
+                         "chunks": chunks, "cpu": cpu,
+                         "statements": _lines(query_log) - statements if query_log else None})
+    # What the label rows and candles take on disk, merged (ClickHouse's
+    # default codec): the capacity model's disk and network terms.
+    db = svc.store.db
+    for t in [r[0] for r in svc.store.rows("SELECT name FROM system.tables WHERE database = {d:String} "
+                                           "AND (name LIKE 'labels_%' OR name = 'candles')", {"d": db})]:
+        svc.store.command(f"OPTIMIZE TABLE {db}.{t} FINAL")
+    disk = {("labels" if t.startswith("labels_") else t): (int(n), int(c), int(u)) for t, n, c, u in svc.store.rows(
+        "SELECT table, sum(rows), sum(data_compressed_bytes), sum(data_uncompressed_bytes) "
+        "FROM system.parts WHERE database = {d:String} AND active AND "
+        "(table LIKE 'labels_%' OR table = 'candles') GROUP BY table", {"d": db})}
     if client is not None:
         client.close()
         cluster.close()
     if server is not None:
         server.stop()
-    return {"mode": args.mode, "cluster": kind, "setup_s": setup_s, "warmup_s": warmup_s,
+    return {"mode": args.mode, "cluster": kind, "disk": disk, "setup_s": setup_s, "warmup_s": warmup_s,
             "chunk_size": int(svc.state.job(ids[0])["chunk_size"]), "runs": runs}
 
 
@@ -215,6 +240,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
         stop_server(Path(home) / "redis")
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _per(n: int | None, chunks: int) -> str:
+    return "-" if n is None else f"{n / chunks:.2f}"
 
 
 def _fmt_cpu(cpu: dict[str, float]) -> str:
@@ -247,7 +276,7 @@ def main() -> None:
               f"setup {r['setup_s']:.1f} s, warm-up {r['warmup_s']:.1f} s")
     print()
     head = (f"{'mode':<15} {'scenario':<7} {'run':>3} {'chunks':>6} {'candles':>10} {'wall s':>7} "
-            f"{'M candles/min':>13} {'CPU s':>6} {'M candles/CPU-min':>17}  CPU s by process")
+            f"{'M candles/min':>13} {'CPU s':>6} {'M candles/CPU-min':>17} {'stmts/chunk':>11}  CPU s by process")
     print(head)
     print("-" * len(head))
     best: dict[tuple[str, str], float] = {}
@@ -259,7 +288,8 @@ def main() -> None:
             best[key] = max(best.get(key, 0.0), rate)
             print(f"{r['mode']:<15} {run['scenario']:<7} {run['repeat']:>3} {run['chunks']:>6} "
                   f"{run['candles']:>10,} {run['wall_s']:>7.2f} {rate:>13.1f} {cpu:>6.1f} "
-                  f"{run['candles'] / cpu * 60 / 1e6:>17.1f}  {_fmt_cpu(run['cpu'])}")
+                  f"{run['candles'] / cpu * 60 / 1e6:>17.1f} "
+                  f"{_per(run['statements'], run['chunks']):>11}  {_fmt_cpu(run['cpu'])}")
     print()
     for scenario in ("1 job", "2 jobs"):
         a = best[(MODES[0], scenario)]
@@ -268,6 +298,9 @@ def main() -> None:
             print(f"{scenario}: {mode} at {b / a:.0%} of the in-process default "
                   f"(best runs: {b:.1f} against {a:.1f} M candles/min)")
     print("correctness: every run's label rows == candles == distinct keys (no FINAL): PASS")
+    for name, (n, packed, raw) in sorted(results[0]["disk"].items()):
+        print(f"on disk ({results[0]['mode']}, merged): {name} {packed / n:.1f} bytes a row "
+              f"compressed, {raw / n:.1f} uncompressed ({n:,} rows)")
 
 
 if __name__ == "__main__":
