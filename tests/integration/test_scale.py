@@ -136,3 +136,73 @@ def test_a_start_marks_its_chunks_fresh_a_page_a_command(state):
     state.set_plan_entries(job, fresh)
     assert calls(client, "hset") >= 3
     assert state.plan(job) == fresh
+
+
+def run_job(state, job: str) -> None:
+    """Claim and complete every chunk of ``job`` (each segment 5 candles, 5 rows)."""
+    state.begin_run(job, "me", 60_000)
+    while not isinstance(got := state.claim(job, "me", 60_000), str):
+        idx, token, segs = got
+        outcome = tuple(SegmentOutcome(s.series, 5, 5) for s in segs)
+        assert state.complete(job, idx, token, ChunkResult(idx, "done", 0.1, outcome))[0] == "ok"
+
+
+def test_the_jobs_hash_does_not_grow_with_its_series(state):
+    """A job's hash holds its own fields; the series' counters have a hash
+    of their own.  Seven counters a series in the job's hash made every
+    read of it (a run's start, a status) as long as the job's series."""
+    sizes = {}
+    for series in (20, 200):
+        job = many_series_job(state, 2 * series, series)
+        run_job(state, job)
+        sizes[series] = (state.client.hlen(state.key(job)), state.client.hlen(state.key(job, "series")))
+        state.delete_job(job)
+    assert sizes[20][0] == sizes[200][0]
+    # chunks_total, chunks_done, leased (back to 0), candles_total and candles_done of each series
+    assert sizes[20][1] == 5 * 20 and sizes[200][1] == 5 * 200
+
+
+def test_a_job_of_many_series_writes_its_counters_a_page_a_command(state):
+    from gpubackfill.storage.redis.jobs import PAGE
+
+    series = PAGE + 7  # two counters a series: more than two commands' worth
+    client = state.client
+    client.config_resetstat()
+    job = many_series_job(state, series, series)
+    assert client.hlen(state.key(job, "series")) == 2 * series
+    assert calls(client, "hset") >= 2 + 2  # the series' counters in two, the plan's in two...
+    assert state.series_counters(job, series - 1, 1) == [
+        {"chunks_total": 1, "chunks_done": 0, "chunks_failed": 0, "leased": 0, "candles_total": 5,
+         "candles_done": 0, "errors": 0}]
+
+
+def test_the_series_counters_are_exact_after_a_run_and_read_a_page_at_a_time(service):
+    """A universe job run to the end: each series' counters match the
+    chunks' (every series' candles counted once), and the job view lists
+    them a page at a time, the page it was asked for."""
+    from gpubackfill.engine.views import job_status
+
+    small_universe(service, 30, candles=200)
+    job = service.create_job("*", "H1", None, None, chunk_size=50, workers=1)
+    assert service.execute(job).status == "completed"
+    whole = service.job(job)
+    assert whole.series_count == len(whole.series) == 30 and whole.series_offset == 0
+    plans = service.state.plan(job)
+    for i, s in enumerate(whole.series):
+        mine = [seg for segs in plans.values() for seg in segs if seg.series == i]
+        assert s.instrument == f"U{i:04d}" and s.status == "completed"
+        assert s.chunks_total == s.chunks_done == len(mine) > 0
+        assert s.candles_total == s.candles_done == sum(seg.rows for seg in mine) == 200
+        assert s.chunks_failed == s.errors == 0
+    assert sum(s.candles_done for s in whole.series) == whole.candles_done == 30 * 200
+    # A page: series 10..21 only, the same as in the whole list.
+    page = service.job(job, series_offset=10, series_limit=12)
+    assert page.series_count == 30 and page.series_offset == 10
+    assert page.series == whole.series[10:22]
+    assert service.job(job, series_offset=25, series_limit=100).series == whole.series[25:]
+    assert service.job(job, series_offset=30).series == []
+    # Every page is one bounded read, not the whole series hash.
+    client = service.state.client
+    client.config_resetstat()
+    job_status(service.state, service.telemetry, job, 0, 5)
+    assert calls(client, "hmget") == 1 and calls(client, "hgetall") == 1  # the job's own hash
