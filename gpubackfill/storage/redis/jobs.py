@@ -26,7 +26,7 @@ from .scripts import EVENTS_KEPT
 PARTS = ("", "series", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
          "samples", "records", "writes")
 
-PAGE = 5_000  # chunks (or series) written per command when a job is created
+PAGE = 2_000  # chunks (or series) written per command when a job is created
 SERIES_COUNTERS = ("chunks_total", "chunks_done", "chunks_failed", "leased", "candles_total",
                    "candles_done", "errors")
 SERIES_READ = 1_000  # series whose counters one command reads

@@ -22,6 +22,7 @@ from ...errors import JobNotFound
 from ...jobs.machine import TABLES
 from ...jobs.result import ChunkResult, Segment, encode_segments
 from .base import StateBase, now_ms
+from .jobs import PAGE
 from .stats import bucket_field
 
 
@@ -37,7 +38,7 @@ class Queue(StateBase):
         return Segment.decode_all(raw)
 
     def set_plan_entries(self, job_id: str, entries: dict[int, tuple[Segment, ...]],
-                         page: int = 5_000) -> None:
+                         page: int = PAGE) -> None:
         """Replace chunks' plan entries, a page a command (a job's start
         marks up to every chunk fresh: a million in one HSET held Redis for seconds)."""
         items = list(entries.items())
