@@ -13,8 +13,10 @@ Per size it measures:
 
 * planning: ``create_job`` wall time, split into the store's part (counts,
   marks) and the queueing in Redis;
-* Redis memory: ``INFO memory`` before and after queueing, and ``MEMORY
-  USAGE`` of each of the job's keys, per chunk and per series;
+* Redis memory: ``used_memory`` of ``INFO memory`` before and after
+  queueing, per chunk and per series, and the entries of each of the job's
+  keys (``MEMORY USAGE`` of a key of a million entries is itself a call of
+  hundreds of ms: not used);
 * the driver: ``execute`` in a thread for ``--run-seconds`` (chunks settled
   per second through Dask and chDB), and the bare control plane (``claim``
   then ``complete`` in a loop: what one process gets through Redis);
@@ -24,7 +26,8 @@ Per size it measures:
 * pause (the call, then until no chunk is leased), resume, cancel (the call,
   then until ``execute`` returns);
 * the slowest Redis calls (``SLOWLOG`` with a 1 ms threshold and ``LATENCY
-  LATEST``), by command.
+  LATEST``), by command, and the server's forks meanwhile (RDB snapshots and
+  AOF rewrites, counted in its log; the longest fork).
 
     python bench/scale.py                       # 10k/1k, 100k/10k, 1M/100k
     python bench/scale.py --sizes 10000:1000    # one size
@@ -86,12 +89,21 @@ def median_s(fn, n: int) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
-def key_memory(client, prefix: str, job: str) -> dict[str, int]:
+def key_sizes(client, prefix: str, job: str) -> dict[str, int]:
+    """Entries of each key of the job (each an O(1) call)."""
+    length = {"hash": client.hlen, "list": client.llen, "set": client.scard, "zset": client.zcard,
+              "string": client.strlen}
     out = {}
     for key in client.scan_iter(f"{prefix}:job:{job}*", count=1000):
-        out[key.split(f"{job}", 1)[1].lstrip(":") or "hash"] = int(
-            client.memory_usage(key, samples=0) or 0)
+        out[key.split(f"{job}", 1)[1].lstrip(":") or "hash"] = int(length[client.type(key)](key))
     return out
+
+
+def persistence_events(log: Path) -> dict[str, int]:
+    """Background saves the server's log has recorded so far, by kind."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return {"rdb": text.count("Background saving started"),
+            "aof_rewrite": text.count("Background append only file rewriting started")}
 
 
 def wait_until(pred, timeout: float = 600.0, step: float = 0.01) -> float:
@@ -142,6 +154,7 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
     client.slowlog_reset()
     client.execute_command("LATENCY", "RESET")
     mem0 = int(client.info("memory")["used_memory"])
+    forks0, saves0 = int(client.info("stats")["total_forks"]), persistence_events(settings.redis_dir / "redis.log")
 
     # Planning, the store's part and Redis's apart (submit.backfill = both).
     spec = service._spec("*", "M1", None, None, [NOOP], None, args.chunk_candles, args.workers)
@@ -153,9 +166,9 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
     row["plan_redis_s"] = time.perf_counter() - t1
     row["plan_s"] = row["plan_store_s"] + row["plan_redis_s"]
     got = service.job(job)
-    assert got.chunks_total == chunks and len(got.series) == series, (got.chunks_total, len(got.series))
+    assert got.chunks_total == chunks and got.series_count == series, (got.chunks_total, got.series_count)
     mem1 = int(client.info("memory")["used_memory"])
-    keys = key_memory(client, settings.redis_prefix, job)
+    keys = key_sizes(client, settings.redis_prefix, job)
     row["mem_bytes"] = mem1 - mem0
     row["mem_per_chunk"] = (mem1 - mem0) / chunks
     row["mem_per_series"] = (mem1 - mem0) / series
@@ -207,6 +220,7 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
 
     slow = client.slowlog_get(100_000)
     worst: dict[str, float] = {}
+    over: dict[str, int] = {}
     for entry in slow:
         cmd = entry["command"]
         cmd = cmd.decode() if isinstance(cmd, bytes) else cmd
@@ -215,13 +229,19 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
         if words and words[0].upper() == "EVALSHA":
             name = "EVALSHA " + _script_name(service, words[1])
         worst[name] = max(worst.get(name, 0.0), entry["duration"] / 1000)
+        if entry["duration"] > 10_000:
+            over[name] = over.get(name, 0) + 1
     row["slowlog_ms"] = dict(sorted(worst.items(), key=lambda kv: -kv[1]))
     row["slowlog_max_ms"] = max(worst.values(), default=0.0)
+    row["over_10ms"] = dict(sorted(over.items(), key=lambda kv: -kv[1]))
+    row["calls_over_10ms"] = sum(over.values())
     row["latency"] = client.execute_command("LATENCY", "LATEST")
+    saves1 = persistence_events(settings.redis_dir / "redis.log")
+    row["forks"] = int(client.info("stats")["total_forks"]) - forks0
+    row["fork_ms"] = int(client.info("stats")["latest_fork_usec"]) / 1000 if row["forks"] else 0.0
+    row["saves"] = {k: saves1[k] - saves0[k] for k in saves1}
     for j in (job, job2):
-        for part in ("", *("plan state pending lease attempts errors events durations samples "
-                           "records writes".split())):
-            client.delete(f"{settings.redis_prefix}:job:{j}" + (f":{part}" if part else ""))
+        service.state.delete_job(j)
     # The next size starts as a first backfill does: no candles, no labels.
     for (name,) in service.store.rows(f"SELECT name FROM system.tables WHERE database = '{service.store.db}' "
                                       f"AND (name LIKE 'labels_%' OR name IN ('candles', 'label_chunks'))"):
@@ -249,7 +269,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             ("status ms", "status_s", "ms"), ("API ms", "api_s", "ms"), ("series ms", "series_s", "ms"),
             ("pause ms", "pause_call_s", "ms"), ("drain s", "pause_drain_s", "{:.2f}"),
             ("resume ms", "resume_call_s", "ms"), ("cancel ms", "cancel_call_s", "ms"),
-            ("cancel→ret s", "cancel_return_s", "{:.2f}"), ("max Redis call ms", "slowlog_max_ms", "{:.1f}")]
+            ("cancel→ret s", "cancel_return_s", "{:.2f}"), ("max Redis call ms", "slowlog_max_ms", "{:.1f}"),
+            ("calls > 10 ms", "calls_over_10ms", "{:d}"), ("forks", "forks", "{:d}"),
+            ("last fork ms", "fork_ms", "{:.1f}")]
     head = "| " + " | ".join(c[0] for c in cols) + " |"
     lines = [head, "|" + "---|" * len(cols)]
     for r in rows:
@@ -291,9 +313,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"\n{chunks:,} chunks / {series:,} series ({time.perf_counter() - t0:.0f}s): "
                   f"fill {row['fill_s']:.1f}s, first chunk after {row['first_chunk_s']:.1f}s", flush=True)
-            print("  keys (bytes):", row["keys"], flush=True)
+            print("  keys (entries):", row["keys"], flush=True)
+            print("  background saves:", row["saves"], f"forks {row['forks']}, the last {row['fork_ms']:.1f} ms",
+                  flush=True)
             print("  slowest Redis calls (ms):", {k: round(v, 1) for k, v in
                                                   list(row["slowlog_ms"].items())[:8]}, flush=True)
+            print("  calls over 10 ms, by command:", row["over_10ms"], flush=True)
             print("  LATENCY LATEST:", row["latency"], flush=True)
     finally:
         stop_server(settings.redis_dir)
