@@ -4,6 +4,7 @@ job, every label's NULL tail, counts that read right."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pyarrow.parquet as pq
@@ -158,3 +159,11 @@ def test_a_job_of_many_series_is_listed_a_page_at_a_time(service, cli):
         assert api.get(f"/jobs/{job}", params={"series_limit": -1}).status_code == 422
         listed = api.get("/jobs", params={"series_limit": 0}).json()
         assert [(j["job_id"], j["series"], j["series_count"]) for j in listed] == [(job, [], n)]
+        # The console's job page: a page of series further on, and the way back.
+        html = api.get(f"/ui/jobs/{job}", params={"series": 100}).text
+        cells = re.findall(r'data-series="(U\d+) H1"', html)
+        assert cells == [f"U{i:04d}" for i in range(100, n)]
+        assert f"101–{n} of {n}" in html and f'href="/ui/jobs/{job}?series=0">previous' in html
+        assert f'data-src="/ui/jobs/{job}/live?series=100"' in html
+        live = api.get(f"/ui/jobs/{job}/live", params={"series": 100}).text
+        assert re.findall(r'data-series="(U\d+) H1"', live) == cells
