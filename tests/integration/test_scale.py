@@ -253,3 +253,34 @@ def test_jobs_that_share_no_series_write_the_same_labels_side_by_side(state):
     assert state.begin_run(c, "other", 60_000).status == "running"
     # b, resumed, now meets c over B0499.
     assert state.begin_run(b, "me", 60_000).other == (c, "running", "B0499 M1")
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_run_again_requeues_the_failed_chunks_from_their_set(state, kept):
+    """The chunks given up on are kept in a set of their own: a run again
+    requeues them without reading every chunk's state (the whole state
+    hash in one script: a second at 1M chunks).  A job failed before the
+    set was kept (``kept`` False) is still read from its chunks' states."""
+    job = many_series_job(state, 40, 4)
+    state.begin_run(job, "me", 60_000)
+    given_up = []
+    while not isinstance(got := state.claim(job, "me", 60_000), str):
+        idx, token, segs = got
+        if idx in (3, 17):
+            assert state.fail(job, idx, token, "bad", 1, retryable=False)[0] == "failed"
+            given_up.append(idx)
+        else:
+            state.complete(job, idx, token, ChunkResult(idx, "done", 0.1, (SegmentOutcome(segs[0].series, 5, 5),)))
+    assert state.status(job) == "completed_with_errors"
+    assert sorted(int(i) for i in state.client.smembers(state.key(job, "failed"))) == [3, 17]
+    if not kept:
+        state.client.delete(state.key(job, "failed"))
+    client = state.client
+    client.config_resetstat()
+    begun = state.begin_run(job, "me", 60_000)
+    assert begun.status == "running" and sorted(begun.pending) == [3, 17]
+    assert state.client.scard(state.key(job, "failed")) == 0
+    # the writers of the label set, the leases, the job's record; and, not
+    # kept, the chunks' states
+    assert calls(client, "smembers") == 1 and calls(client, "hgetall") == (3 if kept else 4)
+    assert state.series_counters(job, 3, 1)[0]["chunks_failed"] == 0

@@ -23,7 +23,7 @@ from .base import StateBase, now_ms
 from .scripts import EVENTS_KEPT
 
 # Every key of a job but its driver lock (its own expiry).
-PARTS = ("", "series", "plan", "state", "pending", "lease", "attempts", "errors", "events", "durations",
+PARTS = ("", "series", "plan", "state", "failed", "pending", "lease", "attempts", "errors", "events", "durations",
          "samples", "records", "writes")
 
 PAGE = 2_000  # chunks (or series) written per command when a job is created

@@ -34,11 +34,16 @@ if restart[status] then
   redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
   enter(job, KEYS[2], 'execute', status, nxt, ARGV[6], '')
   if status == 'completed_with_errors' or status == 'failed' then
-    local states = redis.call('HGETALL', KEYS[4])
-    for i = 1, #states, 2 do
-      if states[i + 1] == 'failed' then
-        requeue_chunk(job, KEYS[4], KEYS[6], KEYS[8], KEYS[9], KEYS[7], states[i], ARGV[1] .. ':' .. states[i])
+    local failed = redis.call('SMEMBERS', failed_key(job))
+    if #failed == 0 and tonumber(redis.call('HGET', job, 'chunks_failed') or '0') > 0 then
+      -- failed before the set was kept: the chunks' states say which
+      local states = redis.call('HGETALL', KEYS[4])
+      for i = 1, #states, 2 do
+        if states[i + 1] == 'failed' then table.insert(failed, states[i]) end
       end
+    end
+    for _, idx in ipairs(failed) do
+      requeue_chunk(job, KEYS[4], KEYS[6], KEYS[8], KEYS[9], KEYS[7], idx, ARGV[1] .. ':' .. idx)
     end
   end
 elseif status == 'running' then

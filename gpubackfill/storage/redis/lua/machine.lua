@@ -17,6 +17,9 @@ end
 -- A job's per-series counters live in a hash of their own ("<series>:<counter>"),
 -- so that the job's hash does not grow with its series.
 local function series_key(job) return job .. ':series' end
+-- The job's failed chunks, so that a run again finds them without reading
+-- every chunk's state.
+local function failed_key(job) return job .. ':failed' end
 local function bump_series(job, plan, field, n)
   for _, seg in ipairs(segments(plan)) do
     redis.call('HINCRBY', series_key(job), seg[1] .. ':' .. field, n)
