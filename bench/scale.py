@@ -99,11 +99,25 @@ def key_sizes(client, prefix: str, job: str) -> dict[str, int]:
     return out
 
 
+def rewrite_times(log: Path) -> list[float]:
+    """When the server's AOF rewrites started (epoch s), from its log's
+    "pid:M 07 Dec 2026 07:14:41.123 * Background append only file rewriting started"."""
+    import datetime as dt
+
+    out = []
+    for line in (log.read_text(errors="replace") if log.exists() else "").splitlines():
+        if "Background append only file rewriting started" in line:
+            stamp = " ".join(line.split()[1:5])
+            out.append(dt.datetime.strptime(stamp, "%d %b %Y %H:%M:%S.%f").astimezone().timestamp())
+    return out
+
+
 def persistence_events(log: Path) -> dict[str, int]:
     """Background saves the server's log has recorded so far, by kind."""
     text = log.read_text(errors="replace") if log.exists() else ""
     return {"rdb": text.count("Background saving started"),
-            "aof_rewrite": text.count("Background append only file rewriting started")}
+            "aof_rewrite": text.count("Background append only file rewriting started"),
+            "aof_fsync_slow": text.count("Asynchronous AOF fsync is taking too long")}
 
 
 def wait_until(pred, timeout: float = 600.0, step: float = 0.01) -> float:
@@ -146,7 +160,8 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
         return int(client.hget(f"{settings.redis_prefix}:job:{job}", name) or 0)
 
     per_series = chunks // series * args.chunk_candles
-    row: dict[str, Any] = {"chunks": chunks, "series": series, "load_before": os.getloadavg()[0]}
+    row: dict[str, Any] = {"chunks": chunks, "series": series, "load_before": os.getloadavg()[0],
+                           "t0": time.time()}
     row["fill_s"] = fill_candles(service, series, per_series)
     client.config_set("slowlog-log-slower-than", 1000)  # microseconds
     client.config_set("slowlog-max-len", 100_000)
@@ -219,6 +234,12 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
     service.cancel(job2)
 
     slow = client.slowlog_get(100_000)
+    row["slowest"] = [(round(e["duration"] / 1000, 1), int(e["start_time"] - row["t0"]),
+                       " ".join((e["command"].decode() if isinstance(e["command"], bytes) else e["command"])
+                                .split()[:3]))
+                      for e in sorted(slow, key=lambda e: -e["duration"])[:12]]
+    row["rewrites_at"] = [int(t - row["t0"]) for t in rewrite_times(settings.redis_dir / "redis.log")
+                          if t >= row["t0"]]
     worst: dict[str, float] = {}
     over: dict[str, int] = {}
     for entry in slow:
@@ -330,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             print("  slowest Redis calls (ms):", {k: round(v, 1) for k, v in
                                                   list(row["slowlog_ms"].items())[:8]}, flush=True)
             print("  calls over 10 ms, by command:", row["over_10ms"], flush=True)
+            print("  slowest (ms, s into the size, command):", row["slowest"], flush=True)
+            print("  AOF rewrites started at (s into the size):", row["rewrites_at"], flush=True)
             print("  LATENCY LATEST:", row["latency"], flush=True)
     finally:
         stop_server(settings.redis_dir)
