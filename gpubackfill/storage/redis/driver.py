@@ -99,7 +99,7 @@ class Driver(Writers):
         record = decode_fields(self.call(self.client.hgetall, self.key(job_id)))
         return Begun(kind, out[1], out[2], record, pending)
 
-    def pending_plans(self, job_id: str, page: int = 2_000) -> dict[int, tuple[Segment, ...]]:
+    def pending_plans(self, job_id: str, page: int = 1_000) -> dict[int, tuple[Segment, ...]]:
         """The plan entries of the job's pending chunks, read a page at a
         time (HSCAN of the states, HMGET of their entries): no call holds
         Redis for longer than a page takes, whatever the size of the job.
