@@ -167,6 +167,7 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
     client.config_set("slowlog-max-len", 100_000)
     client.config_set("latency-monitor-threshold", 1)
     client.slowlog_reset()
+    client.config_resetstat()
     client.execute_command("LATENCY", "RESET")
     mem0 = int(client.info("memory")["used_memory"])
     forks0, saves0 = int(client.info("stats")["total_forks"]), persistence_events(settings.redis_dir / "redis.log")
@@ -256,6 +257,11 @@ def one_size(service, settings, chunks: int, series: int, args) -> dict[str, Any
     row["slowlog_max_ms"] = max(worst.values(), default=0.0)
     row["over_10ms"] = dict(sorted(over.items(), key=lambda kv: -kv[1]))
     row["calls_over_10ms"] = sum(over.values())
+    # Every call's count and mean time (scripts' inner calls counted too).
+    stats = client.info("commandstats")
+    row["calls"] = sum(int(v["calls"]) for v in stats.values())
+    row["mean_us"] = {k.removeprefix("cmdstat_"): (int(v["calls"]), round(float(v["usec_per_call"]), 1))
+                      for k, v in sorted(stats.items(), key=lambda kv: -int(kv[1]["calls"]))[:10]}
     row["latency"] = client.execute_command("LATENCY", "LATEST")
     saves1 = persistence_events(settings.redis_dir / "redis.log")
     row["forks"] = int(client.info("stats")["total_forks"]) - forks0
@@ -350,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             print("  slowest Redis calls (ms):", {k: round(v, 1) for k, v in
                                                   list(row["slowlog_ms"].items())[:8]}, flush=True)
-            print("  calls over 10 ms, by command:", row["over_10ms"], flush=True)
+            print(f"  calls over 10 ms, by command (of {row['calls']:,} calls):", row["over_10ms"], flush=True)
+            print("  the most frequent commands (calls, mean µs):", row["mean_us"], flush=True)
             print("  slowest (ms, s into the size, command):", row["slowest"], flush=True)
             print("  AOF rewrites started at (s into the size):", row["rewrites_at"], flush=True)
             print("  LATENCY LATEST:", row["latency"], flush=True)
