@@ -69,3 +69,25 @@ def test_device_bytes_a_row_count_inputs_outputs_sigmas_and_list_elements():
     # vsr: 3 horizons + sigma; fixed_horizon: int8 + float64; sigmas ewm and rolling.
     assert staging.device_bytes_per_row(close_only, two) == (8 + 4 * 8 + 9 + 2 * 8
                                                              + staging.SCRATCH_BYTES_PER_ROW)
+
+
+def test_a_cuda_chunk_task_is_a_descriptor_whatever_its_candles():
+    """What the engine submits to a LocalCUDACluster worker (beside the
+    settings) is a ChunkTask: the worker loads its own candles, so the
+    graph does not grow with the chunk (gpu_check's dask job shipped the
+    frame and its graph was 381 MiB)."""
+    import cloudpickle
+
+    from gpubackfill.engine.task import ChunkTask
+    from gpubackfill.jobs.result import Segment
+
+    labels = tuple(resolve_labels(["enhanced_triple_barrier", "vol_scaled_return", "mfe_mae"]))
+
+    def task(rows: int) -> ChunkTask:
+        return ChunkTask(job_id="j" * 32, index=7, token=3,
+                         segments=(Segment(0, 1_600_000_000_000, 1_600_000_000_000 + rows * 60_000, rows),),
+                         names={0: ("EURUSD", "M1")}, resolved=labels, label_set="a" * 16, force=False,
+                         backend="cuda", max_attempts=3)
+
+    small, large = (len(cloudpickle.dumps(task(rows))) for rows in (1_000, 100_000_000))
+    assert large - small <= 8 and large < 4 << 10
