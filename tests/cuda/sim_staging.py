@@ -174,3 +174,21 @@ def test_the_default_budget_comes_from_the_free_device_memory(monkeypatch):
     split = compute_labels(df, "mfe_mae", params, backend="cuda", output="arrow")
     assert split.column("mfe").num_chunks == 4  # 40 rows a block: 35 own + 5 ahead
     assert_same_tables(one, split)
+
+
+def test_compute_series_takes_a_budget_and_a_piece_size_for_one_call():
+    from gpubackfill.candles import frames
+    from gpubackfill.compute import compute_series
+
+    df = tricky_series(150, seed=8)
+    resolved = resolve_labels("mfe_mae", {"mfe_mae": {"horizon": 6}})
+    series = frames.to_series(df)
+    per_row = staging.device_bytes_per_row(series, resolved)
+    piece = 40  # 5 float64s: a size no other test uses, so its Staging is this call's alone
+    got = compute_series(series, resolved, gpu, device_budget=56 * per_row, piece_bytes=piece)
+    assert got.column("mfe").num_chunks == 3  # 50 own rows and 6 ahead a block
+    blocks = staging.row_blocks(len(df), 56, 0, 6)
+    inputs = sum(3 * -(-(hi - lo) // 5) for lo, _, _, hi in blocks)  # high, low, close
+    assert cuda_transfer.for_thread(piece).pieces > inputs  # and the outputs back
+    want = compute_labels(df, "mfe_mae", {"mfe_mae": {"horizon": 6}}, backend="cpu", output="arrow")
+    assert_same_tables(want, got)
