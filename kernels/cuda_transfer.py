@@ -122,6 +122,13 @@ class Staging:
             np.copyto(host, _numba_array(dev).copy_to_host())
             return host
         dst = host.reshape(-1)
+        # The kernels that wrote ``dev`` ran on the default stream: the
+        # staging streams wait for them (implicit with the legacy default
+        # stream, not with a per-thread one).
+        ready = cuda.event()
+        ready.record(cuda.default_stream())
+        for stream in self._streams:
+            ready.wait(stream)
         depth = len(self._buffers)
         waiting: list[tuple[int, int, np.ndarray] | None] = [None] * depth
 
