@@ -170,6 +170,7 @@ def derived_floor(store: Any, set_id: str) -> dict[str, Any]:
     """chDB alone: the H1 aggregating read (one statement) and the insert of
     the job's own label rows (one statement), each timed alone."""
     from gpubackfill.storage.clickhouse_client import arrow_result
+    from gpubackfill.storage.clickhouse_store import DERIVED_SETTINGS
 
     conn = store.client._conn  # the raw chDB connection: no engine code between
     table = f"{store.db}.labels_{set_id}"
@@ -177,8 +178,10 @@ def derived_floor(store: Any, set_id: str) -> dict[str, Any]:
     rows = store.arrow(f"SELECT * FROM {table} WHERE {where}")
     cols = ", ".join(f"`{c}`" for c in rows.column_names)
     rel = store.source(SOURCE).relation_for("H1")
+    # With the settings the engine reads a derived series with: the same read.
     read_sql = (f"SELECT ts, open, high, low, close, volume FROM {rel} "
-                f"WHERE instrument = '{INSTRUMENT}' AND granularity = 'H1' ORDER BY ts")
+                f"WHERE instrument = '{INSTRUMENT}' AND granularity = 'H1' ORDER BY ts "
+                f"SETTINGS {DERIVED_SETTINGS}")
     best_read = best_insert = float("inf")
     bars = 0
     for _ in range(2):

@@ -142,9 +142,12 @@ class Source:
                                f"{','.join(self.derived()) or 'none'}")
         bar = GRANULARITIES[granularity]
         if bar < DAY_MS:
-            ms = "toUnixTimestamp64Milli(ts)"
-            bucket = f"fromUnixTimestamp64Milli({ms} - ((({ms}) % {bar}) + {bar}) % {bar}, 'UTC')"
-            key, start = bucket, "b_key"
+            # Buckets of whole milliseconds from the epoch, by a function
+            # ClickHouse knows to be monotonic: a range on a derived bar's
+            # ts is pushed below the GROUP BY onto the source's time column
+            # and its sort key (a chunk aggregates its own granules, not the
+            # whole series), and the GROUP BY can run in the key's order.
+            key, start = f"toStartOfInterval(ts, toIntervalMillisecond({bar}))", "b_key"
         else:
             # The trading day a bar belongs to: its local date, or the day
             # before where it falls before the day's start on the wall clock.
@@ -157,9 +160,10 @@ class Source:
                 n = f"toInt64({day})"
                 day = f"toDate({n} - ((({n}) % 7) + 7) % 7)"
             key = day
-            start = f"toDateTime64(concat(toString(b_key), ' {h:02d}:{m:02d}:00'), 3, {tz})"
+            start = (f"toDateTime64(toDateTime64(concat(toString(b_key), ' {h:02d}:{m:02d}:00'), 3, "
+                     f"{tz}), 3, 'UTC')")
         return (f"(SELECT instrument, {literal(granularity)} AS granularity, "
-                f"toDateTime64({start}, 3, 'UTC') AS ts, "
+                f"{start} AS ts, "
                 f"b_open AS open, b_high AS high, b_low AS low, b_close AS close, b_volume AS volume, "
                 f"b_side.1 AS side "
                 f"FROM (SELECT instrument, {key} AS b_key, argMin(open, ts) AS b_open, "

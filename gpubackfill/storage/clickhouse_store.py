@@ -21,7 +21,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +187,17 @@ class Store:
         src = self.source(names.pop())
         arms = list(dict.fromkeys(src.relation_for(g) for g in dict.fromkeys(k.granularity for k in keys)))
         return arms[0] if len(arms) == 1 else "(" + " UNION ALL ".join(f"SELECT * FROM {a}" for a in arms) + ")"
+
+    def derives(self, key: SeriesKey) -> bool:
+        """Whether ``key`` is a series its source aggregates at read time."""
+        return bool(key.source) and key.granularity in self.source(key.source).derived()
+
+    def _in_order(self, keys: SeriesKey | list[SeriesKey]) -> str:
+        """The SETTINGS of a statement over ``keys``' relation: a derived
+        series is aggregated in its source's key order where that order
+        allows (``DERIVED_SETTINGS``), any other read as it is."""
+        keys = [keys] if isinstance(keys, SeriesKey) else keys
+        return f" SETTINGS {DERIVED_SETTINGS}" if any(self.derives(k) for k in keys) else ""
 
     def _reader(self, keys: SeriesKey | list[SeriesKey]) -> _Reader:
         key = keys if isinstance(keys, SeriesKey) else (keys[0] if keys else SeriesKey("", ""))
@@ -441,6 +452,31 @@ class Store:
                                                                             ("a", "b", "cs", "back", "ahead")}))}
         return out
 
+    def bar_times(self, keys: list[SeriesKey], start_ms: int, end_ms: int,
+                  sizes: Mapping[SeriesKey, int]) -> Iterator[tuple[SeriesKey, np.ndarray]]:
+        """(key, the ts of its bars in [start, end), sorted) of each of
+        ``keys`` with bars there, one batch of series a statement.
+
+        For the series a source derives: their counts, bounds and chunk
+        marks all come from this one read, where ``range_counts``,
+        ``series_spans`` and ``chunk_marks`` would each aggregate the
+        source again.  Only the buckets' ts are asked for, so ClickHouse
+        computes no OHLCV aggregate.  ``sizes``: each series' candles in
+        its source (at least its bars), which batches are cut by."""
+        for part in _batches(keys, sizes, BATCH_ROWS):
+            table = self._reader(part).arrow(
+                f"SELECT indexOf({{keys:Array(Tuple(String, String))}}, (instrument, granularity)) AS k, "
+                f"toUnixTimestamp64Milli(ts) AS t FROM {self._rel(part)} WHERE {_in_keys()} "
+                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') ORDER BY k, t{self._in_order(part)}",
+                {"a": start_ms, "b": end_ms, **_keys_params(part)})
+            k = table.column("k").to_numpy()
+            t = table.column("t").to_numpy()
+            edges = np.flatnonzero(k[1:] != k[:-1]) + 1
+            for a, b in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(k)]])):
+                if b > a:
+                    yield part[int(k[a]) - 1], t[a:b]
+
     def range_counts(self, table: str, keys: list[SeriesKey], start_ms: int, end_ms: int,
                      label_set: str | None = None) -> dict[SeriesKey, int]:
         """Rows of each series in [start, end) of ``table`` (candles, or a
@@ -540,7 +576,7 @@ class Store:
         sql = f"""
             SELECT {_candle_select(side)} FROM {rel}
             WHERE {where} AND ts >= {lower} AND ts <= {upper}
-            ORDER BY instrument, granularity, ts"""
+            ORDER BY instrument, granularity, ts{self._in_order(key)}"""
         table = _ts_to_ms(self._reader(key).arrow(sql, self._series_params(key, a=start_ms, b=end_ms, back=back,
                                                               ahead=ahead, lo=lo_ms, hi=hi_ms)))
         ts = table.column("ts").to_numpy()
@@ -588,7 +624,7 @@ class Store:
         table = _ts_to_ms(self._reader(pkeys).arrow(
             f"SELECT indexOf({{keys:Array(Tuple(String, String))}}, (instrument, granularity)) AS k, "
             f"{_candle_select(side)} FROM {self._rel(pkeys)} WHERE {where} "
-            f"ORDER BY instrument, granularity, ts", params))
+            f"ORDER BY instrument, granularity, ts{self._in_order(pkeys)}", params))
         k = table.column("k").to_numpy()
         table = table.select([*_CANDLE_COLS, *([SIDE] if side else [])])
         # Rows are ordered by series: each series is one contiguous run.
@@ -1067,6 +1103,11 @@ class Store:
                        WHERE {candles_cond}) AS c ON l.ts = c.ts
             ORDER BY ts SETTINGS join_use_nulls = 1""", p)
 
+
+# A derived series' GROUP BY runs in its source's sort key order where the
+# key allows it (a table ordered by (symbol, time) or time): H1 from 10M M1
+# candles took 0.41-0.45 CPU seconds so, 0.71-0.72 through a hash table.
+DERIVED_SETTINGS = "optimize_aggregation_in_order = 1"
 
 # A series of at most this many candles is read whole with others of its
 # kind (planning), in statements of at most BATCH_ROWS candles.
