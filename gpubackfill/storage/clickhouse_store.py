@@ -167,8 +167,11 @@ class Store:
         """What reads a source: this store's ClickHouse, or the source's own."""
         if not src.clickhouse_url:
             return _Reader(self, None)
+        # The store's own credentials are not the source's: a source's
+        # server is reached as its URL says (user:password@), else as default.
         return _Reader(self, clickhouse.client(self.settings.model_copy(
-            update={"clickhouse_url": src.clickhouse_url})))
+            update={"clickhouse_url": src.clickhouse_url, "clickhouse_user": "default",
+                    "clickhouse_password": ""})))
 
     def source_sided(self, key: SeriesKey) -> bool:
         """Whether ``key`` is a source's series whose source maps a side
