@@ -43,6 +43,8 @@ _CANDLE_COLS = ("ts", "open", "high", "low", "close", "volume")
 # Read with the candles only for labels that take sides (``load(side=True)``).
 SIDE = "side"
 
+_TAIL_SETTINGS = re.compile(r"\s+SETTINGS\s+\w+\s*=\s*\w+(\s*,\s*\w+\s*=\s*\w+)*\s*$")
+
 _ARROW_TO_CH = {
     pa.int8(): "Int8", pa.int32(): "Int32", pa.uint8(): "UInt8", pa.float64(): "Float64",
 }
@@ -71,9 +73,26 @@ class _Reader:
     def __init__(self, store: Store, client):
         self._store, self._client = store, client
 
+    @property
+    def may_set(self) -> bool:
+        """Whether statements may carry settings: not for a user with
+        ``readonly = 1`` on a source's server (ClickHouse refuses such a
+        user any setting, a statement's SETTINGS clause included)."""
+        if self._client is None:
+            return True
+        known = self._store._may_set
+        if self._client not in known:
+            (level,), = self._store._run(self._client.rows, "SELECT getSetting('readonly')")
+            known[self._client] = str(level) != "1"
+        return known[self._client]
+
     def _check(self, sql: str) -> str:
         if not sql.lstrip().upper().startswith(("SELECT", "WITH", "DESCRIBE", "EXPLAIN", "(")):
             raise ValueError(f"a source is only read: {sql[:40]!r}")
+        if not self.may_set:
+            # Only speed settings end a statement here (``_in_order``);
+            # a read whose result needs one asks ``may_set`` first.
+            sql = _TAIL_SETTINGS.sub("", sql)
         return sql
 
     def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
@@ -101,6 +120,7 @@ class Store:
         self.db = _check_ident("database name", settings.clickhouse_database)
         self._lock = threading.Lock()  # ingest: read-compare-write of one series
         self._sources: dict[str, Source] = {}
+        self._may_set: dict[Any, bool] = {}  # a source server's client: may its statements set settings
 
     @property
     def client(self):
@@ -425,7 +445,10 @@ class Store:
                 out[k] = {1: first_ts[(k.instrument, k.granularity)]}
         # Series of a few chunks are numbered together, a batch a statement
         # (one statement a series cost ~20 ms each: 30 min for 100k series).
-        batched = [k for k in total if counts[k] <= SMALL_SERIES]
+        # A source's server that allows no setting (a read-only user) cannot
+        # run the one-thread numbering below: its series are all numbered so.
+        whole = self._reader(total).may_set if total else True
+        batched = [k for k in total if counts[k] <= SMALL_SERIES or not whole]
         for part in _batches(batched, counts, BATCH_ROWS):
             for i, g, rn, t in self._reader(part).rows(f"""
                     SELECT instrument, granularity, rn, t FROM (
@@ -437,7 +460,7 @@ class Store:
                     WHERE (rn - 1) % {{cs:Int64}} = 0 OR (rn - 1 + {{back:Int64}}) % {{cs:Int64}} = 0
                        OR (rn - {{ahead:Int64}}) % {{cs:Int64}} = 0""", {**p, **_keys_params(part)}):
                 out.setdefault(SeriesKey(i, g, part[0].source), {})[int(rn)] = int(t)
-        for key in (k for k in total if counts[k] > SMALL_SERIES):
+        for key in (k for k in total if k not in batched):
             # Rows numbered in key order by one thread (rowNumberInAllBlocks
             # counts rows as they stream by, so the stream must be one):
             # several times faster than row_number() over a window.

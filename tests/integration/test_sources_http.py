@@ -52,8 +52,15 @@ def content(owner) -> tuple:
     return tuple(owner.query("SELECT count(), groupBitXor(cityHash64(*)) FROM market.ohlc_m1").result_rows[0])
 
 
-def test_a_source_read_by_a_read_only_user_over_http(service, remote):
+def test_a_source_read_by_a_read_only_user_over_http(service, remote, monkeypatch):
     srv, log = remote
+    # Series this long are planned as large ones are, whose numbering the
+    # store runs on one thread with a setting a read-only user cannot set.
+    from gpubackfill.engine import submit
+    from gpubackfill.storage import clickhouse_store
+
+    monkeypatch.setattr(clickhouse_store, "SMALL_SERIES", 100)
+    monkeypatch.setattr(submit, "SMALL_SERIES", 100)
     owner = clickhouse_connect.get_client(host=srv.host, port=srv.port, password=OWNER)
     owner.command("CREATE DATABASE market")
     owner.command("CREATE TABLE market.ohlc_m1 (symbol String, time DateTime, o Float64, h Float64, "
@@ -87,6 +94,22 @@ def test_a_source_read_by_a_read_only_user_over_http(service, remote):
     # Nothing of the store's on the source's server.
     assert owner.command("SELECT count() FROM system.tables WHERE database NOT IN "
                          "('market', 'system', 'INFORMATION_SCHEMA', 'information_schema')") == 0
+
+    # H1 derived from it on that server, read with no setting, equals H1
+    # derived from the same candles in the store's own ClickHouse.
+    db = service.store.db
+    service.store.command(f"CREATE TABLE {db}.ohlc_m1 (symbol String, time DateTime, o Float64, "
+                          f"h Float64, l Float64, c Float64, v Float64) ENGINE = MergeTree "
+                          f"ORDER BY (symbol, time)")
+    service.store.client.insert_arrow(f"{db}.ohlc_m1", owner.query_arrow("SELECT * FROM market.ohlc_m1"))
+    service.sources.add("here", f"{db}.ohlc_m1", MAPS + ["volume=v"], granularity="M1")
+    since = lines(log)
+    far_h1 = service.job(service.start("EURUSD", "H1", chunk_size=20, workers=2, source="far")).model_dump()
+    here_h1 = service.job(service.start("EURUSD", "H1", chunk_size=20, workers=2, source="here")).model_dump()
+    assert far_h1["status"] == "completed" and far_h1["candles_total"] == here_h1["candles_total"] > 40
+    assert service.store.read_labels(SeriesKey("EURUSD", "H1", "far"), set_id).equals(
+        service.store.read_labels(SeriesKey("EURUSD", "H1", "here"), set_id))
+    assert not any("SETTINGS" in q for q in statements(log, since))
 
     # The owner corrects a candle: update over the source, and over the
     # built-in table after the same correction, give the same labels.
