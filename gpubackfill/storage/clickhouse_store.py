@@ -70,8 +70,9 @@ class _Reader:
     """Reads candles: through the store's client, or a source's own server.
     Only SELECT-like statements pass: a source is never written."""
 
-    def __init__(self, store: Store, client):
+    def __init__(self, store: Store, client, url: str | None = None):
         self._store, self._client = store, client
+        self._at = redact_url(url) if url else None
 
     @property
     def may_set(self) -> bool:
@@ -82,7 +83,7 @@ class _Reader:
             return True
         known = self._store._may_set
         if self._client not in known:
-            (level,), = self._store._run(self._client.rows, "SELECT getSetting('readonly')")
+            (level,), = self._store._run(self._client.rows, "SELECT getSetting('readonly')", at=self._at)
             known[self._client] = str(level) != "1"
         return known[self._client]
 
@@ -98,12 +99,12 @@ class _Reader:
     def rows(self, sql: str, parameters: dict | None = None) -> list[tuple]:
         if self._client is None:
             return self._store.rows(self._check(sql), parameters)
-        return self._store._run(self._client.rows, self._check(sql), parameters)
+        return self._store._run(self._client.rows, self._check(sql), parameters, at=self._at)
 
     def arrow(self, sql: str, parameters: dict | None = None) -> pa.Table:
         if self._client is None:
             return self._store.arrow(self._check(sql), parameters)
-        return self._store._run(self._client.arrow, self._check(sql), parameters)
+        return self._store._run(self._client.arrow, self._check(sql), parameters, at=self._at)
 
 
 def _check_ident(kind: str, value: str) -> str:
@@ -130,14 +131,16 @@ class Store:
 
     # -- plumbing ----------------------------------------------------------
 
-    def _run(self, fn, *args, **kwargs):
+    def _run(self, fn, *args, at: str | None = None, **kwargs):
+        """``fn(*args, **kwargs)``, its failure named by where it ran (``at``:
+        a source's server; default, the store's)."""
         try:
             return fn(*args, **kwargs)
         except InvalidInput:
             raise
         except Exception as exc:
-            where = (f"chdb://{self.settings.chdb_path}" if self.settings.embedded_clickhouse
-                     else redact_url(self.settings.clickhouse_url))
+            where = at or (f"chdb://{self.settings.chdb_path}" if self.settings.embedded_clickhouse
+                           else redact_url(self.settings.clickhouse_url or ""))
             raise DependencyError(f"ClickHouse at {where} failed: {clickhouse.short_error(exc)}") from exc
 
     def command(self, sql: str, parameters: dict | None = None) -> None:
@@ -191,7 +194,7 @@ class Store:
         # server is reached as its URL says (user:password@), else as default.
         return _Reader(self, clickhouse.client(self.settings.model_copy(
             update={"clickhouse_url": src.clickhouse_url, "clickhouse_user": "default",
-                    "clickhouse_password": ""})))
+                    "clickhouse_password": ""})), src.clickhouse_url)
 
     def source_sided(self, key: SeriesKey) -> bool:
         """Whether ``key`` is a source's series whose source maps a side

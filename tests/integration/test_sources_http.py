@@ -161,3 +161,10 @@ def test_a_source_read_by_a_read_only_user_over_http(service, remote, monkeypatc
         clickhouse_connect.get_client(host=srv.host, port=srv.port).command("SELECT 1")
     assert content(owner) == before
     assert np.isfinite(changed.column("ts").to_numpy()).all()
+    # A failure there names that server, not the store, and no password.
+    from gpubackfill.errors import DependencyError
+
+    with pytest.raises(DependencyError, match=f"ClickHouse at http://reader:\\*\\*\\*@{srv.host}:{srv.port} "
+                                              f"failed") as failed:
+        service.store.source_reader(service.store.source("far")).rows("SELECT no_such_column")
+    assert READER not in str(failed.value)
