@@ -140,7 +140,8 @@ def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkRe
     Small chunks are batched so that Dask's per-task cost (about 4 ms of
     event-loop CPU each, here) is paid once for several of them.  Each chunk
     is still leased, fenced and recorded on its own, and renews its lease
-    and marks it started before it starts.  The driver keeps the leases of
+    and marks it started before it starts (one whose lease was taken back
+    while it waited does not start).  The driver keeps the leases of
     a task waiting in Dask's queue; once the task starts, the running
     chunk's heartbeat keeps its own and those of the chunks behind it.
     Once the job stops running, a lease was taken back, or a chunk does not
@@ -150,7 +151,7 @@ def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkRe
     results: list[ChunkResult] = []
     waiting: list[tuple[ChunkTask, ChunkResult]] = []  # done, their rows not yet inserted
     for i, task in enumerate(tasks):
-        why = _start(settings, task)
+        why = _start(settings, task, behind=i > 0)
         if why:
             results += _give_back(settings, tasks[i:], why)
             break
@@ -227,11 +228,13 @@ def _insert_and_record(settings: Settings, io: SharedIO,
     return out
 
 
-def _start(settings: Settings, task: ChunkTask) -> str:
-    """'' when the chunk may start (its lease is marked started); else why not."""
+def _start(settings: Settings, task: ChunkTask, behind: bool) -> str:
+    """'' when the chunk may start (its lease is marked started); else why
+    not (``behind``: it waited behind others in its task, and does not
+    start once its job no longer runs)."""
     _, state = connections(settings)
     try:
-        got = state.start_lease(task.job_id, task.index, task.token, settings.lease_seconds * 1000)
+        got = state.start_lease(task.job_id, task.index, task.token, settings.lease_seconds * 1000, behind)
     except DependencyError as exc:
         return f"Redis away: {exc}"
     return "" if got == "ok" else ("its lease was taken back" if got == "lost" else f"the job is {got}")

@@ -220,3 +220,14 @@ def test_the_driver_keeps_only_the_leases_of_chunks_not_started(state):
     assert state.started(job) == {b} and state.keep_waiting(job, [(b, tb)], 60_000) == [0]
     assert state.release_owner(job, "w") == 1  # the owner is read past the mark
     assert state.start_lease(job, b, tb, 60_000) == "lost"
+
+
+def test_a_chunk_behind_others_in_its_task_does_not_start_once_its_job_stops(state):
+    job = new_job(state, 2)
+    state.transition(job, "execute")
+    (a, ta, _), (b, tb, _) = (state.claim(job, "w", 60_000) for _ in range(2))
+    state.transition(job, "pause")
+    assert state.start_lease(job, b, tb, 60_000, behind=True) == "paused"
+    assert state.started(job) == set()
+    # A task's first chunk starts, as a claimed chunk always has.
+    assert state.start_lease(job, a, ta, 60_000) == "ok" and state.started(job) == {a}

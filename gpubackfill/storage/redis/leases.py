@@ -36,13 +36,14 @@ class Leases(StateBase):
         return int(self.run("fence_write", [self.key(job_id, "lease"), self.key(job_id, "writes")],
                             [idx, token, now_ms() + lease_ms]))
 
-    def start_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> str:
+    def start_lease(self, job_id: str, idx: int, token: int, lease_ms: int, behind: bool = False) -> str:
         """Before a chunk starts in its task: renew its lease if it is still
-        ours and the job still running, and mark it started (from then on
-        its heartbeat keeps it, not the driver).  'ok', 'lost', or the job's
-        status (the lease then stays to be released)."""
+        ours and mark it started (from then on its heartbeat keeps it, not
+        the driver).  'ok', 'lost', or for a chunk ``behind`` others in its
+        task, the job's status once it no longer runs (the lease then stays
+        to be released)."""
         return str(self.run("start", [self.key(job_id, "lease"), self.key(job_id)],
-                            [idx, token, now_ms() + lease_ms]))
+                            [idx, token, now_ms() + lease_ms, "1" if behind else "0"]))
 
     def keep_waiting(self, job_id: str, chunks: Sequence[tuple[int, int]], lease_ms: int) -> list[int]:
         """Renew, in one call, the leases of chunks (index, token) that have
