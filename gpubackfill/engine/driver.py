@@ -260,7 +260,7 @@ class Driver:
         for fut, chunks in list(self.in_flight.items()):
             # A task holds no lease any more once its running chunk was taken
             # back and those waiting behind it were returned (``_give_back``)
-            # or ran out (this driver was held up past a lease period).
+            # or ran out with it (its heartbeat kept them).
             if not fut.done() and all(leases.get(idx) != token for idx, token in chunks):
                 # Not cancelled: a running task cannot be stopped anyway, and
                 # its future is how we see the slot come free again.

@@ -84,3 +84,27 @@ def test_chunks_waiting_in_the_dask_queue_are_claimed_once(chdb_home, redis_sock
     events = [e["event"] for e in svc.state.events(job)]
     assert "lease_expired" not in events
     assert svc.job(job).model_dump()["errors"] == 0
+
+
+def test_two_jobs_sharing_a_cluster_claim_each_chunk_once(chdb_home, redis_socket, monkeypatch, one_thread):
+    svc = BackfillService(make_settings(chdb_home, redis_socket,
+                                        GPUBACKFILL_RETRY_BASE_SECONDS="0.02",
+                                        GPUBACKFILL_LEASE_SECONDS=str(LEASE_SECONDS),
+                                        GPUBACKFILL_TASK_CANDLES=str(CHUNK)))
+    candles = {inst: ingest(svc, inst, start=START, end=END) for inst in ("EURUSD", "GBPUSD")}
+    slowed = _first_chunk_slow(monkeypatch, 3 * LEASE_SECONDS)
+    jobs = {inst: svc.create_job(inst, "M5", START, END, labels=["mfe_mae"], chunk_size=CHUNK, workers=2)
+            for inst in candles}
+    out: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda j=j: out.setdefault(j, svc.execute(j, scheduler=one_thread).status))
+               for j in jobs.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == {j: "completed" for j in jobs.values()}
+    assert len(slowed) == 1
+    for inst, job in jobs.items():
+        assert_survived(svc, job, candles[inst])
+        total = svc.job(job).model_dump()["chunks_total"]
+        assert int(svc.state.client.hget(svc.state.key(job), "lease_seq")) == total
