@@ -39,7 +39,8 @@ from .shared_io import SharedIO
 from .task import ChunkTask, finer_series
 
 
-def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -> ChunkResult:
+def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None,
+              behind: tuple[ChunkTask, ...] = ()) -> ChunkResult:
     """Compute and write one chunk; record its result in Redis.
 
     Never raises for a chunk's own failure: each error is retried as its
@@ -49,7 +50,8 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -
 
     ``io``: the chunk is one of a run of consecutive chunks that share one
     read and one insert (``SharedIO``); a chunk done here is then recorded
-    by ``run_chunks`` once that insert is in.
+    by ``run_chunks`` once that insert is in.  ``behind``: the chunks
+    after this one in its task, whose leases it keeps while it runs.
     """
     keep_freed_memory()
     # Kernels run in several worker threads at once: only the thread-safe
@@ -78,7 +80,7 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None) -
         # the first attempt keeps the plan's 'fresh' hint.
         return _compute_and_write(io or store, runs.pop(0) if len(runs) > 1 else runs[0], fence)
 
-    with Heartbeat(state, task, settings.lease_seconds * 1000) as lease:
+    with Heartbeat(state, task, settings.lease_seconds * 1000, behind) as lease:
         try:
             # With shared I/O the write comes later (``_insert_and_record``,
             # which fences it): here only the lease is checked.
@@ -137,20 +139,23 @@ def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkRe
 
     Small chunks are batched so that Dask's per-task cost (about 4 ms of
     event-loop CPU each, here) is paid once for several of them.  Each chunk
-    is still leased, fenced and recorded on its own.  One that waited renews
-    its lease before it starts; once the job stops running, a lease was
-    taken back, or a chunk does not end done, the rest go back to the queue
-    untouched for the driver to decide."""
+    is still leased, fenced and recorded on its own, and renews its lease
+    and marks it started before it starts (one whose lease was taken back
+    while it waited does not start).  The driver keeps the leases of
+    a task waiting in Dask's queue; once the task starts, the running
+    chunk's heartbeat keeps its own and those of the chunks behind it.
+    Once the job stops running, a lease was taken back, or a chunk does not
+    end done, the rest go back to the queue untouched for the driver to
+    decide."""
     io = SharedIO.for_run(settings, tasks)
     results: list[ChunkResult] = []
     waiting: list[tuple[ChunkTask, ChunkResult]] = []  # done, their rows not yet inserted
     for i, task in enumerate(tasks):
-        if i:
-            why = _resume(settings, task)
-            if why:
-                results += _give_back(settings, tasks[i:], why)
-                break
-        result = run_chunk(settings, task, io)
+        why = _start(settings, task, behind=i > 0)
+        if why:
+            results += _give_back(settings, tasks[i:], why)
+            break
+        result = run_chunk(settings, task, io, tasks[i + 1:])
         if io is not None and result.ok:
             waiting.append((task, result))
             continue
@@ -223,11 +228,13 @@ def _insert_and_record(settings: Settings, io: SharedIO,
     return out
 
 
-def _resume(settings: Settings, task: ChunkTask) -> str:
-    """'' when the chunk may start; else why not."""
+def _start(settings: Settings, task: ChunkTask, behind: bool) -> str:
+    """'' when the chunk may start (its lease is marked started); else why
+    not (``behind``: it waited behind others in its task, and does not
+    start once its job no longer runs)."""
     _, state = connections(settings)
     try:
-        got = state.resume_lease(task.job_id, task.index, task.token, settings.lease_seconds * 1000)
+        got = state.start_lease(task.job_id, task.index, task.token, settings.lease_seconds * 1000, behind)
     except DependencyError as exc:
         return f"Redis away: {exc}"
     return "" if got == "ok" else ("its lease was taken back" if got == "lost" else f"the job is {got}")

@@ -54,6 +54,14 @@ class Driver:
         # Each Dask future runs one or more chunks (chunk.run_chunks):
         # future -> [(chunk index, lease token), ...] in the order they run.
         self.in_flight: dict[Any, list[tuple[int, int]]] = {}
+        # The futures in flight whose tasks have not been seen to start:
+        # they may wait in Dask's queue (jobs sharing a cluster, more
+        # workers asked than it has threads) longer than a lease lives, so
+        # the driver renews their chunks' leases each upkeep.  Once a task
+        # starts, its running chunk's heartbeat keeps the leases of its
+        # chunks (lease.Heartbeat), so that a worker that dies or hangs
+        # mid-chunk still loses them; a driver that dies renews nothing.
+        self.waiting: set[Any] = set()
         self.last_upkeep = time.monotonic()
         # Futures whose chunk was taken back (deadline or lease) while their
         # thread still runs: each holds a worker slot until it returns.
@@ -77,6 +85,7 @@ class Driver:
                 # record themselves; the new driver sees them settle.
                 logs.log.warning("%s", exc, extra={"job_id": self.job_id})
                 self.in_flight.clear()
+                self.waiting.clear()
                 return self.state.status(self.job_id)
             except DependencyError as exc:
                 # Running chunks keep going and retry their own records.
@@ -158,6 +167,7 @@ class Driver:
                                              key=f"chunk-{self.job_id}-{first.index}-{first.token}"
                                                  + (f"+{len(batch) - 1}" if len(batch) > 1 else ""))
             self.in_flight[fut] = [(t.index, t.token) for t in batch]
+            self.waiting.add(fut)
             fut.add_done_callback(self._on_settled)
             got += 1
         return got, refused == "empty"
@@ -167,6 +177,9 @@ class Driver:
 
     def _collect(self, fut) -> list[Instruction]:
         chunks = self.in_flight.pop(fut)
+        # A task that returned without starting its chunks (Redis away at
+        # its start) leaves their leases to run out: not ours to keep.
+        self.waiting.discard(fut)
         if fut.status == "error":  # the task never reported: its worker died or it crashed
             exc = fut.exception()
             why = f"worker lost: {type(exc).__name__}: {exc}"
@@ -194,12 +207,25 @@ class Driver:
         if since > min(self.lease_ms / 3000, 5.0):
             if not self.state.renew_driver(self.job_id, self.owner, self.lease_ms):
                 self._relock(since)
+            self._keep_waiting()
             self.state.expire_leases(self.job_id)
             self._forget_expired()
             if self.flush is not None:
                 self.flush()
             self.timeout_s = self._chunk_timeout()
             self.last_upkeep = time.monotonic()
+
+    def _keep_waiting(self) -> None:
+        """Renew the leases of the chunks of the tasks not yet started, in
+        one call (at most ``workers`` tasks of ``MAX_CHUNKS_PER_TASK``
+        chunks); stop keeping a task once one of its chunks started or is no
+        longer ours (done, or taken back)."""
+        futures = [f for f in self.waiting if f in self.in_flight]
+        owner = [f for f in futures for _ in self.in_flight[f]]
+        chunks = [c for f in futures for c in self.in_flight[f]]
+        self.waiting = set(futures)
+        if chunks:
+            self.waiting -= {owner[k] for k in self.state.keep_waiting(self.job_id, chunks, self.lease_ms)}
 
     def _relock(self, since: float) -> None:
         """The driver lock ran out before it was renewed (this process was held
@@ -233,8 +259,8 @@ class Driver:
         leases = self.state.leases(self.job_id)
         for fut, chunks in list(self.in_flight.items()):
             # A task holds no lease any more once its running chunk was taken
-            # back and those waiting behind it ran out (their leases are only
-            # renewed when they start).
+            # back and those waiting behind it were returned (``_give_back``)
+            # or ran out with it (its heartbeat kept them).
             if not fut.done() and all(leases.get(idx) != token for idx, token in chunks):
                 # Not cancelled: a running task cannot be stopped anyway, and
                 # its future is how we see the slot come free again.
@@ -248,7 +274,8 @@ class Driver:
         and never returned: nothing can run in this cluster any more ([]
         while a slot is free).  A forgotten future may also be one that never
         started, its lease having run out in Dask's queue: only a timeout
-        recorded for the chunk shows that it ran."""
+        recorded for the chunk shows that it ran (this driver keeps waiting
+        chunks' leases, but not while it is held up past a lease period)."""
         if len(self.stuck) < self.workers:
             return []
         errors = self.state.chunk_errors(self.job_id)
@@ -267,6 +294,7 @@ class Driver:
                 except DependencyError:
                     pass  # the lease expires instead
         self.in_flight.clear()
+        self.waiting.clear()
         try:
             if self.state.status(self.job_id) == "running":
                 self.state.transition(self.job_id, "interrupt", why)

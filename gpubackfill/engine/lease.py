@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 import psutil
 
@@ -69,7 +70,7 @@ class _LeaseKeeper:
                     continue
                 if not beat.lost and now >= beat.due:
                     try:
-                        beat.renew()
+                        beat.keep()
                     except DependencyError:
                         pass  # Redis away for a moment: the fence decides before writing
             self._wake.wait(0.5)
@@ -79,10 +80,14 @@ _KEEPER = _LeaseKeeper()
 
 
 class Heartbeat:
-    """Keeps the chunk's lease renewed while it runs; ``fence()`` before writing."""
+    """Keeps the chunk's lease renewed while it runs, and those of the
+    chunks ``behind`` it in its task, which have not started; ``fence()``
+    before writing."""
 
-    def __init__(self, state: RedisState, task: ChunkTask, lease_ms: int):
+    def __init__(self, state: RedisState, task: ChunkTask, lease_ms: int,
+                 behind: Sequence[ChunkTask] = ()):
         self.state, self.task, self.lease_ms = state, task, lease_ms
+        self.behind = [(t.index, t.token) for t in behind]
         self.lost = False
         self.started = time.monotonic()
         self.due = self.started + lease_ms / 3000
@@ -103,6 +108,14 @@ class Heartbeat:
         self.lost = self.lost or not ok
         self.due = time.monotonic() + self.lease_ms / 3000
         return ok
+
+    def keep(self) -> None:
+        """The keeper's renewal.  The chunks behind this one are kept only
+        while this one is (the driver stopped keeping them when their task
+        started): a chunk taken back past its deadline, or a worker gone,
+        lets their leases run out as well."""
+        if self.renew() and self.behind:
+            self.state.keep_waiting(self.task.job_id, self.behind, self.lease_ms)
 
     def overdue(self, now: float) -> None:
         """Past the deadline (runs on the keeper thread).

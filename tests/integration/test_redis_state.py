@@ -198,3 +198,36 @@ def test_a_status_never_shows_more_eta_samples_than_chunks_done(state, monkeypat
     monkeypatch.setattr(telemetry, "samples", then_finish_one(telemetry.samples))
     s = views.job_status(state, telemetry, "j2")
     assert s.eta.chunks_seen <= s.chunks.done
+
+
+def test_the_driver_keeps_only_the_leases_of_chunks_not_started(state):
+    job = new_job(state, 3)
+    state.transition(job, "execute")
+    (a, ta, _), (b, tb, _), (c, tc, _) = (state.claim(job, "w", 1) for _ in range(3))
+    assert state.start_lease(job, a, ta, 1) == "ok"  # a's task started it
+    assert state.release(job, c, tc)  # c was given back
+    assert state.started(job) == {a}
+    # Positions of the chunks not renewed: a (started), c (not ours).
+    assert state.keep_waiting(job, [(a, ta), (b, tb), (c, tc)], 60_000) == [0, 2]
+    time.sleep(0.01)
+    # a's one-millisecond lease ran out (only its heartbeat renews it); b's was kept.
+    assert state.expire_leases(job) == 1
+    assert state.leases(job) == {b: tb}
+    assert state.chunk_states(job) == {a: "pending", b: "leased", c: "pending"}
+    # A started lease stays started through its heartbeat's renewals and its fence.
+    assert state.start_lease(job, b, tb, 60_000) == "ok"
+    assert state.renew_lease(job, b, tb, 60_000) and state.fence_write(job, b, tb, 60_000) == 1
+    assert state.started(job) == {b} and state.keep_waiting(job, [(b, tb)], 60_000) == [0]
+    assert state.release_owner(job, "w") == 1  # the owner is read past the mark
+    assert state.start_lease(job, b, tb, 60_000) == "lost"
+
+
+def test_a_chunk_behind_others_in_its_task_does_not_start_once_its_job_stops(state):
+    job = new_job(state, 2)
+    state.transition(job, "execute")
+    (a, ta, _), (b, tb, _) = (state.claim(job, "w", 60_000) for _ in range(2))
+    state.transition(job, "pause")
+    assert state.start_lease(job, b, tb, 60_000, behind=True) == "paused"
+    assert state.started(job) == set()
+    # A task's first chunk starts, as a claimed chunk always has.
+    assert state.start_lease(job, a, ta, 60_000) == "ok" and state.started(job) == {a}

@@ -1,20 +1,29 @@
 """Leases on claimed chunks, and the fence a chunk passes before it writes.
 
-    P:job:J:lease        hash   chunk index -> "owner|expires_ms|token"
+    P:job:J:lease        hash   chunk index -> "owner|expires_ms|token", "...|run" once its task started it
     P:job:J:writes       hash   chunk index -> token of the lease its last write was fenced under
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...jobs.machine import TABLES
 from .base import StateBase, now_ms
+
+STARTED = "|run"  # the end of a started chunk's lease
 
 
 class Leases(StateBase):
     def leases(self, job_id: str) -> dict[int, int]:
         """Chunk index -> token of its current lease."""
-        return {int(i): int(v.rsplit("|", 1)[1])
+        return {int(i): int(v.removesuffix(STARTED).rsplit("|", 1)[1])
                 for i, v in self.call(self.client.hgetall, self.key(job_id, "lease")).items()}
+
+    def started(self, job_id: str) -> set[int]:
+        """The leased chunks whose tasks have started them (``start_lease``)."""
+        return {int(i) for i, v in self.call(self.client.hgetall, self.key(job_id, "lease")).items()
+                if v.endswith(STARTED)}
 
     def renew_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> bool:
         """Extend a lease that is still ours; False once it was taken back."""
@@ -27,12 +36,23 @@ class Leases(StateBase):
         return int(self.run("fence_write", [self.key(job_id, "lease"), self.key(job_id, "writes")],
                             [idx, token, now_ms() + lease_ms]))
 
-    def resume_lease(self, job_id: str, idx: int, token: int, lease_ms: int) -> str:
-        """Before a chunk that waited behind others in its batch starts: renew
-        its lease if it is still ours and the job still running.  'ok',
-        'lost', or the job's status (the lease then stays to be released)."""
-        return str(self.run("resume", [self.key(job_id, "lease"), self.key(job_id)],
-                            [idx, token, now_ms() + lease_ms]))
+    def start_lease(self, job_id: str, idx: int, token: int, lease_ms: int, behind: bool = False) -> str:
+        """Before a chunk starts in its task: renew its lease if it is still
+        ours and mark it started (from then on its heartbeat keeps it, not
+        the driver).  'ok', 'lost', or for a chunk ``behind`` others in its
+        task, the job's status once it no longer runs (the lease then stays
+        to be released)."""
+        return str(self.run("start", [self.key(job_id, "lease"), self.key(job_id)],
+                            [idx, token, now_ms() + lease_ms, "1" if behind else "0"]))
+
+    def keep_waiting(self, job_id: str, chunks: Sequence[tuple[int, int]], lease_ms: int) -> list[int]:
+        """Renew, in one call, the leases of chunks (index, token) that have
+        not started; the positions in ``chunks`` of those not renewed:
+        started (``start_lease``), or no longer ours."""
+        args: list[int] = [now_ms() + lease_ms]
+        for idx, token in chunks:
+            args += [idx, token]
+        return [int(k) for k in self.run("keep", [self.key(job_id, "lease")], args)]
 
     def release(self, job_id: str, idx: int, token: int | None = None) -> bool:
         """A leased chunk back to pending (``token``: only under that lease)."""
