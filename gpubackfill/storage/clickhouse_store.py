@@ -368,7 +368,7 @@ class Store:
             keys, rel = [SeriesKey("", "")], f"{self.db}.candles"
         return [(i, g, int(n)) for i, g, n in self._reader(keys).rows(
             f"SELECT instrument, granularity, count() FROM {rel} "
-            f"GROUP BY instrument, granularity ORDER BY instrument, granularity")]
+            f"GROUP BY instrument, granularity ORDER BY instrument, granularity {_IN_ORDER}")]
 
     def chunk_starts(self, key: SeriesKey, start_ms: int, end_ms: int, chunk_size: int) -> list[tuple[int, int]]:
         """(first ts, rows) of each run of ``chunk_size`` candles in [start, end)."""
@@ -383,7 +383,8 @@ class Store:
         return [(int(t), int(n)) for _, t, n in rows]
 
     def chunk_marks(self, keys: list[SeriesKey], start_ms: int, end_ms: int, chunk_size: int,
-                    back: int, ahead: int, counts: dict[SeriesKey, int]) -> dict[SeriesKey, dict[int, int]]:
+                    back: int, ahead: int, counts: dict[SeriesKey, int],
+                    firsts: Mapping[SeriesKey, int] | None = None) -> dict[SeriesKey, dict[int, int]]:
         """The ts of the candles that start a run of ``chunk_size`` or bound
         a halo of ``back``/``ahead`` rows, by 1-based row number in [start,
         end), per series with candles there (``counts``: ``range_counts``
@@ -391,22 +392,23 @@ class Store:
 
         A numbered read of each series with more than one chunk keeps only
         those rows; the series that fit one chunk are read once together
-        for their first ts."""
+        for their first ts, unless ``firsts`` has it (the first ts in the
+        same range, as ``small_series_counts`` gives it)."""
         out: dict[SeriesKey, dict[int, int]] = {}
         p: dict[str, Any] = {"a": start_ms, "b": end_ms, "cs": chunk_size, "back": back, "ahead": ahead}
-        small = [k for k in keys if 0 < counts[k] <= chunk_size]
+        known = firsts or {}
+        for k in keys:
+            if 0 < counts[k] <= chunk_size and k in known:
+                out[k] = {1: known[k]}
+        small = [k for k in keys if 0 < counts[k] <= chunk_size and k not in known]
         total = [k for k in keys if counts[k] > chunk_size]
         if small:
             # Only the small series' rows are read here (the key prunes the rest).
             first_ts = {(i, g): int(t) for i, g, t in self._reader(small).rows(
                 f"SELECT instrument, granularity, min(toUnixTimestamp64Milli(ts)) FROM {self._rel(small)} "
-                f"WHERE instrument IN {{insts:Array(String)}} AND granularity IN {{grans:Array(String)}} "
-                f"AND (instrument, granularity) IN {{keys:Array(Tuple(String, String))}} "
-                f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
-                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') GROUP BY instrument, granularity",
-                {**p, "insts": sorted({k.instrument for k in small}),
-                 "grans": sorted({k.granularity for k in small}),
-                 "keys": [(k.instrument, k.granularity) for k in small]})}
+                f"WHERE {_in_keys(small)} AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+                f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') GROUP BY instrument, granularity "
+                f"{_IN_ORDER}", {**p, **_keys_params(small)})}
             for k in small:
                 out[k] = {1: first_ts[(k.instrument, k.granularity)]}
         # Series of a few chunks are numbered together, a batch a statement
@@ -418,7 +420,7 @@ class Store:
                         SELECT instrument, granularity, toUnixTimestamp64Milli(ts) AS t,
                                row_number() OVER (PARTITION BY instrument, granularity ORDER BY ts) AS rn
                         FROM {self._rel(part)}
-                        WHERE {_in_keys()} AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
+                        WHERE {_in_keys(part)} AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC')
                           AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'))
                     WHERE (rn - 1) % {{cs:Int64}} = 0 OR (rn - 1 + {{back:Int64}}) % {{cs:Int64}} = 0
                        OR (rn - {{ahead:Int64}}) % {{cs:Int64}} = 0""", {**p, **_keys_params(part)}):
@@ -478,13 +480,13 @@ class Store:
         ``range_counts``' and ``series_spans``' arm per series (~10 ms each)."""
         out: dict[SeriesKey, tuple[int, int, int]] = {}
         small = [k for k in keys if 0 < sizes.get(k, 0) <= SMALL_SERIES]
-        for part in _batches(small, sizes, BATCH_ROWS):
+        for part in _batches(small, sizes, COUNT_ROWS):
             for i, g, n, lo, hi in self._reader(part).rows(
                     f"SELECT instrument, granularity, count(), min(toUnixTimestamp64Milli(ts)), "
-                    f"max(toUnixTimestamp64Milli(ts)) FROM {self._rel(part)} WHERE {_in_keys()} "
+                    f"max(toUnixTimestamp64Milli(ts)) FROM {self._rel(part)} WHERE {_in_keys(part)} "
                     f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
-                    f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') GROUP BY instrument, granularity",
-                    {"a": start_ms, "b": end_ms, **_keys_params(part)}):
+                    f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC') GROUP BY instrument, granularity "
+                    f"{_IN_ORDER}", {"a": start_ms, "b": end_ms, **_keys_params(part)}):
                 out[SeriesKey(i, g, part[0].source)] = (int(n), int(lo), int(hi))
         return out
 
@@ -1080,15 +1082,19 @@ class Store:
 SMALL_SERIES = 200_000
 BATCH_ROWS = 2_000_000
 BATCH_SERIES = 2_000  # a longer IN list costs more to parse than the batch saves
+# Counted in key order, a batch's rows cost no memory: larger batches, fewer statements.
+COUNT_ROWS = 20_000_000
 
 
 def _batches(keys: list[SeriesKey], sizes: Mapping[SeriesKey, int], rows: int) -> list[list[SeriesKey]]:
-    """``keys`` in consecutive batches of at most ``rows`` candles (``sizes``) and
-    ``BATCH_SERIES`` series each."""
+    """``keys`` in batches of one granularity, at most ``rows`` candles
+    (``sizes``) and ``BATCH_SERIES`` series each (consecutive within a
+    granularity)."""
     out: list[list[SeriesKey]] = []
     n = 0
-    for k in keys:
-        if not out or n + sizes[k] > rows or len(out[-1]) >= BATCH_SERIES:
+    for k in sorted(keys, key=lambda k: k.granularity):
+        if (not out or n + sizes[k] > rows or len(out[-1]) >= BATCH_SERIES
+                or out[-1][0].granularity != k.granularity):
             out.append([])
             n = 0
         out[-1].append(k)
@@ -1096,10 +1102,20 @@ def _batches(keys: list[SeriesKey], sizes: Mapping[SeriesKey, int], rows: int) -
     return out
 
 
-def _in_keys() -> str:
-    """The rows of a batch of series (``_keys_params``): the IN lists prune by the primary key."""
-    return ("instrument IN {insts:Array(String)} AND granularity IN {grans:Array(String)} "
-            "AND (instrument, granularity) IN {keys:Array(Tuple(String, String))}")
+def _in_keys(keys: list[SeriesKey]) -> str:
+    """The rows of a batch of series (``_keys_params``): the IN lists prune
+    by the primary key.  Where they name exactly the batch's pairs (one
+    granularity: ``_batches``) no per-row test of the pair is added, which
+    cost more CPU than the rest of the read."""
+    exact = ({(k.instrument, k.granularity) for k in keys}
+             == {(i, g) for i in {k.instrument for k in keys} for g in {k.granularity for k in keys}})
+    return ("instrument IN {insts:Array(String)} AND granularity IN {grans:Array(String)}"
+            + ("" if exact else " AND (instrument, granularity) IN {keys:Array(Tuple(String, String))}"))
+
+
+# A GROUP BY over the key's prefix reads its rows in key order and
+# aggregates each group as it ends: 10-30x less CPU than hashing every row.
+_IN_ORDER = "SETTINGS optimize_aggregation_in_order = 1"
 
 
 def _keys_params(keys: list[SeriesKey]) -> dict[str, Any]:

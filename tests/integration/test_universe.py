@@ -329,3 +329,34 @@ def test_a_bad_series_packed_with_good_ones_fails_alone(service):
     usdchf = [x["instrument"] for x in s["series"]].index("USDCHF")
     assert len(dead) == 1 and dead[0]["series"] == [usdchf]
     assert any(e["event"] == "unpack" for e in service.state.events(job))
+
+
+def test_grouped_planning_reads_count_only_the_series_asked_for(service):
+    """Batches of small series are counted and bounded together; a set of
+    pairs that is not every instrument at every granularity (here A M15 and
+    B H1, beside A H1 and B M15 in the store) counts each pair's own rows."""
+    tables = {(i, g): ingest(service, i, g, end=end)
+              for (i, g), end in ((("EURUSD", "M15"), "2024-01-05"), (("EURUSD", "H1"), "2024-01-25"),
+                                  (("GBPUSD", "M15"), "2024-01-25"), (("GBPUSD", "H1"), "2024-01-09"))}
+    store = service.store
+    asked = [SeriesKey("EURUSD", "M15"), SeriesKey("GBPUSD", "H1")]
+    lo, hi = np.datetime64("2024-01-02", "ms").astype(np.int64), np.datetime64("2024-01-30", "ms").astype(np.int64)
+    want = {}
+    for k in asked:
+        ts = tables[(k.instrument, k.granularity)].column("ts").to_numpy()
+        inside = ts[(ts >= lo) & (ts < hi)]
+        want[k] = (len(inside), int(inside[0]), int(inside[-1]))
+    sizes = {k: tables[(k.instrument, k.granularity)].num_rows for k in asked}
+    assert store.small_series_counts(asked, int(lo), int(hi), sizes) == want
+    counts = {k: v[0] for k, v in want.items()}
+    # Each fits one chunk: its first ts, read (both at once) or given.
+    marks = store.chunk_marks(asked, int(lo), int(hi), 10_000, 50, 5, counts)
+    assert marks == {k: {1: v[1]} for k, v in want.items()}
+    assert store.chunk_marks(asked, int(lo), int(hi), 10_000, 50, 5, counts, {asked[0]: want[asked[0]][1]}) == marks
+    # Several chunks each: numbered together, a batch of one granularity at a time.
+    cut = store.chunk_marks(asked, int(lo), int(hi), 100, 50, 5, counts)
+    for k in asked:
+        ts = tables[(k.instrument, k.granularity)].column("ts").to_numpy()
+        inside = ts[(ts >= lo) & (ts < hi)]
+        assert cut[k] == {rn: int(inside[rn - 1]) for rn in cut[k]}
+        assert {rn for rn in range(1, len(inside) + 1, 100)} <= set(cut[k])
