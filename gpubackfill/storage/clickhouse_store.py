@@ -1189,8 +1189,10 @@ def _with_series(key: SeriesKey, table: pa.Table) -> pa.Table:
 
 
 def _with_many_series(keys: list[SeriesKey], tables: list[pa.Table], set_id: str) -> pa.Table:
-    """Label rows of several series in one table, their key columns in front."""
-    body = pa.concat_tables(tables).combine_chunks()
+    """Label rows of several series in one table, their key columns in front
+    (the series' own columns as they are, a chunk each: chDB reads them in
+    place: combined, a million rows were an 80 MB copy)."""
+    body = pa.concat_tables(tables)
     counts = np.array([t.num_rows for t in tables])
 
     def keyed(values: list[str]) -> pa.DictionaryArray:
