@@ -852,8 +852,7 @@ class Store:
             self.command(f"DELETE FROM {table} WHERE {rng}", p)
         tables = [w[3] for w in writes]
         if any(t.num_rows for t in tables):
-            self.insert_arrow(f"labels_{set_id}",
-                              _with_many_series([w[0] for w in writes], tables, set_id))
+            self.insert_arrow(f"labels_{set_id}", *_with_many_series([w[0] for w in writes], tables, set_id))
         if record:
             now = time.time_ns() // 1_000_000
             self.write_records(set_id, [(w[0], w[1], w[2], w[4], w[3].num_rows, w[5], now, job_id)
@@ -1188,10 +1187,15 @@ def _with_series(key: SeriesKey, table: pa.Table) -> pa.Table:
     return clickhouse.with_constants(_with_ts(table), {"instrument": key.instrument, "granularity": key.granularity})
 
 
-def _with_many_series(keys: list[SeriesKey], tables: list[pa.Table], set_id: str) -> pa.Table:
-    """Label rows of several series in one table, their key columns in front
-    (the series' own columns as they are, a chunk each: chDB reads them in
-    place: combined, a million rows were an 80 MB copy)."""
+def _with_many_series(keys: list[SeriesKey], tables: list[pa.Table], set_id: str
+                      ) -> tuple[pa.Table, dict[str, str]]:
+    """Label rows of several series in one table, and the constants of the
+    insert (``insert_arrow``): a key column with one value for all of
+    them (the granularity, the source, the label set, usually) is a literal
+    of the statement, the others go in front as dictionary columns (chDB
+    converts each such column row by row in the inserting thread).  The
+    series' own columns go as they are, a chunk each: chDB reads them in
+    place (combined, a million rows were an 80 MB copy)."""
     body = pa.concat_tables(tables)
     counts = np.array([t.num_rows for t in tables])
 
@@ -1200,15 +1204,13 @@ def _with_many_series(keys: list[SeriesKey], tables: list[pa.Table], set_id: str
         codes = np.repeat(np.array([names.index(v) for v in values], np.int32), counts)
         return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
 
-    cols: dict[str, Any] = {
-        "instrument": keyed([k.instrument for k in keys]),
-        "granularity": keyed([k.granularity for k in keys]),
-        "source": keyed([k.source for k in keys]),
-        "label_set": pa.DictionaryArray.from_arrays(pa.array(np.zeros(body.num_rows, np.int32)),
-                                                    pa.array([set_id], pa.string())),
-        "ts": body.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-    }
+    values = {"instrument": [k.instrument for k in keys], "granularity": [k.granularity for k in keys],
+              "source": [k.source for k in keys]}
+    constants = {name: v[0] for name, v in values.items() if len(set(v)) == 1}
+    constants["label_set"] = set_id
+    cols: dict[str, Any] = {name: keyed(v) for name, v in values.items() if name not in constants}
+    cols["ts"] = body.column("ts").cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
     for name in body.column_names:
         if name != "ts":
             cols[name] = body.column(name)
-    return pa.table(cols)
+    return pa.table(cols), constants

@@ -360,3 +360,25 @@ def test_grouped_planning_reads_count_only_the_series_asked_for(service):
         inside = ts[(ts >= lo) & (ts < hi)]
         assert cut[k] == {rn: int(inside[rn - 1]) for rn in cut[k]}
         assert {rn for rn in range(1, len(inside) + 1, 100)} <= set(cut[k])
+
+
+@pytest.mark.parametrize("rows", [300, 70_000])  # one IPC message; chDB's Python() table function
+def test_a_pack_of_series_of_two_granularities_writes_each_its_own_rows(service, rows):
+    """A pack's key columns that differ between its series go row by row,
+    the ones they share as literals: each series reads back its own rows."""
+    from gpubackfill.labels import resolve
+
+    service.init()
+    store = service.store
+    set_id = store.ensure_label_table(list(resolve(["mfe_mae"])))
+    keys = [SeriesKey("EURUSD", "H1"), SeriesKey("EURUSD", "M15"), SeriesKey("GBPUSD", "M15")]
+    writes = []
+    for n, key in enumerate(keys):
+        ts = np.arange(rows, dtype=np.int64) * 60_000 + 1_704_067_200_000
+        labels = pa.table({"ts": ts, "mfe": np.full(rows, float(n)), "mae": np.full(rows, -float(n))})
+        writes.append((key, int(ts[0]), int(ts[-1]) + 1, labels, f"h{n}", 0))
+    store.write_labels_many(set_id, writes, "job", fresh=True, record=False)
+    for n, key in enumerate(keys):
+        got = store.read_labels(key, set_id)
+        assert got.num_rows == rows
+        assert set(got.column("mfe").to_pylist()) == {float(n)}, key
