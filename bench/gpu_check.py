@@ -6,10 +6,14 @@ seeds); kernel throughput with data already on the device (CUDA events,
 median of repeats after warm-up) and end to end through ``compute_labels``
 (host->device and back included); the device-to-device copy bandwidth
 measured in the same run and each kernel's essential bytes/s as a fraction of
-it; the 2-core CPU path on the same machine for the speed-up; a small job on
-a dask-cuda ``LocalCUDACluster`` when dask-cuda is importable; the second
-and third label sets (sides, meta-labels and ``barrier_grid``: against the
-CPU, then speed).  A summary table comes last.
+it; ``compute_labels(backend="cuda")`` through its pinned staging path
+against the copy of its inputs and outputs from and to pinned memory alone,
+in one block and in four; the 2-core CPU path on the same machine for the
+speed-up; a small job whose tasks are descriptors (each worker reads its own
+rows) on a dask-cuda ``LocalCUDACluster`` with an RMM pool where rmm is
+installed (a CPU ``LocalCluster`` without dask-cuda); the second and third
+label sets (sides, meta-labels and ``barrier_grid``: against the CPU, then
+speed).  A summary table comes last.
 
     bash bench/gpu_check.sh                    # on the GPU machine
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_check.py --simulate   # logic check, no GPU
@@ -27,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -224,8 +229,10 @@ def third_set(n: int, sizes: list[int], repeats: int) -> None:
             t = statistics.median(times)
             rows.append([f"{size:.0e}", what, f"{t * 1e3:.1f}", f"{size / t * 60 / 1e6:,.0f}"])
     # The grid's outputs are 14 bytes per combination and candle (38 GB at
-    # 1e8 candles and 27 combinations): timed on the smallest size.
-    size = min(sizes)
+    # 1e8 candles and 27 combinations): timed on the smallest size.  The
+    # simulator runs a thread a row in Python, so there the 28 kernels get
+    # a tenth of it: they check that the section runs, not its speed.
+    size = min(sizes) if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" else max(50, min(sizes) // 10)
     big = walk(size, 15)
     cols = {k: gk.as_device(big[k].to_numpy()) for k in ("open", "high", "low", "close")}
     sigma = gk.ewm_sigma(cols["close"], 100)
@@ -381,40 +388,215 @@ def cpu_baseline(n: int, threads: int) -> float:
     return n / t
 
 
+def _label_rows(path: str, a: int, b: int, back: int, ahead: int, backend: str):
+    """One chunk's labels, computed where the task runs: its rows a..b and
+    their halo read there from the series' .npy files under ``path``."""
+    from gpubackfill import compute_labels as labels_of
+
+    n = np.load(f"{path}/close.npy", mmap_mode="r").shape[0]
+    lo, hi = max(0, a - back), min(n, b + ahead)
+    frame = pd.DataFrame({c: np.load(f"{path}/{c}.npy", mmap_mode="r")[lo:hi]
+                          for c in ("ts", "open", "high", "low", "close")})
+    return labels_of(frame, ALL, PARAMS, backend=backend, output="arrow").slice(a - lo, b - a)
+
+
+# A task carries its function, a path and five numbers: ~2 KB, far below
+# this even at --simulate's 1,500 candles (60 KB of frame); the closure that
+# captured the frame shipped a 381 MiB graph on the H200 (bench/RESULTS.md).
+TASK_LIMIT = 4 << 10
+
+
 def dask_cuda_job(n: int, chunks: int) -> None:
-    try:
-        from dask_cuda import LocalCUDACluster
-        from distributed import Client
-    except ImportError as exc:
-        print(f"\n4. dask-cuda job: skipped ({exc})")
-        ROWS.append(("dask-cuda LocalCUDACluster job", "runs", "skipped (no dask-cuda)"))
-        return
+    """4 chunks on a LocalCUDACluster (an RMM pool where rmm is installed),
+    each task a descriptor: the worker reads its own rows.  Without dask-cuda
+    (--simulate) the same job runs on a CPU LocalCluster with backend cpu."""
+    import tempfile
+
+    import cloudpickle
+    import pyarrow as pa
+    from distributed import Client, LocalCluster
+
     from gpubackfill.labels import halo
 
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        gpu, why = False, str(exc)
+    else:
+        gpu, why = True, ""
     df = walk(n, 3)
     back, ahead = halo(resolve(ALL, PARAMS))
     bounds = np.linspace(0, n, chunks + 1).astype(int)
+    backend = "cuda" if gpu else "cpu"
+    pool = "none"
+    with tempfile.TemporaryDirectory() as path:
+        for c in ("ts", "open", "high", "low", "close"):
+            np.save(f"{path}/{c}.npy", df[c].to_numpy())
+        tasks = [(path, int(a), int(b), back, ahead, backend) for a, b in zip(bounds[:-1], bounds[1:])]
+        sizes = [len(cloudpickle.dumps((_label_rows, t))) for t in tasks]
+        if gpu:
+            kwargs: dict = {"dashboard_address": ":0"}
+            try:
+                import rmm  # noqa: F401
+                from numba import cuda
 
-    def run(a: int, b: int):
-        lo, hi = max(0, a - back), min(n, b + ahead)
-        out = compute_labels(df.iloc[lo:hi], ALL, PARAMS, backend="cuda", output="arrow")
-        return out.slice(a - lo, b - a)
-
-    with LocalCUDACluster(dashboard_address=":0") as cluster, Client(cluster) as client:
-        t0 = time.perf_counter()
-        parts = client.gather([client.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
-        t = time.perf_counter() - t0
-        workers = len(cluster.workers)
-    import pyarrow as pa
-
+                total = cuda.current_context().get_memory_info()[1]
+                pool = f"{int(total * 0.5) >> 30}GB"
+                kwargs.update(rmm_pool_size=pool, rmm_allocator_external_lib_list=["cupy", "numba"])
+            except ImportError:
+                pool = "none (no rmm)"
+            cluster = LocalCUDACluster(**kwargs)
+        else:
+            cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                   dashboard_address=":0")
+        with cluster, Client(cluster) as client:
+            t0 = time.perf_counter()
+            parts = client.gather([client.submit(_label_rows, *t, pure=False) for t in tasks])
+            t = time.perf_counter() - t0
+            workers = len(cluster.workers)
     whole = compute_labels(df, ALL, PARAMS, backend="cpu", output="arrow")
     got = pa.concat_tables(parts)
     same = all(np.allclose(got.column(c).to_numpy(zero_copy_only=False).astype(float),
                            whole.column(c).to_numpy(zero_copy_only=False).astype(float),
                            rtol=1e-9, equal_nan=True) for c in whole.column_names)
-    print(f"\n4. dask-cuda job: {chunks} chunks of {n:,} candles on {workers} GPU worker(s) in "
-          f"{t:.2f} s; equal to the whole-series CPU result: {same}")
-    ROWS.append(("dask-cuda LocalCUDACluster job", "equal to CPU", str(same)))
+    where = (f"{workers} GPU worker(s), RMM pool {pool}" if gpu
+             else f"a CPU LocalCluster, backend cpu (no dask-cuda: {why})")
+    print(f"\n4. dask job: {chunks} chunks of {n:,} candles on {where} in {t:.2f} s; "
+          f"tasks of {max(sizes):,} bytes at most (each reads its own rows); equal to the whole-series CPU "
+          f"result: {same}")
+    ROWS.append(("dask-cuda LocalCUDACluster job" if gpu else "dask job (CPU LocalCluster)",
+                 "equal to CPU", str(same)))
+    ROWS.append(("dask job: bytes a task in the graph", f"< {TASK_LIMIT >> 10} KiB", f"{max(sizes):,}"))
+
+
+def staging_check(n: int, repeats: int, device_bw: float, simulate: bool) -> None:
+    """compute_labels(backend="cuda") through the staging path against the
+    copies alone: its inputs to the device and its outputs back from
+    pinned memory (the floor), and through the staging buffers; then the
+    same call in 4 row blocks (a device budget of a quarter of the rows
+    and their halo)."""
+    from gpubackfill.compute import staging
+    from gpubackfill.labels import halo
+    from kernels import cuda as gk
+
+    if simulate:  # many pieces a column, so the simulator walks that path
+        staging.PIECE_BYTES = 1_000
+    try:
+        _staging_check(n, repeats, device_bw, staging, gk, halo)
+    finally:
+        staging.PIECE_BYTES = None
+
+
+def _staging_check(n: int, repeats: int, device_bw: float, staging, gk, halo) -> None:
+    df = walk(n, 1)
+    inputs = [df[c].to_numpy() for c in ("open", "high", "low", "close")]
+    resolved = resolve(ALL, PARAMS)
+    out_types = [np.dtype(t.to_pandas_dtype()) for r in resolved for _, t in r.outputs()]
+    in_bytes = sum(a.nbytes for a in inputs)
+    out_bytes = n * sum(t.itemsize for t in out_types)
+
+    reps = max(1, repeats // 2)
+    h2d, d2h, staged, piece = _copies(n, inputs, out_types, reps)
+    floor = h2d + d2h
+    keep_freed_memory()
+    call, one = _median_s(lambda: compute_labels(df, ALL, PARAMS, backend="cuda", output="arrow"), reps)
+    per_row = staging.device_bytes_per_row(_series_of(df), resolved)
+    back, ahead = halo(resolved)
+    quarter = -(-n // 4) + back + ahead
+    blocked, blocks, bad = None, 1, 0
+    if len(staging.row_blocks(n, quarter, back, ahead)) > 1:  # not where the halo is the series
+        staging.DEVICE_BUDGET = per_row * quarter
+        try:
+            blocked, four = _median_s(lambda: compute_labels(df, ALL, PARAMS, backend="cuda",
+                                                             output="arrow"), max(1, reps // 2))
+        finally:
+            staging.DEVICE_BUDGET = None
+        blocks = four.column("mfe").num_chunks
+        bad = _mismatches(one, four)
+    # MFE/MAE's kernel on device-resident columns, its essential bytes
+    # (high, low, close in; two float64 and two int32 out) against both copies.
+    d = {c: gk.as_device(df[c].to_numpy()) for c in ("high", "low", "close")}
+    mfe = _median_s(lambda: gk.mfe_mae(d["high"], d["low"], d["close"], H), reps)[0]
+    mfe_bw = n * 48 / mfe
+    gb = 1e9
+    rows = [
+        ["inputs to the device from pinned memory", f"{h2d * 1e3:.1f}", f"{in_bytes / h2d / gb:.1f}"],
+        ["outputs to pinned memory", f"{d2h * 1e3:.1f}", f"{out_bytes / d2h / gb:.1f}"],
+        ["the copy, both ways (the floor)", f"{floor * 1e3:.1f}",
+         f"{(in_bytes + out_bytes) / floor / gb:.1f}"],
+        [f"the same through the staging buffers ({piece:,} B pieces)",
+         f"{staged * 1e3:.1f}", f"{(in_bytes + out_bytes) / staged / gb:.1f}"],
+        ["compute_labels(backend='cuda'), one block", f"{call * 1e3:.1f}",
+         f"{(in_bytes + out_bytes) / call / gb:.1f}"],
+        [f"mfe_mae kernel (horizon {H}), on the device: {mfe_bw / device_bw:.0%} of the device's copy",
+         f"{mfe * 1e3:.2f}", f"{mfe_bw / gb:.1f}"],
+    ]
+    if blocked is not None:
+        rows.insert(5, [f"compute_labels(backend='cuda'), {blocks} blocks", f"{blocked * 1e3:.1f}",
+                        f"{(in_bytes + out_bytes) / blocked / gb:.1f}"])
+    print_table(f"7. The staging path at {n:,} candles: {in_bytes / gb:.2f} GB in, {out_bytes / gb:.2f} GB "
+                f"out (median of {reps})", ["what", "ms", "GB/s"], rows)
+    ROWS.append((f"compute_labels cuda vs its pinned copy ({n:.0e})", "<= 2x", f"{call / floor:.2f}x"))
+    if blocked is not None:
+        ROWS.append((f"compute_labels cuda, {blocks} blocks vs one: mismatches", "0", str(bad)))
+    ROWS.append(("mfe_mae bytes/s vs pinned host copy", "", f"{mfe_bw / ((in_bytes + out_bytes) / floor):.0%}"))
+
+
+def _median_s(fn, times: int) -> tuple[float, Any]:
+    """Median wall time of ``fn`` and the device work it queued, after one
+    warm-up call, and what its last call returned."""
+    from numba import cuda
+
+    out = fn()
+    cuda.synchronize()
+    runs = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        out = fn()
+        cuda.synchronize()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs), out
+
+
+def _copies(n: int, inputs: list, out_types: list, reps: int) -> tuple[float, float, float, int]:
+    """Seconds to copy ``inputs`` to the device and ``n`` rows of each of
+    ``out_types`` back, from and to pinned memory (the floor); both ways
+    through this thread's staging buffers; and their piece size."""
+    from numba import cuda
+
+    from gpubackfill.compute import allocator, staging
+    from kernels import cuda_transfer
+
+    pinned = cuda.pinned_array(n * 8, np.uint8)
+    dev_in = [cuda.device_array(n) for _ in inputs]
+    dev_out = [cuda.device_array(n, t) for t in out_types]
+    np.copyto(pinned[: n * 8].view(np.float64), inputs[0])
+
+    def h2d_pinned():
+        for d in dev_in:
+            d.copy_to_device(pinned[: n * 8].view(np.float64))
+
+    def d2h_pinned():
+        for d in dev_out:
+            d.copy_to_host(pinned[: n * d.dtype.itemsize].view(d.dtype))
+
+    s = cuda_transfer.for_thread(staging.PIECE_BYTES or cuda_transfer.PIECE_BYTES)
+    hosts = [allocator.empty(n, t) for t in out_types]
+
+    def staged_copies():
+        for a, d in zip(inputs, dev_in):
+            s.to_device(a, d)
+        for d, h in zip(dev_out, hosts):
+            s.to_host(d, h)
+
+    return (_median_s(h2d_pinned, reps)[0], _median_s(d2h_pinned, reps)[0],
+            _median_s(staged_copies, reps)[0], s.piece_bytes)
+
+
+def _series_of(df: pd.DataFrame):
+    from gpubackfill.candles import frames
+
+    return frames.to_series(df, optional=("open", "high", "low"))
 
 
 def profile_target(n: int) -> None:
@@ -461,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     correctness(int(args.check_size), [int(s) for s in args.seeds.split(",")])
     bw = device_bandwidth(max(sizes))
     rates = throughput(sizes, args.repeats, bw)
+    # The simulator runs every GPU thread in Python: a few hundred rows.
+    staging_check(400 if args.simulate else max(sizes), args.repeats, bw, args.simulate)
     cpu_rate = cpu_baseline(min(sizes), args.cpu_threads)
     big = max(sizes)
     ROWS.append((f"all three on GPU vs {args.cpu_threads}-core CPU ({big:.0e})", ">= 100x",

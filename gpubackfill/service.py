@@ -206,13 +206,17 @@ class BackfillService:
 
     # -- reading jobs (engine/views.py) ----------------------------------------
 
-    def job(self, job_id: str) -> views.JobStatus:
-        """One job as ``status`` and ``GET /jobs/{id}`` show it."""
-        return views.job_status(self.state, self.telemetry, job_id)
+    def job(self, job_id: str, series_offset: int = 0,
+            series_limit: int = views.SERIES_PAGE) -> views.JobStatus:
+        """One job as ``status`` and ``GET /jobs/{id}`` show it, with a page
+        of its series (``series_count`` says how many it has)."""
+        return views.job_status(self.state, self.telemetry, job_id, series_offset, series_limit)
 
-    def jobs(self, status: str | None = None) -> list[views.JobStatus]:
-        """Every job (optionally of one status), oldest first."""
-        return views.list_jobs(self.state, self.telemetry, status)
+    def jobs(self, status: str | None = None, series_limit: int = views.SERIES_PAGE
+             ) -> list[views.JobStatus]:
+        """Every job (optionally of one status), oldest first, each with its
+        first ``series_limit`` series."""
+        return views.list_jobs(self.state, self.telemetry, status, series_limit)
 
     def metrics(self) -> dict[str, Any]:
         return views.metrics(self.state, self.telemetry)

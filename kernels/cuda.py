@@ -1,7 +1,8 @@
 """CUDA launchers: numba-cuda kernels over the per-candle math in ``core``.
 
-This is the only module that imports ``numba.cuda`` (numba-cuda is in
-maintenance; its successor can replace it here alone).  Kernels take any
+This and ``cuda_transfer`` (pinned staging copies) are the only modules
+that import ``numba.cuda`` (numba-cuda is in maintenance; its successor can
+replace it there alone).  Kernels take any
 array with ``__cuda_array_interface__`` (numba device arrays, CuPy arrays,
 cuDF columns with nulls filled) and return numba device arrays.  Functions
 mirror ``kernels.cpu`` so the label modules call either the same way.
@@ -19,7 +20,8 @@ from numba import cuda
 from . import core, cpu
 from .flags import MAX_COMBINATIONS
 
-# compute_series moves a series to the device once and copies results back.
+# compute_series moves a series to the device through pinned staging buffers
+# (compute/staging.py) and copies the results back the same way.
 ON_DEVICE = True
 THREADS = 256
 # Segment length of the parallel linear-recurrence scan (sigma's ewm): one

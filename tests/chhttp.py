@@ -48,6 +48,14 @@ without ``compress``):
   next request overrides it (there are no per-client HTTP sessions).
 * Errors answer HTTP 500 with ``Code: N. DB::Exception: ... (NAME) (version V)`` and the
   header ``X-ClickHouse-Exception-Code: N``; clickhouse-connect raises ``DatabaseError``.
+* Users (``--users JSON``, ``ClickHouseHTTPServer(users=...)``): ``{"NAME": {"password": "P",
+  "readonly": 1}}``.  Credentials come as ClickHouse takes them: HTTP basic auth, the
+  ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers, or ``user``/``password`` URL parameters;
+  none is ``default``, which keeps full access unless it is listed.  A wrong password or an
+  unknown user answers 516 (AUTHENTICATION_FAILED).  A user with ``readonly`` runs every
+  statement on a chDB connection of its own on which ``SET readonly = N`` was run first, so
+  chDB itself refuses what ClickHouse refuses such a user: any write, DDL or settings change
+  (code 164, READONLY).
 * ``CHHTTP_QUERY_LOG=FILE`` in the environment appends each request's statement to FILE
   (a JSON string a line; an insert without its data).
 * Response headers: ``X-ClickHouse-Summary`` (read/written rows and bytes),
@@ -60,7 +68,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import contextlib
+import hmac
 import json
 import os
 import re
@@ -294,8 +304,18 @@ def _multipart_fields(content_type: str, body: bytes) -> dict[str, bytes]:
 # The engine: one chDB session, one lock
 # --------------------------------------------------------------------------------------------
 
+class _Conn:
+    """One chDB connection and the session state this server set on it."""
+
+    def __init__(self, query, send_insert=None):
+        self.query = query
+        self.send_insert = send_insert
+        self.database: str | None = None
+        self.applied: dict[str, str] = {}
+
+
 class Engine:
-    def __init__(self, path: str):
+    def __init__(self, path: str, users: dict[str, dict] | None = None):
         import chdb
         import chdb.session
 
@@ -303,11 +323,13 @@ class Engine:
         os.makedirs(self.path, exist_ok=True)
         self.session = chdb.session.Session(self.path)
         self.lock = threading.Lock()
+        self.users = dict(users or {})
+        self._conns: dict[str, _Conn] = {
+            "": _Conn(self.session.query, getattr(self.session, "send_insert", None))}
+        self._raw: list = []
         self.version = self._text("SELECT version()")
         self.timezone = self._text("SELECT timezone()")
         self.settings_names = set(self._text("SELECT name FROM system.settings").split("\n"))
-        self._database: str | None = None
-        self._applied: dict[str, str] = {}
         self.chdb_version = getattr(chdb, "__version__", "?")
 
     def _text(self, sql: str) -> str:
@@ -316,65 +338,99 @@ class Engine:
     def close(self) -> None:
         if self.lock.acquire(timeout=30):
             try:
+                for conn in self._raw:
+                    conn.close()
                 self.session.close()
             finally:
                 self.lock.release()
 
+    # -- users -------------------------------------------------------------------------
+
+    def authenticate(self, user: str | None, password: str | None) -> str:
+        """The user a request runs as (``default`` without credentials)."""
+        name = user or "default"
+        if name == "default" and "default" not in self.users:
+            return name
+        known = self.users.get(name)
+        if known is None or not hmac.compare_digest(str(known.get("password", "")), password or ""):
+            raise QueryError(f"{name}: Authentication failed: password is incorrect, or there is no "
+                             f"user with such name. (AUTHENTICATION_FAILED)", 516)
+        return name
+
+    def _conn(self, user: str) -> _Conn:
+        """The connection ``user``'s statements run on: the shared session, or
+        for a read-only user a connection of its own, made read-only once."""
+        level = int(self.users.get(user, {}).get("readonly", 0))
+        if not level:
+            return self._conns[""]
+        if user not in self._conns:
+            import chdb
+
+            raw = chdb.connect(self.path)
+            raw.query(f"SET readonly = {level}", "TabSeparated")
+            self._raw.append(raw)
+            self._conns[user] = _Conn(raw.query)
+        return self._conns[user]
+
     # -- per-request session state -------------------------------------------------------
 
-    def _prepare(self, database: str, settings: dict[str, str]) -> None:
-        if database != self._database:
-            self._database = None
-            self.session.query(f"USE `{database.replace('`', '``')}`", "TabSeparated")
-            self._database = database
+    @staticmethod
+    def _prepare(conn: _Conn, database: str, settings: dict[str, str]) -> None:
+        if database != conn.database:
+            conn.database = None
+            conn.query(f"USE `{database.replace('`', '``')}`", "TabSeparated")
+            conn.database = database
         changes = []
-        for name in self._applied:
+        for name in conn.applied:
             if name not in settings:
                 changes.append(f"{name} = DEFAULT")
         for name, value in settings.items():
-            if self._applied.get(name) != value:
+            if conn.applied.get(name) != value:
                 changes.append(f"{name} = {_quote(value)}")
         if changes:
             # if SET fails half-way, make the next request reset or re-set every name involved
-            unknown = {k: "\0" for k in (*self._applied, *settings)}
-            self._applied = unknown
-            self.session.query("SET " + ", ".join(changes), "TabSeparated")
-            self._applied = dict(settings)
+            unknown = {k: "\0" for k in (*conn.applied, *settings)}
+            conn.applied = unknown
+            conn.query("SET " + ", ".join(changes), "TabSeparated")
+            conn.applied = dict(settings)
 
-    def _forget_state_after(self, sql: str) -> None:
+    @staticmethod
+    def _forget_state_after(conn: _Conn, sql: str) -> None:
         kw = _first_keyword(sql)
         if kw == "USE":
-            self._database = None
+            conn.database = None
         elif kw == "SET":
-            self._applied = {k: "\0" for k in self._applied}  # force re-apply
-            self._database = None
+            conn.applied = {k: "\0" for k in conn.applied}  # force re-apply
+            conn.database = None
 
     # -- execution ---------------------------------------------------------------------
 
     def execute(self, text: bytes, database: str, params: dict[str, str],
-                settings: dict[str, str], default_format: str) -> tuple[bytes, dict]:
-        """Run one request.  Returns (body, headers)."""
+                settings: dict[str, str], default_format: str, user: str = "default"
+                ) -> tuple[bytes, dict]:
+        """Run one request as ``user`` (authenticated).  Returns (body, headers)."""
         split = _split_insert(text)
         if _QUERY_LOG:
             with open(_QUERY_LOG, "a") as log:
                 log.write(json.dumps(text[:split[2] if split else None].decode("utf-8", "replace")) + "\n")
         with self.lock:
+            conn = self._conn(user)
             try:
-                self._prepare(database, settings)
+                self._prepare(conn, database, settings)
                 if split is not None:
                     sql, fmt, offset = split
-                    rows, nbytes = self._insert(sql, fmt, memoryview(text)[offset:])
+                    rows, nbytes = self._insert(conn, sql, fmt, memoryview(text)[offset:])
                     return b"", {"summary": {"written_rows": rows, "written_bytes": nbytes}}
                 sql = text.decode("utf-8", errors="surrogateescape")
                 if params:
-                    res = self.session.query(sql, default_format, params=params)
+                    res = conn.query(sql, default_format, params=params)
                 else:
-                    res = self.session.query(sql, default_format)
-                self._forget_state_after(sql)
+                    res = conn.query(sql, default_format)
+                self._forget_state_after(conn, sql)
             except QueryError:
                 raise
             except Exception as ex:  # chdb raises ChdbError / RuntimeError with CH messages
-                self._database = None
+                conn.database = None
                 raise QueryError(str(ex)) from None
         body = res.bytes()
         headers: dict = {"summary": {
@@ -386,9 +442,9 @@ class Engine:
             headers["format"] = m.group(1) if m else default_format
         return body, headers
 
-    def _insert(self, sql: str, fmt: str, data: memoryview) -> tuple[int, int]:
+    def _insert(self, conn: _Conn, sql: str, fmt: str, data: memoryview) -> tuple[int, int]:
         """Stream ``data`` (in format ``fmt``) into ``sql`` (INSERT without FORMAT)."""
-        send_insert = getattr(self.session, "send_insert", None)
+        send_insert = conn.send_insert
         if send_insert is not None:
             with send_insert(sql, fmt) as ins:
                 if len(data):
@@ -399,7 +455,7 @@ class Engine:
             f.write(data)
         try:
             before = f"{sql} FROM INFILE {_quote(f.name)} FORMAT {fmt}"
-            res = self.session.query(before, "TabSeparated")
+            res = conn.query(before, "TabSeparated")
             return _safe(res, "rows_written"), _safe(res, "bytes_written")
         finally:
             os.unlink(f.name)
@@ -501,7 +557,8 @@ class _Handler(BaseHTTPRequestHandler):
                         and k in self.engine.settings_names}
             database = args.get("database") or "default"
             default_format = args.get("default_format") or "TabSeparated"
-            result, info = self.engine.execute(text, database, params, settings, default_format)
+            user = self.engine.authenticate(*self._credentials(args))
+            result, info = self.engine.execute(text, database, params, settings, default_format, user)
         except QueryError as ex:
             return self._error(ex, query_id)
         except Exception as ex:  # bug here, not in the query: still answer like ClickHouse
@@ -520,6 +577,18 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Type"] = _CONTENT_TYPES.get(fmt.lower(), "application/octet-stream")
         self._send(200, result, headers)
 
+    def _credentials(self, args: dict[str, str]) -> tuple[str | None, str | None]:
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except Exception:
+                raise QueryError("Malformed Authorization header", 516) from None
+            return user, password
+        if self.headers.get("X-ClickHouse-User"):
+            return self.headers["X-ClickHouse-User"], self.headers.get("X-ClickHouse-Key", "")
+        return args.get("user"), args.get("password")
+
     def _error(self, ex: QueryError, query_id: str | None, status: int = 500) -> None:
         name = "" if re.search(r"\([A-Z_]+\)\s*$", ex.message) else " (UNKNOWN_EXCEPTION)"
         text = f"{ex.message}{name} (version {self.engine.version})\n"
@@ -536,9 +605,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-def make_server(path: str, host: str = "127.0.0.1", port: int = 0) -> tuple[_Server, Engine]:
+def make_server(path: str, host: str = "127.0.0.1", port: int = 0,
+                users: dict[str, dict] | None = None) -> tuple[_Server, Engine]:
     """Open the chDB session at ``path`` and bind (not yet serve) an HTTP server to it."""
-    engine = Engine(path)
+    engine = Engine(path, users)
     handler = type("Handler", (_Handler,), {"engine": engine})
     try:
         server = _Server((host, port), handler)
@@ -548,12 +618,13 @@ def make_server(path: str, host: str = "127.0.0.1", port: int = 0) -> tuple[_Ser
     return server, engine
 
 
-def serve(path: str, host: str = "127.0.0.1", port: int = 0, ready_file: str | None = None) -> None:
+def serve(path: str, host: str = "127.0.0.1", port: int = 0, ready_file: str | None = None,
+          users: dict[str, dict] | None = None) -> None:
     """Serve ClickHouse's HTTP interface over chDB at ``path`` until SIGTERM/SIGINT.
 
     When listening, the bound port is written to ``ready_file`` (atomically) if given.
     """
-    server, engine = make_server(path, host, port)
+    server, engine = make_server(path, host, port, users)
     stop = threading.Event()
 
     def _on_signal(signum, frame):
@@ -608,7 +679,7 @@ class ClickHouseHTTPServer:
 
     def __init__(self, path: str, tmp_dir: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, timeout: float = 30.0, env: dict[str, str] | None = None,
-                 tz: str | None = "UTC"):
+                 tz: str | None = "UTC", users: dict[str, dict] | None = None):
         self.path = os.path.abspath(str(path))
         self.tmp_dir = str(tmp_dir) if tmp_dir is not None else tempfile.mkdtemp(prefix="chhttp-")
         self.host = host
@@ -617,6 +688,7 @@ class ClickHouseHTTPServer:
         self.env = dict(env or {})
         if tz:
             self.env.setdefault("TZ", tz)
+        self.users = dict(users or {})
         self.process: subprocess.Popen | None = None
         self._starts = 0
 
@@ -641,6 +713,8 @@ class ClickHouseHTTPServer:
             os.unlink(ready)
         cmd = [sys.executable, os.path.abspath(__file__), "--path", self.path,
                "--host", self.host, "--port", str(self.port), "--ready-file", ready]
+        if self.users:
+            cmd += ["--users", json.dumps(self.users)]
         env = {**os.environ, **self.env}
         deadline = time.monotonic() + self.timeout
         with open(log_path, "ab") as log:
@@ -727,8 +801,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--ready-file", default=None, help="write the bound port here when listening")
+    ap.add_argument("--users", default=None,
+                    help='JSON: {"NAME": {"password": "P", "readonly": 1}}; default keeps full access')
     a = ap.parse_args(argv)
-    serve(a.path, a.host, a.port, a.ready_file)
+    serve(a.path, a.host, a.port, a.ready_file, json.loads(a.users) if a.users else None)
 
 
 if __name__ == "__main__":

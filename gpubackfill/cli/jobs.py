@@ -28,6 +28,8 @@ from ._common import (
 )
 from .run import _run_foreground
 
+SERIES_SHOWN = 100  # series `status` lists by default; a job of more says how many it left out
+
 
 @click.command()
 @click.option("--instrument", required=True, multiple=True,
@@ -74,8 +76,8 @@ def start(ctx, instrument, granularity, start_date, end_date, labels, params, ch
     svc = _service(ctx)
     with _sharing(ctx, "start"):
         job_id = svc.create_job(*args)
-        s = svc.job(job_id).model_dump()
-        many = f" over {len(s['series'])} series" if len(s["series"]) > 1 else ""
+        s = svc.job(job_id, series_limit=0).model_dump()
+        many = f" over {s['series_count']:,} series" if s["series_count"] > 1 else ""
         click.echo(f"job {job_id}{many}", err=True)
         _say_skipped(s)
         _run_foreground(svc, job_id, scheduler)
@@ -168,8 +170,8 @@ def execute(ctx, job_id: str, scheduler: str | None) -> None:
 def _job_row(s: dict) -> list[str]:
     eta = _eta_text(s)
     state = s["status"] + (" (driver gone)" if s.get("driver", {}).get("gone") else "")
-    many = len(s.get("series") or [])
-    what = (f"{many} series ({s['granularity']})" if many > 3
+    many = s["series_count"]
+    what = (f"{many:,} series ({s['granularity']})" if many > 3
             else f"{s['instrument']} {s['granularity']}")
     return [s["job_id"], state, what,
             f"{s['start'][:10]}..{_last_day(s['end'])}", f"{s['progress'] * 100:.1f}%",
@@ -186,11 +188,13 @@ _SERIES_ORDER = ("running", "failed", "interrupted", "completed_with_errors", "p
 
 
 def _series_grid(s: dict, limit: int | None = None):
-    """One line per series: its state, a bar of its candles, chunks, errors."""
+    """One line per series of the job view's page: its state, a bar of its
+    candles, chunks, errors.  ``limit``: the first that need a look, at most
+    that many."""
     from rich.table import Table
 
     grid = Table("series", "status", "progress", "chunks", "candles", "errors", box=None,
-                 title=f"{len(s['series'])} series", title_justify="left")
+                 title=f"{s['series_count']:,} series", title_justify="left")
     shown = s["series"] if limit is None else sorted(
         s["series"], key=lambda x: _SERIES_ORDER.index(x["status"]))[:limit]
     for x in shown:
@@ -202,12 +206,18 @@ def _series_grid(s: dict, limit: int | None = None):
                      f"[{colour}]{bar}[/] {frac * 100:5.1f}%",
                      f"{x['chunks_done']:,}/{x['chunks_total']:,}",
                      f"{x['candles_done']:,}/{x['candles_total']:,}", f"{x['errors']:,}")
-    if limit is not None and len(s["series"]) > limit:
+    read = len(s["series"])
+    if limit is not None and read > limit:
         counts: dict[str, int] = {}
         for x in s["series"]:
             counts[x["status"]] = counts.get(x["status"], 0) + 1
-        grid.caption = (f"{limit} of {len(s['series'])} shown; "
+        among = f"{read}" if read == s["series_count"] else f"the {read:,} read of {s['series_count']:,}"
+        grid.caption = (f"{limit} of {among} shown; "
                         + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    elif limit is None and s["series_offset"] + read < s["series_count"]:
+        left = s["series_count"] - s["series_offset"] - read
+        grid.caption = (f"… and {left:,} more (gpubackfill status {s['job_id']} "
+                        f"--series-offset {s['series_offset'] + read})")
     return grid
 
 
@@ -218,11 +228,16 @@ _HEADERS = ["job", "status", "series", "range", "progress", "chunks", "candles",
 @click.command()
 @click.argument("job_id", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--series-offset", type=click.IntRange(min=0), default=0,
+              help="A job's series listed from this one on (its first: 0).")
+@click.option("--series-limit", type=click.IntRange(min=0), default=SERIES_SHOWN, show_default=True,
+              help="A job's series listed at most (the rest: '… and N more').")
 @click.pass_context
-def status(ctx, job_id: str | None, fmt: str) -> None:
+def status(ctx, job_id: str | None, fmt: str, series_offset: int, series_limit: int) -> None:
     """Show one job, or all jobs."""
     svc = _service(ctx)
-    rows = [svc.job(job_id).model_dump()] if job_id else [j.model_dump() for j in svc.jobs()]
+    rows = ([svc.job(job_id, series_offset, series_limit).model_dump()] if job_id
+            else [j.model_dump() for j in svc.jobs(series_limit=series_limit)])
     if fmt == "json":
         click.echo(json.dumps(rows[0] if job_id else rows, indent=2, default=str))
         return
@@ -244,7 +259,7 @@ def status(ctx, job_id: str | None, fmt: str) -> None:
                        f"resume with: gpubackfill execute {s['job_id']}")
     if job_id:
         s = rows[0]
-        if len(s["series"]) > 1:
+        if s["series_count"] > 1:
             _console().print(_series_grid(s))
         _say_skipped(s)
         ran = f"{s['backend_used']} ({s['backend_reason']})" if s["backend_used"] else "not run yet"
@@ -294,7 +309,7 @@ def monitor(ctx, job_id: str, refresh: float, once: bool) -> None:
             t.add_row(f"chunk {idx}", err)
         if s["dashboard"]:
             t.add_row("dashboard", s["dashboard"])
-        if len(s["series"]) > 1:
+        if s["series_count"] > 1:
             from rich.console import Group
 
             return Group(t, _series_grid(s, limit=20))

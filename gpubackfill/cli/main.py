@@ -292,7 +292,7 @@ def stop(force: bool) -> None:
     if not force:
         from ..service import BackfillService
 
-        busy = [s.job_id for s in BackfillService(settings).jobs("running") if not s.driver.gone]
+        busy = [s.job_id for s in BackfillService(settings).jobs("running", 0) if not s.driver.gone]
         if busy:
             raise InvalidInput(f"job(s) {', '.join(busy)} are running on it; pause or cancel them "
                                f"first, or use --force")

@@ -15,7 +15,7 @@ from ..candles import frames as candles_mod
 from ..errors import InvalidCandles, InvalidInput, shown
 from ..labels import Column, ResolvedLabel, Series
 from ..labels.volatility import compute_sigma, sigma_key
-from . import allocator, backends, frames
+from . import allocator, backends, frames, staging
 
 
 def compute_labels(
@@ -94,27 +94,32 @@ def _check_inputs(series: Series, resolved: list[ResolvedLabel], candles: Any) -
 
 
 def compute_series(series: Series, resolved: list[ResolvedLabel], kernels: Any, *,
-                   empty: Callable[..., np.ndarray] = allocator.empty) -> pa.Table:
+                   empty: Callable[..., np.ndarray] = allocator.empty,
+                   device_budget: int | None = None, piece_bytes: int | None = None) -> pa.Table:
     """Labels of an already validated series, as an Arrow table.
 
     Host kernels allocate their outputs and column-sized scratch with
     ``empty`` (default: Arrow's mimalloc pool, which keeps freed pages, so
     repeated calls do not fault their output in afresh; see ``allocator``).
-    The table's columns are those arrays, wrapped without a copy."""
-    host_ts = series.ts
+    The table's columns are those arrays, wrapped without a copy.
+
+    Device kernels get the columns through pinned staging buffers of
+    ``piece_bytes`` and give their outputs back the same way, into arrays
+    from ``empty``, in row blocks that fit ``device_budget`` bytes of device
+    memory (defaults and the rule: ``staging``)."""
+    if getattr(kernels, "ON_DEVICE", False):
+        return staging.compute(series, resolved, kernels, _labels_table, empty=empty,
+                               budget=device_budget, piece_bytes=piece_bytes)
+    return _labels_table(series, resolved, allocator.PooledKernels(kernels, empty))
+
+
+def _labels_table(series: Series, resolved: list[ResolvedLabel], kernels: Any) -> pa.Table:
+    """The labels of ``series`` (its prices where ``kernels`` read them; ts
+    on the host) as an Arrow table, outputs brought to the host."""
     on_device = getattr(kernels, "ON_DEVICE", False)
-    if not on_device:
-        kernels = allocator.PooledKernels(kernels, empty)
-    else:  # one copy to the device; every label reads from there
-        prices = {"open": series.open, "high": series.high, "low": series.low, "close": series.close,
-                  "side": series.side}
-        cols = kernels.columns_to_device({k: v for k, v in prices.items() if v is not None})
-        series = Series(ts=series.ts, open=cols.get("open"), high=cols.get("high"), low=cols.get("low"),
-                        close=cols["close"], volume=None, finer=series.finer, bar_ms=series.bar_ms,
-                        side=cols.get("side"))
     sigmas: dict[tuple[str, int], np.ndarray] = {}
     names = ["ts"]
-    arrays: list[pa.Array | pa.ChunkedArray] = [pa.array(host_ts, type=pa.int64())]
+    arrays: list[pa.Array | pa.ChunkedArray] = [pa.array(series.ts, type=pa.int64())]
     for r in resolved:
         sigma = None
         if r.spec.uses_sigma:

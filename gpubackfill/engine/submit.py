@@ -44,34 +44,64 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
     registered source: a granularity it neither stores nor derives is
     refused by name."""
     src = spec.source
+    derives: set[str] = set()
+    base_g = ""
     if src:
+        source = store.source(src)
         for g in spec.granularities:
-            store.source(src).relation_for(g)
+            source.relation_for(g)
+        derives = set(source.derived()) & set(spec.granularities)
+        base_g = source.granularity or ""
+
+    def base(k: SeriesKey) -> SeriesKey:
+        # A derived bar exists where a candle of the source's base does:
+        # whether a derived series exists is asked of the base, from its index.
+        return replace(k, granularity=base_g) if k.granularity in derives else k
+
     if spec.instruments == (plan.ALL,):
-        present = {(i, g): n for i, g, n in store.instruments(src)}
+        grans = ({g for g in spec.granularities if g not in derives} | ({base_g} if derives else set())
+                 if src else None)
+        present = {(i, g): n for i, g, n in store.instruments(src, grans)}
+        present.update({(i, g): n for (i, b), n in list(present.items()) if b == base_g for g in derives})
     else:  # counted from the index: no scan of the whole candle table
-        counts = store.range_counts("candles", [SeriesKey(i, g, src) for i, g in spec.series], *EVER)
-        present = {(k.instrument, k.granularity): n for k, n in counts.items() if n}
+        asked = [SeriesKey(i, g, src) for i, g in spec.series]
+        counts = store.range_counts("candles", list(dict.fromkeys(map(base, asked))), *EVER)
+        present = {(k.instrument, k.granularity): counts[base(k)] for k in asked if counts[base(k)]}
     wanted = plan.wanted_series(spec, present)
     if spec.instruments != (plan.ALL,):
         _refuse_unknown(store, wanted, present, src)
     keys = [SeriesKey(i, g, src) for i, g in wanted if (i, g) in present]
+    back, ahead = halo(spec.resolved)
+    # Derived series: counts, bounds and marks from one read of their bars'
+    # ts (``bar_times``), cut for every chunk size the plan may choose.
+    # Reading up to the end of time on an open side reads exactly the bars
+    # of the narrowed range: each series' bars lie within its own span.
+    derived = [k for k in keys if k.granularity in derives]
+    choices = plan.chunk_size_choices(spec.chunk_size or None, settings.chunk_size)
+    bars: dict[SeriesKey, tuple[int, int, int, dict[int, dict[int, int]]]] = {}
+    for k, ts in store.bar_times(derived, EVER[0] if from_first else spec.start_ms,
+                                 EVER[1] if to_last else spec.end_ms,
+                                 {k: present[(k.instrument, k.granularity)] for k in derived}):
+        bars[k] = (len(ts), int(ts[0]), int(ts[-1]), {cs: plan.marks_of(ts, cs, back, ahead)
+                                                      for cs in choices})
+    keys = [k for k in keys if k not in derived]
     # Small series are counted and bounded in batches; the others, one by one from the index.
     sizes = {k: present[(k.instrument, k.granularity)] for k in keys}
     small = {k for k in keys if 0 < sizes[k] <= SMALL_SERIES}
     large = [k for k in keys if k not in small]
     if from_first or to_last:
         spans = [(lo, hi) for _, lo, hi in store.small_series_counts(keys, *EVER, sizes).values()]
+        spans += [(lo, hi) for _, lo, hi, _ in bars.values()]
         spec = plan.narrow(spec, spans + list(store.series_spans(large).values()), from_first, to_last)
     got = store.small_series_counts(keys, spec.start_ms, spec.end_ms, sizes)
     in_range = {**{k: got[k][0] if k in got else 0 for k in small},
                 **store.range_counts("candles", large, spec.start_ms, spec.end_ms)}
-    in_range = {k: in_range[k] for k in keys}
+    in_range = {**{k: in_range[k] for k in keys}, **{k: b[0] for k, b in bars.items()}}
     spec = replace(spec, chunk_size=chunk_size(settings, spec.chunk_size or None, spec.workers,
                                                sum(in_range.values())))
-    back, ahead = halo(spec.resolved)
     marks = store.chunk_marks(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead, in_range,
                               {k: got[k][1] for k in small if k in got and got[k][0]})
+    marks.update({k: b[3][spec.chunk_size] for k, b in bars.items()})
     runs = {(k.instrument, k.granularity): plan.series_runs(in_range[k], marks[k], spec.chunk_size,
                                                             back, ahead, spec.end_ms) for k in marks}
     planned = plan.backfill(spec, wanted, runs)

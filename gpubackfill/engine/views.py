@@ -2,9 +2,12 @@
 
 One typed definition (pydantic) shared by the CLI (``status``, ``monitor``,
 ``metrics``), the REST API's response models and the Prometheus collector.
-Every figure comes from counters kept in the job's hash by the Redis
-scripts, so a status read costs a few small Redis calls whatever the size
-of the job: no chunk's state is read one by one.
+Every figure comes from counters kept by the Redis scripts (the job's in
+its hash, each series' in the job's series hash), so a status read costs
+a few small Redis calls whatever the size of the job: no chunk's state is
+read one by one, and a job's series are listed a page at a time
+(``series_offset``, ``series_limit``; ``series_count`` says how many
+there are).
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ class JobStatus(BaseModel):
     status: str
     instrument: str
     granularity: str
+    # A page of the job's series (``series_offset`` on, at most the limit
+    # asked for): a job of 100k series is not listed whole in one view.
     series: list[SeriesStatus]
+    series_count: int
+    series_offset: int
     skipped: list[str]   # series asked for that had no candles in the range
     start: str | None
     end: str | None
@@ -116,13 +123,22 @@ class JobStatus(BaseModel):
     stages: dict[str, float]
 
 
-def _series(job: dict[str, Any], job_status: str) -> list[SeriesStatus]:
-    names = job.get("series") or [[job.get("instrument", ""), job.get("granularity", "")]]
+SERIES_PAGE = 1_000  # series a job view lists unless asked for another page
+SERIES_MAX = 10_000  # the most series one request to the API lists
+
+
+def series_names(job: dict[str, Any]) -> list[list[str]]:
+    return job.get("series") or [[job.get("instrument", ""), job.get("granularity", "")]]
+
+
+def series_page(state: RedisState, job_id: str, job: dict[str, Any], job_status: str,
+                offset: int = 0, limit: int = SERIES_PAGE) -> list[SeriesStatus]:
+    """Series ``offset`` .. ``offset + limit - 1`` of the job, in its order."""
+    if offset < 0 or limit < 0:
+        raise InvalidInput(f"series_offset and series_limit must be >= 0, got {offset} and {limit}")
+    names = series_names(job)[offset:offset + limit]
     out = []
-    for i, (inst, gran) in enumerate(names):
-        c = {f: int(job.get(f"s{i}:{f}") or 0) for f in
-             ("chunks_total", "chunks_done", "chunks_failed", "leased", "candles_total",
-              "candles_done", "errors")}
+    for (inst, gran), c in zip(names, state.series_counters(job_id, offset, len(names))):
         out.append(SeriesStatus(
             instrument=inst, granularity=gran,
             status=series_status(c["chunks_total"], c["chunks_done"], c["chunks_failed"], c["leased"],
@@ -166,7 +182,8 @@ def _estimate(state: RedisState, job_id: str, job: dict, remaining: int,
     return eta_mod.estimate(samples, remaining, workers)
 
 
-def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatus:
+def job_status(state: RedisState, telemetry: Telemetry, job_id: str, series_offset: int = 0,
+               series_limit: int = SERIES_PAGE) -> JobStatus:
     # The ETA samples before the counters: a chunk's sample and its counts
     # are recorded in one step, so in this order every sample read is
     # counted as done (the other way round, a chunk that finished between
@@ -194,7 +211,9 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
         eta_low = eta_high = eta_s
     return JobStatus(
         job_id=job_id, kind=job.get("kind", "backfill"), source=job.get("source") or "", status=status,
-        instrument=job["instrument"], granularity=job["granularity"], series=_series(job, status),
+        instrument=job["instrument"], granularity=job["granularity"],
+        series=series_page(state, job_id, job, status, series_offset, series_limit),
+        series_count=len(series_names(job)), series_offset=series_offset,
         skipped=list(job.get("skipped") or []),
         start=iso(job["start_ms"]), end=iso(job["end_ms"]), labels=job["labels"],
         label_set=job["label_set"], priority=job.get("priority", "normal"),
@@ -224,11 +243,12 @@ def job_status(state: RedisState, telemetry: Telemetry, job_id: str) -> JobStatu
     )
 
 
-def list_jobs(state: RedisState, telemetry: Telemetry, status: str | None = None) -> list[JobStatus]:
+def list_jobs(state: RedisState, telemetry: Telemetry, status: str | None = None,
+              series_limit: int = SERIES_PAGE) -> list[JobStatus]:
     out = []
     for job_id in state.job_ids():
         try:
-            s = job_status(state, telemetry, job_id)
+            s = job_status(state, telemetry, job_id, series_limit=series_limit)
         except InvalidInput:
             continue  # expired between listing and reading
         if status is None or s.status == status:
@@ -244,7 +264,8 @@ def metrics(state: RedisState, telemetry: Telemetry) -> dict[str, Any]:
     Totals (``totals``) are monotonic counters kept in Redis by whichever
     process ran the chunks; the rest is the current state of the jobs.
     """
-    jobs = list_jobs(state, telemetry)
+    # Job-level figures only: no job's series are listed.
+    jobs = list_jobs(state, telemetry, series_limit=0)
     by_status: dict[str, int] = {}
     for j in jobs:
         by_status[j.status] = by_status.get(j.status, 0) + 1
@@ -291,7 +312,8 @@ def metrics(state: RedisState, telemetry: Telemetry) -> dict[str, Any]:
         "recent_chunk_seconds_p50": float(np.median(recent)) if recent else 0.0,
         "throughput_per_min": sum(j.recent_rate_per_min for j in running),
         "running_jobs_measured": sum(1 for j in running if j.eta.chunks_seen >= 3),
-        "instruments": sorted({s.instrument for j in jobs for s in j.series}),
+        # A job's instrument field names all of its instruments, comma-separated.
+        "instruments": sorted({i for j in jobs for i in j.instrument.split(",") if i}),
         "totals": {
             "chunks": int(stats.get("chunks", 0)), "candles": int(stats.get("candles", 0)),
             "rows": int(stats.get("rows", 0)), "cache_hits": int(stats.get("cache_hits", 0)),

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from ..common.granularity import GRANULARITIES
 from ..common.times import iso
 from ..config import AUTO_CHUNK_SIZES, AUTO_MEMORY_BUDGET, BYTES_PER_CANDLE
@@ -104,6 +106,23 @@ def chunk_size(asked: int | None, workers: int, candles: int | None = None, *,
         if workers * size * BYTES_PER_CANDLE <= budget and (share is None or size <= share):
             return size
     return AUTO_CHUNK_SIZES[-1]
+
+
+def chunk_size_choices(asked: int | None, fixed: int | None = None) -> tuple[int, ...]:
+    """Every size ``chunk_size`` can choose with these ``asked`` and ``fixed``,
+    whatever the candles: a plan that must cut its marks before the total
+    is known cuts them for each."""
+    return (asked,) if asked else (fixed,) if fixed else AUTO_CHUNK_SIZES
+
+
+def marks_of(ts: np.ndarray, chunk_size: int, back: int, ahead: int) -> dict[int, int]:
+    """``Store.chunk_marks``' rows of a series whose ts in the range are all
+    known (sorted): those that start a run of ``chunk_size`` or bound a
+    halo of ``back``/``ahead`` rows, by 1-based row number."""
+    rn = np.arange(1, len(ts) + 1, dtype=np.int64)
+    keep = ((rn - 1) % chunk_size == 0) | ((rn - 1 + back) % chunk_size == 0) | \
+        ((rn - ahead) % chunk_size == 0)
+    return dict(zip(rn[keep].tolist(), np.asarray(ts)[keep].tolist()))
 
 
 # -- a backfill -------------------------------------------------------------------

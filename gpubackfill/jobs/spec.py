@@ -113,22 +113,28 @@ class JobSpec:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> JobSpec:
         """The spec of a stored job (``to_record``'s fields, as the state
-        decodes them).  Its labels' stored parameters are checked, and those
-        a label gained since filled with their defaults, once per read of
-        the record; the chunks get them resolved."""
+        decodes them).  Its labels were resolved when the job was made and
+        are stored resolved, so they are taken as they are, not resolved
+        again: a parameter a label gained since is filled with its default,
+        one it dropped is left out.  A label the registry no longer knows
+        makes the spec ``invalid`` (every chunk then fails saying why)."""
         series: Series = tuple((s[0], s[1]) for s in record.get("series") or ()) or (
             ((record["instrument"], record["granularity"]),) if "instrument" in record else ())
         params = record.get("params") or {}
         names = list(record.get("labels") or ())
         invalid = ""
-        try:
-            resolved = tuple(registry.resolve(names, params))
-        except InvalidInput as exc:
-            invalid = str(exc)
-            resolved = tuple(registry.ResolvedLabel(registry.get(n), dict(params.get(n) or {}))
-                             for n in names)
+        resolved: list[registry.ResolvedLabel] = []
+        for name in names:
+            try:
+                label = registry.get(name)
+            except InvalidInput as exc:
+                invalid = str(exc)
+                continue
+            stored = params.get(name) or {}
+            resolved.append(registry.ResolvedLabel(
+                label, {p.name: stored.get(p.name, p.default) for p in label.params}))
         values: dict[str, Any] = {
-            "series": series, "resolved": resolved, "invalid": invalid,
+            "series": series, "resolved": tuple(resolved), "invalid": invalid,
             "instruments": tuple(record.get("instruments") or dict.fromkeys(i for i, _ in series)),
             "granularities": tuple(record.get("granularities") or dict.fromkeys(g for _, g in series)),
         }

@@ -159,14 +159,24 @@ def create_app(service: BackfillService, scheduler: Scheduler | None = None) -> 
         return Created(job_id=job_id, status=service.job(job_id).status)
 
     @app.get("/jobs", responses={503: {}})
-    def list_jobs(status: Literal[JOB_STATES] | None = Query(default=None)) -> list[views.JobStatus]:  # type: ignore[valid-type]
+    def list_jobs(status: Literal[JOB_STATES] | None = Query(default=None),  # type: ignore[valid-type]
+                  series_limit: int = Query(default=views.SERIES_PAGE, ge=0, le=views.SERIES_MAX,
+                                            description="how many of each job's series to list at "
+                                                        "most (series_count: how many it has)")
+                  ) -> list[views.JobStatus]:
         """Every job in Redis (optionally of one status), oldest first."""
-        return service.jobs(status)
+        return service.jobs(status, series_limit)
 
     @app.get("/jobs/{job_id}", responses={404: {}, 503: {}})
-    def get_job(job_id: str = JOB_ID) -> views.JobStatus:
-        """One job: status, progress per series, throughput, ETA with its interval and confidence."""
-        return service.job(job_id)
+    def get_job(job_id: str = JOB_ID,
+                series_offset: int = Query(default=0, ge=0, description="the first series listed"),
+                series_limit: int = Query(default=views.SERIES_PAGE, ge=0, le=views.SERIES_MAX,
+                                          description="how many series to list at most "
+                                                      "(series_count: how many the job has)")
+                ) -> views.JobStatus:
+        """One job: status, progress per series (a page of them), throughput, ETA with its interval
+        and confidence."""
+        return service.job(job_id, series_offset, series_limit)
 
     def transition(name: str):
         def handler(job_id: str = JOB_ID) -> Transitioned:
@@ -236,7 +246,7 @@ def check_health(service: BackfillService, scheduler: Scheduler | None,
     dashboards: list[str] = []
     if checks["redis"]["ok"]:
         try:
-            dashboards = sorted({j.dashboard for j in service.jobs("running") if j.dashboard})
+            dashboards = sorted({j.dashboard for j in service.jobs("running", 0) if j.dashboard})
         except GpubackfillError as exc:
             reasons.append(f"jobs: {exc}")
     from ..engine.cluster import cluster_summary

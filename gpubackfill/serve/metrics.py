@@ -139,7 +139,7 @@ class RedisCollector:
     def collect(self) -> Iterator:
         t0 = time.perf_counter()
         try:
-            jobs = [j.model_dump() for j in self.service.jobs()]
+            jobs = [j.model_dump() for j in self.service.jobs(series_limit=0)]
             m = self.service.metrics()
             ok = 1
         except GpubackfillError:

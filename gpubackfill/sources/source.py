@@ -24,8 +24,18 @@ from .sql import filtered, ident, literal, relation_sql
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 OURS = ("instrument", "ts", "open", "high", "low", "close", "volume", "granularity", "side")
 REQUIRED = ("instrument", "ts", "open", "high", "low", "close")
-TS_UNITS = {"s": "toInt64({c}) * 1000", "ms": "toInt64({c})",
-            "us": "intDiv(toInt64({c}), 1000)", "ns": "intDiv(toInt64({c}), 1000000)"}
+# An integer epoch in each unit as whole milliseconds (microseconds and
+# nanoseconds truncated toward zero), by functions ClickHouse knows to be
+# monotonic, so that a range on ts reaches a sort key on the raw column
+# (fromUnixTimestamp64Milli and a product are opaque to its key analysis).
+# Seconds are one CAST, which an ORDER BY ts LIMIT n also reads in key
+# order; the finer units' chain is not read in order (ClickHouse 26.9).
+TS_UNITS = {"s": "{c}", "ms": "{c}", "us": "intDiv({c}, 1000)", "ns": "intDiv({c}, 1000000)"}
+# Milliseconds before 1970 back to 1900-01-01, DateTime64's first day: the
+# float seconds a CAST reads are positive, and a half millisecond up from
+# the integer, so its truncation lands on it exactly (a float's error here
+# is under a microsecond up to the year 2229).
+_EPOCH_SHIFT = 2_208_988_800_000
 _DAY_START = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -118,7 +128,11 @@ class Source:
         t = base_type(self.types.get(self.columns["ts"], "DateTime"))
         if t.startswith(("Int", "UInt")):
             unit = self.ts_unit or "s"
-            return f"fromUnixTimestamp64Milli({TS_UNITS[unit].format(c=col)}, 'UTC')"
+            if unit == "s":  # a CAST reads an integer as seconds, exactly
+                return f"CAST({col}, 'DateTime64(3, \\'UTC\\')')"
+            ms = TS_UNITS[unit].format(c=col)
+            return (f"CAST(({ms} + {_EPOCH_SHIFT + 0.5}) / 1000, 'DateTime64(3, \\'UTC\\')') "
+                    f"- toIntervalMillisecond({_EPOCH_SHIFT})")
         if t.startswith("Date") and not t.startswith("DateTime"):
             return f"toDateTime64(toDateTime({col}, {literal(self.tz or 'UTC')}), 3, 'UTC')"
         if self.tz and _zone(t) is None:
@@ -142,9 +156,12 @@ class Source:
                                f"{','.join(self.derived()) or 'none'}")
         bar = GRANULARITIES[granularity]
         if bar < DAY_MS:
-            ms = "toUnixTimestamp64Milli(ts)"
-            bucket = f"fromUnixTimestamp64Milli({ms} - ((({ms}) % {bar}) + {bar}) % {bar}, 'UTC')"
-            key, start = bucket, "b_key"
+            # Buckets of whole milliseconds from the epoch, by a function
+            # ClickHouse knows to be monotonic: a range on a derived bar's
+            # ts is pushed below the GROUP BY onto the source's time column
+            # and its sort key (a chunk aggregates its own granules, not the
+            # whole series), and the GROUP BY can run in the key's order.
+            key, start = f"toStartOfInterval(ts, toIntervalMillisecond({bar}))", "b_key"
         else:
             # The trading day a bar belongs to: its local date, or the day
             # before where it falls before the day's start on the wall clock.
@@ -157,9 +174,10 @@ class Source:
                 n = f"toInt64({day})"
                 day = f"toDate({n} - ((({n}) % 7) + 7) % 7)"
             key = day
-            start = f"toDateTime64(concat(toString(b_key), ' {h:02d}:{m:02d}:00'), 3, {tz})"
+            start = (f"toDateTime64(toDateTime64(concat(toString(b_key), ' {h:02d}:{m:02d}:00'), 3, "
+                     f"{tz}), 3, 'UTC')")
         return (f"(SELECT instrument, {literal(granularity)} AS granularity, "
-                f"toDateTime64({start}, 3, 'UTC') AS ts, "
+                f"{start} AS ts, "
                 f"b_open AS open, b_high AS high, b_low AS low, b_close AS close, b_volume AS volume, "
                 f"b_side.1 AS side "
                 f"FROM (SELECT instrument, {key} AS b_key, argMin(open, ts) AS b_open, "

@@ -36,7 +36,11 @@ class HttpClient:
         import clickhouse_connect
 
         url = settings.clickhouse_url or ""
-        kwargs: dict[str, Any] = {"dsn": url, "compress": False}
+        # No session: clickhouse-connect refuses a second query of a session
+        # while one runs, and one client serves every thread of the process
+        # (the serve scheduler's jobs, the API, a chunk's read-ahead).  Nothing
+        # here keeps state in a session between statements.
+        kwargs: dict[str, Any] = {"dsn": url, "compress": False, "autogenerate_session_id": False}
         if settings.clickhouse_user and "@" not in url:
             kwargs["username"] = settings.clickhouse_user
         if settings.clickhouse_password:

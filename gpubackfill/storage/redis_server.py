@@ -94,7 +94,15 @@ def ensure_server(directory: Path, timeout: float = 15.0, idle_stop_s: float = 0
             "daemonize yes",
             f"pidfile {_quoted(directory / 'redis.pid')}",
             f"logfile {_quoted(directory / 'redis.log')}",
-            "save 60 1",
+            # The AOF alone persists the state (a restart loads it, not an
+            # RDB file): a snapshot as well forked the server every minute
+            # of a job, each fork stalling it in proportion to its memory.
+            'save ""',
+            # Each AOF rewrite forks the server too; Redis's default starts
+            # one at 64 MB and again at every doubling, four times during a
+            # 1M-chunk job.  Past half a gigabyte of growth is rare enough
+            # for one machine's jobs and still bounds the file.
+            "auto-aof-rewrite-min-size 512mb",
             "",
         ]))
         proc = subprocess.run([redis_executable(), str(conf)], capture_output=True, text=True)

@@ -51,3 +51,21 @@ def test_backfill_benchmark_quick_run_passes_its_own_correctness_check():
     correctness = out.split("4. Correctness")[1].split("5. Targets")[0]
     assert "300,000" in correctness
     assert [ln.split()[-1] for ln in correctness.splitlines() if ln.startswith("result")] == ["PASS"]
+
+
+def test_cluster_benchmark_quick_run_checks_every_mode():
+    """The cluster benchmark runs its three modes (in-process, threads and
+    worker processes over HTTP), one and two jobs each, and every run wrote
+    each candle's labels exactly once (it fails otherwise)."""
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster.py"), "--candles", "2e5",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=110)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith(("in-process ", "threads/HTTP ", "processes/HTTP "))
+            and ("job " in ln or "jobs " in ln)]
+    assert sorted((r[0], r[1] + " " + r[2]) for r in rows) == sorted(
+        (m, s) for m in ("in-process", "threads/HTTP", "processes/HTTP") for s in ("1 job", "2 jobs"))
+    # Over HTTP the server's query log counts each chunk's statements.
+    assert all(float(r[10]) >= 2 for r in rows if r[0] != "in-process")
+    assert "every run's label rows == candles == distinct keys (no FINAL): PASS" in out
+    assert re.search(r"labels [\d.]+ bytes a row compressed", out)

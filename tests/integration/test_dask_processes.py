@@ -8,6 +8,9 @@ would to a real server.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from chhttp import ClickHouseHTTPServer
 from conftest import make_settings
@@ -26,6 +29,24 @@ def server(tmp_path):
     srv.start()
     yield srv
     srv.stop()
+
+
+def test_one_store_serves_threads_at_once_over_http(server, tmp_path, redis_socket):
+    """The serve scheduler drives its jobs from threads of one process, and
+    the API answers from others, all through one client of the server: a
+    query must not be refused because another thread's is running."""
+    from gpubackfill.storage.clickhouse_store import Store
+
+    store = Store(make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=server.url))
+    barrier = threading.Barrier(4)
+
+    def query(n: int) -> int:
+        barrier.wait()
+        return sum(store.rows("SELECT sum(number) FROM numbers({n:UInt64})", {"n": 200_000 + n})[0])
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(query, range(4)))
+    assert got == [sum(range(200_000 + n)) for n in range(4)]
 
 
 def test_job_on_worker_processes_through_the_http_interface(server, tmp_path, redis_socket):

@@ -202,10 +202,9 @@ def test_status_shows_the_time_spent_recording_chunks_in_redis(service):
 
 
 def test_a_jobs_labels_are_resolved_once_from_request_to_settled(service, monkeypatch):
-    """The request's labels are resolved when the job is made, and checked
-    once more when its driver reads the record; planning, queueing and
-    every chunk use them as they are (the count does not grow with the
-    chunks: 7 here)."""
+    """The request's labels are resolved when the job is made; the driver,
+    planning, queueing and every chunk use them as stored (the count does
+    not grow with the chunks: 7 here)."""
     from gpubackfill.labels import DEFAULT_LABELS, LabelSpec
 
     candles = series(service)
@@ -215,5 +214,5 @@ def test_a_jobs_labels_are_resolved_once_from_request_to_settled(service, monkey
     job = service.create_job("EURUSD", "M5", START, END, chunk_size=1_000, workers=1)
     assert service.execute(job).status == "completed"
     assert service.job(job).chunks_total >= 6
-    assert sorted(calls) == sorted(2 * DEFAULT_LABELS)
+    assert sorted(calls) == sorted(DEFAULT_LABELS)
     assert_matches_whole_series(service, job, candles)

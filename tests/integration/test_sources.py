@@ -12,6 +12,7 @@ import pytest
 
 from gpubackfill.candles.synthetic import generate
 from gpubackfill.errors import InvalidInput
+from gpubackfill.jobs.spec import EVER
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-02", "2024-01-09"
@@ -145,6 +146,47 @@ def test_int64_epoch_table_equals_the_ingested_candles(service):
     built_in = service.start("GBPUSD", "M1", chunk_size=2000, workers=2)
     from_source = service.start("GBPUSD", "M1", chunk_size=2000, workers=2, source="ep")
     assert_same_labels(labels_of(service, from_source, "ep"), labels_of(service, built_in))
+
+
+@pytest.mark.parametrize("unit,per_ms", [("s", None), ("ms", 1), ("us", 1000), ("ns", 1_000_000)])
+def test_an_integer_epoch_is_read_exactly_and_through_its_sort_key(service, unit, per_ms):
+    """Each --ts-unit reads the same instants (a microsecond or nanosecond
+    epoch truncated toward zero to its millisecond, before 1970 too), and a
+    chunk's range reaches a sort key on the raw column: its granules are
+    read, not the table."""
+    service.init()
+    t = candles("GBPUSD", start="2024-01-01", end="2024-04-01")   # ~130k candles
+    db = service.store.db
+    service.store.command(f"CREATE TABLE {db}.ep_{unit} (sym String, t Int64, open Float64, high Float64, "
+                          f"low Float64, close Float64) ENGINE = MergeTree ORDER BY (sym, t) "
+                          f"SETTINGS index_granularity = 1024")
+    ms = t.column("ts").to_numpy()
+    raw = ms // 1000 if per_ms is None else ms * per_ms + (per_ms - 1)  # the last tick of each ms
+    service.store.client.insert_arrow(f"{db}.ep_{unit}", shuffled(pa.table({
+        "sym": ["GBPUSD"] * t.num_rows, "t": pa.array(raw),
+        **{c: t.column(c) for c in ("open", "high", "low", "close")}})))
+    # Before 1970 (a tick of a finer unit truncated toward zero, as intDiv does).
+    before = np.array([-61] if per_ms is None else [-61_000 * per_ms, -1500 * per_ms, -per_ms, 1 - per_ms])
+    service.store.client.insert_arrow(f"{db}.ep_{unit}", pa.table({
+        "sym": ["OLD"] * len(before), "t": pa.array(before),
+        **{c: pa.array(np.ones(len(before))) for c in ("open", "high", "low", "close")}}))
+    service.store.command(f"OPTIMIZE TABLE {db}.ep_{unit} FINAL")
+    service.sources.add("ep", f"{db}.ep_{unit}", ["instrument=sym", "ts=t", "open=open", "high=high",
+                                                   "low=low", "close=close"],
+                        granularity="M1", ts_unit=unit)
+    got, _, _ = service.store.load(SeriesKey("OLD", "M1", "ep"), *EVER, 0, 0)
+    want = [-61_000] if per_ms is None else [-61_000, -1500, -1, 0]
+    assert got.column("ts").to_pylist() == sorted(want)
+    a, b = int(ms[60_000]), int(ms[70_000])
+    out = []
+    # With its halo's bounds from the plan, as a job's inner chunks load.
+    seen = rows_read(service, lambda: out.append(service.store.load(
+        SeriesKey("GBPUSD", "M1", "ep"), a, b, 500, 500, int(ms[59_500]), int(ms[70_499]))))
+    loaded, first, own = out[0]
+    assert (first, own, loaded.num_rows) == (500, 10_000, 11_000)
+    np.testing.assert_array_equal(loaded.column("ts").to_numpy(), ms[59_500:70_500])
+    np.testing.assert_array_equal(loaded.column("close").to_numpy(), t.column("close").to_numpy()[59_500:70_500])
+    assert sum(n for _, n in seen) < t.num_rows // 4, seen
 
 
 def test_parquet_folder_through_file_equals_the_ingested_candles(service, tmp_path):

@@ -78,3 +78,75 @@ def test_a_granularity_the_source_cannot_serve_is_refused(service, m1):
 
     with pytest.raises(InvalidInput, match="source mkt has no S5 candles"):
         service.create_job("EURUSD", "S5", source="mkt")
+
+
+def test_planning_a_derived_job_aggregates_its_source_once(service, m1):
+    """Counts, bounds and chunk marks of a derived series come from one
+    read of its bars' ts: one statement aggregates the M1 candles into H1
+    while the job is planned (each count, span and mark read did so again)."""
+    from test_sources import rows_read
+
+    jobs = []
+    seen = rows_read(service, lambda: jobs.append(
+        service.create_job("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")))
+    s = service.job(jobs[0]).model_dump()
+    assert s["candles_total"] == len(resample(m1, "1h")) and s["chunks_total"] > 3
+    bars = [sql for sql, _ in seen if "'H1' AS granularity" in sql]
+    assert len(bars) == 1 and "toUnixTimestamp64Milli(ts) AS t" in bars[0], bars
+
+
+def test_a_derived_chunk_aggregates_its_own_candles_not_the_whole_series(service, m1):
+    """A range on a derived bar's ts reaches the source's sort key: a
+    chunk of H1 bars aggregates the granules of its own M1 candles."""
+    from test_sources import rows_read
+
+    db = service.store.db
+    service.store.command(f"""
+        CREATE TABLE {db}.kept (symbol LowCardinality(String), time DateTime('America/New_York'),
+            o Float32, h Float32, l Float32, c Float32) ENGINE = MergeTree ORDER BY (symbol, time)
+        SETTINGS index_granularity = 1024""")
+    service.store.command(f"INSERT INTO {db}.kept SELECT symbol, time, o, h, l, c FROM {db}.ohlc_m1")
+    service.store.command(f"OPTIMIZE TABLE {db}.kept FINAL")
+    service.sources.add("kept", f"{db}.kept", MAPS, granularity="M1")
+    want = resample(m1, "1h")
+    ts = want.index.to_numpy()
+    key = SeriesKey("EURUSD", "H1", "kept")
+    got = []
+    seen = rows_read(service, lambda: got.append(service.store.load(key, int(ts[200]), int(ts[260]), 0, 0)))
+    loaded, first, own = got[0]
+    assert own == loaded.num_rows == 60 and first == 0
+    np.testing.assert_array_equal(loaded.column("high").to_numpy(), want["high"].to_numpy()[200:260])
+    # 60 hours of M1 (3,600 candles) and the edge granules, not the ~31k of the series.
+    assert sum(n for _, n in seen) < m1.num_rows // 4, seen
+
+
+@pytest.mark.parametrize("chunk_size,back,ahead", [(97, 0, 0), (97, 30, 12), (1000, 5, 5), (5, 5, 3)])
+def test_marks_from_the_bars_ts_equal_the_stores_chunk_marks(service, m1, chunk_size, back, ahead):
+    from gpubackfill.jobs import plan
+
+    service.ingest_table(SeriesKey("EURUSD", "M1"), m1)
+    key = SeriesKey("EURUSD", "M1")
+    ts = m1.column("ts").to_numpy()
+    a, b = int(ts[100]), int(ts[-100])
+    inside = ts[(ts >= a) & (ts < b)]
+    want = service.store.chunk_marks([key], a, b, chunk_size, back, ahead, {key: len(inside)})[key]
+    got = plan.marks_of(inside, chunk_size, back, ahead)
+    if len(inside) > chunk_size:
+        assert got == want
+    assert plan.series_runs(len(inside), got, chunk_size, back, ahead, b) == \
+        plan.series_runs(len(inside), want, chunk_size, back, ahead, b)
+
+
+def test_every_instrument_of_a_derived_granularity(service, m1):
+    """``*`` over a derived granularity: the instruments whose base has
+    candles, their bars counted exactly, from a range left open."""
+    rel = service.store.source("mkt").relation
+    from test_sources import candles, insert_foreign
+
+    other = candles("GBPUSD", start="2024-01-10", end="2024-01-12")
+    insert_foreign(service, rel, other, "GBPUSD")
+    job = service.create_job("*", "H1", workers=2, source="mkt")
+    s = service.job(job).model_dump()
+    assert sorted((x["instrument"], x["granularity"]) for x in s["series"]) == [
+        ("EURUSD", "H1"), ("GBPUSD", "H1")]
+    assert s["candles_total"] == len(resample(m1, "1h")) + len(resample(other, "1h"))

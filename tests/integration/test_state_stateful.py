@@ -144,9 +144,9 @@ def test_chunk_lifecycle_against_a_model(redis_socket):
                                          "complete_with_errors": "completed_with_errors"}[ended]
             else:
                 assert job["status"] == "running"
-            for s in (0, 1):
+            for s, counted in enumerate(self.s.series_counters(self.job, 0, 2)):
                 mine = [i for i in range(CHUNKS) if SERIES[i] == s]
-                got = {f: job.get(f"s{s}:{f}", 0) for f in
+                got = {f: counted[f] for f in
                        ("chunks_total", "chunks_done", "chunks_failed", "leased", "candles_done")}
                 assert got == {"chunks_total": len(mine), "chunks_done": count("done", mine),
                                "chunks_failed": count("failed", mine), "leased": count("leased", mine),

@@ -4,6 +4,7 @@ job, every label's NULL tail, counts that read right."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pyarrow.parquet as pq
@@ -124,3 +125,45 @@ def test_a_resumed_jobs_summary_separates_this_run_from_its_totals(service, cli)
     total = after["chunks_total"]
     assert f"job total: {total:,}/{total:,} chunks, {after['candles_total']:,}/{after['candles_total']:,} candles" \
         in r.output
+
+
+def test_a_job_of_many_series_is_listed_a_page_at_a_time(service, cli):
+    """`status` of a job of more series than it lists says how many it left
+    out and how to see them; the API pages them with series_offset/limit."""
+    from fastapi.testclient import TestClient
+    from test_scale import small_universe
+
+    from gpubackfill.cli.jobs import SERIES_SHOWN
+    from gpubackfill.serve.api import create_app
+
+    n = SERIES_SHOWN + 30
+    small_universe(service, n, candles=50)
+    job = service.create_job("*", "H1", None, None, chunk_size=50, workers=1)
+    out = cli("status", job).output
+    shown = [line for line in out.splitlines() if line.lstrip().startswith("U0")]
+    assert [line.split()[0] for line in shown] == [f"U{i:04d}" for i in range(SERIES_SHOWN)]
+    assert f"{n} series" in out
+    assert f"… and 30 more (gpubackfill status {job} --series-offset {SERIES_SHOWN})" in out
+    rest = cli("status", job, "--series-offset", str(SERIES_SHOWN)).output
+    assert [line.split()[0] for line in rest.splitlines() if line.lstrip().startswith("U0")] == [
+        f"U{i:04d}" for i in range(SERIES_SHOWN, n)]
+    assert "more (gpubackfill status" not in rest
+    s = json.loads(cli("status", job, "--format", "json", "--series-limit", "3").output)
+    assert (s["series_count"], s["series_offset"], [x["instrument"] for x in s["series"]]) == (
+        n, 0, ["U0000", "U0001", "U0002"])
+    with TestClient(create_app(service)) as api:
+        whole = api.get(f"/jobs/{job}").json()
+        assert whole["series_count"] == len(whole["series"]) == n
+        page = api.get(f"/jobs/{job}", params={"series_offset": 7, "series_limit": 2}).json()
+        assert page["series"] == whole["series"][7:9] and page["series_offset"] == 7
+        assert api.get(f"/jobs/{job}", params={"series_limit": -1}).status_code == 422
+        listed = api.get("/jobs", params={"series_limit": 0}).json()
+        assert [(j["job_id"], j["series"], j["series_count"]) for j in listed] == [(job, [], n)]
+        # The console's job page: a page of series further on, and the way back.
+        html = api.get(f"/ui/jobs/{job}", params={"series": 100}).text
+        cells = re.findall(r'data-series="(U\d+) H1"', html)
+        assert cells == [f"U{i:04d}" for i in range(100, n)]
+        assert f"101–{n} of {n}" in html and f'href="/ui/jobs/{job}?series=0">previous' in html
+        assert f'data-src="/ui/jobs/{job}/live?series=100"' in html
+        live = api.get(f"/ui/jobs/{job}/live", params={"series": 100}).text
+        assert re.findall(r'data-series="(U\d+) H1"', live) == cells

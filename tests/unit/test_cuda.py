@@ -117,3 +117,10 @@ def test_gpu_check_script_runs_end_to_end_under_the_simulator():
     assert "1. CUDA vs CPU" in out and "2. Kernel throughput" in out and "SUMMARY" in out
     row = next(line for line in out.splitlines() if line.startswith("label mismatches vs CPU"))
     assert row.split()[-1] == "0"
+    assert "7. The staging path" in out
+    assert any(line.startswith("compute_labels cuda vs its pinned copy") for line in out.splitlines())
+    # The dask job's tasks are descriptors (each worker reads its own rows), not the frame.
+    row = next(line for line in out.splitlines() if line.startswith("dask job (CPU LocalCluster)"))
+    assert row.split()[-1] == "True"
+    row = next(line for line in out.splitlines() if line.startswith("dask job: bytes a task"))
+    assert int(row.split()[-1].replace(",", "")) < 4 << 10  # the frame alone is 60 KB

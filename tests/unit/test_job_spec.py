@@ -43,16 +43,18 @@ def test_a_record_from_before_a_field_existed_reads_as_its_default():
     assert old == spec
 
 
-def test_a_stored_spec_is_checked_once_per_read_and_a_bad_one_keeps_why(monkeypatch):
+def test_a_stored_spec_is_taken_as_stored_and_an_unknown_label_keeps_why(monkeypatch):
     spec = make_spec("EURUSD", "M5", "2024-01-01", "2024-01-02", [TB], {TB: {"horizon": 7}}, 100, 1)
     calls = []
     real = registry.LabelSpec.resolve
     monkeypatch.setattr(registry.LabelSpec, "resolve", lambda self, given: calls.append(1) or real(self, given))
     record = _through_redis(spec.to_record())
-    assert JobSpec.from_record(record) == spec and calls == [1]
-    record["params"][TB] = {"horizon": "0"}  # edited in Redis: every chunk fails with why
+    assert JobSpec.from_record(record) == spec and calls == []   # resolved when made, not again
+    del record["params"][TB]["pt"]                # stored before the label had pt: its default
+    assert JobSpec.from_record(record).params[TB]["pt"] == registry.get(TB).resolve({})["pt"]
+    record["labels"] = [TB, "no_such_label"]      # a label since removed: every chunk fails with why
     bad = JobSpec.from_record(record)
-    assert "horizon" in bad.invalid and "invalid" not in bad.to_record()
+    assert "no_such_label" in bad.invalid and "invalid" not in bad.to_record()
 
 
 def test_typed_parameters_and_their_text_make_the_same_spec():

@@ -27,6 +27,7 @@ HERE = os.path.dirname(__file__)
 STATIC_DIR = os.path.join(os.path.dirname(HERE), "static", "ui")
 PAGE_SIZE = 20
 EVENTS_SHOWN = 20
+SERIES_SHOWN = 200  # series a job page shows at once (the others a page further)
 
 
 class UpdateRequest(BaseModel):
@@ -87,9 +88,11 @@ def bar_parts(done: int, running: int, failed: int, total: int) -> list[tuple[st
 
 
 def _grid(job) -> dict[str, Any]:
+    """The page of series the job view lists, by instrument and granularity;
+    each cell with its series' index in the job."""
     insts = list(dict.fromkeys(s.instrument for s in job.series))
     grans = list(dict.fromkeys(s.granularity for s in job.series))
-    cells = {(s.instrument, s.granularity): (i, s) for i, s in enumerate(job.series)}
+    cells = {(s.instrument, s.granularity): (job.series_offset + i, s) for i, s in enumerate(job.series)}
     return {"instruments": insts, "granularities": grans, "cells": cells}
 
 
@@ -107,14 +110,14 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
         code = 404 if isinstance(exc, JobNotFound) else 422 if isinstance(exc, InvalidInput) else 503
         return page("error.html", http_status=code, code=code, message=str(exc))
 
-    def job_context(job_id: str) -> dict[str, Any]:
+    def job_context(job_id: str, series_offset: int = 0) -> dict[str, Any]:
         samples = service.telemetry.samples(job_id)   # before the counters, as job_status reads them
-        job = service.job(job_id)
+        job = service.job(job_id, series_offset, SERIES_SHOWN)
         c = job.chunks
         # Chunks re-queued (dead letters retried) wait for the job to run again: keep watching.
         final = job.status in FINAL_JOB_STATES and not c.pending
         return {"job": job, "parts": bar_parts(c.done, c.leased, c.failed, job.chunks_total),
-                "grid": _grid(job), "final": final,
+                "grid": _grid(job), "final": final, "series_shown": SERIES_SHOWN,
                 "events": list(reversed(service.state.events(job_id, EVENTS_SHOWN))),
                 # A final job has nothing left: the failed chunks' candles will not run.
                 "history": history.charts(samples, 0 if final else job.candles_total - job.candles_done,
@@ -136,7 +139,7 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
             return page("error.html", http_status=422, code=422,
                         message=f"unknown status {status!r}: use one of {', '.join(JOB_STATES)}")
         try:
-            jobs = service.jobs(status or None)
+            jobs = service.jobs(status or None, series_limit=0)  # the list counts series, lists none
         except GpubackfillError as exc:
             return failure(exc)
         jobs.sort(key=lambda j: j.created or "", reverse=True)
@@ -147,20 +150,20 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
         return page("jobs.html", rows=rows, status=status or "", states=JOB_STATES, page_no=page_no,
                     pages=pages, total=len(jobs), dashboards=dashboards)
 
-    def job_html(template: str, job_id: str) -> HTMLResponse:
+    def job_html(template: str, job_id: str, series_offset: int) -> HTMLResponse:
         try:
-            return page(template, **job_context(job_id))
+            return page(template, **job_context(job_id, series_offset))
         except GpubackfillError as exc:
             return failure(exc)
 
     @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
-    def job_page(job_id: str) -> HTMLResponse:
-        return job_html("job.html", job_id)
+    def job_page(job_id: str, series_offset: int = Query(default=0, alias="series", ge=0)) -> HTMLResponse:
+        return job_html("job.html", job_id, series_offset)
 
     @router.get("/ui/jobs/{job_id}/live", response_class=HTMLResponse)
-    def job_live(job_id: str) -> HTMLResponse:
+    def job_live(job_id: str, series_offset: int = Query(default=0, alias="series", ge=0)) -> HTMLResponse:
         """The part of the job page that polling replaces."""
-        return job_html("job_live.html", job_id)
+        return job_html("job_live.html", job_id, series_offset)
 
     @router.get("/ui/new", response_class=HTMLResponse)
     def new_job_page() -> HTMLResponse:

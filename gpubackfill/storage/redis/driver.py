@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import JobNotFound
 from ...jobs.machine import TABLES
 from ...jobs.result import Segment
-from .base import StateBase, now_ms
+from .base import now_ms
 from .jobs import decode_fields
+from .writers import Writers
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Begun:
     other: tuple[str, ...] = ()
 
 
-class Driver(StateBase):
+class Driver(Writers):
     def acquire_driver(self, job_id: str, owner: str, ttl_ms: int) -> str | None:
         """Become the job's driver unless a live one exists; returns the other owner if refused."""
         key = self.key(job_id, "driver")
@@ -68,10 +70,21 @@ class Driver(StateBase):
         the job running with its writes claimed (failed chunks queued again),
         expired leases back, and the job ended if nothing is left to run."""
         key = self.key
-        out = self.run("begin", [key(job_id), key(job_id, "events"), key(job_id, "driver"),
-                                 key(job_id, "state"), key(job_id, "lease"), key(job_id, "pending"),
-                                 key(job_id, "plan"), key(job_id, "attempts"), self.shared_key("dlq")],
-                       [job_id, key(""), self.shared_key("writers:"), owner, ttl_ms, now_ms(), TABLES])
+        keys = [key(job_id), key(job_id, "events"), key(job_id, "driver"), key(job_id, "state"),
+                key(job_id, "lease"), key(job_id, "pending"), key(job_id, "plan"), key(job_id, "attempts"),
+                self.shared_key("dlq")]
+        replies: list[Any] = []
+
+        def attempt(cleared: list[str]) -> tuple[str, ...]:
+            # A job writing the label set over an overlapping range stops the
+            # start until its series are found apart from this job's.
+            replies.append(out := self.run("begin", keys, [
+                job_id, key(""), self.shared_key("writing:"), owner, ttl_ms, now_ms(),
+                json.dumps(cleared), TABLES]))
+            return (out[1], out[2]) if out[0] == "writer" else ("", "")
+
+        conflict = self.settle_writers(job_id, None, attempt)
+        out = replies[-1]
         kind = out[0]
         if kind == "missing":
             raise JobNotFound(f"no job {job_id!r}")
@@ -80,12 +93,13 @@ class Driver(StateBase):
         if kind == "refused":
             return Begun(kind, before=out[1])
         if kind == "writer":
-            return Begun(kind, before=out[4], other=(out[1], out[2], out[3]))
-        flat = out[3]
+            assert conflict is not None
+            return Begun(kind, before=out[4], other=conflict)
         pending = self.pending_plans(job_id) if out[2] == "running" else {}
-        return Begun(kind, out[1], out[2], decode_fields(dict(zip(flat[::2], flat[1::2]))), pending)
+        record = decode_fields(self.call(self.client.hgetall, self.key(job_id)))
+        return Begun(kind, out[1], out[2], record, pending)
 
-    def pending_plans(self, job_id: str, page: int = 2_000) -> dict[int, tuple[Segment, ...]]:
+    def pending_plans(self, job_id: str, page: int = 1_000) -> dict[int, tuple[Segment, ...]]:
         """The plan entries of the job's pending chunks, read a page at a
         time (HSCAN of the states, HMGET of their entries): no call holds
         Redis for longer than a page takes, whatever the size of the job.

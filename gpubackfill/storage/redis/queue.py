@@ -4,6 +4,7 @@ split or put back.
     P:job:J:plan         hash   chunk index -> its segments "series,start_ms,end_ms,rows;..."
     P:job:J:state        hash   chunk index -> pending|leased|done|failed
     P:job:J:pending      list   chunk indices waiting to be claimed
+    P:job:J:failed       set    the chunks given up on (state failed)
     P:job:J:attempts     hash   chunk index -> attempts so far
     P:job:J:errors       hash   chunk index -> last error
     P:job:J:records      list   manifest rows recorded by chunks, not yet inserted
@@ -22,6 +23,7 @@ from ...errors import JobNotFound
 from ...jobs.machine import TABLES
 from ...jobs.result import ChunkResult, Segment, encode_segments
 from .base import StateBase, now_ms
+from .jobs import PAGE
 from .stats import bucket_field
 
 
@@ -37,7 +39,7 @@ class Queue(StateBase):
         return Segment.decode_all(raw)
 
     def set_plan_entries(self, job_id: str, entries: dict[int, tuple[Segment, ...]],
-                         page: int = 5_000) -> None:
+                         page: int = PAGE) -> None:
         """Replace chunks' plan entries, a page a command (a job's start
         marks up to every chunk fresh: a million in one HSET held Redis for seconds)."""
         items = list(entries.items())
@@ -141,7 +143,10 @@ class Queue(StateBase):
 
     def requeue_failed(self, job_id: str) -> int:
         """Put given-up chunks back in the queue (a re-run after a fix)."""
-        failed = [i for i, s in self.chunk_states(job_id).items() if s == "failed"]
+        failed = [int(i) for i in self.call(self.client.smembers, self.key(job_id, "failed"))]
+        if not failed and int(self.call(self.client.hget, self.key(job_id), "chunks_failed") or 0):
+            # failed before the set was kept
+            failed = [i for i, s in self.chunk_states(job_id).items() if s == "failed"]
         return sum(self.requeue(job_id, i) for i in failed)
 
     def requeue(self, job_id: str, idx: int) -> bool:

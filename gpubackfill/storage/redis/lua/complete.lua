@@ -15,10 +15,10 @@ for _, seg in ipairs(r['segments']) do
   local s, c, n, planned = seg[1], seg[2], seg[3], seg[4]
   candles = candles + c
   rows = rows + n
-  redis.call('HINCRBY', job, 's' .. s .. ':chunks_done', 1)
-  redis.call('HINCRBY', job, 's' .. s .. ':candles_done', c)
+  redis.call('HINCRBY', series_key(job), s .. ':chunks_done', 1)
+  redis.call('HINCRBY', series_key(job), s .. ':candles_done', c)
   if planned >= 0 then  -- candles added or removed since planning
-    redis.call('HINCRBY', job, 's' .. s .. ':candles_total', c - planned)
+    redis.call('HINCRBY', series_key(job), s .. ':candles_total', c - planned)
     redis.call('HINCRBY', job, 'candles_total', c - planned)
   end
   local inst = seg[5]

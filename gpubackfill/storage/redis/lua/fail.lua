@@ -17,6 +17,7 @@ if ARGV[6] == '1' and attempts < tonumber(ARGV[3]) then
   return {'retry', tostring(attempts)}
 end
 local nxt = unlease(job, KEYS[2], KEYS[3], KEYS[10], ARGV[1], 'give_up')
+redis.call('SADD', failed_key(job), ARGV[1])
 redis.call('HINCRBY', job, 'chunks_failed', 1)
 bump_series(job, plan, 'chunks_failed', 1)
 local entry = cjson.decode(ARGV[8])

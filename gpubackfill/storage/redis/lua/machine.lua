@@ -14,9 +14,15 @@ local function segments(plan)
   end
   return out
 end
+-- A job's per-series counters live in a hash of their own ("<series>:<counter>"),
+-- so that the job's hash does not grow with its series.
+local function series_key(job) return job .. ':series' end
+-- The job's failed chunks, so that a run again finds them without reading
+-- every chunk's state.
+local function failed_key(job) return job .. ':failed' end
 local function bump_series(job, plan, field, n)
   for _, seg in ipairs(segments(plan)) do
-    redis.call('HINCRBY', job, 's' .. seg[1] .. ':' .. field, n)
+    redis.call('HINCRBY', series_key(job), seg[1] .. ':' .. field, n)
   end
 end
 -- A chunk leaves 'leased' by event ev: its lease, and the leased counts, go.

@@ -4,6 +4,7 @@ local function requeue_chunk(job, state, pending, attempts, dlq, plan, idx, entr
   redis.call('HDEL', dlq, entry)
   if not nxt then return 0 end
   redis.call('HSET', state, idx, nxt)
+  redis.call('SREM', failed_key(job), idx)
   redis.call('RPUSH', pending, idx)
   redis.call('HDEL', attempts, idx)
   redis.call('HINCRBY', job, 'chunks_failed', -1)

@@ -1,31 +1,31 @@
--- A label set's writers hash: per series one entry per job,
--- "job,start,end" joined by ';'.  An entry holds while its job runs or has
--- chunks leased (a pausing job's last chunks still write); others are
--- dropped when the series is claimed again.
-local function claim_writer(hash, me, prefix, wanted, check)
-  local fields, values = {}, {}
-  for _, w in ipairs(cjson.decode(wanted)) do
-    local field, a, b = w[1], tonumber(w[2]), tonumber(w[3])
-    local keep = {}
-    for entry in string.gmatch(redis.call('HGET', hash, field) or '', '[^;]+') do
-      local job, ea, eb = string.match(entry, '^([^,]+),(%-?%d+),(%-?%d+)$')
-      if job and job ~= me then
-        local status = redis.call('HGET', prefix .. job, 'status')
-        local leased = tonumber(redis.call('HGET', prefix .. job, 'chunks_leased') or '0')
-        if status == 'running' or leased > 0 then
-          if tonumber(ea) < b and a < tonumber(eb) then
-            return {job, status, field}
-          end
-          table.insert(keep, entry)
+-- A label set's writers hash: per job that writes the set, "start,end" (the
+-- range every series of the job covers).  An entry holds while its job runs
+-- or has chunks leased (a pausing job's last chunks still write); the
+-- others are dropped as they are met.  Whether two jobs share a series is
+-- decided by the caller from their series lists (a job's never changes), so
+-- a claim reads as many entries as jobs write the set, whatever their series.
+-- The first job but me, and but those in cleared (JSON list: jobs whose
+-- series the caller found apart from mine), that writes over [a, b) now:
+-- {job, status}; else nil, and unless check, my entry is set.
+local function claim_writer(hash, me, prefix, a, b, cleared, check)
+  local skip = {}
+  for _, j in ipairs(cjson.decode(cleared)) do skip[j] = true end
+  local all = redis.call('HGETALL', hash)
+  for i = 1, #all, 2 do
+    local job = all[i]
+    if job ~= me then
+      local status = redis.call('HGET', prefix .. job, 'status')
+      local leased = tonumber(redis.call('HGET', prefix .. job, 'chunks_leased') or '0')
+      if status == 'running' or leased > 0 then
+        local ea, eb = string.match(all[i + 1], '^(%-?%d+),(%-?%d+)$')
+        if not skip[job] and ea and tonumber(ea) < tonumber(b) and tonumber(a) < tonumber(eb) then
+          return {job, status}
         end
+      elseif not check then
+        redis.call('HDEL', hash, job)
       end
     end
-    table.insert(keep, me .. ',' .. w[2] .. ',' .. w[3])
-    table.insert(fields, field)
-    table.insert(values, table.concat(keep, ';'))
   end
-  if not check then
-    for k = 1, #fields do redis.call('HSET', hash, fields[k], values[k]) end
-  end
+  if not check then redis.call('HSET', hash, me, a .. ',' .. b) end
   return nil
 end
