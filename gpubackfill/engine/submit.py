@@ -99,7 +99,8 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
     in_range = {**{k: in_range[k] for k in keys}, **{k: b[0] for k, b in bars.items()}}
     spec = replace(spec, chunk_size=chunk_size(settings, spec.chunk_size or None, spec.workers,
                                                sum(in_range.values())))
-    marks = store.chunk_marks(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead, in_range)
+    marks = store.chunk_marks(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead, in_range,
+                              {k: got[k][1] for k in small if k in got and got[k][0]})
     marks.update({k: b[3][spec.chunk_size] for k, b in bars.items()})
     runs = {(k.instrument, k.granularity): plan.series_runs(in_range[k], marks[k], spec.chunk_size,
                                                             back, ahead, spec.end_ms) for k in marks}

@@ -329,3 +329,56 @@ def test_a_bad_series_packed_with_good_ones_fails_alone(service):
     usdchf = [x["instrument"] for x in s["series"]].index("USDCHF")
     assert len(dead) == 1 and dead[0]["series"] == [usdchf]
     assert any(e["event"] == "unpack" for e in service.state.events(job))
+
+
+def test_grouped_planning_reads_count_only_the_series_asked_for(service):
+    """Batches of small series are counted and bounded together; a set of
+    pairs that is not every instrument at every granularity (here A M15 and
+    B H1, beside A H1 and B M15 in the store) counts each pair's own rows."""
+    tables = {(i, g): ingest(service, i, g, end=end)
+              for (i, g), end in ((("EURUSD", "M15"), "2024-01-05"), (("EURUSD", "H1"), "2024-01-25"),
+                                  (("GBPUSD", "M15"), "2024-01-25"), (("GBPUSD", "H1"), "2024-01-09"))}
+    store = service.store
+    asked = [SeriesKey("EURUSD", "M15"), SeriesKey("GBPUSD", "H1")]
+    lo, hi = np.datetime64("2024-01-02", "ms").astype(np.int64), np.datetime64("2024-01-30", "ms").astype(np.int64)
+    want = {}
+    for k in asked:
+        ts = tables[(k.instrument, k.granularity)].column("ts").to_numpy()
+        inside = ts[(ts >= lo) & (ts < hi)]
+        want[k] = (len(inside), int(inside[0]), int(inside[-1]))
+    sizes = {k: tables[(k.instrument, k.granularity)].num_rows for k in asked}
+    assert store.small_series_counts(asked, int(lo), int(hi), sizes) == want
+    counts = {k: v[0] for k, v in want.items()}
+    # Each fits one chunk: its first ts, read (both at once) or given.
+    marks = store.chunk_marks(asked, int(lo), int(hi), 10_000, 50, 5, counts)
+    assert marks == {k: {1: v[1]} for k, v in want.items()}
+    assert store.chunk_marks(asked, int(lo), int(hi), 10_000, 50, 5, counts, {asked[0]: want[asked[0]][1]}) == marks
+    # Several chunks each: numbered together, a batch of one granularity at a time.
+    cut = store.chunk_marks(asked, int(lo), int(hi), 100, 50, 5, counts)
+    for k in asked:
+        ts = tables[(k.instrument, k.granularity)].column("ts").to_numpy()
+        inside = ts[(ts >= lo) & (ts < hi)]
+        assert cut[k] == {rn: int(inside[rn - 1]) for rn in cut[k]}
+        assert {rn for rn in range(1, len(inside) + 1, 100)} <= set(cut[k])
+
+
+@pytest.mark.parametrize("rows", [300, 70_000])  # one IPC message; chDB's Python() table function
+def test_a_pack_of_series_of_two_granularities_writes_each_its_own_rows(service, rows):
+    """A pack's key columns that differ between its series go row by row,
+    the ones they share as literals: each series reads back its own rows."""
+    from gpubackfill.labels import resolve
+
+    service.init()
+    store = service.store
+    set_id = store.ensure_label_table(list(resolve(["mfe_mae"])))
+    keys = [SeriesKey("EURUSD", "H1"), SeriesKey("EURUSD", "M15"), SeriesKey("GBPUSD", "M15")]
+    writes = []
+    for n, key in enumerate(keys):
+        ts = np.arange(rows, dtype=np.int64) * 60_000 + 1_704_067_200_000
+        labels = pa.table({"ts": ts, "mfe": np.full(rows, float(n)), "mae": np.full(rows, -float(n))})
+        writes.append((key, int(ts[0]), int(ts[-1]) + 1, labels, f"h{n}", 0))
+    store.write_labels_many(set_id, writes, "job", fresh=True, record=False)
+    for n, key in enumerate(keys):
+        got = store.read_labels(key, set_id)
+        assert got.num_rows == rows
+        assert set(got.column("mfe").to_pylist()) == {float(n)}, key
