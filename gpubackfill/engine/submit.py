@@ -84,7 +84,8 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
                                  {k: present[(k.instrument, k.granularity)] for k in derived}):
         bars[k] = (len(ts), int(ts[0]), int(ts[-1]), {cs: plan.marks_of(ts, cs, back, ahead)
                                                       for cs in choices})
-    keys = [k for k in keys if k not in derived]
+    derived_set = set(derived)
+    keys = [k for k in keys if k not in derived_set]
     # Small series are counted and bounded in batches; the others, one by one from the index.
     sizes = {k: present[(k.instrument, k.granularity)] for k in keys}
     small = {k for k in keys if 0 < sizes[k] <= SMALL_SERIES}

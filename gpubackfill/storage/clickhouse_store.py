@@ -454,6 +454,7 @@ class Store:
         # run the one-thread numbering below: its series are all numbered so.
         whole = self._reader(total).may_set if total else True
         batched = [k for k in total if counts[k] <= SMALL_SERIES or not whole]
+        numbered = set(batched)
         for part in _batches(batched, counts, BATCH_ROWS):
             for i, g, rn, t in self._reader(part).rows(f"""
                     SELECT instrument, granularity, rn, t FROM (
@@ -465,7 +466,7 @@ class Store:
                     WHERE (rn - 1) % {{cs:Int64}} = 0 OR (rn - 1 + {{back:Int64}}) % {{cs:Int64}} = 0
                        OR (rn - {{ahead:Int64}}) % {{cs:Int64}} = 0""", {**p, **_keys_params(part)}):
                 out.setdefault(SeriesKey(i, g, part[0].source), {})[int(rn)] = int(t)
-        for key in (k for k in total if k not in batched):
+        for key in (k for k in total if k not in numbered):
             # Rows numbered in key order by one thread (rowNumberInAllBlocks
             # counts rows as they stream by, so the stream must be one):
             # several times faster than row_number() over a window.
