@@ -65,6 +65,30 @@ def redis_socket(tmp_path_factory):
     stop_server(d)
 
 
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test only (it may be stopped and restarted):
+    its folder and socket."""
+    from gpubackfill.storage.redis_server import ensure_server, stop_server
+
+    d = tmp_path / "redis"
+    sock = ensure_server(d)
+    yield d, sock
+    stop_server(d)
+
+
+@pytest.fixture
+def chhttp_server(tmp_path):
+    """ClickHouse's HTTP interface served from chDB in a process of its own
+    (tests/chhttp.py), as a test's ClickHouse server."""
+    from chhttp import ClickHouseHTTPServer
+
+    srv = ClickHouseHTTPServer(str(tmp_path / "ch"), tmp_dir=str(tmp_path))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def chdb_home(tmp_path_factory):
     # chDB allows one engine folder per process: every in-process engine test

@@ -19,7 +19,6 @@ import time
 import dask
 import psutil
 import pytest
-from chhttp import ClickHouseHTTPServer
 from conftest import make_settings
 from test_faults import FAST, assert_survived, wait_for
 
@@ -43,20 +42,6 @@ TASK_CANDLES = str(CHUNK)
 _KEY = re.compile(r"^chunk-([0-9a-f]+)-(\d+)-(\d+)$")
 
 
-@pytest.fixture
-def chserver(tmp_path):
-    srv = ClickHouseHTTPServer(str(tmp_path / "ch"), tmp_dir=str(tmp_path))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    d = tmp_path / "redis"
-    sock = ensure_server(d)
-    yield d, sock
-    stop_server(d)
 
 
 @pytest.fixture
@@ -130,16 +115,16 @@ def restart_redis_mid_job(svc: BackfillService, redis_dir, workers: list[psutil.
 
 
 def test_two_jobs_on_worker_processes_survive_a_killed_worker_and_a_redis_restart(
-        chserver, own_redis, process_cluster, tmp_path):
+        chhttp_server, own_redis, process_cluster, tmp_path):
     redis_dir, sock = own_redis
     cluster, client = process_cluster
-    settings = make_settings(tmp_path / "home", sock, CLICKHOUSE_URL=chserver.url,
+    settings = make_settings(tmp_path / "home", sock, CLICKHOUSE_URL=chhttp_server.url,
                              DASK_SCHEDULER_ADDRESS=cluster.scheduler_address,
                              GPUBACKFILL_TASK_CANDLES=TASK_CANDLES,
                              GPUBACKFILL_BREAKER_REDIS_RESET_SECONDS="0.5", **FAST)
     assert not settings.embedded_clickhouse
     # Nothing of the store or the workers lives in this process.
-    assert chserver.process.pid != os.getpid()
+    assert chhttp_server.process.pid != os.getpid()
     worker_pids = set(client.run(os.getpid).values())
     assert len(worker_pids) == 2 and os.getpid() not in worker_pids
 

@@ -12,7 +12,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from chhttp import ClickHouseHTTPServer
 from conftest import make_settings
 from test_engine import assert_matches_whole_series
 
@@ -23,21 +22,13 @@ from gpubackfill.storage.clickhouse_store import SeriesKey
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = ClickHouseHTTPServer(str(tmp_path / "ch"), tmp_dir=str(tmp_path))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-def test_one_store_serves_threads_at_once_over_http(server, tmp_path, redis_socket):
+def test_one_store_serves_threads_at_once_over_http(chhttp_server, tmp_path, redis_socket):
     """The serve scheduler drives its jobs from threads of one process, and
     the API answers from others, all through one client of the server: a
     query must not be refused because another thread's is running."""
     from gpubackfill.storage.clickhouse_store import Store
 
-    store = Store(make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=server.url))
+    store = Store(make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=chhttp_server.url))
     barrier = threading.Barrier(4)
 
     def query(n: int) -> int:
@@ -49,8 +40,8 @@ def test_one_store_serves_threads_at_once_over_http(server, tmp_path, redis_sock
     assert got == [sum(range(200_000 + n)) for n in range(4)]
 
 
-def test_job_on_worker_processes_through_the_http_interface(server, tmp_path, redis_socket):
-    settings = make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=server.url)
+def test_job_on_worker_processes_through_the_http_interface(chhttp_server, tmp_path, redis_socket):
+    settings = make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=chhttp_server.url)
     assert not settings.embedded_clickhouse
     svc = BackfillService(settings)
     candles = generate("EURUSD", "M5", "2024-01-01", "2024-02-10")
@@ -64,10 +55,10 @@ def test_job_on_worker_processes_through_the_http_interface(server, tmp_path, re
     assert_matches_whole_series(svc, job, candles)
 
 
-def test_job_on_an_existing_dask_cluster_by_scheduler_address(server, tmp_path, redis_socket):
+def test_job_on_an_existing_dask_cluster_by_scheduler_address(chhttp_server, tmp_path, redis_socket):
     from distributed import LocalCluster
 
-    settings = make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=server.url)
+    settings = make_settings(tmp_path / "home", redis_socket, CLICKHOUSE_URL=chhttp_server.url)
     svc = BackfillService(settings)
     candles = generate("GBPUSD", "H1", "2023-01-01", "2024-01-10")
     svc.ingest_table(SeriesKey("GBPUSD", "H1"), candles)

@@ -258,14 +258,6 @@ def test_rss_stays_flat_over_many_chunks(settings):
 # -- Redis faults (4, 5) ------------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server of this test only (it gets stopped and restarted)."""
-    d = tmp_path / "redis"
-    sock = ensure_server(d)
-    yield d, sock
-    stop_server(d)
-
 
 def test_redis_restart_mid_job_loses_nothing(chdb_home, own_redis):
     d, sock = own_redis
