@@ -282,12 +282,17 @@ def test_redis_outage_opens_the_breaker_without_a_busy_loop(chdb_home, own_redis
                                  GPUBACKFILL_BREAKER_REDIS_RESET_SECONDS="1",
                                  GPUBACKFILL_BREAKER_REDIS_FAILURES="3", **FAST)
         svc = BackfillService(settings)
-        candles = ingest(svc, "AUDUSD", "M5")
-        job = svc.create_job("AUDUSD", "M5", "2024-01-01", "2024-01-31", chunk_size=300, workers=2)
+        # Six months in chunks of 300: ~170 chunks, seconds of work, so the
+        # job is still running when Redis goes away (a month's 30 chunks
+        # could all finish between two polls on a quiet machine, and then
+        # nothing called Redis during the outage).
+        candles = ingest(svc, "AUDUSD", "M5", "2024-01-01", "2024-07-01")
+        job = svc.create_job("AUDUSD", "M5", "2024-01-01", "2024-06-30", chunk_size=300, workers=2)
         t, out = run_in_thread(svc, job)
         wait_for(lambda: done_chunks(svc, job) >= 2, what="2 chunks")
         proxy.set("refuse")
         proxy.reset_count()
+        assert t.is_alive(), "the job finished before the outage began"
         opened = []
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:

@@ -132,8 +132,9 @@ def test_json_logs_one_line_per_state_change_and_chunk_failure(service):
         service.pause(job)
         service.resume(job)  # paused -> running without a driver: executes below
         service.state.transition(job, "interrupt")
-        # a parameter no label accepts: every chunk fails as bad data (not retried)
-        service.state.set_fields(job, params={"enhanced_triple_barrier": {"horizon": "0"}})
+        # a label the registry does not know (the stored labels are taken as
+        # stored): every chunk fails as bad data, saying why (not retried)
+        service.state.set_fields(job, labels=["enhanced_triple_barrier", "no_such_label"])
         service.execute(job)
         service.cancel(service.create_job("EURUSD", "M5", START, "2024-01-12", chunk_size=2_000))
     finally:
@@ -148,6 +149,6 @@ def test_json_logs_one_line_per_state_change_and_chunk_failure(service):
     failures = [x for x in lines if x.get("event") == "chunk_failed"]
     chunks = service.job(job).model_dump()["chunks_total"]
     assert sorted(x["chunk"] for x in failures) == list(range(chunks))
-    assert all(x["job_id"] == job and "horizon" in x["message"] for x in failures)
+    assert all(x["job_id"] == job and "no_such_label" in x["message"] for x in failures)
     assert service.job(job).model_dump()["status"] == "completed_with_errors"
     assert all({"time", "level", "message"} <= set(x) for x in lines)
