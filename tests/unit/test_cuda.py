@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simulator
 
 HERE = Path(__file__).resolve().parents[1]  # tests/
 ROOT = HERE.parent
@@ -21,20 +22,9 @@ def run(args, env=None, timeout=900):
                           cwd=ROOT, env={**os.environ, **(env or {})})
 
 
-def _sim_parity_tests() -> list[str]:
-    import ast
-
-    tree = ast.parse((HERE / "cuda" / "sim_parity.py").read_text())
-    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
-
-
-# One process per parity test: each gets the whole per-test limit (the
-# simulator runs every CUDA thread in Python, so together they would not fit).
-@pytest.mark.parametrize("name", _sim_parity_tests())
+@pytest.mark.parametrize("name", simulator.names("sim_parity"))
 def test_cuda_kernels_match_cpu_under_the_simulator(name):
-    # NUMBA_ENABLE_CUDASIM must be set before numba is imported: own process.
-    target = f"{HERE / 'cuda' / 'sim_parity.py'}::{name}"
-    res = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", target], env={"NUMBA_ENABLE_CUDASIM": "1"})
+    res = simulator.run("sim_parity", name)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "failed" not in res.stdout
 

@@ -3,32 +3,16 @@ under numba's CUDA simulator (tests/cuda/sim_staging.py, in its own process)."""
 
 from __future__ import annotations
 
-import ast
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+import simulator
 
 from gpubackfill import resolve_labels
 from gpubackfill.compute import staging
 
-HERE = Path(__file__).resolve().parents[1]  # tests/
-ROOT = HERE.parent
 
-
-def _sim_tests() -> list[str]:
-    tree = ast.parse((HERE / "cuda" / "sim_staging.py").read_text())
-    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
-
-
-@pytest.mark.parametrize("name", _sim_tests())
+@pytest.mark.parametrize("name", simulator.names("sim_staging"))
 def test_staging_under_the_simulator(name):
-    target = f"{HERE / 'cuda' / 'sim_staging.py'}::{name}"
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
-                         capture_output=True, text=True, timeout=900, cwd=ROOT,
-                         env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    res = simulator.run("sim_staging", name)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "failed" not in res.stdout
 
