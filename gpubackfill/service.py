@@ -123,7 +123,7 @@ class BackfillService:
                          backend or self.settings.backend, min_workers)
         select(spec.backend)  # a backend that cannot run here fails now, not per chunk
         self._ready()
-        return replace(spec, source=self._source(source))
+        return replace(spec, source=self.source_name(source))
 
     def plan_update(self, instrument: str | list[str] | None = None,
                     granularity: str | list[str] | None = None, chunk_size: int | None = None,
@@ -138,7 +138,7 @@ class BackfillService:
         insts, grans = _selection(instrument, granularity)
         return submit.update(self.store, self.state, self.settings, insts, grans, chunk_size,
                              self.settings.max_workers if workers is None else workers, priority,
-                             backend or self.settings.backend, self._source(source))
+                             backend or self.settings.backend, self.source_name(source))
 
     def series_overview(self, instrument: str | None = None, granularity: str | None = None,
                         source: str | None = None) -> list:
@@ -147,9 +147,9 @@ class BackfillService:
         from .storage import coverage
 
         self._ready()
-        return coverage.overview(self.store, *_selection(instrument, granularity), self._source(source))
+        return coverage.overview(self.store, *_selection(instrument, granularity), self.source_name(source))
 
-    def _source(self, name: str | None) -> str:
+    def source_name(self, name: str | None) -> str:
         """A registered source's name ('' for the built-in table; unknown: refused)."""
         return self.store.source(name).name if name else ""
 
@@ -242,7 +242,7 @@ class BackfillService:
         self._ready()
         inst = parse_instrument(instrument) if instrument else None
         gran = parse_granularity(granularity) if granularity else None
-        return [s for s in export_mod.sets_of(self.store, source=self._source(source))
+        return [s for s in export_mod.sets_of(self.store, source=self.source_name(source))
                 if inst in (None, s.series[0]) and gran in (None, s.series[1])]
 
     def export_parts(self, instrument: str | list[str], granularity: str | list[str],
@@ -259,7 +259,7 @@ class BackfillService:
             self._ready()  # the source is looked up before the request is checked
         return export_mod.parts(self.store, instrument, granularity, labels, params, start, end,
                                 set_id, with_candles, with_t1, ready=self._ready,
-                                source=self._source(source))
+                                source=self.source_name(source))
 
     def export(self, instrument: str | list[str], granularity: str | list[str],
                labels: list[str] | None = None,

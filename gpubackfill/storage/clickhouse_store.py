@@ -331,6 +331,27 @@ class Store:
             f"FROM {self._rel(key)} WHERE {self._series_where()}", self._series_params(key))[0]
         return int(n), (int(lo) if n else None), (int(hi) if n else None)
 
+    def chart_bars(self, key: SeriesKey, lo: int, hi: int, most: int
+                   ) -> tuple[int, int, list[tuple[int, float, float, float, float]]]:
+        """A window [lo, hi) of a series to draw: (bars in it, bucket width
+        in ms, rows of ts, open, high, low, close).  Past ``most`` bars the
+        rows are buckets of equal time (0: every bar), aggregated where the
+        candles are, a source's included; a gap such as a weekend stays a gap."""
+        rel, reader = self._rel(key), self._reader(key)
+        where = (f"{self._series_where()} AND ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC') "
+                 f"AND ts < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')")
+        p = self._series_params(key, lo=lo, hi=hi)
+        (count,) = reader.rows(f"SELECT count() FROM {rel} WHERE {where}{self._in_order(key)}", p)[0]
+        if int(count) <= most:
+            return int(count), 0, reader.rows(
+                f"SELECT toUnixTimestamp64Milli(ts), open, high, low, close FROM {rel} WHERE {where} "
+                f"ORDER BY ts{self._in_order(key)}", p)
+        bucket = -(-(hi - lo) // most)
+        return int(count), bucket, reader.rows(
+            f"SELECT min(toUnixTimestamp64Milli(ts)), argMin(open, ts), max(high), min(low), argMax(close, ts) "
+            f"FROM {rel} WHERE {where} GROUP BY intDiv(toUnixTimestamp64Milli(ts) - {{lo:Int64}}, {{b:Int64}}) "
+            f"ORDER BY 1{self._in_order(key)}", {**p, "b": bucket})
+
     def series_table(self) -> list[tuple[str, str, int, int, int]]:
         """(instrument, granularity, candles, first ts ms, last ts ms) of every series."""
         return [(i, g, int(n), int(lo), int(hi)) for i, g, n, lo, hi in self.rows(

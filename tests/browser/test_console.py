@@ -416,3 +416,22 @@ def test_a_source_series_listed_and_updated_from_the_series_page(page, service):
     wait_status(service, update.job_id, "completed", page)
     page.goto("/ui/series")
     assert page.get_attribute(cell, "data-coverage") == "labelled"
+
+    # Its chart reads the source (the built-in table has no AUDUSD): the
+    # exits drawn are the source's labels.
+    page.click(f"{cell} a.chart-link")
+    page.wait_for_selector("#chart svg")
+    assert "source=feed" in page.url and "source feed" in page.inner_text("h1")
+    label_set = service.job(first).label_set
+    frm, to = "2024-01-10", "2024-01-11"
+    page.goto(f"/ui/series/{inst}/M5?source=feed&set={label_set}&from={frm}&to={to}")
+    page.wait_for_selector("#chart svg")
+    marks = page.evaluate("""[...document.querySelectorAll('#chart g.exit')].map(
+        g => [g.dataset.ts, g.dataset.label, g.dataset.exitBars].map(Number))""")
+    stored = service.export(inst, "M5", set_id=label_set, start=frm, end=to, source="feed").to_pydict()
+    assert sorted(marks) == sorted([t, lab, bars] for t, lab, bars in
+                                   zip(stored["ts"], stored["tb_label"], stored["tb_exit_bars"]) if lab is not None)
+    assert marks and page.locator("#chart rect.candle").count() == len(stored["ts"])
+    # Zooming keeps to the source: the chart's data request names it.
+    page.click("[data-zoom='0.5']")
+    page.wait_for_function("() => location.search.includes('source=feed')")

@@ -53,33 +53,22 @@ def _ms(value: str | None, what: str, end: bool) -> int | None:
 
 
 def window(service: BackfillService, instrument: str, granularity: str, set_id: str | None,
-           start: str | None, end: str | None) -> dict[str, Any]:
-    key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity))
+           start: str | None, end: str | None, source: str | None = None) -> dict[str, Any]:
+    """The chart's data for a window of a series (of ``source``: None or ''
+    for the built-in table), read where its candles are."""
+    key = SeriesKey(parse_instrument(instrument), parse_granularity(granularity), service.source_name(source))
     n, first, last = service.store.series_summary(key)
     if not n or first is None or last is None:
-        raise InvalidInput(f"no {key.instrument} {key.granularity} candles in the store")
+        where = f"source {key.source}" if key.source else "the store"
+        raise InvalidInput(f"no {key.instrument} {key.granularity} candles in {where}")
     lo = _ms(start, "from", False) or first
     hi = _ms(end, "to", True) or last + 1
     if hi <= lo:
         raise InvalidInput("'to' must come after 'from'")
-    db, p = service.store.db, {"i": key.instrument, "g": key.granularity, "lo": lo, "hi": hi}
-    where = ("instrument = {i:String} AND granularity = {g:String} AND ts >= fromUnixTimestamp64Milli({lo:Int64}) "
-             "AND ts < fromUnixTimestamp64Milli({hi:Int64})")
-    (count,) = service.store.rows(f"SELECT count() FROM {db}.candles WHERE {where}", p)[0]
-    count = int(count)
-    bucket = 0
-    if count > MAX_POINTS:
-        # Buckets of equal time: a gap (a weekend) stays a gap.
-        bucket = -(-(hi - lo) // MAX_POINTS)
-        rows = service.store.rows(
-            f"SELECT min(toUnixTimestamp64Milli(ts)), argMin(open, ts), max(high), min(low), argMax(close, ts) "
-            f"FROM {db}.candles WHERE {where} "
-            f"GROUP BY intDiv(toUnixTimestamp64Milli(ts) - {{lo:Int64}}, {{b:Int64}}) ORDER BY 1", {**p, "b": bucket})
-    else:
-        rows = service.store.rows(
-            f"SELECT toUnixTimestamp64Milli(ts), open, high, low, close FROM {db}.candles WHERE {where} ORDER BY ts", p)
+    count, bucket, rows = service.store.chart_bars(key, lo, hi, MAX_POINTS)
     out: dict[str, Any] = {
-        "instrument": key.instrument, "granularity": key.granularity, "from_ms": lo, "to_ms": hi,
+        "instrument": key.instrument, "granularity": key.granularity, "source": key.source,
+        "from_ms": lo, "to_ms": hi,
         "first_ms": first, "last_ms": last + 1, "bars": count, "bucket_ms": bucket,
         "candles": [[int(t), float(o), float(h), float(lw), float(c)] for t, o, h, lw, c in rows],
         "set": set_id or "", "labels": [], "lines": {}, "levels": None, "note": ""}
@@ -92,7 +81,7 @@ def window(service: BackfillService, instrument: str, granularity: str, set_id: 
     try:
         table = service.export(key.instrument, key.granularity, set_id=set_id,
                                start=datetime.fromtimestamp(lo / 1000, UTC),
-                               end=datetime.fromtimestamp((hi - 1) / 1000, UTC))
+                               end=datetime.fromtimestamp((hi - 1) / 1000, UTC), source=key.source or None)
     except InvalidInput as exc:
         out["note"] = str(exc)
         return out
@@ -100,7 +89,8 @@ def window(service: BackfillService, instrument: str, granularity: str, set_id: 
     ts = cols.pop("ts")
     if "tb_label" in cols:
         out["labels"] = [[int(t), *(cols[c][i] for c in TB_COLUMNS)] for i, t in enumerate(ts)]
-        sets = {s.set_id: s for s in service.label_sets(key.instrument, key.granularity)}
+        sets = {s.set_id: s for s in service.label_sets(key.instrument, key.granularity,
+                                                         source=key.source or None)}
         if set_id in sets and TB in sets[set_id].params and count:
             out["levels"] = levels(service, key, lo, hi, sets[set_id].params[TB])
     for name, values in cols.items():

@@ -188,10 +188,11 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
     @router.get("/ui/series/{instrument}/{granularity}", response_class=HTMLResponse)
     def chart_page(instrument: str, granularity: str, set_id: str | None = Query(default=None, alias="set"),
                    start: str | None = Query(default=None, alias="from"),
-                   end: str | None = Query(default=None, alias="to")) -> HTMLResponse:
+                   end: str | None = Query(default=None, alias="to"),
+                   source: str | None = Query(default=None, max_length=64)) -> HTMLResponse:
         try:
-            sets = service.label_sets(instrument, granularity)
-            data = chart.window(service, instrument, granularity, set_id, start, end)
+            sets = service.label_sets(instrument, granularity, source=source or None)
+            data = chart.window(service, instrument, granularity, set_id, start, end, source)
         except GpubackfillError as exc:
             return failure(exc)
         return page("chart.html", data=data, sets=sets, set_id=set_id or "", start=start or "", end=end or "")
@@ -207,8 +208,9 @@ def mount(app: FastAPI, service: BackfillService, authorised: Callable[..., None
     @router.get("/ui/api/chart/{instrument}/{granularity}")
     def chart_data(instrument: str, granularity: str, set_id: str | None = Query(default=None, alias="set"),
                    start: str | None = Query(default=None, alias="from"),
-                   end: str | None = Query(default=None, alias="to")) -> dict[str, Any]:
-        return chart.window(service, instrument, granularity, set_id, start, end)
+                   end: str | None = Query(default=None, alias="to"),
+                   source: str | None = Query(default=None, max_length=64)) -> dict[str, Any]:
+        return chart.window(service, instrument, granularity, set_id, start, end, source)
 
     @router.post("/ui/api/preview")
     def preview(req: JobRequest) -> dict[str, Any]:

@@ -128,6 +128,7 @@
 
   async function load(from, to) {
     const q = new URLSearchParams();
+    if (data.source) q.set("source", data.source);
     if (data.set) q.set("set", data.set);
     q.set("from", new Date(from).toISOString());
     q.set("to", new Date(to).toISOString());
