@@ -183,8 +183,16 @@ class Source:
                 f"FROM (SELECT instrument, {key} AS b_key, argMin(open, ts) AS b_open, "
                 f"max(high) AS b_high, min(low) AS b_low, argMax(close, ts) AS b_close, "
                 # In a tuple: argMax would skip a NULL side, not take it.
-                f"sum(volume) AS b_volume, argMax(tuple(side), ts) AS b_side FROM {self.base_sql()} "
+                f"{SUM_IN_TS_ORDER} AS b_volume, argMax(tuple(side), ts) AS b_side FROM {self.base_sql()} "
                 f"WHERE granularity = {literal(self.granularity)} GROUP BY instrument, b_key))")
+
+
+# A bar's volume: its candles' volumes added in ts order.  sum() adds in
+# the order rows reach its threads, and a read of the whole series splits
+# them differently from a read of a window of it (or of a job's copy): Float64
+# sums then differ in the last bit (80 of 50k H1 bars, from random M1
+# volumes), and a chunk's print would never match what ``update`` recomputes.
+SUM_IN_TS_ORDER = "arraySum(arraySort((v, t) -> t, groupArray(volume), groupArray(ts)))"
 
 
 def parse_day_start(text: str) -> str:
