@@ -23,7 +23,7 @@ An ``update`` job has no copy: its stale chunks are few and scattered, and
 each reads its own bars from the source as before.
 
 The copy's bars equal the source's aggregation bit for bit (the volume is
-added in ts order: ``sources.source.SUM_IN_TS_ORDER``), so each chunk's
+added in order of value: ``sources.source.ORDER_FREE_SUM``), so each chunk's
 print matches what ``update`` recomputes over the source itself."""
 
 from __future__ import annotations
