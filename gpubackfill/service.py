@@ -180,8 +180,9 @@ class BackfillService:
 
     def cancel(self, job_id: str) -> str:
         status = self._transition(job_id, "cancel")
-        if status == "cancelled":
-            # A job no driver runs settles here: its copy of derived bars goes now.
+        if status == "cancelled" and self.state.driver_owner(job_id) is None:
+            # A job no driver runs settles here: its copy of derived bars goes
+            # now (a driver drops it when its running chunks have returned).
             launch.drop_bars(self.store, job_id)
         return status
 

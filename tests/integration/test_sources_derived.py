@@ -146,6 +146,16 @@ def test_the_copy_is_dropped_when_a_job_settles_and_made_again_when_it_resumes(s
     assert service.store.read_labels(SeriesKey("EURUSD", "H1", "mkt"), s["label_set"]).equals(want)
     assert bars_tables(service) == []
 
+    # A chunk dead-lettered (a bar whose open is no number): the job settles with errors, no copy.
+    m1_ts = m1.column("ts").to_numpy()
+    first = int(m1_ts[np.flatnonzero(m1_ts % 3_600_000 == 0)[10]])  # an H1 bar's first candle
+    service.store.command(f"ALTER TABLE {service.store.db}.ohlc_m1 UPDATE o = nan WHERE "
+                          f"toUnixTimestamp(time) = {first // 1000} SETTINGS mutations_sync = 2")
+    bad = service.start("EURUSD", "H1", chunk_size=97, workers=2, source="mkt", force=True)
+    b = service.job(bad).model_dump()
+    assert b["status"] in ("failed", "completed_with_errors") and b["errors"], b["status"]
+    assert bars_tables(service) == []
+
 
 def test_a_derived_chunk_aggregates_its_own_candles_not_the_whole_series(service, m1):
     """A range on a derived bar's ts reaches the source's sort key: a
