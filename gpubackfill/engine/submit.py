@@ -47,10 +47,12 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
     (``engine/bars.py``): the plan names its job id and that copy, which
     is dropped here if planning fails after it was made."""
     job_id = uuid.uuid4().hex[:12]
+    copied: list[str] = []  # the copy's table, once made
     try:
-        return _plan_backfill(store, settings, spec, from_first, to_last, job_id)
+        return _plan_backfill(store, settings, spec, from_first, to_last, job_id, copied)
     except BaseException:
-        _drop_bars(store, job_id)
+        if copied:
+            _drop_bars(store, job_id)
         raise
 
 
@@ -62,7 +64,7 @@ def _drop_bars(store: Store, job_id: str) -> None:
 
 
 def _plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: bool,
-                   to_last: bool, job_id: str) -> plan.Planned:
+                   to_last: bool, job_id: str, made: list[str]) -> plan.Planned:
     src = spec.source
     derives: set[str] = set()
     base_g = ""
@@ -100,8 +102,10 @@ def _plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: 
     # its own span.
     derived = [k for k in keys if k.granularity in derives]
     sizes = {k: present[(k.instrument, k.granularity)] for k in derived}
-    copied = bars.copy(store, job_id, derived, sizes) if derived else []
-    if copied:
+    copied: list[SeriesKey] = []
+    if derived:
+        made.append(bars.table_of(job_id))  # before: a copy that fails half-way is dropped too
+        copied = bars.copy(store, job_id, derived, sizes)
         spec = replace(spec, bars=bars.table_of(job_id))
     choices = plan.chunk_size_choices(spec.chunk_size or None, settings.chunk_size)
     counted: dict[SeriesKey, tuple[int, int, int, dict[int, dict[int, int]]]] = {}
