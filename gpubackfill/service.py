@@ -179,7 +179,12 @@ class BackfillService:
         return self._transition(job_id, "resume")
 
     def cancel(self, job_id: str) -> str:
-        return self._transition(job_id, "cancel")
+        status = self._transition(job_id, "cancel")
+        if status == "cancelled" and self.state.driver_owner(job_id) is None:
+            # A job no driver runs settles here: its copy of derived bars goes
+            # now (a driver drops it when its running chunks have returned).
+            launch.drop_bars(self.store, job_id)
+        return status
 
     def _transition(self, job_id: str, event: str) -> str:
         status = self.state.transition(job_id, event)

@@ -21,6 +21,7 @@ from ..jobs.spec import JobSpec
 from ..labels import finer_candles
 from ..storage.clickhouse_store import SeriesKey, Store
 from ..storage.redis import RedisState
+from . import bars
 from .lease import dead_local_owner, new_owner
 
 
@@ -55,6 +56,8 @@ def execute(store: Store, state: RedisState, settings: Settings, job_id: str,
         except DependencyError:
             pass  # Redis gone: the driver key expires by itself
     final = after_outage(settings, lambda: state.job(job_id), stop)
+    if final["status"] in FINAL_JOB_STATES:
+        drop_bars(store, job_id)
     if final["status"] != "running":
         logs.job_event(job_id, final["status"], "settled", candles_done=final["candles_done"],
                        errors=final["errors"])
@@ -149,13 +152,14 @@ def drive(store: Store, state: RedisState, settings: Settings, job_id: str, spec
     from .task import default_numba_threads
 
     workers = spec.workers
+    bars.ensure(store, spec)  # gone if the job was resumed after it settled or crashed
     chosen = select(spec.backend)
     state.set_fields(job_id, backend_used=chosen.name, backend_reason=chosen.reason)
     check_finer_series(store, state, job_id, spec)
     state.note(job_id, "backend", f"{chosen.name}: {chosen.reason}")
     base = dict(job_id=job_id, resolved=spec.resolved, invalid=spec.invalid, label_set=spec.label_set,
                 force=spec.force, backend=chosen.name, max_attempts=settings.max_retries + 1,
-                numba_threads=default_numba_threads(workers), source=spec.source)
+                numba_threads=default_numba_threads(workers), source=spec.source, bars=spec.bars)
     with open_cluster(settings, workers, spec.min_workers, scheduler, gpu=chosen.name == "cuda") as cluster:
         state.set_fields(job_id, cluster=cluster.kind, dashboard=cluster.dashboard or "")
         driver = Driver(state, settings, job_id, owner, lease_ms, base, list(spec.series),
@@ -170,6 +174,16 @@ def drive(store: Store, state: RedisState, settings: Settings, job_id: str, spec
                 flush_records(store, state, job_id, spec)
             except DependencyError:
                 pass  # kept in Redis: the next execute inserts them
+
+
+def drop_bars(store: Store, job_id: str) -> None:
+    """Drop a settled job's copy of its derived bars (``bars.py``); kept
+    if ClickHouse is away (the next settle of the job drops it)."""
+    try:
+        bars.drop(store, job_id)
+    except DependencyError as exc:
+        logs.log.warning(f"the copy of job {job_id}'s derived bars is left in the store: {exc}",
+                         extra={"job_id": job_id})
 
 
 def check_finer_series(store: Store, state: RedisState, job_id: str, spec: JobSpec) -> None:

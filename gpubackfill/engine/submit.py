@@ -14,12 +14,13 @@ from ..common import logs
 from ..common.granularity import GRANULARITIES
 from ..common.times import iso
 from ..config import Settings
-from ..errors import InvalidInput, InvalidTransition
+from ..errors import DependencyError, InvalidInput, InvalidTransition
 from ..jobs import plan
 from ..jobs.spec import EVER, JobSpec
 from ..labels import halo
 from ..storage.clickhouse_store import SMALL_SERIES, SeriesKey, Store
 from ..storage.redis import RedisState
+from . import bars
 
 
 def chunk_size(settings: Settings, asked: int | None, workers: int, candles: int | None = None) -> int:
@@ -42,7 +43,28 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
     side (narrowed to the series' candles).  A ``spec.chunk_size`` of 0 is
     chosen here, from the candles in range.  A ``spec.source`` reads that
     registered source: a granularity it neither stores nor derives is
-    refused by name."""
+    refused by name.  Derived series are copied once for the job
+    (``engine/bars.py``): the plan names its job id and that copy, which
+    is dropped here if planning fails after it was made."""
+    job_id = uuid.uuid4().hex[:12]
+    copied: list[str] = []  # the copy's table, once made
+    try:
+        return _plan_backfill(store, settings, spec, from_first, to_last, job_id, copied)
+    except BaseException:
+        if copied:
+            _drop_bars(store, job_id)
+        raise
+
+
+def _drop_bars(store: Store, job_id: str) -> None:
+    try:
+        bars.drop(store, job_id)
+    except DependencyError:
+        pass  # ClickHouse away: the reason the caller sees is its own error
+
+
+def _plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: bool,
+                   to_last: bool, job_id: str, made: list[str]) -> plan.Planned:
     src = spec.source
     derives: set[str] = set()
     base_g = ""
@@ -72,18 +94,25 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
         _refuse_unknown(store, wanted, present, src)
     keys = [SeriesKey(i, g, src) for i, g in wanted if (i, g) in present]
     back, ahead = halo(spec.resolved)
-    # Derived series: counts, bounds and marks from one read of their bars'
-    # ts (``bar_times``), cut for every chunk size the plan may choose.
-    # Reading up to the end of time on an open side reads exactly the bars
-    # of the narrowed range: each series' bars lie within its own span.
+    # Derived series: aggregated once, into the job's copy of their bars
+    # (``engine/bars.py``); counts, bounds and marks come from one read of
+    # the copied bars' ts (``bar_times``), cut for every chunk size the plan
+    # may choose.  Reading up to the end of time on an open side reads
+    # exactly the bars of the narrowed range: each series' bars lie within
+    # its own span.
     derived = [k for k in keys if k.granularity in derives]
+    sizes = {k: present[(k.instrument, k.granularity)] for k in derived}
+    copied: list[SeriesKey] = []
+    if derived:
+        made.append(bars.table_of(job_id))  # before: a copy that fails half-way is dropped too
+        copied = bars.copy(store, job_id, derived, sizes)
+        spec = replace(spec, bars=bars.table_of(job_id))
     choices = plan.chunk_size_choices(spec.chunk_size or None, settings.chunk_size)
-    bars: dict[SeriesKey, tuple[int, int, int, dict[int, dict[int, int]]]] = {}
-    for k, ts in store.bar_times(derived, EVER[0] if from_first else spec.start_ms,
-                                 EVER[1] if to_last else spec.end_ms,
-                                 {k: present[(k.instrument, k.granularity)] for k in derived}):
-        bars[k] = (len(ts), int(ts[0]), int(ts[-1]), {cs: plan.marks_of(ts, cs, back, ahead)
-                                                      for cs in choices})
+    counted: dict[SeriesKey, tuple[int, int, int, dict[int, dict[int, int]]]] = {}
+    for k, ts in store.bar_times(copied, EVER[0] if from_first else spec.start_ms,
+                                 EVER[1] if to_last else spec.end_ms, sizes):
+        counted[k] = (len(ts), int(ts[0]), int(ts[-1]), {cs: plan.marks_of(ts, cs, back, ahead)
+                                                         for cs in choices})
     derived_set = set(derived)
     keys = [k for k in keys if k not in derived_set]
     # Small series are counted and bounded in batches; the others, one by one from the index.
@@ -92,20 +121,20 @@ def plan_backfill(store: Store, settings: Settings, spec: JobSpec, from_first: b
     large = [k for k in keys if k not in small]
     if from_first or to_last:
         spans = [(lo, hi) for _, lo, hi in store.small_series_counts(keys, *EVER, sizes).values()]
-        spans += [(lo, hi) for _, lo, hi, _ in bars.values()]
+        spans += [(lo, hi) for _, lo, hi, _ in counted.values()]
         spec = plan.narrow(spec, spans + list(store.series_spans(large).values()), from_first, to_last)
     got = store.small_series_counts(keys, spec.start_ms, spec.end_ms, sizes)
     in_range = {**{k: got[k][0] if k in got else 0 for k in small},
                 **store.range_counts("candles", large, spec.start_ms, spec.end_ms)}
-    in_range = {**{k: in_range[k] for k in keys}, **{k: b[0] for k, b in bars.items()}}
+    in_range = {**{k: in_range[k] for k in keys}, **{k: b[0] for k, b in counted.items()}}
     spec = replace(spec, chunk_size=chunk_size(settings, spec.chunk_size or None, spec.workers,
                                                sum(in_range.values())))
     marks = store.chunk_marks(keys, spec.start_ms, spec.end_ms, spec.chunk_size, back, ahead, in_range,
                               {k: got[k][1] for k in small if k in got and got[k][0]})
-    marks.update({k: b[3][spec.chunk_size] for k, b in bars.items()})
+    marks.update({k: b[3][spec.chunk_size] for k, b in counted.items()})
     runs = {(k.instrument, k.granularity): plan.series_runs(in_range[k], marks[k], spec.chunk_size,
                                                             back, ahead, spec.end_ms) for k in marks}
-    planned = plan.backfill(spec, wanted, runs)
+    planned = plan.backfill(spec, wanted, runs, job_id)
     if planned is None:
         why = plan.no_candles(spec, wanted)
         if len(wanted) == 1:
@@ -150,6 +179,7 @@ def preview(store: Store, settings: Settings, spec: JobSpec, from_first: bool, t
     run): series, skipped, chunks, candles, the label set and whether it
     exists already."""
     planned = plan_backfill(store, settings, spec, from_first, to_last)
+    _drop_bars(store, planned.job_id)  # nothing runs it
     spec, chunks = planned.spec, planned.chunks
     exists = store.rows(f"SELECT count() FROM {store.db}.label_sets WHERE label_set = {{s:String}}",
                         {"s": spec.label_set})[0][0] > 0
@@ -177,9 +207,18 @@ def update(store: Store, state: RedisState, settings: Settings, insts: set[str] 
 
 
 def queue(store: Store, state: RedisState, planned: plan.Planned) -> str:
+    try:
+        return _queue(store, state, planned)
+    except BaseException:
+        if planned.spec.bars:
+            _drop_bars(store, planned.job_id)  # no job will run with it
+        raise
+
+
+def _queue(store: Store, state: RedisState, planned: plan.Planned) -> str:
     spec, chunks = planned.spec, planned.chunks
     store.ensure_label_table(list(spec.resolved))
-    job_id = uuid.uuid4().hex[:12]
+    job_id = planned.job_id or uuid.uuid4().hex[:12]
     # One active job per series set, range and label set: a second
     # identical start (a double click, a retried deploy) must not do the
     # work twice.

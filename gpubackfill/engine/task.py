@@ -28,6 +28,7 @@ class ChunkTask:
     timeout_s: float = 0.0  # the chunk's deadline (engine/watchdog.py); 0: none
     source: str = ""  # the job's source ("": the built-in candles table)
     invalid: str = ""       # why the job's stored labels do not resolve (JobSpec.invalid)
+    bars: str = ""          # the job's copy of its derived bars (JobSpec.bars)
 
     @property
     def rows(self) -> int:
@@ -35,7 +36,7 @@ class ChunkTask:
         return sum(s.rows for s in self.segments)
 
     def key(self, seg: Segment) -> SeriesKey:
-        return SeriesKey(*self.names[seg.series], self.source)
+        return SeriesKey(*self.names[seg.series], self.source, self.bars)
 
 
 def finer_series(resolved: Sequence[ResolvedLabel], key: SeriesKey) -> SeriesKey | None:

@@ -178,10 +178,11 @@ class Planned:
     spec: JobSpec
     chunks: list[tuple[Segment, ...]]
     skipped: list[str]
+    job_id: str = ""  # the id it was planned for (its copy of derived bars is named by it)
 
 
 def backfill(spec: JobSpec, wanted: Sequence[tuple[str, str]],
-             runs: Mapping[tuple[str, str], Sequence[tuple[int, ...]]]) -> Planned | None:
+             runs: Mapping[tuple[str, str], Sequence[tuple[int, ...]]], job_id: str = "") -> Planned | None:
     """The job over the wanted series that have runs (None: none has);
     ``spec.chunk_size`` is the one the runs were cut with."""
     chosen = [k for k in wanted if runs.get(k)]
@@ -189,7 +190,7 @@ def backfill(spec: JobSpec, wanted: Sequence[tuple[str, str]],
         return None
     skipped = [f"{i} {g}" for i, g in wanted if not runs.get((i, g))]
     return Planned(spec.with_series(chosen), plan_job([runs[k] for k in chosen], spec.chunk_size),
-                   skipped)
+                   skipped, job_id)
 
 
 def _day(ms: int) -> str:

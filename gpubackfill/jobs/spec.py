@@ -56,6 +56,7 @@ class JobSpec:
     series: Series = ()              # the (instrument, granularity) pairs run
     kind: str = "backfill"           # or "update"
     source: str = ""                 # a registered source; "": the built-in candles table
+    bars: str = ""                   # the store table of the job's copy of its derived bars ("": none)
     # Why a stored record's labels do not resolve (its params edited, or a
     # label changed since): every chunk fails with it, as bad data.  Not stored.
     invalid: str = field(default="", compare=False, metadata={"stored": False})

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,9 @@ class SeriesKey:
     instrument: str
     granularity: str
     source: str = ""  # a registered source's name; "": the built-in candles table
+    # The store table that holds a job's copy of its derived bars (``copy_bars``),
+    # read in place of the source's aggregation; not part of the series' identity.
+    bars: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,8 @@ class Store:
 
     def _rel(self, keys: SeriesKey | list[SeriesKey]) -> str:
         """The relation that holds the candles of ``keys``: the built-in
-        table, or a source's subquery (one arm per granularity asked for)."""
+        table, a source's subquery (one arm per granularity asked for), or
+        for derived series a job copied, that copy (``_copy``)."""
         keys = [keys] if isinstance(keys, SeriesKey) else keys
         names = {k.source for k in keys}
         if names == {""} or not names:
@@ -211,8 +215,24 @@ class Store:
         if len(names) > 1:
             raise InvalidInput(f"one source at a time, got {', '.join(sorted(n or '(built-in)' for n in names))}")
         src = self.source(names.pop())
-        arms = list(dict.fromkeys(src.relation_for(g) for g in dict.fromkeys(k.granularity for k in keys)))
+        copy = self._copy(keys)
+        arms = list(dict.fromkeys(
+            f"{self.db}.{copy}" if copy and g in src.derived() else src.relation_for(g)
+            for g in dict.fromkeys(k.granularity for k in keys)))
         return arms[0] if len(arms) == 1 else "(" + " UNION ALL ".join(f"SELECT * FROM {a}" for a in arms) + ")"
+
+    def _copy(self, keys: list[SeriesKey]) -> str | None:
+        """The bars table ``keys``' derived series are read from, or None
+        (their source's aggregation).  All or nothing: a statement reads
+        one place, and a source on another server cannot join the store's
+        copy, so there a copy serves only statements over copied series."""
+        derived = [k for k in keys if self.derives(k)]
+        names = {k.bars for k in derived}
+        if not derived or len(names) != 1 or "" in names:
+            return None
+        if len(derived) < len(keys) and self.source(keys[0].source).clickhouse_url:
+            return None
+        return _check_ident("bars table", names.pop())
 
     def derives(self, key: SeriesKey) -> bool:
         """Whether ``key`` is a series its source aggregates at read time."""
@@ -223,11 +243,82 @@ class Store:
         series is aggregated in its source's key order where that order
         allows (``DERIVED_SETTINGS``), any other read as it is."""
         keys = [keys] if isinstance(keys, SeriesKey) else keys
+        if self._copy(keys):
+            return ""
         return f" SETTINGS {DERIVED_SETTINGS}" if any(self.derives(k) for k in keys) else ""
 
     def _reader(self, keys: SeriesKey | list[SeriesKey]) -> _Reader:
-        key = keys if isinstance(keys, SeriesKey) else (keys[0] if keys else SeriesKey("", ""))
-        return self.source_reader(self.source(key.source)) if key.source else _Reader(self, None)
+        keys = [keys] if isinstance(keys, SeriesKey) else keys
+        key = keys[0] if keys else SeriesKey("", "")
+        if not key.source or self._copy(keys):
+            return _Reader(self, None)
+        return self.source_reader(self.source(key.source))
+
+    # -- a job's copy of its derived bars ------------------------------------
+
+    def copy_bars(self, table: str, keys: list[SeriesKey], sizes: Mapping[SeriesKey, int]) -> None:
+        """Aggregate the derived series ``keys`` (one source) once, into
+        ``table`` in the store's database: each bar as the source's
+        ``relation_for`` gives it (ts, OHLCV, side, our types), sorted by
+        ts, so that planning and every chunk read bars with a plain range
+        read instead of aggregating the source again.  ``sizes``: each
+        series' candles in its source, which batches are cut by.
+
+        A source on the store's ClickHouse is copied by ``INSERT ...
+        SELECT`` (the bars never leave ClickHouse); one on another server
+        is read there, a page of at most ``BATCH_ROWS`` bars at a time, and
+        inserted here.  Either way the source only sees SELECTs."""
+        table = _check_ident("bars table", table)
+        self.command(f"""
+            CREATE TABLE IF NOT EXISTS {self.db}.{table} (
+                instrument LowCardinality(String), granularity LowCardinality(String),
+                ts DateTime64(3, 'UTC') CODEC(Delta, LZ4),
+                open Float64, high Float64, low Float64, close Float64, volume Float64,
+                side Nullable(Float64)
+            ) ENGINE = MergeTree ORDER BY (instrument, granularity, ts)""")
+        cols = "instrument, granularity, ts, open, high, low, close, volume, side"
+        plain = [replace(k, bars="") for k in keys]
+        for part in _batches(plain, {k: sizes[k] for k in plain}, COUNT_ROWS):
+            src = self.source(part[0].source)
+            where = _in_keys(part)
+            if not src.clickhouse_url:
+                self.command(f"INSERT INTO {self.db}.{table} ({cols}) SELECT {cols} "
+                             f"FROM {self._rel(part)} WHERE {where}{self._in_order(part)}",
+                             _keys_params(part))
+                continue
+            reader = self._reader(part)
+            for k in part:
+                for a, b in self._pages(k, sizes[k]):
+                    bars = reader.arrow(
+                        f"SELECT {cols} FROM {self._rel(k)} WHERE {self._series_where()} "
+                        f"AND ts >= fromUnixTimestamp64Milli({{a:Int64}}, 'UTC') "
+                        f"AND ts < fromUnixTimestamp64Milli({{b:Int64}}, 'UTC'){self._in_order(k)}",
+                        self._series_params(k, a=a, b=b))
+                    if bars.num_rows:
+                        self.insert_arrow(table, bars)
+
+    def _pages(self, key: SeriesKey, candles: int) -> list[tuple[int, int]]:
+        """[a, b) ranges of bar starts that split a derived series into
+        reads of at most about ``BATCH_ROWS`` bars (its base candles over
+        the bar's length in them; one range where that is small)."""
+        src = self.source(key.source)
+        bars = candles * GRANULARITIES[src.granularity or key.granularity] // GRANULARITIES[key.granularity]
+        n = -(-bars // BATCH_ROWS)
+        if n <= 1:
+            return [EVER]
+        base = replace(key, granularity=src.granularity or key.granularity)
+        span = self.series_spans([base]).get(base)
+        if span is None:
+            return []
+        cuts = np.linspace(span[0], span[1] + 1, n + 1).astype(np.int64).tolist()
+        return [(EVER[0] if i == 0 else cuts[i], EVER[1] if i == n - 1 else cuts[i + 1]) for i in range(n)]
+
+    def has_table(self, table: str) -> bool:
+        return bool(self.rows("SELECT count() FROM system.tables WHERE database = {d:String} "
+                              "AND name = {t:String}", {"d": self.db, "t": table})[0][0])
+
+    def drop_table(self, table: str) -> None:
+        self.command(f"DROP TABLE IF EXISTS {self.db}.{_check_ident('table', table)}")
 
     # -- schema ------------------------------------------------------------
 

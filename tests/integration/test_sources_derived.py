@@ -80,19 +80,81 @@ def test_a_granularity_the_source_cannot_serve_is_refused(service, m1):
         service.create_job("EURUSD", "S5", source="mkt")
 
 
-def test_planning_a_derived_job_aggregates_its_source_once(service, m1):
-    """Counts, bounds and chunk marks of a derived series come from one
-    read of its bars' ts: one statement aggregates the M1 candles into H1
-    while the job is planned (each count, span and mark read did so again)."""
+def bars_tables(service) -> list[str]:
+    """The copies of derived bars in the store (``engine/bars.py``)."""
+    return [t for (t,) in service.store.rows(
+        "SELECT name FROM system.tables WHERE database = {d:String} AND name LIKE 'bars\\_%'",
+        {"d": service.store.db})]
+
+
+def test_a_derived_job_aggregates_its_source_once(service, m1):
+    """The job's derived bars are aggregated from the M1 candles by one
+    statement, into the job's copy; planning (counts, bounds, chunk
+    marks) and every chunk read that copy without aggregating, and the
+    copy is gone when the job has settled."""
     from test_sources import rows_read
 
     jobs = []
     seen = rows_read(service, lambda: jobs.append(
         service.create_job("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")))
+    seen += rows_read(service, lambda: service.execute(jobs[0]))
     s = service.job(jobs[0]).model_dump()
+    assert s["status"] == "completed"
     assert s["candles_total"] == len(resample(m1, "1h")) and s["chunks_total"] > 3
-    bars = [sql for sql, _ in seen if "'H1' AS granularity" in sql]
-    assert len(bars) == 1 and "toUnixTimestamp64Milli(ts) AS t" in bars[0], bars
+    aggregating = [sql for sql, _ in seen if "'H1' AS granularity" in sql]
+    assert len(aggregating) == 1 and aggregating[0].startswith(f"INSERT INTO {service.store.db}.bars_"), \
+        aggregating
+    # Planning's read of the bars' ts, and the chunks' (consecutive small
+    # chunks share one read), are of the copy.
+    copy_reads = [sql for sql, _ in seen if ".bars_" in sql and sql.lstrip().startswith("SELECT")]
+    assert len(copy_reads) >= 2 and "toUnixTimestamp64Milli(ts) AS t" in copy_reads[0], copy_reads
+    assert bars_tables(service) == []
+
+
+def test_the_copy_is_dropped_when_a_job_settles_and_made_again_when_it_resumes(service, m1):
+    """Nothing is left in the store by a completed, a cancelled or a dry-run
+    job; a job resumed without its copy (a crash lost it) makes it again
+    and writes the labels an uninterrupted job writes."""
+    import threading
+
+    first = service.start("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")
+    s = service.job(first).model_dump()
+    assert s["status"] == "completed" and bars_tables(service) == []
+    want = service.store.read_labels(SeriesKey("EURUSD", "H1", "mkt"), s["label_set"])
+
+    # Queued, then cancelled before any driver ran it.
+    queued = service.create_job("EURUSD", "H1", chunk_size=97, workers=2, source="mkt",
+                                labels=["fixed_horizon"])
+    assert bars_tables(service) == [f"bars_{queued}"]
+    assert service.cancel(queued) == "cancelled" and bars_tables(service) == []
+
+    # A dry run plans (and copies) but queues nothing; nor does a refused duplicate.
+    assert service.preview_job("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")["chunks"] > 3
+    assert bars_tables(service) == []
+
+    # Stopped before any chunk: the job is not settled, its copy stays.
+    service.store.command(f"TRUNCATE TABLE {service.store.db}.labels_{s['label_set']}")
+    service.store.command(f"TRUNCATE TABLE {service.store.db}.label_chunks")
+    job = service.create_job("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")
+    stop = threading.Event()
+    stop.set()
+    run = service.execute(job, stop=stop)
+    assert run.status != "completed" and bars_tables(service) == [f"bars_{job}"], run.status
+    # The copy lost (a crash of the store's disk, a hand): the resumed job makes it again.
+    service.store.drop_table(f"bars_{job}")
+    assert service.execute(job).status == "completed"
+    assert service.store.read_labels(SeriesKey("EURUSD", "H1", "mkt"), s["label_set"]).equals(want)
+    assert bars_tables(service) == []
+
+    # A chunk dead-lettered (a bar whose open is no number): the job settles with errors, no copy.
+    m1_ts = m1.column("ts").to_numpy()
+    first = int(m1_ts[np.flatnonzero(m1_ts % 3_600_000 == 0)[10]])  # an H1 bar's first candle
+    service.store.command(f"ALTER TABLE {service.store.db}.ohlc_m1 UPDATE o = nan WHERE "
+                          f"toUnixTimestamp(time) = {first // 1000} SETTINGS mutations_sync = 2")
+    bad = service.start("EURUSD", "H1", chunk_size=97, workers=2, source="mkt", force=True)
+    b = service.job(bad).model_dump()
+    assert b["status"] in ("failed", "completed_with_errors") and b["errors"], b["status"]
+    assert bars_tables(service) == []
 
 
 def test_a_derived_chunk_aggregates_its_own_candles_not_the_whole_series(service, m1):
@@ -150,3 +212,90 @@ def test_every_instrument_of_a_derived_granularity(service, m1):
     assert sorted((x["instrument"], x["granularity"]) for x in s["series"]) == [
         ("EURUSD", "H1"), ("GBPUSD", "H1")]
     assert s["candles_total"] == len(resample(m1, "1h")) + len(resample(other, "1h"))
+
+
+def float64_source(service, name="raw") -> pa.Table:
+    """EURUSD M1 in a table whose volumes are any Float64 (a sum of them
+    depends on its order), written in many small parts, granules of 128
+    rows: reads of it are split over threads at varied places."""
+    from test_sources import shuffled
+
+    t = candles(start=START, end=END)
+    volume = np.random.default_rng(7).random(t.num_rows) * 1000 + 1 / 3
+    t = t.set_column(t.column_names.index("volume"), "volume", pa.array(volume))
+    db = service.store.db
+    service.store.command(f"""
+        CREATE TABLE {db}.{name} (symbol String, time DateTime('UTC'), o Float64, h Float64,
+            l Float64, c Float64, v Float64) ENGINE = MergeTree ORDER BY (symbol, time)
+        SETTINGS index_granularity = 128""")
+    rows = shuffled(pa.table({
+        "symbol": ["EURUSD"] * t.num_rows,
+        "time": t.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.timestamp("s", tz="UTC")),
+        **{k: t.column(c) for k, c in (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"),
+                                       ("v", "volume"))}}))
+    for at in range(0, rows.num_rows, 1500):
+        service.store.client.insert_arrow(f"{db}.{name}", rows.slice(at, 1500))
+    service.sources.add(name, f"{db}.{name}", MAPS + ["volume=v"], granularity="M1")
+    return t
+
+
+def test_a_derived_bars_volume_does_not_depend_on_the_read(service):
+    """A bar's volume is the same bit for bit read with the whole series
+    (a job's copy) or with a window of it (a chunk, ``update``'s prints):
+    Float64 volumes added in another order differ in the last bit."""
+    service.init()
+    float64_source(service)
+    key = SeriesKey("EURUSD", "H1", "raw")
+    whole, _, _ = service.store.load(key, *EVER, 0, 0)
+    ts, volume = whole.column("ts").to_numpy(), whole.column("volume").to_numpy()
+    # As a job's copy holds them.
+    service.store.copy_bars("bars_test", [key], {key: 10 ** 6})
+    copied, _, _ = service.store.load(SeriesKey("EURUSD", "H1", "raw", "bars_test"), *EVER, 0, 0)
+    service.store.drop_table("bars_test")
+    assert copied.equals(whole)
+    for size in (7, 31, 97):
+        for at in range(0, len(ts), size):
+            part, _, own = service.store.load(key, int(ts[at]), int(ts[min(at + size, len(ts) - 1)]), 0, 0)
+            assert np.array_equal(part.column("volume").to_numpy().view(np.uint64),
+                                  volume[at:at + own].view(np.uint64)), (size, at)
+
+
+def test_update_over_derived_bars_finds_exactly_the_chunks_a_change_reaches(service):
+    """A job over H1 derived from Float64 M1 (read from its copy), then
+    ``update`` over the source itself: nothing when nothing changed;
+    after one corrected M1 candle, exactly the chunks whose rows or halo
+    hold its H1 bar; then nothing again."""
+    from test_sources_update import halo_reaches
+
+    from gpubackfill.labels import DEFAULT_LABELS, halo, resolve
+
+    service.init()
+    t = float64_source(service)
+    job = service.start("EURUSD", "H1", chunk_size=40, workers=2, source="raw")
+    assert service.job(job).model_dump()["status"] == "completed"
+    assert service.plan_update(source="raw", chunk_size=40, workers=2) == []
+
+    def recs():
+        return {(a, b): at for i, g, s, a, b, rows, inc, at in service.store.manifest("raw")}
+
+    before = recs()
+    assert len(before) >= 8
+    h1 = resample(t, "1h").index.to_numpy()
+    m1_ts = t.column("ts").to_numpy()
+    starts = sorted(a for a, _ in before)
+    m = int(np.searchsorted(m1_ts, starts[4])) + 90  # inside the fifth chunk's second bar
+    bar = int(np.searchsorted(h1, m1_ts[m], side="right")) - 1
+    back, ahead = halo(resolve(list(DEFAULT_LABELS), None))
+    expected = halo_reaches(h1, before, back, ahead, lambda lo, hi: lo <= bar < hi)
+    assert 1 <= len(expected) < len(before)
+    # A new high of its bar (a corrected close inside a bar is no bar's close).
+    service.store.command(f"ALTER TABLE {service.store.db}.raw UPDATE h = h + 0.5 WHERE "
+                          f"toUnixTimestamp(time) = {int(m1_ts[m]) // 1000} SETTINGS mutations_sync = 2")
+    plans = service.plan_update(source="raw", chunk_size=40, workers=2)
+    assert [p["stale_chunks"] for p in plans] == [len(expected)] and plans[0]["new_chunks"] == 0
+    for p in plans:
+        assert service.execute(p["job_id"]).status == "completed"
+    after = recs()
+    assert {r for r, at in before.items() if after[r] != at} == expected
+    assert service.plan_update(source="raw", chunk_size=40, workers=2) == []
+    assert bars_tables(service) == []

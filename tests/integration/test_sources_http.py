@@ -25,6 +25,7 @@ from test_sources import MAPS, candles, shuffled
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chhttp import ClickHouseHTTPServer  # noqa: E402
 
+from gpubackfill.jobs.spec import EVER  # noqa: E402
 from gpubackfill.storage.clickhouse_store import SeriesKey  # noqa: E402
 
 OWNER, READER = "0wner-secret", "r3ad-only"
@@ -109,7 +110,23 @@ def test_a_source_read_by_a_read_only_user_over_http(service, remote, monkeypatc
     assert far_h1["status"] == "completed" and far_h1["candles_total"] == here_h1["candles_total"] > 40
     assert service.store.read_labels(SeriesKey("EURUSD", "H1", "far"), set_id).equals(
         service.store.read_labels(SeriesKey("EURUSD", "H1", "here"), set_id))
-    assert not any("SETTINGS" in q for q in statements(log, since))
+    sent = statements(log, since)
+    assert not any("SETTINGS" in q for q in sent)
+    # Aggregated there once, for the job's copy of its bars in the store
+    # (read over and inserted here), which is gone once the job is done.
+    assert len([q for q in sent if "'H1' AS granularity" in q]) == 1
+    assert service.store.rows(f"SELECT count() FROM system.tables WHERE database = '{db}' "
+                              f"AND name LIKE 'bars%'") == [(0,)]
+    # Read over in pages of bars (a few here), the copy holds every bar once.
+    batch_rows = clickhouse_store.BATCH_ROWS
+    monkeypatch.setattr(clickhouse_store, "BATCH_ROWS", 20)
+    far_key, here_key = SeriesKey("EURUSD", "H1", "far"), SeriesKey("EURUSD", "H1", "here")
+    service.store.copy_bars("bars_paged", [far_key], {far_key: t.num_rows})
+    paged = service.store.load(SeriesKey("EURUSD", "H1", "far", "bars_paged"), *EVER, 0, 0)[0]
+    service.store.drop_table("bars_paged")
+    assert paged.equals(service.store.load(here_key, *EVER, 0, 0)[0])
+    assert len([q for q in statements(log, since) if "'H1' AS granularity" in q]) > 3
+    monkeypatch.setattr(clickhouse_store, "BATCH_ROWS", batch_rows)
 
     # The owner corrects a candle: update over the source, and over the
     # built-in table after the same correction, give the same labels.
