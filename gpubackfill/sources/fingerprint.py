@@ -109,11 +109,18 @@ def chunk_print(table, first: int, own: int, back: int, ahead: int, start_ms: in
     def bits(values, dtype) -> np.ndarray:
         return np.ascontiguousarray(values, dtype=dtype).view(np.uint64)
 
+    # Batch by batch (the sum is over rows): the loaded columns are read in
+    # place, not concatenated first.
+    s = np.uint64(0)
+    for batch in table.to_batches():
+        side = side_floats(batch.column("side")) if sided else np.zeros(0)
+        side = np.where(np.isnan(side), NO_SIDE, side)
+        o, h, low, c, v = (bits(batch.column(name).to_numpy(zero_copy_only=False), np.float64)
+                           for name in COLUMNS)
+        with np.errstate(over="ignore"):
+            s += hash_total(bits(batch.column("ts").to_numpy(zero_copy_only=False), np.int64),
+                            o, h, low, c, v, bits(side, np.float64))
     ts = table.column("ts").to_numpy()
-    side = side_floats(table.column("side")) if sided else np.zeros(0)
-    side = np.where(np.isnan(side), NO_SIDE, side)
-    o, h, low, c, v = (bits(table.column(name).to_numpy(), np.float64) for name in COLUMNS)
-    s = hash_total(bits(ts, np.int64), o, h, low, c, v, bits(side, np.float64))
     lo, hi = window(ts, first, own, back, ahead, start_ms, end_ms)
     return f"{PREFIX}{lo}:{hi}:{stamp(len(ts), int(s))}"
 

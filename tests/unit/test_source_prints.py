@@ -1,7 +1,8 @@
 """A chunk's print is summed in one numba pass (``sources.print_kernel``);
 it must equal the numpy definition (``fingerprint.row_hashes``, which the
 SQL mirrors bit for bit) for any values: signed zeros, NaN, infinities,
-sides with NULLs, an empty chunk."""
+sides with NULLs, an empty chunk, a table of several record batches (as
+loaded: summed batch by batch)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ def table(n: int, seed: int) -> pa.Table:
 
 @pytest.mark.parametrize("n", [0, 1, 7, 100_003])
 @pytest.mark.parametrize("sided", [False, True])
-def test_the_one_pass_print_equals_the_numpy_definition(n, sided):
+@pytest.mark.parametrize("batches", [1, 3])
+def test_the_one_pass_print_equals_the_numpy_definition(n, sided, batches):
     t = table(n, n + sided)
+    if batches > 1:
+        cuts = [0, n // 3, n // 2, n]
+        t = pa.concat_tables([t.slice(a, b - a) for a, b in zip(cuts, cuts[1:])])
     ts = t.column("ts").to_numpy()
     side = fingerprint.side_floats(t.column("side")) if sided else None
     want = fingerprint.stamp(n, fingerprint.total(fingerprint.row_hashes(
