@@ -19,6 +19,8 @@ the two agree bit for bit: ClickHouse's ``intHash64`` is MurmurHash3's
 OHLCV values' IEEE bits, and the side's where the source maps one (a NULL
 side hashed as 2.0, which no side is); the window's hash is their sum
 modulo 2**64 (a sum, not a XOR, so two equal candles do not cancel).
+At chunk time the sum is taken in one numba pass (``print_kernel``),
+tested equal to ``row_hashes``, which stays the readable definition.
 A source's side is in the print whether or not a job's labels take sides:
 the prints of a series are one set, recomputed for every label set at once.
 """
@@ -102,11 +104,25 @@ def chunk_print(table, first: int, own: int, back: int, ahead: int, start_ms: in
                 end_ms: int, sided: bool = False) -> str:
     """``w1:LO:HI:N:SUM`` of a chunk's loaded candles (Arrow, ts in ms;
     ``sided``: the source maps a side, loaded as the ``side`` column)."""
+    from .print_kernel import hash_total  # numba: only where chunks are computed
+
+    def bits(values, dtype) -> np.ndarray:
+        return np.ascontiguousarray(values, dtype=dtype).view(np.uint64)
+
+    # Batch by batch (the sum is over rows): the loaded columns are read in
+    # place, not concatenated first.
+    s = np.uint64(0)
+    for batch in table.to_batches():
+        side = side_floats(batch.column("side")) if sided else np.zeros(0)
+        side = np.where(np.isnan(side), NO_SIDE, side)
+        o, h, low, c, v = (bits(batch.column(name).to_numpy(zero_copy_only=False), np.float64)
+                           for name in COLUMNS)
+        with np.errstate(over="ignore"):
+            s += hash_total(bits(batch.column("ts").to_numpy(zero_copy_only=False), np.int64),
+                            o, h, low, c, v, bits(side, np.float64))
     ts = table.column("ts").to_numpy()
-    values = {c: table.column(c).to_numpy() for c in COLUMNS}
-    side = side_floats(table.column("side")) if sided else None
     lo, hi = window(ts, first, own, back, ahead, start_ms, end_ms)
-    return f"{PREFIX}{lo}:{hi}:{stamp(len(ts), total(row_hashes(ts, values, side)))}"
+    return f"{PREFIX}{lo}:{hi}:{stamp(len(ts), int(s))}"
 
 
 def parse(text: str) -> tuple[tuple[int, int], str, tuple[int, int, str] | None] | None:

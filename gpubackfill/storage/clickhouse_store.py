@@ -944,26 +944,31 @@ class Store:
     def window_prints(self, key: SeriesKey, windows: list[tuple[int, int]]) -> list[str]:
         """The count and row-hash sum (``sources.fingerprint``) of the
         candles of ``key`` in each [lo, hi) of ``windows``, in one grouped
-        read: each candle is joined (ASOF) to the elementary interval
-        between window bounds that holds it, those intervals are counted
-        and summed in ClickHouse, and each window adds up its own."""
+        read: each candle is grouped by the elementary interval between
+        window bounds that holds it, counted and summed in ClickHouse, and
+        each window adds up its own.
+
+        The interval is named by its lower bound, ``roundDown(t, bounds)``:
+        a binary search of the sorted constant array per row, vectorised
+        (a linear scan under 32 bounds), exact for any layout since it
+        compares the integers themselves.  An ASOF JOIN of every row to the
+        bounds did the same lookup at ~3x the cost of hashing the rows."""
         if not windows:
             return []
         bounds = sorted({b for w in windows for b in w})
         upper = (" AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
                  if bounds[-1] < EVER[1] else "")
         row_hash = fingerprint.row_hash_sql(self.source_sided(key))
+        # Rows before the first bound are filtered out, so roundDown's
+        # clamp to the first bound never names a row's interval wrongly.
         rows = self._reader(key).rows(f"""
-            SELECT j, count(), sumWithOverflow(h) FROM (
-                SELECT bs.j AS j, r.h AS h
-                FROM (SELECT toUnixTimestamp64Milli(ts) AS t, {row_hash} AS h, 0 AS z
-                      FROM {self._rel(key)} WHERE {self._series_where()}
-                        AND ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC'){upper}) AS r
-                ASOF JOIN (SELECT arrayJoin(arrayEnumerate({{bs:Array(Int64)}})) AS k, k - 1 AS j,
-                                  {{bs:Array(Int64)}}[k] AS b, 0 AS z) AS bs
-                ON r.z = bs.z AND r.t >= bs.b)
-            GROUP BY j""", self._series_params(key, lo=max(bounds[0], EVER[0]), hi=bounds[-1], bs=bounds))
-        return fingerprint.combine(windows, bounds, {int(j): (int(n), int(s)) for j, n, s in rows})
+            SELECT roundDown(toUnixTimestamp64Milli(ts), {{bs:Array(Int64)}}) AS b,
+                   count(), sumWithOverflow({row_hash})
+            FROM {self._rel(key)} WHERE {self._series_where()}
+              AND ts >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC'){upper}
+            GROUP BY b""", self._series_params(key, lo=max(bounds[0], EVER[0]), hi=bounds[-1], bs=bounds))
+        index = {b: j for j, b in enumerate(bounds)}
+        return fingerprint.combine(windows, bounds, {index[int(b)]: (int(n), int(s)) for b, n, s in rows})
 
     def chunk_prints(self, source: str) -> dict[tuple[str, str, str, int, int], str]:
         """The input fingerprint of every computed chunk of a source's

@@ -120,19 +120,21 @@ def _flags(store: Store, sets: dict, records: dict, changes: dict, source: str) 
     return _print_flags(store, sets, records, source) if source else _stale_flags(store, sets, records, changes)
 
 
-def _state(store: Store, source: str = "", labelled_only: bool = False):
-    """(series: key -> (candles, first, last), the manifest's records, the
-    ingest log).  Of a source, every series it stores or derives is counted
-    (a derived one by aggregating the base), unless ``labelled_only``: then
-    only those with computed chunks."""
+def _records(store: Store, source: str = "") -> dict[tuple[str, tuple[str, str]], list[Record]]:
+    """(set id, series) -> the manifest's records of a source's series."""
     records: dict[tuple[str, tuple[str, str]], list[Record]] = defaultdict(list)
     for i, g, s, a, b, rows, inc, at in store.manifest(source):
         records[(s, (i, g))].append(Record(a, b, rows, inc, at))
+    return records
+
+
+def _state(store: Store, source: str = ""):
+    """(series: key -> (candles, first, last), the manifest's records, the
+    ingest log).  Of a source, every series it stores or derives is counted
+    (a derived one by aggregating the base)."""
+    records = _records(store, source)
     if source:
-        wanted = {key for _, key in records} if labelled_only else None
-        counts = {(i, g): n for i, g, n in store.instruments(
-                      source, None if wanted is None else {g for _, g in wanted})
-                  if wanted is None or (i, g) in wanted}
+        counts = {(i, g): n for i, g, n in store.instruments(source)}
         spans = store.series_spans([SeriesKey(i, g, source) for i, g in counts])
         series = {(k.instrument, k.granularity): (counts[(k.instrument, k.granularity)], lo, hi)
                   for k, (lo, hi) in spans.items()}
@@ -170,14 +172,25 @@ def update_plans(store: Store, chunk_size: int, insts: set[str] | None = None,
     """Per label set computed on the selected series (of ``source``): the
     stale chunks and the missing tail, planned as one job's chunks ([] when
     all is current)."""
-    series, records, changes = _state(store, source, labelled_only=True)
+    if source:
+        # Only each selected labelled series' last candle is needed: two
+        # key-ordered reads of one row each (``series_spans``), not a count
+        # of the whole source (a full read, 30% of an update's time at 10M).
+        records = _records(store, source)
+        changes: dict = {}
+        asked = sorted({key for _, key in records if _selected(key, insts, grans)})
+        last = {(k.instrument, k.granularity): hi for k, (_, hi) in
+                store.series_spans([SeriesKey(i, g, source) for i, g in asked]).items()}
+    else:
+        series, records, changes = _state(store)
+        last = {k: hi for k, (_, _, hi) in series.items()}
     sets = {set_id: params for set_id, params, _ in store.label_set_registry()}
     chosen = {k: v for k, v in records.items()
-              if k[0] in sets and k[1] in series and _selected(k[1], insts, grans)}
+              if k[0] in sets and k[1] in last and _selected(k[1], insts, grans)}
     flags = _flags(store, sets, chosen, changes, source)
     by_set: dict[str, list] = defaultdict(list)
     for (set_id, key), recs in sorted(chosen.items()):
-        tail = plan.update_tail(recs, series[key][2])
+        tail = plan.update_tail(recs, last[key])
         fresh = (plan.plan_chunks(store.chunk_starts(SeriesKey(key[0], key[1], source), *tail, chunk_size), tail[1])
                  if tail else [])
         by_set[set_id].append((key, recs, flags[(set_id, key)], fresh))

@@ -255,3 +255,36 @@ def test_update_over_a_source_aggregates_no_granularity_it_has_no_labels_for(ser
     assert plans == [[]]
     assert [sql for sql, _ in seen if "argMin(open, ts)" in sql] == []   # no derived bars built
     assert any("sumWithOverflow" in sql for sql, _ in seen)            # the prints were asked
+
+
+def test_an_update_with_nothing_changed_reads_each_candle_once(service):
+    """The prints' grouped query is the one full read: the planner asks only
+    for each series' last candle (from the key, in a table kept in time
+    order), not a count of the source."""
+    service.init()
+    t = candles(end="2024-01-06")
+    rel = f"{service.store.db}.ohlc_m1"
+    service.store.command(f"""
+        CREATE TABLE {rel} (symbol LowCardinality(String), time DateTime('America/New_York'),
+            o Float32, h Float32, l Float32, c Float32, v Nullable(Float32), note String)
+        ENGINE = MergeTree ORDER BY (symbol, time) SETTINGS index_granularity = 256""")
+    insert_foreign(service, rel, t)
+    service.store.command(f"OPTIMIZE TABLE {rel} FINAL")
+    service.sources.add("mkt", rel, MAPS + ["volume=v"], granularity="M1")
+    service.start("EURUSD", "M1", chunk_size=CHUNK, workers=2, source="mkt")
+    client, seen = service.store.client, []
+    run = client._query
+
+    def counted(sql, fmt, parameters):
+        res = run(sql, fmt, parameters)
+        seen.append((sql, res.storage_rows_read()))
+        return res
+
+    client._query = counted
+    try:
+        assert service.plan_update(source="mkt", chunk_size=CHUNK, workers=2) == []
+    finally:
+        del client._query
+    assert any("roundDown" in sql for sql, _ in seen)  # the prints were read through this client
+    read = sum(n for _, n in seen)
+    assert t.num_rows <= read <= t.num_rows + 4 * 256, [(" ".join(s.split())[:80], n) for s, n in seen]
