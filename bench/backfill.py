@@ -506,6 +506,7 @@ WRITES = {
     "send_insert ArrowStream, 64k-row messages": "the chunk as 64k-row IPC messages",
     "send_insert Arrow file": "the chunk as one Arrow IPC file",
     "Python() table function, keys as constants": "INSERT ... SELECT 'EURUSD', ... FROM Python(t)",
+    "Python() table function, keys as constants, max_threads = 1": "the same on one thread, as the engine inserts",
     "Python() table function, keys as columns": "INSERT ... SELECT * FROM Python(t), keys as dictionaries",
     "send_insert ArrowStream, one message, N threads": "the chunks shared by --workers threads, a handle each",
     "Python() table function, keys as constants, N threads": "the chunks shared by --workers threads, a handle each",
@@ -571,11 +572,12 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     # Small chunks go several to a Dask task, and the engine reads and
     # inserts a task's consecutive chunks at once (shared_io.SharedIO): the
     # floor may group them the same way (the driver's rule).
-    from gpubackfill.engine.driver import MAX_CHUNKS_PER_TASK
+    from gpubackfill.engine.driver import most_per_task
 
+    per_task = most_per_task(len(chunks), threads)
     groups: list[list[tuple[int, int, int, int]]] = []
     for c in chunks:
-        if (not groups or len(groups[-1]) >= MAX_CHUNKS_PER_TASK
+        if (not groups or len(groups[-1]) >= per_task
                 or sum(j - i for i, j, _, _ in groups[-1]) >= store.settings.task_candles):
             groups.append([])
         groups[-1].append(c)
@@ -613,13 +615,17 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
             ins.append(buf.getvalue())
             ins.finish()
 
-    def consts_insert(var: str) -> str:
+    def consts_insert(var: str, settings: str = "") -> str:
         names = ", ".join(cols)
         return (f"INSERT INTO {table} (instrument, granularity, label_set, {names}) "
-                f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} FROM Python({var})")
+                f"SELECT '{key.instrument}', '{key.granularity}', '{set_id}', {names} FROM Python({var})"
+                + settings)
 
     def python_consts(t: pa.Table) -> None:
         conn.query(consts_insert("t"))
+
+    def python_consts_1t(t: pa.Table) -> None:
+        conn.query(consts_insert("t", " SETTINGS max_threads = 1"))
 
     def python_consts_shared(t: pa.Table) -> None:
         # chDB looks Python()'s variable up by name process-wide: inserts at
@@ -640,6 +646,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         "send_insert ArrowStream, 64k-row messages": (lambda t: stream(t, "ArrowStream", 65_536), keyed),
         "send_insert Arrow file": (lambda t: stream(t, "Arrow", 0), keyed),
         "Python() table function, keys as constants": (python_consts, lambda t: t),
+        "Python() table function, keys as constants, max_threads = 1": (python_consts_1t, lambda t: t),
         "Python() table function, keys as columns": (python_keyed, keyed),
         "send_insert ArrowStream, one message, N threads": (
             lambda t: stream(t, "ArrowStream", 1 << 40, own_conn()), keyed),
@@ -741,6 +748,7 @@ SEQ_WRITES = {
     "INSERT SELECT from a Memory table, max_insert_threads = N":
         "the same, the insert's pipeline on --workers threads",
     "Python() table function over an Arrow table": "INSERT ... SELECT * FROM Python(t), t prepared",
+    "Python() table function over an Arrow table, max_threads = 1": "the same on one thread",
 }
 
 
@@ -783,6 +791,8 @@ def sequential_floor(conn: Any, store: Any, table: str, sql: str, n: int) -> dic
         globals()["_seq_floor_rows"] = rows
         inserts["Python() table function over an Arrow table"] = (
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(_seq_floor_rows)")
+        inserts["Python() table function over an Arrow table, max_threads = 1"] = (
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(_seq_floor_rows) SETTINGS max_threads = 1")
     try:
         for name, stmt in inserts.items():
             store.command(f"TRUNCATE TABLE {table}")

@@ -123,9 +123,12 @@ class Settings(BaseSettings):
     breaker_redis_reset_seconds: float = _number("GPUBACKFILL_BREAKER_REDIS_RESET_SECONDS", 30.0, 0.01)
     memory_limit_bytes: int | None = _env("BATCH_MEMORY_LIMIT")  # RSS a worker aims to stay under
     min_chunk_size: int = _env("GPUBACKFILL_MIN_CHUNK_SIZE", 1000, ge=1)  # chunks are not split below this
-    # Chunks smaller than this run several to a Dask task (up to 8, about
-    # this many candles together): Dask's per-task cost is paid once for them.
-    task_candles: int = _env("GPUBACKFILL_TASK_CANDLES", 50_000, ge=1)
+    # Chunks smaller than this run several to a Dask task (about this many
+    # candles together, engine/driver.py's most_per_task): Dask's per-task
+    # cost, a read, an insert and a part are paid once for them.  At 50k, 10k
+    # chunks went five to a task, and the merges of their small parts took
+    # a quarter of the job's CPU.
+    task_candles: int = _env("GPUBACKFILL_TASK_CANDLES", 250_000, ge=1)
     shutdown_timeout: float = _number("GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)  # grace after a signal
     # A chunk past its deadline is taken back (engine/watchdog.py).  0: automatic,
     # 10x the job's median chunk time and never under chunk_timeout_floor.

@@ -67,6 +67,7 @@ class Driver:
         # thread still runs: each holds a worker slot until it returns.
         self.stuck: dict[Any, list[int]] = {}
         self.timeout_s = self._chunk_timeout()
+        self.per_task: int | None = None  # most chunks in a task (most_per_task), on the first claim
         # Set by Dask (on its callback thread) whenever a future settles: the
         # driver sleeps on it instead of polling its futures.
         self.settled = threading.Event()
@@ -149,9 +150,12 @@ class Driver:
         """Submit up to ``n`` Dask tasks, each of one chunk or of several
         small ones (``Settings.task_candles``); (tasks submitted, queue empty)."""
         got, refused = 0, ""
+        if self.per_task is None:
+            self.per_task = most_per_task(int(self.state.job(self.job_id).get("chunks_total") or 0),
+                                          self.workers)
         while got < n and not refused:
             batch: list[ChunkTask] = []
-            while len(batch) < MAX_CHUNKS_PER_TASK and sum(t.rows for t in batch) < self.settings.task_candles:
+            while len(batch) < self.per_task and sum(t.rows for t in batch) < self.settings.task_candles:
                 claimed = self.state.claim(self.job_id, self.owner, self.lease_ms)
                 if isinstance(claimed, str):
                     refused = claimed  # 'empty', or the job's status: it no longer runs
@@ -303,7 +307,15 @@ class Driver:
 
 
 # Chunks per Dask task at most (see Settings.task_candles).
-MAX_CHUNKS_PER_TASK = 8
+MAX_CHUNKS_PER_TASK = 64
+
+
+def most_per_task(chunks: int, workers: int) -> int:
+    """The most chunks one Dask task takes in a job of ``chunks``: up to
+    ``MAX_CHUNKS_PER_TASK``, but few enough that each of ``workers`` gets
+    two tasks or more (a job of twenty 10k chunks on two workers is not one
+    task on one worker while the other waits)."""
+    return max(1, min(MAX_CHUNKS_PER_TASK, chunks // (2 * max(1, workers))))
 
 
 class DriverLost(Exception):

@@ -38,19 +38,24 @@ def _counting_submit(monkeypatch):
     monkeypatch.setattr(Client, "submit", recording)
 
 
-@pytest.mark.parametrize("task_candles,most", [(50_000, 8), (1, 1), (1_000, 2)])
+# (task_candles, workers): 500-candle chunks go about task_candles / 500 to a
+# task, at most 64, and few enough that each worker gets two tasks.
+@pytest.mark.parametrize("task_candles,workers", [(50_000, 2), (1, 2), (1_000, 2), (2_500, 1)])
 def test_small_chunks_share_a_task_and_every_chunk_is_written_once(service, monkeypatch,
-                                                                   task_candles, most):
+                                                                   task_candles, workers):
     candles = series(service)
     svc = BackfillService(service.settings.model_copy(update={"task_candles": task_candles}))
-    job = svc.create_job("EURUSD", "M5", START, END, chunk_size=500, workers=2)
+    job = svc.create_job("EURUSD", "M5", START, END, chunk_size=500, workers=workers)
     total = svc.job(job).model_dump()["chunks_total"]
+    most = max(1, min(-(-task_candles // 500), 64, total // (2 * workers)))
     _counting_submit(monkeypatch)
     assert svc.execute(job).status == "completed"
     s = svc.job(job).model_dump()
     # Each chunk ran in exactly one task: none failed, none was given back.
     assert sum(SIZES) == total and s["chunks"]["done"] == total
     assert max(SIZES) == most and len(SIZES) == -(-total // most) and total > 8
+    # Every worker had work: at least two tasks each.
+    assert len(SIZES) >= 2 * workers
     assert s["rows_written"] == s["candles_total"]
     assert_matches_whole_series(svc, job, candles)
 
