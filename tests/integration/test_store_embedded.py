@@ -130,6 +130,41 @@ def test_either_insert_path_writes_the_rows_nulls_and_keys_it_was_given(store, n
     np.testing.assert_array_equal(back.column("mfe").to_numpy(zero_copy_only=False)[~missing], mfe[~missing])
 
 
+def test_label_rows_are_written_as_compact_parts_in_any_label_table(store):
+    """A label table writes its inserts in one file per part (cheaper for
+    ClickHouse than a file per column), a table made before that setting
+    gets it when a job next ensures it, and the rows read back the same."""
+    from gpubackfill.labels import resolve
+
+    set_id = store.ensure_label_table(resolve(["mfe_mae"]))
+    table = f"labels_{set_id}"
+    old = resolve(["mfe_mae"], {"mfe_mae": {"horizon": 7}})
+    old_id = store.ensure_label_table(old)
+    # As an earlier version left it: no part settings of its own.
+    store.command(f"ALTER TABLE {store.db}.labels_{old_id} RESET SETTING min_bytes_for_wide_part")
+    assert "min_bytes_for_wide_part" not in _engine_full(store, f"labels_{old_id}")
+    assert store.ensure_label_table(old) == old_id
+    n = 300_000
+    ts = 1_704_067_200_000 + np.arange(n, dtype=np.int64) * H1
+    labels = pa.table({"ts": ts, "mfe": np.arange(n, dtype=float), "mae": -np.arange(n, dtype=float),
+                       "mfe_bars": np.ones(n, np.int32), "mae_bars": np.zeros(n, np.int32)})
+    key = SeriesKey("GBPUSD", "H1")
+    for sid in (set_id, old_id):
+        store.write_labels(key, sid, int(ts[0]), int(ts[-1]) + H1, labels, "h", 0, "job")
+        parts = store.rows(f"SELECT part_type, rows FROM system.parts WHERE database = '{store.db}' "
+                           f"AND table = 'labels_{sid}' AND active")
+        assert parts == [("Compact", n)], sid
+        back = store.read_labels(key, sid)
+        np.testing.assert_array_equal(back.column("mfe").to_numpy(), labels.column("mfe").to_numpy())
+    assert "min_bytes_for_wide_part" in _engine_full(store, table)
+
+
+def _engine_full(store, table: str) -> str:
+    return store.rows(f"SELECT engine_full FROM system.tables WHERE database = '{store.db}' "
+                      f"AND name = '{table}'")[0][0]
+
+
+H1 = 3_600_000
 H1 = 3_600_000
 
 
