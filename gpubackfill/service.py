@@ -239,6 +239,14 @@ class BackfillService:
             removed += [job_id] if known else []
         return removed
 
+    def sweep_copies(self) -> list[str]:
+        """Drop copies of derived bars that their jobs' settles left behind
+        (``engine/bars.py``); the job ids whose copies were dropped."""
+        from .engine import bars
+
+        self._ready()
+        return bars.sweep(self.store, self.state)
+
     def label_sets(self, instrument: str | None = None, granularity: str | None = None,
                    source: str | None = None) -> list:
         """Computed label sets (``export.LabelSet``) with rows, per series (of ``source``)."""

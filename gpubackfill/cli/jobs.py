@@ -355,7 +355,13 @@ cancel = _transition_command("cancel", "Cancel a job.")
                                                          "failed", "cancelled"]), default=None)
 @click.pass_context
 def cleanup(ctx, older_than: float, status_: str | None) -> None:
-    """Forget finished jobs (their labels stay in ClickHouse)."""
-    removed = _service(ctx).cleanup(older_than, status_)
+    """Forget finished jobs (their labels stay in ClickHouse), and drop the
+    copies of derived bars that settled or forgotten jobs left behind."""
+    svc = _service(ctx)
+    removed = svc.cleanup(older_than, status_)
     click.echo(f"removed {_plural(len(removed), 'job')}" + (f": {' '.join(removed)}" if removed else ""))
+    swept = svc.sweep_copies()
+    if swept:
+        click.echo(f"dropped {_plural(len(swept), 'leftover copy', 'leftover copies')} of derived bars: "
+                   + " ".join(swept))
 

@@ -18,7 +18,8 @@ Lifecycle:
   a crash, a retry of dead letters after the job failed): bars of the
   source as it is then, as the chunks without a copy would have read;
 - dropped when the job settles (completed, failed, cancelled) by its driver,
-  and by ``cancel`` for a job no driver runs.
+  and by ``cancel`` for a job no driver runs; ``gpubackfill cleanup``
+  sweeps up any left behind (``sweep``).
 An ``update`` job has no copy: its stale chunks are few and scattered, and
 each reads its own bars from the source as before.
 
@@ -28,11 +29,15 @@ print matches what ``update`` recomputes over the source itself."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 
+from ..errors import JobNotFound
+from ..jobs.machine import FINAL_JOB_STATES
 from ..jobs.spec import EVER, JobSpec
 from ..storage.clickhouse_store import SeriesKey, Store
+from ..storage.redis import RedisState
 
 
 def table_of(job_id: str) -> str:
@@ -64,4 +69,30 @@ def base_of(store: Store, key: SeriesKey) -> SeriesKey:
 
 def drop(store: Store, job_id: str) -> None:
     store.drop_table(table_of(job_id))
+
+
+# A copy younger than this whose job is not in Redis may be one being made
+# (planning copies before the job is queued): ``sweep`` leaves it.
+SWEEP_GRACE_S = 3600
+_JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def sweep(store: Store, state: RedisState, grace_s: int = SWEEP_GRACE_S) -> list[str]:
+    """Drop the copies a settle did not (a crash between planning and
+    queueing, ClickHouse away when the job settled, a driver lost while its
+    job was cancelled): those of jobs that settled, and those older than
+    ``grace_s`` of jobs Redis no longer knows.  The job ids dropped."""
+    dropped = []
+    for name, age in store.tables_named(table_of("")):
+        job_id = name[len(table_of("")):]
+        if not _JOB_ID.match(job_id):
+            continue  # not a copy of ours
+        try:
+            gone = state.status(job_id) in FINAL_JOB_STATES
+        except JobNotFound:
+            gone = age >= grace_s
+        if gone:
+            store.drop_table(name)
+            dropped.append(job_id)
+    return dropped
 

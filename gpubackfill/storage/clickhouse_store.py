@@ -317,6 +317,14 @@ class Store:
         return bool(self.rows("SELECT count() FROM system.tables WHERE database = {d:String} "
                               "AND name = {t:String}", {"d": self.db, "t": table})[0][0])
 
+    def tables_named(self, prefix: str) -> list[tuple[str, int]]:
+        """(name, seconds since its metadata last changed) of the store's
+        tables whose names start with ``prefix``."""
+        return [(n, int(age)) for n, age in self.rows(
+            "SELECT name, toInt64(now() - metadata_modification_time) FROM system.tables "
+            "WHERE database = {d:String} AND startsWith(name, {p:String}) ORDER BY name",
+            {"d": self.db, "p": prefix})]
+
     def drop_table(self, table: str) -> None:
         self.command(f"DROP TABLE IF EXISTS {self.db}.{_check_ident('table', table)}")
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from compare import assert_label_columns
+from test_cli import cli  # noqa: F401 (fixture)
 from test_sources import MAPS, candles, foreign_table
 
 from gpubackfill import compute_labels
@@ -155,6 +156,36 @@ def test_the_copy_is_dropped_when_a_job_settles_and_made_again_when_it_resumes(s
     b = service.job(bad).model_dump()
     assert b["status"] in ("failed", "completed_with_errors") and b["errors"], b["status"]
     assert bars_tables(service) == []
+
+
+def test_cleanup_sweeps_the_copies_settles_left_behind(service, m1, cli):
+    """Copies a settle did not drop (a crash, ClickHouse away at the time):
+    ``cleanup`` drops those of settled jobs and the old ones of jobs Redis
+    no longer knows; it keeps a queued job's copy, a fresh unknown one (it
+    may be one being planned) and any other table."""
+    from gpubackfill.engine import bars
+
+    done = service.start("EURUSD", "H1", chunk_size=97, workers=2, source="mkt")
+    queued = service.create_job("EURUSD", "H1", chunk_size=97, workers=2, source="mkt",
+                                labels=["fixed_horizon"])
+    db = service.store.db
+    for name in (f"bars_{done}", "bars_0123456789ab", "bars_notajob", "bars_fedcba987654"):
+        service.store.command(f"CREATE TABLE {db}.{name} (ts Int64) ENGINE = MergeTree ORDER BY ts")
+    assert sorted(bars_tables(service)) == sorted([f"bars_{done}", f"bars_{queued}", "bars_0123456789ab",
+                                                   "bars_notajob", "bars_fedcba987654"])
+    # Fresh: an unknown job's copy is kept for the grace period.
+    assert bars.sweep(service.store, service.state) == [done]
+    assert f"bars_{done}" not in bars_tables(service) and "bars_0123456789ab" in bars_tables(service)
+    # Past it (as if an hour old), the unknown jobs' copies go; the queued job's stays.
+    assert sorted(bars.sweep(service.store, service.state, grace_s=0)) == ["0123456789ab", "fedcba987654"]
+    assert sorted(bars_tables(service)) == sorted([f"bars_{queued}", "bars_notajob"])
+    # The command a user runs: once the job is settled, its copy goes too.
+    service.cancel(queued)
+    service.store.command(f"CREATE TABLE {db}.bars_{queued} (ts Int64) ENGINE = MergeTree ORDER BY ts")
+    out = cli("cleanup", "--older-than", "30")
+    assert out.exit_code == 0, out.output
+    assert f"dropped 1 leftover copy of derived bars: {queued}" in out.output
+    assert bars_tables(service) == ["bars_notajob"]
 
 
 def test_a_derived_chunk_aggregates_its_own_candles_not_the_whole_series(service, m1):
