@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from test_cli import cli  # noqa: F401 - the in-process CLI fixture
-from test_sources import MAPS, candles, foreign_table, insert_foreign
+from test_sources import MAPS, candles, foreign_table, insert_foreign, rows_read
 
 from gpubackfill.labels import DEFAULT_LABELS, halo, resolve
 from gpubackfill.sources import fingerprint
@@ -272,19 +272,10 @@ def test_an_update_with_nothing_changed_reads_each_candle_once(service):
     service.store.command(f"OPTIMIZE TABLE {rel} FINAL")
     service.sources.add("mkt", rel, MAPS + ["volume=v"], granularity="M1")
     service.start("EURUSD", "M1", chunk_size=CHUNK, workers=2, source="mkt")
-    client, seen = service.store.client, []
-    run = client._query
-
-    def counted(sql, fmt, parameters):
-        res = run(sql, fmt, parameters)
-        seen.append((sql, res.storage_rows_read()))
-        return res
-
-    client._query = counted
-    try:
-        assert service.plan_update(source="mkt", chunk_size=CHUNK, workers=2) == []
-    finally:
-        del client._query
+    plans: list = []
+    seen = rows_read(service, lambda: plans.append(service.plan_update(source="mkt", chunk_size=CHUNK,
+                                                                       workers=2)))
+    assert plans == [[]]
     assert any("roundDown" in sql for sql, _ in seen)  # the prints were read through this client
     read = sum(n for _, n in seen)
     assert t.num_rows <= read <= t.num_rows + 4 * 256, [(" ".join(s.split())[:80], n) for s, n in seen]
