@@ -20,9 +20,12 @@ def test_a_real_job_reports_its_eta_from_recorded_samples(service):
     submitted."""
     from gpubackfill.candles.synthetic import generate
     from gpubackfill.jobs.eta import estimate as est_fn
+    from gpubackfill.service import BackfillService
     from gpubackfill.storage.clickhouse_store import SeriesKey
 
     service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", "2024-01-01", "2024-01-31"))
+    # Tasks of 8 chunks (800 candles), so the job has many tasks.
+    service = BackfillService(service.settings.model_copy(update={"task_candles": 800}))
     job = service.create_job("EURUSD", "M5", "2024-01-01", "2024-01-24", chunk_size=100, workers=1,
                              labels=["mfe_mae"])
     seen: list = []

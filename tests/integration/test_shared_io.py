@@ -35,7 +35,7 @@ def test_a_task_of_small_chunks_reads_once_and_inserts_once(settings, monkeypatc
     assert svc.execute(job).status == "completed"
     chunks = svc.job(job).model_dump()["chunks_total"]
     assert chunks > 2
-    # Tasks of up to 8 chunks: each task one read and one insert of all its rows.
+    # Tasks of several chunks: each task one read and one insert of all its rows.
     assert len(inserts) == len(loads) < chunks
     assert sorted(len(args[4]) for args in inserts)[-1] > 1000  # rows of several chunks at once
     assert_survived(svc, job, candles)
