@@ -38,7 +38,10 @@ from gpubackfill.storage.redis_server import ensure_server, stop_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-FAST = {"GPUBACKFILL_RETRY_BASE_SECONDS": "0.02", "GPUBACKFILL_LEASE_SECONDS": "3"}
+# Tasks of a few chunks (about 2,400 candles), so that a job is still
+# running, with chunks left, when a test interrupts it after its first ones.
+FAST = {"GPUBACKFILL_RETRY_BASE_SECONDS": "0.02", "GPUBACKFILL_LEASE_SECONDS": "3",
+        "GPUBACKFILL_TASK_CANDLES": "2400"}
 
 
 def ingest(svc, instrument="EURUSD", granularity="M5", start="2024-01-01", end="2024-02-01"):
