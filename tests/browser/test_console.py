@@ -33,7 +33,10 @@ WAIT_MS = 120_000   # a job's run on a loaded two-core host; the test's own limi
 
 @pytest.fixture(scope="module")
 def service(chdb_home, redis_socket):
-    svc = BackfillService(make_settings(chdb_home, redis_socket, GPUBACKFILL_API_TOKEN=TOKEN))
+    # Tasks of a few chunks (the default packs ~250k candles a task), so
+    # that a job is still running when a page pauses or cancels it.
+    svc = BackfillService(make_settings(chdb_home, redis_socket, GPUBACKFILL_API_TOKEN=TOKEN,
+                                        GPUBACKFILL_TASK_CANDLES="800"))
     for inst in (*GOOD, BAD):
         svc.ingest_table(SeriesKey(inst, "M5"), generate(inst, "M5", START, END))
     # One candle of the bad series with high under low, written past
