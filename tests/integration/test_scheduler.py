@@ -8,6 +8,7 @@ import time
 from gpubackfill.candles.synthetic import generate
 from gpubackfill.jobs.machine import FINAL_JOB_STATES
 from gpubackfill.serve.scheduler import Candidate, Scheduler, pick
+from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import SeriesKey
 
 START, END = "2024-01-01", "2024-01-04"
@@ -53,6 +54,9 @@ def test_queued_jobs_run_by_priority_one_at_a_time(service):
 
 
 def test_a_new_scheduler_resumes_interrupted_and_queued_jobs(service):
+    # Tasks of two chunks, so that the first job is still running when the
+    # service stops after its first chunks.
+    service = BackfillService(service.settings.model_copy(update={"task_candles": 120}))
     service.ingest_table(SeriesKey("EURUSD", "M5"), generate("EURUSD", "M5", START, "2024-01-08"))
     first = service.create_job("EURUSD", "M5", START, END, chunk_size=60, workers=1)
     old = Scheduler(service, max_jobs=1, interval=0.05)
