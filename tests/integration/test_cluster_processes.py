@@ -120,8 +120,8 @@ def test_two_jobs_on_worker_processes_survive_a_killed_worker_and_a_redis_restar
     cluster, client = process_cluster
     settings = make_settings(tmp_path / "home", sock, CLICKHOUSE_URL=chhttp_server.url,
                              DASK_SCHEDULER_ADDRESS=cluster.scheduler_address,
-                             GPUBACKFILL_TASK_CANDLES=TASK_CANDLES,
-                             GPUBACKFILL_BREAKER_REDIS_RESET_SECONDS="0.5", **FAST)
+                             GPUBACKFILL_BREAKER_REDIS_RESET_SECONDS="0.5",
+                             **{**FAST, "GPUBACKFILL_TASK_CANDLES": TASK_CANDLES})
     assert not settings.embedded_clickhouse
     # Nothing of the store or the workers lives in this process.
     assert chhttp_server.process.pid != os.getpid()
