@@ -27,19 +27,31 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
     )
 
     stop = threading.Event()
+    hard = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
+    previous_hook = sys.unraisablehook
     received: list[int] = []
 
     def on_signal(signum, frame):
         if stop.is_set():
+            # Raised wherever the main thread is.  Where that is a __del__
+            # (a Dask future released by the collector), Python prints the
+            # exception and drops it: the driver's next turn raises it again
+            # (``progress`` below), so the second signal still stops at once.
+            hard.set()
             raise _HardStop()
         received.append(signum)
         stop.set()
         click.echo("\nstopping: no new chunks; running ones finish or go back to the queue "
                    "(signal again to exit now)", err=True)
 
+    def unraisable(args) -> None:
+        if not isinstance(args.exc_value, _HardStop):  # a dropped _HardStop is raised again
+            previous_hook(args)
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    sys.unraisablehook = unraisable
     console = _console()
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -50,6 +62,8 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
             dashboards: set[str] = set()
 
             def progress(s: dict) -> None:
+                if hard.is_set():
+                    raise _HardStop()  # the signal's own raise was dropped (see on_signal)
                 if s["dashboard"] and s["dashboard"] not in dashboards:
                     dashboards.add(s["dashboard"])
                     click.echo(f"dask dashboard: {s['dashboard']}")
@@ -71,6 +85,7 @@ def _run_foreground(svc, job_id: str, scheduler: str | None) -> None:
         sys.stderr.flush()
         os._exit(130)
     finally:
+        sys.unraisablehook = previous_hook
         # Kept until the outcome is reported: the job can stop within
         # milliseconds of the first signal, and a second one meanwhile still
         # exits at once.  After a signal the command is on its way out with
