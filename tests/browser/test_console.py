@@ -382,7 +382,7 @@ def test_update_from_the_series_page(page, service):
     assert "update" in page.inner_text(f"tr[data-job='{update.job_id}']")
 
 
-def test_a_source_series_listed_and_updated_from_the_series_page(page, service):
+def test_a_source_series_listed_and_updated_from_the_series_page(page, service, shots):
     """A source's series are on the series page, marked with the source; its
     update button updates that source's series (not the built-in table's)."""
     inst = "AUDUSD"
@@ -435,6 +435,7 @@ def test_a_source_series_listed_and_updated_from_the_series_page(page, service):
     assert sorted(marks) == sorted([t, lab, bars] for t, lab, bars in
                                    zip(stored["ts"], stored["tb_label"], stored["tb_exit_bars"]) if lab is not None)
     assert marks and page.locator("#chart rect.candle").count() == len(stored["ts"])
+    shots(page, "console-source-chart")
     # Zooming keeps to the source: the chart's data request names it.
     page.click("[data-zoom='0.5']")
     page.wait_for_function("() => location.search.includes('source=feed')")
