@@ -288,7 +288,7 @@ def install_timers(store: Any, state: Any) -> StageTimers:
     t.wrap(store, "rows", "write: count query")
     t.wrap(store, "command", "write: delete")
     t.wrap(store, "insert_arrow", _insert_stage)
-    t.wrap(state, "complete", "redis: complete")
+    t.wrap(state, "complete_many", "redis: complete")
     t.wrap(state, "claim", "redis: claim (driver)")
     return t
 

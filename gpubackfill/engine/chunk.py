@@ -83,9 +83,9 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None,
     with Heartbeat(state, task, settings.lease_seconds * 1000, behind) as lease:
         try:
             # With shared I/O the write comes later (``_insert_and_record``,
-            # which fences it): here only the lease is checked.
+            # which fences it): here only the keeper's word on the lease is checked.
             result = retrying(
-                lambda: BREAKERS.call(breaker, attempt, lease.fence if io is None else lease.check),
+                lambda: BREAKERS.call(breaker, attempt, lease.fence if io is None else lease.held),
                 settings.retry_base_seconds, on_retry,
                 give_up=lambda e: isinstance(e, LeaseLost) or splittable(settings, task, e))
         except LeaseLost as exc:
@@ -113,25 +113,33 @@ _record_lock = threading.Lock()
 def _record(settings: Settings, state: RedisState, task: ChunkTask, result: ChunkResult,
             on_retry) -> ChunkResult:
     """Settle a chunk whose rows are written: its result goes to Redis."""
+    return _record_many(settings, state, [(task, result)], on_retry)[0]
+
+
+def _record_many(settings: Settings, state: RedisState, done: list[tuple[ChunkTask, ChunkResult]],
+                 on_retry) -> list[ChunkResult]:
+    """Settle chunks of one job whose rows are written: their results go to
+    Redis in one round trip, each settled atomically on its own."""
+    job_id = done[0][0].job_id
     with _record_lock:
-        carried = _record_seconds.pop(task.job_id, 0.0)
+        carried = _record_seconds.pop(job_id, 0.0)
     if carried:
-        result = replace(result, stages={**result.stages, "record": carried})
+        task, result = done[0]
+        done = [(task, replace(result, stages={**result.stages, "record": carried})), *done[1:]]
     t0 = time.perf_counter()
     try:
-        instruments = {s: name[0] for s, name in task.names.items()}
-        status = retrying(lambda: state.complete(task.job_id, task.index, task.token, result, instruments),
-                          settings.retry_base_seconds, on_retry)
+        calls = [(task.index, task.token, result, {s: name[0] for s, name in task.names.items()})
+                 for task, result in done]
+        statuses = retrying(lambda: state.complete_many(job_id, calls), settings.retry_base_seconds, on_retry)
         with _record_lock:
-            _record_seconds[task.job_id] = _record_seconds.get(task.job_id, 0.0) + time.perf_counter() - t0
+            _record_seconds[job_id] = _record_seconds.get(job_id, 0.0) + time.perf_counter() - t0
     except DependencyError as exc:
         # Written but not recorded: when the lease runs out the chunk runs
         # again and finds its rows by their input fingerprint (a cache hit).
-        return ChunkResult(task.index, "outage", error=f"not recorded: {exc}",
-                           retry_after=settings.retry_base_seconds)
-    if status[0] == "stale":
-        return replace(result, kind="stale", error="the lease was taken back before the record")
-    return result
+        return [ChunkResult(task.index, "outage", error=f"not recorded: {exc}",
+                            retry_after=settings.retry_base_seconds) for task, _ in done]
+    return [replace(result, kind="stale", error="the lease was taken back before the record")
+            if status[0] == "stale" else result for (_, result), status in zip(done, statuses)]
 
 
 def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkResult]:
@@ -181,17 +189,16 @@ def _insert_and_record(settings: Settings, io: SharedIO,
     _, state = connections(settings)
     lease_ms = settings.lease_seconds * 1000
     kept, out = [], []
-    first_write = True
-    for task, result in waiting:
-        try:
-            got = state.fence_write(task.job_id, task.index, task.token, lease_ms)
-        except DependencyError:
-            got = 0  # not sure it is still ours: its lease runs out and it runs again
+    try:
+        fenced = state.fence_writes(waiting[0][0].job_id, [(t.index, t.token) for t, _ in waiting], lease_ms)
+    except DependencyError:
+        fenced = [0] * len(waiting)  # not sure they are still ours: their leases run out and they run again
+    for (task, result), got in zip(waiting, fenced):
         if got:
             kept.append((task, result))
-            first_write = first_write and got == 1
         else:
             out.append(ChunkResult(task.index, "stale", error="the lease was taken back before the write"))
+    first_write = all(got == 1 for got in fenced if got)
 
     def one_by_one() -> list[ChunkResult]:
         return out + [run_chunk(settings, replace(t, segments=tuple(replace(g, fresh=False)
@@ -213,19 +220,18 @@ def _insert_and_record(settings: Settings, io: SharedIO,
     # One ETA sample for the task, added with its last record: the first
     # chunk carries the whole run's read and all of them end together, so
     # per chunk the times spread wider than the job's speed does.
+    done = []
     seconds, candles = 0.0, 0
     for n, (task, result) in enumerate(kept):
         stages = {**result.stages, "write": result.stages.get("write", 0.0) + share}
         result = replace(result, stages=stages, duration=result.duration + share)
         seconds += result.duration
+        candles += result.candles
         last = n == len(kept) - 1
-        result = replace(result, sample=(seconds, candles + result.candles) if last else (0.0, 0))
-        result = _record(settings, state, task, result,
-                         lambda category, exc, attempt, task=task: log_retry(state, task, category,
-                                                                             exc, attempt))
-        candles += result.candles if result.ok else 0
-        out.append(result)
-    return out
+        done.append((task, replace(result, sample=(seconds, candles) if last else (0.0, 0))))
+    task0 = kept[0][0]
+    return out + _record_many(settings, state, done,
+                              lambda category, exc, attempt: log_retry(state, task0, category, exc, attempt))
 
 
 def _start(settings: Settings, task: ChunkTask, behind: bool) -> str:
@@ -311,20 +317,23 @@ def _compute_and_write(store: Store | SharedIO, task: ChunkTask, fence=lambda: N
             outcomes.append(SegmentOutcome(seg.series, own, 0, seg.rows, cached=True))
             incomplete += cached[i]
             continue
-        series = candles_mod.to_series(table, side=sided)
-        try:
-            series = candles_mod.validate(series)
-        except InvalidCandles as exc:
-            where = f"{key.instrument} {key.granularity}: " if len(task.segments) > 1 else ""
-            raise InvalidCandles(where + str(exc), exc.row, _bad_rows(series)) from None
-        stages.lap("validate")
-        fk = finer_keys[i]
-        if fk is not None:
-            # Only the finer candles of the bars the labels ask for are read.
-            series = replace(series, bar_ms=GRANULARITIES[key.granularity],
-                             finer=lambda starts, bar, fk=fk: _bar_path(
-                                 store.load_bars(fk, starts, bar, ("ts", "open", "high", "low"))))
-        computed = compute_series(series, resolved, kernels)
+        def labels_of(candles, key=key, fk=finer_keys[i]):
+            series = candles_mod.to_series(candles, side=sided)
+            try:
+                series = candles_mod.validate(series)
+            except InvalidCandles as exc:
+                where = f"{key.instrument} {key.granularity}: " if len(task.segments) > 1 else ""
+                raise InvalidCandles(where + str(exc), exc.row, _bad_rows(series)) from None
+            stages.lap("validate")
+            if fk is not None:
+                # Only the finer candles of the bars the labels ask for are read.
+                series = replace(series, bar_ms=GRANULARITIES[key.granularity],
+                                 finer=lambda starts, bar: _bar_path(
+                                     store.load_bars(fk, starts, bar, ("ts", "open", "high", "low"))))
+            return compute_series(series, resolved, kernels)
+
+        run = store.labels(seg.start_ms, seg.end_ms, labels_of) if isinstance(store, SharedIO) else None
+        computed, first, own = run if run is not None else (labels_of(table), first, own)
         labels = computed.slice(first, own)
         n_incomplete = _incomplete_rows(computed, resolved, first, own)
         incomplete += n_incomplete

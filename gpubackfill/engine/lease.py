@@ -165,6 +165,13 @@ class Heartbeat:
         if self.lost or not self.renew():
             self._taken_back()
 
+    def held(self) -> None:
+        """Raise LeaseLost if the keeper found the lease taken back; no
+        round trip (for a chunk whose start renewed it a moment ago and
+        whose write is fenced later, as a shared insert's chunks are)."""
+        if self.lost:
+            self._taken_back()
+
     def _taken_back(self) -> None:
         self.lost = True
         raise LeaseLost(f"chunk {self.task.index} of job {self.task.job_id} was taken back")

@@ -451,7 +451,7 @@ _CRASH_AFTER_WRITE = """
 import os, sys
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.redis import RedisState
-RedisState.complete = lambda self, *a, **k: os._exit(3)   # dies between insert and record
+RedisState.complete_many = lambda self, *a, **k: os._exit(3)   # dies between insert and record
 BackfillService().execute(sys.argv[1])
 """
 

@@ -26,6 +26,32 @@ def new_job(state, n=3):
     return "j1"
 
 
+def test_a_tasks_fences_and_records_go_in_one_round_trip_each_and_settle_as_one_by_one(state):
+    job = new_job(state, 3)
+    state.transition(job, "execute")
+    (i0, t0, _), (i1, t1, _), (i2, t2, _) = (state.claim(job, "w", 10_000) for _ in range(3))
+    sent = []
+    real = state.client.pipeline
+
+    def pipeline(*args, **kwargs):
+        sent.append(1)
+        return real(*args, **kwargs)
+
+    state.client.pipeline = pipeline
+    # i1's lease is not ours under this token: 0, as fence_write says.
+    assert state.fence_writes(job, [(i0, t0), (i1, t1 + 100), (i2, t2)], 10_000) == [1, 0, 1]
+    assert state.fence_writes(job, [(i0, t0)], 10_000) == [2]  # fenced before under this lease
+    assert state.complete_many(job, [(i0, t0, done(i0, 5, 5), None),
+                                     (i1, t1 + 100, done(i1, 5, 5), None),
+                                     (i2, t2, done(i2, 5, 4), None)]) == [("ok", "running"), ("stale", ""),
+                                                                          ("ok", "running")]
+    assert len(sent) == 3
+    assert state.complete_many(job, [(i1, t1, done(i1, 5, 5), None)]) == [("ok", "completed")]
+    j = state.job(job)
+    assert (j["chunks_done"], j["candles_done"], j["rows_written"]) == (3, 15, 14)
+    assert state.complete_many(job, []) == [] and len(sent) == 4
+
+
 def test_claim_needs_a_running_job_and_hands_out_each_chunk_once(state):
     job = new_job(state)
     assert state.claim(job, "w", 10_000) == "queued"

@@ -1,11 +1,13 @@
-"""Small consecutive chunks of a first backfill share one read and one
-insert (``engine/shared_io.py``), and stay exactly once when that insert fails."""
+"""Small consecutive chunks of a first backfill share one read, one kernel
+run and one insert (``engine/shared_io.py``), and stay exactly once when
+that insert fails."""
 
 from __future__ import annotations
 
 import pytest
 from test_faults import FAST, assert_survived, ingest
 
+import gpubackfill.engine.chunk as chunk_mod
 import gpubackfill.engine.shared_io as shared_io_mod
 from gpubackfill.service import BackfillService
 from gpubackfill.storage.clickhouse_store import Store
@@ -26,11 +28,19 @@ def _count_calls(monkeypatch, cls, name):
     return calls
 
 
-def test_a_task_of_small_chunks_reads_once_and_inserts_once(settings, monkeypatch):
+def test_a_task_of_small_chunks_reads_computes_and_inserts_once(settings, monkeypatch):
     svc = BackfillService(settings)
     candles = ingest(svc)
     loads = _count_calls(monkeypatch, Store, "load")
     inserts = _count_calls(monkeypatch, Store, "write_labels")
+    computed = []
+    real_compute = chunk_mod.compute_series
+
+    def compute_series(series, *args, **kwargs):
+        computed.append(len(series.ts))
+        return real_compute(series, *args, **kwargs)
+
+    monkeypatch.setattr(chunk_mod, "compute_series", compute_series)
     # One worker: the driver packs a task with up to half the job's chunks
     # (every worker gets two tasks), so seven chunks go three to a task.
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=1)
@@ -40,7 +50,9 @@ def test_a_task_of_small_chunks_reads_once_and_inserts_once(settings, monkeypatc
     # Tasks of several chunks: each task one read and one insert of all its rows.
     assert len(inserts) == len(loads) < chunks
     assert sorted(len(args[4]) for args in inserts)[-1] > 1000  # rows of several chunks at once
-    assert_survived(svc, job, candles)
+    # ... and one kernel run over that read: the labels of several chunks at once.
+    assert len(computed) == len(loads) and max(computed) > 2000
+    assert_survived(svc, job, candles)  # the same labels as the whole series computed at once
 
 
 def test_a_failed_shared_insert_runs_its_chunks_again_one_by_one(settings, monkeypatch):
@@ -72,16 +84,17 @@ def test_a_chunk_whose_lease_was_lost_stays_out_of_the_shared_insert(chdb_home, 
 
     svc = BackfillService(make_settings(chdb_home, redis_socket, **FAST))
     candles = ingest(svc)
-    real = RedisState.fence_write
+    real = RedisState.fence_writes
     lost = []
 
-    def fence_write(self, job_id, idx, token, lease_ms):
-        if idx == 2 and not lost:
-            lost.append(idx)
-            return 0
-        return real(self, job_id, idx, token, lease_ms)
+    def fence_writes(self, job_id, chunks, lease_ms):
+        got = real(self, job_id, chunks, lease_ms)
+        if not lost and any(idx == 2 for idx, _ in chunks):
+            lost.append(2)
+            return [0 if idx == 2 else g for (idx, _), g in zip(chunks, got)]
+        return got
 
-    monkeypatch.setattr(RedisState, "fence_write", fence_write)
+    monkeypatch.setattr(RedisState, "fence_writes", fence_writes)
     job = svc.create_job("EURUSD", "M5", "2024-01-01", "2024-02-01", chunk_size=1000, workers=1)
     assert svc.execute(job).status == "completed"
     assert lost == [2]

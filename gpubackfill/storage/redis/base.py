@@ -4,6 +4,7 @@ call that runs a Redis command or script through the breaker."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pybreaker
@@ -57,10 +58,27 @@ class StateBase:
     def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run the Lua script ``lua/<script>.lua`` (registered with this
         client on first use; Redis caches it by its digest)."""
+        return self.call(self._script(script), keys=keys, args=args)
+
+    def run_many(self, script: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """``run`` for each (keys, args) of ``calls``, in one round trip: a
+        pipeline, not a transaction (each script is atomic on its own, as
+        when run one by one)."""
+        fn = self._script(script)
+
+        def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                fn(keys=keys, args=args, client=pipe)
+            return pipe.execute()
+
+        return self.call(send) if calls else []
+
+    def _script(self, script: str) -> Script:
         fn = self._scripts.get(script)
         if fn is None:
             fn = self._scripts[script] = self.client.register_script(source(script))
-        return self.call(fn, keys=keys, args=args)
+        return fn
 
     def ping(self) -> None:
         self.call(self.client.ping)

@@ -36,6 +36,13 @@ class Leases(StateBase):
         return int(self.run("fence_write", [self.key(job_id, "lease"), self.key(job_id, "writes")],
                             [idx, token, now_ms() + lease_ms]))
 
+    def fence_writes(self, job_id: str, chunks: Sequence[tuple[int, int]], lease_ms: int) -> list[int]:
+        """``fence_write`` for each chunk (index, token), in one round trip."""
+        keys = [self.key(job_id, "lease"), self.key(job_id, "writes")]
+        expires = now_ms() + lease_ms
+        return [int(got) for got in self.run_many("fence_write", [(keys, [idx, token, expires])
+                                                                  for idx, token in chunks])]
+
     def start_lease(self, job_id: str, idx: int, token: int, lease_ms: int, behind: bool = False) -> str:
         """Before a chunk starts in its task: renew its lease if it is still
         ours and mark it started (from then on its heartbeat keeps it, not

@@ -16,7 +16,7 @@ A chunk's completion records its whole ``ChunkResult`` in the same script
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...errors import JobNotFound
@@ -85,14 +85,25 @@ class Queue(StateBase):
         (without it the script looks them up in the job's series list, a
         read as long as the job has series).
         ('stale', '') when the lease is no longer ours."""
+        return tuple(self.run("complete", *self._complete_call(job_id, idx, token, result, instruments)))
+
+    def complete_many(self, job_id: str,
+                      chunks: Sequence[tuple[int, int, ChunkResult, Mapping[int, str] | None]]
+                      ) -> list[tuple[str, str]]:
+        """``complete`` for each (index, token, result, instruments), in one
+        round trip; each chunk is settled atomically on its own."""
+        return [tuple(out) for out in self.run_many("complete", [self._complete_call(job_id, *c)
+                                                                 for c in chunks])]
+
+    def _complete_call(self, job_id: str, idx: int, token: int, result: ChunkResult,
+                       instruments: Mapping[int, str] | None) -> tuple[list[str], list[Any]]:
         key = self.key
-        return tuple(self.run("complete",
-                              [key(job_id), key(job_id, "state"), key(job_id, "lease"),
-                               key(job_id, "events"), key(job_id, "durations"), key(job_id, "plan"),
-                               self.shared_key("stats"), key(job_id, "samples"), key(job_id, "records")],
-                              [idx, token, now_ms(), f"{result.duration:.6f}",
-                               bucket_field(result.duration), _result_json(result, instruments),
-                               self.ttl, TABLES]))
+        return ([key(job_id), key(job_id, "state"), key(job_id, "lease"),
+                 key(job_id, "events"), key(job_id, "durations"), key(job_id, "plan"),
+                 self.shared_key("stats"), key(job_id, "samples"), key(job_id, "records")],
+                [idx, token, now_ms(), f"{result.duration:.6f}",
+                 bucket_field(result.duration), _result_json(result, instruments),
+                 self.ttl, TABLES])
 
     def records(self, job_id: str, limit: int = 10_000) -> list[tuple]:
         """The oldest manifest rows that chunks of the job recorded and no one
