@@ -125,10 +125,11 @@ class Settings(BaseSettings):
     min_chunk_size: int = _env("GPUBACKFILL_MIN_CHUNK_SIZE", 1000, ge=1)  # chunks are not split below this
     # Chunks smaller than this run several to a Dask task (about this many
     # candles together, engine/driver.py's most_per_task): Dask's per-task
-    # cost, a read, an insert and a part are paid once for them.  At 50k, 10k
-    # chunks went five to a task, and the merges of their small parts took
-    # a quarter of the job's CPU.
-    task_candles: int = _env("GPUBACKFILL_TASK_CANDLES", 250_000, ge=1)
+    # cost, a read, a kernel run, an insert and a part are paid once for
+    # them.  At 50k, 10k chunks went five to a task, and the merges of their
+    # small parts took a quarter of the job's CPU; at 250k (25) the merges
+    # still cost twice those of a default job's 1M parts.
+    task_candles: int = _env("GPUBACKFILL_TASK_CANDLES", 1_000_000, ge=1)
     shutdown_timeout: float = _number("GPUBACKFILL_SHUTDOWN_TIMEOUT", 30.0)  # grace after a signal
     # A chunk past its deadline is taken back (engine/watchdog.py).  0: automatic,
     # 10x the job's median chunk time and never under chunk_timeout_floor.

@@ -307,7 +307,7 @@ class Driver:
 
 
 # Chunks per Dask task at most (see Settings.task_candles).
-MAX_CHUNKS_PER_TASK = 64
+MAX_CHUNKS_PER_TASK = 128
 
 
 def most_per_task(chunks: int, workers: int) -> int:
