@@ -289,7 +289,7 @@ def install_timers(store: Any, state: Any) -> StageTimers:
     t.wrap(store, "command", "write: delete")
     t.wrap(store, "insert_arrow", _insert_stage)
     t.wrap(state, "complete_many", "redis: complete")
-    t.wrap(state, "claim", "redis: claim (driver)")
+    t.wrap(state, "claim_many", "redis: claim (driver)")
     return t
 
 

@@ -153,17 +153,25 @@ class Driver:
         if self.per_task is None:
             self.per_task = most_per_task(int(self.state.job(self.job_id).get("chunks_total") or 0),
                                           self.workers)
+        budget = self.settings.task_candles
         while got < n and not refused:
             batch: list[ChunkTask] = []
-            while len(batch) < self.per_task and sum(t.rows for t in batch) < self.settings.task_candles:
-                claimed = self.state.claim(self.job_id, self.owner, self.lease_ms)
-                if isinstance(claimed, str):
-                    refused = claimed  # 'empty', or the job's status: it no longer runs
-                    break
-                idx, token, segments = claimed
-                batch.append(ChunkTask(index=idx, token=token, segments=segments,
-                                       names={s.series: self.series[s.series] for s in segments},
-                                       timeout_s=self.timeout_s, **self.base))
+            want = 1
+            while not refused and len(batch) < self.per_task and sum(t.rows for t in batch) < budget:
+                # The first chunk alone, then as many more as its size says
+                # fill the task, in one round trip (the rest one by one).
+                for claimed in self.state.claim_many(self.job_id, self.owner, self.lease_ms, want):
+                    if isinstance(claimed, str):
+                        refused = claimed  # 'empty', or the job's status: it no longer runs
+                        break
+                    idx, token, segments = claimed
+                    batch.append(ChunkTask(index=idx, token=token, segments=segments,
+                                           names={s.series: self.series[s.series] for s in segments},
+                                           timeout_s=self.timeout_s, **self.base))
+                if len(batch) == 1 and batch[0].rows:
+                    want = max(1, min(self.per_task - 1, -(-(budget - batch[0].rows) // batch[0].rows)))
+                else:
+                    want = 1
             if not batch:
                 break
             first = batch[0]

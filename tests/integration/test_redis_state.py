@@ -45,11 +45,22 @@ def test_a_tasks_fences_and_records_go_in_one_round_trip_each_and_settle_as_one_
                                      (i1, t1 + 100, done(i1, 5, 5), None),
                                      (i2, t2, done(i2, 5, 4), None)]) == [("ok", "running"), ("stale", ""),
                                                                           ("ok", "running")]
-    assert len(sent) == 3
+    assert len(sent) == 2  # a lone call goes as the script itself (a pipeline costs a SCRIPT EXISTS)
     assert state.complete_many(job, [(i1, t1, done(i1, 5, 5), None)]) == [("ok", "completed")]
     j = state.job(job)
     assert (j["chunks_done"], j["candles_done"], j["rows_written"]) == (3, 15, 14)
-    assert state.complete_many(job, []) == [] and len(sent) == 4
+    assert state.complete_many(job, []) == [] and len(sent) == 2
+
+
+def test_claims_in_one_round_trip_hand_out_each_chunk_once_and_then_say_why_not(state):
+    job = new_job(state, 3)
+    state.transition(job, "execute")
+    got = state.claim_many(job, "w", 10_000, 2)
+    assert [i for i, _, _ in got] == [0, 1] and all(rng == state.plan(job)[i] for i, _, rng in got)
+    assert state.claim_many(job, "w", 10_000, 3)[1:] == ["empty", "empty"]
+    assert set(state.chunk_states(job).values()) == {"leased"}
+    state.transition(job, "pause")
+    assert state.claim_many(job, "w", 10_000, 1) == ["paused"]
 
 
 def test_claim_needs_a_running_job_and_hands_out_each_chunk_once(state):

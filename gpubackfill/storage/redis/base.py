@@ -64,6 +64,8 @@ class StateBase:
         """``run`` for each (keys, args) of ``calls``, in one round trip: a
         pipeline, not a transaction (each script is atomic on its own, as
         when run one by one)."""
+        if len(calls) == 1:  # a pipeline of scripts costs a SCRIPT EXISTS round trip first
+            return [self.run(script, *calls[0])]
         fn = self._script(script)
 
         def send() -> list[Any]:

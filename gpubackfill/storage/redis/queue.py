@@ -67,10 +67,22 @@ class Queue(StateBase):
         """(chunk index, lease token, its segments), or why not: 'empty' or
         the job status.  The segments are read in the same step because a
         split may have changed them."""
+        return self._claimed(self.run("claim", *self._claim_call(job_id, owner, lease_ms)))
+
+    def claim_many(self, job_id: str, owner: str, lease_ms: int, n: int
+                   ) -> list[tuple[int, int, tuple[Segment, ...]] | str]:
+        """``claim`` ``n`` times in one round trip; once one answers why
+        not, so do the rest."""
+        call = self._claim_call(job_id, owner, lease_ms)
+        return [self._claimed(out) for out in self.run_many("claim", [call] * n)]
+
+    def _claim_call(self, job_id: str, owner: str, lease_ms: int) -> tuple[list[str], list[Any]]:
         key = self.key
-        out = self.run("claim", [key(job_id), key(job_id, "pending"), key(job_id, "state"),
-                                 key(job_id, "lease"), key(job_id, "plan")],
-                       [owner, now_ms(), lease_ms, TABLES])
+        return ([key(job_id), key(job_id, "pending"), key(job_id, "state"), key(job_id, "lease"),
+                 key(job_id, "plan")], [owner, now_ms(), lease_ms, TABLES])
+
+    @staticmethod
+    def _claimed(out: list) -> tuple[int, int, tuple[Segment, ...]] | str:
         if out[0] == -2:
             return "empty"
         if out[0] == -1:
