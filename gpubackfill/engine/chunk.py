@@ -40,7 +40,7 @@ from .task import ChunkTask, finer_series
 
 
 def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None,
-              behind: tuple[ChunkTask, ...] = ()) -> ChunkResult:
+              behind: tuple[ChunkTask, ...] = (), behind_started: bool = False) -> ChunkResult:
     """Compute and write one chunk; record its result in Redis.
 
     Never raises for a chunk's own failure: each error is retried as its
@@ -51,7 +51,8 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None,
     ``io``: the chunk is one of a run of consecutive chunks that share one
     read and one insert (``SharedIO``); a chunk done here is then recorded
     by ``run_chunks`` once that insert is in.  ``behind``: the chunks
-    after this one in its task, whose leases it keeps while it runs.
+    after this one in its task, whose leases it keeps while it runs
+    (``behind_started``: they started with it).
     """
     keep_freed_memory()
     # Kernels run in several worker threads at once: only the thread-safe
@@ -80,7 +81,7 @@ def run_chunk(settings: Settings, task: ChunkTask, io: SharedIO | None = None,
         # the first attempt keeps the plan's 'fresh' hint.
         return _compute_and_write(io or store, runs.pop(0) if len(runs) > 1 else runs[0], fence)
 
-    with Heartbeat(state, task, settings.lease_seconds * 1000, behind) as lease:
+    with Heartbeat(state, task, settings.lease_seconds * 1000, behind, behind_started) as lease:
         try:
             # With shared I/O the write comes later (``_insert_and_record``,
             # which fences it): here only the keeper's word on the lease is checked.
@@ -154,16 +155,21 @@ def run_chunks(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[ChunkRe
     chunk's heartbeat keeps its own and those of the chunks behind it.
     Once the job stops running, a lease was taken back, or a chunk does not
     end done, the rest go back to the queue untouched for the driver to
-    decide."""
+    decide.
+
+    A run that shares its read (``SharedIO``) computes every chunk's labels
+    at its first: its chunks start together, in one round trip, and the
+    running chunk's heartbeat keeps the leases of those after it."""
     io = SharedIO.for_run(settings, tasks)
     results: list[ChunkResult] = []
     waiting: list[tuple[ChunkTask, ChunkResult]] = []  # done, their rows not yet inserted
+    together = _start_run(settings, tasks) if io is not None else None
     for i, task in enumerate(tasks):
-        why = _start(settings, task, behind=i > 0)
+        why = together[i] if together is not None else _start(settings, task, behind=i > 0)
         if why:
             results += _give_back(settings, tasks[i:], why)
             break
-        result = run_chunk(settings, task, io, tasks[i + 1:])
+        result = run_chunk(settings, task, io, tasks[i + 1:], together is not None)
         if io is not None and result.ok:
             waiting.append((task, result))
             continue
@@ -243,6 +249,22 @@ def _start(settings: Settings, task: ChunkTask, behind: bool) -> str:
         got = state.start_lease(task.job_id, task.index, task.token, settings.lease_seconds * 1000, behind)
     except DependencyError as exc:
         return f"Redis away: {exc}"
+    return _why_not(got)
+
+
+def _start_run(settings: Settings, tasks: tuple[ChunkTask, ...]) -> list[str]:
+    """``_start`` for each chunk of a task, in one round trip (the first
+    one's 'behind' is False, the rest True)."""
+    _, state = connections(settings)
+    try:
+        got = state.start_leases(tasks[0].job_id, [(t.index, t.token, i > 0) for i, t in enumerate(tasks)],
+                                 settings.lease_seconds * 1000)
+    except DependencyError as exc:
+        return [f"Redis away: {exc}"] * len(tasks)
+    return [_why_not(g) for g in got]
+
+
+def _why_not(got: str) -> str:
     return "" if got == "ok" else ("its lease was taken back" if got == "lost" else f"the job is {got}")
 
 

@@ -81,13 +81,15 @@ _KEEPER = _LeaseKeeper()
 
 class Heartbeat:
     """Keeps the chunk's lease renewed while it runs, and those of the
-    chunks ``behind`` it in its task, which have not started; ``fence()``
+    chunks ``behind`` it in its task, which have not started (or, with
+    ``behind_started``, started with it: a shared run's); ``fence()``
     before writing."""
 
     def __init__(self, state: RedisState, task: ChunkTask, lease_ms: int,
-                 behind: Sequence[ChunkTask] = ()):
+                 behind: Sequence[ChunkTask] = (), behind_started: bool = False):
         self.state, self.task, self.lease_ms = state, task, lease_ms
         self.behind = [(t.index, t.token) for t in behind]
+        self.behind_started = behind_started
         self.lost = False
         self.started = time.monotonic()
         self.due = self.started + lease_ms / 3000
@@ -115,7 +117,10 @@ class Heartbeat:
         started): a chunk taken back past its deadline, or a worker gone,
         lets their leases run out as well."""
         if self.renew() and self.behind:
-            self.state.keep_waiting(self.task.job_id, self.behind, self.lease_ms)
+            if self.behind_started:
+                self.state.renew_leases(self.task.job_id, self.behind, self.lease_ms)
+            else:
+                self.state.keep_waiting(self.task.job_id, self.behind, self.lease_ms)
 
     def overdue(self, now: float) -> None:
         """Past the deadline (runs on the keeper thread).

@@ -5,7 +5,9 @@ submits three tasks to a one-thread cluster, and the first chunk to run
 takes three lease periods, so the others wait in Dask's queue (or behind
 it in their task) far longer than a lease lives.  The driver renews the
 leases of the chunks it submitted that have not started; once a chunk
-starts, only its own heartbeat does.  No chunk may be claimed twice.
+starts, only its own heartbeat does (the chunks of a task that shares its
+read start with its first, whose heartbeat keeps them).  No chunk may be
+claimed twice.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from test_faults import assert_survived, ingest
 import gpubackfill.engine.chunk as chunk_mod
 from gpubackfill import compute_labels
 from gpubackfill.engine.cluster import PROFILER_SETTING, TICK, TICK_SETTING
+from gpubackfill.engine.driver import most_per_task
 from gpubackfill.service import BackfillService
 
 pytestmark = pytest.mark.integration
 
 LEASE_SECONDS = 2
-START, END = "2024-01-01", "2024-01-20"
+START, END = "2024-01-01", "2024-02-01"
 CHUNK = 500
 
 
@@ -74,6 +77,9 @@ def test_chunks_waiting_in_the_dask_queue_are_claimed_once(chdb_home, redis_sock
     job = svc.create_job("EURUSD", "M5", START, END, labels=["mfe_mae"], chunk_size=CHUNK, workers=3)
     total = svc.job(job).model_dump()["chunks_total"]
     assert total >= 3 * per_task + 1  # more chunks wait than the one thread runs
+    # Tasks of per_task chunks (GPUBACKFILL_TASK_CANDLES): the job is long
+    # enough that half a worker's share (driver.most_per_task) does not cut them.
+    assert most_per_task(total, 3) >= per_task
 
     assert svc.execute(job, scheduler=one_thread).status == "completed"
     assert len(slowed) == 1

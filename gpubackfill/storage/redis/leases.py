@@ -52,6 +52,20 @@ class Leases(StateBase):
         return str(self.run("start", [self.key(job_id, "lease"), self.key(job_id)],
                             [idx, token, now_ms() + lease_ms, "1" if behind else "0"]))
 
+    def start_leases(self, job_id: str, chunks: Sequence[tuple[int, int, bool]], lease_ms: int) -> list[str]:
+        """``start_lease`` for each chunk (index, token, behind), in one round trip."""
+        keys = [self.key(job_id, "lease"), self.key(job_id)]
+        expires = now_ms() + lease_ms
+        return [str(got) for got in self.run_many("start", [(keys, [idx, token, expires, "1" if behind else "0"])
+                                                            for idx, token, behind in chunks])]
+
+    def renew_leases(self, job_id: str, chunks: Sequence[tuple[int, int]], lease_ms: int) -> list[bool]:
+        """``renew_lease`` for each chunk (index, token), in one round trip."""
+        keys = [self.key(job_id, "lease")]
+        expires = now_ms() + lease_ms
+        return [bool(got) for got in self.run_many("renew", [(keys, [idx, token, expires])
+                                                             for idx, token in chunks])]
+
     def keep_waiting(self, job_id: str, chunks: Sequence[tuple[int, int]], lease_ms: int) -> list[int]:
         """Renew, in one call, the leases of chunks (index, token) that have
         not started; the positions in ``chunks`` of those not renewed:
