@@ -225,15 +225,17 @@ def main() -> int:
                            query ILIKE 'INSERT INTO {store.db}.labels_%', 'insert', 'x') AS kind,
                    (toUnixTimestamp64Micro(query_start_time_microseconds) - {int(wall0 * 1e6)}) / 1e6,
                    query_duration_ms / 1e3, read_rows, written_rows,
-                   ProfileEvents['UserTimeMicroseconds'] / 1e6, substring(query, 1, 60)
+                   ProfileEvents['UserTimeMicroseconds'] / 1e6,
+                   ProfileEvents['SystemTimeMicroseconds'] / 1e6, ProfileEvents['SoftPageFaults'],
+                   substring(query, 1, 60)
             FROM system.query_log
             WHERE type = 'QueryFinish' AND event_time_microseconds >= {since} AND kind != 'x'
             ORDER BY 2""")
         print(f"\n   timeline (s from the job's start; {wall:.2f} s in all): kind, start, end, "
-              f"rows, user CPU s, statement")
-        for kind, start, secs, rr, wr, user, text in tl:
+              f"rows, user and system CPU s, soft page faults, statement")
+        for kind, start, secs, rr, wr, user, system, faults, text in tl:
             print(f"   {kind:<7} {start:7.2f} {start + secs:7.2f}  {rr if kind == 'read' else wr:>11,} "
-                  f"{user:6.2f}  {' '.join(text.split())[:50]}")
+                  f"{user:6.2f} {system:6.2f} {faults:>8,}  {' '.join(text.split())[:40]}")
         parts = store.rows(f"""
             SELECT event_type, table, count(), sum(duration_ms) / 1e3, sum(rows)
             FROM system.part_log WHERE event_time_microseconds >= {since}
