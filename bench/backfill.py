@@ -322,6 +322,29 @@ def _settle() -> None:
     os.sync()
 
 
+def machine_check() -> tuple[float, float]:
+    """CPU milliseconds of two fixed workloads in this thread: arithmetic
+    on data that stays in cache, and a 256 MB copy (memory bandwidth and
+    the kernel's page handling of already-touched pages).  Timed right
+    before and after a job, they show whether the machine itself was slower
+    during that job: the same job's CPU seconds moved by up to 40% between
+    runs minutes apart, and this VM exposes no hardware counters to
+    ``perf``."""
+    x = np.linspace(0.0, 1.0, 100_000)
+    out = np.empty_like(x)
+    src = np.ones(32_000_000)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # first touch outside the timing
+    t0 = time.thread_time()
+    for _ in range(100):
+        np.sin(x, out=out)
+    t1 = time.thread_time()
+    for _ in range(4):
+        np.copyto(dst, src)
+    t2 = time.thread_time()
+    return 1000 * (t1 - t0), 1000 * (t2 - t1)
+
+
 def _cpu_s() -> float:
     """CPU seconds of this process so far, chDB's threads included: steadier
     than wall time when other processes share the cores (not immune: cache
@@ -423,6 +446,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
     res["timers_missing"] = timers.missing
 
     # The job.
+    res["check_before"] = machine_check()
     _settle()
     t0 = time.perf_counter()
     job = svc.create_job(INSTRUMENT, GRANULARITY, _dt(start_ms), _dt(end_ms), LABELS,
@@ -440,6 +464,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
         run = svc.execute(job)
         res["execute_s"] = time.perf_counter() - t0
         res["execute_cpu_s"] = _cpu_s() - cpu0
+    res["check_after"] = machine_check()
     res["rss_before"], res["rss_peak"], res["rss_samples"] = rss.before, rss.peak, rss.samples
     res["vmhwm"] = _status_kb("VmHWM") * 1024 if hwm else None
     if res["vmhwm"]:
@@ -1026,6 +1051,11 @@ def print_headline(runs: list[dict[str, Any]]) -> None:
     for r in runs:
         print("   " + headline_line(r))
         print("   " + budget_line(r))
+        if r.get("check_before"):
+            (a0, c0), (a1, c1) = r["check_before"], r["check_after"]
+            print(f"   machine check around the job at {size_name(r['chunk_size'])} (CPU ms of fixed "
+                  f"workloads: in-cache arithmetic, a 1 GB copy): before {a0:.0f} / {c0:.0f}, after "
+                  f"{a1:.0f} / {c1:.0f}")
 
 
 def print_seq_floor(runs: list[dict[str, Any]]) -> None:
