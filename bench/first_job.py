@@ -25,11 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import profile_job as pj  # noqa: E402  (bench/profile_job.py: thread groups, dates)
 
 import gpubackfill  # noqa: E402
-from gpubackfill.candles.synthetic import generate  # noqa: E402
 from gpubackfill.config import Settings  # noqa: E402
-from gpubackfill.labels import DEFAULT_LABELS, label_set_id, resolve  # noqa: E402
+from gpubackfill.labels import DEFAULT_LABELS  # noqa: E402
 from gpubackfill.service import BackfillService  # noqa: E402
-from gpubackfill.storage.clickhouse_store import SeriesKey  # noqa: E402
 
 
 def main() -> int:
@@ -41,21 +39,11 @@ def main() -> int:
     gpubackfill.keep_freed_memory()
     svc = BackfillService(Settings.from_env({"GPUBACKFILL_HOME": tempfile.mkdtemp()}, dotenv=False))
     store = svc.store
-    for first in range(0, n, 10_000_000):
-        t = generate("BTCUSD", "M1", pj.START_MS + first * pj.STEP_MS,
-                     pj.START_MS + min(first + 10_000_000, n) * pj.STEP_MS)
-        svc.ingest_table(SeriesKey("BTCUSD", "M1"), t)
-        del t
-    store.command(f"OPTIMIZE TABLE {store.db}.candles FINAL")
     labels = list(DEFAULT_LABELS)
-    warm = svc.create_job("BTCUSD", "M1", pj._dt(pj.START_MS), pj._dt(pj.START_MS + 3000 * pj.STEP_MS),
-                          labels, chunk_size=1000, workers=2, force=True)
-    svc.execute(warm)
-    set_id = label_set_id(resolve(labels))
+    set_id = pj.setup(svc, n, labels, 2)
     print(f"command: {' '.join(sys.argv)}")
     for k in range(args.jobs):
-        store.command(f"TRUNCATE TABLE {store.db}.labels_{set_id}")
-        store.command(f"TRUNCATE TABLE {store.db}.label_chunks")
+        pj.empty_labels(store, set_id)
         os.sync()
         before = pj._threads()
         cpu0, wall0 = os.times(), time.perf_counter()

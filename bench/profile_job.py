@@ -100,6 +100,31 @@ def _time_stages_on_cpu() -> dict[str, float]:
     return spent
 
 
+def setup(svc, n: int, labels: list, workers: int) -> str:
+    """A BTCUSD M1 series of ``n`` synthetic candles (10M at a time), merged
+    into one part, and a small warm-up job (the Dask cluster, the numba
+    cache, chDB); the labels' set id."""
+    from gpubackfill.candles.synthetic import generate
+    from gpubackfill.labels import label_set_id, resolve
+    from gpubackfill.storage.clickhouse_store import SeriesKey
+
+    for first in range(0, n, 10_000_000):
+        t = generate("BTCUSD", "M1", START_MS + first * STEP_MS,
+                     START_MS + min(first + 10_000_000, n) * STEP_MS)
+        svc.ingest_table(SeriesKey("BTCUSD", "M1"), t)
+        del t
+    svc.store.command(f"OPTIMIZE TABLE {svc.store.db}.candles FINAL")
+    warm = svc.create_job("BTCUSD", "M1", _dt(START_MS), _dt(START_MS + 3000 * STEP_MS), labels,
+                          chunk_size=1000, workers=workers, force=True)
+    svc.execute(warm)
+    return label_set_id(resolve(labels))
+
+
+def empty_labels(store, set_id: str) -> None:
+    store.command(f"TRUNCATE TABLE {store.db}.labels_{set_id}")
+    store.command(f"TRUNCATE TABLE {store.db}.label_chunks")
+
+
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
@@ -126,12 +151,10 @@ def main() -> int:
     chdb.connect = lambda path=":memory:", *a, **k: connect(  # type: ignore[assignment]
         f"{path}{'&' if '?' in path else '?'}config-file={cfg}", *a, **k)
 
-    from gpubackfill.candles.synthetic import generate
     from gpubackfill.config import Settings
     from gpubackfill.engine import submit
-    from gpubackfill.labels import DEFAULT_LABELS, label_set_id, resolve
+    from gpubackfill.labels import DEFAULT_LABELS
     from gpubackfill.service import BackfillService
-    from gpubackfill.storage.clickhouse_store import SeriesKey
     from gpubackfill.storage.redis_server import stop_server
 
     gpubackfill.keep_freed_memory()
@@ -140,20 +163,10 @@ def main() -> int:
     try:
         svc = BackfillService(settings)
         store = svc.store
-        for first in range(0, n, 10_000_000):
-            t = generate("BTCUSD", "M1", START_MS + first * STEP_MS,
-                         START_MS + min(first + 10_000_000, n) * STEP_MS)
-            svc.ingest_table(SeriesKey("BTCUSD", "M1"), t)
-            del t
-        store.command(f"OPTIMIZE TABLE {store.db}.candles FINAL")
         labels = list(DEFAULT_LABELS)
         end = _dt(START_MS + n * STEP_MS)
-        warm = svc.create_job("BTCUSD", "M1", _dt(START_MS), _dt(START_MS + 3000 * STEP_MS), labels,
-                              chunk_size=1000, workers=args.workers, force=True)
-        svc.execute(warm)
-        set_id = label_set_id(resolve(labels))
-        store.command(f"TRUNCATE TABLE {store.db}.labels_{set_id}")
-        store.command(f"TRUNCATE TABLE {store.db}.label_chunks")
+        set_id = setup(svc, n, labels, args.workers)
+        empty_labels(store, set_id)
         store.command("SYSTEM FLUSH LOGS")
         thread_cpu.clear()
         os.sync()

@@ -165,11 +165,6 @@ class Heartbeat:
         except DependencyError:
             pass  # Redis away: the lease is no longer renewed, so it expires instead
 
-    def check(self) -> None:
-        """Raise LeaseLost unless the lease is still ours (and renew it)."""
-        if self.lost or not self.renew():
-            self._taken_back()
-
     def held(self) -> None:
         """Raise LeaseLost if the keeper found the lease taken back; no
         round trip (for a chunk whose start renewed it a moment ago and

@@ -115,8 +115,8 @@ class SharedIO:
         if not rows:
             return
         cuts = [self._cut[a] for a, _, _ in rows if a in self._cut]
-        if (self._labels is not None and self._labels is not False and len(cuts) == len(rows)
-                and all(p[0] + p[1] == q[0] for p, q in zip(cuts, cuts[1:]))):
+        # Only chunks whose rows were cut from the run's labels have a cut.
+        if len(cuts) == len(rows) and all(p[0] + p[1] == q[0] for p, q in zip(cuts, cuts[1:])):
             # Adjacent cuts of the run's labels: one slice, which chDB reads as one block.
             body = self._labels.slice(cuts[0][0], sum(n for _, n in cuts))
         else:
