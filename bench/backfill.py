@@ -45,11 +45,13 @@ the end:
    prepared before the clock starts, so no engine code is timed.
    The headline is the job against chDB's *sequential* floor (issue 29):
    one statement reading every candle of the series (uncompressed Arrow
-   over chDB's buffer) plus one statement inserting every label row, each
-   timed alone; the insert is the fastest of ``INSERT ... SELECT`` from a
-   Memory table holding the rows (with and without ``max_insert_threads``)
-   and ``INSERT ... SELECT FROM Python(t)`` over an Arrow table prepared
-   before the clock starts (table 3c).  Next to it, the job's time budget
+   over chDB's buffer, twice, the faster counting) plus one statement
+   inserting every label row, each timed alone; the insert is the fastest
+   of ``INSERT ... SELECT`` from a Memory table holding the rows (with
+   and without ``max_insert_threads``) and ``INSERT ... SELECT FROM
+   Python(t)`` over an Arrow table prepared before the clock starts (table
+   3c).  Before each timed phase chDB's merges are let finish.  Next to
+   it, the job's time budget
    in worker-seconds from its own stage record (read, compute, insert, the
    rest of the chunk, record, idle: table 2a).
 4. Correctness, once (after the 100k run, or the last chunk size when 100k
@@ -90,6 +92,7 @@ import argparse
 import gc
 import itertools
 import json
+import mmap
 import os
 import platform
 import shlex
@@ -127,6 +130,7 @@ IN_MEMORY_MAX = 20_000_000   # larger series are set up SETUP_BATCH candles at a
 SETUP_BATCH = 10_000_000
 WARMUP_CANDLES = 3_000
 WARMUP_CHUNK = 1_000
+SETTLE_MERGES_S = 60.0  # the longest wait for chDB's merges before a timed phase
 
 TARGET_PER_MIN = 100e6
 TARGET_DEFAULT_SHARE = 0.75   # of the floor, at the default chunk size (issue 13)
@@ -311,13 +315,21 @@ def _truncate(store: Any, set_id: str) -> None:
     store.command(f"TRUNCATE TABLE IF EXISTS {store.db}.label_chunks")
 
 
-def _settle() -> None:
-    """Before a timed phase: collect garbage, and write the page cache's
-    dirty pages out.  Setup leaves ~1.3 GB of them and each phase ~0.5 GB
-    more; the kernel writes them back ~30 s later, during whatever phase
-    runs then, so without this the job paid for setup's writes and the
-    floor's methods for each other's (the same 10M job, back to back: 3.12
-    to 3.63 s without, 3.14 to 3.31 s with; the sync itself took 0.56 s)."""
+def _settle(store: Any) -> None:
+    """Before a timed phase: let chDB's background merges finish, collect
+    garbage, and write the page cache's dirty pages out.
+
+    - Merges: those of the parts an earlier phase wrote took a core from
+      whatever was timed beside them (the same sequential read took 1.8 s
+      in one subprocess and 0.9-1.2 s in the next).
+    - Dirty pages: setup leaves ~1.3 GB of them and each phase ~0.5 GB more;
+      the kernel writes them back ~30 s later, during whatever phase runs
+      then, so without the sync the job paid for setup's writes and the
+      floor's methods for each other's (the same 10M job, back to back:
+      3.12 to 3.63 s without, 3.14 to 3.31 s with; the sync took 0.56 s)."""
+    deadline = time.monotonic() + SETTLE_MERGES_S
+    while store.rows("SELECT count() FROM system.merges")[0][0] and time.monotonic() < deadline:
+        time.sleep(0.1)
     gc.collect()
     os.sync()
 
@@ -332,16 +344,25 @@ def machine_check() -> tuple[float, float]:
     ``perf``."""
     x = np.linspace(0.0, 1.0, 100_000)
     out = np.empty_like(x)
-    src = np.ones(32_000_000)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # first touch outside the timing
-    t0 = time.thread_time()
-    for _ in range(100):
-        np.sin(x, out=out)
-    t1 = time.thread_time()
-    for _ in range(4):
-        np.copyto(dst, src)
-    t2 = time.thread_time()
+    # The copy's 512 MB in mappings of their own, unmapped on return: from
+    # numpy (glibc's heap under keep_freed_memory) they stayed in the
+    # process and in the job's peak RSS (1.93-2.02 GB against 1.4-1.5).
+    maps = [mmap.mmap(-1, 32_000_000 * 8) for _ in range(2)]
+    try:
+        src, dst = (np.frombuffer(m, np.float64) for m in maps)
+        src.fill(1.0)
+        np.copyto(dst, src)  # first touch outside the timing
+        t0 = time.thread_time()
+        for _ in range(100):
+            np.sin(x, out=out)
+        t1 = time.thread_time()
+        for _ in range(4):
+            np.copyto(dst, src)
+        t2 = time.thread_time()
+        del src, dst
+    finally:
+        for m in maps:
+            m.close()
     return 1000 * (t1 - t0), 1000 * (t2 - t1)
 
 
@@ -447,7 +468,7 @@ def child_job(args: argparse.Namespace) -> dict[str, Any]:
 
     # The job.
     res["check_before"] = machine_check()
-    _settle()
+    _settle(store)
     t0 = time.perf_counter()
     job = svc.create_job(INSTRUMENT, GRANULARITY, _dt(start_ms), _dt(end_ms), LABELS,
                          chunk_size=cs, workers=workers)
@@ -713,7 +734,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
     for name, read in reads.items():
         items = spans[at_once(name)]
         sqls = [select.format(db=store.db, w=where, lo=lo, hi=hi) for _, _, lo, hi in items]
-        _settle()
+        _settle(store)
         cpu0 = _cpu_s()
         spent, got = timed(name, read, sqls)
         rows = sum(t.num_rows for t in got)
@@ -723,7 +744,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
         out["floor_reads"][name] = [spent, _cpu_s() - cpu0]
     for name, (write, prepare) in writes.items():
         store.command(f"TRUNCATE TABLE {table}")
-        _settle()
+        _settle(store)
         if threaded(name):
             # All chunks prepared first (the template's columns are shared,
             # only ts is each chunk's own), then written by the threads.
@@ -766,6 +787,7 @@ def chdb_floor(store: Any, key: Any, set_id: str, start_ms: int, end_ms: int, cs
 
 SEQ_READS = {
     "query Arrow, read in place": "SELECT ... ORDER BY ts as uncompressed Arrow over chDB's buffer",
+    "query Arrow, read in place, again": "the same statement at once, on the memory the first freed",
 }
 SEQ_WRITES = {
     "INSERT SELECT from a Memory table": "INSERT INTO labels_x SELECT * FROM a Memory table "
@@ -789,13 +811,18 @@ def sequential_floor(conn: Any, store: Any, table: str, sql: str, n: int) -> dic
     from gpubackfill.storage.clickhouse_client import arrow_result
 
     out: dict[str, Any] = {"seq_reads": {}, "seq_writes": {}}
-    _settle()
-    cpu0, t0 = _cpu_s(), time.perf_counter()
-    got = arrow_result(conn.query(sql, "Arrow"))
-    out["seq_reads"]["query Arrow, read in place"] = [time.perf_counter() - t0, _cpu_s() - cpu0]
-    if got.num_rows != n:
-        raise RuntimeError(f"sequential floor read {got.num_rows} rows, not {n}")
-    del got
+    # Read twice, the faster counts (the floor is chDB at its best): the
+    # first read's 0.5 GB result may land on memory the host has taken back
+    # (bench/first_touch.py), the second lands on the pages the first just
+    # freed, as each insert below lands on the page cache its TRUNCATE freed.
+    for name in ("query Arrow, read in place", "query Arrow, read in place, again"):
+        _settle(store)
+        cpu0, t0 = _cpu_s(), time.perf_counter()
+        got = arrow_result(conn.query(sql, "Arrow"))
+        out["seq_reads"][name] = [time.perf_counter() - t0, _cpu_s() - cpu0]
+        if got.num_rows != n:
+            raise RuntimeError(f"sequential floor read {got.num_rows} rows, not {n}")
+        del got
     staging = f"{table}_seqfloor"
     store.command(f"DROP TABLE IF EXISTS {staging}")
     store.command(f"CREATE TABLE {staging} ENGINE = Memory AS SELECT * FROM {table}")
@@ -821,7 +848,7 @@ def sequential_floor(conn: Any, store: Any, table: str, sql: str, n: int) -> dic
     try:
         for name, stmt in inserts.items():
             store.command(f"TRUNCATE TABLE {table}")
-            _settle()
+            _settle(store)
             cpu0, t0 = _cpu_s(), time.perf_counter()
             conn.query(stmt)
             out["seq_writes"][name] = [time.perf_counter() - t0, _cpu_s() - cpu0]
@@ -899,7 +926,7 @@ def child_universe_job(args: argparse.Namespace) -> dict[str, Any]:
     _truncate(svc.store, label_set_id(resolve(LABELS)))
     # Past the last candle of either: every candle is in the range.
     end = _dt(START_MS + args.series * args.series_candles * STEP_MS + 86_400_000)
-    _settle()
+    _settle(svc.store)
     t0 = time.perf_counter()
     if args.mode == "one":
         job = svc.create_job(INSTRUMENT, GRANULARITY, _dt(START_MS), end, LABELS,

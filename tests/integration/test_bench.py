@@ -47,6 +47,9 @@ def test_backfill_benchmark_quick_run_passes_its_own_correctness_check():
         # and was recorded.
         assert read > 0 and compute > 0 and insert > 0 and record > 0
     assert "3c. The sequential floor" in out
+    # The floor's read is taken twice, the faster counting.
+    seq = out.split("3c. The sequential floor")[1]
+    assert "read: query Arrow, read in place " in seq and "read: query Arrow, read in place, again" in seq
     assert "headline: share of the sequential floor" in out.split("5. Targets")[1]
     correctness = out.split("4. Correctness")[1].split("5. Targets")[0]
     assert "300,000" in correctness
