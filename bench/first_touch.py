@@ -1,17 +1,21 @@
 """What a first touch of memory costs on this machine: fresh pages against
 pages freed moments before.
 
-A process touches twice ``--mib`` MiB in huge pages and exits; ``--idle`` seconds later a
-fresh process maps ``--mib`` MiB of anonymous memory and writes one byte in
-every 4 KiB page, and another does the same at once.  It prints wall and system CPU per pass, per GiB and per
-page fault, with and without transparent huge pages (``madvise``).
+A process touches twice ``--mib`` MiB in huge pages and exits; ``--idle``
+seconds later a fresh process maps ``--mib`` MiB of anonymous memory and
+writes one byte in every 4 KiB page, and another does the same at once.
+It prints wall and system CPU per pass, per GiB and per page fault, with
+and without transparent huge pages (``madvise``).
 
 On a virtual machine whose guest reports freed pages to its host (Linux's
 free page reporting: ``page_reporting.page_reporting_order`` on the kernel's
 command line), memory that stays free for a few seconds goes back to the
 host, and the next touch pays the host's fault as well as the guest's.
-Every large job in a fresh process starts on such memory; the benchmark's
-floor runs on memory its process freed moments before (bench/backfill.py).
+In huge pages the pass after the idle one shows it every time.  In 4 KiB pages the
+kernel serves the touch from the small free blocks it has at hand, which
+were never handed back, until they run out (as after a large process
+exits): then the first large job of the next process pays it too
+(bench/RESULTS.md, "What a fresh process's memory costs here").
 Run from the repository root::
 
     python bench/first_touch.py --mib 1024 --idle 10
