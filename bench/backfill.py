@@ -51,9 +51,8 @@ the end:
    and without ``max_insert_threads``) and ``INSERT ... SELECT FROM
    Python(t)`` over an Arrow table prepared before the clock starts (table
    3c).  Before each timed phase chDB's merges are let finish.  Next to
-   it, the job's time budget
-   in worker-seconds from its own stage record (read, compute, insert, the
-   rest of the chunk, record, idle: table 2a).
+   it, the job's time budget in worker-seconds from its own stage record
+   (read, compute, insert, the rest of the chunk, record, idle: table 2a).
 4. Correctness, once (after the 100k run, or the last chunk size when 100k
    is not run): the rows ``service.export_file`` streams to Parquet (first
    and last ts, strictly increasing), and ``store.label_counts``

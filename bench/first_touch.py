@@ -11,10 +11,10 @@ On a virtual machine whose guest reports freed pages to its host (Linux's
 free page reporting: ``page_reporting.page_reporting_order`` on the kernel's
 command line), memory that stays free for a few seconds goes back to the
 host, and the next touch pays the host's fault as well as the guest's.
-In huge pages the pass after the idle one shows it every time.  In 4 KiB pages the
-kernel serves the touch from the small free blocks it has at hand, which
-were never handed back, until they run out (as after a large process
-exits): then the first large job of the next process pays it too
+In huge pages the pass after the idle one shows it every time.  In 4 KiB
+pages the kernel serves the touch from the small free blocks it has at
+hand, which were never handed back, until they run out (as after a large
+process exits): then the first large job of the next process pays it too
 (bench/RESULTS.md, "What a fresh process's memory costs here").
 Run from the repository root::
 
@@ -79,10 +79,10 @@ def main() -> int:
     for mode in ("4k", "thp"):
         # Each pass is a process of its own, as each benchmark job is: the
         # first lands on memory a larger process freed --idle seconds before,
-        # the second on the memory the first freed as it exited.
-        # The process before holds its memory in huge pages, as numpy does
-        # with every array of 4 MiB or more: freed, those come back as blocks
-        # large enough for the guest to report to the host.
+        # the second on the memory the first freed as it exited.  That larger
+        # process holds its memory in huge pages, as numpy does with every
+        # array of 4 MiB or more: freed, they come back as blocks large
+        # enough for the guest to report to the host.
         child(2 * args.mib, "thp")
         time.sleep(args.idle)
         for when in (f"{args.idle:.0f} s before", "right before"):
