@@ -376,12 +376,14 @@ class Store:
             ) ENGINE = MergeTree ORDER BY name""")
 
     def _label_part_settings(self, table: str) -> None:
-        """``LABEL_PART_SETTINGS`` on a label table made before they were
-        its own (read from its definition: one metadata change, once)."""
+        """``LABEL_TABLE_SETTINGS`` on a label table made before (some of)
+        them were its own (read from its definition: one metadata change,
+        once)."""
         full = self.rows("SELECT engine_full FROM system.tables WHERE database = {d:String} "
                          "AND name = {t:String}", {"d": self.db, "t": table})[0][0]
-        if "min_bytes_for_wide_part" not in full:
-            self.command(f"ALTER TABLE {self.db}.{table} MODIFY SETTING {LABEL_PART_SETTINGS}")
+        missing = [f"{name} = {value}" for name, value in LABEL_TABLE_SETTINGS.items() if name not in full]
+        if missing:
+            self.command(f"ALTER TABLE {self.db}.{table} MODIFY SETTING {', '.join(missing)}")
 
     def _add_source_column(self, table: str, key: bool = False) -> None:
         has = self.rows("SELECT count() FROM system.columns WHERE database = {d:String} "
@@ -1281,12 +1283,22 @@ class Store:
 # key allows it (a table ordered by (symbol, time) or time): H1 from 10M M1
 # candles took 0.41-0.45 CPU seconds so, 0.71-0.72 through a hash table.
 DERIVED_SETTINGS = "optimize_aggregation_in_order = 1"
-# A label table's parts are written in ClickHouse's compact format (one file
-# for every column) up to 256 MiB, wide (a file per column) above: a part
-# costs its insert a fixed ~50 ms of CPU wide against ~16 compact, and 1M
-# label rows (67 MB on disk) 228 against 159 ms in all; reading them back,
-# every column or two, costs the same.  Merges make the large parts wide.
-LABEL_PART_SETTINGS = "min_bytes_for_wide_part = 268435456"
+# A label table's own MergeTree settings:
+# - min_bytes_for_wide_part: parts are written in ClickHouse's compact format
+#   (one file for every column) up to 256 MiB, wide (a file per column)
+#   above: a part costs its insert a fixed ~50 ms of CPU wide against ~16
+#   compact, and 1M label rows (67 MB on disk) 228 against 159 ms in all;
+#   reading them back, every column or two, costs the same.  Merges make
+#   the large parts wide.
+# - min_parts_to_merge_at_once: a merge waits for ten parts.  A job writes
+#   a part a chunk, and merging label rows costs chDB two to three times
+#   what inserting them does (1 against 0.2-0.4 CPU us a row), so the
+#   default selector, which merged the first few parts of a job and then
+#   merged the result again, spent 0.5-0.8 CPU s of a 10M-candle job's
+#   two cores on it; at ten parts a row is merged once each tenfold growth
+#   (bench/RESULTS.md, "What merging label rows costs").
+LABEL_TABLE_SETTINGS = {"min_bytes_for_wide_part": 268_435_456, "min_parts_to_merge_at_once": 10}
+LABEL_PART_SETTINGS = ", ".join(f"{name} = {value}" for name, value in LABEL_TABLE_SETTINGS.items())
 
 # A series of at most this many candles is read whole with others of its
 # kind (planning), in statements of at most BATCH_ROWS candles.

@@ -72,3 +72,18 @@ def test_cluster_benchmark_quick_run_checks_every_mode():
     assert all(float(r[10]) >= 2 for r in rows if r[0] != "in-process")
     assert "every run's label rows == candles == distinct keys (no FINAL): PASS" in out
     assert re.search(r"labels [\d.]+ bytes a row compressed", out)
+
+
+def test_merge_cost_benchmark_writes_every_row_under_both_merge_policies():
+    """bench/merge_cost.py writes its chunks under the engine's merge policy
+    and ClickHouse's default, side by side; it checks every row is there
+    after the final merge (and fails when one is not)."""
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "merge_cost.py"), "--chunks", "4",
+                          "--rows", "20000", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [ln for ln in res.stdout.splitlines() if re.match(r"(engine|ClickHouse default)", ln)]
+    assert [ln.split("  ")[0] for ln in rows] == ["engine (merge at ten parts)", "ClickHouse default selector"]
+    for ln in rows:
+        # run, 2 x (s, CPU s), parts left, final merge s and CPU s, two per-row costs
+        assert len(re.findall(r"\b\d+(?:\.\d+)?\b", ln)) >= 10, ln

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -141,8 +142,10 @@ def test_label_rows_are_written_as_compact_parts_in_any_label_table(store):
     old = resolve(["mfe_mae"], {"mfe_mae": {"horizon": 7}})
     old_id = store.ensure_label_table(old)
     # As an earlier version left it: no part settings of its own.
-    store.command(f"ALTER TABLE {store.db}.labels_{old_id} RESET SETTING min_bytes_for_wide_part")
+    store.command(f"ALTER TABLE {store.db}.labels_{old_id} "
+                  "RESET SETTING min_bytes_for_wide_part, min_parts_to_merge_at_once")
     assert "min_bytes_for_wide_part" not in _engine_full(store, f"labels_{old_id}")
+    assert "min_parts_to_merge_at_once" not in _engine_full(store, f"labels_{old_id}")
     assert store.ensure_label_table(old) == old_id
     n = 300_000
     ts = 1_704_067_200_000 + np.arange(n, dtype=np.int64) * H1
@@ -156,7 +159,59 @@ def test_label_rows_are_written_as_compact_parts_in_any_label_table(store):
         assert parts == [("Compact", n)], sid
         back = store.read_labels(key, sid)
         np.testing.assert_array_equal(back.column("mfe").to_numpy(), labels.column("mfe").to_numpy())
-    assert "min_bytes_for_wide_part" in _engine_full(store, table)
+    for sid in (set_id, old_id):
+        assert "min_bytes_for_wide_part" in _engine_full(store, f"labels_{sid}")
+        assert "min_parts_to_merge_at_once = 10" in _engine_full(store, f"labels_{sid}")
+
+
+def test_a_label_tables_parts_wait_for_ten_before_they_merge(store):
+    """Merging label rows costs chDB more than inserting them, so a label
+    table merges no fewer than ten parts at once: nine chunks' parts stay as
+    they are (the merge selector itself finds nothing to do, where a table
+    without the setting merges them), and the tenth brings them together."""
+    from gpubackfill.labels import resolve
+
+    set_id = store.ensure_label_table(resolve(["mfe_mae"]))
+    table = f"{store.db}.labels_{set_id}"
+    plain = f"{store.db}.merge_default"
+    store.command(f"CREATE TABLE {plain} AS {table} ENGINE = MergeTree "
+                  "ORDER BY (instrument, granularity, label_set, ts)")
+    key, n = SeriesKey("GBPUSD", "H1"), 1_000
+
+    def chunk(i: int) -> tuple[int, pa.Table]:
+        ts = 1_704_067_200_000 + (i * n + np.arange(n, dtype=np.int64)) * H1
+        return int(ts[0]), pa.table({"ts": ts, "mfe": np.full(n, float(i)), "mae": np.zeros(n),
+                                     "mfe_bars": np.ones(n, np.int32), "mae_bars": np.ones(n, np.int32)})
+
+    def parts(name: str) -> int:
+        db, t = name.split(".")
+        return store.rows(f"SELECT count() FROM system.parts WHERE database = '{db}' AND table = '{t}' "
+                          "AND active")[0][0]
+
+    for i in range(9):
+        start, rows = chunk(i)
+        store.write_labels(key, set_id, start, start + n * H1, rows, f"h{i}", 0, "job")
+        store.insert_arrow("merge_default", rows, {"instrument": "GBPUSD", "granularity": "H1",
+                                                   "label_set": set_id})
+    # The selector's own choice (OPTIMIZE without FINAL): nothing to merge in
+    # nine parts; the plain table's parts, merged or not yet, can be.
+    store.command(f"SYSTEM STOP MERGES {plain}")
+    with pytest.raises(Exception, match="no need to merge"):
+        store.command(f"OPTIMIZE TABLE {table} SETTINGS optimize_throw_if_noop = 1")
+    assert parts(table) == 9
+    if parts(plain) > 1:
+        store.command(f"SYSTEM START MERGES {plain}")
+        store.command(f"OPTIMIZE TABLE {plain} SETTINGS optimize_throw_if_noop = 1")
+    start, rows = chunk(9)
+    store.write_labels(key, set_id, start, start + n * H1, rows, "h9", 0, "job")
+    deadline = time.monotonic() + 60  # a background merge of 10k rows; the bound only ends a hang
+    while parts(table) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert parts(table) == 1
+    back = store.read_labels(key, set_id)
+    assert back.num_rows == 10 * n
+    np.testing.assert_array_equal(back.column("mfe").to_numpy(), np.repeat(np.arange(10.0), n))
+    store.command(f"DROP TABLE {plain}")
 
 
 def _engine_full(store, table: str) -> str:
