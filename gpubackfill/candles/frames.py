@@ -162,11 +162,27 @@ def _float_from_arrow(name: str, col: pa.ChunkedArray, numeric: str = "numeric")
 
 def _contiguous(col: pa.ChunkedArray) -> np.ndarray:
     """One numpy array over the column: its own buffer when it is one chunk
-    (no copy); else the chunks joined once in Arrow's memory pool, which
-    keeps freed pages (a chDB result comes in blocks of ~18k rows; numpy's
-    join costs 40% more at 1M rows: 6.7 against 4.8 ms for six columns)."""
-    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-    return np.ascontiguousarray(arr.to_numpy(zero_copy_only=False))
+    (no copy); else the chunks copied once into an array from the kernels'
+    allocator (a chDB result comes in blocks of ~18k rows).
+
+    Not Arrow's ``combine_chunks``: its pool hands a 1M-row column's pages
+    back soon after they are freed, so each chunk of a job faulted its
+    copies in afresh, 8-128 ms of CPU for six columns where the copy itself
+    takes 6 (bench/RESULTS.md, "Memory a chunk reuses")."""
+    if col.num_chunks == 1:
+        return np.ascontiguousarray(col.chunk(0).to_numpy(zero_copy_only=False))
+    if col.null_count or not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        return np.ascontiguousarray(col.combine_chunks().to_numpy(zero_copy_only=False))
+    # Imported here: the compute package imports this module.
+    from ..compute.allocator import empty
+
+    out = empty(len(col), col.type.to_pandas_dtype())
+    at = 0
+    for chunk in col.chunks:
+        n = len(chunk)
+        out[at:at + n] = chunk.to_numpy(zero_copy_only=True)
+        at += n
+    return out
 
 
 def _from_pandas(df: pd.DataFrame, optional: tuple[str, ...]) -> Series:

@@ -16,11 +16,12 @@ on virtual machines that costs more than the label arithmetic itself
   in its heap (RSS stays at its high-water mark).  Long-running processes
   (the engine, the CLI, the benchmarks) call it; it also covers the numpy
   and Arrow temporaries outside the kernels.  Once it is applied, ``empty``
-  also keeps its own freed blocks of ``REUSE_MIN_BYTES`` or more (a
-  barrier_grid's outputs: 378 MB a million rows) and hands them out again:
-  mimalloc gives such blocks back to the system soon after they are freed,
-  so the next call faulted them in afresh, and glibc unmaps whatever lies
-  above its 2 GiB trim threshold (bench/RESULTS.md, "barrier_grid").
+  also keeps its own freed blocks of ``REUSE_MIN_BYTES`` or more (each
+  column of a 1M-row chunk, a barrier_grid's outputs: 378 MB a million
+  rows) and hands them out again: mimalloc gives such blocks back to the
+  system soon after they are freed, so the next chunk or call faulted them
+  in afresh, and glibc unmaps whatever lies above its 2 GiB trim threshold
+  (bench/RESULTS.md, "barrier_grid" and "Memory a chunk reuses").
 """
 
 from __future__ import annotations
@@ -72,8 +73,13 @@ def keep_freed_memory() -> bool:
 
 
 # Blocks at least this large are kept for reuse once keep_freed_memory()
-# is applied (smaller ones come and go through the pool at no cost).
-REUSE_MIN_BYTES = 64 << 20
+# is applied: a 1M-row chunk's columns (1-8 MiB) included.  In a job,
+# mimalloc held them in huge pages that it handed back between one chunk
+# and the next and faulted in afresh (its arena's AnonHugePages rose and
+# fell between 14 and 233 MB), and on this VM that made a job's label math
+# and candle copies cost three to seven times their CPU (bench/RESULTS.md,
+# "Memory a chunk reuses").  Smaller ones come and go through the pool.
+REUSE_MIN_BYTES = 1 << 20
 # A kept block serves a request of at least this fraction of its size.
 _REUSE_FIT = 0.75
 

@@ -169,3 +169,38 @@ def test_a_large_block_in_use_is_never_handed_out_twice():
     gc.collect()
     # Both blocks were in use at once, so both may be kept, and no more.
     assert allocator._blocks.kept_bytes() - kept_before <= 2 * count * 8
+
+
+def test_a_chunks_candles_in_many_batches_are_joined_into_memory_handed_out_again():
+    """A chDB result comes in blocks of ~18k rows: ``to_series`` joins each
+    column once, into the kernels' allocator, so a later chunk's join reuses
+    the pages an earlier one freed, however long ago (Arrow's pool had
+    handed them back after half a second, and they were faulted in afresh),
+    and the values are those of the one-batch table."""
+    import time
+
+    assert allocator.keep_freed_memory()
+    n = 600_000  # 4.8 MB a column: above REUSE_MIN_BYTES, so kept for reuse
+    table = pa.table(random_walk(n, seed=21))
+    batched = pa.Table.from_batches(table.to_batches(max_chunksize=18_000))
+    assert batched.column("close").num_chunks > 30
+    want = to_series(table)
+    first = to_series(batched)
+    for name in ("ts", "open", "high", "low", "close"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(want, name))
+    assert not first.close.flags.writeable and first.close.flags.c_contiguous
+    del first
+    gc.collect()
+    faults = 0
+    for _ in range(3):  # the time between one chunk's read and the next's
+        time.sleep(0.5)
+        churn = [pa.allocate_buffer(1 << 16, memory_pool=allocator.output_pool()) for _ in range(50)]
+        del churn
+        before = _minor_faults()
+        again = to_series(batched)
+        faults += _minor_faults() - before
+        np.testing.assert_array_equal(again.close, want.close)
+        del again
+        gc.collect()
+    # Fresh pages would be ~5,900 faults a join (5 columns of 4.8 MB).
+    assert faults < 50
