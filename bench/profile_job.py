@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -76,6 +77,9 @@ def _group(name: str) -> str:
     return name
 
 
+FAULTS = "faults: "  # the prefix of a step's fault count in _time_stages_on_cpu's record
+
+
 def _time_stages_on_cpu() -> dict[str, float]:
     """The chunk's steps (``chunk._Stages``) timed in the worker thread's
     CPU seconds as well: seconds per step, summed over chunks."""
@@ -84,17 +88,22 @@ def _time_stages_on_cpu() -> dict[str, float]:
     spent: dict[str, float] = defaultdict(float)
     lock = threading.Lock()
 
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
     class Stages(chunk._Stages):
         def __init__(self) -> None:
             super().__init__()
             self._cpu = time.thread_time()
+            self._faults = faults()
 
         def lap(self, name: str) -> None:
             super().lap(name)
-            now = time.thread_time()
+            now, n = time.thread_time(), faults()
             with lock:
                 spent[name] += now - self._cpu
-            self._cpu = now
+                spent[FAULTS + name] += n - self._faults
+            self._cpu, self._faults = now, n
 
     chunk._Stages = Stages  # type: ignore[misc]
     return spent
@@ -201,7 +210,10 @@ def main() -> int:
         py = {t.native_id: t.name for t in threading.enumerate()}
         print("\n   CPU seconds of the worker threads themselves in each step (chDB's own "
               "threads are not in these):")
-        print("   " + ", ".join(f"{k} {v:.2f} s" for k, v in thread_cpu.items()))
+        print("   " + ", ".join(f"{k} {v:.2f} s" for k, v in thread_cpu.items() if not k.startswith(FAULTS)))
+        print("   and the minor page faults each step took in those threads (4 KiB each, where no huge page):")
+        print("   " + ", ".join(f"{k[len(FAULTS):]} {int(v):,}" for k, v in thread_cpu.items()
+                                if k.startswith(FAULTS)))
         groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         for tid, (name, secs) in after.items():
             was = before.get(tid)
