@@ -138,7 +138,6 @@ def test_label_rows_are_written_as_compact_parts_in_any_label_table(store):
     from gpubackfill.labels import resolve
 
     set_id = store.ensure_label_table(resolve(["mfe_mae"]))
-    table = f"labels_{set_id}"
     old = resolve(["mfe_mae"], {"mfe_mae": {"horizon": 7}})
     old_id = store.ensure_label_table(old)
     # As an earlier version left it: no part settings of its own.
