@@ -77,15 +77,14 @@ def _group(name: str) -> str:
     return name
 
 
-FAULTS = "faults: "  # the prefix of a step's fault count in _time_stages_on_cpu's record
-
-
-def _time_stages_on_cpu() -> dict[str, float]:
+def _time_stages_on_cpu() -> tuple[dict[str, float], dict[str, int]]:
     """The chunk's steps (``chunk._Stages``) timed in the worker thread's
-    CPU seconds as well: seconds per step, summed over chunks."""
+    CPU seconds as well, and counted in its minor page faults: seconds and
+    faults per step, summed over chunks."""
     from gpubackfill.engine import chunk
 
     spent: dict[str, float] = defaultdict(float)
+    faulted: dict[str, int] = defaultdict(int)
     lock = threading.Lock()
 
     def faults() -> int:
@@ -102,11 +101,11 @@ def _time_stages_on_cpu() -> dict[str, float]:
             now, n = time.thread_time(), faults()
             with lock:
                 spent[name] += now - self._cpu
-                spent[FAULTS + name] += n - self._faults
+                faulted[name] += n - self._faults
             self._cpu, self._faults = now, n
 
     chunk._Stages = Stages  # type: ignore[misc]
-    return spent
+    return spent, faulted
 
 
 def setup(svc, n: int, labels: list, workers: int) -> str:
@@ -167,7 +166,7 @@ def main() -> int:
     from gpubackfill.storage.redis_server import stop_server
 
     gpubackfill.keep_freed_memory()
-    thread_cpu = _time_stages_on_cpu()
+    thread_cpu, thread_faults = _time_stages_on_cpu()
     settings = Settings.from_env({"GPUBACKFILL_HOME": home}, dotenv=False)
     try:
         svc = BackfillService(settings)
@@ -178,6 +177,7 @@ def main() -> int:
         empty_labels(store, set_id)
         store.command("SYSTEM FLUSH LOGS")
         thread_cpu.clear()
+        thread_faults.clear()
         os.sync()
         cs = args.chunk_size or submit.chunk_size(settings, None, args.workers, n)
         print(f"command : {' '.join(sys.argv)}")
@@ -210,10 +210,9 @@ def main() -> int:
         py = {t.native_id: t.name for t in threading.enumerate()}
         print("\n   CPU seconds of the worker threads themselves in each step (chDB's own "
               "threads are not in these):")
-        print("   " + ", ".join(f"{k} {v:.2f} s" for k, v in thread_cpu.items() if not k.startswith(FAULTS)))
+        print("   " + ", ".join(f"{k} {v:.2f} s" for k, v in thread_cpu.items()))
         print("   and the minor page faults each step took in those threads (4 KiB each, where no huge page):")
-        print("   " + ", ".join(f"{k[len(FAULTS):]} {int(v):,}" for k, v in thread_cpu.items()
-                                if k.startswith(FAULTS)))
+        print("   " + ", ".join(f"{k} {v:,}" for k, v in thread_faults.items()))
         groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         for tid, (name, secs) in after.items():
             was = before.get(tid)
